@@ -1,0 +1,55 @@
+//! Configuration of every Nexus filter.
+//!
+//! These types are the single source of truth: the controller renders them into EnvoyFilter /
+//! Envoy bootstrap `configuration` values, the filters parse them back with [`parse`], and the
+//! JSON Schema published for users comes from `schemars`. Nothing here depends on proxy-wasm,
+//! so it builds natively and for `wasm32-unknown-unknown` alike.
+
+mod error;
+pub mod router;
+
+pub use error::{ConfigError, ConfigErrors};
+
+use serde::de::DeserializeOwned;
+
+/// A filter configuration that can check itself beyond what its types express.
+pub trait Validate {
+    /// Pushes every problem found, each with its JSON path (rooted at `path`).
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>);
+}
+
+/// Parses and validates a filter configuration, reporting every problem with its JSON path.
+///
+/// Deserialization stops at the first type error (serde cannot go on from there); semantic
+/// validation then reports all problems at once.
+pub fn parse<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, ConfigErrors> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = json_path(&e.path().to_string());
+        ConfigErrors::one(path, e.inner().to_string())
+    })?;
+    let mut errors = Vec::new();
+    value.validate("$", &mut errors);
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// `serde_path_to_error` prints `rules[0].match` or `.` for the root; we print `$.rules[0].match`.
+fn json_path(p: &str) -> String {
+    if p.is_empty() || p == "." {
+        "$".to_string()
+    } else if p.starts_with('[') {
+        format!("${p}")
+    } else {
+        format!("$.{p}")
+    }
+}
+
+/// The JSON Schema of a configuration type, pretty-printed.
+pub fn schema_json<T: schemars::JsonSchema>() -> String {
+    let schema = schemars::schema_for!(T);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}

@@ -1,0 +1,53 @@
+//! The host, as filter logic sees it. Each trait is small so a test double is a few lines.
+
+/// Request or response headers of the current stream.
+///
+/// Names are lower case (HTTP/2 and Envoy normalise them), pseudo-headers (`:path`,
+/// `:method`, `:authority`) included.
+pub trait HeaderMap {
+    fn get(&self, name: &str) -> Option<String>;
+    /// All headers in order; one host round trip, for filters that look at many.
+    fn pairs(&self) -> Vec<(String, String)>;
+    /// Replaces every value of `name`.
+    fn set(&mut self, name: &str, value: &str);
+    fn remove(&mut self, name: &str);
+}
+
+/// Wall-clock time from the host (`SystemTime::now()` traps on wasm32-unknown-unknown).
+pub trait Clock {
+    fn now_unix_nanos(&self) -> u64;
+}
+
+/// Counters, by name. The adapter defines each metric once and caches its id.
+pub trait Metrics {
+    fn increment(&self, name: &str, delta: i64);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+pub trait Log {
+    fn log(&self, level: Level, message: &str);
+}
+
+/// Data shared by every worker of one VM (Envoy's shared data), with compare-and-swap.
+pub trait SharedData {
+    /// The value and its CAS token, if the key exists.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value`; with `cas`, only if the key was not written since that token was read.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDataError {
+    /// Someone else wrote the key first; read again and retry.
+    CasMismatch,
+    /// The host refused for another reason.
+    Failed,
+}
