@@ -1,0 +1,201 @@
+//! The nexus-router filter, host-agnostic.
+//!
+//! For each request: remove spoofable `x-nexus-*` headers, find the first matching rule,
+//! and set the headers Envoy's router acts on (`x-nexus-upstream` selects the route,
+//! `x-envoy-upstream-rq-timeout-ms` and `x-envoy-max-retries`/`x-envoy-retry-on` shape it),
+//! plus a correlation id and W3C trace context. No match: a default category or 404.
+
+mod correlation;
+mod matcher;
+
+use nexus_config::router::{NoMatch, RetryPolicy, RouterConfig};
+use nexus_config::ConfigErrors;
+use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Metrics};
+
+pub use correlation::{is_valid_request_id, is_valid_traceparent};
+use matcher::{CompiledMatch, RequestView};
+
+pub const HEADER_CATEGORY: &str = "x-nexus-category";
+pub const HEADER_UPSTREAM: &str = "x-nexus-upstream";
+pub const HEADER_RULE: &str = "x-nexus-rule";
+pub const HEADER_TIMEOUT: &str = "x-envoy-upstream-rq-timeout-ms";
+pub const HEADER_MAX_RETRIES: &str = "x-envoy-max-retries";
+pub const HEADER_RETRY_ON: &str = "x-envoy-retry-on";
+
+/// A configured router: rules compiled once, shared by every request on a worker.
+#[derive(Debug)]
+pub struct Router {
+    rules: Vec<CompiledRule>,
+    fallback: Option<Decision>,
+    strip_prefix: String,
+    correlation: nexus_config::router::Correlation,
+}
+
+/// Everything a match sets, precomputed so the request path only copies strings.
+#[derive(Debug, Clone)]
+struct Decision {
+    rule: String,
+    category: String,
+    upstream: String,
+    timeout_ms: String,
+    max_retries: String,
+    retry_on: String,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    matcher: CompiledMatch,
+    decision: Decision,
+}
+
+impl Router {
+    /// Parses and validates JSON configuration; every problem comes back with its JSON path.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigErrors> {
+        let config: RouterConfig = nexus_config::parse(bytes)?;
+        Self::new(&config)
+    }
+
+    pub fn new(config: &RouterConfig) -> Result<Self, ConfigErrors> {
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut errors = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let decision = decide(config, &rule.name, &rule.category, rule);
+            match (
+                CompiledMatch::compile(&rule.matcher, &format!("$.rules[{i}].match")),
+                decision,
+            ) {
+                (Ok(matcher), Some(decision)) => rules.push(CompiledRule { matcher, decision }),
+                (Err(mut e), _) => errors.append(&mut e),
+                (_, None) => errors.push(nexus_config::ConfigError::new(
+                    format!("$.rules[{i}].category"),
+                    format!("unknown category {:?}", rule.category),
+                )),
+            }
+        }
+        let fallback = match &config.on_no_match {
+            NoMatch::Reject => None,
+            NoMatch::Default { category } => {
+                let none = nexus_config::router::RouteRule {
+                    name: "default".to_string(),
+                    matcher: Default::default(),
+                    category: category.clone(),
+                    upstream: None,
+                    timeout_ms: None,
+                    retry: None,
+                };
+                match decide(config, "default", category, &none) {
+                    Some(d) => Some(d),
+                    None => {
+                        errors.push(nexus_config::ConfigError::new(
+                            "$.on_no_match.category",
+                            format!("unknown category {category:?}"),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            rules,
+            fallback,
+            strip_prefix: config.strip_header_prefix.clone(),
+            correlation: config.correlation.clone(),
+        })
+    }
+
+    /// Decides one request from its headers, rewriting them in place.
+    pub fn on_request_headers(
+        &self,
+        headers: &mut impl HeaderMap,
+        ids: &mut IdGenerator,
+        metrics: &impl Metrics,
+    ) -> Action {
+        let pairs = headers.pairs();
+        // Strip first: nothing a client sends under our prefix is trusted or matched on.
+        let mut stripped = 0;
+        if !self.strip_prefix.is_empty() {
+            for (name, _) in &pairs {
+                if name.starts_with(&self.strip_prefix) {
+                    headers.remove(name);
+                    stripped += 1;
+                }
+            }
+        }
+        if stripped > 0 {
+            metrics.increment("nexus_router.spoofed_headers_removed", stripped);
+        }
+        let view = RequestView::new(&pairs, &self.strip_prefix);
+        self.correlate(headers, &view, ids);
+
+        let decision = self
+            .rules
+            .iter()
+            .find(|r| r.matcher.matches(&view))
+            .map(|r| &r.decision)
+            .or(self.fallback.as_ref());
+        let Some(d) = decision else {
+            metrics.increment("nexus_router.no_route", 1);
+            let detail = format!("no route matches {} {}", view.method, view.path_only());
+            return Action::Respond(LocalResponse::json_error(404, "no_route", &detail));
+        };
+        headers.set(HEADER_CATEGORY, &d.category);
+        headers.set(HEADER_UPSTREAM, &d.upstream);
+        headers.set(HEADER_RULE, &d.rule);
+        headers.set(HEADER_TIMEOUT, &d.timeout_ms);
+        headers.set(HEADER_MAX_RETRIES, &d.max_retries);
+        headers.set(HEADER_RETRY_ON, &d.retry_on);
+        metrics.increment(&format!("nexus_router.routed.{}", d.category), 1);
+        Action::Continue
+    }
+
+    fn correlate(&self, headers: &mut impl HeaderMap, view: &RequestView, ids: &mut IdGenerator) {
+        if self.correlation.request_id
+            && !view.header("x-request-id").is_some_and(is_valid_request_id)
+        {
+            headers.set("x-request-id", &correlation::uuid_v4(ids));
+        }
+        if self.correlation.traceparent
+            && !view.header("traceparent").is_some_and(is_valid_traceparent)
+        {
+            headers.set("traceparent", &correlation::new_traceparent(ids));
+            // tracestate belongs to the trace it came with; a new trace starts without it.
+            headers.remove("tracestate");
+        }
+    }
+}
+
+/// Resolves a rule's effective upstream, timeout and retries: rule, then category, then global.
+fn decide(
+    config: &RouterConfig,
+    rule_name: &str,
+    category_name: &str,
+    rule: &nexus_config::router::RouteRule,
+) -> Option<Decision> {
+    let category = config.categories.get(category_name)?;
+    let retry: &RetryPolicy = rule
+        .retry
+        .as_ref()
+        .or(category.retry.as_ref())
+        .unwrap_or(&config.retry);
+    Some(Decision {
+        rule: rule_name.to_string(),
+        category: category_name.to_string(),
+        upstream: rule
+            .upstream
+            .clone()
+            .unwrap_or_else(|| category.upstream.clone()),
+        timeout_ms: rule
+            .timeout_ms
+            .or(category.timeout_ms)
+            .unwrap_or(config.default_timeout_ms)
+            .to_string(),
+        max_retries: retry.max_retries.to_string(),
+        retry_on: retry.retry_on.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
