@@ -198,19 +198,14 @@ const RETRY_ON: [&str; 15] = [
     "unavailable",
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NoMatch {
     /// Answer 404 with a JSON body.
+    #[default]
     Reject,
     /// Route to this category as if a rule had matched.
     Default { category: String },
-}
-
-impl Default for NoMatch {
-    fn default() -> Self {
-        Self::Reject
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -408,7 +403,10 @@ impl Validate for RetryPolicy {
             if !RETRY_ON.contains(&cond) {
                 errors.push(ConfigError::new(
                     format!("{path}.retry_on"),
-                    format!("unknown retry condition {cond:?} (Envoy knows: {})", RETRY_ON.join(", ")),
+                    format!(
+                        "unknown retry condition {cond:?} (Envoy knows: {})",
+                        RETRY_ON.join(", ")
+                    ),
                 ));
             }
         }
@@ -501,7 +499,12 @@ mod tests {
     #[test]
     fn schema_names_the_rule_fields() {
         let schema = crate::schema_json::<RouterConfig>();
-        for field in ["rules", "grpc_service", "on_no_match", "strip_header_prefix"] {
+        for field in [
+            "rules",
+            "grpc_service",
+            "on_no_match",
+            "strip_header_prefix",
+        ] {
             assert!(schema.contains(field), "{field} missing from schema");
         }
     }

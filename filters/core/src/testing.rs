@@ -22,7 +22,10 @@ impl MemHeaders {
 
 impl HeaderMap for MemHeaders {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
     fn pairs(&self) -> Vec<(String, String)> {
         self.0.clone()
