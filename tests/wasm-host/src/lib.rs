@@ -41,7 +41,8 @@
 //!
 //! Relative paths given to [`HostBuilder::build_from_file`] are looked up in the current
 //! directory and then its ancestors, so a workspace-relative path works from any crate's tests.
-//! Compiled modules are cached per process (by content), so building many hosts is cheap.
+//! Compiled modules are cached by content, in the process and on disk (see
+//! [`HostBuilder::build`]), so building many hosts, or running many test binaries, is cheap.
 
 #![warn(missing_docs)]
 
@@ -108,11 +109,40 @@ fn compile(bytes: &[u8], fuel: bool, what: &str) -> Result<Module> {
     if let Some(m) = cache.get(&key) {
         return Ok(m.clone());
     }
-    let module = Module::new(&engine(fuel)?, bytes)
+    let engine = engine(fuel)?;
+    let file = disk_cache_dir().map(|d| d.join(format!("{:016x}-{}-{}.cwasm", key.1, key.2, fuel)));
+    if let Some(file) = file.as_deref().filter(|f| f.exists()) {
+        // SAFETY: the file was written by `Module::serialize` below, in a cache directory that
+        // only this crate writes to; wasmtime checks its version and engine configuration.
+        if let Ok(module) = unsafe { Module::deserialize_file(&engine, file) } {
+            cache.insert(key, module.clone());
+            return Ok(module);
+        }
+    }
+    let module = Module::new(&engine, bytes)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("compiling {what}"))?;
+    if let (Some(file), Ok(serialized)) = (file, module.serialize()) {
+        // Best effort: write to a temporary name, then rename, so readers never see a partial file.
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, serialized).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
     cache.insert(key, module.clone());
     Ok(module)
+}
+
+/// Directory of the on-disk cache of compiled modules: `$PROXY_WASM_TEST_HOST_CACHE`, or
+/// `proxy-wasm-test-host` in the system temp directory. Set the variable to `off` to disable.
+fn disk_cache_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("PROXY_WASM_TEST_HOST_CACHE") {
+        Some(v) if v == "off" => return None,
+        Some(v) => PathBuf::from(v),
+        None => std::env::temp_dir().join("proxy-wasm-test-host"),
+    };
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
 }
 
 fn resolve(path: &Path) -> Result<PathBuf> {
@@ -318,8 +348,12 @@ impl HostBuilder {
         self.build(WasmSource::Bytes(bytes.as_ref().to_vec()))
     }
 
-    /// Compile (cached per process), instantiate, run `_initialize` (or `_start`) and check
-    /// the module exports `proxy_abi_version_0_2_1`. Call [`Host::start`] next.
+    /// Compile, instantiate, run `_initialize` (or `_start`) and check the module exports
+    /// `proxy_abi_version_0_2_1`. Call [`Host::start`] next.
+    ///
+    /// Compiled code is cached by content hash in the process and on disk, in
+    /// `$PROXY_WASM_TEST_HOST_CACHE` (default: `proxy-wasm-test-host` in the temp directory;
+    /// `off` disables it), so only the first test binary pays for compiling a large filter.
     pub fn build(self, source: impl Into<WasmSource>) -> Result<Host> {
         let (bytes, what) = match source.into() {
             WasmSource::File(p) => {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proxy_wasm_test_host::{deserialize_map, Action, Host, Status};
+use proxy_wasm_test_host::{deserialize_map, Action, Host, LogLevel, Status};
 
 /// Wrap `imports` and `body` in a module with a memory, a bump allocator exported as
 /// `proxy_on_memory_allocate` and the ABI version marker. Scratch: 100..300, strings: 1024+.
@@ -526,4 +526,79 @@ fn missing_file_names_the_path() {
         .expect("missing")
         .to_string();
     assert!(err.contains("does_not_exist.wasm"), "{err}");
+}
+
+#[test]
+fn grpc_callouts_and_shared_queues() {
+    let imports = [
+        r#"(import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))"#,
+        r#"(import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))"#,
+        r#"(import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))"#,
+        I_GET_BUF,
+        I_LOG,
+    ]
+    .join("\n");
+    let wat = module(
+        &imports,
+        r#"
+  (data (i32.const 1024) "authz")
+  (data (i32.const 1032) "envoy.service.auth.v3.Authorization")
+  (data (i32.const 1072) "Check")
+  (data (i32.const 1080) "req")
+  (data (i32.const 1088) "q")
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (call $check (call $register (i32.const 1088) (i32.const 1) (i32.const 100)))
+    (i32.const 1))
+  (func (export "proxy_on_queue_ready") (param $root i32) (param $id i32)
+    (call $check (call $dequeue (local.get $id) (i32.const 100) (i32.const 104)))
+    (call $check (call $log (i32.const 1) (i32.load (i32.const 100)) (i32.load (i32.const 104))))
+    ;; now empty
+    (if (i32.ne (call $dequeue (local.get $id) (i32.const 100) (i32.const 104)) (i32.const 7))
+      (then unreachable)))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (call $check (call $grpc (i32.const 1024) (i32.const 5) (i32.const 1032) (i32.const 35)
+      (i32.const 1072) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 1080) (i32.const 3)
+      (i32.const 250) (i32.const 100)))
+    (i32.const 1))
+  (func (export "proxy_on_grpc_receive") (param $ctx i32) (param $token i32) (param $size i32)
+    (call $check (call $get_buf (i32.const 5) (i32.const 0) (local.get $size) (i32.const 100) (i32.const 104)))
+    (call $check (call $log (i32.const 2) (i32.load (i32.const 100)) (i32.load (i32.const 104)))))
+  (func (export "proxy_on_grpc_close") (param $ctx i32) (param $token i32) (param $code i32)
+    (call $check (call $status (i32.const 96) (i32.const 100) (i32.const 104)))
+    (call $check (call $log (i32.const 3) (i32.load (i32.const 100)) (i32.load (i32.const 104)))))
+"#,
+    );
+    let mut host = Host::builder()
+        .allow_cluster("authz")
+        .build_from_bytes(wat)
+        .unwrap();
+    host.start().unwrap();
+
+    host.enqueue("q", "queued-item").unwrap();
+    assert!(host.logged("queued-item"));
+    assert!(host.queue_items("q").is_empty());
+    assert!(host.enqueue("nope", "x").is_err());
+
+    let mut http = host.http_context().unwrap();
+    assert_eq!(http.request_headers(&[], true).unwrap(), Action::Pause);
+    let calls = http.grpc_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].service, "envoy.service.auth.v3.Authorization");
+    assert_eq!(calls[0].method, "Check");
+    assert_eq!(calls[0].messages, vec![b"req".to_vec()]);
+    assert_eq!(calls[0].timeout, Some(Duration::from_millis(250)));
+    let first = calls[0].token;
+    http.grpc_receive(first, b"allowed").unwrap();
+    assert!(http.logged("allowed"));
+    assert!(http.grpc_receive(first, b"again").is_err());
+
+    http.request_headers(&[], true).unwrap();
+    let second = http.grpc_calls()[1].token;
+    http.grpc_close(second, 14, "upstream unavailable").unwrap();
+    assert!(http
+        .logs()
+        .iter()
+        .any(|l| l.message == "upstream unavailable" && l.level == LogLevel::Warn));
+    assert!(http.violations().is_empty());
 }
