@@ -1,1 +1,280 @@
-fn main() {}
+//! `nexus`: the Nexus controller and its offline tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use nexus_controller::render::Settings;
+use nexus_controller::{controller, crd, input, leader, plan, server, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "nexus",
+    about = "Nexus API gateway controller and tools",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct RenderArgs {
+    /// Directory with `<filter>.wasm.sha256` (and, for the controller, the `.wasm` files).
+    #[arg(long, default_value = "target/filters", env = "NEXUS_MODULES")]
+    modules: PathBuf,
+    /// Namespace of the `nexus-controller` Service serving the modules.
+    #[arg(long, default_value = "nexus-system", env = "POD_NAMESPACE")]
+    controller_namespace: String,
+    /// Port of the module server in that Service.
+    #[arg(long, default_value_t = 8082)]
+    module_port: u16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CRDs (YAML).
+    Crd,
+    /// Print every object the controller would apply for these files (NexusRoutes and Secrets).
+    Render {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        render: RenderArgs,
+    },
+    /// Check NexusRoutes; print every problem with file and JSON path; exit 1 if any.
+    Validate {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the controller (leader-elected), health/metrics and the module server.
+    Controller {
+        #[command(flatten)]
+        render: RenderArgs,
+        /// Health, metrics (and modules) listen here.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        http_addr: SocketAddr,
+        /// Module server (EnvoyFilters fetch `/modules/<sha256>.wasm` here).
+        #[arg(long, default_value = "0.0.0.0:8082")]
+        modules_addr: SocketAddr,
+        #[arg(long, default_value = "nexus-controller")]
+        lease_name: String,
+        /// Namespace of the Lease (defaults to --controller-namespace).
+        #[arg(long)]
+        lease_namespace: Option<String>,
+        /// This replica's identity in the Lease (defaults to POD_NAME, else host-pid).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a Lease stays valid without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_duration: u64,
+        /// Seconds between renewals (and acquisition attempts).
+        #[arg(long, default_value_t = 5)]
+        renew_interval: u64,
+    },
+}
+
+fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        controller_namespace: r.controller_namespace.clone(),
+        module_port: r.module_port,
+        modules: Settings::load_modules(&r.modules)?,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render { files, render } => {
+            let settings = settings(&render)?;
+            let inputs = input::read_files(&files)?;
+            let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+            let (objects, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings)?;
+            for o in &objects {
+                print!("---\n{}", serde_yaml::to_string(o)?);
+            }
+            let problems = report(&inputs, &outcomes);
+            Ok(if problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Validate { files } => {
+            let inputs = input::read_files(&files)?;
+            let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+            let outcomes = plan::outcomes(&routes, &inputs.secrets);
+            let problems = report(&inputs, &outcomes);
+            if problems == 0 {
+                eprintln!("{} NexusRoute(s) valid", routes.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Controller {
+            render,
+            http_addr,
+            modules_addr,
+            lease_name,
+            lease_namespace,
+            identity,
+            lease_duration,
+            renew_interval,
+        } => {
+            telemetry::init_logging();
+            let settings = settings(&render)?;
+            let identity = identity.unwrap_or_else(|| {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_string());
+                format!("{host}-{}", std::process::id())
+            });
+            let lease = leader::LeaseConfig {
+                namespace: lease_namespace.unwrap_or_else(|| render.controller_namespace.clone()),
+                name: lease_name,
+                identity: identity.clone(),
+                lease_duration: Duration::from_secs(lease_duration),
+                renew_interval: Duration::from_secs(renew_interval),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run_controller(
+                settings,
+                render.modules,
+                http_addr,
+                modules_addr,
+                lease,
+                identity,
+            ))
+        }
+    }
+}
+
+/// Prints every problem (file, route, JSON path, message) to stderr; returns how many.
+fn report(
+    inputs: &input::Inputs,
+    outcomes: &std::collections::BTreeMap<
+        plan::RouteId,
+        Result<nexus_controller::model::CompiledRoute, Vec<nexus_controller::model::Problem>>,
+    >,
+) -> usize {
+    let mut n = 0;
+    for (file, e) in &inputs.errors {
+        eprintln!("{}: {e}", file.display());
+        n += 1;
+    }
+    for (file, r) in &inputs.routes {
+        let id = plan::id(r);
+        if let Some(Err(problems)) = outcomes.get(&id) {
+            for p in problems {
+                eprintln!(
+                    "{}: NexusRoute {}/{}: {} ({}): {}",
+                    file.display(),
+                    id.0,
+                    id.1,
+                    p.path,
+                    p.reason.as_str(),
+                    p.message
+                );
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+async fn run_controller(
+    settings: Settings,
+    modules_dir: PathBuf,
+    http_addr: SocketAddr,
+    modules_addr: SocketAddr,
+    lease: leader::LeaseConfig,
+    identity: String,
+) -> anyhow::Result<ExitCode> {
+    let state = Arc::new(server::State::new(Some(modules_dir)));
+    state.set("kubernetes", false, "connecting");
+    state.set("leader", true, "standby");
+    tokio::spawn(server::serve(http_addr, state.clone()));
+    if modules_addr != http_addr {
+        tokio::spawn(server::serve(modules_addr, state.clone()));
+    }
+    let client = kube::Client::try_default().await?;
+    match client.apiserver_version().await {
+        Ok(v) => state.set(
+            "kubernetes",
+            true,
+            format!("apiserver {}.{}", v.major, v.minor),
+        ),
+        Err(e) => state.set("kubernetes", false, e.to_string()),
+    }
+    state.started.store(true, Ordering::Relaxed);
+    tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");
+
+    let lease_api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &lease.namespace);
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(leader::run(lease_api.clone(), lease.clone(), tx));
+    // Wait for leadership (or a signal).
+    loop {
+        if *rx.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = rx.changed() => { if r.is_err() { anyhow::bail!("leader election stopped"); } }
+            _ = tokio::signal::ctrl_c() => { return Ok(ExitCode::SUCCESS); }
+        }
+    }
+    state.is_leader.store(true, Ordering::Relaxed);
+    state
+        .metrics
+        .leader_transitions
+        .fetch_add(1, Ordering::Relaxed);
+    state.set("leader", true, format!("leader ({identity})"));
+    let ctrl = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        state.clone(),
+        identity,
+    ));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = async { while *rx.borrow() { if rx.changed().await.is_err() { break; } } } => {
+            tracing::error!("lost leadership: exiting so a restart starts clean");
+            ctrl.abort();
+            Ok(ExitCode::FAILURE)
+        }
+        _ = tokio::signal::ctrl_c() => { shutdown(ctrl, elector, &lease_api, &lease).await }
+        _ = sigterm.recv() => { shutdown(ctrl, elector, &lease_api, &lease).await }
+    }
+}
+
+async fn shutdown(
+    ctrl: tokio::task::JoinHandle<anyhow::Result<()>>,
+    elector: tokio::task::JoinHandle<()>,
+    api: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    lease: &leader::LeaseConfig,
+) -> anyhow::Result<ExitCode> {
+    tracing::info!("shutting down: releasing the lease");
+    ctrl.abort();
+    elector.abort();
+    leader::release(api, lease).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -5,7 +5,9 @@
 //! JSON Schema published for users comes from `schemars`. Nothing here depends on proxy-wasm,
 //! so it builds natively and for `wasm32-unknown-unknown` alike.
 
+pub mod auth;
 mod error;
+pub mod ratelimit;
 pub mod router;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -1,0 +1,415 @@
+//! The `NexusRoute` custom resource (`nexus.datapunk.io/v1alpha1`).
+//!
+//! Shapes are kept structural (no recursion, no untagged enums) so the generated CRD schema is
+//! accepted by every apiserver from 1.16 on; "exactly one of" rules are checked by
+//! [`crate::validate`] with JSON paths instead.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "nexus.datapunk.io";
+pub const VERSION: &str = "v1alpha1";
+
+/// Routes API traffic through the Nexus filters of an Istio ingress gateway or of sidecars.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nexus.datapunk.io",
+    version = "v1alpha1",
+    kind = "NexusRoute",
+    plural = "nexusroutes",
+    shortname = "nxr",
+    namespaced,
+    status = "NexusRouteStatus",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Rules","type":"integer","jsonPath":".status.rules"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NexusRouteSpec {
+    /// Which Envoy workloads run the filters.
+    pub target: Target,
+    /// Hosts this route serves (`Host`/`:authority`, without port). Empty or `*` means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Istio Gateways (`namespace/name`) the VirtualService binds to; for `kind: Gateway`
+    /// targets. Sidecar targets bind to `mesh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Evaluated in order; the first matching rule wins.
+    pub rules: Vec<Rule>,
+    /// Overrides and additions to the seed categories (data_operations → lake 30s,
+    /// stream_processing → stream 5s, ai_inference → cortex 10s, model_management → forge 20s).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, CategorySpec>,
+    /// Default retry policy (seed: 3 attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Outlier detection for every upstream (seed: 5 consecutive errors, 60s ejection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// JWT providers, API keys and the default requirement of rules that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// What Envoy does when a Nexus filter cannot load: `FailClosed` (default) or `FailOpen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Category for requests no rule matches; without it they get 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_category: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// `Gateway` (an ingress gateway, patch context GATEWAY) or `Sidecar` (SIDECAR_INBOUND).
+    pub kind: TargetKind,
+    /// Labels of the workloads (Istio `workloadSelector.labels`), in this route's namespace.
+    pub selector: BTreeMap<String, String>,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum TargetKind {
+    Gateway,
+    Sidecar,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    FailClosed,
+    FailOpen,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Unique within the route: `[a-z0-9-]+`.
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RuleMatch,
+    /// A seed category or a key of `categories`.
+    pub category: String,
+    /// Overrides the category's upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+    /// For gRPC rules: requests under `pathPrefix` without a gRPC content type go here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_fallback: Option<RestFallback>,
+    /// Overrides the category's timeout (`30s`, `500ms`, `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// What a request must present; defaults to `auth.defaultRequirement`, else allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthRequirement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSpec>,
+}
+
+/// Every condition given must hold.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSpec>,
+    /// Upper-case HTTP methods; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderSpec>,
+    /// Fully qualified gRPC service (`datapunk.lake.v1.Lake`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_method: Option<String>,
+}
+
+/// Exactly one of `prefix`, `exact`, `regex`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct PathSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// At most one of `present`, `exact`, `prefix`, `regex`; none means present.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HeaderSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A Kubernetes Service port.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    /// Service name (`[a-z0-9-]+`); also the `x-nexus-upstream` value.
+    pub service: String,
+    /// Defaults to the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub port: u16,
+    /// `HTTP` (default), `HTTP2` or `GRPC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Protocol {
+    HTTP,
+    HTTP2,
+    GRPC,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestFallback {
+    /// REST requests (no gRPC content type) under this prefix go to `upstream`.
+    pub path_prefix: String,
+    pub upstream: Upstream,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CategorySpec {
+    /// Required for new categories; seed categories default to `<seed>:8080`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    pub attempts: u32,
+    /// Envoy retry conditions, comma separated (default `5xx,reset,connect-failure,refused-stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    pub consecutive_errors: u32,
+    /// `60s`.
+    pub base_ejection_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<JwtProviderSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeysSpec>,
+    /// Requirement of rules that set no `auth`; without it such rules allow everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_requirement: Option<AuthRequirement>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProviderSpec {
+    /// Referred to by `jwt.providers` of requirements.
+    pub name: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Exactly one of `jwksUri`, `jwks` (inline JWKS JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Seconds between JWKS refreshes (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Where the token is; defaults to `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_location: Option<TokenLocation>,
+    /// Claim → request header for the upstream.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims_to_headers: BTreeMap<String, String>,
+}
+
+/// At most one of `header`, `query`, `cookie`; none means the `Authorization: Bearer` header.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Value prefix stripped from `header` (`Token `).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// API keys from a Secret in the route's namespace: each data key is the lower-case hex
+/// SHA-256 of an API key, its value JSON `{"clientId": "...", "scopes": ["..."]}`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysSpec {
+    pub secret_ref: SecretRef,
+    /// Header carrying the key (default `x-api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// Exactly one of `allow`, `jwt`, `apiKey`, `anyOf`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthRequirement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtRequirementSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyRequirementSpec>,
+    /// Any one of these (each exactly one of `jwt`, `apiKey`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_of: Vec<SimpleRequirement>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimpleRequirement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtRequirementSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyRequirementSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRequirementSpec {
+    /// Names from `auth.providers`; empty accepts any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub required_claims: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRequirementSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// `Client` (per authenticated client id), `Route` (all callers together) or `Header`.
+    pub by: RateLimitBy,
+    /// Header whose value is counted separately, for `by: Header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    pub requests: u32,
+    pub per: RateUnit,
+    /// Count, never reject.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RateLimitBy {
+    Client,
+    Route,
+    Header,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NexusRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of rules programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<u32>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A metav1.Condition.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339.
+    pub last_transition_time: String,
+}
+
+/// The CRD YAML as checked into `charts/nexus/crds/nexusroutes.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = NexusRoute::crd();
+    let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+    format!("# Generated by `nexus crd`; do not edit.\n---\n{yaml}")
+}

@@ -1,0 +1,14 @@
+//! Nexus controller: reconciles `NexusRoute`s into Istio objects and rate-limit config.
+//!
+//! The pure core ([`model`], [`render`], [`plan`]) needs no API server; [`controller`],
+//! [`leader`] and [`server`] are the runtime around it.
+
+pub mod controller;
+pub mod crd;
+pub mod input;
+pub mod leader;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod server;
+pub mod telemetry;

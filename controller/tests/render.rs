@@ -1,0 +1,394 @@
+//! Render and validation without an API server: golden files (`UPDATE_GOLDEN=1` rewrites
+//! them), Istio schema validation of every rendered object, the checked-in CRD, the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nexus_config::auth::AuthConfig;
+use nexus_config::ratelimit::RateLimitConfig;
+use nexus_config::router::RouterConfig;
+use nexus_controller::crd::NexusRoute;
+use nexus_controller::render::Settings;
+use nexus_controller::{crd, input, plan};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+fn settings() -> Settings {
+    Settings {
+        controller_namespace: "nexus-system".into(),
+        module_port: 8082,
+        modules: Settings::load_modules(&fixtures().join("modules")).unwrap(),
+    }
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Compares with (or, with UPDATE_GOLDEN=1, writes) `tests/golden/<name>`.
+fn golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!("missing golden file {}: run `UPDATE_GOLDEN=1 cargo test -p nexus-controller --test render`", path.display())
+    });
+    if expected != actual {
+        let diff_line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the rendered output at line {}:\n  golden:   {:?}\n  rendered: {:?}\nIf the change is intended: UPDATE_GOLDEN=1 cargo test -p nexus-controller --test render",
+            path.display(),
+            diff_line + 1,
+            expected.lines().nth(diff_line),
+            actual.lines().nth(diff_line)
+        );
+    }
+}
+
+fn render_file(file: &Path) -> (String, String) {
+    let inputs = input::read_files(&[file.to_path_buf()]).unwrap();
+    assert!(inputs.errors.is_empty(), "{:?}", inputs.errors);
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let (objects, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings()).unwrap();
+    let mut yaml = String::new();
+    for o in &objects {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(o).unwrap());
+    }
+    let mut problems = String::new();
+    for ((ns, name), out) in &outcomes {
+        match out {
+            Ok(c) => {
+                problems.push_str(&format!("{ns}/{name}: accepted ({} rules)\n", c.rule_count))
+            }
+            Err(ps) => {
+                for p in ps {
+                    problems.push_str(&format!(
+                        "{ns}/{name}: {} {}: {}\n",
+                        p.reason.as_str(),
+                        p.path,
+                        p.message
+                    ));
+                }
+            }
+        }
+    }
+    (yaml, problems)
+}
+
+#[test]
+fn golden_render_and_validation() {
+    for case in cases() {
+        let stem = case.file_stem().unwrap().to_str().unwrap().to_string();
+        let (yaml, problems) = render_file(&case);
+        golden(&format!("{stem}.rendered.yaml"), &yaml);
+        golden(&format!("{stem}.outcomes.txt"), &problems);
+    }
+}
+
+#[test]
+fn invalid_routes_report_json_paths_and_render_nothing() {
+    let (yaml, problems) = render_file(&fixtures().join("cases/invalid.yaml"));
+    for expected in [
+        "default/bad-spec: InvalidSpec $.spec.rules[0].match.path.regex: invalid regex \"(unclosed\"",
+        "default/bad-spec: InvalidSpec $.spec.rules[1].match.methods[0]",
+        "default/bad-spec: InvalidSpec $.spec.rules[1].auth.jwt.providers[0]: unknown provider \"nobody\"",
+        "default/bad-spec: InvalidSpec $.spec.rules[2].category: unknown category \"nope\"",
+        "default/bad-spec: InvalidSpec $.spec.rules[3].timeout",
+        "default/bad-spec: InvalidSpec $.spec.rules[3].retries.retryOn",
+        "default/bad-spec: InvalidSpec $.spec.rules[3].rateLimits[0].requests",
+        "default/bad-spec: InvalidSpec $.spec.rules[3].rateLimits[0].header",
+        "default/bad-spec: InvalidSpec $.spec.auth.providers[0].jwksUri",
+        "default/missing-secret: SecretNotFound $.spec.auth.apiKeys.secretRef: Secret default/not-there not found",
+        "default/second: Conflict $.spec.rules[1].match.path: host \"shared.example.com\" with this path is already claimed by the older NexusRoute default/first",
+        "default/first: accepted (1 rules)",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    // Only the winner of the conflict is rendered.
+    assert!(yaml.contains("name: nexus-first"), "{yaml}");
+    for loser in ["bad-spec", "missing-secret", "second"] {
+        assert!(
+            !yaml.contains(&format!("nexus.datapunk.io/route: {loser}")),
+            "{loser} rendered:\n{yaml}"
+        );
+    }
+}
+
+fn objects(file: &str) -> Vec<Value> {
+    let inputs = input::read_files(&[fixtures().join("cases").join(file)]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    plan::render_all(&routes, &inputs.secrets, &settings())
+        .unwrap()
+        .0
+}
+
+fn filter_config(ef: &Value, filter: &str) -> Vec<u8> {
+    let patch = ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patch"]["value"]["name"] == format!("nexus.{filter}"))
+        .unwrap();
+    let cfg = &patch["patch"]["value"]["typed_config"]["config"];
+    assert_eq!(
+        cfg["configuration"]["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    cfg["configuration"]["value"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn envoy_filter_configs_parse_with_the_filters_own_types() {
+    let objs = objects("gateway-full.yaml");
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let router: RouterConfig = nexus_config::parse(&filter_config(ef, "router")).unwrap();
+    let names: Vec<&str> = router.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "api.health",
+            "api.lake-query",
+            "api.stream",
+            "api.cortex-grpc",
+            "api.cortex-grpc.rest",
+            "api.models"
+        ]
+    );
+    assert_eq!(router.rules[3].upstream.as_deref(), Some("cortex"));
+    assert_eq!(router.rules[3].timeout_ms, Some(10_000));
+    let auth: AuthConfig = nexus_config::parse(&filter_config(ef, "auth")).unwrap();
+    assert_eq!(auth.api_keys.as_ref().unwrap().keys.len(), 2);
+    assert!(auth.providers.contains_key("api.corp"));
+    let rl: RateLimitConfig = nexus_config::parse(&filter_config(ef, "ratelimit")).unwrap();
+    assert_eq!(rl.descriptors.len(), 2);
+    // Order: auth, router, ratelimit, each before envoy.filters.http.router, fail closed.
+    let order: Vec<&str> = ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["patch"]["operation"], "INSERT_BEFORE");
+            assert_eq!(p["match"]["context"], "GATEWAY");
+            assert_eq!(
+                p["patch"]["value"]["typed_config"]["config"]["failure_policy"],
+                "FAIL_CLOSED"
+            );
+            p["patch"]["value"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(order, ["nexus.auth", "nexus.router", "nexus.ratelimit"]);
+    let remote = &ef["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]["config"]
+        ["vm_config"]["code"]["remote"];
+    let sha = settings().modules["router"].clone();
+    assert_eq!(remote["sha256"], sha.as_str());
+    assert_eq!(
+        remote["http_uri"]["uri"],
+        format!("http://nexus-controller.nexus-system.svc:8082/modules/{sha}.wasm").as_str()
+    );
+    assert_eq!(
+        remote["http_uri"]["cluster"],
+        "outbound|8082||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    // The rate-limit ConfigMap holds the same config as envoyproxy/ratelimit YAML.
+    let cm = objs.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let from_cm: RateLimitConfig =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(from_cm, rl);
+}
+
+#[test]
+fn routes_on_the_same_workloads_merge_deterministically() {
+    let objs = objects("sidecar-merge.yaml");
+    let efs: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "EnvoyFilter").collect();
+    assert_eq!(efs.len(), 2, "two selectors, two EnvoyFilters");
+    let lake = efs
+        .iter()
+        .find(|e| e["spec"]["workloadSelector"]["labels"]["app"] == "lake")
+        .unwrap();
+    assert_eq!(
+        lake["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let router: RouterConfig = nexus_config::parse(&filter_config(lake, "router")).unwrap();
+    let names: Vec<&str> = router.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["lake-internal.query", "lake-admin.admin"],
+        "older route first"
+    );
+    // Any input order gives the same bytes.
+    let inputs = input::read_files(&[fixtures().join("cases/sidecar-merge.yaml")]).unwrap();
+    let mut routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let a = plan::render_all(&routes, &inputs.secrets, &settings())
+        .unwrap()
+        .0;
+    routes.reverse();
+    let b = plan::render_all(&routes, &inputs.secrets, &settings())
+        .unwrap()
+        .0;
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+}
+
+#[test]
+fn virtual_service_and_destination_rule_carry_the_seed_policies() {
+    let objs = objects("sidecar-merge.yaml");
+    let vs = objs
+        .iter()
+        .find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "nexus-lake-internal")
+        .unwrap();
+    let first = &vs["spec"]["http"][0];
+    assert_eq!(
+        first["match"][0]["headers"]["x-nexus-upstream"]["exact"],
+        "lake"
+    );
+    assert_eq!(
+        first["route"][0]["destination"]["host"],
+        "lake.data.svc.cluster.local"
+    );
+    assert_eq!(first["timeout"], "30s");
+    assert_eq!(first["retries"]["attempts"], 3);
+    assert_eq!(vs["spec"]["gateways"][0], "mesh");
+    let dr = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "DestinationRule" && o["metadata"]["name"] == "nexus-lake-internal-lake"
+        })
+        .unwrap();
+    let od = &dr["spec"]["trafficPolicy"]["outlierDetection"];
+    assert_eq!(od["consecutive5xxErrors"], 5);
+    assert_eq!(od["baseEjectionTime"], "60s");
+    assert_eq!(
+        vs["metadata"]["ownerReferences"][0]["uid"],
+        "22222222-2222-2222-2222-222222222222"
+    );
+    assert_eq!(vs["metadata"]["ownerReferences"][0]["controller"], true);
+}
+
+fn tools() -> PathBuf {
+    root().join("../../shared/tools")
+}
+
+#[test]
+fn every_rendered_istio_object_passes_istio_validate() {
+    let script = tools().join("istio-validate.sh");
+    assert!(
+        script.exists(),
+        "{} is missing: the shared tools must be checked out next to the repo (../shared/tools)",
+        script.display()
+    );
+    let mut files = Vec::new();
+    for case in cases() {
+        let stem = case.file_stem().unwrap().to_str().unwrap().to_string();
+        let p = root()
+            .join("tests/golden")
+            .join(format!("{stem}.rendered.yaml"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        if text.contains("networking.istio.io") {
+            files.push(p);
+        }
+    }
+    assert!(files.len() >= 2);
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "istio-validate.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn checked_in_crd_is_fresh() {
+    let path = root().join("../charts/nexus/crds/nexusroutes.yaml");
+    let current = crd::crd_yaml();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &current).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == current,
+        "charts/nexus/crds/nexusroutes.yaml is stale; regenerate it with:\n  cargo run -p nexus-controller --bin nexus -- crd > charts/nexus/crds/nexusroutes.yaml"
+    );
+}
+
+#[test]
+fn cli_validate_prints_file_and_path_and_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["validate", "-f"])
+        .arg(fixtures().join("cases/invalid.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid.yaml: NexusRoute default/bad-spec: $.spec.rules[0].match.path.regex (InvalidSpec)"), "{err}");
+    let ok = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["validate", "-f"])
+        .arg(fixtures().join("cases/gateway-full.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn cli_render_prints_the_golden_objects_and_crd_prints_the_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["render", "--modules"])
+        .arg(fixtures().join("modules"))
+        .arg("-f")
+        .arg(fixtures().join("cases/gateway-full.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let golden =
+        std::fs::read_to_string(root().join("tests/golden/gateway-full.rendered.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), golden);
+    let crd_out = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&crd_out.stdout), crd::crd_yaml());
+}

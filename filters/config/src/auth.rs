@@ -1,0 +1,488 @@
+//! `nexus-auth`: who may call what. JWT providers and API keys authenticate; ordered rules
+//! decide what each request needs. A request no rule matches is denied unless `on_no_match`
+//! says `allow`.
+//!
+//! ```json
+//! {
+//!   "providers": {
+//!     "corp": {
+//!       "issuer": "https://id.example.com",
+//!       "audiences": ["nexus"],
+//!       "jwks": {"remote": {"cluster": "outbound|443||id.example.com", "uri": "https://id.example.com/jwks.json"}},
+//!       "token_sources": ["bearer", {"cookie": {"name": "session"}}],
+//!       "claims_to_headers": [{"claim": "sub", "header": "x-nexus-subject"}]
+//!     }
+//!   },
+//!   "api_keys": {"header": "x-api-key",
+//!                "keys": [{"sha256": "9f86d0…", "client_id": "billing", "scopes": ["lake:read"]}]},
+//!   "rules": [
+//!     {"name": "public-health", "match": {"path": {"exact": "/health"}}, "requirement": "allow"},
+//!     {"name": "lake", "match": {"path": {"prefix": "/lake/"}},
+//!      "requirement": {"any_of": [{"jwt": {"providers": ["corp"], "scopes": ["lake:read"]}},
+//!                                 {"api_key": {"scopes": ["lake:read"]}}]}}
+//!   ]
+//! }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::router::RequestMatch;
+use crate::{ConfigError, Validate};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Provider name → how to verify its JWTs. Names are what rules refer to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, JwtProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeys>,
+    /// Evaluated in order; the first rule whose match holds decides.
+    #[serde(default)]
+    pub rules: Vec<AuthRule>,
+    /// What a request no rule matches gets (deny: 403).
+    #[serde(default)]
+    pub on_no_match: NoMatchAction,
+}
+
+/// How to find and verify one issuer's JWTs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these; empty accepts any audience.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub jwks: Jwks,
+    /// Where to look for the token, in order; defaults to the `Authorization: Bearer` header.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<TokenSource>,
+    /// Tolerated clock difference for `exp` / `nbf`, in seconds.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_s: u64,
+    /// Copy verified claims into request headers for the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims_to_headers: Vec<ClaimToHeader>,
+}
+
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Bearer]
+}
+
+fn default_clock_skew() -> u64 {
+    60
+}
+
+/// The JSON Web Key Set that verifies a provider's signatures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Jwks {
+    /// A JWKS document (`{"keys":[...]}`) as a string.
+    Inline(String),
+    /// Fetched through an Envoy cluster and refreshed periodically.
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwks {
+    /// Envoy cluster the filter dispatches the fetch to (`outbound|443||id.example.com`).
+    pub cluster: String,
+    /// `http://` or `https://` URI of the JWKS document.
+    pub uri: String,
+    /// Seconds between refreshes.
+    #[serde(default = "default_refresh")]
+    pub refresh_period_s: u64,
+    /// Fetch timeout in milliseconds.
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_refresh() -> u64 {
+    600
+}
+
+fn default_fetch_timeout() -> u64 {
+    5_000
+}
+
+/// Where a token may be found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// A request header, with an optional value prefix to strip (`Token `).
+    Header {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+    },
+    /// A query parameter.
+    Query { param: String },
+    /// A cookie.
+    Cookie { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Top-level claim name; string, number and boolean claims are copied.
+    pub claim: String,
+    /// Lower-case header name; any incoming header of that name is replaced.
+    pub header: String,
+}
+
+/// Static API keys. Only hashes are configured: the filter hashes the presented key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeys {
+    /// Request header carrying the key.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// Identifies the caller (`x-nexus-client-id`, rate limits per client).
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRule {
+    /// Shown in logs and denial bodies.
+    pub name: String,
+    /// Same matcher as the router's rules; an empty match matches every request.
+    #[serde(rename = "match", default)]
+    pub matcher: RequestMatch,
+    pub requirement: Requirement,
+}
+
+/// What a request must present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Requirement {
+    /// A valid JWT.
+    Jwt(JwtRequirement),
+    /// A configured API key.
+    ApiKey(ApiKeyRequirement),
+    /// Any one of these (not empty).
+    AnyOf(Vec<Requirement>),
+    /// Nothing: the request passes unauthenticated.
+    Allow,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequirement {
+    /// Names of `providers` accepted; empty accepts every configured provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// Claim name → exact string value the token must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub required_claims: BTreeMap<String, String>,
+    /// Every scope listed must be in the token's `scope` (space separated) or `scp` (array).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRequirement {
+    /// Every scope listed must be granted to the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoMatchAction {
+    #[default]
+    Deny,
+    Allow,
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        for (name, provider) in &self.providers {
+            let at = format!("{path}.providers.{name}");
+            if name.is_empty() {
+                errors.push(ConfigError::new(&at, "provider names must not be empty"));
+            }
+            provider.validate(&at, errors);
+        }
+        if let Some(keys) = &self.api_keys {
+            keys.validate(&format!("{path}.api_keys"), errors);
+        }
+        let mut names = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("{path}.rules[{i}]");
+            if rule.name.is_empty() {
+                errors.push(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            } else if !names.insert(rule.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate rule name {:?}", rule.name),
+                ));
+            }
+            rule.matcher.validate(&format!("{at}.match"), errors);
+            self.check_requirement(&rule.requirement, &format!("{at}.requirement"), errors);
+        }
+    }
+}
+
+impl AuthConfig {
+    fn check_requirement(&self, req: &Requirement, at: &str, errors: &mut Vec<ConfigError>) {
+        match req {
+            Requirement::Allow => {}
+            Requirement::Jwt(jwt) => {
+                if self.providers.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwt"),
+                        "a jwt requirement needs at least one provider in providers",
+                    ));
+                }
+                for (j, p) in jwt.providers.iter().enumerate() {
+                    if !self.providers.contains_key(p) {
+                        let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+                        errors.push(ConfigError::new(
+                            format!("{at}.jwt.providers[{j}]"),
+                            format!("unknown provider {p:?} (known: {})", known.join(", ")),
+                        ));
+                    }
+                }
+                for claim in jwt.required_claims.keys() {
+                    if claim.is_empty() {
+                        errors.push(ConfigError::new(
+                            format!("{at}.jwt.required_claims"),
+                            "claim names must not be empty",
+                        ));
+                    }
+                }
+            }
+            Requirement::ApiKey(_) => {
+                if self.api_keys.is_none() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.api_key"),
+                        "an api_key requirement needs api_keys",
+                    ));
+                }
+            }
+            Requirement::AnyOf(list) => {
+                if list.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.any_of"),
+                        "must not be empty",
+                    ));
+                }
+                for (j, r) in list.iter().enumerate() {
+                    self.check_requirement(r, &format!("{at}.any_of[{j}]"), errors);
+                }
+            }
+        }
+    }
+}
+
+impl Validate for JwtProvider {
+    fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
+        if self.issuer.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.issuer"),
+                "must not be empty",
+            ));
+        }
+        match &self.jwks {
+            Jwks::Inline(doc) => {
+                let ok = serde_json::from_str::<serde_json::Value>(doc)
+                    .ok()
+                    .and_then(|v| v.get("keys").map(serde_json::Value::is_array))
+                    .unwrap_or(false);
+                if !ok {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwks.inline"),
+                        "must be a JWKS JSON document with a \"keys\" array",
+                    ));
+                }
+            }
+            Jwks::Remote(remote) => {
+                if remote.cluster.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwks.remote.cluster"),
+                        "must not be empty",
+                    ));
+                }
+                if !(remote.uri.starts_with("https://") || remote.uri.starts_with("http://")) {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwks.remote.uri"),
+                        format!("{:?} is not an http(s) URI", remote.uri),
+                    ));
+                }
+                if remote.refresh_period_s == 0 {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwks.remote.refresh_period_s"),
+                        "must be at least 1",
+                    ));
+                }
+                if remote.timeout_ms == 0 {
+                    errors.push(ConfigError::new(
+                        format!("{at}.jwks.remote.timeout_ms"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        if self.token_sources.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.token_sources"),
+                "must not be empty",
+            ));
+        }
+        for (i, source) in self.token_sources.iter().enumerate() {
+            let here = format!("{at}.token_sources[{i}]");
+            match source {
+                TokenSource::Bearer => {}
+                TokenSource::Header { name, .. } => {
+                    check_header(name, &format!("{here}.header.name"), errors)
+                }
+                TokenSource::Query { param } if param.is_empty() => {
+                    errors.push(ConfigError::new(
+                        format!("{here}.query.param"),
+                        "must not be empty",
+                    ));
+                }
+                TokenSource::Cookie { name } if name.is_empty() => {
+                    errors.push(ConfigError::new(
+                        format!("{here}.cookie.name"),
+                        "must not be empty",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (i, c) in self.claims_to_headers.iter().enumerate() {
+            let here = format!("{at}.claims_to_headers[{i}]");
+            if c.claim.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{here}.claim"),
+                    "must not be empty",
+                ));
+            }
+            check_header(&c.header, &format!("{here}.header"), errors);
+        }
+    }
+}
+
+impl Validate for ApiKeys {
+    fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
+        check_header(&self.header, &format!("{at}.header"), errors);
+        let mut seen = BTreeSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let here = format!("{at}.keys[{i}]");
+            if key.sha256.len() != 64
+                || !key
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                errors.push(ConfigError::new(
+                    format!("{here}.sha256"),
+                    "must be 64 lower-case hex digits (the SHA-256 of the key)",
+                ));
+            } else if !seen.insert(key.sha256.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{here}.sha256"),
+                    "duplicate key hash",
+                ));
+            }
+            if key.client_id.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{here}.client_id"),
+                    "must not be empty",
+                ));
+            }
+        }
+    }
+}
+
+/// Header names here are lower case (they are compared lower-cased).
+fn check_header(name: &str, at: &str, errors: &mut Vec<ConfigError>) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        errors.push(ConfigError::new(
+            at,
+            format!("{name:?} is not a lower-case header name"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn documented_shape_parses() {
+        let json = format!(
+            r#"{{"providers":{{"corp":{{"issuer":"https://id.example.com","audiences":["nexus"],
+                "jwks":{{"remote":{{"cluster":"outbound|443||id.example.com","uri":"https://id.example.com/jwks.json"}}}},
+                "token_sources":["bearer",{{"cookie":{{"name":"session"}}}},{{"header":{{"name":"x-token"}}}}],
+                "claims_to_headers":[{{"claim":"sub","header":"x-nexus-subject"}}]}}}},
+              "api_keys":{{"keys":[{{"sha256":"{HASH}","client_id":"billing","scopes":["lake:read"]}}]}},
+              "rules":[{{"name":"health","match":{{"path":{{"exact":"/health"}}}},"requirement":"allow"}},
+                {{"name":"lake","match":{{"path":{{"prefix":"/lake/"}}}},"requirement":{{"any_of":[
+                  {{"jwt":{{"providers":["corp"],"scopes":["lake:read"],"required_claims":{{"tenant":"a"}}}}}},
+                  {{"api_key":{{"scopes":["lake:read"]}}}}]}}}}]}}"#
+        );
+        let cfg: AuthConfig = parse(json.as_bytes()).unwrap();
+        assert_eq!(cfg.on_no_match, NoMatchAction::Deny);
+        assert_eq!(cfg.providers["corp"].clock_skew_s, 60);
+        assert_eq!(cfg.api_keys.as_ref().unwrap().header, "x-api-key");
+        let back = serde_json::to_vec(&cfg).unwrap();
+        assert_eq!(parse::<AuthConfig>(&back).unwrap(), cfg);
+    }
+
+    #[test]
+    fn problems_carry_paths() {
+        let err = parse::<AuthConfig>(
+            br#"{"providers":{"corp":{"issuer":"","jwks":{"inline":"{}"}}},
+                 "api_keys":{"keys":[{"sha256":"XYZ","client_id":""}]},
+                 "rules":[{"name":"a","requirement":{"jwt":{"providers":["nope"]}}},
+                          {"name":"b","requirement":{"any_of":[]}}]}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$.providers.corp.issuer",
+                "$.providers.corp.jwks.inline",
+                "$.api_keys.keys[0].sha256",
+                "$.api_keys.keys[0].client_id",
+                "$.rules[0].requirement.jwt.providers[0]",
+                "$.rules[1].requirement.any_of",
+            ]
+        );
+        assert!(err.to_string().contains("unknown provider \"nope\""));
+    }
+}
