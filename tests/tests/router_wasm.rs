@@ -1,0 +1,161 @@
+//! The real nexus_router.wasm under the strict wasmtime host: same behaviour as the native core,
+//! no unexpected hostcall, and the fuel each callback costs.
+
+use proxy_wasm_test_host::{Action, Host, LogLevel};
+
+const CONFIG: &str = r#"{"rules": [
+  {"name": "lake", "category": "data_operations", "match": {"path": {"prefix": "/lake/"}}},
+  {"name": "cortex", "category": "ai_inference",
+   "match": {"path": {"regex": "/cortex/v[0-9]+/infer"}, "methods": ["POST"]}}
+]}"#;
+
+fn router(config: &str) -> Host {
+    let module = nexus_tests::filter_module("nexus_router").unwrap();
+    Host::builder()
+        .plugin_config(config.as_bytes().to_vec())
+        .build_from_file(module)
+        .unwrap()
+}
+
+#[test]
+fn routes_and_strips_spoofed_headers() {
+    let mut host = router(CONFIG);
+    assert!(host.start().unwrap());
+    let mut http = host.http_context().unwrap();
+    let action = http
+        .request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/lake/tables"),
+                ("x-nexus-upstream", "forge"),
+                ("x-nexus-client-id", "admin"),
+            ],
+            true,
+        )
+        .unwrap();
+    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        http.request_header("x-nexus-upstream").as_deref(),
+        Some("lake")
+    );
+    assert_eq!(
+        http.request_header("x-nexus-category").as_deref(),
+        Some("data_operations")
+    );
+    assert_eq!(
+        http.request_header("x-envoy-upstream-rq-timeout-ms")
+            .as_deref(),
+        Some("30000")
+    );
+    assert_eq!(
+        http.request_header("x-envoy-max-retries").as_deref(),
+        Some("3")
+    );
+    assert_eq!(http.request_header("x-nexus-client-id"), None);
+    let traceparent = http.request_header("traceparent").unwrap();
+    assert!(
+        traceparent.starts_with("00-") && traceparent.len() == 55,
+        "{traceparent}"
+    );
+    http.finish().unwrap();
+    assert_eq!(host.metric("nexus_router.routed.data_operations"), Some(1));
+    assert_eq!(host.metric("nexus_router.spoofed_headers_removed"), Some(2));
+    assert!(host.violations().is_empty(), "{:?}", host.violations());
+}
+
+#[test]
+fn unmatched_request_gets_the_json_404() {
+    let mut host = router(CONFIG);
+    assert!(host.start().unwrap());
+    let mut http = host.http_context().unwrap();
+    let action = http
+        .request_headers(&[(":method", "GET"), (":path", "/cortex/v1/infer")], true)
+        .unwrap();
+    assert_eq!(action, Action::Pause);
+    let resp = http.local_response().unwrap();
+    assert_eq!(resp.status, 404);
+    assert_eq!(
+        String::from_utf8(resp.body).unwrap(),
+        r#"{"detail":"no route matches GET /cortex/v1/infer","error":"no_route"}"#
+    );
+    assert!(resp
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "application/json"));
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_every_path_logged() {
+    let mut host = router(
+        r#"{"rules": [{"name": "x", "category": "nope", "match": {"path": {"prefix": "lake"}}}]}"#,
+    );
+    assert!(!host.start().unwrap(), "configure must return false");
+    let errors: Vec<&str> = host
+        .logs()
+        .iter()
+        .filter(|l| l.level == LogLevel::Error)
+        .map(|l| l.message.as_str())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("nexus-router: invalid configuration: "),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("$.rules[0].category: unknown category \"nope\""),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("$.rules[0].match.path.prefix: path \"lake\" must start with '/'"));
+}
+
+#[test]
+fn strict_host_rejects_what_the_router_never_needs() {
+    // The router makes no callouts: if it ever did, strict mode would fail the request.
+    let mut host = router(CONFIG);
+    assert!(host.start().unwrap());
+    let mut http = host.http_context().unwrap();
+    http.request_headers(&[(":method", "GET"), (":path", "/lake/x")], true)
+        .unwrap();
+    assert!(host.http_calls().is_empty() && host.grpc_calls().is_empty());
+}
+
+#[test]
+fn fuel_per_request_callback() {
+    let mut host = router(CONFIG);
+    assert!(host.start().unwrap());
+    // Warm up once (first request defines metrics), then measure steady-state requests.
+    for path in ["/lake/warm", "/lake/tables", "/cortex/v2/infer"] {
+        let mut http = host.http_context().unwrap();
+        let method = if path.starts_with("/cortex") {
+            "POST"
+        } else {
+            "GET"
+        };
+        http.request_headers(
+            &[
+                (":method", method),
+                (":path", path),
+                ("user-agent", "curl/8"),
+                ("accept", "*/*"),
+            ],
+            true,
+        )
+        .unwrap();
+        http.finish().unwrap();
+    }
+    let per_callback: Vec<_> = host
+        .fuel_log()
+        .iter()
+        .filter(|(name, _)| name == "proxy_on_request_headers")
+        .map(|(_, fuel)| *fuel)
+        .collect();
+    println!(
+        "nexus-router fuel: configure+start and per callback: {:?}",
+        host.fuel_log()
+    );
+    println!("nexus-router fuel per on_request_headers (warm-up, prefix, regex): {per_callback:?}");
+    assert_eq!(per_callback.len(), 3);
+    assert!(per_callback.iter().all(|f| *f > 0));
+}
