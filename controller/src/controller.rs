@@ -455,6 +455,29 @@ fn routes_for_secret(store: &Store<NexusRoute>, secret: &Secret) -> Vec<ObjectRe
         .collect()
 }
 
+/// Other routes sharing a host with `route` (the winner or loser of a conflict with it):
+/// when it changes or goes away, they are re-checked.
+fn routes_sharing_hosts(
+    store: &Store<NexusRoute>,
+    route: &NexusRoute,
+) -> Vec<ObjectRef<NexusRoute>> {
+    let hosts = |r: &NexusRoute| -> BTreeSet<String> {
+        if r.spec.hosts.is_empty() {
+            BTreeSet::from(["*".to_string()])
+        } else {
+            r.spec.hosts.iter().cloned().collect()
+        }
+    };
+    let mine = hosts(route);
+    store
+        .state()
+        .iter()
+        .filter(|r| r.uid() != route.uid() && r.spec.target.kind == route.spec.target.kind)
+        .filter(|r| !hosts(r).is_disjoint(&mine))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// Runs the controller until the stream ends (it does not, short of a shutdown).
 pub async fn run(
     client: Client,
@@ -479,6 +502,7 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(8));
     let store = controller.store();
     let store_for_secrets = store.clone();
+    let store_for_neighbours = store.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         routes: store.clone(),
@@ -551,6 +575,11 @@ pub async fn run(
                         }
                     })
             },
+        )
+        .watches(
+            Api::<NexusRoute>::all(client.clone()),
+            watcher::Config::default(),
+            move |r: NexusRoute| routes_sharing_hosts(&store_for_neighbours, &r),
         )
         .watches(secrets_api, watcher::Config::default(), move |s: Secret| {
             routes_for_secret(&store_for_secrets, &s)

@@ -430,7 +430,7 @@ pub fn compile(
 
     // Auth.
     let auth_spec = spec.auth.clone().unwrap_or_default();
-    let mut auth_cfg = AuthConfig::default();
+    let mut auth_cfg = auth_defaults();
     let mut provider_names = BTreeSet::new();
     for (i, p) in auth_spec.providers.iter().enumerate() {
         let at = format!("$.spec.auth.providers[{i}]");
@@ -832,6 +832,12 @@ pub fn compile(
         fail_open: spec.failure_policy == Some(FailurePolicy::FailOpen),
         rule_count: spec.rules.len() as u32,
     })
+}
+
+/// An [`AuthConfig`] with the defaults the filter applies when parsing (serde defaults, which
+/// may differ from `Default`).
+pub fn auth_defaults() -> AuthConfig {
+    serde_json::from_str("{}").unwrap_or_default()
 }
 
 /// Creation time (RFC 3339) used to order routes; missing (offline) sorts first.

@@ -83,7 +83,7 @@ pub struct GroupConfigs {
 
 pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfigs {
     let mut router = RouterConfig::default();
-    let mut auth = AuthConfig::default();
+    let mut auth = crate::model::auth_defaults();
     let mut ratelimit = RateLimitConfig {
         domain: format!("nexus.{}.{}", group.namespace, group.name()),
         descriptors: Vec::new(),
