@@ -1,0 +1,19 @@
+//! The Nexus rate-limit service: Envoy's `envoy.service.ratelimit.v3.RateLimitService`, so both
+//! the nexus-ratelimit filter and Envoy's native ratelimit filter can call it.
+//!
+//! - [`limits`]: the configured limits (envoyproxy/ratelimit's format, `nexus_config::ratelimit`)
+//!   indexed per domain, and how a request's descriptors find their limit.
+//! - [`algorithm`]: fixed window (envoyproxy/ratelimit-compatible) and GCRA, as pure functions.
+//! - [`storage`]: where counters live, behind one trait: [`storage::MemoryStorage`] and
+//!   [`storage::RedisStorage`].
+//! - [`service`]: decisions for whole requests, and the tonic service.
+
+pub mod algorithm;
+pub mod limits;
+pub mod metrics;
+pub mod service;
+pub mod storage;
+
+pub use algorithm::Algorithm;
+pub use limits::Limits;
+pub use service::{RateLimiter, UnknownDomain};

@@ -1,0 +1,90 @@
+//! `nexus-ratelimit`: the rate-limit service on its own (the controller binary hosts it too).
+//!
+//!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...]
+//!                   [--algorithm fixed-window|gcra] [--unknown-domain allow|deny|error]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage, Storage};
+use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
+
+struct Args {
+    config_dir: PathBuf,
+    listen: SocketAddr,
+    redis_url: Option<String>,
+    algorithm: Algorithm,
+    unknown_domain: UnknownDomain,
+    redis_timeout: Duration,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        config_dir: PathBuf::from("."),
+        listen: "127.0.0.1:8081".parse()?,
+        redis_url: std::env::var("REDIS_URL").ok(),
+        algorithm: Algorithm::FixedWindow,
+        unknown_domain: UnknownDomain::Allow,
+        redis_timeout: Duration::from_millis(100),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config-dir" => args.config_dir = value()?.into(),
+            "--listen" => args.listen = value()?.parse()?,
+            "--redis-url" => args.redis_url = Some(value()?),
+            "--algorithm" => args.algorithm = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--unknown-domain" => {
+                args.unknown_domain = value()?.parse().map_err(anyhow::Error::msg)?
+            }
+            "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let limits = Limits::load_dir(&args.config_dir)?;
+    match &args.redis_url {
+        Some(url) => {
+            serve(
+                &args,
+                limits,
+                RedisStorage::new(url, "nexus:rl:", args.redis_timeout)?,
+            )
+            .await
+        }
+        None => serve(&args, limits, MemoryStorage::new()).await,
+    }
+}
+
+async fn serve<S: Storage>(args: &Args, limits: Limits, storage: S) -> Result<()> {
+    let domains: Vec<String> = limits.domains().map(str::to_string).collect();
+    eprintln!(
+        "{{\"level\":\"INFO\",\"service\":\"nexus-ratelimit\",\"message\":\"listening on {} with {} storage, {:?}, domains {:?}\"}}",
+        args.listen,
+        storage.describe(),
+        args.algorithm,
+        domains
+    );
+    let limiter = Arc::new(RateLimiter::new(
+        limits,
+        storage,
+        args.algorithm,
+        args.unknown_domain,
+    ));
+    tonic::transport::Server::builder()
+        .add_service(limiter.into_service())
+        .serve_with_shutdown(args.listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Counters in Redis, shared by every replica of the service.
+//!
+//! Fixed window: one MULTI/EXEC pipeline of `INCRBY` + `PEXPIRE` per counter (one round trip for
+//! the whole request). GCRA: a Lua script per counter, pipelined, which applies
+//! [`crate::algorithm::gcra`]'s arithmetic atomically. Every operation has a deadline: when Redis
+//! is down or slow the service answers UNAVAILABLE quickly and the proxy's failure mode
+//! decides; the connection manager reconnects by itself when Redis returns.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use super::{Storage, StorageError};
+use crate::algorithm::{self, Algorithm, Counter, Decision};
+
+const GCRA_SCRIPT: &str = r"
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local hits = tonumber(ARGV[4])
+if tat < now then tat = now end
+local new_tat = tat + interval * hits
+if new_tat - now > window then
+  return {0, tat}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, new_tat}
+";
+
+pub struct RedisStorage {
+    client: redis::Client,
+    prefix: String,
+    timeout: Duration,
+    /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
+    conn: Mutex<Option<ConnectionManager>>,
+    gcra: redis::Script,
+}
+
+impl RedisStorage {
+    /// `url` like `redis://127.0.0.1:6379/0`; `prefix` namespaces every key.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StorageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_string(),
+            timeout,
+            conn: Mutex::new(None),
+            gcra: redis::Script::new(GCRA_SCRIPT),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StorageError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StorageError("redis connect timed out".into()))?
+        .map_err(|e| StorageError(format!("redis connect: {e}")))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn run(
+        &self,
+        algorithm: Algorithm,
+        counters: &[Counter],
+        hits: u32,
+        now_us: u64,
+    ) -> Result<Vec<Decision>, StorageError> {
+        let mut conn = self.connection().await?;
+        match algorithm {
+            Algorithm::FixedWindow => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let mut ends = Vec::with_capacity(counters.len());
+                for counter in counters {
+                    let (key, end) = algorithm::window_key(counter, now_us);
+                    let ttl_ms = (end - now_us) / 1000 + 1000;
+                    pipe.incr(format!("{}{key}", self.prefix), hits)
+                        .cmd("PEXPIRE")
+                        .arg(format!("{}{key}", self.prefix))
+                        .arg(ttl_ms)
+                        .ignore();
+                    ends.push(end);
+                }
+                let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+                Ok(counters
+                    .iter()
+                    .zip(counts.iter().zip(ends))
+                    .map(|(c, (count, end))| algorithm::fixed_window(c, *count, end, now_us))
+                    .collect())
+            }
+            Algorithm::Gcra => {
+                let mut decisions = Vec::with_capacity(counters.len());
+                for counter in counters {
+                    let (ok, tat): (u8, u64) = self
+                        .gcra
+                        .key(format!("{}{}", self.prefix, counter.key))
+                        .arg(now_us)
+                        .arg(algorithm::gcra_interval(counter))
+                        .arg(counter.window_us)
+                        .arg(hits)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(redis_error)?;
+                    // Recompute the decision from the TAT Redis kept, exactly as memory does.
+                    let stored = if ok == 1 {
+                        tat.saturating_sub(algorithm::gcra_interval(counter) * u64::from(hits))
+                    } else {
+                        tat
+                    };
+                    decisions.push(algorithm::gcra(counter, stored, hits, now_us).0);
+                }
+                Ok(decisions)
+            }
+        }
+    }
+}
+
+fn redis_error(e: redis::RedisError) -> StorageError {
+    StorageError(format!("redis: {e}"))
+}
+
+impl Storage for RedisStorage {
+    async fn check_and_update(
+        &self,
+        algorithm: Algorithm,
+        counters: &[Counter],
+        hits: u32,
+        now_us: u64,
+    ) -> Result<Vec<Decision>, StorageError> {
+        tokio::time::timeout(self.timeout, self.run(algorithm, counters, hits, now_us))
+            .await
+            .map_err(|_| StorageError(format!("redis did not answer within {:?}", self.timeout)))?
+    }
+
+    fn describe(&self) -> String {
+        format!("redis at {}", self.client.get_connection_info().addr())
+    }
+}
