@@ -8,6 +8,7 @@
 pub mod auth;
 mod error;
 pub mod ratelimit;
+pub mod ratelimit_filter;
 pub mod router;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -1,0 +1,164 @@
+//! `nexus-ratelimit`: which descriptors a request sends, where limits are enforced, and what
+//! happens when the global service cannot answer.
+//!
+//! The limits themselves are the same [`RateLimitConfig`] tree the rate-limit service loads
+//! (envoyproxy/ratelimit's format), so the filter derives its descriptors from it: for the
+//! router rule a request matched (`x-nexus-rule`), it sends `[route=<rule>]` when that node has
+//! a limit, and `[route=<rule>, <key>=<value>]` for each child key: `client_id` (the identity
+//! nexus-auth set), `category`, `method`, `path`, or `header.<name>`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ratelimit::RateLimitConfig;
+use crate::{ConfigError, Validate};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFilterConfig {
+    pub limits: RateLimitConfig,
+    /// The global rate-limit service (`envoy.service.ratelimit.v3`); without it every limit is
+    /// enforced locally, per Envoy, in token buckets shared by its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<RateLimitService>,
+    /// What to do when the service fails or times out.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Per router rule overrides of `failure_mode`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_mode_by_route: BTreeMap<String, FailureMode>,
+    /// Add `RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) to allowed responses.
+    #[serde(default = "yes")]
+    pub response_headers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitService {
+    /// Envoy cluster (HTTP/2) of the rate-limit service.
+    pub cluster: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through (counted in `nexus_ratelimit.degraded.fail_open`).
+    FailOpen,
+    /// Answer 503 `rate_limit_unavailable`.
+    FailClosed,
+    /// Enforce the same limits locally (per Envoy) until the service answers again.
+    #[default]
+    LocalFallback,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout_ms() -> u64 {
+    50
+}
+
+/// Descriptor keys the filter knows how to fill, besides `header.<name>`.
+pub const VALUE_SOURCES: [&str; 5] = ["route", "client_id", "category", "method", "path"];
+
+impl Validate for RateLimitFilterConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        self.limits.validate(&format!("{path}.limits"), errors);
+        for (i, top) in self.limits.descriptors.iter().enumerate() {
+            let at = format!("{path}.limits.descriptors[{i}]");
+            if top.key != crate::ratelimit::ROUTE_KEY {
+                errors.push(ConfigError::new(
+                    format!("{at}.key"),
+                    format!(
+                        "top-level descriptors are keyed by route (the router rule), not {:?}",
+                        top.key
+                    ),
+                ));
+            }
+            for (j, child) in top.descriptors.iter().enumerate() {
+                let known = VALUE_SOURCES.contains(&child.key.as_str())
+                    || child
+                        .key
+                        .strip_prefix(crate::ratelimit::HEADER_KEY_PREFIX)
+                        .is_some_and(|h| !h.is_empty());
+                if !known {
+                    errors.push(ConfigError::new(
+                        format!("{at}.descriptors[{j}].key"),
+                        format!(
+                            "the filter cannot fill descriptor key {:?} (known: {}, header.<name>)",
+                            child.key,
+                            VALUE_SOURCES.join(", ")
+                        ),
+                    ));
+                }
+                if !child.descriptors.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.descriptors[{j}].descriptors"),
+                        "the filter sends at most two levels: route, then one key",
+                    ));
+                }
+            }
+        }
+        if let Some(service) = &self.service {
+            if service.cluster.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{path}.service.cluster"),
+                    "must not be empty",
+                ));
+            }
+            if service.timeout_ms == 0 || service.timeout_ms > 10_000 {
+                errors.push(ConfigError::new(
+                    format!("{path}.service.timeout_ms"),
+                    format!("{} ms is outside 1..=10000", service.timeout_ms),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    #[test]
+    fn minimal_config_enforces_locally_with_fallback_default() {
+        let cfg: RateLimitFilterConfig = parse(
+            br#"{"limits": {"domain": "nexus", "descriptors": [{"key": "route", "value": "lake",
+                 "descriptors": [{"key": "client_id", "rate_limit": {"unit": "second", "requests_per_unit": 5}}]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.service, None);
+        assert_eq!(cfg.failure_mode, FailureMode::LocalFallback);
+        assert!(cfg.response_headers);
+    }
+
+    #[test]
+    fn unknown_sources_and_deep_trees_are_rejected_with_paths() {
+        let err = parse::<RateLimitFilterConfig>(
+            br#"{"limits": {"domain": "nexus", "descriptors": [
+                  {"key": "client_id"},
+                  {"key": "route", "value": "lake", "descriptors": [
+                     {"key": "user_agent"},
+                     {"key": "client_id", "descriptors": [{"key": "path"}]}]}]},
+                 "service": {"cluster": "", "timeout_ms": 0}}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$.limits.descriptors[0].key",
+                "$.limits.descriptors[1].descriptors[0].key",
+                "$.limits.descriptors[1].descriptors[1].descriptors",
+                "$.service.cluster",
+                "$.service.timeout_ms",
+            ]
+        );
+    }
+}
