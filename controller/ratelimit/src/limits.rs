@@ -1,16 +1,13 @@
 //! Configured limits, indexed by domain, and the walk from a request descriptor to its limit.
 //!
-//! Matching follows envoyproxy/ratelimit: a request descriptor's entries are matched level by
-//! level against the configured tree, an exact `key`+`value` node before a `key`-only node
-//! (which gives every distinct value its own counter); the limit of the node reached by the
-//! last entry applies. A descriptor that leaves the tree, or ends on a node without a limit,
-//! is not limited.
+//! Matching follows envoyproxy/ratelimit; the walk itself is `RateLimitConfig::resolve` in
+//! nexus-config, shared with the nexus-ratelimit filter.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nexus_config::ratelimit::{Descriptor, RateLimit, RateLimitConfig, Unit};
+use nexus_config::ratelimit::{RateLimitConfig, Unit};
 
 /// Every domain's limits; cheap to clone behind an `Arc` and swap on reload.
 #[derive(Debug, Clone, Default)]
@@ -36,13 +33,7 @@ impl Resolved {
 }
 
 pub fn unit_us(unit: Unit) -> u64 {
-    const SEC: u64 = 1_000_000;
-    match unit {
-        Unit::Second => SEC,
-        Unit::Minute => 60 * SEC,
-        Unit::Hour => 3_600 * SEC,
-        Unit::Day => 86_400 * SEC,
-    }
+    unit.seconds() * 1_000_000
 }
 
 impl Limits {
@@ -90,30 +81,13 @@ impl Limits {
 
     /// The limit for one descriptor's entries, if any applies.
     pub fn resolve(&self, domain: &str, entries: &[(&str, &str)]) -> Option<Resolved> {
-        let config = self.domains.get(domain)?;
-        let mut level: &[Descriptor] = &config.descriptors;
-        let mut node: Option<&Descriptor> = None;
-        let mut key = domain.to_string();
-        for (k, v) in entries {
-            let found = level
-                .iter()
-                .find(|d| d.key == *k && d.value.as_deref() == Some(*v))
-                .or_else(|| level.iter().find(|d| d.key == *k && d.value.is_none()))?;
-            key.push('|');
-            key.push_str(k);
-            key.push('=');
-            key.push_str(v);
-            level = &found.descriptors;
-            node = Some(found);
-        }
-        let node = node?;
-        let limit: &RateLimit = node.rate_limit.as_ref()?;
+        let r = self.domains.get(domain)?.resolve(entries)?;
         Some(Resolved {
-            key,
-            requests_per_unit: limit.requests_per_unit,
-            unit: limit.unit,
-            unlimited: limit.unlimited,
-            shadow_mode: node.shadow_mode,
+            key: r.key,
+            requests_per_unit: r.limit.requests_per_unit,
+            unit: r.limit.unit,
+            unlimited: r.limit.unlimited,
+            shadow_mode: r.shadow_mode,
         })
     }
 }

@@ -12,7 +12,7 @@ use nexus_proto::ratelimit::{RateLimitRequest, RateLimitResponse};
 use tonic::{Request, Response, Status};
 
 use crate::algorithm::{Algorithm, Counter};
-use crate::limits::{unit_us, Limits, Resolved};
+use crate::limits::{Limits, Resolved};
 use crate::metrics::{LogOncePer, Metrics};
 use crate::storage::Storage;
 
@@ -277,11 +277,6 @@ fn unit_from_proto(unit: i32) -> Option<Unit> {
         ProtoUnit::Day => Some(Unit::Day),
         _ => None,
     }
-}
-
-/// Keeps `unit_us` reachable for callers computing windows from proto units.
-pub fn window_of(unit: Unit) -> u64 {
-    unit_us(unit)
 }
 
 pub struct GrpcService<S>(pub Arc<RateLimiter<S>>);

@@ -170,3 +170,62 @@ mod tests {
         );
     }
 }
+
+/// The limit one request descriptor resolves to in a [`RateLimitConfig`] tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedLimit<'a> {
+    /// Domain and every entry, values included: unique per counter.
+    pub key: String,
+    pub limit: &'a RateLimit,
+    pub shadow_mode: bool,
+}
+
+impl RateLimitConfig {
+    /// Walks the tree as envoyproxy/ratelimit does: level by level, an exact `key`+`value` node
+    /// before a `key`-only node (which gives each distinct value its own counter); the limit of
+    /// the node the last entry reaches applies. A descriptor that leaves the tree, or ends on a
+    /// node without a limit, is not limited. The rate-limit service and the filter both use this.
+    pub fn resolve(&self, entries: &[(&str, &str)]) -> Option<ResolvedLimit<'_>> {
+        let mut level: &[Descriptor] = &self.descriptors;
+        let mut node: Option<&Descriptor> = None;
+        let mut key = self.domain.clone();
+        for (k, v) in entries {
+            let found = level
+                .iter()
+                .find(|d| d.key == *k && d.value.as_deref() == Some(*v))
+                .or_else(|| level.iter().find(|d| d.key == *k && d.value.is_none()))?;
+            key.push('|');
+            key.push_str(k);
+            key.push('=');
+            key.push_str(v);
+            level = &found.descriptors;
+            node = Some(found);
+        }
+        let node = node?;
+        Some(ResolvedLimit {
+            key,
+            limit: node.rate_limit.as_ref()?,
+            shadow_mode: node.shadow_mode,
+        })
+    }
+}
+
+impl Unit {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3_600,
+            Unit::Day => 86_400,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+        }
+    }
+}
