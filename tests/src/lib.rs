@@ -5,9 +5,11 @@
 //!   the admin API, and kills it on drop.
 //! - [`upstream`]: in-process HTTP upstreams that record every request and echo it as JSON.
 //! - [`client`]: a blocking HTTP/1.1 client small enough to read in one sitting.
+//! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 
 pub mod client;
 pub mod envoy;
+pub mod jwks;
 pub mod upstream;
 
 use std::path::PathBuf;

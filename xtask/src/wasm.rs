@@ -14,7 +14,15 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 const TARGET: &str = "wasm32-unknown-unknown";
-const DEBIAN_PACKAGES: [&str; 4] = ["rustc-web", "cargo-web", "rust-web-src", "lld-19"];
+// clang-19 and llvm-19 (llvm-ar) compile the C parts of `ring` (nexus-auth) for wasm32.
+const DEBIAN_PACKAGES: [&str; 6] = [
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld-19",
+    "clang-19",
+    "llvm-19",
+];
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_LINKER: &str = "wasm-ld-19";
@@ -54,6 +62,8 @@ pub fn build_filters(root: &Path) -> Result<Vec<PathBuf>> {
         cmd.env("RUSTC", DEBIAN_RUSTC)
             .env("RUSTC_BOOTSTRAP", "1")
             .env("CARGO_TARGET_DIR", &dir)
+            .env("CC_wasm32_unknown_unknown", "clang-19")
+            .env("AR_wasm32_unknown_unknown", "llvm-ar-19")
             .env(
                 format!(
                     "CARGO_TARGET_{}_RUSTFLAGS",

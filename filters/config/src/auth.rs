@@ -46,6 +46,76 @@ pub struct AuthConfig {
     /// What a request no rule matches gets (deny: 403).
     #[serde(default)]
     pub on_no_match: NoMatchAction,
+    /// The cache of verified tokens shared by every worker.
+    #[serde(default)]
+    pub token_cache: TokenCache,
+    /// What the filter tells the upstream (and later filters) about the caller.
+    #[serde(default)]
+    pub identity: IdentityOut,
+    /// Least time between two JWKS fetches of one provider triggered by requests (a token
+    /// naming an unknown `kid`, or no keys yet), in milliseconds: bounds what unknown-`kid`
+    /// tokens can make the filter fetch.
+    #[serde(default = "default_refetch_interval")]
+    pub jwks_refetch_min_interval_ms: u64,
+}
+
+fn default_refetch_interval() -> u64 {
+    10_000
+}
+
+/// Verified tokens, keyed by the SHA-256 of the token, kept until the token's `exp` or `ttl_s`,
+/// whichever comes first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCache {
+    /// Slots (a direct-mapped table: a new token evicts the one in its slot). 0 disables it.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u32,
+    /// Longest time a verified token is trusted without verifying it again, in seconds.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_s: u64,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+            ttl_s: default_cache_ttl(),
+        }
+    }
+}
+
+fn default_cache_entries() -> u32 {
+    4096
+}
+
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+/// Identity headers and properties set on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityOut {
+    /// The JWT claim that names the client (`x-nexus-client-id`); API keys use their `client_id`.
+    #[serde(default = "default_client_id_claim")]
+    pub client_id_claim: String,
+    /// If set, the whole verified JWT payload, base64url, goes upstream in this header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_header: Option<String>,
+}
+
+impl Default for IdentityOut {
+    fn default() -> Self {
+        Self {
+            client_id_claim: default_client_id_claim(),
+            payload_header: None,
+        }
+    }
+}
+
+fn default_client_id_claim() -> String {
+    "sub".to_string()
 }
 
 /// How to find and verify one issuer's JWTs.
@@ -229,6 +299,21 @@ impl Validate for AuthConfig {
         }
         if let Some(keys) = &self.api_keys {
             keys.validate(&format!("{path}.api_keys"), errors);
+        }
+        if self.identity.client_id_claim.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.identity.client_id_claim"),
+                "must not be empty",
+            ));
+        }
+        if let Some(h) = &self.identity.payload_header {
+            check_header(h, &format!("{path}.identity.payload_header"), errors);
+        }
+        if self.token_cache.max_entries > 1 << 20 {
+            errors.push(ConfigError::new(
+                format!("{path}.token_cache.max_entries"),
+                "at most 1048576",
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, rule) in self.rules.iter().enumerate() {

@@ -51,3 +51,22 @@ pub enum SharedDataError {
     /// The host refused for another reason.
     Failed,
 }
+
+/// HTTP callouts through an Envoy cluster (`proxy_dispatch_http_call`). The answer arrives
+/// later, in the adapter's `on_http_call_response`, tagged with the returned token.
+pub trait Callouts {
+    /// `headers` must include `:method`, `:path` and `:authority`.
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, CalloutError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalloutError {
+    /// The host refused the call (unknown cluster, bad headers).
+    Refused,
+}

@@ -9,7 +9,7 @@ pub mod host;
 pub mod response;
 pub mod testing;
 
-pub use host::{Clock, HeaderMap, Level, Log, Metrics, SharedData};
+pub use host::{Callouts, Clock, HeaderMap, Level, Log, Metrics, SharedData};
 pub use response::{Action, LocalResponse};
 
 /// A small, fast, non-cryptographic generator for ids (request ids, trace ids).

@@ -3,7 +3,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use crate::host::{Clock, HeaderMap, Level, Log, Metrics, SharedData, SharedDataError};
+use crate::host::{
+    CalloutError, Callouts, Clock, HeaderMap, Level, Log, Metrics, SharedData, SharedDataError,
+};
 
 /// Headers in a vector, as the host keeps them (order and duplicates preserved).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,5 +92,51 @@ impl SharedData for MemSharedData {
         }
         map.insert(key.to_string(), (value.to_vec(), current.wrapping_add(1)));
         Ok(())
+    }
+}
+
+/// One HTTP callout a filter made, as [`MemCallouts`] recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCallout {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// Records callouts and hands out increasing tokens; `refuse` makes every call fail.
+#[derive(Debug, Default)]
+pub struct MemCallouts {
+    pub calls: RefCell<Vec<RecordedCallout>>,
+    pub refuse: Cell<bool>,
+}
+
+impl Callouts for MemCallouts {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, CalloutError> {
+        if self.refuse.get() {
+            return Err(CalloutError::Refused);
+        }
+        let mut calls = self.calls.borrow_mut();
+        let token = u32::try_from(calls.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        calls.push(RecordedCallout {
+            token,
+            cluster: cluster.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            body: body.to_vec(),
+            timeout_ms,
+        });
+        Ok(token)
     }
 }

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use nexus_filter_core::host::SharedDataError;
+use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
 use nexus_filter_core::{Action, Clock, HeaderMap, Level, Log, Metrics, SharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
@@ -114,6 +114,45 @@ impl SharedData for HostSharedData {
             Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
             Err(_) => Err(SharedDataError::Failed),
         }
+    }
+}
+
+/// HTTP callouts with `proxy_dispatch_http_call`.
+pub struct HostCallouts;
+
+impl Callouts for HostCallouts {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, CalloutError> {
+        let body = (!body.is_empty()).then_some(body);
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            body,
+            Vec::new(),
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| {
+            HostLog.log(
+                Level::Warn,
+                &format!("http call to cluster {cluster} failed: {status:?}"),
+            );
+            CalloutError::Refused
+        })
+    }
+}
+
+/// Sets an Envoy property (filter state `wasm.<name>` in Envoy), logging a failure.
+pub fn set_property(name: &str, value: &[u8]) {
+    if let Err(status) = hostcalls::set_property(vec![name], Some(value)) {
+        HostLog.log(
+            Level::Warn,
+            &format!("setting property {name} failed: {status:?}"),
+        );
     }
 }
 

@@ -1,0 +1,90 @@
+//! Finding a token in a request and splitting a compact JWS.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nexus_config::auth::TokenSource;
+use serde_json::{Map, Value};
+
+/// The token a source yields, if the request carries one there.
+pub fn extract(source: &TokenSource, headers: &[(String, String)]) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let token = match source {
+        TokenSource::Bearer => {
+            let v = header("authorization")?.trim();
+            let (scheme, rest) = v.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            rest.trim()
+        }
+        TokenSource::Header { name, prefix } => {
+            let v = header(name)?.trim();
+            match prefix {
+                Some(p) => v.strip_prefix(p.as_str())?.trim(),
+                None => v,
+            }
+        }
+        TokenSource::Query { param } => {
+            let path = header(":path")?;
+            let query = path.split_once('?')?.1.split('#').next()?;
+            query.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == param).then_some(v)
+            })?
+        }
+        TokenSource::Cookie { name } => headers
+            .iter()
+            .filter(|(k, _)| k == "cookie")
+            .flat_map(|(_, v)| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then_some(v.trim_matches('"'))
+            })?,
+    };
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// A compact JWS split and decoded, signature not yet checked.
+#[derive(Debug)]
+pub struct Jws<'a> {
+    pub header: Map<String, Value>,
+    pub claims: Map<String, Value>,
+    /// `base64url(header) . base64url(payload)`: what the signature covers.
+    pub signing_input: &'a str,
+    pub signature: Vec<u8>,
+}
+
+impl<'a> Jws<'a> {
+    pub fn parse(token: &'a str) -> Result<Self, &'static str> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a compact JWS (three dot-separated parts)");
+        };
+        let header = decode_object(h).ok_or("the header is not base64url JSON")?;
+        let claims = decode_object(p).ok_or("the payload is not base64url JSON")?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| "the signature is not base64url")?;
+        Ok(Self {
+            header,
+            claims,
+            signing_input: &token[..h.len() + 1 + p.len()],
+            signature,
+        })
+    }
+}
+
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
