@@ -2,6 +2,7 @@
 //! [`crate::plan`]; apply with server-side apply; write status and events.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,7 @@ pub struct Context {
     pub state: Arc<State>,
     pub recorder: Recorder,
     failures: Mutex<BTreeMap<(String, String), u32>>,
+    groups: Mutex<BTreeMap<String, Arc<GroupSlot>>>,
 }
 
 /// Secrets from the reflector, with fresh reads for the route being reconciled.
@@ -275,28 +277,15 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         .filter(|r| r.uid() != route.uid())
         .collect();
     all.push(&route);
-    let p = plan::for_route(&route, &all, &secrets, &ctx.settings)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let p = plan::route_only(&route, &all, &secrets);
 
     let mut programmed = None;
     let mut apply_err = None;
     let result: Result<(), Error> = async {
-        if p.group_objects.is_empty() {
-            delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &p.group_name).await?;
-            delete_if_exists(
-                &ctx.client,
-                "ConfigMap",
-                &ns,
-                &format!("{}-ratelimit", p.group_name),
-            )
-            .await?;
-        }
-        for o in p.group_objects.iter().chain(p.route_objects.iter()) {
+        apply_group(ctx, &route, &secrets).await?;
+        for o in &p.route_objects {
             apply(&ctx.client, o).await?;
-            ctx.state
-                .metrics
-                .applies
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.state.metrics.applies.fetch_add(1, Ordering::Relaxed);
         }
         let keep: BTreeSet<(String, String)> = p
             .route_objects
@@ -360,29 +349,77 @@ async fn cleanup_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, 
         store: &ctx.secrets,
         fresh: BTreeMap::new(),
     };
+    apply_group(ctx, &route, &secrets).await?;
+    prune_route_objects(&ctx.client, &ns, &route.name_any(), &BTreeSet::new()).await?;
+    Ok(Action::await_change())
+}
+
+/// Applies the EnvoyFilter and ConfigMap of `route`'s group, rendered from the routes the
+/// controller knows now (with `route` as given). Concurrent reconciles of one group are
+/// batched: whoever gets the group's lock renders from a fresh snapshot, which covers every
+/// request made before it; requests it covers take its result instead of applying again.
+async fn apply_group(
+    ctx: &Context,
+    route: &NexusRoute,
+    secrets: &Secrets<'_>,
+) -> Result<(), Error> {
+    let ns = route.namespace().unwrap_or_default();
+    let group = model::group_key(route).name();
+    let slot = ctx
+        .groups
+        .lock()
+        .map_err(|_| Error::Other("group table poisoned".into()))?
+        .entry(format!("{ns}/{group}"))
+        .or_default()
+        .clone();
+    let mine = slot.requested.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut done = slot.done.lock().await;
+    if done.0 >= mine {
+        return done.1.clone().map_err(Error::Other);
+    }
+    let covers = slot.requested.load(Ordering::SeqCst);
     let snapshot = ctx.routes.state();
-    let all: Vec<&NexusRoute> = snapshot
+    let mut all: Vec<&NexusRoute> = snapshot
         .iter()
         .map(|r| r.as_ref())
         .filter(|r| r.uid() != route.uid())
         .collect();
-    let p = plan::for_route(&route, &all, &secrets, &ctx.settings)
-        .map_err(|e| Error::Other(e.to_string()))?;
-    if p.group_objects.is_empty() {
-        delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &p.group_name).await?;
-        delete_if_exists(
-            &ctx.client,
-            "ConfigMap",
-            &ns,
-            &format!("{}-ratelimit", p.group_name),
-        )
-        .await?;
+    all.push(route);
+    let result: Result<(), Error> = async {
+        let p = plan::for_route(route, &all, secrets, &ctx.settings)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        if p.group_objects.is_empty() {
+            delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &group).await?;
+            delete_if_exists(&ctx.client, "ConfigMap", &ns, &format!("{group}-ratelimit")).await?;
+        }
+        for o in &p.group_objects {
+            apply(&ctx.client, o).await?;
+            ctx.state.metrics.applies.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
-    for o in &p.group_objects {
-        apply(&ctx.client, o).await?;
+    .await;
+    *done = (
+        covers,
+        result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
+    result
+}
+
+/// Batching state of one group's objects (see [`apply_group`]).
+struct GroupSlot {
+    requested: AtomicU64,
+    /// (highest request covered by the last apply, its result).
+    done: tokio::sync::Mutex<(u64, Result<(), String>)>,
+}
+
+impl Default for GroupSlot {
+    fn default() -> Self {
+        Self {
+            requested: AtomicU64::new(0),
+            done: tokio::sync::Mutex::new((0, Ok(()))),
+        }
     }
-    prune_route_objects(&ctx.client, &ns, &route.name_any(), &BTreeSet::new()).await?;
-    Ok(Action::await_change())
 }
 
 async fn reconcile(route: Arc<NexusRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -499,7 +536,7 @@ pub async fn run(
 
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
     let controller = Controller::new(routes, watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(8));
+        .with_config(controller::Config::default().concurrency(32));
     let store = controller.store();
     let store_for_secrets = store.clone();
     let store_for_neighbours = store.clone();
@@ -517,6 +554,7 @@ pub async fn run(
             },
         ),
         failures: Mutex::new(BTreeMap::new()),
+        groups: Mutex::new(BTreeMap::new()),
     });
     let vs = api_resource("VirtualService");
     let dr = api_resource("DestinationRule");

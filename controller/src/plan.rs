@@ -48,6 +48,30 @@ pub struct RoutePlan {
     pub route_objects: Vec<Value>,
 }
 
+/// This route's outcome and its own objects (VirtualService, DestinationRules), without
+/// compiling the rest of its group.
+pub fn route_only(
+    route: &NexusRoute,
+    all: &[&NexusRoute],
+    secrets: &dyn SecretLookup,
+) -> RoutePlan {
+    let lost = model::conflicts(all);
+    let outcome = match lost.get(&id(route)) {
+        Some(p) => Err(vec![p.clone()]),
+        None => model::compile(route, secrets),
+    };
+    let route_objects = match (&outcome, route.metadata.deletion_timestamp.is_none()) {
+        (Ok(c), true) => render::render_route(c),
+        _ => Vec::new(),
+    };
+    RoutePlan {
+        outcome,
+        group_objects: Vec::new(),
+        group_name: model::group_key(route).name(),
+        route_objects,
+    }
+}
+
 /// Plans one route against every route the controller knows (for conflicts and its group).
 pub fn for_route(
     route: &NexusRoute,

@@ -1,0 +1,212 @@
+//! Reconcile latency against a real kube-apiserver (shared/tools/kube-testenv.sh), with the
+//! controller running in-process:
+//!
+//!   cargo run --release -p nexus-controller --example reconcile_latency [-- N]
+//!
+//! Prints: create → `Programmed=True` for 1 route; for N routes (default 500) merged into one
+//! gateway EnvoyFilter; for N routes on N separate sidecar selectors; plus the controller's
+//! own reconcile count and mean duration. No assertions: numbers depend on the machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use nexus_controller::controller::{self, api_resource, programmed_count};
+use nexus_controller::crd::NexusRoute;
+use nexus_controller::render::Settings;
+use nexus_controller::server::State;
+use serde::Deserialize;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn route(ns: &str, i: usize, shared: bool) -> NexusRoute {
+    let (kind, selector) = if shared {
+        ("Gateway", json!({ "istio": "ingressgateway" }))
+    } else {
+        ("Sidecar", json!({ "app": format!("svc-{i}") }))
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "nexus.datapunk.io/v1alpha1",
+        "kind": "NexusRoute",
+        "metadata": { "name": format!("r{i}"), "namespace": ns },
+        "spec": {
+            "target": { "kind": kind, "selector": selector },
+            "gateways": ["istio-system/nexus-gateway"],
+            "hosts": [format!("r{i}.example.com")],
+            "rules": [
+                { "name": "read", "match": { "path": { "prefix": "/data/" }, "methods": ["GET"] },
+                  "category": "data_operations", "rateLimits": [{ "by": "Client", "requests": 10, "per": "Second" }] },
+                { "name": "infer", "match": { "path": { "prefix": "/ai/" } }, "category": "ai_inference" },
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+async fn wait_programmed(api: &Api<NexusRoute>, n: usize) {
+    loop {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        if programmed_count(&list.items) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metrics(state: &State) -> (u64, f64) {
+    let text = state.metrics.render(true);
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+            })
+            .unwrap_or(0.0)
+    };
+    let count = get("nexus_controller_reconcile_duration_seconds_count ");
+    let sum = get("nexus_controller_reconcile_duration_seconds_sum ");
+    (count as u64, if count > 0.0 { sum / count } else { 0.0 })
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(500);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("../../shared/tools/kube-testenv.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let (etcd, api_port) = (free_port(), free_port());
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["start"])
+        .arg(dir.path())
+        .env("ETCD_PORT", etcd.to_string())
+        .env("API_PORT", api_port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = tokio::spawn(run(dir.path().join("kubeconfig"), root, n)).await;
+    let _ = Command::new("bash")
+        .arg(&script)
+        .arg("stop")
+        .arg(dir.path())
+        .output();
+    result.unwrap();
+}
+
+async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(cfg).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in [
+        root.join("../charts/nexus/crds/nexusroutes.yaml"),
+        root.join("tests/fixtures/istio-crds.yaml"),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| CustomResourceDefinition::deserialize(doc).unwrap())
+            .collect();
+        for crd in docs {
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in ["one", "shared", "separate"] {
+        let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
+        namespaces.create(&PostParams::default(), &n).await.unwrap();
+    }
+    for kind in ["EnvoyFilter", "VirtualService", "DestinationRule"] {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(kind));
+        while api.list(&ListParams::default()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let routes_all: Api<NexusRoute> = Api::all(client.clone());
+    while routes_all.list(&ListParams::default()).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settings = Settings {
+        controller_namespace: "nexus-system".into(),
+        module_port: 8082,
+        modules: Settings::load_modules(&root.join("tests/fixtures/modules")).unwrap(),
+    };
+    let state = Arc::new(State::new(None));
+    tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        state.clone(),
+        "bench".into(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1 route.
+    let api: Api<NexusRoute> = Api::namespaced(client.clone(), "one");
+    let t = Instant::now();
+    api.create(&PostParams::default(), &route("one", 0, false))
+        .await
+        .unwrap();
+    wait_programmed(&api, 1).await;
+    println!("1 route: create -> Programmed=True in {:?}", t.elapsed());
+    let (c0, mean0) = metrics(&state);
+    println!(
+        "  controller: {c0} reconciles so far, mean {:.1} ms",
+        mean0 * 1000.0
+    );
+
+    for (ns, shared) in [("shared", true), ("separate", false)] {
+        let api: Api<NexusRoute> = Api::namespaced(client.clone(), ns);
+        let (c_before, _) = metrics(&state);
+        let t = Instant::now();
+        for i in 0..n {
+            api.create(&PostParams::default(), &route(ns, i, shared))
+                .await
+                .unwrap();
+        }
+        let created = t.elapsed();
+        wait_programmed(&api, n).await;
+        let (c_after, mean) = metrics(&state);
+        println!(
+            "{n} routes, {}: created in {created:?}, all Programmed=True after {:?} ({} reconciles, mean {:.1} ms over all reconciles so far)",
+            if shared { "one shared gateway EnvoyFilter" } else { "one EnvoyFilter each" },
+            t.elapsed(),
+            c_after - c_before,
+            mean * 1000.0
+        );
+        if shared {
+            let efs: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), ns, &api_resource("EnvoyFilter"));
+            let list = efs.list(&ListParams::default()).await.unwrap();
+            let size: usize = list
+                .items
+                .iter()
+                .map(|o| serde_json::to_string(o).unwrap().len())
+                .sum();
+            println!(
+                "  {} EnvoyFilter(s), {size} bytes of JSON",
+                list.items.len()
+            );
+        }
+    }
+}
