@@ -1,0 +1,103 @@
+//! Which descriptors a request sends: derived from the limits tree and the request's headers.
+
+use nexus_config::ratelimit::{RateLimitConfig, Unit, HEADER_KEY_PREFIX, ROUTE_KEY};
+use nexus_filter_core::HeaderMap;
+
+/// Headers other Nexus filters set (after stripping any a client sent).
+const RULE_HEADER: &str = "x-nexus-rule";
+const CLIENT_HEADER: &str = "x-nexus-client-id";
+const CATEGORY_HEADER: &str = "x-nexus-category";
+
+/// Requests without an identity share one counter per route rather than escaping the limit.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// One limited descriptor of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub entries: Vec<(String, String)>,
+    /// Counter key (domain and entries), as the service builds it.
+    pub key: String,
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+    pub shadow_mode: bool,
+}
+
+impl Limited {
+    /// The name clients see in `RateLimit-Policy`: the innermost descriptor key.
+    pub fn policy_name(&self) -> &str {
+        self.entries
+            .last()
+            .map(|(k, _)| k.as_str())
+            .unwrap_or("route")
+    }
+}
+
+/// The route a request matched and its limited descriptors; `None` when the router did not
+/// route it (no `x-nexus-rule`).
+pub fn for_request(
+    limits: &RateLimitConfig,
+    headers: &impl HeaderMap,
+) -> Option<(String, Vec<Limited>)> {
+    let route = headers.get(RULE_HEADER)?;
+    let mut candidates: Vec<Vec<(String, String)>> =
+        vec![vec![(ROUTE_KEY.to_string(), route.clone())]];
+    let top = limits
+        .descriptors
+        .iter()
+        .find(|d| d.key == ROUTE_KEY && d.value.as_deref() == Some(route.as_str()))
+        .or_else(|| {
+            limits
+                .descriptors
+                .iter()
+                .find(|d| d.key == ROUTE_KEY && d.value.is_none())
+        });
+    if let Some(top) = top {
+        let mut keys: Vec<&str> = top.descriptors.iter().map(|d| d.key.as_str()).collect();
+        keys.dedup();
+        for key in keys {
+            if let Some(value) = value_of(key, headers) {
+                candidates.push(vec![
+                    (ROUTE_KEY.to_string(), route.clone()),
+                    (key.to_string(), value),
+                ]);
+            }
+        }
+    }
+    let limited = candidates
+        .into_iter()
+        .filter_map(|entries| {
+            let refs: Vec<(&str, &str)> = entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = limits.resolve(&refs)?;
+            if r.limit.unlimited {
+                return None;
+            }
+            Some(Limited {
+                key: r.key,
+                requests_per_unit: r.limit.requests_per_unit,
+                unit: r.limit.unit,
+                shadow_mode: r.shadow_mode,
+                entries,
+            })
+        })
+        .collect();
+    Some((route, limited))
+}
+
+fn value_of(key: &str, headers: &impl HeaderMap) -> Option<String> {
+    match key {
+        "client_id" => Some(
+            headers
+                .get(CLIENT_HEADER)
+                .unwrap_or_else(|| ANONYMOUS.to_string()),
+        ),
+        "category" => headers.get(CATEGORY_HEADER),
+        "method" => headers.get(":method"),
+        "path" => headers
+            .get(":path")
+            .map(|p| p.split(['?', '#']).next().unwrap_or_default().to_string()),
+        other => headers.get(other.strip_prefix(HEADER_KEY_PREFIX)?),
+    }
+}

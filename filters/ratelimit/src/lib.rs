@@ -1,0 +1,315 @@
+//! The nexus-ratelimit filter, host-agnostic and sans-IO.
+//!
+//! [`RateLimiter::on_request`] turns a request into a [`Step`]: allow, deny (429), or "ask the
+//! global service this" (the adapter dispatches the gRPC call and hands the answer to
+//! [`RateLimiter::on_service_response`]). Local limits live in token buckets in shared data,
+//! so every worker of one Envoy draws from the same bucket.
+
+mod bucket;
+mod descriptors;
+
+use std::cell::Cell;
+
+use nexus_config::ratelimit::Unit;
+use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig};
+use nexus_config::ConfigErrors;
+use nexus_filter_core::{HeaderMap, Level, LocalResponse, Log, Metrics, SharedData};
+use nexus_proto::ratelimit::rate_limit_descriptor::Entry;
+use nexus_proto::ratelimit::rate_limit_response::Code;
+use nexus_proto::ratelimit::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse};
+use prost::Message;
+
+pub use bucket::BucketState;
+pub use descriptors::Limited;
+
+/// One minute between log lines about the same degradation, however many requests degrade.
+const DEGRADED_LOG_INTERVAL_US: u64 = 60_000_000;
+
+pub struct RateLimiter {
+    config: RateLimitFilterConfig,
+    last_degraded_log_us: Cell<u64>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Forward; add these headers to the response.
+    Allow(Vec<(String, String)>),
+    Deny(LocalResponse),
+    /// Send `message` (an encoded `RateLimitRequest`) to the service, then call
+    /// [`RateLimiter::on_service_response`] with `pending`.
+    CallService {
+        message: Vec<u8>,
+        pending: Pending,
+    },
+}
+
+/// What the filter keeps while the service answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    route: String,
+    limited: Vec<Limited>,
+}
+
+/// How a service call ended when it did not return a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFailure {
+    /// gRPC status (Envoy reports a timeout as DEADLINE_EXCEEDED or UNAVAILABLE).
+    Status(u32, String),
+    /// The call could not even be dispatched (unknown cluster, ...).
+    Dispatch(String),
+}
+
+impl RateLimiter {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigErrors> {
+        Ok(Self::new(nexus_config::parse(bytes)?))
+    }
+
+    pub fn new(config: RateLimitFilterConfig) -> Self {
+        Self {
+            config,
+            last_degraded_log_us: Cell::new(0),
+        }
+    }
+
+    pub fn service(&self) -> Option<&nexus_config::ratelimit_filter::RateLimitService> {
+        self.config.service.as_ref()
+    }
+
+    pub fn on_request(
+        &self,
+        headers: &impl HeaderMap,
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        now_us: u64,
+    ) -> Step {
+        let Some((route, limited)) = descriptors::for_request(&self.config.limits, headers) else {
+            return Step::Allow(Vec::new());
+        };
+        if limited.is_empty() {
+            return Step::Allow(Vec::new());
+        }
+        if self.config.service.is_some() {
+            let message = RateLimitRequest {
+                domain: self.config.limits.domain.clone(),
+                descriptors: limited
+                    .iter()
+                    .map(|l| RateLimitDescriptor {
+                        entries: l
+                            .entries
+                            .iter()
+                            .map(|(k, v)| Entry {
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        limit: None,
+                    })
+                    .collect(),
+                hits_addend: 1,
+            }
+            .encode_to_vec();
+            return Step::CallService {
+                message,
+                pending: Pending { route, limited },
+            };
+        }
+        self.enforce_locally(&route, &limited, shared, metrics, now_us)
+    }
+
+    /// The service's answer (or failure) for a request that was paused on it.
+    pub fn on_service_response(
+        &self,
+        pending: &Pending,
+        answer: Result<&[u8], ServiceFailure>,
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        log: &impl Log,
+        now_us: u64,
+    ) -> Step {
+        let failure = match answer {
+            Ok(bytes) => match RateLimitResponse::decode(bytes) {
+                Ok(resp) if resp.overall_code == Code::Ok as i32 => {
+                    metrics.increment("nexus_ratelimit.allowed", 1);
+                    return Step::Allow(self.headers_from_service(pending, &resp));
+                }
+                Ok(resp) if resp.overall_code == Code::OverLimit as i32 => {
+                    return self.deny_from_service(pending, &resp, metrics);
+                }
+                Ok(resp) => format!("service answered overall_code {}", resp.overall_code),
+                Err(e) => format!("undecodable service response: {e}"),
+            },
+            Err(ServiceFailure::Status(code, msg)) => {
+                format!("service call failed: gRPC status {code} {msg}")
+            }
+            Err(ServiceFailure::Dispatch(msg)) => format!("service call not dispatched: {msg}"),
+        };
+        let mode = self
+            .config
+            .failure_mode_by_route
+            .get(&pending.route)
+            .copied()
+            .unwrap_or(self.config.failure_mode);
+        let mode_name = match mode {
+            FailureMode::FailOpen => "fail_open",
+            FailureMode::FailClosed => "fail_closed",
+            FailureMode::LocalFallback => "local_fallback",
+        };
+        metrics.increment(&format!("nexus_ratelimit.degraded.{mode_name}"), 1);
+        if now_us.saturating_sub(self.last_degraded_log_us.get()) >= DEGRADED_LOG_INTERVAL_US
+            || self.last_degraded_log_us.get() == 0
+        {
+            self.last_degraded_log_us.set(now_us.max(1));
+            log.log(
+                Level::Warn,
+                &format!(
+                    "nexus-ratelimit: {failure}; applying {mode_name} (logged once per minute)"
+                ),
+            );
+        }
+        match mode {
+            FailureMode::FailOpen => Step::Allow(Vec::new()),
+            FailureMode::FailClosed => Step::Deny(LocalResponse::json_error(
+                503,
+                "rate_limit_unavailable",
+                "the rate-limit service did not answer and this route fails closed",
+            )),
+            FailureMode::LocalFallback => {
+                self.enforce_locally(&pending.route, &pending.limited, shared, metrics, now_us)
+            }
+        }
+    }
+
+    fn enforce_locally(
+        &self,
+        route: &str,
+        limited: &[Limited],
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        now_us: u64,
+    ) -> Step {
+        let mut tightest: Option<(&Limited, BucketState)> = None;
+        for l in limited {
+            let state = bucket::take(shared, &l.key, l.requests_per_unit, l.unit, now_us, metrics);
+            if !state.allowed && !l.shadow_mode {
+                metrics.increment("nexus_ratelimit.denied.local", 1);
+                return Step::Deny(too_many(route, l, state.reset_us));
+            }
+            if tightest
+                .as_ref()
+                .is_none_or(|(_, t)| state.remaining < t.remaining)
+            {
+                tightest = Some((l, state));
+            }
+        }
+        metrics.increment("nexus_ratelimit.allowed", 1);
+        Step::Allow(match tightest {
+            Some((l, s)) if self.config.response_headers => {
+                policy_headers(l, s.remaining, s.reset_us)
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    fn headers_from_service(
+        &self,
+        pending: &Pending,
+        resp: &RateLimitResponse,
+    ) -> Vec<(String, String)> {
+        if !self.config.response_headers {
+            return Vec::new();
+        }
+        // The descriptor with the fewest requests left is the one a client must respect.
+        pending
+            .limited
+            .iter()
+            .zip(&resp.statuses)
+            .filter(|(_, s)| s.current_limit.is_some())
+            .min_by_key(|(_, s)| s.limit_remaining)
+            .map(|(l, s)| policy_headers(l, s.limit_remaining, reset_us(s)))
+            .unwrap_or_default()
+    }
+
+    fn deny_from_service(
+        &self,
+        pending: &Pending,
+        resp: &RateLimitResponse,
+        metrics: &impl Metrics,
+    ) -> Step {
+        metrics.increment("nexus_ratelimit.denied.global", 1);
+        let over = pending
+            .limited
+            .iter()
+            .zip(&resp.statuses)
+            .filter(|(_, s)| s.code == Code::OverLimit as i32)
+            .max_by_key(|(_, s)| reset_us(s));
+        match over {
+            Some((l, s)) => Step::Deny(too_many(&pending.route, l, reset_us(s))),
+            None => Step::Deny(LocalResponse::json_error(
+                429,
+                "rate_limited",
+                "the rate-limit service refused this request",
+            )),
+        }
+    }
+}
+
+fn reset_us(s: &nexus_proto::ratelimit::rate_limit_response::DescriptorStatus) -> u64 {
+    s.duration_until_reset
+        .as_ref()
+        .map(|d| {
+            u64::try_from(d.seconds).unwrap_or(0) * 1_000_000
+                + u64::try_from(d.nanos).unwrap_or(0) / 1_000
+        })
+        .unwrap_or(0)
+}
+
+/// `RateLimit-Policy` and `RateLimit` per draft-ietf-httpapi-ratelimit-headers (structured
+/// fields): the policy's quota and window, and what is left of it.
+fn policy_headers(l: &Limited, remaining: u32, reset_us: u64) -> Vec<(String, String)> {
+    let name = l.policy_name();
+    vec![
+        (
+            "ratelimit-policy".to_string(),
+            format!(
+                "\"{name}\";q={};w={}",
+                l.requests_per_unit,
+                l.unit.seconds()
+            ),
+        ),
+        (
+            "ratelimit".to_string(),
+            format!("\"{name}\";r={remaining};t={}", seconds_up(reset_us)),
+        ),
+    ]
+}
+
+fn seconds_up(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+fn too_many(route: &str, l: &Limited, reset_us: u64) -> LocalResponse {
+    let retry_after = seconds_up(reset_us).max(1);
+    let who = match l.entries.get(1) {
+        Some((k, v)) => format!("{k}={v} on route {route}"),
+        None => format!("route {route}"),
+    };
+    let detail = format!(
+        "limit of {} requests per {} for {who} exceeded; retry after {retry_after} s",
+        l.requests_per_unit,
+        unit_name(l.unit)
+    );
+    let mut resp = LocalResponse::json_error(429, "rate_limited", &detail)
+        .with_header("retry-after", &retry_after.to_string());
+    for (k, v) in policy_headers(l, 0, reset_us) {
+        resp = resp.with_header(&k, &v);
+    }
+    resp
+}
+
+fn unit_name(unit: Unit) -> &'static str {
+    unit.name()
+}
+
+#[cfg(test)]
+mod tests;
