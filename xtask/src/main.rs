@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: build the wasm filters, run every test, run the demo.
 
+mod bench_auth;
 mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   build-filters   build every filter to target/filters/<name>.wasm (+ .sha256)
   test            build-filters, then cargo test --workspace
-  run             build-filters, then run Envoy with the filters and demo upstreams on 127.0.0.1:8080";
+  run             build-filters, then run Envoy with the filters and demo upstreams on 127.0.0.1:8080
+  bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk";
 
 fn main() {
     if let Err(e) = run() {
@@ -53,6 +55,9 @@ fn run() -> Result<()> {
                 ])
                 .args(&args[1..]);
             status(&mut cmd)?;
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("auth") => {
+            bench_auth::run(&root, &args[2..])?;
         }
         _ => bail!("{USAGE}"),
     }
