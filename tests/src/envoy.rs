@@ -29,6 +29,8 @@ pub struct EnvoyConfig {
     pub listen_port: u16,
     /// Worker threads (`--concurrency`); 0 means 1.
     pub concurrency: u32,
+    /// HTTP/2 clusters for gRPC services the filters call (`nexus-ratelimit` → port).
+    pub grpc_clusters: Vec<(String, u16)>,
 }
 
 impl EnvoyConfig {
@@ -55,23 +57,27 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
-        let clusters: Vec<Value> = self
+        let mut clusters: Vec<Value> = self
             .upstreams
             .iter()
-            .map(|(name, port)| {
-                json!({
-                    "name": name, "type": "STATIC", "connect_timeout": "1s",
-                    "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address":
-                            {"address": "127.0.0.1", "port_value": port}}}}]}]}
-                })
-            })
+            .map(|(name, port)| static_cluster(name, *port))
             .collect();
+        clusters.extend(self.grpc_clusters.iter().map(|(name, port)| {
+            let mut c = static_cluster(name, *port);
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            });
+            c
+        }));
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
                 "listeners": [{
                     "name": "nexus",
+                    "stat_prefix": "nexus",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
@@ -89,6 +95,15 @@ impl EnvoyConfig {
             }
         })
     }
+}
+
+fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address":
+                {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    })
 }
 
 fn wasm_filter(f: &WasmFilter) -> Value {

@@ -29,6 +29,7 @@ fn main() -> Result<()> {
             .collect(),
         listen_port: port,
         concurrency: 2,
+        ..Default::default()
     };
     let envoy = Envoy::start(&config)?;
     println!(

@@ -1,0 +1,105 @@
+//! The Nexus rate-limit service in-process, on a kernel-chosen 127.0.0.1 port, stoppable
+//! mid-test to exercise the filters' failure modes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use nexus_ratelimit_service::limits::parse;
+use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage};
+use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
+use tokio::sync::oneshot;
+
+/// Where the service keeps counters.
+pub enum Backend {
+    Memory,
+    Redis(String),
+}
+
+pub struct RateLimitServer {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl RateLimitServer {
+    /// Serves the limits in `config_yaml` (one domain, envoyproxy/ratelimit format).
+    pub fn start(config_yaml: &str, backend: Backend) -> Result<Self> {
+        let limits = Limits::new([parse(config_yaml)?])?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        match backend {
+            Backend::Memory => {
+                let rl = Arc::new(RateLimiter::new(
+                    limits,
+                    MemoryStorage::new(),
+                    Algorithm::FixedWindow,
+                    UnknownDomain::Allow,
+                ));
+                runtime.spawn(serve(rl.into_service(), incoming, stopped));
+            }
+            Backend::Redis(url) => {
+                let prefix = format!("nexus-e2e:{}:{port}:", std::process::id());
+                let storage = RedisStorage::new(&url, &prefix, Duration::from_millis(200))?;
+                let rl = Arc::new(RateLimiter::new(
+                    limits,
+                    storage,
+                    Algorithm::FixedWindow,
+                    UnknownDomain::Allow,
+                ));
+                runtime.spawn(serve(rl.into_service(), incoming, stopped));
+            }
+        }
+        Ok(Self {
+            port,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Stops serving and closes the port: calls then fail as with a crashed service.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for RateLimitServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve<S>(
+    service: S,
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+    stopped: oneshot::Receiver<()>,
+) where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        })
+        .await;
+}
