@@ -21,7 +21,8 @@ mod token;
 pub mod verify;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use nexus_config::auth::{AuthConfig, IdentityOut, Jwks, NoMatchAction, Requirement, TokenSource};
@@ -186,6 +187,36 @@ pub struct Auth {
     keys: RefCell<Vec<WorkerKeys>>,
     /// Callout token → provider, for fetches this worker has in flight.
     pending: RefCell<BTreeMap<u32, usize>>,
+    /// This worker's copy of recently verified tokens, keyed by the token itself: a reused
+    /// token costs a hash-map lookup, not a SHA-256, a shared-data copy and a JSON parse.
+    local: RefCell<LocalCache>,
+}
+
+type LocalCache = HashMap<String, LocalEntry, BuildHasherDefault<FxHasher>>;
+
+struct LocalEntry {
+    provider: usize,
+    expires_s: u64,
+    claims: Rc<Map<String, Value>>,
+}
+
+/// A fast non-cryptographic hash (FxHash). Keys are whole tokens compared in full, and only
+/// verified tokens are inserted, so collisions cost time at worst, never a wrong answer.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Auth {
@@ -325,6 +356,7 @@ impl Auth {
             verifier: Box::new(RingVerifier),
             keys: RefCell::new(keys),
             pending: RefCell::new(BTreeMap::new()),
+            local: RefCell::new(LocalCache::default()),
         })
     }
 
@@ -563,6 +595,28 @@ impl Auth {
                 fetched_at_s,
             };
         }
+    }
+
+    /// Keeps a verified token in this worker's cache (bounded: when full, it starts over).
+    fn remember(
+        &self,
+        token: &str,
+        provider: usize,
+        expires_s: u64,
+        claims: &Rc<Map<String, Value>>,
+    ) {
+        let mut local = self.local.borrow_mut();
+        if local.len() >= self.cache_entries as usize {
+            local.clear();
+        }
+        local.insert(
+            token.to_string(),
+            LocalEntry {
+                provider,
+                expires_s,
+                claims: claims.clone(),
+            },
+        );
     }
 
     fn in_flight(&self, i: usize) -> bool {
@@ -807,9 +861,17 @@ impl Check<'_> {
         &mut self,
         token: &str,
         candidates: &[usize],
-    ) -> Result<(usize, Map<String, Value>), Fail> {
+    ) -> Result<(usize, Rc<Map<String, Value>>), Fail> {
         let a = self.auth;
         let env = self.env;
+        if a.cache_entries > 0 {
+            if let Some(e) = a.local.borrow().get(token) {
+                if self.now_s < e.expires_s && candidates.contains(&e.provider) {
+                    env.metrics.increment("nexus_auth.token_cache.hit", 1);
+                    return Ok((e.provider, e.claims.clone()));
+                }
+            }
+        }
         let digest = digest::digest(&digest::SHA256, token.as_bytes());
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
@@ -819,6 +881,8 @@ impl Check<'_> {
                 if candidates.contains(&p) {
                     if let Ok(Value::Object(c)) = serde_json::from_slice(&e.claims) {
                         env.metrics.increment("nexus_auth.token_cache.hit", 1);
+                        let c = Rc::new(c);
+                        a.remember(token, p, e.expires_s, &c);
                         return Ok((p, c));
                     }
                 }
@@ -914,10 +978,12 @@ impl Check<'_> {
                 .filter_map(|n| jws.claims.get(n).map(|v| (n.clone(), v.clone())))
                 .collect()
         };
+        let kept = Rc::new(kept);
         if a.cache_entries > 0 {
             let expires_s = exp
                 .saturating_add(skew)
                 .min(self.now_s.saturating_add(a.cache_ttl_s));
+            a.remember(token, p, expires_s, &kept);
             cache::put(
                 env.shared,
                 &a.prefix,
@@ -926,7 +992,7 @@ impl Check<'_> {
                 &cache::Entry {
                     provider: u16::try_from(p).unwrap_or(u16::MAX),
                     expires_s,
-                    claims: Value::Object(kept.clone()).to_string().into_bytes(),
+                    claims: Value::Object((*kept).clone()).to_string().into_bytes(),
                 },
             );
         }
