@@ -58,7 +58,11 @@ pub struct Context {
     pub recorder: Recorder,
     failures: Mutex<BTreeMap<(String, String), u32>>,
     groups: Mutex<BTreeMap<String, Arc<GroupSlot>>>,
+    /// Route uid → (group, own objects) last applied by this process.
+    applied: Mutex<BTreeMap<String, AppliedSet>>,
 }
+
+type AppliedSet = (String, BTreeSet<(String, String)>);
 
 /// Secrets from the reflector, with fresh reads for the route being reconciled.
 struct Secrets<'a> {
@@ -77,7 +81,8 @@ impl SecretLookup for Secrets<'_> {
     }
 }
 
-async fn apply(client: &Client, obj: &Value) -> Result<(), kube::Error> {
+/// Server-side applies `obj`; returns its new resourceVersion.
+async fn apply(client: &Client, obj: &Value) -> Result<String, kube::Error> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
@@ -87,8 +92,8 @@ async fn apply(client: &Client, obj: &Value) -> Result<(), kube::Error> {
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(obj),
     )
-    .await?;
-    Ok(())
+    .await
+    .map(|o| o.metadata.resource_version.unwrap_or_default())
 }
 
 async fn delete_if_exists(
@@ -114,7 +119,7 @@ async fn prune_route_objects(
 ) -> Result<(), kube::Error> {
     for kind in ["VirtualService", "DestinationRule"] {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &api_resource(kind));
-        let lp = ListParams::default().labels(&format!(
+        let lp = ListParams::default().match_any().labels(&format!(
             "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_ROUTE}={route}"
         ));
         let list = match api.list_metadata(&lp).await {
@@ -145,7 +150,9 @@ async fn fix_other_groups(
     let uid = route.uid().unwrap_or_default();
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &api_resource("EnvoyFilter"));
-    let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
+    let lp = ListParams::default()
+        .match_any()
+        .labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
     let list = match api.list_metadata(&lp).await {
         Ok(l) => l,
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
@@ -300,8 +307,17 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
                 )
             })
             .collect();
-        prune_route_objects(&ctx.client, &ns, &name, &keep).await?;
-        fix_other_groups(ctx, &route, &p.group_name, &all, &secrets).await?;
+        // Stale objects can only exist if what we apply changed since this process last
+        // applied this route (or we never did): only then list (from the watch cache).
+        let uid = route.uid().unwrap_or_default();
+        let known = ctx.applied.lock().ok().and_then(|a| a.get(&uid).cloned());
+        if known.as_ref().map(|(g, k)| (g, k)) != Some((&p.group_name, &keep)) {
+            prune_route_objects(&ctx.client, &ns, &name, &keep).await?;
+            fix_other_groups(ctx, &route, &p.group_name, &all, &secrets).await?;
+            if let Ok(mut a) = ctx.applied.lock() {
+                a.insert(uid, (p.group_name.clone(), keep));
+            }
+        }
         Ok(())
     }
     .await;
@@ -351,6 +367,9 @@ async fn cleanup_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, 
     };
     apply_group(ctx, &route, &secrets).await?;
     prune_route_objects(&ctx.client, &ns, &route.name_any(), &BTreeSet::new()).await?;
+    if let Ok(mut a) = ctx.applied.lock() {
+        a.remove(&route.uid().unwrap_or_default());
+    }
     Ok(Action::await_change())
 }
 
@@ -391,33 +410,72 @@ async fn apply_group(
         if p.group_objects.is_empty() {
             delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &group).await?;
             delete_if_exists(&ctx.client, "ConfigMap", &ns, &format!("{group}-ratelimit")).await?;
+            done.2 = None;
+            return Ok(());
         }
+        // Unchanged since our last apply, and nobody touched the objects since: skip the
+        // (expensive, for a big group) no-op apply.
+        let hash = {
+            use sha2::{Digest, Sha256};
+            let bytes = serde_json::to_vec(&p.group_objects).unwrap_or_default();
+            Sha256::digest(&bytes).to_vec()
+        };
+        if let Some((last_hash, versions)) = &done.2 {
+            if *last_hash == hash
+                && live_versions(&ctx.client, &p.group_objects).await? == *versions
+            {
+                return Ok(());
+            }
+        }
+        let mut versions = Vec::new();
         for o in &p.group_objects {
-            apply(&ctx.client, o).await?;
+            versions.push(apply(&ctx.client, o).await?);
             ctx.state.metrics.applies.fetch_add(1, Ordering::Relaxed);
         }
+        done.2 = Some((hash, versions));
         Ok(())
     }
     .await;
-    *done = (
-        covers,
-        result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-    );
+    if result.is_err() {
+        done.2 = None;
+    }
+    done.0 = covers;
+    done.1 = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     result
+}
+
+type GroupDone = (u64, Result<(), String>, Option<(Vec<u8>, Vec<String>)>);
+
+/// The resourceVersions of these objects now ("" for a missing one).
+async fn live_versions(client: &Client, objects: &[Value]) -> Result<Vec<String>, kube::Error> {
+    let mut out = Vec::new();
+    for o in objects {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &api_resource(kind));
+        let rv = match api.get_metadata_opt(name).await? {
+            Some(m) => m.metadata.resource_version.unwrap_or_default(),
+            None => String::new(),
+        };
+        out.push(rv);
+    }
+    Ok(out)
 }
 
 /// Batching state of one group's objects (see [`apply_group`]).
 struct GroupSlot {
     requested: AtomicU64,
-    /// (highest request covered by the last apply, its result).
-    done: tokio::sync::Mutex<(u64, Result<(), String>)>,
+    /// Highest request covered by the last apply, its result, and the hash of what it
+    /// applied with the resourceVersions the apply returned.
+    done: tokio::sync::Mutex<GroupDone>,
 }
 
 impl Default for GroupSlot {
     fn default() -> Self {
         Self {
             requested: AtomicU64::new(0),
-            done: tokio::sync::Mutex::new((0, Ok(()))),
+            done: tokio::sync::Mutex::new((0, Ok(()), None)),
         }
     }
 }
@@ -555,6 +613,7 @@ pub async fn run(
         ),
         failures: Mutex::new(BTreeMap::new()),
         groups: Mutex::new(BTreeMap::new()),
+        applied: Mutex::new(BTreeMap::new()),
     });
     let vs = api_resource("VirtualService");
     let dr = api_resource("DestinationRule");

@@ -1206,3 +1206,71 @@ pub fn conflicts(routes: &[&NexusRoute]) -> BTreeMap<(String, String), Problem> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("30s"), Some(30_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("1.5s"), Some(1_500));
+        assert_eq!(parse_duration_ms("2m"), Some(120_000));
+        assert_eq!(parse_duration_ms("soon"), None);
+        assert_eq!(parse_duration_ms("0s"), None);
+        assert_eq!(parse_duration_ms("25h"), None);
+        assert_eq!(duration_text(30_000), "30s");
+        assert_eq!(duration_text(1_500), "1.500s");
+    }
+
+    #[test]
+    fn istio_clusters_for_jwks_uris() {
+        assert_eq!(
+            istio_cluster_for("https://id.example.com/jwks.json").as_deref(),
+            Some("outbound|443||id.example.com")
+        );
+        assert_eq!(
+            istio_cluster_for("http://keys.auth:8080/k").as_deref(),
+            Some("outbound|8080||keys.auth")
+        );
+        assert_eq!(istio_cluster_for("ftp://x"), None);
+    }
+
+    #[test]
+    fn host_header_is_anchored() {
+        let h = host_header(&["api.example.com".into(), "*.example.org".into()]).unwrap();
+        let re = regex::Regex::new(h.regex.as_deref().unwrap()).unwrap();
+        assert!(re.is_match("api.example.com"));
+        assert!(re.is_match("api.example.com:8443"));
+        assert!(re.is_match("a.example.org"));
+        assert!(!re.is_match("evil-api.example.com"));
+        assert!(!re.is_match("api.example.com.evil"));
+        assert!(host_header(&["*".into()]).is_none());
+    }
+
+    #[test]
+    fn group_names_are_stable_and_selector_sensitive() {
+        let g = |kind, labels: &[(&str, &str)]| GroupKey {
+            namespace: "ns".into(),
+            kind,
+            selector: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let a = g(TargetKind::Gateway, &[("istio", "ingressgateway")]);
+        assert_eq!(
+            a.name(),
+            g(TargetKind::Gateway, &[("istio", "ingressgateway")]).name()
+        );
+        assert!(a.name().starts_with("nexus-gateway-"));
+        assert_ne!(
+            a.name(),
+            g(TargetKind::Gateway, &[("istio", "other")]).name()
+        );
+        assert!(g(TargetKind::Sidecar, &[("app", "x")])
+            .name()
+            .starts_with("nexus-sidecar-"));
+    }
+}

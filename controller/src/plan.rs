@@ -246,3 +246,62 @@ pub fn conditions(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Problem, Reason};
+
+    fn problem(reason: Reason, path: &str) -> Problem {
+        Problem {
+            reason,
+            path: path.into(),
+            message: "bad".into(),
+        }
+    }
+
+    #[test]
+    fn spec_and_ref_problems_land_in_their_conditions() {
+        let out = Err(vec![
+            problem(Reason::SecretNotFound, "$.spec.auth.apiKeys.secretRef"),
+            problem(Reason::InvalidSpec, "$.spec.rules[0].timeout"),
+        ]);
+        let c = conditions(&[], Some(3), &out, None, "T1");
+        let find = |t: &str| c.iter().find(|c| c.type_ == t).unwrap();
+        assert_eq!(
+            (
+                find("Accepted").status.as_str(),
+                find("Accepted").reason.as_str()
+            ),
+            ("False", "InvalidSpec")
+        );
+        assert!(find("Accepted")
+            .message
+            .starts_with("$.spec.rules[0].timeout: "));
+        assert_eq!(find("ResolvedRefs").reason, "SecretNotFound");
+        assert_eq!(find("Programmed").status, "False");
+        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn transition_time_only_moves_when_the_status_does() {
+        let refs = Err(vec![problem(
+            Reason::SecretNotFound,
+            "$.spec.auth.apiKeys.secretRef",
+        )]);
+        let first = conditions(&[], Some(1), &refs, None, "T1");
+        let again = conditions(&first, Some(1), &refs, None, "T2");
+        assert!(again.iter().all(|c| c.last_transition_time == "T1"));
+        let accepted = first.iter().find(|c| c.type_ == "Accepted").unwrap();
+        assert_eq!(
+            accepted.status, "True",
+            "a missing Secret does not make the spec invalid"
+        );
+        let programmed = conditions(&again, Some(1), &refs, Some(Err("boom".into())), "T3");
+        let p = programmed.iter().find(|c| c.type_ == "Programmed").unwrap();
+        assert_eq!(
+            (p.reason.as_str(), p.last_transition_time.as_str()),
+            ("ApplyFailed", "T1")
+        );
+    }
+}
