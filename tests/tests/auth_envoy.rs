@@ -113,6 +113,9 @@ fn every_algorithm_passes_and_bad_tokens_get_exact_errors() {
     }
     // One fetch served every algorithm (the first request's; later ones used the shared copy).
     assert_eq!(s.jwks.hits(), 1);
+    // The identity also went out as Envoy filter state (wasm.nexus.client_id), without error.
+    let log = s.envoy.log();
+    assert!(!log.contains("setting property"), "{log}");
 
     let rsa = &keys[0];
     let ok = claims("eve", json!({}));

@@ -115,6 +115,26 @@ fn every_algorithm_verifies_and_fuel_per_verification() {
 }
 
 #[test]
+fn fuel_floor_of_a_request_without_credentials() {
+    // What every request pays before any JWT work: headers, rule match, decision.
+    let key = SigningKey::new("EdDSA", "k1");
+    let mut host = host(&inline(&testkit::jwks(&[&key])));
+    for _ in 0..2 {
+        let mut http = host.http_context().unwrap();
+        assert_eq!(send(&mut http, "/health", None), Action::Continue);
+        http.finish().unwrap();
+    }
+    let fuel: Vec<u64> = host
+        .fuel_log()
+        .iter()
+        .filter(|(n, _)| n == "proxy_on_request_headers")
+        .map(|(_, f)| *f)
+        .collect();
+    println!("nexus-auth fuel of an allow rule (first, steady): {fuel:?}");
+    assert!(fuel[1] > 0);
+}
+
+#[test]
 fn rejections_with_exact_status_and_error() {
     let rsa = SigningKey::new("RS256", "r1");
     let mut host = host(&inline(&testkit::jwks(&[&rsa])));

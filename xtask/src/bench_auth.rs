@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 
 const ISS: &str = "https://id.example.com";
 const ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+/// Token cache size of both filters.
+const CACHE: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Filter {
@@ -132,7 +134,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 // Warm up (V8 tiers up, caches fill), then measure.
                 wrk(envoy.port, &load, 1, opts.connections)?;
                 let stats = wrk(envoy.port, &load, opts.duration_s, opts.connections)?;
-                if mode == "fresh" && stats.requests as usize > opts.fresh {
+                // Cycling through more tokens than either cache holds (4096) still verifies every
+                // request; only a shorter cycle would let caches serve "fresh" tokens.
+                if mode == "fresh" && stats.requests as usize > opts.fresh && opts.fresh < 2 * CACHE
+                {
                     eprintln!(
                         "bench: warning: {} {alg} fresh made {} requests with {} tokens: some were reused (raise --fresh)",
                         f.name(),
@@ -377,7 +382,7 @@ fn bootstrap_json(port: u16, filter: Filter, jwks: &str, module: &Path) -> Value
                     "audiences": ["nexus"],
                     "local_jwks": {"inline_string": jwks},
                     "forward": true,
-                    "jwt_cache_config": {"jwt_cache_size": 4096}
+                    "jwt_cache_config": {"jwt_cache_size": CACHE}
                 }},
                 "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
             }
@@ -386,7 +391,7 @@ fn bootstrap_json(port: u16, filter: Filter, jwks: &str, module: &Path) -> Value
             let config = json!({
                 "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks}}},
                 "rules": [{"name": "all", "requirement": {"jwt": {}}}],
-                "token_cache": {"max_entries": 4096}
+                "token_cache": {"max_entries": CACHE}
             });
             http_filters.push(json!({
                 "name": "envoy.filters.http.wasm",
