@@ -34,11 +34,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads `<dir>/<filter>.wasm.sha256` for every filter (`sha256sum` format or bare hex).
+    /// Reads `<dir>/nexus_<filter>.wasm.sha256` (as `cargo xtask build-filters` writes them;
+    /// `<filter>.wasm.sha256` also works) for every filter, `sha256sum` format or bare hex.
     pub fn load_modules(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for f in FILTERS {
-            let p = dir.join(format!("{f}.wasm.sha256"));
+            let mut p = dir.join(format!("nexus_{f}.wasm.sha256"));
+            if !p.exists() {
+                p = dir.join(format!("{f}.wasm.sha256"));
+            }
             let text = std::fs::read_to_string(&p)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
             let hex = text

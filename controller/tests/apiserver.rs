@@ -134,7 +134,7 @@ async fn reconciles_routes_against_a_real_apiserver() {
     assert_eq!(ctrl.get("/health/startup").0, 200);
 
     // Module server: by sha256, 404 otherwise.
-    let sha = std::fs::read_to_string(modules.path().join("router.wasm.sha256")).unwrap();
+    let sha = std::fs::read_to_string(modules.path().join("nexus_router.wasm.sha256")).unwrap();
     let sha = sha.split_whitespace().next().unwrap();
     let (code, body) = ctrl.get(&format!("/modules/{sha}.wasm"));
     assert_eq!(code, 200);

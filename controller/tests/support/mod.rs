@@ -164,14 +164,14 @@ pub fn module_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["auth", "router", "ratelimit"] {
         let bytes = format!("\0asm\x01\0\0\0nexus-test-{f}").into_bytes();
-        std::fs::write(dir.path().join(format!("{f}.wasm")), &bytes).unwrap();
+        std::fs::write(dir.path().join(format!("nexus_{f}.wasm")), &bytes).unwrap();
         let hex: String = Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         std::fs::write(
-            dir.path().join(format!("{f}.wasm.sha256")),
-            format!("{hex}  {f}.wasm\n"),
+            dir.path().join(format!("nexus_{f}.wasm.sha256")),
+            format!("{hex}  nexus_{f}.wasm\n"),
         )
         .unwrap();
     }
