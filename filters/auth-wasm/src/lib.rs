@@ -70,6 +70,11 @@ impl Shared {
         .flatten()
         .unwrap_or_default();
         self.with_env(|auth, env| auth.on_http_call_response(token, status, &body, env));
+        self.resume_waiting();
+    }
+
+    /// Re-decides every request waiting for a JWKS fetch (they may wait again).
+    fn resume_waiting(&self) {
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
         for ctx in waiting {
             if hostcalls::set_effective_context(ctx).is_err() {
@@ -134,7 +139,9 @@ impl RootContext for AuthRoot {
 
     fn on_tick(&mut self) {
         if let Some(s) = &self.shared {
-            s.with_env(|auth, env| auth.on_tick(env));
+            if s.with_env(|auth, env| auth.on_tick(env)) {
+                s.resume_waiting();
+            }
         }
     }
 

@@ -186,7 +186,9 @@ pub struct Auth {
     verifier: Box<dyn SignatureVerifier>,
     keys: RefCell<Vec<WorkerKeys>>,
     /// Callout token → provider, for fetches this worker has in flight.
-    pending: RefCell<BTreeMap<u32, usize>>,
+    /// Callout token → (provider, deadline in unix seconds). Envoy answers every callout by its
+    /// timeout, except one cancelled with the stream that made it: the deadline covers that.
+    pending: RefCell<BTreeMap<u32, (usize, u64)>>,
     /// This worker's copy of recently verified tokens, keyed by the token itself: a reused
     /// token costs a hash-map lookup, not a SHA-256, a shared-data copy and a JSON parse.
     local: RefCell<LocalCache>,
@@ -503,8 +505,26 @@ impl Auth {
     }
 
     /// Periodic work: pick up keys other workers fetched, refresh keys that are due.
-    pub fn on_tick(&self, env: &Env) {
+    ///
+    /// Returns true if a fetch was given up (never answered by its deadline, e.g. cancelled with
+    /// the request that made it): the adapter should then re-decide the requests waiting for it.
+    pub fn on_tick(&self, env: &Env) -> bool {
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
+        let before = self.pending.borrow().len();
+        self.pending
+            .borrow_mut()
+            .retain(|_, (_, deadline)| *deadline > now_s);
+        let expired = before - self.pending.borrow().len();
+        if expired > 0 {
+            env.metrics.increment(
+                "nexus_auth.jwks.refresh_failed",
+                i64::try_from(expired).unwrap_or(1),
+            );
+            env.log.log(
+                Level::Warn,
+                "nexus-auth: a JWKS fetch was never answered; giving up on it",
+            );
+        }
         for (i, p) in self.providers.iter().enumerate() {
             let Some(remote) = &p.remote else { continue };
             self.sync(i, env);
@@ -518,6 +538,7 @@ impl Auth {
                 self.try_fetch(i, env, now_s, retry);
             }
         }
+        expired > 0
     }
 
     /// Feeds the answer of an HTTP callout (`status` None: failed or timed out). Returns false
@@ -529,7 +550,7 @@ impl Auth {
         body: &[u8],
         env: &Env,
     ) -> bool {
-        let Some(i) = self.pending.borrow_mut().remove(&token) else {
+        let Some((i, _)) = self.pending.borrow_mut().remove(&token) else {
             return false;
         };
         let p = &self.providers[i];
@@ -620,7 +641,7 @@ impl Auth {
     }
 
     fn in_flight(&self, i: usize) -> bool {
-        self.pending.borrow().values().any(|p| *p == i)
+        self.pending.borrow().values().any(|(p, _)| *p == i)
     }
 
     /// Starts a fetch unless one is in flight here or one started anywhere within
@@ -666,7 +687,8 @@ impl Auth {
             .dispatch_http_call(&remote.cluster, &headers, b"", remote.timeout_ms)
         {
             Ok(token) => {
-                self.pending.borrow_mut().insert(token, i);
+                let deadline = now_s + remote.timeout_ms.div_ceil(1000) + 2;
+                self.pending.borrow_mut().insert(token, (i, deadline));
                 env.metrics.increment("nexus_auth.jwks.fetches", 1);
                 true
             }

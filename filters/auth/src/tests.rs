@@ -679,3 +679,30 @@ fn invalid_configuration_is_reported_with_paths() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fetch_never_answered_is_given_up_on_tick() {
+    let k1 = SigningKey::new("ES256", "k1");
+    let a = auth(&remote_config(json!({})));
+    let h = H::new();
+    let t = bearer(&k1.token(&std_claims(json!({}))));
+    assert_eq!(
+        get(&a, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    // The callout is cancelled (its request went away): no answer ever comes.
+    assert!(!a.on_tick(&h.env()), "not yet past the deadline");
+    assert_eq!(
+        get(&a, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    h.advance(8); // 5 s timeout + 2 s margin
+    assert!(a.on_tick(&h.env()), "the tick gives the fetch up");
+    assert_eq!(h.metrics.value("nexus_auth.jwks.refresh_failed"), 1);
+    // Waiting requests are re-decided: not waiting forever.
+    let mut m = MemHeaders::new(&[(":method", "GET"), (":path", "/x"), ("authorization", &t)]);
+    assert!(!matches!(
+        a.on_request_headers(&mut m, &h.env(), false),
+        Outcome::Pause
+    ));
+}
