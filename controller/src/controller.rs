@@ -139,31 +139,19 @@ async fn prune_route_objects(
 
 /// Group objects (EnvoyFilter/ConfigMap) in the namespace that list `uid` as an owner but
 /// belong to another group than `current`: re-render those groups (or delete them if empty).
+/// If the route's group changed since it was last programmed (`previous`, from its status),
+/// re-render the group it left (or delete that group's objects if it is empty now).
 async fn fix_other_groups(
     ctx: &Context,
     route: &NexusRoute,
     current: &str,
+    previous: Option<&str>,
     all: &[&NexusRoute],
     secrets: &dyn SecretLookup,
 ) -> Result<(), Error> {
     let ns = route.namespace().unwrap_or_default();
     let uid = route.uid().unwrap_or_default();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &api_resource("EnvoyFilter"));
-    let lp = ListParams::default()
-        .match_any()
-        .labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
-    let list = match api.list_metadata(&lp).await {
-        Ok(l) => l,
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    for ef in list {
-        let name = ef.name_any();
-        let mine = ef.owner_references().iter().any(|o| o.uid == uid);
-        if name == current || !mine {
-            continue;
-        }
+    if let Some(name) = previous.filter(|p| *p != current) {
         let member = all.iter().find(|r| {
             r.metadata.deletion_timestamp.is_none()
                 && r.uid() != Some(uid.clone())
@@ -313,7 +301,16 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         let known = ctx.applied.lock().ok().and_then(|a| a.get(&uid).cloned());
         if known.as_ref().map(|(g, k)| (g, k)) != Some((&p.group_name, &keep)) {
             prune_route_objects(&ctx.client, &ns, &name, &keep).await?;
-            fix_other_groups(ctx, &route, &p.group_name, &all, &secrets).await?;
+            let previous = route.status.as_ref().and_then(|s| s.envoy_filter.clone());
+            fix_other_groups(
+                ctx,
+                &route,
+                &p.group_name,
+                previous.as_deref(),
+                &all,
+                &secrets,
+            )
+            .await?;
             if let Ok(mut a) = ctx.applied.lock() {
                 a.insert(uid, (p.group_name.clone(), keep));
             }
@@ -321,6 +318,7 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         Ok(())
     }
     .await;
+    let group_applied = result.is_ok();
     match (&p.outcome, result) {
         (Ok(_), Ok(())) => programmed = Some(Ok(())),
         (Ok(_), Err(e)) => {
@@ -334,6 +332,11 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
     let status = NexusRouteStatus {
         observed_generation: route.metadata.generation,
         rules: p.outcome.as_ref().ok().map(|c| c.rule_count),
+        envoy_filter: if group_applied {
+            Some(p.group_name.clone())
+        } else {
+            before.envoy_filter.clone()
+        },
         conditions: plan::conditions(
             &before.conditions,
             route.metadata.generation,

@@ -386,6 +386,9 @@ pub struct NexusRouteStatus {
     /// Number of rules programmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<u32>,
+    /// The EnvoyFilter (in this namespace) this route's filters were last rendered into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_filter: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -226,6 +226,28 @@ async fn reconciles_routes_against_a_real_apiserver() {
     let router: RouterConfig = nexus_config::parse(&filter_config(&ef, "router")).unwrap();
     assert_eq!(router.rules[0].timeout_ms, Some(12_000));
 
+    // 2b. Moving to other workloads: the new group gets the filters, the old one goes away.
+    let mut moved = shop_spec("12s");
+    moved["target"]["selector"]["app"] = json!("shop-v2");
+    routes
+        .patch("shop", &PatchParams::default(), &Patch::Merge(json!({ "spec": moved })))
+        .await
+        .unwrap();
+    wait_condition(&routes, "shop", "Programmed", "True").await;
+    let old_group = group.clone();
+    let group = group_name(&routes.get("shop").await.unwrap());
+    assert_ne!(group, old_group);
+    wait_for(WAIT, || {
+        let (client, old_group, group) = (client.clone(), old_group.clone(), group.clone());
+        async move {
+            get_obj(&client, "EnvoyFilter", &old_group).await.is_none()
+                && get_obj(&client, "EnvoyFilter", &group).await.is_some()
+        }
+    })
+    .await;
+    let st = routes.get("shop").await.unwrap().status.unwrap();
+    assert_eq!(st.envoy_filter.as_deref(), Some(group.as_str()));
+
     // 3. Invalid: Accepted=False with the JSON path; nothing applied.
     let mut bad = shop_spec("1s");
     bad["target"]["selector"]["app"] = json!("broken");
