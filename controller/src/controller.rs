@@ -167,7 +167,7 @@ async fn fix_other_groups(
             None => Vec::new(),
         };
         if objects.is_empty() {
-            delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &name).await?;
+            delete_if_exists(&ctx.client, "EnvoyFilter", &ns, name).await?;
             delete_if_exists(&ctx.client, "ConfigMap", &ns, &format!("{name}-ratelimit")).await?;
         }
         for o in &objects {
