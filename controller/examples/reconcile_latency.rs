@@ -45,7 +45,7 @@ fn route(ns: &str, i: usize, shared: bool) -> NexusRoute {
         "spec": {
             "target": { "kind": kind, "selector": selector },
             "gateways": ["istio-system/nexus-gateway"],
-            "hosts": [format!("r{i}.example.com")],
+            "hosts": [format!("r{i}.{ns}.example.com")],
             "rules": [
                 { "name": "read", "match": { "path": { "prefix": "/data/" }, "methods": ["GET"] },
                   "category": "data_operations", "rateLimits": [{ "by": "Client", "requests": 10, "per": "Second" }] },
