@@ -230,7 +230,11 @@ async fn reconciles_routes_against_a_real_apiserver() {
     let mut moved = shop_spec("12s");
     moved["target"]["selector"]["app"] = json!("shop-v2");
     routes
-        .patch("shop", &PatchParams::default(), &Patch::Merge(json!({ "spec": moved })))
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": moved })),
+        )
         .await
         .unwrap();
     wait_condition(&routes, "shop", "Programmed", "True").await;
