@@ -31,6 +31,8 @@ pub struct EnvoyConfig {
     pub concurrency: u32,
     /// HTTP/2 clusters for gRPC services the filters call (`nexus-ratelimit` → port).
     pub grpc_clusters: Vec<(String, u16)>,
+    /// Envoy's own HTTP filters (as JSON), placed before the wasm filters; for comparisons.
+    pub native_filters: Vec<Value>,
 }
 
 impl EnvoyConfig {
@@ -52,7 +54,8 @@ impl EnvoyConfig {
             "direct_response": {"status": 503, "body": {"inline_string":
                 "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}"}}
         }));
-        let mut http_filters: Vec<Value> = self.filters.iter().map(wasm_filter).collect();
+        let mut http_filters: Vec<Value> = self.native_filters.clone();
+        http_filters.extend(self.filters.iter().map(wasm_filter));
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}

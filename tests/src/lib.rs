@@ -6,11 +6,13 @@
 //! - [`upstream`]: in-process HTTP upstreams that record every request and echo it as JSON.
 //! - [`client`]: a blocking HTTP/1.1 client small enough to read in one sitting.
 //! - [`ratelimit_service`]: the Nexus rate-limit service in-process, stoppable mid-test.
+//! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 
 pub mod client;
 pub mod envoy;
 pub mod jwks;
+pub mod load;
 pub mod ratelimit_service;
 pub mod upstream;
 

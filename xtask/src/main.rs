@@ -14,7 +14,8 @@ commands:
   build-filters   build every filter to target/filters/<name>.wasm (+ .sha256)
   test            build-filters, then cargo test --workspace
   run             build-filters, then run Envoy with the filters and demo upstreams on 127.0.0.1:8080
-  bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk";
+  bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
+  bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit";
 
 fn main() {
     if let Err(e) = run() {
@@ -58,6 +59,14 @@ fn run() -> Result<()> {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("auth") => {
             bench_auth::run(&root, &args[2..])?;
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("ratelimit") => {
+            wasm::build_filters(&root)?;
+            require_envoy()?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args(["bench", "-p", "nexus-tests", "--bench", "ratelimit"]);
+            status(&mut cmd)?;
         }
         _ => bail!("{USAGE}"),
     }

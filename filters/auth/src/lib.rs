@@ -14,7 +14,6 @@
 
 mod cache;
 pub mod jwks;
-mod matcher;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod token;
@@ -34,7 +33,7 @@ use ring::digest;
 use serde_json::{Map, Value};
 
 use jwks::KeySet;
-use matcher::{CompiledMatch, RequestView};
+use nexus_filter_core::matcher::{CompiledMatch, RequestView};
 use verify::{Alg, RingVerifier, SignatureVerifier};
 
 pub const HEADER_CLIENT_ID: &str = "x-nexus-client-id";

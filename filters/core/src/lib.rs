@@ -6,6 +6,7 @@
 //! or answer locally with a [`LocalResponse`] (a JSON error body for every refusal).
 
 pub mod host;
+pub mod matcher;
 pub mod response;
 pub mod testing;
 

@@ -1,4 +1,6 @@
-//! Rule matching over one request's headers, with regexes compiled once at configure time.
+//! Request matching shared by every filter with per-route rules (`nexus_config::router::RequestMatch`):
+//! path prefix/exact/regex, methods, headers, gRPC service, with regexes compiled once at
+//! configure time and anchored like Envoy's `safe_regex`.
 
 use nexus_config::router::{HeaderMatch, PathMatch, RequestMatch};
 use nexus_config::ConfigError;

@@ -6,14 +6,13 @@
 //! plus a correlation id and W3C trace context. No match: a default category or 404.
 
 mod correlation;
-mod matcher;
 
 use nexus_config::router::{NoMatch, RetryPolicy, RouterConfig};
 use nexus_config::ConfigErrors;
 use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Metrics};
 
 pub use correlation::{is_valid_request_id, is_valid_traceparent};
-use matcher::{CompiledMatch, RequestView};
+use nexus_filter_core::matcher::{CompiledMatch, RequestView};
 
 pub const HEADER_CATEGORY: &str = "x-nexus-category";
 pub const HEADER_UPSTREAM: &str = "x-nexus-upstream";

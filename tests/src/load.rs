@@ -1,0 +1,124 @@
+//! Load generation for benchmarks: `wrk` (Debian's package) on loopback, parsed.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// What one `wrk` run measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadStats {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub non_2xx: u64,
+}
+
+/// One `wrk` run against `http://127.0.0.1:{port}{path}`, keep-alive, one thread.
+pub fn wrk(
+    port: u16,
+    path: &str,
+    headers: &[&str],
+    seconds: u64,
+    connections: u32,
+) -> Result<LoadStats> {
+    ensure_wrk()?;
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+    ])
+    .args(["--latency", "--timeout", "5s"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(parse_wrk(&text))
+}
+
+pub fn parse_wrk(text: &str) -> LoadStats {
+    let mut s = LoadStats::default();
+    for line in text.lines() {
+        let l = line.trim();
+        let mut parts = l.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some("50%"), Some(v)) => s.p50_ms = duration_ms(v),
+            (Some("99%"), Some(v)) => s.p99_ms = duration_ms(v),
+            (Some("Requests/sec:"), Some(v)) => s.rps = v.parse().unwrap_or(0.0),
+            _ => {}
+        }
+        if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            s.non_2xx = rest.trim().parse().unwrap_or(0);
+        }
+        if l.contains("requests in") {
+            s.requests = l
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    s
+}
+
+/// `wrk` prints `812.00us`, `1.23ms`, `2.01s`.
+fn duration_ms(v: &str) -> f64 {
+    let (num, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(0.0) * factor
+}
+
+/// Installs Debian's `wrk` when missing and running as root; otherwise says how.
+pub fn ensure_wrk() -> Result<()> {
+    let found = Command::new("wrk")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wrk"))
+        .unwrap_or(false);
+    if found {
+        return Ok(());
+    }
+    let ok = Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "wrk"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!("wrk is needed: apt-get install wrk");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_latency_output() {
+        let text = "Running 5s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Latency Distribution\n     50%  812.00us\n     75%    1.01ms\n     99%    2.50ms\n  41234 requests in 5.00s, 5.12MB read\n  Non-2xx or 3xx responses: 12\nRequests/sec:   8246.80\n";
+        let s = parse_wrk(text);
+        assert_eq!(s.requests, 41234);
+        assert_eq!(s.non_2xx, 12);
+        assert!((s.p50_ms - 0.812).abs() < 1e-9 && (s.p99_ms - 2.5).abs() < 1e-9);
+        assert!((s.rps - 8246.8).abs() < 1e-9);
+    }
+}
