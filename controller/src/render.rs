@@ -10,6 +10,7 @@ use std::path::Path;
 
 use nexus_config::auth::AuthConfig;
 use nexus_config::ratelimit::RateLimitConfig;
+use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig, RateLimitService};
 use nexus_config::router::{NoMatch, RouterConfig};
 use serde_json::{json, Value};
 
@@ -21,7 +22,12 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
 /// The filters, in the order they run (each is inserted before `envoy.filters.http.router`).
-pub const FILTERS: [&str; 3] = ["auth", "router", "ratelimit"];
+/// The router goes first: it strips every client-sent `x-nexus-*` header, so the identity auth
+/// sets afterwards is the only one ratelimit can count.
+pub const FILTERS: [&str; 3] = ["router", "auth", "ratelimit"];
+/// Port of the rate-limit service (`envoy.service.ratelimit.v3`) on the `nexus-controller`
+/// Service; the ratelimit filter falls back to local buckets while it does not answer.
+pub const RATELIMIT_PORT: u16 = 8081;
 
 /// Where the module server is and which module builds to reference.
 #[derive(Debug, Clone)]
@@ -161,10 +167,23 @@ pub fn render_group(
         TargetKind::Sidecar => "SIDECAR_INBOUND",
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
+    let ratelimit_filter = RateLimitFilterConfig {
+        limits: cfg.ratelimit.clone(),
+        service: Some(RateLimitService {
+            cluster: format!(
+                "outbound|{RATELIMIT_PORT}||nexus-controller.{}.svc.cluster.local",
+                settings.controller_namespace
+            ),
+            timeout_ms: 50,
+        }),
+        failure_mode: FailureMode::LocalFallback,
+        failure_mode_by_route: Default::default(),
+        response_headers: true,
+    };
     let configs = [
-        ("auth", serde_json::to_string(&cfg.auth)?),
         ("router", serde_json::to_string(&cfg.router)?),
-        ("ratelimit", serde_json::to_string(&cfg.ratelimit)?),
+        ("auth", serde_json::to_string(&cfg.auth)?),
+        ("ratelimit", serde_json::to_string(&ratelimit_filter)?),
     ];
     let mut patches = Vec::new();
     for (filter, configuration) in configs {

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use nexus_config::auth::AuthConfig;
 use nexus_config::ratelimit::RateLimitConfig;
+use nexus_config::ratelimit_filter::RateLimitFilterConfig;
 use nexus_config::router::RouterConfig;
 use nexus_controller::crd::NexusRoute;
 use nexus_controller::render::Settings;
@@ -218,9 +219,16 @@ fn envoy_filter_configs_parse_with_the_filters_own_types() {
     let auth: AuthConfig = nexus_config::parse(&filter_config(ef, "auth")).unwrap();
     assert_eq!(auth.api_keys.as_ref().unwrap().keys.len(), 2);
     assert!(auth.providers.contains_key("api.corp"));
-    let rl: RateLimitConfig = nexus_config::parse(&filter_config(ef, "ratelimit")).unwrap();
+    let rl_filter: RateLimitFilterConfig =
+        nexus_config::parse(&filter_config(ef, "ratelimit")).unwrap();
+    let rl = rl_filter.limits;
     assert_eq!(rl.descriptors.len(), 2);
-    // Order: auth, router, ratelimit, each before envoy.filters.http.router, fail closed.
+    assert_eq!(
+        rl_filter.service.unwrap().cluster,
+        "outbound|8081||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    // Order: router (strips client-sent x-nexus-*), auth, ratelimit, each before
+    // envoy.filters.http.router, fail closed.
     let order: Vec<&str> = ef["spec"]["configPatches"]
         .as_array()
         .unwrap()
@@ -235,8 +243,8 @@ fn envoy_filter_configs_parse_with_the_filters_own_types() {
             p["patch"]["value"]["name"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(order, ["nexus.auth", "nexus.router", "nexus.ratelimit"]);
-    let remote = &ef["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]["config"]
+    assert_eq!(order, ["nexus.router", "nexus.auth", "nexus.ratelimit"]);
+    let remote = &ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
         ["vm_config"]["code"]["remote"];
     let sha = settings().modules["router"].clone();
     assert_eq!(remote["sha256"], sha.as_str());
