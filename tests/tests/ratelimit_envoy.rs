@@ -2,9 +2,9 @@
 //! two Envoys share the global service on Redis, and each failure mode holds with the service
 //! killed or Redis really stopped.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nexus_ratelimit_service::testkit::PrivateRedis;
 use nexus_tests::client;
 use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
 use nexus_tests::ratelimit_service::{Backend, RateLimitServer};
@@ -208,63 +208,6 @@ fn failure_modes_when_the_service_is_killed() {
             .unwrap(),
         Some(5)
     );
-}
-
-/// A private redis-server on a free port (never the shared one), killable mid-test.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Self { port, child: None };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        self.child = Some(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &self.port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is required: apt-get install redis-server"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[test]

@@ -13,6 +13,8 @@ pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use algorithm::Algorithm;
 pub use limits::Limits;

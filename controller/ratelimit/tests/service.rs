@@ -184,7 +184,7 @@ async fn malformed_requests_are_invalid_arguments() {
 
 #[tokio::test]
 async fn redis_outage_answers_unavailable_and_recovers_by_itself() {
-    let mut redis = support::PrivateRedis::start();
+    let mut redis = nexus_ratelimit_service::testkit::PrivateRedis::start();
     let storage = RedisStorage::new(
         &redis.url(),
         &support::unique_prefix(),
