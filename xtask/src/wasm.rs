@@ -34,10 +34,16 @@ pub fn build_filters(root: &Path) -> Result<Vec<PathBuf>> {
     if crates.is_empty() {
         bail!("no cdylib crates found under filters/");
     }
+    let rustflags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        TARGET.replace('-', "_").to_uppercase()
+    );
+    let reproducible = reproducible_flags(root);
     let target_dir = if rustup_has_target() {
         eprintln!("xtask: building filters with rustup's {TARGET} target");
         let mut cmd = crate::cargo();
-        cmd.args(["build", "--release", "--target", TARGET]);
+        cmd.env(&rustflags_var, &reproducible)
+            .args(["build", "--release", "--target", TARGET]);
         add_packages(&mut cmd, &crates);
         crate::status(cmd.current_dir(root))?;
         root.join("target")
@@ -65,11 +71,8 @@ pub fn build_filters(root: &Path) -> Result<Vec<PathBuf>> {
             .env("CC_wasm32_unknown_unknown", "clang-19")
             .env("AR_wasm32_unknown_unknown", "llvm-ar-19")
             .env(
-                format!(
-                    "CARGO_TARGET_{}_RUSTFLAGS",
-                    TARGET.replace('-', "_").to_uppercase()
-                ),
-                format!("-C linker={DEBIAN_LINKER}"),
+                &rustflags_var,
+                format!("-C linker={DEBIAN_LINKER} {reproducible}"),
             )
             .args(["build", "--release", "--target", TARGET])
             .args(["-Z", "build-std=std,panic_abort"]);
@@ -102,6 +105,20 @@ pub fn build_filters(root: &Path) -> Result<Vec<PathBuf>> {
         written.push(dest);
     }
     Ok(written)
+}
+
+/// The checkout and cargo-home paths end up in panic locations inside the module; mapping them
+/// to fixed names makes the `.wasm` (and the sha256 an EnvoyFilter pins) the same wherever the
+/// repository is cloned.
+fn reproducible_flags(root: &Path) -> String {
+    let mut flags = format!("--remap-path-prefix={}=/nexus", root.display());
+    let cargo_home = std::env::var("CARGO_HOME")
+        .ok()
+        .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cargo")));
+    if let Some(home) = cargo_home {
+        flags.push_str(&format!(" --remap-path-prefix={home}=/cargo"));
+    }
+    flags
 }
 
 fn add_packages(cmd: &mut Command, crates: &[(String, String)]) {
