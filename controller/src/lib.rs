@@ -9,6 +9,7 @@ pub mod input;
 pub mod leader;
 pub mod model;
 pub mod plan;
+pub mod ratelimit;
 pub mod render;
 pub mod server;
 pub mod telemetry;

@@ -75,6 +75,13 @@ enum Command {
         /// Seconds between renewals (and acquisition attempts).
         #[arg(long, default_value_t = 5)]
         renew_interval: u64,
+        /// Serve the rate-limit service (envoy.service.ratelimit.v3) here, on every replica,
+        /// with the limits of the rendered rate-limit ConfigMaps.
+        #[arg(long)]
+        ratelimit_addr: Option<SocketAddr>,
+        /// Counters in Redis (shared by replicas); in memory without it.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
     },
 }
 
@@ -139,6 +146,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity,
             lease_duration,
             renew_interval,
+            ratelimit_addr,
+            redis_url,
         } => {
             telemetry::init_logging();
             let settings = settings(&render)?;
@@ -156,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let ratelimit = ratelimit_addr.map(|addr| (addr, redis_url));
             runtime.block_on(run_controller(
                 settings,
                 render.modules,
@@ -163,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 modules_addr,
                 lease,
                 identity,
+                ratelimit,
             ))
         }
     }
@@ -208,6 +219,7 @@ async fn run_controller(
     modules_addr: SocketAddr,
     lease: leader::LeaseConfig,
     identity: String,
+    ratelimit: Option<(SocketAddr, Option<String>)>,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
     state.set("kubernetes", false, "connecting");
@@ -224,6 +236,25 @@ async fn run_controller(
             format!("apiserver {}.{}", v.major, v.minor),
         ),
         Err(e) => state.set("kubernetes", false, e.to_string()),
+    }
+    if let Some((addr, redis_url)) = ratelimit {
+        let limiter = nexus_ratelimit_service::server::SharedLimiter::new(
+            nexus_ratelimit_service::Limits::default(),
+            redis_url.as_deref(),
+            nexus_ratelimit_service::Algorithm::FixedWindow,
+            nexus_ratelimit_service::UnknownDomain::Allow,
+            Duration::from_millis(100),
+        )?;
+        tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
+        tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
+            client.clone(),
+            limiter.clone(),
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = limiter.serve(addr, std::future::pending()).await {
+                tracing::error!(error = %e, "rate-limit service stopped");
+            }
+        });
     }
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");

@@ -110,11 +110,20 @@ async fn reconciles_routes_against_a_real_apiserver() {
     let client = env.client().await;
     env.setup(&client, &["nexus-system", NS]).await;
     let modules = module_dir();
+    let rls_port = free_port();
+    let rls_addr = format!("127.0.0.1:{rls_port}");
     let ctrl = ControllerProcess::spawn(
         &env,
         modules.path(),
         "solo",
-        &["--lease-duration", "4", "--renew-interval", "1"],
+        &[
+            "--lease-duration",
+            "4",
+            "--renew-interval",
+            "1",
+            "--ratelimit-addr",
+            &rls_addr,
+        ],
     );
     let start = Instant::now();
     while ctrl.get("/health/ready").0 != 200 {
@@ -200,8 +209,58 @@ async fn reconciles_routes_against_a_real_apiserver() {
     }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let cm = cms.get(&format!("{group}-ratelimit")).await.unwrap();
-    assert!(cm.data.unwrap()["config.yaml"].contains("client_id"));
+    let config_yaml = cm.data.unwrap()["config.yaml"].clone();
+    assert!(config_yaml.contains("client_id"));
     assert_eq!(cm.metadata.owner_references.unwrap()[0].uid, uid);
+
+    // The controller's own rate-limit service serves the limits of that ConfigMap.
+    let domain = config_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("domain: "))
+        .unwrap()
+        .to_string();
+    let mut rls =
+        nexus_proto::ratelimit::rate_limit_service_client::RateLimitServiceClient::connect(
+            format!("http://{rls_addr}"),
+        )
+        .await
+        .unwrap();
+    let request = |client: &str| nexus_proto::ratelimit::RateLimitRequest {
+        domain: domain.clone(),
+        descriptors: vec![nexus_proto::ratelimit::RateLimitDescriptor {
+            entries: vec![
+                nexus_proto::ratelimit::rate_limit_descriptor::Entry {
+                    key: "route".into(),
+                    value: "shop.orders".into(),
+                },
+                nexus_proto::ratelimit::rate_limit_descriptor::Entry {
+                    key: "client_id".into(),
+                    value: client.into(),
+                },
+            ],
+            limit: None,
+        }],
+        hits_addend: 0,
+    };
+    let mut limit = None;
+    let start = Instant::now();
+    while limit.is_none() && start.elapsed() < WAIT {
+        let resp = rls
+            .should_rate_limit(request("carol"))
+            .await
+            .unwrap()
+            .into_inner();
+        limit = resp.statuses[0].current_limit.clone();
+        if limit.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        limit
+            .expect("the service never loaded the rendered limits")
+            .requests_per_unit,
+        5
+    );
 
     // 2. Update: objects follow.
     routes

@@ -11,6 +11,7 @@
 pub mod algorithm;
 pub mod limits;
 pub mod metrics;
+pub mod server;
 pub mod service;
 pub mod storage;
 #[cfg(feature = "testkit")]

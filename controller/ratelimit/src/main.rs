@@ -5,12 +5,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage, Storage};
-use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
+use nexus_ratelimit_service::server::SharedLimiter;
+use nexus_ratelimit_service::{Algorithm, Limits, UnknownDomain};
 
 struct Args {
     config_dir: PathBuf,
@@ -52,39 +51,24 @@ fn parse_args() -> Result<Args> {
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let limits = Limits::load_dir(&args.config_dir)?;
-    match &args.redis_url {
-        Some(url) => {
-            serve(
-                &args,
-                limits,
-                RedisStorage::new(url, "nexus:rl:", args.redis_timeout)?,
-            )
-            .await
-        }
-        None => serve(&args, limits, MemoryStorage::new()).await,
-    }
-}
-
-async fn serve<S: Storage>(args: &Args, limits: Limits, storage: S) -> Result<()> {
     let domains: Vec<String> = limits.domains().map(str::to_string).collect();
+    let limiter = SharedLimiter::new(
+        limits,
+        args.redis_url.as_deref(),
+        args.algorithm,
+        args.unknown_domain,
+        args.redis_timeout,
+    )?;
     eprintln!(
         "{{\"level\":\"INFO\",\"service\":\"nexus-ratelimit\",\"message\":\"listening on {} with {} storage, {:?}, domains {:?}\"}}",
         args.listen,
-        storage.describe(),
+        limiter.describe(),
         args.algorithm,
         domains
     );
-    let limiter = Arc::new(RateLimiter::new(
-        limits,
-        storage,
-        args.algorithm,
-        args.unknown_domain,
-    ));
-    tonic::transport::Server::builder()
-        .add_service(limiter.into_service())
-        .serve_with_shutdown(args.listen, async {
+    limiter
+        .serve(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })
-        .await?;
-    Ok(())
+        .await
 }
