@@ -462,10 +462,7 @@ impl Auth {
                 if bearer {
                     r.with_header(
                         "www-authenticate",
-                        &format!(
-                            "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                            detail.replace(['"', '\\'], "'")
-                        ),
+                        &bearer_challenge("invalid_token", &detail),
                     )
                 } else {
                     r.with_header(
@@ -485,10 +482,7 @@ impl Auth {
                 if bearer {
                     r.with_header(
                         "www-authenticate",
-                        &format!(
-                            "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
-                            detail.replace(['"', '\\'], "'")
-                        ),
+                        &bearer_challenge("insufficient_scope", &detail),
                     )
                 } else {
                     r
@@ -1120,3 +1114,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests;
+
+/// RFC 6750 challenge; quotes and backslashes in the detail would break the quoted-string.
+fn bearer_challenge(error: &str, detail: &str) -> String {
+    format!(
+        "Bearer error=\"{error}\", error_description=\"{}\"",
+        detail.replace(['"', '\\'], "'")
+    )
+}

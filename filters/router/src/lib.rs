@@ -39,6 +39,8 @@ struct Decision {
     timeout_ms: String,
     max_retries: String,
     retry_on: String,
+    /// `nexus_router.routed.<category>`, built once: the request path only increments it.
+    metric: String,
 }
 
 #[derive(Debug)]
@@ -146,7 +148,7 @@ impl Router {
         headers.set(HEADER_TIMEOUT, &d.timeout_ms);
         headers.set(HEADER_MAX_RETRIES, &d.max_retries);
         headers.set(HEADER_RETRY_ON, &d.retry_on);
-        metrics.increment(&format!("nexus_router.routed.{}", d.category), 1);
+        metrics.increment(&d.metric, 1);
         Action::Continue
     }
 
@@ -193,6 +195,7 @@ fn decide(
             .to_string(),
         max_retries: retry.max_retries.to_string(),
         retry_on: retry.retry_on.clone(),
+        metric: format!("nexus_router.routed.{category_name}"),
     })
 }
 
