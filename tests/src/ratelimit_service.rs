@@ -10,6 +10,10 @@ use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage};
 use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
 use tokio::sync::oneshot;
 
+/// Tests count against real time, so the service runs GCRA: a fixed window would reset at a
+/// minute boundary that a test happens to straddle and admit a second burst.
+const ALGORITHM: Algorithm = Algorithm::Gcra;
+
 /// Where the service keeps counters.
 pub enum Backend {
     Memory,
@@ -39,7 +43,7 @@ impl RateLimitServer {
                 let rl = Arc::new(RateLimiter::new(
                     limits,
                     MemoryStorage::new(),
-                    Algorithm::FixedWindow,
+                    ALGORITHM,
                     UnknownDomain::Allow,
                 ));
                 runtime.spawn(serve(rl.into_service(), incoming, stopped));
@@ -50,7 +54,7 @@ impl RateLimitServer {
                 let rl = Arc::new(RateLimiter::new(
                     limits,
                     storage,
-                    Algorithm::FixedWindow,
+                    ALGORITHM,
                     UnknownDomain::Allow,
                 ));
                 runtime.spawn(serve(rl.into_service(), incoming, stopped));

@@ -29,12 +29,8 @@ descriptors:
 
 fn limiter<S: Storage>(storage: S, unknown: UnknownDomain) -> Arc<RateLimiter<S>> {
     let limits = Limits::new([parse(CONFIG).unwrap()]).unwrap();
-    Arc::new(RateLimiter::new(
-        limits,
-        storage,
-        Algorithm::FixedWindow,
-        unknown,
-    ))
+    // GCRA: these tests run on the real clock and must not straddle a fixed window's boundary.
+    Arc::new(RateLimiter::new(limits, storage, Algorithm::Gcra, unknown))
 }
 
 fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
