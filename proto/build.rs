@@ -2,7 +2,10 @@
 //! clients and servers only when the `grpc` feature is on.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["envoy/service/ratelimit/v3/rls.proto"];
+    let protos = [
+        "envoy/service/ratelimit/v3/rls.proto",
+        "nexus/cache/v1/cache.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -16,3 +16,15 @@ pub mod ratelimit {
 /// gRPC path of `ShouldRateLimit`, for hosts that dispatch calls by name (proxy-wasm).
 pub const RATELIMIT_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const RATELIMIT_METHOD: &str = "ShouldRateLimit";
+
+/// `nexus.cache.v1`: the cache-coherency service (shared cache on Redis, invalidation events).
+pub mod cache {
+    include!(concat!(env!("OUT_DIR"), "/nexus.cache.v1.rs"));
+}
+
+/// gRPC service and method names of `nexus.cache.v1.Cache`, for proxy-wasm dispatch.
+pub const CACHE_SERVICE: &str = "nexus.cache.v1.Cache";
+pub const CACHE_GET: &str = "Get";
+pub const CACHE_PUT: &str = "Put";
+pub const CACHE_INVALIDATE: &str = "Invalidate";
+pub const CACHE_SUBSCRIBE: &str = "Subscribe";
