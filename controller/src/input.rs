@@ -36,8 +36,9 @@ pub fn read_str(file: &Path, text: &str, inputs: &mut Inputs) {
         let value = match serde_yaml::Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
+                // A syntax error ends the stream: serde_yaml would yield it again forever.
                 inputs.errors.push((file.to_path_buf(), e.to_string()));
-                continue;
+                break;
             }
         };
         if value.is_null() {

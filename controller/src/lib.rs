@@ -12,4 +12,5 @@ pub mod plan;
 pub mod ratelimit;
 pub mod render;
 pub mod server;
+pub mod standalone;
 pub mod telemetry;

@@ -51,6 +51,36 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run Nexus without a cluster: NexusRoutes (and Secrets, a NexusGateway) from DIR, real
+    /// Envoy with the filters, the Nexus services in-process; edits to DIR apply live.
+    Up {
+        /// Directory of YAML files (e.g. examples/datapunk).
+        dir: PathBuf,
+        /// Directory with the built filters (`nexus_<filter>.wasm`).
+        #[arg(long, default_value = "target/filters", env = "NEXUS_MODULES")]
+        modules: PathBuf,
+        /// Envoy's listener (overrides the NexusGateway's `listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Envoy's admin port on 127.0.0.1 (0: any free port).
+        #[arg(long)]
+        admin_port: Option<u16>,
+        /// Nexus's health/metrics/modules server.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Rate-limit counters in this Redis (else 127.0.0.1:6379 if it answers, else memory).
+        #[arg(long, env = "REDIS_URL", conflicts_with = "memory")]
+        redis_url: Option<String>,
+        /// Keep counters in memory even if Redis is available.
+        #[arg(long)]
+        memory: bool,
+        /// Keep Envoy's bootstrap, xDS files and log here (default: a temp dir, removed on exit).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// How often DIR is checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        poll_ms: u64,
+    },
     /// Run the controller (leader-elected), health/metrics and the module server.
     Controller {
         #[command(flatten)]
@@ -136,6 +166,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Up {
+            dir,
+            modules,
+            listen,
+            admin_port,
+            http,
+            redis_url,
+            memory,
+            state_dir,
+            poll_ms,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(nexus_controller::standalone::run::up(
+                nexus_controller::standalone::run::Options {
+                    dir,
+                    modules,
+                    listen,
+                    admin_port,
+                    http,
+                    redis_url,
+                    memory,
+                    state_dir,
+                    poll: Duration::from_millis(poll_ms.max(50)),
+                },
+            ))
         }
         Command::Controller {
             render,

@@ -150,6 +150,35 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
     }
 }
 
+/// Envoy clusters through which the filters reach the Nexus services.
+pub struct ServiceClusters {
+    /// HTTP/2 cluster of the rate-limit service.
+    pub ratelimit: String,
+}
+
+/// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
+/// the EnvoyFilter and the standalone Envoy configuration load.
+pub fn filter_configurations(
+    cfg: &GroupConfigs,
+    services: &ServiceClusters,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let ratelimit = RateLimitFilterConfig {
+        limits: cfg.ratelimit.clone(),
+        service: Some(RateLimitService {
+            cluster: services.ratelimit.clone(),
+            timeout_ms: 50,
+        }),
+        failure_mode: FailureMode::LocalFallback,
+        failure_mode_by_route: Default::default(),
+        response_headers: true,
+    };
+    Ok(vec![
+        ("router", serde_json::to_string(&cfg.router)?),
+        ("auth", serde_json::to_string(&cfg.auth)?),
+        ("ratelimit", serde_json::to_string(&ratelimit)?),
+    ])
+}
+
 /// EnvoyFilter + rate-limit ConfigMap of one group. `routes` must be the group's accepted
 /// routes sorted oldest first (see [`crate::model::age_key`]).
 pub fn render_group(
@@ -167,26 +196,14 @@ pub fn render_group(
         TargetKind::Sidecar => "SIDECAR_INBOUND",
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
-    let ratelimit_filter = RateLimitFilterConfig {
-        limits: cfg.ratelimit.clone(),
-        service: Some(RateLimitService {
-            cluster: format!(
-                "outbound|{RATELIMIT_PORT}||nexus-controller.{}.svc.cluster.local",
-                settings.controller_namespace
-            ),
-            timeout_ms: 50,
-        }),
-        failure_mode: FailureMode::LocalFallback,
-        failure_mode_by_route: Default::default(),
-        response_headers: true,
+    let services = ServiceClusters {
+        ratelimit: format!(
+            "outbound|{RATELIMIT_PORT}||nexus-controller.{}.svc.cluster.local",
+            settings.controller_namespace
+        ),
     };
-    let configs = [
-        ("router", serde_json::to_string(&cfg.router)?),
-        ("auth", serde_json::to_string(&cfg.auth)?),
-        ("ratelimit", serde_json::to_string(&ratelimit_filter)?),
-    ];
     let mut patches = Vec::new();
-    for (filter, configuration) in configs {
+    for (filter, configuration) in filter_configurations(&cfg, &services)? {
         let sha = settings
             .modules
             .get(filter)

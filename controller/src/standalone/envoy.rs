@@ -1,0 +1,514 @@
+//! Pure rendering of the standalone gateway's Envoy configuration: a bootstrap that reads
+//! listeners and clusters from two files (file-based LDS/CDS, so a change is applied by moving
+//! new files into place, without a restart), and the contents of those files.
+//!
+//! The shapes mirror what the controller renders for Istio: where Istio would turn a
+//! VirtualService into routes and a DestinationRule into cluster settings, this module writes
+//! the Envoy routes and clusters directly, with the same names and the same filter
+//! configurations ([`crate::render::filter_configurations`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use nexus_config::auth::Jwks;
+use serde_json::{json, Value};
+
+use crate::crd::Protocol;
+use crate::model::{CompiledRoute, GroupKey, Outlier};
+use crate::render::{self, GroupConfigs, ServiceClusters, FILTERS};
+use crate::standalone::gateway::GatewaySpec;
+
+/// Envoy cluster of the rate-limit service the nexus process runs.
+pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
+const LISTENER: &str = "nexus";
+
+/// Where the things Envoy connects to are.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Upstream token (Service name) → `host:port` it is reached at.
+    pub upstreams: BTreeMap<String, (String, u16)>,
+    pub ratelimit: SocketAddr,
+}
+
+/// The standalone routes' group: one gateway, every route.
+pub fn group() -> GroupKey {
+    GroupKey {
+        namespace: "standalone".to_string(),
+        kind: crate::crd::TargetKind::Gateway,
+        selector: BTreeMap::new(),
+    }
+}
+
+/// The contents of the LDS and CDS files, and the merged filter configurations they hold.
+pub struct Resources {
+    pub listeners: Value,
+    pub clusters: Value,
+    pub configs: GroupConfigs,
+}
+
+/// Envoy's bootstrap: admin on 127.0.0.1, listeners and clusters from `lds`/`cds`, which Envoy
+/// re-reads whenever a file is moved into their directory.
+pub fn bootstrap(admin_port: u16, lds: &Path, cds: &Path) -> Value {
+    let watched = |p: &Path| {
+        json!({ "path_config_source": {
+            "path": p.display().to_string(),
+            "watched_directory": { "path": p.parent().unwrap_or(p).display().to_string() },
+        }, "resource_api_version": "V3" })
+    };
+    json!({
+        "node": { "id": "nexus-standalone", "cluster": "nexus" },
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+        "dynamic_resources": { "lds_config": watched(lds), "cds_config": watched(cds) },
+    })
+}
+
+/// An xDS file: a `DiscoveryResponse` of `type_url` resources.
+fn discovery_response(version: &str, type_url: &str, resources: Vec<Value>) -> Value {
+    let resources: Vec<Value> = resources
+        .into_iter()
+        .map(|mut r| {
+            r["@type"] = json!(type_url);
+            r
+        })
+        .collect();
+    json!({ "version_info": version, "resources": resources })
+}
+
+/// `1.5s` style durations for Envoy's JSON.
+fn duration(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// Renders listeners and clusters for `routes` (accepted, in merge order).
+pub fn render(
+    routes: &[&CompiledRoute],
+    gateway: &GatewaySpec,
+    endpoints: &Endpoints,
+    modules: &BTreeMap<String, PathBuf>,
+    version: &str,
+) -> anyhow::Result<Resources> {
+    let configs = render::group_configs(&group(), routes);
+    let services = ServiceClusters {
+        ratelimit: RATELIMIT_CLUSTER.to_string(),
+    };
+    let mut http_filters = Vec::new();
+    for (filter, configuration) in render::filter_configurations(&configs, &services)? {
+        let module = modules
+            .get(filter)
+            .ok_or_else(|| anyhow::anyhow!("no module for the {filter} filter"))?;
+        http_filters.push(wasm_filter(filter, module, &configuration));
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+    }));
+
+    let listener = json!({
+        "name": LISTENER,
+        "address": { "socket_address": {
+            "address": gateway.listen.ip().to_string(),
+            "port_value": gateway.listen.port(),
+        }},
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": LISTENER,
+                "codec_type": "AUTO",
+                "use_remote_address": true,
+                "route_config": { "name": LISTENER, "virtual_hosts": [{
+                    "name": "nexus", "domains": ["*"], "routes": routes_of(routes),
+                }]},
+                "http_filters": http_filters,
+            },
+        }]}],
+    });
+
+    let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
+    for r in routes {
+        let upstreams = r
+            .rules
+            .iter()
+            .map(|rule| &rule.upstream)
+            .chain(r.default_upstream.iter().map(|(_, u, _)| u));
+        for u in upstreams {
+            if clusters.contains_key(&u.token) {
+                continue;
+            }
+            let (host, port) = endpoints
+                .upstreams
+                .get(&u.token)
+                .cloned()
+                .unwrap_or_else(|| (u.token.clone(), u.port));
+            let mut c = cluster(&u.token, &host, port, r.pool.connect_timeout.as_deref());
+            c["outlier_detection"] = outlier(&r.outlier);
+            if let Some(t) = circuit_breakers(&r.pool) {
+                c["circuit_breakers"] = t;
+            }
+            let http2 = matches!(u.protocol, Protocol::GRPC | Protocol::HTTP2);
+            c["typed_extension_protocol_options"] =
+                protocol_options(http2, r.pool.max_requests_per_connection);
+            clusters.insert(u.token.clone(), c);
+        }
+    }
+    for provider in configs.auth.providers.values() {
+        if let Jwks::Remote(remote) = &provider.jwks {
+            if let Some(c) = jwks_cluster(&remote.cluster, &remote.uri) {
+                clusters.entry(remote.cluster.clone()).or_insert(c);
+            }
+        }
+    }
+    let mut rls = cluster(
+        RATELIMIT_CLUSTER,
+        &endpoints.ratelimit.ip().to_string(),
+        endpoints.ratelimit.port(),
+        None,
+    );
+    rls["typed_extension_protocol_options"] = protocol_options(true, None);
+    clusters.insert(RATELIMIT_CLUSTER.to_string(), rls);
+
+    Ok(Resources {
+        listeners: discovery_response(
+            version,
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+            vec![listener],
+        ),
+        clusters: discovery_response(
+            version,
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            clusters.into_values().collect(),
+        ),
+        configs,
+    })
+}
+
+/// What the VirtualService would say, as Envoy routes: each rule by `x-nexus-rule` (with its
+/// timeout and retries), then each upstream by `x-nexus-upstream`, then the default category,
+/// then a JSON 503 for anything the router filter did not route.
+fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in routes {
+        for rule in &r.rules {
+            let mut retry = json!({
+                "retry_on": rule.retry.retry_on,
+                "num_retries": rule.retry.max_retries,
+            });
+            if let Some(t) = rule.per_try_timeout_ms {
+                retry["per_try_timeout"] = json!(duration(t));
+            }
+            out.push(json!({
+                "name": rule.name,
+                "match": { "prefix": "/", "headers": [
+                    header_exact("x-nexus-rule", &rule.name),
+                    header_exact("x-nexus-upstream", &rule.upstream.token),
+                ]},
+                "route": {
+                    "cluster": rule.upstream.token,
+                    "timeout": duration(rule.timeout_ms),
+                    "retry_policy": retry,
+                },
+            }));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in routes {
+        let upstreams = r
+            .rules
+            .iter()
+            .map(|rule| &rule.upstream)
+            .chain(r.default_upstream.iter().map(|(_, u, _)| u));
+        for u in upstreams {
+            if seen.insert(u.token.clone()) {
+                out.push(json!({
+                    "name": format!("upstream.{}", u.token),
+                    "match": { "prefix": "/", "headers": [header_exact("x-nexus-upstream", &u.token)] },
+                    "route": { "cluster": u.token },
+                }));
+            }
+        }
+    }
+    if let Some((cat, u, t)) = routes.iter().find_map(|r| r.default_upstream.as_ref()) {
+        out.push(json!({
+            "name": format!("default.{cat}"),
+            "match": { "prefix": "/" },
+            "route": { "cluster": u.token, "timeout": duration(*t) },
+        }));
+    }
+    out.push(json!({
+        "name": "no-upstream",
+        "match": { "prefix": "/" },
+        "direct_response": { "status": 503, "body": { "inline_string":
+            "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}" } },
+    }));
+    out
+}
+
+fn header_exact(name: &str, value: &str) -> Value {
+    json!({ "name": name, "string_match": { "exact": value } })
+}
+
+fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
+    let name = format!("nexus.{filter}");
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": module.display().to_string() } },
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+            },
+        },
+    })
+}
+
+/// A cluster of one endpoint: STATIC for an IP, STRICT_DNS for a name.
+fn cluster(name: &str, host: &str, port: u16, connect_timeout: Option<&str>) -> Value {
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let timeout = connect_timeout
+        .and_then(crate::model::parse_duration_ms)
+        .unwrap_or(1_000);
+    json!({
+        "name": name,
+        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": duration(timeout),
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } }
+        }]}]},
+    })
+}
+
+fn protocol_options(http2: bool, max_requests_per_connection: Option<u32>) -> Value {
+    let mut opts = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": if http2 {
+            json!({ "http2_protocol_options": {} })
+        } else {
+            json!({ "http_protocol_options": {} })
+        },
+    });
+    if let Some(n) = max_requests_per_connection {
+        opts["common_http_protocol_options"] = json!({ "max_requests_per_connection": n });
+    }
+    json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts })
+}
+
+/// The seed's circuit breaker (5 consecutive 5xx → 60 s ejection) as outlier detection.
+fn outlier(o: &Outlier) -> Value {
+    json!({
+        "consecutive_5xx": o.consecutive_errors,
+        "interval": duration(o.interval_ms),
+        "base_ejection_time": duration(o.base_ejection_ms),
+        "max_ejection_percent": o.max_ejection_percent,
+    })
+}
+
+fn circuit_breakers(p: &crate::crd::ConnectionPool) -> Option<Value> {
+    let mut t = serde_json::Map::new();
+    if let Some(v) = p.max_connections {
+        t.insert("max_connections".into(), json!(v));
+    }
+    if let Some(v) = p.http1_max_pending_requests {
+        t.insert("max_pending_requests".into(), json!(v));
+    }
+    if let Some(v) = p.http2_max_requests {
+        t.insert("max_requests".into(), json!(v));
+    }
+    (!t.is_empty()).then(|| json!({ "thresholds": [Value::Object(t)] }))
+}
+
+/// A cluster for a remote JWKS URI (TLS with SNI for `https`).
+fn jwks_cluster(name: &str, uri: &str) -> Option<Value> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().ok()?),
+        None => (authority.to_string(), default_port),
+    };
+    let mut c = cluster(name, &host, port, None);
+    if scheme == "https" {
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+            },
+        });
+    }
+    Some(c)
+}
+
+/// The filters' module files in `dir` (`nexus_<filter>.wasm`, as `cargo xtask build-filters`
+/// writes them), or an error naming what is missing and the command that builds it.
+pub fn modules_in(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let dir = std::path::absolute(dir)?;
+    let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
+    for f in FILTERS {
+        let p = dir.join(format!("nexus_{f}.wasm"));
+        if p.is_file() {
+            out.insert(f.to_string(), p);
+        } else {
+            missing.push(p.display().to_string());
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "filter modules missing: {}; build them with `cargo xtask build-filters`",
+            missing.join(", ")
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standalone::gateway::read_dir;
+
+    fn example() -> (Vec<CompiledRoute>, GatewaySpec) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/datapunk");
+        let snap = read_dir(&dir).unwrap();
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let routes: Vec<&crate::crd::NexusRoute> =
+            snap.inputs.routes.iter().map(|(_, r)| r).collect();
+        let outcomes = crate::plan::outcomes(&routes, &snap.inputs.secrets);
+        let compiled = outcomes
+            .into_values()
+            .map(|o| o.unwrap_or_else(|p| panic!("{p:?}")))
+            .collect();
+        (compiled, snap.gateway)
+    }
+
+    fn rendered() -> Resources {
+        let (routes, gateway) = example();
+        let refs: Vec<&CompiledRoute> = routes.iter().collect();
+        let endpoints = Endpoints {
+            upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
+            ratelimit: "127.0.0.1:9100".parse().unwrap(),
+        };
+        let modules = FILTERS
+            .iter()
+            .map(|f| (f.to_string(), PathBuf::from(format!("/m/nexus_{f}.wasm"))))
+            .collect();
+        render(&refs, &gateway, &endpoints, &modules, "v1").unwrap()
+    }
+
+    #[test]
+    fn seed_categories_get_their_timeouts_retries_and_circuit_breaker() {
+        let r = rendered();
+        let routes = &r.listeners["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        let by_cluster = |c: &str| {
+            routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["route"]["cluster"] == c && r["route"]["timeout"].is_string())
+                .unwrap_or_else(|| panic!("no route to {c}"))
+                .clone()
+        };
+        for (cluster, timeout) in [
+            ("lake", "30.000s"),
+            ("stream", "5.000s"),
+            ("cortex", "10.000s"),
+            ("forge", "20.000s"),
+        ] {
+            let route = by_cluster(cluster);
+            assert_eq!(route["route"]["timeout"], timeout, "{cluster}");
+            assert_eq!(
+                route["route"]["retry_policy"]["num_retries"], 3,
+                "{cluster}"
+            );
+        }
+        let clusters = r.clusters["resources"].as_array().unwrap();
+        let lake = clusters.iter().find(|c| c["name"] == "lake").unwrap();
+        assert_eq!(lake["type"], "STATIC");
+        assert_eq!(
+            lake["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            9001
+        );
+        assert_eq!(lake["outlier_detection"]["consecutive_5xx"], 5);
+        assert_eq!(lake["outlier_detection"]["base_ejection_time"], "60.000s");
+        let rls = clusters
+            .iter()
+            .find(|c| c["name"] == RATELIMIT_CLUSTER)
+            .unwrap();
+        assert!(rls["typed_extension_protocol_options"]
+            .to_string()
+            .contains("http2_protocol_options"));
+    }
+
+    #[test]
+    fn filters_run_in_order_with_local_modules_and_the_standalone_ratelimit_cluster() {
+        let r = rendered();
+        let filters = r.listeners["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_array()
+            .unwrap();
+        let names: Vec<&str> = filters
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "nexus.router",
+                "nexus.auth",
+                "nexus.ratelimit",
+                "envoy.filters.http.router"
+            ]
+        );
+        let rl = &filters[2]["typed_config"]["config"];
+        assert_eq!(
+            rl["vm_config"]["code"]["local"]["filename"],
+            "/m/nexus_ratelimit.wasm"
+        );
+        let cfg: Value =
+            serde_json::from_str(rl["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(cfg["service"]["cluster"], RATELIMIT_CLUSTER);
+        nexus_config::parse::<nexus_config::ratelimit_filter::RateLimitFilterConfig>(
+            rl["configuration"]["value"].as_str().unwrap().as_bytes(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bootstrap_watches_the_xds_directory() {
+        let b = bootstrap(9901, Path::new("/s/lds.json"), Path::new("/s/cds.json"));
+        assert_eq!(
+            b["dynamic_resources"]["lds_config"]["path_config_source"]["watched_directory"]["path"],
+            "/s"
+        );
+        assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9901);
+    }
+
+    #[test]
+    fn remote_jwks_gets_a_tls_cluster() {
+        let c = jwks_cluster(
+            "outbound|443||id.example.com",
+            "https://id.example.com/jwks",
+        )
+        .unwrap();
+        assert_eq!(c["type"], "STRICT_DNS");
+        assert_eq!(
+            c["transport_socket"]["typed_config"]["sni"],
+            "id.example.com"
+        );
+        let plain = jwks_cluster("j", "http://127.0.0.1:8000/jwks").unwrap();
+        assert_eq!(plain["type"], "STATIC");
+        assert!(plain.get("transport_socket").is_none());
+    }
+}

