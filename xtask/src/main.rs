@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   build-filters   build every filter to target/filters/<name>.wasm (+ .sha256)
   test            build-filters, then cargo test --workspace
-  run             build-filters, then run Envoy with the filters and demo upstreams on 127.0.0.1:8080
+  run [DIR]       build-filters, then `nexus up DIR` (default examples/datapunk): real Envoy on
+                  127.0.0.1:8080 with the filters, the Nexus services and demo upstreams
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
   bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit";
 
@@ -43,18 +44,26 @@ fn run() -> Result<()> {
         Some("run") => {
             wasm::build_filters(&root)?;
             require_envoy()?;
+            // `cargo xtask run [DIR] [nexus up flags]`: the Datapunk example by default.
+            let rest = &args[1..];
+            let (dir, flags) = match rest.first() {
+                Some(d) if !d.starts_with('-') => (d.as_str(), &rest[1..]),
+                _ => ("examples/datapunk", rest),
+            };
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args([
                     "run",
                     "--quiet",
                     "-p",
-                    "nexus-tests",
+                    "nexus-controller",
                     "--bin",
-                    "nexus-demo",
+                    "nexus",
                     "--",
+                    "up",
                 ])
-                .args(&args[1..]);
+                .arg(dir)
+                .args(flags);
             status(&mut cmd)?;
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("auth") => {

@@ -1,0 +1,253 @@
+//! `nexus up examples/datapunk` end to end: the real `nexus` binary, real Envoy, the real
+//! filter modules, requests through the listener.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nexus_tests::client::{self, Response};
+use support::{free_port, repo_root};
+
+/// A running `nexus up`, its output collected line by line; stopped on drop.
+struct Up {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo_root().join("examples/datapunk"), dir.path());
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .arg("up")
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-port", "0", "--memory", "--poll-ms", "100"])
+            .arg("--modules")
+            .arg(repo_root().join("target/filters"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let up = Up {
+            child,
+            port,
+            dir,
+            output,
+        };
+        up.wait_for_output("Nexus is up", Duration::from_secs(90));
+        up
+    }
+
+    fn wait_for_output(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from nexus up within {within:?}; output:\n{}",
+                self.output.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        client::get(self.port, path, headers).unwrap()
+    }
+
+    fn edit(&self, file: &str, edit: impl Fn(String) -> String) {
+        let p = self.dir.path().join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, edit(text)).unwrap();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM first: nexus stops its Envoy; a bare kill would orphan it.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target: PathBuf = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn bearer(dir: &Path, who: &str) -> String {
+    let token = std::fs::read_to_string(dir.join(format!("tokens/{who}.jwt"))).unwrap();
+    format!("Bearer {}", token.trim())
+}
+
+#[test]
+fn datapunk_example_through_real_envoy() {
+    let up = Up::start();
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+
+    // Authentication: no token is a 401 with a JSON body and a challenge.
+    let r = up.get("/lake/tables", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"], "missing_credentials");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+
+    // Routing: each category reaches its upstream with its timeout and the caller's identity.
+    for (path, service, timeout) in [
+        ("/lake/tables", "lake", "30000"),
+        ("/stream/events", "stream", "5000"),
+        ("/cortex/v1/models", "cortex", "10000"),
+        ("/forge/models", "forge", "20000"),
+    ] {
+        let r = up.get(path, &alice);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let echo = r.json().unwrap();
+        assert_eq!(echo["service"], service, "{path}");
+        assert_eq!(
+            echo["headers"]["x-envoy-expected-rq-timeout-ms"], timeout,
+            "{path}"
+        );
+        assert_eq!(echo["headers"]["x-nexus-client-id"], "alice", "{path}");
+    }
+
+    // Service-to-service: the CI API key reaches forge as client ci-pipeline.
+    let r = up.get("/forge/models", &[("x-api-key", "dp-forge-ci-0001")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json().unwrap()["headers"]["x-nexus-client-id"],
+        "ci-pipeline"
+    );
+
+    // Per-client rate limit on cortex: 5 per minute (one was used above), then 429.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| up.get("/cortex/v1/infer", &alice).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    let r = up.get("/cortex/v1/infer", &alice);
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+
+    // A live change: stream's timeout 5 s -> 2 s while requests keep flowing; none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = up.port;
+    let auth = alice[0].1.to_string();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client::get(port, "/stream/events", &[("authorization", &auth)]);
+                seen.push(match r {
+                    Ok(r) if r.status == 200 => Ok(r.json().unwrap()["headers"]
+                        ["x-envoy-expected-rq-timeout-ms"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()),
+                    Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    up.edit("routes.yaml", |t| {
+        t.replace(
+            "category: stream_processing\n",
+            "category: stream_processing\n    timeout: 2s\n",
+        )
+    });
+    up.wait_for_output("applied version 2", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.get("/stream/events", &alice).json().unwrap()["headers"]
+        ["x-envoy-expected-rq-timeout-ms"]
+        != "2000"
+    {
+        assert!(Instant::now() < deadline, "the 2 s timeout never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed during the switch: {failures:?}"
+    );
+    let before = seen.iter().filter(|r| r.as_deref() == Ok("5000")).count();
+    let after = seen.iter().filter(|r| r.as_deref() == Ok("2000")).count();
+    assert!(
+        before > 0 && after > 0,
+        "{before} before, {after} after the switch"
+    );
+    eprintln!(
+        "live change: {} requests during the switch, {before} on the old config, {after} on the new, 0 failed",
+        seen.len()
+    );
+
+    // A bad file is reported with file, path and reason, and the running config stays.
+    up.edit("routes.yaml", |t| t.replace("timeout: 2s", "timeout: soon"));
+    let line = up.wait_for_output("rules[1].timeout", Duration::from_secs(20));
+    assert!(line.contains("routes.yaml"), "{line}");
+    assert!(
+        up.output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("NOT applied (still serving version 2)")),
+        "{:?}",
+        up.output.lock().unwrap()
+    );
+    let r = up.get("/stream/events", &alice);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json().unwrap()["headers"]["x-envoy-expected-rq-timeout-ms"],
+        "2000"
+    );
+}
