@@ -33,6 +33,9 @@ pub struct EnvoyConfig {
     pub grpc_clusters: Vec<(String, u16)>,
     /// Envoy's own HTTP filters (as JSON), placed before the wasm filters; for comparisons.
     pub native_filters: Vec<Value>,
+    /// Answer requests no upstream takes with this status and body (default: a JSON 503), so
+    /// benchmarks can measure the filter chain alone.
+    pub direct_response: Option<(u16, String)>,
 }
 
 impl EnvoyConfig {
@@ -49,10 +52,16 @@ impl EnvoyConfig {
                 })
             })
             .collect();
+        let (status, body) = self.direct_response.clone().unwrap_or_else(|| {
+            (
+                503,
+                "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}"
+                    .to_string(),
+            )
+        });
         routes.push(json!({
             "match": {"prefix": "/"},
-            "direct_response": {"status": 503, "body": {"inline_string":
-                "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}"}}
+            "direct_response": {"status": status, "body": {"inline_string": body}}
         }));
         let mut http_filters: Vec<Value> = self.native_filters.clone();
         http_filters.extend(self.filters.iter().map(wasm_filter));

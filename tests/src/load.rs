@@ -1,5 +1,6 @@
 //! Load generation for benchmarks: `wrk` (Debian's package) on loopback, parsed.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,28 @@ pub fn wrk(
     seconds: u64,
     connections: u32,
 ) -> Result<LoadStats> {
+    run(port, path, headers, None, seconds, connections)
+}
+
+/// Like [`wrk`], with requests made by a Lua `script` (e.g. a different token per request).
+pub fn wrk_script(
+    port: u16,
+    path: &str,
+    script: &Path,
+    seconds: u64,
+    connections: u32,
+) -> Result<LoadStats> {
+    run(port, path, &[], Some(script), seconds, connections)
+}
+
+fn run(
+    port: u16,
+    path: &str,
+    headers: &[&str],
+    script: Option<&Path>,
+    seconds: u64,
+    connections: u32,
+) -> Result<LoadStats> {
     ensure_wrk()?;
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -34,6 +57,9 @@ pub fn wrk(
     .args(["--latency", "--timeout", "5s"]);
     for h in headers {
         cmd.args(["-H", h]);
+    }
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
     }
     cmd.arg(format!("http://127.0.0.1:{port}{path}"));
     let out = cmd.output().context("running wrk")?;

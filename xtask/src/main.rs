@@ -1,6 +1,5 @@
 //! `cargo xtask <command>`: build the wasm filters, run every test, run the demo.
 
-mod bench_auth;
 mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -66,15 +65,13 @@ fn run() -> Result<()> {
                 .args(flags);
             status(&mut cmd)?;
         }
-        Some("bench") if args.get(1).map(String::as_str) == Some("auth") => {
-            bench_auth::run(&root, &args[2..])?;
-        }
-        Some("bench") if args.get(1).map(String::as_str) == Some("ratelimit") => {
+        Some("bench") if matches!(args.get(1).map(String::as_str), Some("auth" | "ratelimit")) => {
             wasm::build_filters(&root)?;
             require_envoy()?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
-                .args(["bench", "-p", "nexus-tests", "--bench", "ratelimit"]);
+                .args(["bench", "-p", "nexus-tests", "--bench", &args[1], "--"])
+                .args(&args[2..]);
             status(&mut cmd)?;
         }
         _ => bail!("{USAGE}"),

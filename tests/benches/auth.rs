@@ -1,0 +1,247 @@
+//! `cargo xtask bench auth`: nexus-auth against Envoy's native `jwt_authn` (with its
+//! `jwt_cache_config`) and against no auth filter at all, in real Envoy (`--concurrency 1`), with
+//! `wrk` on loopback. For RS256, ES256 and EdDSA: (a) one token reused by every request, and
+//! (b) a fresh token per request (pre-signed; `wrk` cycles through them with Lua).
+//!
+//! Options (after `--`): `--duration <s>` (default 5), `--connections <n>` (default 16),
+//! `--fresh <n>` tokens per algorithm for (b) (default 20000).
+//!
+//! Every request is answered by Envoy's `direct_response` (no upstream), so the numbers are the
+//! filter chain's cost.
+
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use nexus_auth::testkit::{self, SigningKey};
+use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
+use nexus_tests::load::{wrk, wrk_script, LoadStats};
+use serde_json::json;
+
+const ISS: &str = "https://id.example.com";
+const ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+/// Token cache size of both filters.
+const CACHE: usize = 4096;
+const PATH: &str = "/api/items";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Filter {
+    None,
+    Native,
+    Nexus,
+}
+
+impl Filter {
+    fn name(self) -> &'static str {
+        match self {
+            Filter::None => "no filter",
+            Filter::Native => "envoy jwt_authn",
+            Filter::Nexus => "nexus-auth",
+        }
+    }
+}
+
+struct Opts {
+    duration_s: u64,
+    connections: u32,
+    fresh: usize,
+}
+
+fn opts() -> Result<Opts> {
+    let mut opts = Opts {
+        duration_s: 5,
+        connections: 16,
+        fresh: 20_000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<u64> {
+            it.next()
+                .with_context(|| format!("{a} needs a value"))?
+                .parse()
+                .with_context(|| format!("{a} needs a number"))
+        };
+        match a.as_str() {
+            "--duration" => opts.duration_s = val()?,
+            "--connections" => opts.connections = u32::try_from(val()?)?,
+            "--fresh" => opts.fresh = usize::try_from(val()?)?,
+            "--bench" => {} // cargo bench passes it
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> Result<()> {
+    let opts = opts()?;
+    let module = nexus_tests::filter_module("nexus_auth")?;
+    let dir = tempfile::Builder::new()
+        .prefix("nexus-bench-auth-")
+        .tempdir()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+
+    let mut rows: Vec<(&str, &str, Filter, LoadStats)> = Vec::new();
+    for alg in ALGS {
+        let key = SigningKey::new(alg, "bench");
+        let jwks = testkit::jwks(&[&key]);
+        let one = key.token(&testkit::claims(ISS, "nexus", "bench", now, json!({})));
+        let started = Instant::now();
+        let mut fresh = String::with_capacity(opts.fresh * 400);
+        for i in 0..opts.fresh {
+            let c = testkit::claims(ISS, "nexus", &format!("user-{i}"), now, json!({}));
+            fresh.push_str(&key.token(&c));
+            fresh.push('\n');
+        }
+        eprintln!(
+            "bench: {alg}: signed {} fresh tokens in {:.1}s",
+            opts.fresh,
+            started.elapsed().as_secs_f64()
+        );
+        let tokens = dir.path().join(format!("tokens-{alg}.txt"));
+        std::fs::write(&tokens, fresh)?;
+        let script = dir.path().join(format!("fresh-{alg}.lua"));
+        std::fs::write(&script, lua(&tokens))?;
+
+        let filters = if alg == ALGS[0] {
+            vec![Filter::None, Filter::Native, Filter::Nexus]
+        } else {
+            vec![Filter::Native, Filter::Nexus]
+        };
+        for mode in ["reused", "fresh"] {
+            for &f in &filters {
+                if f == Filter::None && mode == "fresh" {
+                    continue;
+                }
+                let envoy = Envoy::start(&config(f, &jwks, &module))?;
+                let bearer = format!("Bearer {one}");
+                let header = format!("Authorization: {bearer}");
+                // Check one request first: a benchmark of 401s would be meaningless.
+                let probe =
+                    nexus_tests::client::get(envoy.port, PATH, &[("authorization", &bearer)])?;
+                if probe.status != 200 {
+                    bail!(
+                        "{} {alg}: probe answered {}, not 200:\n{}",
+                        f.name(),
+                        probe.status,
+                        envoy.log()
+                    );
+                }
+                let load = |seconds| {
+                    if mode == "reused" {
+                        wrk(envoy.port, PATH, &[&header], seconds, opts.connections)
+                    } else {
+                        wrk_script(envoy.port, PATH, &script, seconds, opts.connections)
+                    }
+                };
+                load(1)?; // warm-up: V8 tiers up, caches fill
+                let stats = load(opts.duration_s)?;
+                // Cycling through more tokens than either cache holds still verifies every
+                // request; only a shorter cycle would let caches serve "fresh" tokens.
+                if mode == "fresh" && stats.requests as usize > opts.fresh && opts.fresh < 2 * CACHE
+                {
+                    eprintln!(
+                        "bench: warning: {} {alg} fresh made {} requests with {} tokens: some were reused (raise --fresh)",
+                        f.name(),
+                        stats.requests,
+                        opts.fresh
+                    );
+                }
+                eprintln!(
+                    "bench: {alg} {mode} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
+                    f.name(),
+                    stats.rps,
+                    stats.p50_ms,
+                    stats.p99_ms,
+                    stats.non_2xx
+                );
+                rows.push((alg, mode, f, stats));
+            }
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
+    let mut c = EnvoyConfig {
+        concurrency: 1,
+        direct_response: Some((200, "ok".to_string())),
+        ..Default::default()
+    };
+    match filter {
+        Filter::None => {}
+        Filter::Native => c.native_filters.push(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"corp": {
+                    "issuer": ISS,
+                    "audiences": ["nexus"],
+                    "local_jwks": {"inline_string": jwks},
+                    "forward": true,
+                    "jwt_cache_config": {"jwt_cache_size": CACHE}
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
+            }
+        })),
+        Filter::Nexus => c.filters.push(WasmFilter {
+            name: "nexus-auth".into(),
+            module: module.to_path_buf(),
+            config: json!({
+                "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks}}},
+                "rules": [{"name": "all", "requirement": {"jwt": {}}}],
+                "token_cache": {"max_entries": CACHE}
+            })
+            .to_string(),
+        }),
+    }
+    c
+}
+
+fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
+    println!();
+    println!(
+        "{:<6} {:<7} {:<16} {:>10} {:>9} {:>9} {:>8} {:>14}",
+        "alg", "token", "filter", "req/s", "p50 ms", "p99 ms", "non-2xx", "nexus/native"
+    );
+    for (alg, mode, f, s) in rows {
+        let ratio = if *f == Filter::Nexus {
+            rows.iter()
+                .find(|(a, m, g, _)| a == alg && m == mode && *g == Filter::Native)
+                .map(|(_, _, _, n)| format!("{:.2}x", s.rps / n.rps))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let (alg, mode) = if *f == Filter::None {
+            ("-", "-")
+        } else {
+            (*alg, *mode)
+        };
+        println!(
+            "{alg:<6} {mode:<7} {:<16} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>14}",
+            f.name(),
+            s.rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.non_2xx,
+            ratio
+        );
+    }
+}
+
+fn lua(tokens: &Path) -> String {
+    format!(
+        r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  if i > #tokens then i = 1 end
+  return wrk.format("GET", "{PATH}", {{["Authorization"] = "Bearer " .. tokens[i]}})
+end
+"#,
+        tokens.display()
+    )
+}
