@@ -29,6 +29,9 @@ enum Filter {
     None,
     Native,
     Nexus,
+    /// nexus-auth with an allow-all rule: the proxy-wasm boundary and header handling alone,
+    /// no token. What the wasm runtime costs before any authentication work.
+    NexusFloor,
 }
 
 impl Filter {
@@ -37,6 +40,7 @@ impl Filter {
             Filter::None => "no filter",
             Filter::Native => "envoy jwt_authn",
             Filter::Nexus => "nexus-auth",
+            Filter::NexusFloor => "nexus allow-all",
         }
     }
 }
@@ -104,13 +108,18 @@ fn main() -> Result<()> {
         std::fs::write(&script, lua(&tokens))?;
 
         let filters = if alg == ALGS[0] {
-            vec![Filter::None, Filter::Native, Filter::Nexus]
+            vec![
+                Filter::None,
+                Filter::NexusFloor,
+                Filter::Native,
+                Filter::Nexus,
+            ]
         } else {
             vec![Filter::Native, Filter::Nexus]
         };
         for mode in ["reused", "fresh"] {
             for &f in &filters {
-                if f == Filter::None && mode == "fresh" {
+                if matches!(f, Filter::None | Filter::NexusFloor) && mode == "fresh" {
                     continue;
                 }
                 let envoy = Envoy::start(&config(f, &jwks, &module))?;
@@ -195,6 +204,15 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
             })
             .to_string(),
         }),
+        Filter::NexusFloor => c.filters.push(WasmFilter {
+            name: "nexus-auth".into(),
+            module: module.to_path_buf(),
+            config: json!({
+                "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks}}},
+                "rules": [{"name": "all", "requirement": "allow"}]
+            })
+            .to_string(),
+        }),
     }
     c
 }
@@ -206,7 +224,7 @@ fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
         "alg", "token", "filter", "req/s", "p50 ms", "p99 ms", "non-2xx", "nexus/native"
     );
     for (alg, mode, f, s) in rows {
-        let ratio = if *f == Filter::Nexus {
+        let ratio = if matches!(f, Filter::Nexus | Filter::NexusFloor) {
             rows.iter()
                 .find(|(a, m, g, _)| a == alg && m == mode && *g == Filter::Native)
                 .map(|(_, _, _, n)| format!("{:.2}x", s.rps / n.rps))
@@ -214,7 +232,7 @@ fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
         } else {
             String::new()
         };
-        let (alg, mode) = if *f == Filter::None {
+        let (alg, mode) = if matches!(f, Filter::None | Filter::NexusFloor) {
             ("-", "-")
         } else {
             (*alg, *mode)
