@@ -273,6 +273,10 @@ pub struct JwtProviderSpec {
     /// Claim → request header for the upstream.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// Pass the verified token on to the upstream (default false: the header or query
+    /// parameter it came in is removed, as Envoy's `jwt_authn` does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward: bool,
 }
 
 /// At most one of `header`, `query`, `cookie`; none means the `Authorization: Bearer` header.

@@ -494,6 +494,7 @@ pub fn compile(
             audiences: p.audiences.clone(),
             jwks,
             token_sources,
+            forward: p.forward,
             clock_skew_s: 60,
             claims_to_headers: p
                 .claims_to_headers

@@ -194,11 +194,13 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
                 "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
             }
         })),
+        // `forward` as in the native filter: both leave the token on the request.
         Filter::Nexus => c.filters.push(WasmFilter {
             name: "nexus-auth".into(),
             module: module.to_path_buf(),
             config: json!({
-                "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks}}},
+                "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks},
+                                       "forward": true}},
                 "rules": [{"name": "all", "requirement": {"jwt": {}}}],
                 "token_cache": {"max_entries": CACHE}
             })

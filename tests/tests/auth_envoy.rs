@@ -103,6 +103,8 @@ fn every_algorithm_passes_and_bad_tokens_get_exact_errors() {
         );
         assert_eq!(req.header("x-nexus-auth-method"), Some("jwt:corp"));
         assert_eq!(req.header("x-nexus-tenant"), Some("acme"));
+        // The verified token is not forwarded (as jwt_authn's default `forward: false`).
+        assert_eq!(req.header("authorization"), None);
         assert_eq!(
             req.headers
                 .iter()

@@ -147,6 +147,7 @@ struct Provider {
     sources: Vec<TokenSource>,
     skew_s: u64,
     claims_to_headers: Vec<(String, String)>,
+    forward: bool,
     remote: Option<Remote>,
 }
 
@@ -288,6 +289,7 @@ impl Auth {
                 issuer: p.issuer.clone(),
                 audiences: p.audiences.clone(),
                 sources: p.token_sources.clone(),
+                forward: p.forward,
                 skew_s: p.clock_skew_s,
                 claims_to_headers: p
                     .claims_to_headers
@@ -427,6 +429,12 @@ impl Auth {
                     "nexus_auth.allowed.jwt"
                 };
                 env.metrics.increment(metric, 1);
+                for s in &granted.strip {
+                    match s {
+                        Strip::Header(name) => headers.remove(name),
+                        Strip::Path(path) => headers.set(":path", path),
+                    }
+                }
                 headers.set(HEADER_CLIENT_ID, &granted.identity.client_id);
                 headers.set(HEADER_AUTH_METHOD, &granted.identity.method);
                 for (name, value) in &granted.headers {
@@ -703,6 +711,14 @@ impl Auth {
 struct Granted {
     identity: Identity,
     headers: Vec<(String, String)>,
+    /// Where the credential came from, to remove it before the upstream sees it.
+    strip: Vec<Strip>,
+}
+
+enum Strip {
+    Header(String),
+    /// The request path without the token's query parameter.
+    Path(String),
 }
 
 /// One request's evaluation.
@@ -775,6 +791,7 @@ impl Check<'_> {
                 method: "api_key".to_string(),
             },
             headers: Vec::new(),
+            strip: Vec::new(),
         })
     }
 
@@ -804,7 +821,19 @@ impl Check<'_> {
         let mut worst = None;
         for (t, candidates) in &tokens {
             match self.verified_claims(t, candidates) {
-                Ok((p, c)) => return self.authorize(p, &c, claims, scopes),
+                Ok((p, c)) => {
+                    let mut granted = self.authorize(p, &c, claims, scopes)?;
+                    let provider = &self.auth.providers[p];
+                    if !provider.forward {
+                        granted.strip = provider
+                            .sources
+                            .iter()
+                            .filter(|s| token::extract(s, self.pairs).as_deref() == Some(t))
+                            .filter_map(|s| token::strip(s, self.pairs))
+                            .collect();
+                    }
+                    return Ok(granted);
+                }
                 Err(f) => worst = Some(worse(worst, f)),
             }
         }
@@ -868,6 +897,7 @@ impl Check<'_> {
                 method: format!("jwt:{}", provider.name),
             },
             headers,
+            strip: Vec::new(),
         })
     }
 

@@ -706,3 +706,46 @@ fn a_fetch_never_answered_is_given_up_on_tick() {
         Outcome::Pause
     ));
 }
+
+#[test]
+fn verified_tokens_are_not_forwarded_unless_asked() {
+    let key = SigningKey::new("EdDSA", "k1");
+    let token = key.token(&std_claims(json!({})));
+    let h = H::new();
+    let a = auth(&inline_config(&testkit::jwks(&[&key]), json!({})));
+    let (out, m) = get(
+        &a,
+        &h,
+        "/api/x",
+        &[("authorization", &bearer(&token)), ("x-keep", "1")],
+    );
+    assert!(matches!(out, Outcome::Continue(Some(_))), "{out:?}");
+    assert_eq!(m.get("authorization"), None);
+    assert_eq!(m.get("x-keep").as_deref(), Some("1"));
+
+    let (_, m) = get(&a, &h, "/api/x", &[("x-token", &format!("Token {token}"))]);
+    assert_eq!(m.get("x-token"), None);
+
+    let path = format!("/api/x?a=1&access_token={token}&b=2");
+    let (out, m) = get(&a, &h, &path, &[]);
+    assert!(matches!(out, Outcome::Continue(Some(_))), "{out:?}");
+    assert_eq!(m.get(":path").as_deref(), Some("/api/x?a=1&b=2"));
+    let (_, m) = get(&a, &h, &format!("/api/x?access_token={token}"), &[]);
+    assert_eq!(m.get(":path").as_deref(), Some("/api/x"));
+
+    // A cookie carries other cookies too: it stays.
+    let cookie = format!("theme=dark; session={token}");
+    let (out, m) = get(&a, &h, "/api/x", &[("cookie", &cookie)]);
+    assert!(matches!(out, Outcome::Continue(Some(_))), "{out:?}");
+    assert_eq!(m.get("cookie"), Some(cookie));
+
+    let mut cfg = inline_config(&testkit::jwks(&[&key]), json!({}));
+    cfg["providers"]["corp"]["forward"] = json!(true);
+    let a = auth(&cfg);
+    let (_, m) = get(&a, &h, "/api/x", &[("authorization", &bearer(&token))]);
+    assert_eq!(m.get("authorization"), Some(bearer(&token)));
+
+    // A denied request is not touched (the upstream never sees it anyway).
+    let (out, _) = get(&a, &h, "/api/x", &[("authorization", "Bearer nope")]);
+    assert!(matches!(out, Outcome::Respond(_)));
+}

@@ -49,6 +49,30 @@ pub fn extract(source: &TokenSource, headers: &[(String, String)]) -> Option<Str
     (!token.is_empty()).then(|| token.to_string())
 }
 
+/// How to remove the credential `source` found from the request, if it can be removed:
+/// a header goes; a query parameter is cut out of the path; a cookie stays (other cookies
+/// share its header).
+pub fn strip(source: &TokenSource, headers: &[(String, String)]) -> Option<crate::Strip> {
+    match source {
+        TokenSource::Bearer => Some(crate::Strip::Header("authorization".to_string())),
+        TokenSource::Header { name, .. } => Some(crate::Strip::Header(name.clone())),
+        TokenSource::Query { param } => {
+            let path = headers.iter().find(|(k, _)| k == ":path")?.1.as_str();
+            let (base, query) = path.split_once('?')?;
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                .collect();
+            Some(crate::Strip::Path(if kept.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }))
+        }
+        TokenSource::Cookie { .. } => None,
+    }
+}
+
 /// A compact JWS split and decoded, signature not yet checked.
 #[derive(Debug)]
 pub struct Jws<'a> {

@@ -137,6 +137,11 @@ pub struct JwtProvider {
     /// Copy verified claims into request headers for the upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims_to_headers: Vec<ClaimToHeader>,
+    /// Pass the verified token on to the upstream. Off by default, as in Envoy's `jwt_authn`:
+    /// the header (or query parameter) it came in is removed, so upstreams never see bearer
+    /// credentials they could replay. A token in a cookie is always passed on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward: bool,
 }
 
 fn default_token_sources() -> Vec<TokenSource> {
