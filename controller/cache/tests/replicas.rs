@@ -1,0 +1,224 @@
+//! Redis only: events between replicas, the flush when a replica's pub/sub connection breaks
+//! (a private redis-server really killed and restarted), and answers while Redis is down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexus_cache_service::bus::RedisBus;
+use nexus_cache_service::storage::RedisStorage;
+use nexus_cache_service::CacheService;
+use nexus_proto::cache::{event, GetRequest, InvalidateRequest, PutRequest, Update};
+use nexus_ratelimit_service::testkit::PrivateRedis;
+use support::{
+    assert_shared_redis, config, grpc, next, next_not_flush, redis_replica, subscribe,
+    unique_namespace, SHARED_REDIS,
+};
+
+fn put(key: &str, ts: u64, writer: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        tags: vec![],
+        ttl_ms: 60_000,
+        timestamp_ms: ts,
+        writer: writer.into(),
+    }
+}
+
+fn invalidate_key(key: &str) -> InvalidateRequest {
+    InvalidateRequest {
+        keys: vec![key.into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_subscribers_of_another_replica() {
+    assert_shared_redis();
+    let ns = unique_namespace();
+    let mut a = grpc(redis_replica(SHARED_REDIS, &ns, "replica-a").await).await;
+    let mut b = grpc(redis_replica(SHARED_REDIS, &ns, "replica-b").await).await;
+    let mut at_b = subscribe(&mut b, "replica-b").await;
+    let mut at_a = subscribe(&mut a, "replica-a").await;
+
+    a.invalidate(invalidate_key("/x#1")).await.unwrap();
+    match next(&mut at_b).await {
+        event::Kind::Invalidation(i) => assert_eq!(i.keys, ["/x#1"]),
+        other => panic!("expected Invalidation at B, got {other:?}"),
+    }
+    // The writer's own replica hears it too, through Redis like everyone.
+    assert!(matches!(
+        next(&mut at_a).await,
+        event::Kind::Invalidation(_)
+    ));
+
+    a.put(put("/x#1", 5, "proxy-a")).await.unwrap();
+    assert_eq!(
+        next(&mut at_b).await,
+        event::Kind::Update(Update {
+            key: "/x#1".into(),
+            timestamp_ms: 5,
+            writer: "proxy-a".into()
+        })
+    );
+    // And B serves what A stored.
+    let e = b
+        .get(GetRequest { key: "/x#1".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(e.writer, "proxy-a");
+}
+
+#[tokio::test]
+async fn a_broken_pubsub_connection_flushes_subscribers_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let ns = unique_namespace();
+    let mut a = grpc(redis_replica(&redis.url(), &ns, "replica-a").await).await;
+    let mut events = subscribe(&mut a, "replica-a").await;
+
+    redis.stop();
+    match next(&mut events).await {
+        event::Kind::Flush(f) => assert!(f.reason.contains("connection lost"), "{}", f.reason),
+        other => panic!("expected Flush when Redis went away, got {other:?}"),
+    }
+    // Down: UNAVAILABLE, not a hang; the stream stays open.
+    let started = Instant::now();
+    let status = a.get(GetRequest { key: "/k".into() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    redis.restart();
+    match next(&mut events).await {
+        event::Kind::Flush(f) => assert!(f.reason.contains("subscribed"), "{}", f.reason),
+        other => panic!("expected Flush after resubscribing, got {other:?}"),
+    }
+    // Back: calls succeed again (the connection manager reconnects on use) and events flow.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.invalidate(invalidate_key("/k")).await.is_err() {
+        assert!(Instant::now() < deadline, "service did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        next_not_flush(&mut events).await,
+        event::Kind::Invalidation(_)
+    ));
+}
+
+/// A Redis that accepts connections and never answers: every call still ends, UNAVAILABLE,
+/// within the deadline.
+#[tokio::test]
+async fn a_silent_redis_answers_unavailable_within_the_deadline() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}/0", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let ns = unique_namespace();
+    let timeout = Duration::from_millis(200);
+    let cache = Arc::new(CacheService::new(
+        RedisStorage::new(&url, &ns, timeout).unwrap(),
+        RedisBus::start(&url, &ns, timeout).unwrap(),
+        config("replica-a"),
+    ));
+    let mut c = grpc(cache).await;
+    let mut events = subscribe(&mut c, "replica-a").await;
+    for call in ["get", "put", "invalidate"] {
+        let started = Instant::now();
+        let status = match call {
+            "get" => c.get(GetRequest { key: "/k".into() }).await.map(|_| ()),
+            "put" => c.put(put("/k", 1, "w")).await.map(|_| ()),
+            _ => c.invalidate(invalidate_key("/k")).await.map(|_| ()),
+        }
+        .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{call}: {status:?}"
+        );
+        assert!(
+            status.message().contains("unavailable"),
+            "{call}: {}",
+            status.message()
+        );
+        assert!(took < Duration::from_secs(1), "{call} took {took:?}");
+    }
+    // The stream is still open: nothing arrives, and it has not ended.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.message())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_is_not_running_answers_unavailable() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    redis.stop();
+    let ns = unique_namespace();
+    let cache = Arc::new(CacheService::new(
+        RedisStorage::new(&url, &ns, Duration::from_millis(200)).unwrap(),
+        RedisBus::start(&url, &ns, Duration::from_millis(200)).unwrap(),
+        config("replica-a"),
+    ));
+    let mut c = grpc(cache).await;
+    let _events = subscribe(&mut c, "replica-a").await;
+    let started = Instant::now();
+    let status = c.put(put("/k", 1, "w")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().starts_with("cache storage unavailable: "),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// Rough numbers for the report (printed; the assertions are loose): put and get latency over
+/// gRPC on the shared Redis, and how long an event takes from one replica to another's stream.
+#[tokio::test]
+async fn latency_of_calls_and_of_events_between_replicas() {
+    assert_shared_redis();
+    let ns = unique_namespace();
+    let mut a = grpc(redis_replica(SHARED_REDIS, &ns, "replica-a").await).await;
+    let mut b = grpc(redis_replica(SHARED_REDIS, &ns, "replica-b").await).await;
+    let mut at_b = subscribe(&mut b, "replica-b").await;
+    const N: u64 = 200;
+    let (mut puts, mut gets, mut lags) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..N {
+        let key = format!("/bench/{i}");
+        let t = Instant::now();
+        a.put(put(&key, i + 1, "w")).await.unwrap();
+        puts.push(t.elapsed());
+        // The Update was published before Put answered; lag = call start to arrival at B.
+        assert!(matches!(next(&mut at_b).await, event::Kind::Update(_)));
+        lags.push(t.elapsed());
+        let t = Instant::now();
+        a.get(GetRequest { key }).await.unwrap();
+        gets.push(t.elapsed());
+    }
+    let p = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * q) as usize]
+    };
+    eprintln!(
+        "cache service on redis, {N} calls over gRPC: put p50 {:?} p99 {:?}; get p50 {:?} p99 {:?}; put-to-event-at-other-replica p50 {:?} p99 {:?}",
+        p(&mut puts, 0.5),
+        p(&mut puts, 0.99),
+        p(&mut gets, 0.5),
+        p(&mut gets, 0.99),
+        p(&mut lags, 0.5),
+        p(&mut lags, 0.99),
+    );
+    assert!(p(&mut lags, 0.5) < Duration::from_millis(200));
+}
