@@ -260,20 +260,50 @@ async fn follow(
             "subscribed to redis pub/sub: events before now may be lost",
         ));
         let _ = live.send(true);
-        let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            match Event::decode(msg.get_payload_bytes()) {
-                Ok(event) => {
-                    let _ = local.send(event);
+        let why = rebroadcast(pubsub, &local).await;
+        let _ = live.send(false);
+        log::warn(&format!(
+            "redis pub/sub connection lost ({why}); flushing local subscribers and reconnecting"
+        ));
+        let _ = local.send(flush(format!(
+            "redis pub/sub connection lost ({why}): events may be lost"
+        )));
+    }
+}
+
+/// A silent connection (a partition, a frozen server) shows no error by itself: one PING per
+/// interval must be answered in time, or the connection counts as lost.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Rebroadcasts messages until the connection ends or stops answering; says why.
+async fn rebroadcast(pubsub: redis::aio::PubSub, local: &broadcast::Sender<Event>) -> String {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else {
+                    return "connection closed".into();
+                };
+                match Event::decode(msg.get_payload_bytes()) {
+                    Ok(event) => {
+                        let _ = local.send(event);
+                    }
+                    Err(e) => log::warn(&format!(
+                        "undecodable event on {}: {e}",
+                        msg.get_channel_name()
+                    )),
                 }
-                Err(e) => log::warn(&format!(
-                    "undecodable event on {}: {e}",
-                    msg.get_channel_name()
-                )),
+            }
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(HEARTBEAT_DEADLINE, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("PING failed: {e}"),
+                    Err(_) => return format!("no answer to PING within {HEARTBEAT_DEADLINE:?}"),
+                }
             }
         }
-        let _ = live.send(false);
-        log::warn("redis pub/sub connection lost; flushing local subscribers and reconnecting");
-        let _ = local.send(flush("redis pub/sub connection lost: events may be lost"));
     }
 }

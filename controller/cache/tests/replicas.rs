@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use support::{
     assert_shared_redis, config, grpc, next, next_not_flush, redis_replica, subscribe,
     unique_namespace, SHARED_REDIS,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 fn put(key: &str, ts: u64, writer: &str) -> PutRequest {
     PutRequest {
@@ -108,6 +111,69 @@ async fn a_broken_pubsub_connection_flushes_subscribers_and_recovers() {
         next_not_flush(&mut events).await,
         event::Kind::Invalidation(_)
     ));
+}
+
+/// A TCP proxy to the shared Redis that can go silent: while frozen, bytes in both directions
+/// are swallowed and connections stay open (a partition, not a crash).
+async fn freezable_proxy() -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, f.clone()));
+            tokio::spawn(pump(server_read, client_write, f.clone()));
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test]
+async fn a_silent_pubsub_connection_is_noticed_and_flushed() {
+    assert_shared_redis();
+    let (addr, frozen) = freezable_proxy().await;
+    let url = format!("redis://{addr}/0");
+    let ns = unique_namespace();
+    let mut a = grpc(redis_replica(&url, &ns, "replica-a").await).await;
+    let mut events = subscribe(&mut a, "replica-a").await;
+
+    frozen.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    match next(&mut events).await {
+        event::Kind::Flush(f) => assert!(f.reason.contains("no answer to PING"), "{}", f.reason),
+        other => panic!("expected Flush when the connection went silent, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = a.get(GetRequest { key: "/k".into() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    frozen.store(false, Ordering::SeqCst);
+    match next(&mut events).await {
+        event::Kind::Flush(f) => assert!(f.reason.contains("subscribed"), "{}", f.reason),
+        other => panic!("expected Flush after resubscribing, got {other:?}"),
+    }
 }
 
 /// A Redis that accepts connections and never answers: every call still ends, UNAVAILABLE,
