@@ -4,7 +4,8 @@
 //!
 //! - 200 `{"removed":N}`
 //! - 400 `{"error":"bad_request","path":"keys[1]","detail":"..."}` (`path` is `.` for the body)
-//! - 401 `{"error":"unauthorized","detail":"..."}`
+//! - 401 `{"error":"unauthorized","detail":"..."}` (with `WWW-Authenticate: Bearer`)
+//! - 413 `{"error":"payload_too_large","detail":"..."}` over [`MAX_BODY_BYTES`]
 //! - 503 `{"error":"unavailable","detail":"..."}` while Redis is down
 //!
 //! [`invalidate`] is the handler (the controller's HTTP server routes to it); [`serve`] serves it
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -130,6 +131,12 @@ pub async fn handle(cache: &CacheService, req: Request<Incoming>) -> Response<Fu
         .await
     {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return respond(Reply::json(
+                413,
+                json!({"error": "payload_too_large", "detail": format!("the body may have at most {MAX_BODY_BYTES} bytes")}),
+            ));
+        }
         Err(e) => {
             return respond(Reply::bad_request(".", &format!("unreadable body: {e}")));
         }
@@ -145,6 +152,12 @@ pub fn respond(reply: Reply) -> Response<Full<Bytes>> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if reply.status == 401 {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer realm=\"nexus-cache\""),
+        );
+    }
     r
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nexus_cache_service::bus::RedisBus;
 use nexus_cache_service::storage::RedisStorage;
-use nexus_cache_service::CacheService;
+use nexus_cache_service::{http, CacheService};
 use nexus_proto::cache::{event, GetRequest, InvalidateRequest, PutRequest, Update};
 use nexus_ratelimit_service::testkit::PrivateRedis;
 use support::{
@@ -237,7 +237,7 @@ async fn a_redis_that_is_not_running_answers_unavailable() {
         RedisBus::start(&url, &ns, Duration::from_millis(200)).unwrap(),
         config("replica-a"),
     ));
-    let mut c = grpc(cache).await;
+    let mut c = grpc(cache.clone()).await;
     let _events = subscribe(&mut c, "replica-a").await;
     let started = Instant::now();
     let status = c.put(put("/k", 1, "w")).await.unwrap_err();
@@ -248,6 +248,20 @@ async fn a_redis_that_is_not_running_answers_unavailable() {
         status.message()
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+    let reply = http::invalidate(&cache, Some("Bearer s3cret-token"), br#"{"keys":["/k"]}"#).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply
+            .body
+            .starts_with(r#"{"detail":"cache storage unavailable: "#),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.ends_with(r#"","error":"unavailable"}"#),
+        "{}",
+        reply.body
+    );
 }
 
 /// Rough numbers for the report (printed; the assertions are loose): put and get latency over

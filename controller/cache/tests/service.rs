@@ -216,9 +216,14 @@ async fn http_invalidate_answers_401_400_and_200(cache: Arc<CacheService>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(http::serve(cache.clone(), listener, std::future::pending()));
     let mut c = grpc(cache).await;
+    let mut events = subscribe(&mut c, "replica-a").await;
     c.put(put("/lake/1", b"v", 1, "w")).await.unwrap();
     c.put(put("/lake/2", b"v", 1, "w")).await.unwrap();
-    let mut events = subscribe(&mut c, "replica-a").await;
+    // (Redis: events published before a stream opened may still reach it, so they are taken
+    // here, not left to race with the ones under test.)
+    for _ in 0..2 {
+        assert!(matches!(next(&mut events).await, event::Kind::Update(_)));
+    }
 
     let ok_body = r#"{"prefixes":["/lake/"]}"#;
     assert_eq!(
@@ -233,6 +238,17 @@ async fn http_invalidate_answers_401_400_and_200(cache: Arc<CacheService>) {
         )
     );
     assert_eq!(post(addr, Some("Basic s3cret-token"), ok_body).await.0, 401);
+    let huge = format!(r#"{{"keys":["{}"]}}"#, "k".repeat(http::MAX_BODY_BYTES));
+    assert_eq!(
+        post(addr, Some("Bearer s3cret-token"), &huge).await,
+        (
+            413,
+            format!(
+                r#"{{"detail":"the body may have at most {} bytes","error":"payload_too_large"}}"#,
+                http::MAX_BODY_BYTES
+            )
+        )
+    );
     let auth = Some("Bearer s3cret-token");
     assert_eq!(
         post(addr, auth, r#"{"keys":["/a", 7]}"#).await,

@@ -213,3 +213,44 @@ impl Storage for MemoryStorage {
         "memory (this replica only)".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    fn put(key: &str, tags: &[&str], ttl_ms: u64) -> PutRequest {
+        PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            ttl_ms,
+            timestamp_ms: 1,
+            writer: "w".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn expiry_follows_the_injected_clock_and_sweeps_clean_the_tag_index() {
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = now.clone();
+        let s = MemoryStorage::with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+        s.put(&put("short", &["t"], 100)).await.unwrap();
+        now.store(1_099, Ordering::SeqCst);
+        assert_eq!(s.get("short").await.unwrap().unwrap().ttl_remaining_ms, 1);
+        now.store(1_100, Ordering::SeqCst);
+        assert_eq!(s.get("short").await.unwrap(), None);
+        // Expired entries stay until the map is large enough to sweep; then they and their
+        // tag index entries go.
+        for i in 1..MIN_SWEEP_AT {
+            s.put(&put(&format!("k{i}"), &["bulk"], 1_000_000))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.tag_index("t").await.unwrap(), ["short"]);
+        s.put(&put("trigger", &[], 1_000_000)).await.unwrap();
+        assert!(s.tag_index("t").await.unwrap().is_empty());
+        assert_eq!(s.lock().unwrap().by_key.len(), MIN_SWEEP_AT);
+    }
+}
