@@ -10,7 +10,8 @@
 //! is lost for it. So whenever this replica's feed may have a gap (its pub/sub connection broke,
 //! and again once it is subscribed anew) every local stream gets a `Flush`, and no stale local
 //! copy outlives a lost event. Streams stay open while Redis is down: the replica is still
-//! there, and will flush again when its feed is back.
+//! there, and will flush again when its feed is back. A stream opened while the feed is down
+//! gets its `Hello` only once the feed is live (until then the filter keeps off its L1).
 
 use std::time::Duration;
 
@@ -36,8 +37,17 @@ pub trait Bus: Send + Sync + 'static {
     /// `Lagged`, which the service turns into a `Flush` for that stream.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 
-    /// Waits (at most `within`) until events from other replicas can arrive; false if not.
-    async fn wait_live(&self, within: Duration) -> bool;
+    /// True while events from every replica can arrive (memory: always; Redis: while this
+    /// replica is subscribed). A stream's `Hello` waits for it.
+    fn live(&self) -> watch::Receiver<bool>;
+
+    /// Waits (at most `within`) until the feed is live; false if it did not get there.
+    async fn wait_live(&self, within: Duration) -> bool {
+        let mut live = self.live();
+        tokio::time::timeout(within, live.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 
     fn describe(&self) -> String;
 }
@@ -53,6 +63,7 @@ pub fn flush(reason: impl Into<String>) -> Event {
 /// One replica: events go straight to its own streams.
 pub struct MemoryBus {
     local: broadcast::Sender<Event>,
+    live: watch::Sender<bool>,
 }
 
 impl Default for MemoryBus {
@@ -65,6 +76,7 @@ impl MemoryBus {
     pub fn new() -> Self {
         Self {
             local: broadcast::channel(LOCAL_BACKLOG).0,
+            live: watch::Sender::new(true),
         }
     }
 }
@@ -81,8 +93,8 @@ impl Bus for MemoryBus {
         self.local.subscribe()
     }
 
-    async fn wait_live(&self, _within: Duration) -> bool {
-        true
+    fn live(&self) -> watch::Receiver<bool> {
+        self.live.subscribe()
     }
 
     fn describe(&self) -> String {
@@ -191,11 +203,8 @@ impl Bus for RedisBus {
         self.local.subscribe()
     }
 
-    async fn wait_live(&self, within: Duration) -> bool {
-        let mut live = self.live.clone();
-        tokio::time::timeout(within, live.wait_for(|up| *up))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    fn live(&self) -> watch::Receiver<bool> {
+        self.live.clone()
     }
 
     fn describe(&self) -> String {

@@ -235,14 +235,17 @@ impl CacheService {
     }
 
     /// `Hello`, then every event of this replica's feed. The feed is joined before `Hello` is
-    /// sent, so nothing published after the subscriber heard `Hello` is missed.
+    /// sent, so nothing published after the subscriber heard `Hello` is missed; and `Hello`
+    /// waits until the feed is live (Redis subscribed), so it means what it says.
     pub fn subscribe(&self) -> EventStream {
         struct Feed {
             hello: Option<Event>,
+            live: tokio::sync::watch::Receiver<bool>,
             events: tokio::sync::broadcast::Receiver<Event>,
             gauge: SubscriberGauge,
         }
         let feed = Feed {
+            live: self.bus.live(),
             events: self.bus.subscribe(),
             hello: Some(Event {
                 kind: Some(event::Kind::Hello(Hello {
@@ -253,6 +256,8 @@ impl CacheService {
         };
         futures::stream::unfold(feed, |mut feed| async move {
             if let Some(hello) = feed.hello.take() {
+                // The bus is gone only when the service is: end the stream.
+                feed.live.wait_for(|up| *up).await.ok()?;
                 return Some((Ok(hello), feed));
             }
             let event = match feed.events.recv().await {

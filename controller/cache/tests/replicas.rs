@@ -14,7 +14,7 @@ use nexus_cache_service::{http, CacheService};
 use nexus_proto::cache::{event, GetRequest, InvalidateRequest, PutRequest, Update};
 use nexus_ratelimit_service::testkit::PrivateRedis;
 use support::{
-    assert_shared_redis, config, grpc, next, next_not_flush, redis_replica, subscribe,
+    assert_shared_redis, config, grpc, next, next_not_flush, open_stream, redis_replica, subscribe,
     unique_namespace, SHARED_REDIS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,7 +196,7 @@ async fn a_silent_redis_answers_unavailable_within_the_deadline() {
         config("replica-a"),
     ));
     let mut c = grpc(cache).await;
-    let mut events = subscribe(&mut c, "replica-a").await;
+    let mut events = open_stream(&mut c).await;
     for call in ["get", "put", "invalidate"] {
         let started = Instant::now();
         let status = match call {
@@ -218,7 +218,8 @@ async fn a_silent_redis_answers_unavailable_within_the_deadline() {
         );
         assert!(took < Duration::from_secs(1), "{call} took {took:?}");
     }
-    // The stream is still open: nothing arrives, and it has not ended.
+    // The stream is open, without `Hello`: the feed is not live, so the filter must keep off
+    // its L1. Nothing arrives, and the stream has not ended.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), events.message())
             .await
@@ -227,7 +228,7 @@ async fn a_silent_redis_answers_unavailable_within_the_deadline() {
 }
 
 #[tokio::test]
-async fn a_redis_that_is_not_running_answers_unavailable() {
+async fn while_redis_is_not_running_calls_are_unavailable_and_hello_waits() {
     let mut redis = PrivateRedis::start();
     let url = redis.url();
     redis.stop();
@@ -238,7 +239,7 @@ async fn a_redis_that_is_not_running_answers_unavailable() {
         config("replica-a"),
     ));
     let mut c = grpc(cache.clone()).await;
-    let _events = subscribe(&mut c, "replica-a").await;
+    let mut events = open_stream(&mut c).await;
     let started = Instant::now();
     let status = c.put(put("/k", 1, "w")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -262,6 +263,25 @@ async fn a_redis_that_is_not_running_answers_unavailable() {
         "{}",
         reply.body
     );
+    // No Hello while the feed is down; it comes once Redis is up (then the first
+    // subscription's Flush, harmless).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.message())
+            .await
+            .is_err()
+    );
+    redis.restart();
+    assert!(matches!(next(&mut events).await, event::Kind::Hello(_)));
+    assert!(matches!(next(&mut events).await, event::Kind::Flush(_)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.invalidate(invalidate_key("/k")).await.is_err() {
+        assert!(Instant::now() < deadline, "service did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        next(&mut events).await,
+        event::Kind::Invalidation(_)
+    ));
 }
 
 /// Rough numbers for the report (printed; the assertions are loose): put and get latency over

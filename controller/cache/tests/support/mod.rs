@@ -92,15 +92,20 @@ pub async fn grpc(cache: Arc<CacheService>) -> CacheClient<Channel> {
         .unwrap()
 }
 
-/// Opens a stream and checks its first message is `Hello` from `replica`.
-pub async fn subscribe(client: &mut CacheClient<Channel>, replica: &str) -> Streaming<Event> {
-    let mut stream = client
+/// Opens a stream (the response headers arrive; no message is awaited).
+pub async fn open_stream(client: &mut CacheClient<Channel>) -> Streaming<Event> {
+    client
         .subscribe(SubscribeRequest {
             subscriber: "test".into(),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// Opens a stream and checks its first message is `Hello` from `replica`.
+pub async fn subscribe(client: &mut CacheClient<Channel>, replica: &str) -> Streaming<Event> {
+    let mut stream = open_stream(client).await;
     match next(&mut stream).await {
         event::Kind::Hello(h) => assert_eq!(h.replica, replica),
         other => panic!("first event is not Hello: {other:?}"),
