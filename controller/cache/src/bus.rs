@@ -232,28 +232,21 @@ async fn follow(
     let mut retry = RETRY_MIN;
     let mut logged_down = false;
     loop {
-        let subscribed = tokio::time::timeout(timeout, async {
+        let subscribed = match tokio::time::timeout(timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channels).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })
-        .await;
+        .await
+        {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
         let pubsub = match subscribed {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => {
+            Ok(pubsub) => pubsub,
+            Err(why) => {
                 if !logged_down {
-                    log::warn(&format!("redis pub/sub unavailable ({e}); retrying"));
-                    logged_down = true;
-                }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
-                continue;
-            }
-            Err(_) => {
-                if !logged_down {
-                    log::warn(&format!(
-                        "redis pub/sub did not answer within {timeout:?}; retrying"
-                    ));
+                    log::warn(&format!("redis pub/sub unavailable ({why}); retrying"));
                     logged_down = true;
                 }
                 tokio::time::sleep(retry).await;
@@ -300,10 +293,13 @@ async fn rebroadcast(pubsub: redis::aio::PubSub, local: &broadcast::Sender<Event
                     Ok(event) => {
                         let _ = local.send(event);
                     }
-                    Err(e) => log::warn(&format!(
-                        "undecodable event on {}: {e}",
-                        msg.get_channel_name()
-                    )),
+                    // Not ours to read (a stray publisher, a newer format): whatever it
+                    // meant is lost to the subscribers, so they flush.
+                    Err(e) => {
+                        let why = format!("undecodable event on {}: {e}", msg.get_channel_name());
+                        log::warn(&why);
+                        let _ = local.send(flush(why));
+                    }
                 }
             }
             _ = heartbeat.tick() => {

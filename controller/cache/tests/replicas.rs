@@ -79,6 +79,29 @@ async fn events_reach_the_subscribers_of_another_replica() {
 }
 
 #[tokio::test]
+async fn an_undecodable_message_flushes_subscribers() {
+    assert_shared_redis();
+    let ns = unique_namespace();
+    let mut a = grpc(redis_replica(SHARED_REDIS, &ns, "replica-a").await).await;
+    let mut events = subscribe(&mut a, "replica-a").await;
+    let mut conn = redis::Client::open(SHARED_REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(ns.invalidate_channel())
+        .arg(&[0xff_u8, 0xff, 0xff][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match next(&mut events).await {
+        event::Kind::Flush(f) => assert!(f.reason.contains("undecodable event"), "{}", f.reason),
+        other => panic!("expected Flush, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_broken_pubsub_connection_flushes_subscribers_and_recovers() {
     let mut redis = PrivateRedis::start();
     let ns = unique_namespace();
