@@ -36,6 +36,7 @@ struct RenderArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup; boxing buys nothing
 enum Command {
     /// Print the CRDs (YAML).
     Crd,
@@ -109,7 +110,13 @@ enum Command {
         /// with the limits of the rendered rate-limit ConfigMaps.
         #[arg(long)]
         ratelimit_addr: Option<SocketAddr>,
-        /// Counters in Redis (shared by replicas); in memory without it.
+        /// Serve the cache-coherency service (nexus.cache.v1, conventionally on port 8083)
+        /// here, on every replica; `POST /cache/invalidate` is then served on --http-addr,
+        /// with the bearer token in NEXUS_CACHE_TOKEN.
+        #[arg(long)]
+        cache_addr: Option<SocketAddr>,
+        /// Rate-limit counters and cache entries in Redis (shared by replicas); in memory
+        /// without it.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
     },
@@ -205,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lease_duration,
             renew_interval,
             ratelimit_addr,
+            cache_addr,
             redis_url,
         } => {
             telemetry::init_logging();
@@ -223,6 +231,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let cache = cache_addr.map(|addr| nexus_controller::cache::Options {
+                addr,
+                redis_url: redis_url.clone(),
+                token: None,
+                replica: identity.clone(),
+            });
             let ratelimit = ratelimit_addr.map(|addr| (addr, redis_url));
             runtime.block_on(run_controller(
                 settings,
@@ -232,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lease,
                 identity,
                 ratelimit,
+                cache,
             ))
         }
     }
@@ -270,6 +285,7 @@ fn report(
     n
 }
 
+#[allow(clippy::too_many_arguments)] // one per hosted service; each is optional
 async fn run_controller(
     settings: Settings,
     modules_dir: PathBuf,
@@ -278,6 +294,7 @@ async fn run_controller(
     lease: leader::LeaseConfig,
     identity: String,
     ratelimit: Option<(SocketAddr, Option<String>)>,
+    cache: Option<nexus_controller::cache::Options>,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
     state.set("kubernetes", false, "connecting");
@@ -313,6 +330,9 @@ async fn run_controller(
                 tracing::error!(error = %e, "rate-limit service stopped");
             }
         });
+    }
+    if let Some(options) = cache {
+        nexus_controller::cache::start(options, &state).await?;
     }
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");

@@ -1,5 +1,6 @@
 //! One small HTTP server: `/health/{live,ready,startup}` (JSON per component), `/metrics`
-//! (Prometheus) and `/modules/<sha256>.wasm` (the filter modules EnvoyFilters fetch).
+//! (Prometheus), `/modules/<sha256>.wasm` (the filter modules EnvoyFilters fetch) and, when the
+//! cache service runs, `POST /cache/invalidate`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,6 +29,8 @@ pub struct State {
     pub modules_dir: Option<PathBuf>,
     /// sha256 hex → file, refreshed from `modules_dir` on a miss.
     modules: Mutex<BTreeMap<String, PathBuf>>,
+    /// The cache service, once started: `POST /cache/invalidate` and its metrics.
+    pub cache: std::sync::OnceLock<Arc<nexus_cache_service::CacheService>>,
 }
 
 impl State {
@@ -130,13 +133,15 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
             let (code, body) = state.health(path.trim_start_matches("/health/"));
             respond(code, "application/json", body)
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state
+        "/metrics" => {
+            let mut text = state
                 .metrics
-                .render(state.is_leader.load(Ordering::Relaxed)),
-        ),
+                .render(state.is_leader.load(Ordering::Relaxed));
+            if let Some(cache) = state.cache.get() {
+                text.push_str(&cache.metrics.render());
+            }
+            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         _ => {
             if let Some(sha) = path
                 .strip_prefix("/modules/")
@@ -173,8 +178,12 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move {
+                    let cache_invalidation = req.method() == hyper::Method::POST
+                        && req.uri().path() == nexus_cache_service::http::PATH;
                     let resp = if req.method() == hyper::Method::GET {
                         handle(&state, req.uri().path()).await
+                    } else if let (true, Some(cache)) = (cache_invalidation, state.cache.get()) {
+                        nexus_cache_service::http::handle(cache, req).await
                     } else {
                         respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n")
                     };

@@ -1,0 +1,70 @@
+//! `nexus-cache`: the cache-coherency service on its own (the controller binary hosts it too).
+//!
+//!   nexus-cache [--listen 127.0.0.1:8083] [--http-listen ADDR] [--redis-url redis://...]
+//!               [--redis-timeout-ms 100] [--max-value-bytes N] [--replica NAME]
+//!
+//! `NEXUS_CACHE_TOKEN` is the bearer token of `POST /cache/invalidate` on `--http-listen`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nexus_cache_service::storage::RedisNamespace;
+use nexus_cache_service::{http, server, Config};
+
+struct Args {
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    redis_url: Option<String>,
+    redis_timeout: Duration,
+    config: Config,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], server::DEFAULT_PORT)),
+        http_listen: None,
+        redis_url: std::env::var("REDIS_URL").ok(),
+        redis_timeout: Duration::from_millis(100),
+        config: Config::default(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => args.listen = value()?.parse()?,
+            "--http-listen" => args.http_listen = Some(value()?.parse()?),
+            "--redis-url" => args.redis_url = Some(value()?),
+            "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
+            "--max-value-bytes" => args.config.max_value_bytes = value()?.parse()?,
+            "--replica" => args.config.replica = value()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let cache = server::build(
+        args.redis_url.as_deref(),
+        &RedisNamespace::default(),
+        args.config,
+        args.redis_timeout,
+    )?;
+    nexus_cache_service::log::info(&format!(
+        "listening on {} ({})",
+        args.listen,
+        cache.describe()
+    ));
+    if let Some(addr) = args.http_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(http::serve(cache.clone(), listener, std::future::pending()));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    server::serve_grpc(cache, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}

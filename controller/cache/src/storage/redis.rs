@@ -1,0 +1,363 @@
+//! Entries in Redis, shared by every replica of the service.
+//!
+//! Layout (after a configurable key prefix, `nexus:cache:` by default), in the manner of
+//! Kuadrant limitador's namespaced keys:
+//!
+//! - `<prefix>e:<key>`: a hash `{v: value, ts: timestamp_ms, w: writer, tags: JSON array}` with
+//!   the entry's TTL (`PEXPIRE`), so Redis drops expired entries by itself.
+//! - `<prefix>t:<tag>`: a set of the keys carrying `tag`, expiring with its longest-lived entry;
+//!   a key leaves it when its entry is invalidated or re-put with other tags.
+//!
+//! Puts and removals run as Lua scripts, so last-write-wins and the tag index stay consistent
+//! under concurrent writers. The scripts touch tag sets they compute from their arguments, so
+//! they assume one Redis (or a primary), not Redis Cluster. Prefix invalidation `SCAN`s the
+//! entry namespace. Every operation has a deadline: while Redis is down the service answers
+//! UNAVAILABLE quickly; the connection manager reconnects by itself when Redis returns.
+
+use std::time::Duration;
+
+use nexus_proto::cache::{Entry, Invalidation, PutRequest, PutResponse};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use super::{Storage, StorageError};
+
+/// Byte-wise comparison (Lua's `<` on strings follows the server's locale) and the
+/// last-write-wins rule of [`super::newer`], over decimal timestamps of any length.
+const LWW_LUA: &str = r"
+local function cmp(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  if #a == #b then return 0 end
+  return #a < #b and -1 or 1
+end
+local function newer(ats, aw, bts, bw)
+  if #ats ~= #bts then return #ats > #bts end
+  local c = cmp(ats, bts)
+  if c ~= 0 then return c > 0 end
+  return cmp(aw, bw) > 0
+end
+";
+
+/// KEYS[1] entry. ARGV: ts, writer, ttl_ms, value, tags (JSON), tag prefix, key, tag...
+const PUT_LUA: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'ts', 'w', 'tags')
+if cur[1] then
+  if not newer(ARGV[1], ARGV[2], cur[1], cur[2]) then
+    return {0, cur[1], cur[2]}
+  end
+  for _, tag in ipairs(cjson.decode(cur[3])) do
+    redis.call('SREM', ARGV[6] .. tag, ARGV[7])
+  end
+  redis.call('DEL', KEYS[1])
+end
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'ts', ARGV[1], 'w', ARGV[2], 'tags', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ttl)
+for i = 8, #ARGV do
+  local tk = ARGV[6] .. ARGV[i]
+  redis.call('SADD', tk, ARGV[7])
+  if redis.call('PTTL', tk) < ttl then redis.call('PEXPIRE', tk, ttl) end
+end
+return {1, ARGV[1], ARGV[2]}
+";
+
+/// ARGV: entry prefix, tag prefix, 'keys' | 'tags', name... Answers the entries removed.
+const INVALIDATE_LUA: &str = r"
+local removed = 0
+local function drop(key)
+  local ek = ARGV[1] .. key
+  local tags = redis.call('HGET', ek, 'tags')
+  if not tags then return end
+  for _, tag in ipairs(cjson.decode(tags)) do
+    redis.call('SREM', ARGV[2] .. tag, key)
+  end
+  removed = removed + redis.call('DEL', ek)
+end
+for i = 4, #ARGV do
+  if ARGV[3] == 'tags' then
+    local tk = ARGV[2] .. ARGV[i]
+    for _, key in ipairs(redis.call('SMEMBERS', tk)) do drop(key) end
+    redis.call('DEL', tk)
+  else
+    drop(ARGV[i])
+  end
+end
+return removed
+";
+
+/// Keys removed per script call when invalidating a prefix.
+const SCAN_BATCH: usize = 500;
+
+/// Where this service's keys and channels are, so deployments (and tests) can share a Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisNamespace {
+    /// Before every key: entries are `<key_prefix>e:<key>`, tag sets `<key_prefix>t:<tag>`.
+    pub key_prefix: String,
+    /// Before the channel names `cache.invalidate` and `cache.update`.
+    pub channel_prefix: String,
+}
+
+impl Default for RedisNamespace {
+    fn default() -> Self {
+        Self {
+            key_prefix: "nexus:cache:".into(),
+            channel_prefix: String::new(),
+        }
+    }
+}
+
+impl RedisNamespace {
+    /// Keys and channels all under `prefix` (tests: nothing leaks between them).
+    pub fn isolated(prefix: &str) -> Self {
+        Self {
+            key_prefix: prefix.into(),
+            channel_prefix: prefix.into(),
+        }
+    }
+
+    pub fn entry_prefix(&self) -> String {
+        format!("{}e:", self.key_prefix)
+    }
+
+    pub fn tag_prefix(&self) -> String {
+        format!("{}t:", self.key_prefix)
+    }
+
+    pub fn invalidate_channel(&self) -> String {
+        format!("{}cache.invalidate", self.channel_prefix)
+    }
+
+    pub fn update_channel(&self) -> String {
+        format!("{}cache.update", self.channel_prefix)
+    }
+}
+
+pub struct RedisStorage {
+    client: redis::Client,
+    entry_prefix: String,
+    tag_prefix: String,
+    timeout: Duration,
+    /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
+    conn: Mutex<Option<ConnectionManager>>,
+    put: redis::Script,
+    invalidate: redis::Script,
+}
+
+impl RedisStorage {
+    /// `url` like `redis://127.0.0.1:6379/0`; `timeout` bounds every operation.
+    pub fn new(
+        url: &str,
+        namespace: &RedisNamespace,
+        timeout: Duration,
+    ) -> Result<Self, StorageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
+        Ok(Self {
+            client,
+            entry_prefix: namespace.entry_prefix(),
+            tag_prefix: namespace.tag_prefix(),
+            timeout,
+            conn: Mutex::new(None),
+            put: redis::Script::new(&format!("{LWW_LUA}{PUT_LUA}")),
+            invalidate: redis::Script::new(INVALIDATE_LUA),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StorageError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| StorageError(format!("redis connect: {e}")))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `op` within the deadline.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .map_err(|_| StorageError(format!("redis did not answer within {:?}", self.timeout)))?
+    }
+
+    async fn drop_keys(
+        &self,
+        conn: &mut ConnectionManager,
+        mode: &str,
+        names: &[String],
+    ) -> Result<u64, StorageError> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let mut call = self.invalidate.prepare_invoke();
+        call.arg(&self.entry_prefix).arg(&self.tag_prefix).arg(mode);
+        for name in names {
+            call.arg(name);
+        }
+        call.invoke_async(conn).await.map_err(redis_error)
+    }
+
+    async fn scan_prefix(
+        &self,
+        conn: &mut ConnectionManager,
+        prefix: &str,
+    ) -> Result<u64, StorageError> {
+        let pattern = format!(
+            "{}{}*",
+            glob_escape(&self.entry_prefix),
+            glob_escape(prefix)
+        );
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .to_owned();
+            let (next, found): (u64, Vec<String>) = self
+                .bounded(async { scan.query_async(&mut *conn).await.map_err(redis_error) })
+                .await?;
+            let keys: Vec<String> = found
+                .iter()
+                .filter_map(|k| k.strip_prefix(&self.entry_prefix))
+                .map(str::to_string)
+                .collect();
+            removed += self.bounded(self.drop_keys(conn, "keys", &keys)).await?;
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Escapes Redis glob metacharacters, so a key prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn redis_error(e: redis::RedisError) -> StorageError {
+    StorageError(format!("redis: {e}"))
+}
+
+#[tonic::async_trait]
+impl Storage for RedisStorage {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let ek = format!("{}{key}", self.entry_prefix);
+            type Fields = (Option<Vec<u8>>, Option<u64>, Option<String>, Option<String>);
+            let (fields, pttl): (Fields, i64) = redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(&ek)
+                .arg("v")
+                .arg("ts")
+                .arg("w")
+                .arg("tags")
+                .pttl(&ek)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            let (Some(value), Some(timestamp_ms), Some(writer), Some(tags)) = fields else {
+                return Ok(None);
+            };
+            if pttl <= 0 {
+                return Ok(None);
+            }
+            let tags: Vec<String> = serde_json::from_str(&tags)
+                .map_err(|e| StorageError(format!("entry {key:?} has unreadable tags: {e}")))?;
+            Ok(Some(Entry {
+                value,
+                tags,
+                timestamp_ms,
+                writer,
+                ttl_remaining_ms: u64::try_from(pttl).unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    async fn put(&self, put: &PutRequest) -> Result<PutResponse, StorageError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let tags =
+                serde_json::to_string(&put.tags).map_err(|e| StorageError(format!("tags: {e}")))?;
+            let mut call = self.put.prepare_invoke();
+            call.key(format!("{}{}", self.entry_prefix, put.key))
+                .arg(put.timestamp_ms.to_string())
+                .arg(&put.writer)
+                .arg(put.ttl_ms)
+                .arg(put.value.as_slice())
+                .arg(tags)
+                .arg(&self.tag_prefix)
+                .arg(&put.key);
+            for tag in &put.tags {
+                call.arg(tag);
+            }
+            let (stored, timestamp_ms, writer): (u8, u64, String) =
+                call.invoke_async(&mut conn).await.map_err(redis_error)?;
+            Ok(PutResponse {
+                stored: stored == 1,
+                timestamp_ms,
+                writer,
+            })
+        })
+        .await
+    }
+
+    async fn invalidate(&self, selection: &Invalidation) -> Result<u64, StorageError> {
+        // A prefix may cover many keys: each SCAN round trip has its own deadline.
+        let mut conn = self.bounded(self.connection()).await?;
+        let mut removed = self
+            .bounded(self.drop_keys(&mut conn, "keys", &selection.keys))
+            .await?;
+        removed += self
+            .bounded(self.drop_keys(&mut conn, "tags", &selection.tags))
+            .await?;
+        for prefix in &selection.prefixes {
+            removed += self.scan_prefix(&mut conn, prefix).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn tag_index(&self, tag: &str) -> Result<Vec<String>, StorageError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let mut keys: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(format!("{}{tag}", self.tag_prefix))
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("redis at {}", self.client.get_connection_info().addr())
+    }
+}
