@@ -3,6 +3,7 @@
 //! The pure core ([`model`], [`render`], [`plan`]) needs no API server; [`controller`],
 //! [`leader`] and [`server`] are the runtime around it.
 
+pub mod chart;
 pub mod controller;
 pub mod crd;
 pub mod input;
