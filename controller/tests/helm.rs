@@ -847,6 +847,52 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("programmed under the chart's RBAC after {programmed:?}");
+    // What a user sees (the CRD's printer columns), with the real kubectl.
+    let kubectl = PathBuf::from(
+        String::from_utf8(
+            Command::new("bash")
+                .arg(tools().join("helm.sh"))
+                .arg("path")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .join("kubectl");
+    let get = Command::new(&kubectl)
+        .args(["--kubeconfig", &kubeconfig, "get", "nexusroutes", "-A"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&get.stdout).to_string();
+    eprintln!("kubectl get nexusroutes -A:\n{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAMESPACE",
+            "NAME",
+            "HOSTS",
+            "RULES",
+            "ACCEPTED",
+            "PROGRAMMED",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..6],
+        [
+            "apps",
+            "shop",
+            "[\"shop.apps.svc.cluster.local\"]",
+            "1",
+            "True",
+            "True"
+        ]
+    );
+
     let (code, ready) = http_get(http_port, "/health/ready");
     assert_eq!(code, 200, "{ready}");
     let ready: Value = serde_json::from_str(&ready).unwrap();
@@ -901,6 +947,72 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     );
     let _ = child.kill();
     let _ = child.wait();
+
+    // Upgrade to the HPA (autoscaling/v2beta2 on this 1.20 apiserver) and Redis from a Secret.
+    let start = Instant::now();
+    helm.ok(&[
+        "upgrade",
+        "nexus",
+        chart.to_str().unwrap(),
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        NS,
+        "--set",
+        "autoscaling.enabled=true",
+        "--set",
+        "redis.existingSecret=nexus-redis",
+    ]);
+    eprintln!("helm upgrade took {:?}", start.elapsed());
+    let hpa = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        NS,
+        &dynamic(
+            "autoscaling",
+            "v2beta2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+        ),
+    )
+    .get("nexus-controller")
+    .await
+    .unwrap();
+    assert_eq!(hpa.data["spec"]["maxReplicas"], 5);
+    let deploy: Deployment = Api::namespaced(client.clone(), NS)
+        .get("nexus-controller")
+        .await
+        .unwrap();
+    let env = deploy.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let redis = env.iter().find(|e| e.name == "REDIS_URL").unwrap();
+    let key = redis
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("nexus-redis", "redis-url")
+    );
+    // A bad value is refused before anything reaches the cluster.
+    let out = helm.run(&[
+        "upgrade",
+        "nexus",
+        chart.to_str().unwrap(),
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        NS,
+        "--set",
+        "replicaCount=two",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("at '/replicaCount': got string, want integer"));
 
     let start = Instant::now();
     helm.ok(&["uninstall", "nexus", "--kubeconfig", &kubeconfig, "-n", NS]);
