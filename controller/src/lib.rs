@@ -3,7 +3,6 @@
 //! The pure core ([`model`], [`render`], [`plan`]) needs no API server; [`controller`],
 //! [`leader`] and [`server`] are the runtime around it.
 
-pub mod chart;
 pub mod controller;
 pub mod crd;
 pub mod input;
@@ -14,3 +13,6 @@ pub mod ratelimit;
 pub mod render;
 pub mod server;
 pub mod telemetry;
+
+// Separate group (rustfmt keeps it here): the Helm chart's values, the source of its schema.
+pub mod chart;

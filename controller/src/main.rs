@@ -237,39 +237,32 @@ async fn run_controller(
     let client = kube::Client::try_default().await?;
     check_apiserver(&client, &state).await;
     tokio::spawn(watch_apiserver(client.clone(), state.clone()));
-    match ratelimit {
-        Some((addr, redis_url)) => {
-            let limiter = nexus_ratelimit_service::server::SharedLimiter::new(
-                nexus_ratelimit_service::Limits::default(),
-                redis_url.as_deref(),
-                nexus_ratelimit_service::Algorithm::FixedWindow,
-                nexus_ratelimit_service::UnknownDomain::Allow,
-                Duration::from_millis(100),
-            )?;
-            tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
-            state.set(
-                "ratelimit",
-                true,
-                format!("{addr} ({})", limiter.describe()),
-            );
-            tokio::spawn(watch_redis(limiter.clone(), state.clone()));
-            tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
-                client.clone(),
-                limiter.clone(),
-            ));
-            tokio::spawn(async move {
-                if let Err(e) = limiter.serve(addr, std::future::pending()).await {
-                    tracing::error!(error = %e, "rate-limit service stopped");
-                }
-            });
-        }
-        None => {
-            state.set_component(
-                "ratelimit",
-                server::Component::disabled("no --ratelimit-addr"),
-            );
-            state.set_component("redis", server::Component::disabled("no --ratelimit-addr"));
-        }
+    state.set_component(
+        "ratelimit",
+        server::Component::disabled("no --ratelimit-addr"),
+    );
+    state.set_component("redis", server::Component::disabled("no --ratelimit-addr"));
+    if let Some((addr, redis_url)) = ratelimit {
+        let limiter = nexus_ratelimit_service::server::SharedLimiter::new(
+            nexus_ratelimit_service::Limits::default(),
+            redis_url.as_deref(),
+            nexus_ratelimit_service::Algorithm::FixedWindow,
+            nexus_ratelimit_service::UnknownDomain::Allow,
+            Duration::from_millis(100),
+        )?;
+        tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
+        let detail = format!("{addr} ({})", limiter.describe());
+        state.set("ratelimit", true, detail);
+        tokio::spawn(watch_redis(limiter.clone(), state.clone()));
+        tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
+            client.clone(),
+            limiter.clone(),
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = limiter.serve(addr, std::future::pending()).await {
+                tracing::error!(error = %e, "rate-limit service stopped");
+            }
+        });
     }
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");

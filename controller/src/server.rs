@@ -151,7 +151,12 @@ impl State {
     /// `live`: the process answers (always 200). `startup`: 200 once the servers run and the
     /// API server was reached. `ready` (and anything else): 200 unless startup is incomplete or
     /// a required component is down. The body always lists every component.
-    pub fn health(&self, probe: &str) -> (StatusCode, serde_json::Value) {
+    fn health(&self, probe: &str) -> (StatusCode, String) {
+        let (code, body) = self.health_json(probe);
+        (code, body.to_string())
+    }
+
+    pub fn health_json(&self, probe: &str) -> (StatusCode, serde_json::Value) {
         let comps = self
             .components
             .lock()
@@ -229,7 +234,7 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/health/live" | "/health/ready" | "/health/startup" => {
             let (code, body) = state.health(path.trim_start_matches("/health/"));
-            respond(code, "application/json", body.to_string())
+            respond(code, "application/json", body)
         }
         "/metrics" => respond(
             StatusCode::OK,
