@@ -29,6 +29,7 @@ pub struct ChartValues {
     pub rbac: Rbac,
     pub controller: Controller,
     pub redis: Redis,
+    pub cache: Cache,
     pub ports: Ports,
     pub service: Service,
     pub resources: Resources,
@@ -129,6 +130,20 @@ pub struct Redis {
     /// Key of the URL in that Secret.
     #[schemars(length(min = 1))]
     pub secret_key: String,
+}
+
+/// The cache-coherency service (nexus.cache.v1) on `ports.cache`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cache {
+    /// Pass `--cache-addr=0.0.0.0:<ports.cache>` (needs a nexus with the cache service).
+    pub enabled: bool,
+    /// Secret with the bearer token of `POST /cache/invalidate` (`NEXUS_CACHE_TOKEN`); empty
+    /// refuses every HTTP invalidation.
+    pub token_secret: String,
+    /// Key of the token in that Secret.
+    #[schemars(length(min = 1))]
+    pub token_key: String,
 }
 
 /// Container ports; the Service `nexus-controller` exposes them under the same numbers.
