@@ -251,7 +251,7 @@ async fn run_controller(
             Duration::from_millis(100),
         )?;
         tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
-        let detail = format!("{addr} ({})", limiter.describe());
+        let detail = format!("on {addr}, counters: {}", limiter.describe());
         state.set("ratelimit", true, detail);
         tokio::spawn(watch_redis(limiter.clone(), state.clone()));
         tokio::spawn(nexus_controller::ratelimit::follow_configmaps(

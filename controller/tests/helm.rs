@@ -926,7 +926,10 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
 
     let (code, ready) = http_get(http_port, "/health/ready");
     assert_eq!(code, 200, "{ready}");
+    eprintln!("/health/ready: {ready}");
     let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["status"], "ok", "{ready}");
+    assert_eq!(ready["components"]["ratelimit"]["status"], "ok", "{ready}");
     assert_eq!(ready["components"]["apiserver"]["status"], "ok", "{ready}");
     assert_eq!(
         ready["components"]["redis"]["status"], "disabled",
