@@ -15,3 +15,6 @@ pub mod render;
 pub mod server;
 pub mod standalone;
 pub mod telemetry;
+
+// Separate group (rustfmt keeps it here): the Helm chart's values, the source of its schema.
+pub mod chart;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nexus_controller::render::Settings;
-use nexus_controller::{controller, crd, input, leader, plan, server, telemetry};
+use nexus_controller::{chart, controller, crd, input, leader, plan, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,8 @@ struct RenderArgs {
 enum Command {
     /// Print the CRDs (YAML).
     Crd,
+    /// Print the JSON Schema of the Helm chart's values (charts/nexus/values.schema.json).
+    ChartSchema,
     /// Print every object the controller would apply for these files (NexusRoutes and Secrets).
     Render {
         #[arg(short = 'f', long = "file", required = true)]
@@ -145,6 +147,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ChartSchema => {
+            print!("{}", chart::schema_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { files, render } => {
@@ -297,21 +303,20 @@ async fn run_controller(
     cache: Option<nexus_controller::cache::Options>,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
-    state.set("kubernetes", false, "connecting");
+    state.set("apiserver", false, "connecting");
     state.set("leader", true, "standby");
     tokio::spawn(server::serve(http_addr, state.clone()));
     if modules_addr != http_addr {
         tokio::spawn(server::serve(modules_addr, state.clone()));
     }
     let client = kube::Client::try_default().await?;
-    match client.apiserver_version().await {
-        Ok(v) => state.set(
-            "kubernetes",
-            true,
-            format!("apiserver {}.{}", v.major, v.minor),
-        ),
-        Err(e) => state.set("kubernetes", false, e.to_string()),
-    }
+    check_apiserver(&client, &state).await;
+    tokio::spawn(watch_apiserver(client.clone(), state.clone()));
+    state.set_component(
+        "ratelimit",
+        server::Component::disabled("no --ratelimit-addr"),
+    );
+    state.set_component("redis", server::Component::disabled("no --ratelimit-addr"));
     if let Some((addr, redis_url)) = ratelimit {
         let limiter = nexus_ratelimit_service::server::SharedLimiter::new(
             nexus_ratelimit_service::Limits::default(),
@@ -321,6 +326,9 @@ async fn run_controller(
             Duration::from_millis(100),
         )?;
         tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
+        let detail = format!("on {addr}, counters: {}", limiter.describe());
+        state.set("ratelimit", true, detail);
+        tokio::spawn(watch_redis(limiter.clone(), state.clone()));
         tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
             client.clone(),
             limiter.clone(),
@@ -372,6 +380,47 @@ async fn run_controller(
         }
         _ = tokio::signal::ctrl_c() => { shutdown(ctrl, elector, &lease_api, &lease).await }
         _ = sigterm.recv() => { shutdown(ctrl, elector, &lease_api, &lease).await }
+    }
+}
+
+const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The `apiserver` health component from `GET /version`.
+async fn check_apiserver(client: &kube::Client, state: &server::State) {
+    match client.apiserver_version().await {
+        Ok(v) => state.set(
+            "apiserver",
+            true,
+            format!("apiserver {}.{}", v.major, v.minor),
+        ),
+        Err(e) => state.set("apiserver", false, e.to_string()),
+    }
+}
+
+async fn watch_apiserver(client: kube::Client, state: Arc<server::State>) {
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        check_apiserver(&client, &state).await;
+    }
+}
+
+/// The `redis` health component: `disabled` for memory counters; `down` does not fail
+/// readiness (every replica shares the one Redis, and the filters fall back to local limits).
+async fn watch_redis(
+    limiter: nexus_ratelimit_service::server::SharedLimiter,
+    state: Arc<server::State>,
+) {
+    loop {
+        let c = match limiter.ping().await {
+            None => {
+                state.set_component("redis", server::Component::disabled("counters in memory"));
+                return;
+            }
+            Some(Ok(())) => server::Component::ok(limiter.describe()).optional(),
+            Some(Err(e)) => server::Component::down(e).optional(),
+        };
+        state.set_component("redis", c);
+        tokio::time::sleep(HEALTH_INTERVAL).await;
     }
 }
 

@@ -18,14 +18,74 @@ use sha2::{Digest, Sha256};
 
 use crate::telemetry::Metrics;
 
+/// A component's state in the health JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Not configured (e.g. Redis when counters are in memory).
+    Disabled,
+    Down,
+}
+
+/// One component of `/health/*`: `{"status": "ok", "detail": "...", "count": 3}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Component {
+    pub status: Status,
+    /// A required component that is down makes `/health/ready` answer 503; an optional one
+    /// only makes the overall status `degraded`.
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+}
+
+impl Component {
+    pub fn ok(detail: impl Into<String>) -> Self {
+        Self {
+            status: Status::Ok,
+            required: true,
+            detail: Some(detail.into()),
+            count: None,
+        }
+    }
+
+    pub fn down(detail: impl Into<String>) -> Self {
+        Self {
+            status: Status::Down,
+            ..Self::ok(detail)
+        }
+    }
+
+    pub fn disabled(detail: impl Into<String>) -> Self {
+        Self {
+            status: Status::Disabled,
+            required: false,
+            ..Self::ok(detail)
+        }
+    }
+
+    /// Reported, but never fails readiness.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    pub fn with_count(mut self, n: usize) -> Self {
+        self.count = Some(n);
+        self
+    }
+}
+
 /// Shared state the endpoints report.
 #[derive(Default)]
 pub struct State {
     pub metrics: Metrics,
     pub started: AtomicBool,
     pub is_leader: AtomicBool,
-    /// Component → (healthy, detail).
-    pub components: Mutex<BTreeMap<String, (bool, String)>>,
+    /// Component name → state (`apiserver`, `modules`, `redis`, `ratelimit`, `leader`, ...).
+    pub components: Mutex<BTreeMap<String, Component>>,
     pub modules_dir: Option<PathBuf>,
     /// sha256 hex → file, refreshed from `modules_dir` on a miss.
     modules: Mutex<BTreeMap<String, PathBuf>>,
@@ -39,17 +99,31 @@ impl State {
             modules_dir,
             ..Self::default()
         };
+        if s.modules_dir.is_none() {
+            s.set_component("modules", Component::disabled("no --modules directory"));
+        }
         s.rescan_modules();
         s
     }
 
+    /// A required component: ok or down, with a detail.
     pub fn set(&self, component: &str, ok: bool, detail: impl Into<String>) {
+        let c = if ok {
+            Component::ok(detail)
+        } else {
+            Component::down(detail)
+        };
+        self.set_component(component, c);
+    }
+
+    pub fn set_component(&self, name: &str, component: Component) {
         if let Ok(mut c) = self.components.lock() {
-            c.insert(component.to_string(), (ok, detail.into()));
+            c.insert(name.to_string(), component);
         }
     }
 
-    /// Hashes every `*.wasm` in the modules directory.
+    /// Hashes every `*.wasm` in the modules directory; none found is `down` (the EnvoyFilters
+    /// this replica serves could not load).
     pub fn rescan_modules(&self) -> usize {
         let Some(dir) = &self.modules_dir else {
             return 0;
@@ -59,7 +133,13 @@ impl State {
         if let Ok(mut m) = self.modules.lock() {
             *m = found;
         }
-        self.set("modules", true, format!("{n} modules in {}", dir.display()));
+        let detail = format!("{n} modules in {}", dir.display());
+        let c = if n == 0 {
+            Component::down(detail)
+        } else {
+            Component::ok(detail)
+        };
+        self.set_component("modules", c.with_count(n));
         n
     }
 
@@ -71,30 +151,56 @@ impl State {
         })
     }
 
+    /// `live`: the process answers (always 200). `startup`: 200 once the servers run and the
+    /// API server was reached. `ready` (and anything else): 200 unless startup is incomplete or
+    /// a required component is down. The body always lists every component.
     fn health(&self, probe: &str) -> (StatusCode, String) {
+        let (code, body) = self.health_json(probe);
+        (code, body.to_string())
+    }
+
+    pub fn health_json(&self, probe: &str) -> (StatusCode, serde_json::Value) {
         let comps = self
             .components
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
         let started = self.started.load(Ordering::Relaxed);
+        let required_down = comps
+            .values()
+            .any(|c| c.required && c.status == Status::Down);
+        let optional_down = comps
+            .values()
+            .any(|c| !c.required && c.status == Status::Down);
         let ok = match probe {
             "live" => true,
             "startup" => started,
-            _ => started && comps.values().all(|(ok, _)| *ok),
+            _ => started && !required_down,
+        };
+        let status = if !ok {
+            if started {
+                "down"
+            } else {
+                "starting"
+            }
+        } else if probe != "live" && optional_down {
+            "degraded"
+        } else {
+            "ok"
         };
         let body = serde_json::json!({
-            "status": if ok { "ok" } else { "unavailable" },
-            "components": comps.iter().map(|(k, (ok, d))| (k.clone(), serde_json::json!({
-                "status": if *ok { "ok" } else { "unavailable" }, "detail": d }))).collect::<serde_json::Map<_, _>>(),
+            "status": status,
+            "probe": probe,
+            "started": started,
             "leader": self.is_leader.load(Ordering::Relaxed),
+            "components": comps,
         });
         let code = if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        (code, body.to_string())
+        (code, body)
     }
 }
 
@@ -194,5 +300,137 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+
+    async fn get(state: &State, path: &str) -> (StatusCode, Value) {
+        let resp = handle(state, path).await;
+        let code = resp.status();
+        assert_eq!(
+            resp.headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn modules_dir(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("m{i}.wasm")), format!("\0asm{i}")).unwrap();
+        }
+        dir
+    }
+
+    fn healthy(dir: &Path) -> State {
+        let s = State::new(Some(dir.to_path_buf()));
+        s.set("apiserver", true, "apiserver 1.20");
+        s.set_component("redis", Component::disabled("counters in memory"));
+        s.started.store(true, Ordering::Relaxed);
+        s
+    }
+
+    #[tokio::test]
+    async fn all_ok_is_200_with_per_component_json() {
+        let dir = modules_dir(3);
+        let s = healthy(dir.path());
+        for probe in ["live", "ready", "startup"] {
+            let (code, body) = get(&s, &format!("/health/{probe}")).await;
+            assert_eq!(code, StatusCode::OK, "{probe}: {body}");
+            assert_eq!(body["status"], "ok", "{body}");
+        }
+        let (_, body) = get(&s, "/health/ready").await;
+        assert_eq!(
+            body["components"]["apiserver"],
+            json!({"status": "ok", "required": true, "detail": "apiserver 1.20"})
+        );
+        assert_eq!(body["components"]["modules"]["status"], "ok");
+        assert_eq!(body["components"]["modules"]["count"], 3);
+        assert_eq!(body["components"]["redis"]["status"], "disabled");
+        assert_eq!(body["components"]["redis"]["required"], false);
+        assert_eq!(body["leader"], false);
+        assert_eq!(body["started"], true);
+    }
+
+    #[tokio::test]
+    async fn before_startup_only_live_is_200() {
+        let dir = modules_dir(1);
+        let s = healthy(dir.path());
+        s.started.store(false, Ordering::Relaxed);
+        assert_eq!(get(&s, "/health/live").await.0, StatusCode::OK);
+        let (code, body) = get(&s, "/health/startup").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "starting");
+        assert_eq!(
+            get(&s, "/health/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_required_component_down_fails_ready_only() {
+        let dir = modules_dir(2);
+        let s = healthy(dir.path());
+        s.set("apiserver", false, "connection refused");
+        let (code, body) = get(&s, "/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "down");
+        assert_eq!(body["components"]["apiserver"]["status"], "down");
+        assert_eq!(
+            body["components"]["apiserver"]["detail"],
+            "connection refused"
+        );
+        assert_eq!(get(&s, "/health/live").await.0, StatusCode::OK);
+        assert_eq!(get(&s, "/health/startup").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn redis_down_is_degraded_but_ready() {
+        let dir = modules_dir(2);
+        let s = healthy(dir.path());
+        s.set_component(
+            "redis",
+            Component::down("redis did not answer within 100ms").optional(),
+        );
+        let (code, body) = get(&s, "/health/ready").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["components"]["redis"]["status"], "down");
+        assert_eq!(
+            body["components"]["redis"]["detail"],
+            "redis did not answer within 100ms"
+        );
+        assert_eq!(get(&s, "/health/live").await.1["status"], "ok");
+    }
+
+    #[tokio::test]
+    async fn no_modules_is_down() {
+        let dir = modules_dir(0);
+        let s = healthy(dir.path());
+        let (code, body) = get(&s, "/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["components"]["modules"]["status"], "down");
+        assert_eq!(body["components"]["modules"]["count"], 0);
+        // A module appearing later is found on the next rescan.
+        std::fs::write(dir.path().join("late.wasm"), "\0asm").unwrap();
+        s.rescan_modules();
+        assert_eq!(get(&s, "/health/ready").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn without_a_modules_dir_modules_are_disabled() {
+        let s = State::new(None);
+        s.started.store(true, Ordering::Relaxed);
+        let (code, body) = get(&s, "/health/ready").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["components"]["modules"]["status"], "disabled");
     }
 }

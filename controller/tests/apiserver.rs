@@ -137,7 +137,7 @@ async fn reconciles_routes_against_a_real_apiserver() {
     }
     let (_, ready) = ctrl.get("/health/ready");
     let ready: Value = serde_json::from_str(&ready).unwrap();
-    assert_eq!(ready["components"]["kubernetes"]["status"], "ok", "{ready}");
+    assert_eq!(ready["components"]["apiserver"]["status"], "ok", "{ready}");
     assert_eq!(ready["components"]["modules"]["status"], "ok", "{ready}");
     assert_eq!(ctrl.get("/health/live").0, 200);
     assert_eq!(ctrl.get("/health/startup").0, 200);

@@ -61,6 +61,14 @@ impl SharedLimiter {
         }
     }
 
+    /// `None` for memory; for Redis, whether it answers a `PING`.
+    pub async fn ping(&self) -> Option<Result<(), String>> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(l) => Some(l.storage().ping().await.map_err(|e| e.to_string())),
+        }
+    }
+
     pub fn metrics(&self) -> String {
         match self {
             Self::Memory(l) => l.metrics.render(),

@@ -182,3 +182,24 @@ async fn concurrent_clients_never_exceed_the_gcra_burst<S: Storage>(s: S) {
     }
     assert_eq!(total, 100);
 }
+
+/// The health check of the controller's `redis` component.
+#[tokio::test]
+async fn redis_ping_answers_when_up_and_fails_fast_when_down() {
+    support::shared_redis().ping().await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = nexus_ratelimit_service::storage::RedisStorage::new(
+        &format!("redis://127.0.0.1:{port}/0"),
+        "nexus-test:",
+        std::time::Duration::from_millis(200),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let err = down.ping().await.unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(2), "{err}");
+    assert!(err.to_string().contains("redis"), "{err}");
+}

@@ -52,6 +52,21 @@ impl RedisStorage {
         })
     }
 
+    /// `PING` within the storage timeout: for health checks.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let attempt = async {
+            let mut conn = self.connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(redis_error)
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| StorageError(format!("redis did not answer within {:?}", self.timeout)))?
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, StorageError> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
