@@ -19,8 +19,9 @@ use crate::model::{CompiledRoute, GroupKey, Outlier};
 use crate::render::{self, GroupConfigs, ServiceClusters, FILTERS};
 use crate::standalone::gateway::GatewaySpec;
 
-/// Envoy cluster of the rate-limit service the nexus process runs.
+/// Envoy clusters of the services the nexus process runs.
 pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
+pub const CACHE_CLUSTER: &str = "nexus-cache";
 const LISTENER: &str = "nexus";
 
 /// Where the things Envoy connects to are.
@@ -29,6 +30,8 @@ pub struct Endpoints {
     /// Upstream token (Service name) → `host:port` it is reached at.
     pub upstreams: BTreeMap<String, (String, u16)>,
     pub ratelimit: SocketAddr,
+    /// The cache-coherency service (nexus.cache.v1).
+    pub cache: SocketAddr,
 }
 
 /// The standalone routes' group: one gateway, every route.
@@ -159,14 +162,14 @@ pub fn render(
             }
         }
     }
-    let mut rls = cluster(
-        RATELIMIT_CLUSTER,
-        &endpoints.ratelimit.ip().to_string(),
-        endpoints.ratelimit.port(),
-        None,
-    );
-    rls["typed_extension_protocol_options"] = protocol_options(true, None);
-    clusters.insert(RATELIMIT_CLUSTER.to_string(), rls);
+    for (name, addr) in [
+        (RATELIMIT_CLUSTER, endpoints.ratelimit),
+        (CACHE_CLUSTER, endpoints.cache),
+    ] {
+        let mut c = cluster(name, &addr.ip().to_string(), addr.port(), None);
+        c["typed_extension_protocol_options"] = protocol_options(true, None);
+        clusters.insert(name.to_string(), c);
+    }
 
     Ok(Resources {
         listeners: discovery_response(
@@ -397,6 +400,7 @@ mod tests {
         let endpoints = Endpoints {
             upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
             ratelimit: "127.0.0.1:9100".parse().unwrap(),
+            cache: "127.0.0.1:9101".parse().unwrap(),
         };
         let modules = FILTERS
             .iter()

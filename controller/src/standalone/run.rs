@@ -151,6 +151,21 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     }
     let state = Arc::new(server::State::new(Some(opts.modules.clone())));
     state.set("ratelimit", true, storage_note.clone());
+    let cache_addr = free_local_addr()?;
+    let cache_token = match std::env::var("NEXUS_CACHE_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => random_token()?,
+    };
+    crate::cache::start(
+        crate::cache::Options {
+            addr: cache_addr,
+            redis_url: redis_url.clone(),
+            token: Some(cache_token.clone()),
+            replica: "nexus-up".to_string(),
+        },
+        &state,
+    )
+    .await?;
     {
         let (state, addr) = (state.clone(), config.gateway.http);
         tokio::spawn(async move {
@@ -171,7 +186,11 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let mut upstreams = Upstreams::default();
     upstreams.ensure(&config).await?;
     let mut version = 1u64;
-    let res = xds.render(&config, &upstreams, ratelimit_addr, &modules, version)?;
+    let services = Services {
+        ratelimit: ratelimit_addr,
+        cache: cache_addr,
+    };
+    let res = xds.render(&config, &upstreams, &services, &modules, version)?;
     limiter.set_limits(nexus_ratelimit_service::Limits::new([res
         .configs
         .ratelimit
@@ -267,7 +286,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                     eprintln!("nexus: {why} changed: restart `nexus up` to apply it; routes are applied now");
                 }
                 version += 1;
-                match apply(&xds, &next, &mut upstreams, ratelimit_addr, &modules, version, admin, &limiter).await {
+                match apply(&xds, &next, &mut upstreams, &services, &modules, version, admin, &limiter).await {
                     Ok(()) => eprintln!("nexus: applied version {version}: {} route(s), {} rule(s)",
                         next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>()),
                     Err(e) => eprintln!("nexus: version {version} NOT applied: {e:#}"),
@@ -288,14 +307,14 @@ async fn apply(
     xds: &Xds,
     config: &Config,
     upstreams: &mut Upstreams,
-    ratelimit_addr: SocketAddr,
+    services: &Services,
     modules: &BTreeMap<String, PathBuf>,
     version: u64,
     admin: SocketAddr,
     limiter: &SharedLimiter,
 ) -> Result<()> {
     upstreams.ensure(config).await?;
-    let res = xds.render(config, upstreams, ratelimit_addr, modules, version)?;
+    let res = xds.render(config, upstreams, services, modules, version)?;
     let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
     let cds = "cluster_manager.cds";
     let before = update_counts(admin, cds).await?;
@@ -345,14 +364,15 @@ impl Xds {
         &self,
         config: &Config,
         upstreams: &Upstreams,
-        ratelimit: SocketAddr,
+        services: &Services,
         modules: &BTreeMap<String, PathBuf>,
         version: u64,
     ) -> Result<envoy::Resources> {
         let routes: Vec<&CompiledRoute> = config.routes.iter().collect();
         let endpoints = Endpoints {
             upstreams: upstreams.addresses(&config.gateway),
-            ratelimit,
+            ratelimit: services.ratelimit,
+            cache: services.cache,
         };
         envoy::render(
             &routes,
@@ -375,6 +395,20 @@ impl Xds {
         std::fs::rename(&staged, target)?;
         Ok(())
     }
+}
+
+/// The Nexus services this process runs for Envoy.
+struct Services {
+    ratelimit: SocketAddr,
+    cache: SocketAddr,
+}
+
+/// 128 random bits, hex: the `POST /cache/invalidate` token when NEXUS_CACHE_TOKEN is unset.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Demo echo servers started so far, by Service name.
