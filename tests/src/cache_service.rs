@@ -192,8 +192,14 @@ impl CacheServer {
 
     /// Ends every stream with UNAVAILABLE, as a replica losing Redis or restarting would.
     pub fn break_streams(&self) {
-        let subscribers =
-            std::mem::take(&mut self.fake.0.lock().unwrap_or_else(|e| e.into_inner()).subscribers);
+        let subscribers = std::mem::take(
+            &mut self
+                .fake
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .subscribers,
+        );
         for (_, tx) in subscribers {
             let _ = tx.try_send(Err(Status::unavailable("stream broken by the test")));
         }
@@ -211,7 +217,10 @@ impl CacheServer {
         let deadline = Instant::now() + timeout;
         while self.subscribers() < n {
             if Instant::now() > deadline {
-                bail!("{} subscribers after {timeout:?}, wanted {n}", self.subscribers());
+                bail!(
+                    "{} subscribers after {timeout:?}, wanted {n}",
+                    self.subscribers()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -219,11 +228,21 @@ impl CacheServer {
     }
 
     pub fn gets(&self) -> Vec<String> {
-        self.fake.0.lock().unwrap_or_else(|e| e.into_inner()).gets.clone()
+        self.fake
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gets
+            .clone()
     }
 
     pub fn puts(&self) -> Vec<PutRequest> {
-        self.fake.0.lock().unwrap_or_else(|e| e.into_inner()).puts.clone()
+        self.fake
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .puts
+            .clone()
     }
 
     /// Unix milliseconds, for building versions in tests.

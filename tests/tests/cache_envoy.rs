@@ -49,7 +49,10 @@ fn wait_for_stat(envoy: &Envoy, name: &str, at_least: i64) {
         if v >= at_least {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} = {v}, waited for {at_least}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {v}, waited for {at_least}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -130,7 +133,11 @@ fn private_no_store_and_credentials_bypass() {
         ("authorization", "Bearer t"),
     ] {
         for _ in 0..2 {
-            assert_eq!(get(&envoy, "/lake/p", &[extra]), (200, "bypass".into()), "{extra:?}");
+            assert_eq!(
+                get(&envoy, "/lake/p", &[extra]),
+                (200, "bypass".into()),
+                "{extra:?}"
+            );
         }
     }
     assert_eq!(upstream.requests().len(), 8);

@@ -25,7 +25,8 @@ fn host(extra: &str) -> Host {
     host
 }
 
-const SERVICE: &str = r#", "service": {"cluster": "nexus-cache", "timeout_ms": 40}, "writer": "proxy-a""#;
+const SERVICE: &str =
+    r#", "service": {"cluster": "nexus-cache", "timeout_ms": 40}, "writer": "proxy-a""#;
 
 const GET: [(&str, &str); 4] = [
     (":method", "GET"),
@@ -48,7 +49,10 @@ fn upstream_response(host: &mut Host, ctx: u32, extra: &[(&str, &str)], body: &[
     let mut http = host.http(ctx).unwrap();
     let mut headers = vec![(":status", "200"), ("content-type", "application/json")];
     headers.extend_from_slice(extra);
-    assert_eq!(http.response_headers(&headers, false).unwrap(), Action::Continue);
+    assert_eq!(
+        http.response_headers(&headers, false).unwrap(),
+        Action::Continue
+    );
     let (a, b) = body.split_at(body.len() / 2);
     assert_eq!(http.response_body(a, false).unwrap(), Action::Continue);
     assert_eq!(http.response_body(b, true).unwrap(), Action::Continue);
@@ -76,12 +80,20 @@ fn subscribed() -> Host {
     assert_eq!(host.tick_period(), Some(Duration::from_millis(100)));
     host.tick().unwrap();
     let sub = host.grpc_calls().pop().unwrap();
-    assert_eq!((sub.service.as_str(), sub.method.as_str()), ("nexus.cache.v1.Cache", "Subscribe"));
+    assert_eq!(
+        (sub.service.as_str(), sub.method.as_str()),
+        ("nexus.cache.v1.Cache", "Subscribe")
+    );
     assert!(sub.streaming && sub.end_stream_sent);
     assert_eq!(sub.context_id, ROOT_CONTEXT_ID);
     let req = SubscribeRequest::decode(sub.messages[0].as_slice()).unwrap();
     assert_eq!(req.subscriber, "proxy-a");
-    send_event(&mut host, event::Kind::Hello(Hello { replica: "r1".into() }));
+    send_event(
+        &mut host,
+        event::Kind::Hello(Hello {
+            replica: "r1".into(),
+        }),
+    );
     host
 }
 
@@ -92,7 +104,12 @@ fn l1_only_second_get_is_a_local_hit() {
     let ctx = http.id();
     assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Continue);
     let miss_req_fuel = fuel(&host, "proxy_on_request_headers");
-    let label = upstream_response(&mut host, ctx, &[("etag", "\"v1\"")], br#"{"tables":[1,2]}"#);
+    let label = upstream_response(
+        &mut host,
+        ctx,
+        &[("etag", "\"v1\"")],
+        br#"{"tables":[1,2]}"#,
+    );
     assert_eq!(label, "miss");
     let store_fuel = fuel(&host, "proxy_on_response_body");
 
@@ -102,7 +119,12 @@ fn l1_only_second_get_is_a_local_hit() {
     let hit = http.local_response().unwrap();
     assert_eq!(hit.status, 200);
     assert_eq!(hit.body, br#"{"tables":[1,2]}"#);
-    let header = |n: &str| hit.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let header = |n: &str| {
+        hit.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(header("x-nexus-cache"), Some("hit-local"));
     assert_eq!(header("etag"), Some("\"v1\""));
     assert_eq!(header("age"), Some("2"));
@@ -129,13 +151,25 @@ fn private_no_store_and_credentials_bypass() {
         headers.extend(req_extra);
         let mut http = host.http_context().unwrap();
         let ctx = http.id();
-        assert_eq!(http.request_headers(&headers, true).unwrap(), Action::Continue);
-        let label = upstream_response(&mut host, ctx, &resp_extra.into_iter().collect::<Vec<_>>(), b"x");
+        assert_eq!(
+            http.request_headers(&headers, true).unwrap(),
+            Action::Continue
+        );
+        let label = upstream_response(
+            &mut host,
+            ctx,
+            &resp_extra.into_iter().collect::<Vec<_>>(),
+            b"x",
+        );
         assert_eq!(label, "bypass", "{req_extra:?} {resp_extra:?}");
     }
     assert_eq!(host.metric("nexus_cache.store"), None);
     let mut http = host.http_context().unwrap();
-    assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Continue, "nothing was stored");
+    assert_eq!(
+        http.request_headers(&GET, true).unwrap(),
+        Action::Continue,
+        "nothing was stored"
+    );
 }
 
 #[test]
@@ -157,30 +191,55 @@ fn service_miss_writes_through_then_hits_locally_until_invalidated() {
     assert_eq!(label, "miss");
     let put_fuel = fuel(&host, "proxy_on_response_body");
 
-    let put = host.grpc_calls().into_iter().find(|c| c.method == "Put").unwrap();
-    assert_eq!(put.context_id, ROOT_CONTEXT_ID, "owned by the root: survives the request");
+    let put = host
+        .grpc_calls()
+        .into_iter()
+        .find(|c| c.method == "Put")
+        .unwrap();
+    assert_eq!(
+        put.context_id, ROOT_CONTEXT_ID,
+        "owned by the root: survives the request"
+    );
     let put = PutRequest::decode(put.messages[0].as_slice()).unwrap();
-    assert_eq!((put.key.as_str(), put.writer.as_str(), put.ttl_ms), (key.as_str(), "proxy-a", 60_000));
+    assert_eq!(
+        (put.key.as_str(), put.writer.as_str(), put.ttl_ms),
+        (key.as_str(), "proxy-a", 60_000)
+    );
     assert_eq!(put.tags, ["tables"]);
-    assert_eq!(CachedResponse::decode(put.value.as_slice()).unwrap().body, b"rows");
+    assert_eq!(
+        CachedResponse::decode(put.value.as_slice()).unwrap().body,
+        b"rows"
+    );
 
     let mut http = host.http_context().unwrap();
     assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Pause);
     assert_eq!(
-        http.local_response().unwrap().headers.iter().find(|(k, _)| k == "x-nexus-cache").unwrap().1,
+        http.local_response()
+            .unwrap()
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-nexus-cache")
+            .unwrap()
+            .1,
         "hit-local"
     );
     let calls = host.grpc_calls().len();
 
     send_event(
         &mut host,
-        event::Kind::Invalidation(Invalidation { keys: vec![key.clone()], ..Default::default() }),
+        event::Kind::Invalidation(Invalidation {
+            keys: vec![key.clone()],
+            ..Default::default()
+        }),
     );
     let event_fuel = fuel(&host, "proxy_on_grpc_receive");
     assert_eq!(host.metric("nexus_cache.invalidations"), Some(1));
     let mut http = host.http_context().unwrap();
     assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Pause);
-    assert!(http.local_response().is_none(), "invalidated: asks the service again");
+    assert!(
+        http.local_response().is_none(),
+        "invalidated: asks the service again"
+    );
     assert_eq!(host.grpc_calls().len(), calls + 1);
     println!(
         "nexus-cache fuel: Get answer (miss) {get_answer_fuel}; storing + Put on_response_body \
@@ -197,7 +256,10 @@ fn a_shared_hit_answers_and_fills_l1() {
     let now_ms = host.time_nanos() / 1_000_000;
     let stored = CachedResponse {
         status: 404,
-        headers: vec![nexus_proto::cache::Header { name: "content-type".into(), value: b"application/json".to_vec() }],
+        headers: vec![nexus_proto::cache::Header {
+            name: "content-type".into(),
+            value: b"application/json".to_vec(),
+        }],
         body: b"{}".to_vec(),
         stored_at_ms: now_ms - 5_000,
         expires_at_ms: now_ms + 55_000,
@@ -212,15 +274,22 @@ fn a_shared_hit_answers_and_fills_l1() {
         }),
     };
     let mut http = host.http(get.context_id).unwrap();
-    http.grpc_receive(get.token, &answer.encode_to_vec()).unwrap();
+    http.grpc_receive(get.token, &answer.encode_to_vec())
+        .unwrap();
     let hit_shared_fuel = fuel(&host, "proxy_on_grpc_receive");
     let resp = host.http(get.context_id).unwrap().local_response().unwrap();
     assert_eq!(resp.status, 404);
-    assert!(resp.headers.contains(&("x-nexus-cache".into(), "hit-shared".into())));
+    assert!(resp
+        .headers
+        .contains(&("x-nexus-cache".into(), "hit-shared".into())));
     assert!(resp.headers.contains(&("age".into(), "5".into())));
     let mut http = host.http_context().unwrap();
     assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Pause);
-    assert!(http.local_response().unwrap().headers.contains(&("x-nexus-cache".into(), "hit-local".into())));
+    assert!(http
+        .local_response()
+        .unwrap()
+        .headers
+        .contains(&("x-nexus-cache".into(), "hit-local".into())));
     assert_eq!(host.metric("nexus_cache.hit.shared"), Some(1));
     println!("nexus-cache fuel: hit-shared on_grpc_receive {hit_shared_fuel}");
 }
@@ -248,7 +317,8 @@ fn a_broken_stream_flushes_once_stops_using_l1_and_reconnects_with_backoff() {
     let ctx = http.id();
     http.request_headers(&GET, true).unwrap();
     let token = http.grpc_calls().pop().unwrap().token;
-    http.grpc_receive(token, &GetResponse { entry: None }.encode_to_vec()).unwrap();
+    http.grpc_receive(token, &GetResponse { entry: None }.encode_to_vec())
+        .unwrap();
     upstream_response(&mut host, ctx, &[], b"v1");
 
     let stream = stream_token(&host);
@@ -261,13 +331,29 @@ fn a_broken_stream_flushes_once_stops_using_l1_and_reconnects_with_backoff() {
     assert!(http.local_response().is_none());
 
     // Backoff: no reconnect before 500 ms.
-    let before = host.grpc_calls().iter().filter(|c| c.method == "Subscribe").count();
+    let before = host
+        .grpc_calls()
+        .iter()
+        .filter(|c| c.method == "Subscribe")
+        .count();
     host.advance_time(Duration::from_millis(400));
     host.tick().unwrap();
-    assert_eq!(host.grpc_calls().iter().filter(|c| c.method == "Subscribe").count(), before);
+    assert_eq!(
+        host.grpc_calls()
+            .iter()
+            .filter(|c| c.method == "Subscribe")
+            .count(),
+        before
+    );
     host.advance_time(Duration::from_millis(100));
     host.tick().unwrap();
-    assert_eq!(host.grpc_calls().iter().filter(|c| c.method == "Subscribe").count(), before + 1);
+    assert_eq!(
+        host.grpc_calls()
+            .iter()
+            .filter(|c| c.method == "Subscribe")
+            .count(),
+        before + 1
+    );
     assert_eq!(host.metric("nexus_cache.stream.reconnects"), Some(1));
     // The new stream fails before its Hello: no second flush.
     host.grpc_close(stream_token(&host), 14, "again").unwrap();
@@ -285,7 +371,9 @@ fn a_broken_stream_flushes_once_stops_using_l1_and_reconnects_with_backoff() {
 #[test]
 fn invalid_configuration_is_refused_with_paths() {
     let mut host = Host::builder()
-        .plugin_config(br#"{"l1_max_entries": 0, "rules": [{"name": "x", "policy": {"ttl": 0}}]}"#.to_vec())
+        .plugin_config(
+            br#"{"l1_max_entries": 0, "rules": [{"name": "x", "policy": {"ttl": 0}}]}"#.to_vec(),
+        )
         .build_from_file(nexus_tests::filter_module("nexus_cache").unwrap())
         .unwrap();
     assert!(!host.start().unwrap());

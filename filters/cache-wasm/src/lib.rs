@@ -12,7 +12,9 @@ use std::time::Duration;
 use nexus_cache::coherency::{Subscription, TickAction};
 use nexus_cache::{Cache, Exchange, ResponseStep, Step};
 use nexus_filter_core::{Clock, HeaderMap, IdGenerator, Level, Log, Metrics};
-use nexus_proxy_wasm::{apply, configure, HostClock, HostHeaders, HostLog, HostMetrics, HostSharedData};
+use nexus_proxy_wasm::{
+    apply, configure, HostClock, HostHeaders, HostLog, HostMetrics, HostSharedData,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
@@ -122,8 +124,7 @@ impl Context for Root {
     /// Answers to the `Put`s dispatched on the root's behalf: only failures matter.
     fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
         if let (Some(s), true) = (&self.shared, status != 0) {
-            s.metrics
-                .increment(nexus_cache::metrics::SERVICE_ERRORS, 1);
+            s.metrics.increment(nexus_cache::metrics::SERVICE_ERRORS, 1);
         }
     }
 }
@@ -173,12 +174,16 @@ impl RootContext for Root {
             Vec::new(),
         )
         .and_then(|token| {
-            hostcalls::send_grpc_stream_message(token, Some(&request), true).map(|()| token)
+            hostcalls::send_grpc_stream_message(token, Some(request.as_slice()), true)
+                .map(|()| token)
         });
         if let Err(status) = &opened {
             HostLog.log(
                 Level::Warn,
-                &format!("nexus-cache: cannot subscribe on cluster {}: {status:?}", service.cluster),
+                &format!(
+                    "nexus-cache: cannot subscribe on cluster {}: {status:?}",
+                    service.cluster
+                ),
             );
         }
         sub.on_opened(opened.ok(), now, &HostSharedData, &s.metrics);
@@ -294,7 +299,9 @@ impl HttpContext for Http {
                         self.pending = Some(token);
                         Action::Pause
                     }
-                    Err(status) => self.lookup_answered(Err(format!("not dispatched: {status:?}")), false),
+                    Err(status) => {
+                        self.lookup_answered(Err(format!("not dispatched: {status:?}")), false)
+                    }
                 }
             }
         }

@@ -251,7 +251,13 @@ mod tests {
         assert!(matches!(e.sub.on_tick(0), TickAction::Open(_)));
         e.sub.on_opened(Some(7), 0, &e.s, &e.m);
         assert!(!e.sub.live(), "not live before Hello");
-        e.sub.on_message(7, &ev(event::Kind::Hello(Hello::default())), &e.s, &e.m, &e.l);
+        e.sub.on_message(
+            7,
+            &ev(event::Kind::Hello(Hello::default())),
+            &e.s,
+            &e.m,
+            &e.l,
+        );
         assert!(e.sub.live());
         e
     }
@@ -268,13 +274,16 @@ mod tests {
                 tags: tags.iter().map(|s| s.to_string()).collect(),
             }))
         };
-        e.sub.on_message(7, &inv(&["/a#1"], &[], &[]), &e.s, &e.m, &e.l);
+        e.sub
+            .on_message(7, &inv(&["/a#1"], &[], &[]), &e.s, &e.m, &e.l);
         assert!(l1::get(&e.s, "/a#1", 0).is_none());
         assert!(l1::get(&e.s, "/b#1", 0).is_some());
-        e.sub.on_message(7, &inv(&[], &["/b"], &[]), &e.s, &e.m, &e.l);
+        e.sub
+            .on_message(7, &inv(&[], &["/b"], &[]), &e.s, &e.m, &e.l);
         assert!(l1::get(&e.s, "/b#1", 0).is_none());
         store(&e.s, "/c#1", 1, "me");
-        e.sub.on_message(7, &inv(&[], &[], &["t"]), &e.s, &e.m, &e.l);
+        e.sub
+            .on_message(7, &inv(&[], &[], &["t"]), &e.s, &e.m, &e.l);
         assert!(l1::get(&e.s, "/c#1", 0).is_none());
         assert_eq!(e.m.value(m::INVALIDATIONS), 3);
         assert_eq!(e.m.value(m::FLUSHES), 2);
@@ -294,16 +303,30 @@ mod tests {
         e.sub.on_message(7, &upd(10, "me"), &e.s, &e.m, &e.l);
         e.sub.on_message(7, &upd(99, "me"), &e.s, &e.m, &e.l);
         e.sub.on_message(7, &upd(9, "other"), &e.s, &e.m, &e.l);
-        assert!(l1::get(&e.s, "/a#1", 0).is_some(), "own or older updates keep it");
+        assert!(
+            l1::get(&e.s, "/a#1", 0).is_some(),
+            "own or older updates keep it"
+        );
         e.sub.on_message(7, &upd(10, "zzz"), &e.s, &e.m, &e.l);
-        assert!(l1::get(&e.s, "/a#1", 0).is_none(), "same ms, later writer wins");
+        assert!(
+            l1::get(&e.s, "/a#1", 0).is_none(),
+            "same ms, later writer wins"
+        );
     }
 
     #[test]
     fn flush_event_and_breaks_flush_once_then_back_off() {
         let mut e = connected();
         store(&e.s, "/a#1", 1, "me");
-        e.sub.on_message(7, &ev(event::Kind::Flush(Flush { reason: "redis".into() })), &e.s, &e.m, &e.l);
+        e.sub.on_message(
+            7,
+            &ev(event::Kind::Flush(Flush {
+                reason: "redis".into(),
+            })),
+            &e.s,
+            &e.m,
+            &e.l,
+        );
         assert!(l1::get(&e.s, "/a#1", 0).is_none());
         assert_eq!(e.m.value(m::FLUSHES), 1);
 
@@ -321,7 +344,13 @@ mod tests {
         e.sub.on_opened(None, 1_300, &e.s, &e.m);
         assert!(matches!(e.sub.on_tick(1_300 + 350), TickAction::Open(_)));
         e.sub.on_opened(Some(9), 1_650, &e.s, &e.m);
-        e.sub.on_message(9, &ev(event::Kind::Hello(Hello::default())), &e.s, &e.m, &e.l);
+        e.sub.on_message(
+            9,
+            &ev(event::Kind::Hello(Hello::default())),
+            &e.s,
+            &e.m,
+            &e.l,
+        );
         assert!(e.sub.live());
         // A new break after a Hello flushes again, and the backoff starts over.
         e.sub.on_closed(9, 2_000, &e.s, &e.m);
@@ -336,6 +365,8 @@ mod tests {
     fn garbage_asks_to_resubscribe() {
         let mut e = connected();
         assert!(e.sub.on_message(7, &[0xff, 0xff, 0xff], &e.s, &e.m, &e.l));
-        assert!(!e.sub.on_message(7, &Event { kind: None }.encode_to_vec(), &e.s, &e.m, &e.l));
+        assert!(!e
+            .sub
+            .on_message(7, &Event { kind: None }.encode_to_vec(), &e.s, &e.m, &e.l));
     }
 }

@@ -72,7 +72,9 @@ mod tests {
         let (path, digest) = k.split_once('#').unwrap();
         assert_eq!(path, "/lake/tables?limit=5");
         assert_eq!(digest.len(), 64);
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(digest
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(k, cache_key(&parts("/lake/tables?limit=5#frag")));
     }
 
@@ -96,11 +98,14 @@ mod tests {
         assert_ne!(cache_key(&p), base, "absent differs from any value");
         let mut p = parts("/a");
         p.vary = vec![("accept", Some(""))];
-        assert_ne!(cache_key(&p), cache_key(&{
-            let mut q = parts("/a");
-            q.vary = vec![("accept", None)];
-            q
-        }));
+        assert_ne!(
+            cache_key(&p),
+            cache_key(&{
+                let mut q = parts("/a");
+                q.vary = vec![("accept", None)];
+                q
+            })
+        );
         let mut p = parts("/a");
         p.client = Some("alice");
         let alice = cache_key(&p);

@@ -187,7 +187,10 @@ pub fn put(
 /// Tombstones `key`.
 pub fn remove(shared: &impl SharedData, key: &str) {
     // Only write when there is something: most invalidated keys were never stored here.
-    if shared.get(&entry_key(key)).is_some_and(|(v, _)| !v.is_empty()) {
+    if shared
+        .get(&entry_key(key))
+        .is_some_and(|(v, _)| !v.is_empty())
+    {
         let _ = shared.set(&entry_key(key), &[], None);
     }
 }
@@ -242,7 +245,10 @@ mod tests {
         }
         assert_eq!(live(&s, 0), 3);
         for i in 7..10 {
-            assert!(get(&s, &format!("/k{i}#d"), 0).is_some(), "newest kept: {i}");
+            assert!(
+                get(&s, &format!("/k{i}#d"), 0).is_some(),
+                "newest kept: {i}"
+            );
         }
         // Re-storing a key keeps it alive when its old slot is recycled.
         let s = MemSharedData::default();
@@ -278,6 +284,9 @@ mod tests {
         assert!(get(&s, "/a#1", 0).is_none());
         assert_eq!(version(&s, "/a#1"), None);
         remove(&s, "/never#1");
-        assert!(s.get("nexus_cache/e//never#1").is_none(), "no write for absent keys");
+        assert!(
+            s.get("nexus_cache/e//never#1").is_none(),
+            "no write for absent keys"
+        );
     }
 }

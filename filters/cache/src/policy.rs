@@ -226,10 +226,7 @@ mod tests {
         assert_eq!(get(&[("cache-control", "no-store")]), Err("no_store"));
         assert!(!get(&[("cache-control", "no-cache")]).unwrap().lookup);
         assert!(!get(&[("pragma", "no-cache")]).unwrap().lookup);
-        assert_eq!(
-            request_plan(&p, &h(&[(":method", "POST")])),
-            Err("method")
-        );
+        assert_eq!(request_plan(&p, &h(&[(":method", "POST")])), Err("method"));
     }
 
     #[test]
@@ -238,11 +235,18 @@ mod tests {
         p.key_by = KeyBy::Client;
         let plan = request_plan(
             &p,
-            &h(&[(":method", "GET"), ("x-nexus-client-id", "alice"), ("authorization", "x")]),
+            &h(&[
+                (":method", "GET"),
+                ("x-nexus-client-id", "alice"),
+                ("authorization", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(plan.client.as_deref(), Some("alice"));
-        assert_eq!(request_plan(&p, &h(&[(":method", "GET")])), Err("anonymous"));
+        assert_eq!(
+            request_plan(&p, &h(&[(":method", "GET")])),
+            Err("anonymous")
+        );
     }
 
     #[test]
@@ -259,7 +263,11 @@ mod tests {
         assert_eq!(r(&[("cache-control", "max-age=0")]), Err("cache_control"));
         assert_eq!(r(&[("cache-control", "max-age=5")]), Ok(5_000));
         assert_eq!(r(&[("cache-control", "max-age=5, s-maxage=7")]), Ok(7_000));
-        assert_eq!(r(&[("cache-control", "max-age=600")]), Ok(60_000), "ttl is the cap");
+        assert_eq!(
+            r(&[("cache-control", "max-age=600")]),
+            Ok(60_000),
+            "ttl is the cap"
+        );
         assert_eq!(r(&[("set-cookie", "s=1")]), Err("set_cookie"));
         assert_eq!(r(&[("vary", "Accept")]), Ok(60_000));
         assert_eq!(r(&[("vary", "accept, cookie")]), Err("vary"));
@@ -283,9 +291,18 @@ mod tests {
             ("x-nexus-cache", "miss"),
             ("etag", "\"1\""),
         ]));
-        assert_eq!(kept, h(&[("content-type", "application/json"), ("etag", "\"1\"")]));
         assert_eq!(
-            tags(&policy(), &h(&[("x-nexus-cache-tags", "t1, t2,"), ("x-nexus-cache-tags", "t3")])),
+            kept,
+            h(&[("content-type", "application/json"), ("etag", "\"1\"")])
+        );
+        assert_eq!(
+            tags(
+                &policy(),
+                &h(&[
+                    ("x-nexus-cache-tags", "t1, t2,"),
+                    ("x-nexus-cache-tags", "t3")
+                ])
+            ),
             ["t1", "t2", "t3"]
         );
     }

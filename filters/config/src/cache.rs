@@ -172,7 +172,10 @@ impl Validate for CacheConfig {
         if let Some(s) = &self.service {
             let at = format!("{path}.service");
             if s.cluster.is_empty() {
-                errors.push(ConfigError::new(format!("{at}.cluster"), "must not be empty"));
+                errors.push(ConfigError::new(
+                    format!("{at}.cluster"),
+                    "must not be empty",
+                ));
             }
             if s.timeout_ms == 0 || s.timeout_ms > 10_000 {
                 errors.push(ConfigError::new(
@@ -315,12 +318,14 @@ mod tests {
 
     #[test]
     fn type_errors_and_unknown_fields_report_their_path() {
-        let err = parse::<CacheConfig>(br#"{"rules": [{"name": "a", "policy": {"ttl": 5, "key_by": "user"}}]}"#)
-            .unwrap_err();
+        let err = parse::<CacheConfig>(
+            br#"{"rules": [{"name": "a", "policy": {"ttl": 5, "key_by": "user"}}]}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.0[0].path, "$.rules[0].policy.key_by");
-        let err = parse::<CacheConfig>(br#"{"service": {"cluster": "c", "tmeout_ms": 5}}"#)
-            .unwrap_err();
-        assert_eq!(err.0[0].path, "$.service");
+        let err =
+            parse::<CacheConfig>(br#"{"service": {"cluster": "c", "tmeout_ms": 5}}"#).unwrap_err();
+        assert_eq!(err.0[0].path, "$.service.tmeout_ms");
     }
 
     #[test]
