@@ -1,6 +1,6 @@
 //! nexus-cache in real Envoy (two workers sharing one L1) against a fake coherency service:
-//! hits, write-through, invalidation and broken streams arriving over the real `Subscribe`
-//! stream, and bypasses.
+//! hits, write-through, invalidations, updates and broken streams arriving over the real
+//! `Subscribe` stream, two Envoys sharing copies through the service, and bypasses.
 
 use std::time::{Duration, Instant};
 
@@ -157,4 +157,43 @@ fn private_no_store_and_credentials_bypass() {
     assert!(service.puts().is_empty());
     // Nothing was stored: a plain request misses.
     assert_eq!(get(&envoy, "/lake/p", &[]).1, "miss");
+}
+
+#[test]
+fn two_envoys_share_copies_and_updates_through_the_service() {
+    let upstream = Upstream::start("lake").unwrap();
+    let service = CacheServer::start().unwrap();
+    let a = start(&service, &upstream);
+    let b = start(&service, &upstream);
+    service
+        .wait_for_subscribers(4, Duration::from_secs(10))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert_eq!(get(&a, "/lake/shared", &[]).1, "miss");
+    wait_for_puts(&service, 1);
+    assert_eq!(get(&b, "/lake/shared", &[]).1, "hit-shared");
+    assert_eq!(get(&b, "/lake/shared", &[]).1, "hit-local");
+
+    // A refreshes its copy (no-cache: skip the lookup, store the answer): the Put's Update
+    // event makes B drop its older copy and ask the service again.
+    assert_eq!(
+        get(&a, "/lake/shared", &[("cache-control", "no-cache")]).1,
+        "miss"
+    );
+    wait_for_puts(&service, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let label = get(&b, "/lake/shared", &[]).1;
+        if label == "hit-shared" {
+            break;
+        }
+        assert_eq!(
+            label, "hit-local",
+            "B serves its copy until the Update arrives"
+        );
+        assert!(Instant::now() < deadline, "B never dropped its older copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(upstream.requests().len(), 2);
 }
