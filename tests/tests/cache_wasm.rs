@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nexus_proto::cache::{
-    event, CachedResponse, Entry, Event, GetRequest, GetResponse, Hello, Invalidation, PutRequest,
-    SubscribeRequest,
+    event, CachedResponse, Entry, Event, Flush, GetRequest, GetResponse, Hello, Invalidation,
+    PutRequest, SubscribeRequest, Update,
 };
 use prost::Message;
 use proxy_wasm_test_host::{Action, Host, ROOT_CONTEXT_ID};
@@ -366,6 +366,70 @@ fn a_broken_stream_flushes_once_stops_using_l1_and_reconnects_with_backoff() {
     assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Pause);
     assert!(http.local_response().is_none());
     println!("nexus-cache fuel: stream close (flush) {close_fuel}");
+}
+
+/// Fills the L1 through a service miss; returns the key.
+fn fill(host: &mut Host) -> String {
+    let mut http = host.http_context().unwrap();
+    let ctx = http.id();
+    http.request_headers(&GET, true).unwrap();
+    let get = http.grpc_calls().pop().unwrap();
+    let key = GetRequest::decode(get.messages[0].as_slice()).unwrap().key;
+    http.grpc_receive(get.token, &GetResponse { entry: None }.encode_to_vec())
+        .unwrap();
+    upstream_response(host, ctx, &[], b"v1");
+    key
+}
+
+fn label_of_next_get(host: &mut Host) -> Option<String> {
+    let mut http = host.http_context().unwrap();
+    http.request_headers(&GET, true).unwrap();
+    http.local_response().and_then(|r| {
+        r.headers
+            .into_iter()
+            .find(|(k, _)| k == "x-nexus-cache")
+            .map(|(_, v)| v)
+    })
+}
+
+#[test]
+fn update_events_drop_older_copies_and_flush_events_drop_everything() {
+    let mut host = subscribed();
+    let key = fill(&mut host);
+    let put = host
+        .grpc_calls()
+        .into_iter()
+        .find(|c| c.method == "Put")
+        .unwrap();
+    let stored = PutRequest::decode(put.messages[0].as_slice()).unwrap();
+    let update = |ts: u64, writer: &str| {
+        event::Kind::Update(Update {
+            key: key.clone(),
+            timestamp_ms: ts,
+            writer: writer.into(),
+        })
+    };
+    // Our own write echoed back, and an older write elsewhere: the copy stays.
+    send_event(&mut host, update(stored.timestamp_ms, "proxy-a"));
+    send_event(&mut host, update(stored.timestamp_ms - 1, "proxy-b"));
+    assert_eq!(label_of_next_get(&mut host).as_deref(), Some("hit-local"));
+    // A newer write elsewhere: dropped.
+    send_event(&mut host, update(stored.timestamp_ms + 1, "proxy-b"));
+    let update_fuel = fuel(&host, "proxy_on_grpc_receive");
+    assert_eq!(label_of_next_get(&mut host), None, "asks the service");
+
+    fill(&mut host);
+    assert_eq!(label_of_next_get(&mut host).as_deref(), Some("hit-local"));
+    send_event(
+        &mut host,
+        event::Kind::Flush(Flush {
+            reason: "redis reconnected".into(),
+        }),
+    );
+    assert_eq!(host.metric("nexus_cache.flushes"), Some(1));
+    assert_eq!(label_of_next_get(&mut host), None);
+    assert!(host.logged("service asked for a flush (redis reconnected)"));
+    println!("nexus-cache fuel: Update event (drop) {update_fuel}");
 }
 
 #[test]
