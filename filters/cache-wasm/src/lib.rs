@@ -47,7 +47,8 @@ impl Shared {
 
     /// Write-through `Put`, fire-and-forget. Dispatched on behalf of the root context: Envoy
     /// cancels a context's calls when it is destroyed, and the request's context ends right
-    /// after its response does.
+    /// after its response does. Its answer is not observed (the SDK routes it to the request's
+    /// context, usually gone by then); only dispatch failures are counted.
     fn put(&self, message: &[u8], http_context: u32) {
         let Some(service) = self.cache.service() else {
             return;
@@ -119,13 +120,6 @@ impl Context for Root {
             }
             sub.on_closed(token, now_ms(), &HostSharedData, &s.metrics);
         });
-    }
-
-    /// Answers to the `Put`s dispatched on the root's behalf: only failures matter.
-    fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
-        if let (Some(s), true) = (&self.shared, status != 0) {
-            s.metrics.increment(nexus_cache::metrics::SERVICE_ERRORS, 1);
-        }
     }
 }
 

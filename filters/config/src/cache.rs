@@ -93,7 +93,8 @@ pub struct CacheService {
     /// Deadline of `Get` and `Put`; a late answer counts as a miss.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Follow the `Subscribe` event stream (invalidations, updates, flushes).
+    /// Follow the `Subscribe` event stream (invalidations, updates, flushes). Without it an
+    /// L1 copy lives out its TTL whatever happens in the service.
     #[serde(default = "yes")]
     pub subscribe: bool,
     /// First reconnect delay after the stream breaks; doubled per failure up to the max.
