@@ -158,6 +158,8 @@ impl Subscription {
             }
             event::Kind::Invalidation(inv) => {
                 metrics.increment(m::INVALIDATIONS, 1);
+                // Before removing: in-flight fetches must not store what this invalidates.
+                l1::bump_epoch(shared);
                 for key in &inv.keys {
                     l1::remove(shared, key);
                 }

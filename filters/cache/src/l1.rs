@@ -10,6 +10,11 @@
 //!   slot is overwritten with an empty tombstone, unless it was re-stored since (its entry
 //!   carries a newer sequence). That bounds live entries to `max_entries` (FIFO eviction).
 //! - `nexus_cache/e/<key>`: the entry (empty = absent).
+//! - `nexus_cache/epoch`: bumped by every invalidation event. A response fetched while an
+//!   invalidation arrived is not stored (it may predate the invalidation): the store checks
+//!   the epoch read when its request started, writes, then checks again and tombstones its
+//!   own write if an invalidation slipped in between (the invalidation bumps before it
+//!   removes, so one of the two sides always sees the other).
 //!
 //! Tombstoned keys stay as empty values: shared data offers no delete, so memory per distinct
 //! key ever stored is its name. Bodies are bounded by `max_object_bytes`.
@@ -21,6 +26,7 @@ use prost::Message;
 
 const GEN_KEY: &str = "nexus_cache/gen";
 const CURSOR_KEY: &str = "nexus_cache/cursor";
+const EPOCH_KEY: &str = "nexus_cache/epoch";
 const FORMAT: u8 = 1;
 /// CAS retries before giving up (another worker keeps winning: skip, never spin).
 const CAS_TRIES: usize = 8;
@@ -76,6 +82,41 @@ pub fn generation(shared: &impl SharedData) -> u64 {
 /// (then another worker's concurrent increment has flushed anyway).
 pub fn flush(shared: &impl SharedData) -> Option<u64> {
     increment(shared, GEN_KEY)
+}
+
+/// The invalidation epoch (see the module docs).
+pub fn epoch(shared: &impl SharedData) -> u64 {
+    read_u64(shared, EPOCH_KEY).0
+}
+
+/// Marks that an invalidation is being applied: call before removing anything.
+pub fn bump_epoch(shared: &impl SharedData) {
+    // If the CAS keeps losing, other invalidations are bumping it: the epoch moved anyway.
+    let _ = increment(shared, EPOCH_KEY);
+}
+
+/// [`put`], unless an invalidation arrived since `epoch` was read; returns whether stored.
+#[allow(clippy::too_many_arguments)]
+pub fn put_unless_invalidated(
+    shared: &impl SharedData,
+    max_entries: u32,
+    key: &str,
+    generation: u64,
+    epoch: u64,
+    version: Version,
+    response: &CachedResponse,
+) -> bool {
+    if self::epoch(shared) != epoch {
+        return false;
+    }
+    if !put(shared, max_entries, key, generation, version, response) {
+        return false;
+    }
+    if self::epoch(shared) != epoch {
+        remove(shared, key);
+        return false;
+    }
+    true
 }
 
 struct Header {
@@ -274,6 +315,34 @@ mod tests {
         assert!(get(&s, "/b#1", 0).is_none());
         put(&s, 8, "/b#1", g + 1, v(1), &resp("B", 1000));
         assert!(get(&s, "/b#1", 0).is_some());
+    }
+
+    #[test]
+    fn an_invalidation_during_the_fetch_keeps_the_response_out() {
+        let s = MemSharedData::default();
+        let e = epoch(&s);
+        bump_epoch(&s);
+        assert!(!put_unless_invalidated(
+            &s,
+            8,
+            "/a#1",
+            0,
+            e,
+            v(1),
+            &resp("A", 1000)
+        ));
+        assert!(get(&s, "/a#1", 0).is_none());
+        let e = epoch(&s);
+        assert!(put_unless_invalidated(
+            &s,
+            8,
+            "/a#1",
+            0,
+            e,
+            v(1),
+            &resp("A", 1000)
+        ));
+        assert!(get(&s, "/a#1", 0).is_some());
     }
 
     #[test]

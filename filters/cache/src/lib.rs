@@ -84,8 +84,9 @@ pub struct Exchange {
     stage: Stage,
     rule: usize,
     key: String,
-    /// The L1 generation when the request started: what it stores under (see [`l1`]).
+    /// The L1 generation and invalidation epoch when the request started (see [`l1`]).
     generation: u64,
+    epoch: u64,
     use_l1: bool,
     capture: Option<Capture>,
 }
@@ -205,6 +206,7 @@ impl Cache {
         ex.use_l1 = l1_live;
         if ex.use_l1 {
             ex.generation = l1::generation(shared);
+            ex.epoch = l1::epoch(shared);
         }
         ex.stage = Stage::Fetch;
         if !plan.lookup {
@@ -273,11 +275,12 @@ impl Cache {
                 timestamp_ms: entry.timestamp_ms,
                 writer: entry.writer,
             };
-            l1::put(
+            l1::put_unless_invalidated(
                 shared,
                 self.config.l1_max_entries,
                 &ex.key,
                 ex.generation,
+                ex.epoch,
                 version,
                 &resp,
             );
@@ -399,11 +402,12 @@ impl Cache {
                 timestamp_ms: now_ms,
                 writer: self.writer.clone(),
             };
-            l1::put(
+            l1::put_unless_invalidated(
                 shared,
                 self.config.l1_max_entries,
                 &ex.key,
                 ex.generation,
+                ex.epoch,
                 version,
                 &resp,
             );

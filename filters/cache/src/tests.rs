@@ -445,3 +445,45 @@ fn a_flush_during_the_upstream_fetch_keeps_the_response_out_of_l1() {
     c.on_response_body(&mut ex, b"b", true, &e.shared, &e.metrics, T0);
     assert_eq!(e.exchange(&c, &r, &resp("200", &[]), b"b", T0).0, "miss");
 }
+
+#[test]
+fn an_invalidation_during_the_upstream_fetch_keeps_the_response_out_of_l1() {
+    use nexus_proto::cache::{event, Event, Hello, Invalidation};
+    let c = with_service();
+    let e = Env::default();
+    let mut sub = c.subscription("t").unwrap();
+    sub.on_tick(0);
+    sub.on_opened(Some(1), 0, &e.shared, &e.metrics);
+    let ev = |k| Event { kind: Some(k) }.encode_to_vec();
+    sub.on_message(
+        1,
+        &ev(event::Kind::Hello(Hello::default())),
+        &e.shared,
+        &e.metrics,
+        &e.log,
+    );
+
+    let r = req("/lake/i", &[]);
+    let mut ex = Exchange::default();
+    c.on_request_headers(&mut ex, &r, sub.live(), &e.shared, &e.metrics, T0);
+    c.on_lookup_response(&mut ex, Err("x".into()), &e.shared, &e.metrics, &e.log, T0);
+    // The service invalidates the key while the upstream answers (the old value).
+    let inv = Invalidation {
+        keys: vec![ex.key().to_string()],
+        ..Default::default()
+    };
+    sub.on_message(
+        1,
+        &ev(event::Kind::Invalidation(inv)),
+        &e.shared,
+        &e.metrics,
+        &e.log,
+    );
+    c.on_response_headers(&mut ex, &resp("200", &[]), false, &e.shared, &e.metrics, T0);
+    let end = c.on_response_body(&mut ex, b"old", true, &e.shared, &e.metrics, T0);
+    assert!(end.put.is_some());
+    assert!(
+        l1::get(&e.shared, ex.key(), T0).is_none(),
+        "possibly stale: not stored"
+    );
+}
