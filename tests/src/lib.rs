@@ -6,9 +6,12 @@
 //! - [`upstream`]: in-process HTTP upstreams that record every request and echo it as JSON.
 //! - [`client`]: a blocking HTTP/1.1 client small enough to read in one sitting.
 //! - [`ratelimit_service`]: the Nexus rate-limit service in-process, stoppable mid-test.
+//! - [`cache_service`]: a fake `nexus.cache.v1.Cache` whose events tests send and whose
+//!   streams tests break.
 //! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 
+pub mod cache_service;
 pub mod client;
 pub mod envoy;
 pub mod jwks;

@@ -1,4 +1,5 @@
 //! In-process HTTP upstreams that record what reaches them and echo it back as JSON.
+//! A request's `x-upstream-cache-control` becomes the response's `cache-control`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -130,5 +131,9 @@ async fn handle(
         "content-type",
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    // Lets cache tests choose the response's caching headers from the request.
+    if let Some(cc) = parts.headers.get("x-upstream-cache-control") {
+        resp.headers_mut().insert("cache-control", cc.clone());
+    }
     Ok(resp)
 }

@@ -6,6 +6,7 @@
 //! so it builds natively and for `wasm32-unknown-unknown` alike.
 
 pub mod auth;
+pub mod cache;
 mod error;
 pub mod ratelimit;
 pub mod ratelimit_filter;
