@@ -113,6 +113,48 @@ pub struct Rule {
     pub auth: Option<AuthRequirement>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Cache this rule's responses in every proxy (and in the shared cache of the Nexus
+    /// service), with mesh-wide invalidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// A rule's response caching. Responses marked `private` or `no-store`, with `Set-Cookie`,
+/// or to requests carrying credentials are never shared: use `keyBy: Client` to cache
+/// authenticated reads per client.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// How long a response is served from cache (`30s`, `5m`); a response's own
+    /// `max-age`/`s-maxage` can only lower it.
+    pub ttl: String,
+    /// Cacheable methods (default `GET`, `HEAD`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Request headers whose values select different cached responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vary: Vec<String>,
+    /// `Shared` (default: one copy for every anonymous caller) or `Client` (one per
+    /// authenticated client id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<CacheKeyBy>,
+    /// Honour `Cache-Control` of requests and responses (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_cache_control: Option<bool>,
+    /// Larger responses pass uncached (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_object_bytes: Option<u64>,
+    /// Hot paths fetched through the gateway when the route is applied and then periodically,
+    /// so the first caller finds them cached: anonymous requests (for `Shared` rules), with
+    /// the `Host` a local client sends (`nexus up`; the controller does not warm yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CacheKeyBy {
+    Shared,
+    Client,
 }
 
 /// Every condition given must hold.

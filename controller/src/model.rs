@@ -89,6 +89,15 @@ pub struct CompiledRule {
     pub timeout_ms: u64,
     pub retry: RetryPolicy,
     pub per_try_timeout_ms: Option<u64>,
+    /// The rule's caching, if any (also for its REST fallback).
+    pub cache: Option<RuleCache>,
+}
+
+/// A rule's cache policy, and the paths to keep warm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleCache {
+    pub policy: nexus_config::cache::CachePolicy,
+    pub warm: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +319,46 @@ impl Ctx<'_> {
         self.take_config_errors(errors);
         let per_try = self.duration(&r.per_try_timeout, &format!("{path}.perTryTimeout"));
         (policy, per_try)
+    }
+    fn cache(&mut self, c: &CacheSpec, path: &str) -> Option<RuleCache> {
+        let ttl_ms = self.duration(&Some(c.ttl.clone()), &format!("{path}.ttl"))?;
+        if ttl_ms < 1000 {
+            self.bad(format!("{path}.ttl"), "must be at least 1s");
+            return None;
+        }
+        let defaults: nexus_config::cache::CachePolicy =
+            serde_json::from_value(serde_json::json!({ "ttl": 1 })).ok()?;
+        let policy = nexus_config::cache::CachePolicy {
+            ttl: ttl_ms / 1000,
+            methods: if c.methods.is_empty() {
+                defaults.methods.clone()
+            } else {
+                c.methods.clone()
+            },
+            vary: c.vary.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            key_by: match c.key_by {
+                Some(CacheKeyBy::Client) => nexus_config::cache::KeyBy::Client,
+                _ => nexus_config::cache::KeyBy::Shared,
+            },
+            respect_cache_control: c.respect_cache_control.unwrap_or(true),
+            max_object_bytes: c.max_object_bytes.unwrap_or(defaults.max_object_bytes),
+            tags_header: defaults.tags_header,
+        };
+        let mut errors = Vec::new();
+        policy.validate(path, &mut errors);
+        self.take_config_errors(errors);
+        for (i, w) in c.warm.iter().enumerate() {
+            if !w.starts_with('/') {
+                self.bad(
+                    format!("{path}.warm[{i}]"),
+                    format!("{w:?} is not a path (it must start with /)"),
+                );
+            }
+        }
+        Some(RuleCache {
+            policy,
+            warm: c.warm.clone(),
+        })
     }
 }
 
@@ -630,6 +679,10 @@ pub fn compile(
             None => cat.retry.clone().unwrap_or_else(|| default_retry.clone()),
         };
         let full_name = format!("{name}.{}", r.name);
+        let cache = r
+            .cache
+            .as_ref()
+            .and_then(|c| cx.cache(c, &format!("{at}.cache")));
         let mut upstreams = vec![(upstream.clone(), format!("{at}.upstream"))];
         let mut compiled = vec![CompiledRule {
             name: full_name.clone(),
@@ -645,6 +698,7 @@ pub fn compile(
             timeout_ms,
             retry: retry.clone(),
             per_try_timeout_ms: per_try,
+            cache: cache.clone(),
         }];
         if let Some(fb) = &r.rest_fallback {
             let fat = format!("{at}.restFallback");
@@ -678,6 +732,7 @@ pub fn compile(
                 timeout_ms,
                 retry: retry.clone(),
                 per_try_timeout_ms: per_try,
+                cache: cache.clone(),
             });
         }
         for (u, p) in upstreams {

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use nexus_config::auth::AuthConfig;
+use nexus_config::cache::{CacheConfig, CacheRule, CacheService};
 use nexus_config::ratelimit::RateLimitConfig;
 use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig, RateLimitService};
+use nexus_config::router::{HeaderMatch, RequestMatch};
 use nexus_config::router::{NoMatch, RouterConfig};
 use serde_json::{json, Value};
 
@@ -23,11 +25,14 @@ pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
 /// The filters, in the order they run (each is inserted before `envoy.filters.http.router`).
 /// The router goes first: it strips every client-sent `x-nexus-*` header, so the identity auth
-/// sets afterwards is the only one ratelimit can count.
-pub const FILTERS: [&str; 3] = ["router", "auth", "ratelimit"];
+/// sets afterwards is the only one ratelimit can count. The cache goes last: a cached answer
+/// is still authenticated and rate limited, and can be keyed by the identity.
+pub const FILTERS: [&str; 4] = ["router", "auth", "ratelimit", "cache"];
 /// Port of the rate-limit service (`envoy.service.ratelimit.v3`) on the `nexus-controller`
 /// Service; the ratelimit filter falls back to local buckets while it does not answer.
 pub const RATELIMIT_PORT: u16 = 8081;
+/// Port of the cache-coherency service (`nexus.cache.v1`) on the `nexus-controller` Service.
+pub const CACHE_PORT: u16 = 8083;
 
 /// Where the module server is and which module builds to reference.
 #[derive(Debug, Clone)]
@@ -89,6 +94,8 @@ pub struct GroupConfigs {
     pub router: RouterConfig,
     pub auth: AuthConfig,
     pub ratelimit: RateLimitConfig,
+    /// Rules only for router rules that cache; the service is filled in per target.
+    pub cache: CacheConfig,
 }
 
 pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfigs {
@@ -98,6 +105,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         domain: format!("nexus.{}.{}", group.namespace, group.name()),
         descriptors: Vec::new(),
     };
+    let mut cache = CacheConfig::default();
     for r in routes {
         for rule in &r.rules {
             router
@@ -139,6 +147,25 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         }
         auth.rules.extend(r.auth.rules.iter().cloned());
         ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
+        for rule in &r.rules {
+            if let Some(c) = &rule.cache {
+                // Keyed on the router's decision, so cache and routing never disagree.
+                cache.rules.push(CacheRule {
+                    name: rule.name.clone(),
+                    matcher: RequestMatch {
+                        headers: vec![HeaderMatch {
+                            name: "x-nexus-rule".to_string(),
+                            present: None,
+                            exact: Some(rule.name.clone()),
+                            prefix: None,
+                            regex: None,
+                        }],
+                        ..Default::default()
+                    },
+                    policy: c.policy.clone(),
+                });
+            }
+        }
     }
     if let Some(keys) = &mut auth.api_keys {
         keys.keys.sort_by(|a, b| a.sha256.cmp(&b.sha256));
@@ -147,6 +174,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         router,
         auth,
         ratelimit,
+        cache,
     }
 }
 
@@ -154,10 +182,15 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
 pub struct ServiceClusters {
     /// HTTP/2 cluster of the rate-limit service.
     pub ratelimit: String,
+    /// HTTP/2 cluster of the cache-coherency service.
+    pub cache: String,
+    /// The cache filter's writer id (its puts' tie-breaker); `None`: one per worker.
+    pub cache_writer: Option<String>,
 }
 
 /// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
-/// the EnvoyFilter and the standalone Envoy configuration load.
+/// the EnvoyFilter and the standalone Envoy configuration load. The cache filter is left out
+/// when no rule caches: it would cost every request for nothing.
 pub fn filter_configurations(
     cfg: &GroupConfigs,
     services: &ServiceClusters,
@@ -172,11 +205,20 @@ pub fn filter_configurations(
         failure_mode_by_route: Default::default(),
         response_headers: true,
     };
-    Ok(vec![
+    let mut out = vec![
         ("router", serde_json::to_string(&cfg.router)?),
         ("auth", serde_json::to_string(&cfg.auth)?),
         ("ratelimit", serde_json::to_string(&ratelimit)?),
-    ])
+    ];
+    if !cfg.cache.rules.is_empty() {
+        let cache = CacheConfig {
+            service: Some(CacheService::new(services.cache.clone())),
+            writer: services.cache_writer.clone(),
+            ..cfg.cache.clone()
+        };
+        out.push(("cache", serde_json::to_string(&cache)?));
+    }
+    Ok(out)
 }
 
 /// EnvoyFilter + rate-limit ConfigMap of one group. `routes` must be the group's accepted
@@ -201,6 +243,11 @@ pub fn render_group(
             "outbound|{RATELIMIT_PORT}||nexus-controller.{}.svc.cluster.local",
             settings.controller_namespace
         ),
+        cache: format!(
+            "outbound|{CACHE_PORT}||nexus-controller.{}.svc.cluster.local",
+            settings.controller_namespace
+        ),
+        cache_writer: None,
     };
     let mut patches = Vec::new();
     for (filter, configuration) in filter_configurations(&cfg, &services)? {

@@ -227,7 +227,22 @@ fn envoy_filter_configs_parse_with_the_filters_own_types() {
         rl_filter.service.unwrap().cluster,
         "outbound|8081||nexus-controller.nexus-system.svc.cluster.local"
     );
-    // Order: router (strips client-sent x-nexus-*), auth, ratelimit, each before
+    // The cache filter caches the lake-query rule per client, keyed on the router's decision.
+    let cache: nexus_config::cache::CacheConfig =
+        nexus_config::parse(&filter_config(ef, "cache")).unwrap();
+    assert_eq!(cache.rules.len(), 1);
+    assert_eq!(cache.rules[0].name, "api.lake-query");
+    assert_eq!(cache.rules[0].matcher.headers[0].name, "x-nexus-rule");
+    assert_eq!(cache.rules[0].policy.ttl, 30);
+    assert_eq!(
+        cache.rules[0].policy.key_by,
+        nexus_config::cache::KeyBy::Client
+    );
+    assert_eq!(
+        cache.service.unwrap().cluster,
+        "outbound|8083||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    // Order: router (strips client-sent x-nexus-*), auth, ratelimit, cache, each before
     // envoy.filters.http.router, fail closed.
     let order: Vec<&str> = ef["spec"]["configPatches"]
         .as_array()
@@ -243,7 +258,15 @@ fn envoy_filter_configs_parse_with_the_filters_own_types() {
             p["patch"]["value"]["name"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(order, ["nexus.router", "nexus.auth", "nexus.ratelimit"]);
+    assert_eq!(
+        order,
+        [
+            "nexus.router",
+            "nexus.auth",
+            "nexus.ratelimit",
+            "nexus.cache"
+        ]
+    );
     let remote = &ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
         ["vm_config"]["code"]["remote"];
     let sha = settings().modules["router"].clone();

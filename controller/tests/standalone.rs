@@ -17,6 +17,7 @@ use support::{free_port, repo_root};
 struct Up {
     child: Child,
     port: u16,
+    http_port: u16,
     dir: tempfile::TempDir,
     output: Arc<Mutex<Vec<String>>>,
 }
@@ -26,11 +27,13 @@ impl Up {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo_root().join("examples/datapunk"), dir.path());
         let port = free_port();
+        let http_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
             .arg("up")
             .arg(dir.path())
+            .env("NEXUS_CACHE_TOKEN", CACHE_TOKEN)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
             .args(["--admin-port", "0", "--memory", "--poll-ms", "100"])
             .arg("--modules")
             .arg(repo_root().join("target/filters"))
@@ -53,6 +56,7 @@ impl Up {
         let up = Up {
             child,
             port,
+            http_port,
             dir,
             output,
         };
@@ -121,6 +125,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+const CACHE_TOKEN: &str = "test-cache-token";
+
 fn bearer(dir: &Path, who: &str) -> String {
     let token = std::fs::read_to_string(dir.join(format!("tokens/{who}.jwt"))).unwrap();
     format!("Bearer {}", token.trim())
@@ -163,6 +169,69 @@ fn datapunk_example_through_real_envoy() {
         r.json().unwrap()["headers"]["x-nexus-client-id"],
         "ci-pipeline"
     );
+
+    // Caching: the public catalog was warmed before "Nexus is up"; alice's reads are cached
+    // for her (the second read does not reach the upstream: same `served` count).
+    // (The cache key includes the host; warming asks as a local client would.)
+    let listener = format!("127.0.0.1:{}", up.port);
+    let r = up.get("/lake/catalog", &[("host", &listener)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("x-nexus-cache")
+            .is_some_and(|c| c.starts_with("hit-")),
+        "{:?}",
+        r.headers
+    );
+    let first = up.get("/lake/datasets", &alice);
+    assert_eq!(
+        first.header("x-nexus-cache"),
+        Some("miss"),
+        "{:?}",
+        first.headers
+    );
+    let second = up.get("/lake/datasets", &alice);
+    assert_eq!(
+        second.header("x-nexus-cache"),
+        Some("hit-local"),
+        "{:?}",
+        second.headers
+    );
+    assert_eq!(
+        first.json().unwrap()["served"],
+        second.json().unwrap()["served"]
+    );
+    // Invalidation over HTTP (bearer token) reaches Envoy's cache through the event stream.
+    let denied = client::request(
+        up.http_port,
+        "POST",
+        "/cache/invalidate",
+        &[("authorization", "Bearer wrong")],
+        br#"{"prefixes":["/lake/datasets"]}"#,
+    )
+    .unwrap();
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    let ok = client::request(
+        up.http_port,
+        "POST",
+        "/cache/invalidate",
+        &[("authorization", &format!("Bearer {CACHE_TOKEN}"))],
+        br#"{"prefixes":["/lake/datasets"]}"#,
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = up.get("/lake/datasets", &alice);
+        if r.header("x-nexus-cache") != Some("hit-local") {
+            assert_eq!(r.header("x-nexus-cache"), Some("miss"), "{:?}", r.headers);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the invalidation never reached Envoy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Per-client rate limit on cortex: 5 per minute (one was used above), then 429.
     let statuses: Vec<u16> = (0..5)
@@ -233,7 +302,7 @@ fn datapunk_example_through_real_envoy() {
 
     // A bad file is reported with file, path and reason, and the running config stays.
     up.edit("routes.yaml", |t| t.replace("timeout: 2s", "timeout: soon"));
-    let line = up.wait_for_output("rules[1].timeout", Duration::from_secs(20));
+    let line = up.wait_for_output("rules[2].timeout", Duration::from_secs(20));
     assert!(line.contains("routes.yaml"), "{line}");
     assert!(
         up.output

@@ -46,7 +46,15 @@ pub fn request(
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: nexus.test\r\nconnection: close\r\n");
+    // `host: nexus.test` unless the caller names one.
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or("nexus.test", |(_, v)| *v);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    let headers = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"));
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -94,6 +94,8 @@ pub fn render(
     let configs = render::group_configs(&group(), routes);
     let services = ServiceClusters {
         ratelimit: RATELIMIT_CLUSTER.to_string(),
+        cache: CACHE_CLUSTER.to_string(),
+        cache_writer: Some("nexus-up".to_string()),
     };
     let mut http_filters = Vec::new();
     for (filter, configuration) in render::filter_configurations(&configs, &services)? {
@@ -472,9 +474,18 @@ mod tests {
                 "nexus.router",
                 "nexus.auth",
                 "nexus.ratelimit",
+                "nexus.cache",
                 "envoy.filters.http.router"
             ]
         );
+        let cache: Value = serde_json::from_str(
+            filters[3]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cache["service"]["cluster"], CACHE_CLUSTER);
+        assert_eq!(cache["writer"], "nexus-up");
         let rl = &filters[2]["typed_config"]["config"];
         assert_eq!(
             rl["vm_config"]["code"]["local"]["filename"],

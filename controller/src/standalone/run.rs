@@ -244,6 +244,12 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         .started
         .store(true, std::sync::atomic::Ordering::Relaxed);
 
+    // Each Envoy worker's cache filter uses its local cache only once its event stream is
+    // live (and flushes it when the stream comes up); warming before that would fill nothing.
+    // Envoy's main thread runs a root context too: one stream more than workers.
+    wait_for_cache_subscribers(&state, config.gateway.concurrency.max(1) + 1).await;
+    warm(&config).await;
+
     banner(
         &config,
         &dir,
@@ -254,6 +260,9 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     );
 
     let mut current = config.fingerprint;
+    let mut config = config;
+    let mut rewarm = tokio::time::interval(WARM_PERIOD);
+    rewarm.tick().await;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.poll);
     let code = loop {
@@ -266,6 +275,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                     tail(&log_path));
                 break ExitCode::FAILURE;
             }
+            _ = rewarm.tick() => warm(&config).await,
             _ = tick.tick() => {
                 if fingerprint(&dir) == current {
                     continue;
@@ -287,8 +297,12 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                 }
                 version += 1;
                 match apply(&xds, &next, &mut upstreams, &services, &modules, version, admin, &limiter).await {
-                    Ok(()) => eprintln!("nexus: applied version {version}: {} route(s), {} rule(s)",
-                        next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>()),
+                    Ok(()) => {
+                        eprintln!("nexus: applied version {version}: {} route(s), {} rule(s)",
+                            next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>());
+                        warm(&next).await;
+                        config = next;
+                    }
                     Err(e) => eprintln!("nexus: version {version} NOT applied: {e:#}"),
                 }
             }
@@ -326,6 +340,46 @@ async fn apply(
     let before = update_counts(admin, lds).await?;
     xds.write_one(&xds.lds, &res.listeners)?;
     confirm(admin, lds, before).await
+}
+
+/// How often `cache.warm` paths are fetched again (entries live at least 1 s, at most their
+/// rule's TTL; refetching an entry still cached is a cheap hit).
+const WARM_PERIOD: Duration = Duration::from_secs(20);
+
+async fn wait_for_cache_subscribers(state: &server::State, workers: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let live = state.cache.get().map_or(0, |c| {
+            c.metrics
+                .subscribers
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        if live >= u64::from(workers) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Fetches every `cache.warm` path through Envoy, so the first caller finds it cached.
+async fn warm(config: &Config) {
+    let mut addr = config.gateway.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let paths = config
+        .routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .filter_map(|rule| rule.cache.as_ref())
+        .flat_map(|c| &c.warm);
+    for path in paths {
+        match http_get_host(addr, path, &config.gateway.listen.to_string()).await {
+            Ok((status, _)) if status < 400 => {}
+            Ok((status, _)) => eprintln!("nexus: warming {path}: {status} (not cached)"),
+            Err(e) => eprintln!("nexus: warming {path}: {e:#}"),
+        }
+    }
 }
 
 /// What only a restart changes.
@@ -555,7 +609,7 @@ async fn wait_ready(
             .ok()
             .and_then(|t| t.trim().parse::<SocketAddr>().ok());
         if let Some(admin) = admin {
-            if matches!(admin_get(admin, "/ready").await, Ok((200, _))) {
+            if matches!(http_get(admin, "/ready").await, Ok((200, _))) {
                 return Ok(admin);
             }
         }
@@ -566,12 +620,17 @@ async fn wait_ready(
     }
 }
 
-/// A GET to Envoy's admin API (`Connection: close`: the body ends with the connection;
+/// A GET to Envoy (its listener or admin API) (`Connection: close`: the body ends with the connection;
 /// Envoy refuses HTTP/1.0).
-async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(admin).await?;
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_host(addr, path, "admin").await
+}
+
+/// A GET with this `Host` (the cache key includes it: warming must look like a client).
+async fn http_get_host(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();
@@ -588,7 +647,7 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String)> {
 
 /// `(update_success, update_rejected)` of an xDS subscription.
 async fn update_counts(admin: SocketAddr, prefix: &str) -> Result<(u64, u64)> {
-    let (_, body) = admin_get(admin, &format!("/stats?filter=^{prefix}\\.update_")).await?;
+    let (_, body) = http_get(admin, &format!("/stats?filter=^{prefix}\\.update_")).await?;
     let stat = |name: &str| {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{prefix}.{name}: ")))

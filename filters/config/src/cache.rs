@@ -104,6 +104,19 @@ pub struct CacheService {
     pub reconnect_max_ms: u64,
 }
 
+impl CacheService {
+    /// The service at `cluster`, with default timeout, subscription and backoff.
+    pub fn new(cluster: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            timeout_ms: default_timeout_ms(),
+            subscribe: true,
+            reconnect_initial_ms: default_backoff_initial_ms(),
+            reconnect_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
