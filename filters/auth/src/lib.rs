@@ -132,6 +132,27 @@ struct Rule {
     req: Req,
 }
 
+/// The shared record of a provider's last JWKS fetch: `<started_s>`, then `<started_s>:done`
+/// once answered or given up.
+struct Attempt {
+    started_s: u64,
+    done: bool,
+}
+
+impl Attempt {
+    fn parse(v: &[u8]) -> Self {
+        let text = std::str::from_utf8(v).unwrap_or_default();
+        let (started, done) = match text.split_once(':') {
+            Some((s, _)) => (s, true),
+            None => (text, false),
+        };
+        Self {
+            started_s: started.parse().unwrap_or(0),
+            done,
+        }
+    }
+}
+
 struct Remote {
     cluster: String,
     authority: String,
@@ -508,14 +529,23 @@ impl Auth {
     /// Periodic work: pick up keys other workers fetched, refresh keys that are due.
     ///
     /// Returns true if a fetch was given up (never answered by its deadline, e.g. cancelled with
-    /// the request that made it): the adapter should then re-decide the requests waiting for it.
+    /// the request that made it) or keys arrived from another worker's fetch: the adapter should
+    /// then re-decide the requests waiting.
     pub fn on_tick(&self, env: &Env) -> bool {
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
-        let before = self.pending.borrow().len();
-        self.pending
-            .borrow_mut()
-            .retain(|_, (_, deadline)| *deadline > now_s);
-        let expired = before - self.pending.borrow().len();
+        let mut given_up = Vec::new();
+        self.pending.borrow_mut().retain(|_, (i, deadline)| {
+            let keep = *deadline > now_s;
+            if !keep {
+                given_up.push(*i);
+            }
+            keep
+        });
+        for &i in &given_up {
+            self.finish_attempt(i, env);
+        }
+        let expired = given_up.len();
+        let mut synced = false;
         if expired > 0 {
             env.metrics.increment(
                 "nexus_auth.jwks.refresh_failed",
@@ -528,7 +558,9 @@ impl Auth {
         }
         for (i, p) in self.providers.iter().enumerate() {
             let Some(remote) = &p.remote else { continue };
+            let version = self.keys.borrow()[i].version;
             self.sync(i, env);
+            synced |= self.keys.borrow()[i].version != version;
             let (has, fetched_at) = {
                 let keys = self.keys.borrow();
                 (keys[i].set.is_some(), keys[i].fetched_at_s)
@@ -539,7 +571,7 @@ impl Auth {
                 self.try_fetch(i, env, now_s, retry);
             }
         }
-        expired > 0
+        expired > 0 || synced
     }
 
     /// Feeds the answer of an HTTP callout (`status` None: failed or timed out). Returns false
@@ -554,6 +586,7 @@ impl Auth {
         let Some((i, _)) = self.pending.borrow_mut().remove(&token) else {
             return false;
         };
+        self.finish_attempt(i, env);
         let p = &self.providers[i];
         let result = match status {
             Some(200) => KeySet::parse(body),
@@ -645,6 +678,38 @@ impl Auth {
         self.pending.borrow().values().any(|(p, _)| *p == i)
     }
 
+    fn attempt_key(&self, i: usize) -> String {
+        format!("{}jwks-attempt.{}", self.prefix, self.providers[i].name)
+    }
+
+    /// Whether another worker has a fetch for provider `i` on the wire (started, not answered,
+    /// not past its timeout). A request that needs those keys waits for them rather than
+    /// failing: they reach this worker through shared data on its next tick.
+    fn fetching_elsewhere(&self, i: usize, env: &Env, now_s: u64) -> bool {
+        let Some(remote) = &self.providers[i].remote else {
+            return false;
+        };
+        let Some((v, _)) = env.shared.get(&self.attempt_key(i)) else {
+            return false;
+        };
+        let a = Attempt::parse(&v);
+        !a.done && now_s <= a.started_s + remote.timeout_ms.div_ceil(1000) + 1
+    }
+
+    /// Marks the shared attempt record answered (or given up), so no worker waits on it.
+    fn finish_attempt(&self, i: usize, env: &Env) {
+        let key = self.attempt_key(i);
+        if let Some((v, cas)) = env.shared.get(&key) {
+            let a = Attempt::parse(&v);
+            if !a.done {
+                // Best effort: a lost race means another worker restarted the record.
+                let _ = env
+                    .shared
+                    .set(&key, format!("{}:done", a.started_s).as_bytes(), Some(cas));
+            }
+        }
+    }
+
     /// Starts a fetch unless one is in flight here or one started anywhere within
     /// `min_interval_s` (one record in shared data, claimed with compare-and-swap).
     fn try_fetch(&self, i: usize, env: &Env, now_s: u64, min_interval_s: u64) -> bool {
@@ -655,13 +720,10 @@ impl Auth {
         if self.in_flight(i) {
             return false;
         }
-        let key = format!("{}jwks-attempt.{}", self.prefix, p.name);
+        let key = self.attempt_key(i);
         let cas = match env.shared.get(&key) {
             Some((v, cas)) => {
-                let last: u64 = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let last = Attempt::parse(&v).started_s;
                 if now_s < last.saturating_add(min_interval_s) {
                     return false;
                 }
@@ -694,6 +756,7 @@ impl Auth {
                 true
             }
             Err(_) => {
+                self.finish_attempt(i, env);
                 env.metrics.increment("nexus_auth.jwks.refresh_failed", 1);
                 env.log.log(
                     Level::Warn,
@@ -1071,6 +1134,7 @@ impl Check<'_> {
         }
         if a.in_flight(p)
             || (self.may_fetch && a.try_fetch(p, self.env, self.now_s, a.refetch_min_s))
+            || a.fetching_elsewhere(p, self.env, self.now_s)
         {
             return Err(Fail::Waiting);
         }

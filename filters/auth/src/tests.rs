@@ -749,3 +749,85 @@ fn verified_tokens_are_not_forwarded_unless_asked() {
     let (out, _) = get(&a, &h, "/api/x", &[("authorization", "Bearer nope")]);
     assert!(matches!(out, Outcome::Respond(_)));
 }
+
+#[test]
+fn a_worker_waits_for_another_workers_cold_fetch_instead_of_503() {
+    let k1 = SigningKey::new("ES256", "k1");
+    let h = H::new();
+    let (a, b) = (
+        auth(&remote_config(json!({}))),
+        auth(&remote_config(json!({}))),
+    );
+    let t = bearer(&k1.token(&std_claims(json!({}))));
+    // Worker A wins the fetch; worker B, cold, must wait for it, not answer 503.
+    assert_eq!(
+        get(&a, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    assert_eq!(
+        get(&b, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    assert_eq!(
+        h.callouts.calls.borrow().len(),
+        1,
+        "one fetch for both workers"
+    );
+    assert!(!b.on_tick(&h.env()), "nothing new for B yet");
+    a.on_http_call_response(
+        last_call(&h),
+        Some(200),
+        testkit::jwks(&[&k1]).as_bytes(),
+        &h.env(),
+    );
+    // B's next tick picks the keys up from shared data and tells the adapter to resume.
+    assert!(b.on_tick(&h.env()));
+    let mut m = MemHeaders::new(&[(":method", "GET"), (":path", "/x"), ("authorization", &t)]);
+    assert!(matches!(
+        b.on_request_headers(&mut m, &h.env(), false),
+        Outcome::Continue(Some(_))
+    ));
+
+    // A failed fetch elsewhere is final: a cold worker then answers 503 at once (no waiting
+    // for a fetch that is over).
+    let k2 = SigningKey::new("ES256", "k2");
+    let h = H::new();
+    let (a, b) = (
+        auth(&remote_config(json!({}))),
+        auth(&remote_config(json!({}))),
+    );
+    let t = bearer(&k2.token(&std_claims(json!({}))));
+    assert_eq!(
+        get(&a, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    a.on_http_call_response(last_call(&h), Some(503), b"", &h.env());
+    let (out, _) = get(&b, &h, "/x", &[("authorization", &t)]);
+    assert_denied(
+        &out,
+        503,
+        "jwks_unavailable",
+        "no signing keys for provider corp",
+    );
+
+    // A fetch elsewhere that never answers stops holding requests after its timeout.
+    let h = H::new();
+    let (a, b) = (
+        auth(&remote_config(json!({}))),
+        auth(&remote_config(json!({}))),
+    );
+    assert_eq!(
+        get(&a, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    assert_eq!(
+        get(&b, &h, "/x", &[("authorization", &t)]).0,
+        Outcome::Pause
+    );
+    h.advance(7);
+    let mut m = MemHeaders::new(&[(":method", "GET"), (":path", "/x"), ("authorization", &t)]);
+    assert!(!matches!(
+        b.on_request_headers(&mut m, &h.env(), false),
+        Outcome::Pause
+    ));
+}
