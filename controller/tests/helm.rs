@@ -554,7 +554,7 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         assert_eq!(&c[2], host, "the controller points at another Service");
         used.insert(c[1].parse::<u64>().unwrap());
     }
-    assert_eq!(used, BTreeSet::from([8081, 8082]), "{rendered}");
+    assert_eq!(used, BTreeSet::from([8081, 8082, 8083]), "{rendered}");
     let name_of = |port: u64| {
         port_names
             .iter()
@@ -567,6 +567,7 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         "modules are fetched over HTTP"
     );
     assert!(name_of(8081).starts_with("grpc-"), "rate limits are gRPC");
+    assert!(name_of(8083).starts_with("grpc-"), "cache coherency is gRPC");
     assert!(rendered.contains(&format!("http://nexus-controller.{ns}.svc:8082/modules/")));
 
     // And those Istio objects are valid for Istio.
@@ -933,7 +934,7 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
         ready["components"]["redis"]["status"], "disabled",
         "{ready}"
     );
-    assert_eq!(ready["components"]["modules"]["count"], 3, "{ready}");
+    assert_eq!(ready["components"]["modules"]["count"], 4, "{ready}");
     assert_eq!(ready["leader"], true, "{ready}");
     let ef = Api::<DynamicObject>::namespaced_with(
         client.clone(),
