@@ -332,4 +332,32 @@ mod tests {
         assert!(s.tag_index("t").await.unwrap().is_empty());
         assert_eq!(s.lock().unwrap().by_key.len(), MIN_SWEEP_AT);
     }
+
+    #[tokio::test]
+    async fn watermarks_follow_the_injected_clock_and_are_swept() {
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = now.clone();
+        let s = MemoryStorage::with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+        let wm = Watermark {
+            at_ms: 5,
+            ttl_ms: 100,
+        };
+        let only_key = |k: &str| Invalidation {
+            keys: vec![k.to_string()],
+            ..Invalidation::default()
+        };
+        s.invalidate(&only_key("k"), wm).await.unwrap();
+        now.store(1_099, Ordering::SeqCst);
+        assert!(!s.put(&put("k", &[], 100)).await.unwrap().stored);
+        now.store(1_100, Ordering::SeqCst);
+        assert!(s.put(&put("k", &[], 100)).await.unwrap().stored);
+        // Expired marks stay until there are enough to sweep; then they go.
+        for i in 1..MIN_SWEEP_AT - 1 {
+            s.invalidate(&only_key(&format!("k{i}")), wm).await.unwrap();
+        }
+        assert_eq!(s.lock().unwrap().marks.len(), MIN_SWEEP_AT - 1);
+        s.invalidate(&only_key("trigger"), wm).await.unwrap();
+        assert_eq!(s.lock().unwrap().marks.len(), MIN_SWEEP_AT - 1);
+        assert!(!s.lock().unwrap().marks.keys.contains_key("k"));
+    }
 }
