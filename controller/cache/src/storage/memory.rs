@@ -32,9 +32,11 @@ struct Entries {
 #[derive(Default)]
 struct Marks {
     keys: HashMap<String, Mark>,
-    /// Looked up by the key's own prefixes (every char boundary of the key, the key itself
-    /// included): as many hash lookups as the key is long, whatever the number of prefixes.
+    /// Looked up by the key's own prefixes, only at the lengths in `prefix_lens` (as on Redis):
+    /// as many lookups as distinct prefix lengths were invalidated, not one per byte of the key.
     prefixes: HashMap<String, Mark>,
+    /// The byte lengths of the keys of `prefixes` (rebuilt when they are swept).
+    prefix_lens: BTreeSet<usize>,
     tags: HashMap<String, Mark>,
     /// Expired marks are swept when there are this many, like entries.
     sweep_at: usize,
@@ -70,10 +72,13 @@ impl Marks {
                 m.expires_at_ms = m.expires_at_ms.max(mark.expires_at_ms);
             }
         }
+        self.prefix_lens
+            .extend(selection.prefixes.iter().map(String::len));
         if self.len() >= self.sweep_at {
             for map in [&mut self.keys, &mut self.prefixes, &mut self.tags] {
                 map.retain(|_, m| m.expires_at_ms > now_ms);
             }
+            self.prefix_lens = self.prefixes.keys().map(String::len).collect();
             self.sweep_at = (self.len() * 2).max(MIN_SWEEP_AT);
         }
     }
@@ -81,11 +86,10 @@ impl Marks {
     /// The newest live watermark matching `key` (exactly, by a prefix, or by one of `tags`).
     fn newest(&self, key: &str, tags: &[String], now_ms: u64) -> Option<u64> {
         let live = |m: Option<&Mark>| m.filter(|m| m.expires_at_ms > now_ms).map(|m| m.at_ms);
-        let prefixes = key
-            .char_indices()
-            .skip(1)
-            .map(|(i, _)| &key[..i])
-            .chain(std::iter::once(key));
+        let prefixes = self
+            .prefix_lens
+            .range(..=key.len())
+            .filter_map(|&len| key.get(..len));
         std::iter::once(live(self.keys.get(key)))
             .chain(prefixes.map(|p| live(self.prefixes.get(p))))
             .chain(tags.iter().map(|t| live(self.tags.get(t))))
