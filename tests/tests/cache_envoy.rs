@@ -95,8 +95,8 @@ fn second_get_hits_locally_and_an_invalidation_makes_it_miss() {
 
     // A prefix invalidation (no index in L1: a flush) drops it too.
     // The write-through is fire-and-forget: let the re-fetched copy land before invalidating,
-    // or the service would store it after the invalidation (a race of the protocol, not of
-    // the filter).
+    // or this fake service would store it after the invalidation (the real one refuses it: its
+    // put is stamped when the fetch started, before the invalidation's watermark).
     wait_for_puts(&service, 2);
     service.invalidate(&[], &["/lake/"], &[]);
     wait_for_stat(&envoy, "wasmcustom.nexus_cache.invalidations", 4);

@@ -444,3 +444,32 @@ fn invalid_configuration_is_refused_with_paths() {
     assert!(host.logged("$.l1_max_entries"));
     assert!(host.logged("$.rules[0].policy.ttl"));
 }
+
+#[test]
+fn the_put_is_stamped_when_the_upstream_fetch_started_not_when_it_completed() {
+    let mut host = subscribed();
+    let mut http = host.http_context().unwrap();
+    let ctx = http.id();
+    assert_eq!(http.request_headers(&GET, true).unwrap(), Action::Pause);
+    let get = http.grpc_calls().pop().unwrap();
+    // The Get takes 7 ms; its miss resumes the request: the fetch starts then.
+    host.advance_time(Duration::from_millis(7));
+    let started_ms = host.time_nanos() / 1_000_000;
+    host.http(ctx)
+        .unwrap()
+        .grpc_receive(get.token, &GetResponse { entry: None }.encode_to_vec())
+        .unwrap();
+    // A slow upstream: the response completes 3 s later (an invalidation in between must win).
+    host.advance_time(Duration::from_secs(3));
+    assert_eq!(upstream_response(&mut host, ctx, &[], b"rows"), "miss");
+    let put = host
+        .grpc_calls()
+        .into_iter()
+        .find(|c| c.method == "Put")
+        .unwrap();
+    let put = PutRequest::decode(put.messages[0].as_slice()).unwrap();
+    assert_eq!(put.timestamp_ms, started_ms);
+    // Age and expiry count from the complete response.
+    let stored = CachedResponse::decode(put.value.as_slice()).unwrap();
+    assert_eq!(stored.stored_at_ms, started_ms + 3_000);
+}

@@ -2,8 +2,10 @@
 //!
 //!   nexus-cache [--listen 127.0.0.1:8083] [--http-listen ADDR] [--redis-url redis://...]
 //!               [--redis-timeout-ms 100] [--max-value-bytes N] [--replica NAME]
+//!               [--watermark-ttl-ms 3600000] [--clock-skew-ms 0]
 //!
-//! `NEXUS_CACHE_TOKEN` is the bearer token of `POST /cache/invalidate` on `--http-listen`.
+//! `NEXUS_CACHE_TOKEN` is the bearer token of `POST /cache/invalidate` on `--http-listen`;
+//! `NEXUS_CACHE_CLOCK_SKEW_MS` is the default of `--clock-skew-ms`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +40,12 @@ fn parse_args() -> Result<Args> {
             "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
             "--max-value-bytes" => args.config.max_value_bytes = value()?.parse()?,
             "--replica" => args.config.replica = value()?,
+            "--watermark-ttl-ms" => {
+                args.config.watermark_ttl = Duration::from_millis(value()?.parse()?)
+            }
+            "--clock-skew-ms" => {
+                args.config.clock_skew_allowance = Duration::from_millis(value()?.parse()?)
+            }
             other => bail!("unknown flag {other}"),
         }
     }

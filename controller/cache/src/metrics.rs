@@ -9,6 +9,8 @@ pub struct Metrics {
     pub puts_stored: AtomicU64,
     /// Puts older than the stored version (last write wins).
     pub puts_rejected: AtomicU64,
+    /// Puts refused by an invalidation watermark (fetched before an invalidation).
+    pub puts_invalidated: AtomicU64,
     pub invalidations: AtomicU64,
     pub entries_removed: AtomicU64,
     pub events_published: AtomicU64,
@@ -46,7 +48,7 @@ impl Metrics {
             (
                 "nexus_cache_puts_total{result=\"stored\"}",
                 "counter",
-                "Put calls; rejected: older than the stored version",
+                "Put calls; rejected: older than the stored version; invalidated: fetched before an invalidation",
                 &self.puts_stored,
             ),
             (
@@ -54,6 +56,12 @@ impl Metrics {
                 "counter",
                 "",
                 &self.puts_rejected,
+            ),
+            (
+                "nexus_cache_puts_total{result=\"invalidated\"}",
+                "counter",
+                "",
+                &self.puts_invalidated,
             ),
             (
                 "nexus_cache_invalidations_total",

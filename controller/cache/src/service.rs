@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::bus::{flush, Bus};
 use crate::log;
 use crate::metrics::{Metrics, SubscriberGauge};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{newer, system_clock, Clock, Storage, StorageError, Watermark};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +29,14 @@ pub struct Config {
     pub max_ttl: Duration,
     /// Bearer token of `POST /cache/invalidate`; without one, that endpoint refuses everyone.
     pub token: Option<String>,
+    /// How long an invalidation's watermarks refuse puts of responses fetched before it. Must
+    /// outlast the longest time from a filter deciding to fetch to its `Put` arriving (upstream
+    /// timeout plus the `Put` timeout, seconds); a put older than this is no longer checked.
+    pub watermark_ttl: Duration,
+    /// Added to this service's clock when it records a watermark: how far a proxy's clock may
+    /// run ahead of this service's without a response fetched before an invalidation slipping
+    /// past it. 0 by default (`NEXUS_CACHE_CLOCK_SKEW_MS`); see the README.
+    pub clock_skew_allowance: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +48,13 @@ impl Default for Config {
             token: std::env::var("NEXUS_CACHE_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            watermark_ttl: Duration::from_secs(3600),
+            clock_skew_allowance: Duration::from_millis(
+                std::env::var("NEXUS_CACHE_CLOCK_SKEW_MS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
         }
     }
 }
@@ -91,7 +106,13 @@ pub struct CacheService {
     storage: Box<dyn Storage>,
     bus: Box<dyn Bus>,
     config: Config,
+    /// Stamps invalidation watermarks.
+    clock: Clock,
     pub metrics: Arc<Metrics>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl CacheService {
@@ -100,8 +121,15 @@ impl CacheService {
             storage: Box::new(storage),
             bus: Box::new(bus),
             config,
+            clock: system_clock(),
             metrics: Arc::default(),
         }
+    }
+
+    /// The clock that stamps invalidation watermarks (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -171,15 +199,26 @@ impl CacheService {
         if let Some(i) = req.tags.iter().position(String::is_empty) {
             return Err(self.invalid(&format!("tags[{i}]"), "must not be empty"));
         }
-        let max_ttl_ms = u64::try_from(self.config.max_ttl.as_millis()).unwrap_or(u64::MAX);
-        req.ttl_ms = req.ttl_ms.min(max_ttl_ms);
+        req.ttl_ms = req.ttl_ms.min(millis(self.config.max_ttl));
         let resp = self
             .storage
             .put(&req)
             .await
             .map_err(|e| self.unavailable("storage", e))?;
         if !resp.stored {
-            Metrics::inc(&self.metrics.puts_rejected);
+            // Refused although newer than what is stored: an invalidation's watermark.
+            Metrics::inc(
+                if newer(
+                    req.timestamp_ms,
+                    &req.writer,
+                    resp.timestamp_ms,
+                    &resp.writer,
+                ) {
+                    &self.metrics.puts_invalidated
+                } else {
+                    &self.metrics.puts_rejected
+                },
+            );
             return Ok(resp);
         }
         Metrics::inc(&self.metrics.puts_stored);
@@ -207,9 +246,13 @@ impl CacheService {
             prefixes: req.prefixes,
             tags: req.tags,
         };
+        let watermark = Watermark {
+            at_ms: (self.clock)().saturating_add(millis(self.config.clock_skew_allowance)),
+            ttl_ms: millis(self.config.watermark_ttl).max(1),
+        };
         let removed = self
             .storage
-            .invalidate(&selection)
+            .invalidate(&selection, watermark)
             .await
             .map_err(|e| self.unavailable("storage", e))?;
         Metrics::add(&self.metrics.entries_removed, removed);

@@ -31,6 +31,13 @@ fn put(key: &str, ts: u64, writer: &str) -> PutRequest {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn invalidate_key(key: &str) -> InvalidateRequest {
     InvalidateRequest {
         keys: vec![key.into()],
@@ -58,12 +65,14 @@ async fn events_reach_the_subscribers_of_another_replica() {
         event::Kind::Invalidation(_)
     ));
 
-    a.put(put("/x#1", 5, "proxy-a")).await.unwrap();
+    // Fetched after the invalidation (a put stamped before it would be refused).
+    let ts = now_ms() + 1;
+    a.put(put("/x#1", ts, "proxy-a")).await.unwrap();
     assert_eq!(
         next(&mut at_b).await,
         event::Kind::Update(Update {
             key: "/x#1".into(),
-            timestamp_ms: 5,
+            timestamp_ms: ts,
             writer: "proxy-a".into()
         })
     );

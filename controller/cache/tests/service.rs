@@ -22,6 +22,13 @@ fn put(key: &str, value: &[u8], ts: u64, writer: &str) -> PutRequest {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn invalidate(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> InvalidateRequest {
     let own = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect();
     InvalidateRequest {
@@ -48,6 +55,7 @@ every_backend!(
     a_rejected_put_publishes_nothing,
     invalid_requests_are_refused,
     http_invalidate_answers_401_400_and_200,
+    a_put_fetched_before_an_invalidation_is_refused_and_announces_nothing,
     metrics_count_what_happened,
 );
 
@@ -318,4 +326,100 @@ async fn metrics_count_what_happened(cache: Arc<CacheService>) {
             "missing {line:?} in\n{text}"
         );
     }
+}
+
+async fn a_put_fetched_before_an_invalidation_is_refused_and_announces_nothing(
+    cache: Arc<CacheService>,
+) {
+    let mut c = grpc(cache.clone()).await;
+    let mut events = subscribe(&mut c, "replica-a").await;
+    // A proxy starts fetching; meanwhile the prefix is invalidated; then its response arrives.
+    let started = now_ms();
+    c.invalidate(invalidate(&[], &["/lake/"], &[]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut events).await,
+        event::Kind::Invalidation(_)
+    ));
+    let r = c
+        .put(put("/lake/t#1", b"stale", started, "proxy-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.stored);
+    assert_eq!((r.timestamp_ms, r.writer.as_str()), (0, ""));
+    let get = |c: &mut nexus_proto::cache::cache_client::CacheClient<_>| {
+        let mut c = c.clone();
+        async move {
+            c.get(GetRequest {
+                key: "/lake/t#1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entry
+        }
+    };
+    assert_eq!(get(&mut c).await, None);
+    // A fetch that started after the invalidation is stored (and announced).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let fresh = now_ms();
+    assert!(
+        c.put(put("/lake/t#1", b"fresh", fresh, "proxy-2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    // The next event is that Update: the refused put announced nothing.
+    assert_eq!(
+        next(&mut events).await,
+        event::Kind::Update(Update {
+            key: "/lake/t#1".into(),
+            timestamp_ms: fresh,
+            writer: "proxy-2".into()
+        })
+    );
+    assert_eq!(get(&mut c).await.unwrap().value, b"fresh");
+    let text = cache.metrics.render();
+    for line in [
+        "nexus_cache_puts_total{result=\"invalidated\"} 1",
+        "nexus_cache_puts_total{result=\"rejected\"} 0",
+        "nexus_cache_puts_total{result=\"stored\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_clock_skew_allowance_moves_the_watermark_later() {
+    use nexus_cache_service::bus::MemoryBus;
+    use nexus_cache_service::storage::MemoryStorage;
+    let mut config = support::config("replica-a");
+    config.clock_skew_allowance = std::time::Duration::from_millis(50);
+    let cache = CacheService::new(MemoryStorage::new(), MemoryBus::new(), config)
+        .with_clock(Arc::new(|| 1_000_000));
+    cache
+        .invalidate(invalidate(&["/k"], &[], &[]))
+        .await
+        .unwrap();
+    // Stamped up to 50 ms after the service's clock: a proxy whose clock runs ahead.
+    assert!(
+        !cache
+            .put(put("/k", b"v", 1_000_050, "w"))
+            .await
+            .unwrap()
+            .stored
+    );
+    assert!(
+        cache
+            .put(put("/k", b"v", 1_000_051, "w"))
+            .await
+            .unwrap()
+            .stored
+    );
 }

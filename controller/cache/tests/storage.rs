@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_cache_service::storage::{MemoryStorage, Storage};
+use nexus_cache_service::storage::{MemoryStorage, Storage, Watermark};
 use nexus_proto::cache::{Invalidation, PutRequest};
 
 fn put(key: &str, value: &str, tags: &[&str], ts: u64, writer: &str) -> PutRequest {
@@ -19,6 +19,13 @@ fn put(key: &str, value: &str, tags: &[&str], ts: u64, writer: &str) -> PutReque
         writer: writer.into(),
     }
 }
+
+/// The watermark of the scenarios that are not about watermarks (in them, no put follows an
+/// invalidation of its key).
+const WM: Watermark = Watermark {
+    at_ms: 1_000_000,
+    ttl_ms: 60_000,
+};
 
 fn select(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> Invalidation {
     let own = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect();
@@ -58,7 +65,28 @@ every_backend!(
     invalidate_by_tag_and_the_tag_index_is_cleaned,
     a_re_put_moves_the_key_between_tag_indexes,
     an_entry_selected_twice_is_counted_once,
+    a_put_fetched_before_a_key_invalidation_is_refused,
+    a_put_fetched_before_a_prefix_invalidation_is_refused,
+    a_put_fetched_before_a_tag_invalidation_is_refused,
+    watermarks_are_raised_never_lowered,
+    watermarks_expire,
 );
+
+fn wm(at_ms: u64) -> Watermark {
+    Watermark {
+        at_ms,
+        ttl_ms: 60_000,
+    }
+}
+
+/// Whether the put was stored, and the version answered.
+async fn try_put<S: Storage>(s: &S, key: &str, tags: &[&str], ts: u64) -> (bool, u64, String) {
+    let r = s
+        .put(&put(key, &format!("{key}@{ts}"), tags, ts, "w"))
+        .await
+        .unwrap();
+    (r.stored, r.timestamp_ms, r.writer)
+}
 
 async fn get_answers_what_was_put<S: Storage>(s: S) {
     assert_eq!(s.get("/a#1").await.unwrap(), None);
@@ -186,7 +214,7 @@ async fn invalidate_by_key<S: Storage>(s: S) {
     s.put(&put("/a", "1", &[], 1, "w")).await.unwrap();
     s.put(&put("/b", "2", &[], 1, "w")).await.unwrap();
     assert_eq!(
-        s.invalidate(&select(&["/a", "/nope"], &[], &[]))
+        s.invalidate(&select(&["/a", "/nope"], &[], &[]), WM)
             .await
             .unwrap(),
         1
@@ -206,7 +234,7 @@ async fn invalidate_by_prefix_matches_only_that_prefix<S: Storage>(s: S) {
         s.put(&put(key, key, &[], 1, "w")).await.unwrap();
     }
     let removed = s
-        .invalidate(&select(&[], &["/lake/tables/"], &[]))
+        .invalidate(&select(&[], &["/lake/tables/"], &[]), WM)
         .await
         .unwrap();
     assert_eq!(removed, 2);
@@ -217,7 +245,9 @@ async fn invalidate_by_prefix_matches_only_that_prefix<S: Storage>(s: S) {
     }
     // Glob characters in a prefix are literal.
     assert_eq!(
-        s.invalidate(&select(&[], &["/l*ke/"], &[])).await.unwrap(),
+        s.invalidate(&select(&[], &["/l*ke/"], &[]), WM)
+            .await
+            .unwrap(),
         1
     );
     assert!(value(&s, "/lake/views/1#dd").await.is_some());
@@ -236,7 +266,7 @@ async fn invalidate_by_tag_and_the_tag_index_is_cleaned<S: Storage>(s: S) {
     assert_eq!(s.tag_index("products").await.unwrap(), ["/p/1", "/p/2"]);
 
     assert_eq!(
-        s.invalidate(&select(&[], &[], &["product:1"]))
+        s.invalidate(&select(&[], &[], &["product:1"]), WM)
             .await
             .unwrap(),
         1
@@ -247,7 +277,7 @@ async fn invalidate_by_tag_and_the_tag_index_is_cleaned<S: Storage>(s: S) {
     assert_eq!(s.tag_index("products").await.unwrap(), ["/p/2"]);
 
     assert_eq!(
-        s.invalidate(&select(&[], &[], &["products"]))
+        s.invalidate(&select(&[], &[], &["products"]), WM)
             .await
             .unwrap(),
         1
@@ -271,7 +301,10 @@ async fn a_re_put_moves_the_key_between_tag_indexes<S: Storage>(s: S) {
     // A rejected put changes no index.
     s.put(&put("k", "v0", &["stale"], 0, "w")).await.unwrap();
     assert!(s.tag_index("stale").await.unwrap().is_empty());
-    assert_eq!(s.invalidate(&select(&[], &[], &["old"])).await.unwrap(), 0);
+    assert_eq!(
+        s.invalidate(&select(&[], &[], &["old"]), WM).await.unwrap(),
+        0
+    );
     assert_eq!(value(&s, "k").await.as_deref(), Some("v2"));
 }
 
@@ -279,14 +312,133 @@ async fn an_entry_selected_twice_is_counted_once<S: Storage>(s: S) {
     s.put(&put("/x/1", "1", &["t"], 1, "w")).await.unwrap();
     s.put(&put("/x/2", "2", &[], 1, "w")).await.unwrap();
     let removed = s
-        .invalidate(&select(&["/x/1"], &["/x/"], &["t"]))
+        .invalidate(&select(&["/x/1"], &["/x/"], &["t"]), WM)
         .await
         .unwrap();
     assert_eq!(removed, 2);
     assert_eq!(
-        s.invalidate(&select(&["/x/1"], &["/x/"], &["t"]))
+        s.invalidate(&select(&["/x/1"], &["/x/"], &["t"]), WM)
             .await
             .unwrap(),
         0
     );
+}
+
+async fn a_put_fetched_before_a_key_invalidation_is_refused<S: Storage>(s: S) {
+    assert!(try_put(&s, "/k", &[], 900).await.0);
+    assert_eq!(
+        s.invalidate(&select(&["/k"], &[], &[]), wm(1_000))
+            .await
+            .unwrap(),
+        1
+    );
+    // Fetched before (or at) the invalidation: refused, nothing stored, nothing answered.
+    assert_eq!(try_put(&s, "/k", &[], 999).await, (false, 0, String::new()));
+    assert_eq!(
+        try_put(&s, "/k", &[], 1_000).await,
+        (false, 0, String::new())
+    );
+    assert_eq!(value(&s, "/k").await, None);
+    // Fetched after it: stored; an older one then loses to it as before.
+    assert!(try_put(&s, "/k", &[], 1_001).await.0);
+    assert_eq!(
+        try_put(&s, "/k", &[], 999).await,
+        (false, 1_001, "w".into())
+    );
+    assert_eq!(value(&s, "/k").await.as_deref(), Some("/k@1001"));
+    // A key watermark is for that key only.
+    assert!(try_put(&s, "/k2", &[], 500).await.0);
+    assert!(try_put(&s, "/k/sub", &[], 500).await.0);
+}
+
+async fn a_put_fetched_before_a_prefix_invalidation_is_refused<S: Storage>(s: S) {
+    assert_eq!(
+        s.invalidate(&select(&[], &["/lake/ta", "/café/"], &[]), wm(1_000))
+            .await
+            .unwrap(),
+        0
+    );
+    for key in [
+        "/lake/tables#aa",
+        "/lake/ta",
+        "/lake/ta?x=1#bb",
+        "/café/1#cc",
+    ] {
+        assert_eq!(
+            try_put(&s, key, &[], 999).await,
+            (false, 0, String::new()),
+            "{key}"
+        );
+        assert_eq!(value(&s, key).await, None, "{key}");
+    }
+    // Keys that do not start with the prefix are not concerned.
+    for key in ["/lake/t#x", "/lake/tx", "/lakes/ta", "/caf/1"] {
+        assert!(try_put(&s, key, &[], 999).await.0, "{key}");
+    }
+    assert!(try_put(&s, "/lake/tables#aa", &[], 1_001).await.0);
+    // Of several matching prefixes (of other lengths), the newest watermark decides.
+    s.invalidate(&select(&[], &["/l"], &[]), wm(2_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        try_put(&s, "/lake/tables#aa", &[], 1_500).await,
+        (false, 0, String::new())
+    );
+    assert!(try_put(&s, "/lake/tables#aa", &[], 2_001).await.0);
+    assert!(!try_put(&s, "/lake/t#x", &[], 2_000).await.0);
+    assert!(try_put(&s, "/other", &[], 1).await.0);
+}
+
+async fn a_put_fetched_before_a_tag_invalidation_is_refused<S: Storage>(s: S) {
+    assert!(try_put(&s, "/p/1", &["product:1"], 900).await.0);
+    assert_eq!(
+        s.invalidate(&select(&[], &[], &["product:1"]), wm(1_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        try_put(&s, "/p/1", &["products", "product:1"], 999).await,
+        (false, 0, String::new())
+    );
+    // A refused put changes no index.
+    assert!(s.tag_index("products").await.unwrap().is_empty());
+    assert!(s.tag_index("product:1").await.unwrap().is_empty());
+    // Any key carrying the tag: refused until fetched after the invalidation.
+    assert!(!try_put(&s, "/p/2", &["product:1"], 1_000).await.0);
+    assert!(try_put(&s, "/p/2", &["product:1"], 1_001).await.0);
+    assert_eq!(s.tag_index("product:1").await.unwrap(), ["/p/2"]);
+    // The watermark is the tag's: a response without the tag is not concerned.
+    assert!(try_put(&s, "/p/1", &["products"], 999).await.0);
+}
+
+async fn watermarks_are_raised_never_lowered<S: Storage>(s: S) {
+    s.invalidate(&select(&["/k"], &["/p"], &["t"]), wm(2_000))
+        .await
+        .unwrap();
+    // A later invalidation stamped earlier (another replica's clock) lowers nothing.
+    s.invalidate(&select(&["/k"], &["/p"], &["t"]), wm(1_000))
+        .await
+        .unwrap();
+    assert!(!try_put(&s, "/k", &[], 1_500).await.0);
+    assert!(!try_put(&s, "/p/1", &[], 1_500).await.0);
+    assert!(!try_put(&s, "/x", &["t"], 1_500).await.0);
+    assert!(try_put(&s, "/k", &[], 2_001).await.0);
+}
+
+async fn watermarks_expire<S: Storage>(s: S) {
+    let short = Watermark {
+        at_ms: 1_000,
+        ttl_ms: 150,
+    };
+    s.invalidate(&select(&["/k"], &["/p/"], &["t"]), short)
+        .await
+        .unwrap();
+    assert!(!try_put(&s, "/k", &[], 999).await.0);
+    assert!(!try_put(&s, "/p/1", &[], 999).await.0);
+    assert!(!try_put(&s, "/x", &["t"], 999).await.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(try_put(&s, "/k", &[], 999).await.0);
+    assert!(try_put(&s, "/p/1", &[], 999).await.0);
+    assert!(try_put(&s, "/x", &["t"], 999).await.0);
 }

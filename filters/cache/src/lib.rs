@@ -4,7 +4,9 @@
 //! then, when a service is configured, in the shared L2 (`nexus.cache.v1.Cache/Get`; the
 //! adapter pauses the request on it). A miss goes upstream; the response is copied as it
 //! streams by and, if cacheable, stored in the L1 and written through to the service
-//! (`Put`, fire-and-forget). Service failures are misses (fail open), never errors.
+//! (`Put`, fire-and-forget). Service failures are misses (fail open), never errors. Both
+//! copies are versioned by when the filter decided to go upstream, not when the response
+//! completed: an invalidation during the fetch must win over the (possibly stale) response.
 //!
 //! [`Cache`] is the configuration, shared by every request; [`Exchange`] is one request's
 //! state, owned by the adapter's HTTP context; [`coherency::Subscription`] is the root
@@ -87,6 +89,11 @@ pub struct Exchange {
     /// The L1 generation and invalidation epoch when the request started (see [`l1`]).
     generation: u64,
     epoch: u64,
+    /// When the filter decided to go upstream (after the L1 miss, or after the shared miss):
+    /// the version the response is stored under. An invalidation after this instant wins over
+    /// the response, however late it completes (the service refuses puts stamped at or before
+    /// an invalidation's watermark).
+    fetch_started_ms: u64,
     use_l1: bool,
     capture: Option<Capture>,
 }
@@ -209,6 +216,7 @@ impl Cache {
             ex.epoch = l1::epoch(shared);
         }
         ex.stage = Stage::Fetch;
+        ex.fetch_started_ms = now_ms;
         if !plan.lookup {
             return Step::Continue;
         }
@@ -246,6 +254,8 @@ impl Cache {
             return Step::Continue;
         }
         ex.stage = Stage::Fetch;
+        // A miss resumes the request now: the upstream fetch starts here.
+        ex.fetch_started_ms = now_ms;
         let entry = match answer.and_then(|b| GetResponse::decode(b).map_err(|e| e.to_string())) {
             Ok(r) => r.entry,
             Err(e) => {
@@ -397,9 +407,13 @@ impl Cache {
             expires_at_ms: now_ms.saturating_add(c.ttl_ms),
         };
         metrics.increment(metrics::STORES, 1);
+        // The version is when the fetch started, not now: a response that was in flight when an
+        // invalidation happened is older than the invalidation, and loses to it (here through
+        // the epoch, in the service through its watermarks).
+        let version_ms = ex.fetch_started_ms;
         if ex.use_l1 {
             let version = l1::Version {
-                timestamp_ms: now_ms,
+                timestamp_ms: version_ms,
                 writer: self.writer.clone(),
             };
             l1::put_unless_invalidated(
@@ -418,7 +432,7 @@ impl Cache {
                 value: resp.encode_to_vec(),
                 tags: c.tags,
                 ttl_ms: c.ttl_ms,
-                timestamp_ms: now_ms,
+                timestamp_ms: version_ms,
                 writer: self.writer.clone(),
             }
             .encode_to_vec()

@@ -487,3 +487,82 @@ fn an_invalidation_during_the_upstream_fetch_keeps_the_response_out_of_l1() {
         "possibly stale: not stored"
     );
 }
+
+#[test]
+fn the_put_is_stamped_with_when_the_fetch_started_not_when_it_completed() {
+    use nexus_filter_core::testing::FixedClock;
+    use nexus_filter_core::Clock;
+    let c = with_service();
+    let e = Env::default();
+    let clock = FixedClock(std::cell::Cell::new(T0 * 1_000_000));
+    let now = || clock.now_unix_nanos() / 1_000_000;
+    let advance = |ms: u64| clock.0.set(clock.0.get() + ms * 1_000_000);
+    let miss = GetResponse { entry: None }.encode_to_vec();
+
+    // A shared lookup first: the fetch starts when its miss resumes the request.
+    let mut ex = Exchange::default();
+    let r = req("/lake/slow", &[]);
+    assert!(matches!(
+        c.on_request_headers(&mut ex, &r, true, &e.shared, &e.metrics, now()),
+        Step::Lookup(_)
+    ));
+    advance(15);
+    let started = now();
+    assert_eq!(
+        c.on_lookup_response(&mut ex, Ok(&miss), &e.shared, &e.metrics, &e.log, now()),
+        Step::Continue
+    );
+    // A slow upstream: headers after 2.5 s, the body after another 0.5 s.
+    advance(2_500);
+    c.on_response_headers(
+        &mut ex,
+        &resp("200", &[]),
+        false,
+        &e.shared,
+        &e.metrics,
+        now(),
+    );
+    advance(500);
+    let end = c.on_response_body(&mut ex, b"body", true, &e.shared, &e.metrics, now());
+    let put = PutRequest::decode(end.put.unwrap().as_slice()).unwrap();
+    assert_eq!(put.timestamp_ms, started, "stamped when the fetch started");
+    assert_eq!(started, T0 + 15);
+    // The L1 copy carries the same version as the shared one.
+    assert_eq!(
+        l1::version(&e.shared, ex.key()).unwrap(),
+        l1::Version {
+            timestamp_ms: started,
+            writer: "w1".into()
+        }
+    );
+    // Age and expiry still count from when the response was complete.
+    let stored = CachedResponse::decode(put.value.as_slice()).unwrap();
+    assert_eq!(stored.stored_at_ms, now());
+    assert_eq!(stored.expires_at_ms, now() + 60_000);
+
+    // No lookup (`no-cache`): the fetch starts with the request.
+    advance(1_000);
+    let mut ex = Exchange::default();
+    let started = now();
+    let r = req("/lake/slow", &[("cache-control", "no-cache")]);
+    assert_eq!(
+        c.on_request_headers(&mut ex, &r, true, &e.shared, &e.metrics, now()),
+        Step::Continue
+    );
+    advance(700);
+    // A response without a body completes with its headers.
+    let step = c.on_response_headers(
+        &mut ex,
+        &resp("200", &[]),
+        true,
+        &e.shared,
+        &e.metrics,
+        now(),
+    );
+    let put = PutRequest::decode(step.put.unwrap().as_slice()).unwrap();
+    assert_eq!(put.timestamp_ms, started);
+    assert_eq!(
+        l1::version(&e.shared, ex.key()).unwrap().timestamp_ms,
+        started
+    );
+}

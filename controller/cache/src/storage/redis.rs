@@ -7,10 +7,19 @@
 //!   the entry's TTL (`PEXPIRE`), so Redis drops expired entries by itself.
 //! - `<prefix>t:<tag>`: a set of the keys carrying `tag`, expiring with its longest-lived entry;
 //!   a key leaves it when its entry is invalidated or re-put with other tags.
+//! - `<prefix>w:k:<key>`, `<prefix>w:p:<key prefix>`, `<prefix>w:t:<tag>`: invalidation
+//!   watermarks (decimal unix ms), each with the watermark TTL (`PEXPIRE`); only ever raised.
+//! - `<prefix>w:plen`: the set of the lengths (bytes) of the prefixes invalidated within the
+//!   watermark TTL (the set expires with its newest member). A put looks up the prefix
+//!   watermarks of its key only at those lengths: one `MGET` of a handful of keys, rather than
+//!   one per byte of the key (keys are a path, a query and a hex digest). Lengths whose watermarks
+//!   have expired cost a lookup that finds nothing until the set itself expires; there are
+//!   never more of them than the longest invalidated prefix is long.
 //!
-//! Puts and removals run as Lua scripts, so last-write-wins and the tag index stay consistent
-//! under concurrent writers. The scripts touch tag sets they compute from their arguments, so
-//! they assume one Redis (or a primary), not Redis Cluster. Prefix invalidation `SCAN`s the
+//! Puts and removals run as Lua scripts, so last-write-wins, the watermark check and the tag
+//! index stay consistent under concurrent writers. An invalidation first records its
+//! watermarks (one script), then removes. The scripts touch keys they compute from their
+//! arguments (tag sets, watermarks), so they assume one Redis (or a primary), not Redis Cluster. Prefix invalidation `SCAN`s the
 //! entry namespace. Every operation has a deadline: while Redis is down the service answers
 //! UNAVAILABLE quickly; the connection manager reconnects by itself when Redis returns.
 
@@ -20,7 +29,7 @@ use nexus_proto::cache::{Entry, Invalidation, PutRequest, PutResponse};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, Watermark};
 
 /// Byte-wise comparison (Lua's `<` on strings follows the server's locale) and the
 /// last-write-wins rule of [`super::newer`], over decimal timestamps of any length.
@@ -39,15 +48,43 @@ local function newer(ats, aw, bts, bw)
   if c ~= 0 then return c > 0 end
   return cmp(aw, bw) > 0
 end
+local function le(a, b)
+  if #a ~= #b then return #a < #b end
+  return cmp(a, b) <= 0
+end
 ";
 
-/// KEYS[1] entry. ARGV: ts, writer, ttl_ms, value, tags (JSON), tag prefix, key, tag...
+/// KEYS[1] entry. ARGV: ts, writer, ttl_ms, value, tags (JSON), tag prefix, key, watermark
+/// prefix, tag... Refused (answering the stored version, or 0 and '' when none) when not newer
+/// than the stored version, or at or before a watermark of the key, a prefix of it or a tag.
 const PUT_LUA: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'ts', 'w', 'tags')
-if cur[1] then
-  if not newer(ARGV[1], ARGV[2], cur[1], cur[2]) then
-    return {0, cur[1], cur[2]}
+local function refused()
+  if cur[1] then return {0, cur[1], cur[2]} end
+  return {0, '0', ''}
+end
+if cur[1] and not newer(ARGV[1], ARGV[2], cur[1], cur[2]) then
+  return refused()
+end
+local key, wp = ARGV[7], ARGV[8]
+local marks = {wp .. 'k:' .. key}
+for _, n in ipairs(redis.call('SMEMBERS', wp .. 'plen')) do
+  local len = tonumber(n)
+  if len and len >= 1 and len <= #key then
+    marks[#marks + 1] = wp .. 'p:' .. string.sub(key, 1, len)
   end
+end
+for i = 9, #ARGV do
+  marks[#marks + 1] = wp .. 't:' .. ARGV[i]
+end
+for i = 1, #marks, 256 do
+  local batch = {}
+  for j = i, math.min(i + 255, #marks) do batch[#batch + 1] = marks[j] end
+  for _, at in ipairs(redis.call('MGET', unpack(batch))) do
+    if at and le(ARGV[1], at) then return refused() end
+  end
+end
+if cur[1] then
   for _, tag in ipairs(cjson.decode(cur[3])) do
     redis.call('SREM', ARGV[6] .. tag, ARGV[7])
   end
@@ -56,12 +93,36 @@ end
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'v', ARGV[4], 'ts', ARGV[1], 'w', ARGV[2], 'tags', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ttl)
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local tk = ARGV[6] .. ARGV[i]
   redis.call('SADD', tk, ARGV[7])
   if redis.call('PTTL', tk) < ttl then redis.call('PEXPIRE', tk, ttl) end
 end
 return {1, ARGV[1], ARGV[2]}
+";
+
+/// ARGV: watermark prefix, at_ms, ttl_ms, then pairs of kind ('k' key, 'p' prefix, 't' tag)
+/// and name. Raises (never lowers) each watermark and extends its TTL to at least ttl_ms.
+const MARK_LUA: &str = r"
+local wp, at, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function keep(k, pttl)
+  if pttl < ttl then pttl = ttl end
+  redis.call('PEXPIRE', k, pttl)
+end
+for i = 4, #ARGV - 1, 2 do
+  local kind, name = ARGV[i], ARGV[i + 1]
+  local k = wp .. kind .. ':' .. name
+  local cur = redis.call('GET', k)
+  local pttl = redis.call('PTTL', k)
+  if not cur or not le(at, cur) then redis.call('SET', k, at) end
+  keep(k, pttl)
+  if kind == 'p' then
+    local lk = wp .. 'plen'
+    redis.call('SADD', lk, tostring(#name))
+    keep(lk, redis.call('PTTL', lk))
+  end
+end
+return 0
 ";
 
 /// ARGV: entry prefix, tag prefix, 'keys' | 'tags', name... Answers the entries removed.
@@ -94,7 +155,8 @@ const SCAN_BATCH: usize = 500;
 /// Where this service's keys and channels are, so deployments (and tests) can share a Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisNamespace {
-    /// Before every key: entries are `<key_prefix>e:<key>`, tag sets `<key_prefix>t:<tag>`.
+    /// Before every key: entries are `<key_prefix>e:<key>`, tag sets `<key_prefix>t:<tag>`,
+    /// watermarks `<key_prefix>w:...`.
     pub key_prefix: String,
     /// Before the channel names `cache.invalidate` and `cache.update`.
     pub channel_prefix: String,
@@ -126,6 +188,10 @@ impl RedisNamespace {
         format!("{}t:", self.key_prefix)
     }
 
+    pub fn watermark_prefix(&self) -> String {
+        format!("{}w:", self.key_prefix)
+    }
+
     pub fn invalidate_channel(&self) -> String {
         format!("{}cache.invalidate", self.channel_prefix)
     }
@@ -139,10 +205,12 @@ pub struct RedisStorage {
     client: redis::Client,
     entry_prefix: String,
     tag_prefix: String,
+    watermark_prefix: String,
     timeout: Duration,
     /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
     conn: Mutex<Option<ConnectionManager>>,
     put: redis::Script,
+    mark: redis::Script,
     invalidate: redis::Script,
 }
 
@@ -159,9 +227,11 @@ impl RedisStorage {
             client,
             entry_prefix: namespace.entry_prefix(),
             tag_prefix: namespace.tag_prefix(),
+            watermark_prefix: namespace.watermark_prefix(),
             timeout,
             conn: Mutex::new(None),
             put: redis::Script::new(&format!("{LWW_LUA}{PUT_LUA}")),
+            mark: redis::Script::new(&format!("{LWW_LUA}{MARK_LUA}")),
             invalidate: redis::Script::new(INVALIDATE_LUA),
         })
     }
@@ -207,6 +277,29 @@ impl RedisStorage {
             call.arg(name);
         }
         call.invoke_async(conn).await.map_err(redis_error)
+    }
+
+    async fn mark(
+        &self,
+        conn: &mut ConnectionManager,
+        selection: &Invalidation,
+        watermark: Watermark,
+    ) -> Result<(), StorageError> {
+        let mut call = self.mark.prepare_invoke();
+        call.arg(&self.watermark_prefix)
+            .arg(watermark.at_ms.to_string())
+            .arg(watermark.ttl_ms.max(1));
+        for (kind, names) in [
+            ("k", &selection.keys),
+            ("p", &selection.prefixes),
+            ("t", &selection.tags),
+        ] {
+            for name in names {
+                call.arg(kind).arg(name);
+            }
+        }
+        let _: i64 = call.invoke_async(conn).await.map_err(redis_error)?;
+        Ok(())
     }
 
     async fn scan_prefix(
@@ -313,7 +406,8 @@ impl Storage for RedisStorage {
                 .arg(put.value.as_slice())
                 .arg(tags)
                 .arg(&self.tag_prefix)
-                .arg(&put.key);
+                .arg(&put.key)
+                .arg(&self.watermark_prefix);
             for tag in &put.tags {
                 call.arg(tag);
             }
@@ -328,9 +422,17 @@ impl Storage for RedisStorage {
         .await
     }
 
-    async fn invalidate(&self, selection: &Invalidation) -> Result<u64, StorageError> {
+    async fn invalidate(
+        &self,
+        selection: &Invalidation,
+        watermark: Watermark,
+    ) -> Result<u64, StorageError> {
         // A prefix may cover many keys: each SCAN round trip has its own deadline.
         let mut conn = self.bounded(self.connection()).await?;
+        // Watermarks first: from here on a stale put is refused; one that landed before is
+        // still there for the removals below (SCAN returns every key present throughout).
+        self.bounded(self.mark(&mut conn, selection, watermark))
+            .await?;
         let mut removed = self
             .bounded(self.drop_keys(&mut conn, "keys", &selection.keys))
             .await?;

@@ -55,6 +55,8 @@ pub fn config(replica: &str) -> Config {
         max_value_bytes: 1024,
         max_ttl: Duration::from_secs(3600),
         token: Some("s3cret-token".into()),
+        watermark_ttl: Duration::from_secs(3600),
+        clock_skew_allowance: Duration::ZERO,
     }
 }
 
