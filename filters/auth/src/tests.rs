@@ -831,3 +831,37 @@ fn a_worker_waits_for_another_workers_cold_fetch_instead_of_503() {
         Outcome::Pause
     ));
 }
+
+#[test]
+fn es384_rejects_tampered_truncated_and_foreign_signatures() {
+    let key = SigningKey::new("ES384", "k384");
+    let other = SigningKey::new("ES384", "k384");
+    let a = auth(&inline_config(&testkit::jwks(&[&key]), json!({})));
+    let h = H::new();
+    let good = key.token(&std_claims(json!({})));
+    assert!(matches!(
+        get(&a, &h, "/api/x", &[("authorization", &bearer(&good))]).0,
+        Outcome::Continue(Some(_))
+    ));
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    use base64::Engine;
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    assert_eq!(raw.len(), 96, "ES384 signatures are r || s, 48 bytes each");
+    raw[10] ^= 1;
+    let flipped = format!(
+        "{head}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw)
+    );
+    let short = format!(
+        "{head}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..95])
+    );
+    // Same kid, another key: a signature that is valid, but not under the published key.
+    let foreign = other.token(&std_claims(json!({"sub": "mallory"})));
+    for bad in [flipped, short, foreign] {
+        let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&bad))]);
+        assert_denied(&out, 401, "invalid_token", "signature verification failed");
+    }
+}

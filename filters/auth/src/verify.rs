@@ -95,7 +95,9 @@ pub trait SignatureVerifier {
 }
 
 /// `ring`: the fastest verifier that builds for wasm32 (RSA-2048 ≈ 390 µs in V8), constant-time
-/// HMAC comparison, and every algorithm we need in one audited crate.
+/// HMAC comparison, and every algorithm we need in one audited crate — except ES384, which
+/// goes to RustCrypto's `p384`: 93M wasm instructions per verification against ring's 164M
+/// (ring's P-384 is its portable code; its P-256 has a tuned one, 14M).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RingVerifier;
 
@@ -119,15 +121,16 @@ impl SignatureVerifier for RingVerifier {
                     .verify(params, message, sig)
                     .is_ok()
             }
-            KeyMaterial::Ec { curve, point } => {
-                let params = match curve {
-                    Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED,
-                    Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED,
-                };
-                UnparsedPublicKey::new(params, point)
-                    .verify(message, sig)
-                    .is_ok()
-            }
+            KeyMaterial::Ec {
+                curve: Curve::P256,
+                point,
+            } => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .verify(message, sig)
+                .is_ok(),
+            KeyMaterial::Ec {
+                curve: Curve::P384,
+                point,
+            } => verify_es384(point, message, sig),
             KeyMaterial::Ed25519 { x } => UnparsedPublicKey::new(&signature::ED25519, x)
                 .verify(message, sig)
                 .is_ok(),
@@ -142,4 +145,17 @@ impl SignatureVerifier for RingVerifier {
             }
         }
     }
+}
+
+/// ES384 (P-384, SHA-384, fixed-size `r || s` signature) with RustCrypto's `p384`.
+fn verify_es384(point: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    use p384::ecdsa::signature::Verifier;
+    use p384::ecdsa::{Signature, VerifyingKey};
+    let Ok(key) = VerifyingKey::from_sec1_bytes(point) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(sig) else {
+        return false;
+    };
+    key.verify(message, &sig).is_ok()
 }
