@@ -136,7 +136,7 @@ pub struct Redis {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cache {
-    /// Pass `--cache-addr=0.0.0.0:<ports.cache>` (needs a nexus with the cache service).
+    /// Pass `--cache-addr=0.0.0.0:<ports.cache>`: serve the cache-coherency service.
     pub enabled: bool,
     /// Secret with the bearer token of `POST /cache/invalidate` (`NEXUS_CACHE_TOKEN`); empty
     /// refuses every HTTP invalidation.
@@ -144,6 +144,10 @@ pub struct Cache {
     /// Key of the token in that Secret.
     #[schemars(length(min = 1))]
     pub token_key: String,
+    /// Gateway (`http://host[:port]`) the leader fetches `cache.warm` paths through
+    /// (`--warm-url`); empty: no warming.
+    #[schemars(regex(pattern = r"^(http://[^/\s]+/?)?$"))]
+    pub warm_url: String,
 }
 
 /// Container ports; the Service `nexus-controller` exposes them under the same numbers.

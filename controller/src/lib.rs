@@ -15,6 +15,7 @@ pub mod render;
 pub mod server;
 pub mod standalone;
 pub mod telemetry;
+pub mod warm;
 
 // Separate group (rustfmt keeps it here): the Helm chart's values, the source of its schema.
 pub mod chart;

@@ -121,6 +121,10 @@ enum Command {
         /// without it.
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
+        /// The leader fetches routes' `cache.warm` paths through this gateway (e.g.
+        /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
+        #[arg(long, env = "NEXUS_WARM_URL")]
+        warm_url: Option<String>,
     },
 }
 
@@ -220,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ratelimit_addr,
             cache_addr,
             redis_url,
+            warm_url,
         } => {
             telemetry::init_logging();
             let settings = settings(&render)?;
@@ -253,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity,
                 ratelimit,
                 cache,
+                warm_url,
             ))
         }
     }
@@ -301,6 +307,7 @@ async fn run_controller(
     identity: String,
     ratelimit: Option<(SocketAddr, Option<String>)>,
     cache: Option<nexus_controller::cache::Options>,
+    warm_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
     state.set("apiserver", false, "connecting");
@@ -371,6 +378,9 @@ async fn run_controller(
         state.clone(),
         identity,
     ));
+    if let Some(url) = warm_url {
+        tokio::spawn(nexus_controller::warm::follow(client.clone(), url));
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = async { while *rx.borrow() { if rx.changed().await.is_err() { break; } } } => {

@@ -109,13 +109,15 @@ fn kinds(objs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-const FULL: [&str; 6] = [
+const FULL: [&str; 8] = [
     "--set",
     "autoscaling.enabled=true",
     "--set",
     "serviceMonitor.enabled=true",
     "--set",
     "redis.existingSecret=nexus-redis",
+    "--set",
+    "cache.warmUrl=http://istio-ingressgateway.istio-system",
 ];
 
 #[test]
@@ -426,6 +428,13 @@ fn template_with_hpa_servicemonitor_and_redis() {
         .unwrap()
         .iter()
         .any(|a| a.as_str().unwrap().starts_with("--cache-addr")));
+    let objs = Helm::new().template(&FULL);
+    assert!(container(&objs)["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(
+            "--warm-url=http://istio-ingressgateway.istio-system"
+        )));
     let objs = Helm::new().template(&["--set", "cache.tokenSecret=nexus-cache"]);
     let c = container(&objs);
     assert!(c["args"]
@@ -567,7 +576,10 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         "modules are fetched over HTTP"
     );
     assert!(name_of(8081).starts_with("grpc-"), "rate limits are gRPC");
-    assert!(name_of(8083).starts_with("grpc-"), "cache coherency is gRPC");
+    assert!(
+        name_of(8083).starts_with("grpc-"),
+        "cache coherency is gRPC"
+    );
     assert!(rendered.contains(&format!("http://nexus-controller.{ns}.svc:8082/modules/")));
 
     // And those Istio objects are valid for Istio.
@@ -641,6 +653,7 @@ fn bad_values_are_rejected_by_the_schema_naming_the_field() {
         (vec!["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (vec!["--set", "ports.modules=70000"], "modules"),
         (vec!["--set", "serviceMonitor.interval=often"], "interval"),
+        (vec!["--set", "cache.warmUrl=https://gw"], "warmUrl"),
     ] {
         let mut a = vec!["template", "nx", chart];
         a.extend_from_slice(&args);

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nexus_ratelimit_service::server::SharedLimiter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::model::CompiledRoute;
 use crate::server;
@@ -261,7 +260,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
 
     let mut current = config.fingerprint;
     let mut config = config;
-    let mut rewarm = tokio::time::interval(WARM_PERIOD);
+    let mut rewarm = tokio::time::interval(crate::warm::PERIOD);
     rewarm.tick().await;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.poll);
@@ -342,11 +341,8 @@ async fn apply(
     confirm(admin, lds, before).await
 }
 
-/// How often `cache.warm` paths are fetched again (entries live at least 1 s, at most their
-/// rule's TTL; refetching an entry still cached is a cheap hit).
-const WARM_PERIOD: Duration = Duration::from_secs(20);
-
-async fn wait_for_cache_subscribers(state: &server::State, workers: u32) {
+/// Waits (up to 10 s) until `streams` cache event streams are open on the service.
+async fn wait_for_cache_subscribers(state: &server::State, streams: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         let live = state.cache.get().map_or(0, |c| {
@@ -354,31 +350,37 @@ async fn wait_for_cache_subscribers(state: &server::State, workers: u32) {
                 .subscribers
                 .load(std::sync::atomic::Ordering::Relaxed)
         });
-        if live >= u64::from(workers) {
+        if live >= u64::from(streams) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Fetches every `cache.warm` path through Envoy, so the first caller finds it cached.
+/// Fetches every `cache.warm` path through Envoy, as a local client would (`Host` = the
+/// listener), so the first caller finds it cached.
 async fn warm(config: &Config) {
     let mut addr = config.gateway.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let paths = config
+    let targets: Vec<crate::warm::Target> = config
         .routes
         .iter()
         .flat_map(|r| &r.rules)
         .filter_map(|rule| rule.cache.as_ref())
-        .flat_map(|c| &c.warm);
-    for path in paths {
-        match http_get_host(addr, path, &config.gateway.listen.to_string()).await {
-            Ok((status, _)) if status < 400 => {}
-            Ok((status, _)) => eprintln!("nexus: warming {path}: {status} (not cached)"),
-            Err(e) => eprintln!("nexus: warming {path}: {e:#}"),
-        }
+        .flat_map(|c| &c.warm)
+        .map(|path| crate::warm::Target {
+            host: config.gateway.listen.to_string(),
+            path: path.clone(),
+        })
+        .collect();
+    let ok = crate::warm::warm(addr, &targets).await;
+    if ok < targets.len() {
+        eprintln!(
+            "nexus: warmed {ok} of {} cache paths (see the log)",
+            targets.len()
+        );
     }
 }
 
@@ -609,7 +611,7 @@ async fn wait_ready(
             .ok()
             .and_then(|t| t.trim().parse::<SocketAddr>().ok());
         if let Some(admin) = admin {
-            if matches!(http_get(admin, "/ready").await, Ok((200, _))) {
+            if matches!(admin_get(admin, "/ready").await, Ok((200, _))) {
                 return Ok(admin);
             }
         }
@@ -620,34 +622,14 @@ async fn wait_ready(
     }
 }
 
-/// A GET to Envoy (its listener or admin API) (`Connection: close`: the body ends with the connection;
-/// Envoy refuses HTTP/1.0).
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    http_get_host(addr, path, "admin").await
-}
-
-/// A GET with this `Host` (the cache key includes it: warming must look like a client).
-async fn http_get_host(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+/// A GET to Envoy's admin API.
+async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String)> {
+    crate::warm::get(admin, "admin", path).await
 }
 
 /// `(update_success, update_rejected)` of an xDS subscription.
 async fn update_counts(admin: SocketAddr, prefix: &str) -> Result<(u64, u64)> {
-    let (_, body) = http_get(admin, &format!("/stats?filter=^{prefix}\\.update_")).await?;
+    let (_, body) = admin_get(admin, &format!("/stats?filter=^{prefix}\\.update_")).await?;
     let stat = |name: &str| {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{prefix}.{name}: ")))
