@@ -7,7 +7,8 @@
 //! - [`client`]: a blocking HTTP/1.1 client small enough to read in one sitting.
 //! - [`ratelimit_service`]: the Nexus rate-limit service in-process, stoppable mid-test.
 //! - [`cache_service`]: a fake `nexus.cache.v1.Cache` whose events tests send and whose
-//!   streams tests break.
+//!   streams tests break; real `nexus-cache-service` replicas on Redis; an Envoy with the
+//!   nexus-cache filter following one.
 //! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 

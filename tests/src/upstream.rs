@@ -1,5 +1,6 @@
 //! In-process HTTP upstreams that record what reaches them and echo it back as JSON.
-//! A request's `x-upstream-cache-control` becomes the response's `cache-control`.
+//! A request's `x-upstream-cache-control` becomes the response's `cache-control`; its
+//! `x-upstream-delay-ms` holds the response that long (recorded on arrival).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -125,6 +126,13 @@ async fn handle(
             headers: headers.clone(),
             body: body.to_vec(),
         });
+    }
+    if let Some(ms) = parts
+        .headers
+        .get("x-upstream-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     resp.headers_mut().insert(

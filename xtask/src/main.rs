@@ -15,7 +15,9 @@ commands:
   run [DIR]       build-filters, then `nexus up DIR` (default examples/datapunk): real Envoy on
                   127.0.0.1:8080 with the filters, the Nexus services and demo upstreams
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
-  bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit";
+  bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit
+  bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
+                  nexus-cache hit-local vs the upstream round trip, with wrk";
 
 fn main() {
     if let Err(e) = run() {
@@ -65,7 +67,12 @@ fn run() -> Result<()> {
                 .args(flags);
             status(&mut cmd)?;
         }
-        Some("bench") if matches!(args.get(1).map(String::as_str), Some("auth" | "ratelimit")) => {
+        Some("bench")
+            if matches!(
+                args.get(1).map(String::as_str),
+                Some("auth" | "ratelimit" | "cache")
+            ) =>
+        {
             wasm::build_filters(&root)?;
             require_envoy()?;
             let mut cmd = cargo();

@@ -41,7 +41,7 @@ pub async fn serve_grpc(
     tonic::transport::Server::builder()
         .add_service(cache.into_service())
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;
