@@ -223,6 +223,29 @@ impl Envoy {
     }
 }
 
+impl Envoy {
+    /// Waits until counter `name` is at least `at_least`, then until it has not moved for
+    /// 250 ms: every root context (one per worker, and the main thread's) has had its say, so
+    /// a late one cannot act after the caller's next step. Returns the settled value.
+    pub fn wait_for_stat_settled(&self, name: &str, at_least: i64) -> Result<i64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = (self.stat(name)?.unwrap_or(0), Instant::now());
+        loop {
+            let v = self.stat(name)?.unwrap_or(0);
+            if v != last.0 {
+                last = (v, Instant::now());
+            }
+            if v >= at_least && last.1.elapsed() >= Duration::from_millis(250) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("{name} = {v}, waited for {at_least} (and 250 ms without change)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();

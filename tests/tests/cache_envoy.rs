@@ -29,7 +29,15 @@ fn start(service: &CacheServer, upstream: &Upstream) -> Envoy {
     service
         .wait_for_subscribers(2, Duration::from_secs(10))
         .unwrap();
-    // Subscribed on the service side; give Envoy a moment to deliver the Hellos.
+    // One stream per worker, and one from the main thread's root context: wait until no more
+    // arrive, then give Envoy a moment to deliver the Hellos.
+    let mut seen = (service.subscribers(), Instant::now());
+    while seen.1.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(20));
+        if service.subscribers() != seen.0 {
+            seen = (service.subscribers(), Instant::now());
+        }
+    }
     std::thread::sleep(Duration::from_millis(300));
     envoy
 }
@@ -42,7 +50,14 @@ fn get(envoy: &Envoy, path: &str, extra: &[(&str, &str)]) -> (u16, String) {
     (resp.status, label)
 }
 
+/// Waits for counter `name` to reach `at_least` and settle (see `wait_for_stat_settled`).
 fn wait_for_stat(envoy: &Envoy, name: &str, at_least: i64) {
+    envoy.wait_for_stat_settled(name, at_least).unwrap();
+}
+
+/// Waits for counter `name` to reach `at_least`, no longer: for steps that must happen
+/// before something else (a reconnect) does.
+fn wait_for_count(envoy: &Envoy, name: &str, at_least: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = envoy.stat(name).unwrap().unwrap_or(0);
@@ -53,7 +68,7 @@ fn wait_for_stat(envoy: &Envoy, name: &str, at_least: i64) {
             Instant::now() < deadline,
             "{name} = {v}, waited for {at_least}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -114,7 +129,7 @@ fn a_broken_stream_flushes_l1_until_resubscribed() {
     wait_for_puts(&service, 1);
 
     service.break_streams();
-    wait_for_stat(&envoy, "wasmcustom.nexus_cache.flushes", 2);
+    wait_for_count(&envoy, "wasmcustom.nexus_cache.flushes", 2);
     // L1 flushed and unused while unsubscribed; the service still has the copy.
     assert_eq!(get(&envoy, "/lake/t", &[]).1, "hit-shared");
 

@@ -111,18 +111,9 @@ fn stat(envoy: &Envoy, name: &str) -> i64 {
 
 /// Waits (at most 10 s) until `nexus_cache.<name>` reaches `at_least` in `envoy`.
 fn wait_for_stat(envoy: &Envoy, name: &str, at_least: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = stat(envoy, name);
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nexus_cache.{name} = {v}, waited for {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    envoy
+        .wait_for_stat_settled(&format!("wasmcustom.nexus_cache.{name}"), at_least)
+        .unwrap();
 }
 
 #[test]
