@@ -132,6 +132,8 @@ fn l1_only_second_get_is_a_local_hit() {
     assert_eq!(host.metric("nexus_cache.hit.local"), Some(1));
     assert_eq!(host.metric("nexus_cache.miss"), Some(1));
     assert_eq!(host.metric("nexus_cache.store"), Some(1));
+    // Staleness histogram: one sample, the 2 s old copy.
+    assert_eq!(host.histogram("nexus_cache.hit_age_ms"), Some(vec![2_000]));
     println!(
         "nexus-cache fuel: hit-local on_request_headers {hit_fuel}; miss on_request_headers \
          {miss_req_fuel}, storing on_response_body {store_fuel}"

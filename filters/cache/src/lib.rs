@@ -30,6 +30,8 @@ use prost::Message;
 pub mod metrics {
     pub const HIT_LOCAL: &str = "nexus_cache.hit.local";
     pub const HIT_SHARED: &str = "nexus_cache.hit.shared";
+    /// Staleness: the age (ms) of every response served from cache, either level.
+    pub const HIT_AGE_MS: &str = "nexus_cache.hit_age_ms";
     pub const MISS: &str = "nexus_cache.miss";
     pub const BYPASS: &str = "nexus_cache.bypass";
     pub const STORES: &str = "nexus_cache.store";
@@ -224,6 +226,10 @@ impl Cache {
             if let Some(resp) = l1::get(shared, &ex.key, now_ms) {
                 ex.stage = Stage::Served;
                 metrics.increment(metrics::HIT_LOCAL, 1);
+                metrics.record(
+                    metrics::HIT_AGE_MS,
+                    now_ms.saturating_sub(resp.stored_at_ms),
+                );
                 return Step::Respond(replay(resp, "hit-local", now_ms));
             }
         }
@@ -297,6 +303,10 @@ impl Cache {
         }
         ex.stage = Stage::Served;
         metrics.increment(metrics::HIT_SHARED, 1);
+        metrics.record(
+            metrics::HIT_AGE_MS,
+            now_ms.saturating_sub(resp.stored_at_ms),
+        );
         Step::Respond(replay(resp, "hit-shared", now_ms))
     }
 

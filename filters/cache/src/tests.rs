@@ -139,6 +139,13 @@ fn second_get_is_a_local_hit_with_stored_status_headers_body_and_age() {
     assert_eq!(e.metrics.value(metrics::MISS), 1);
     assert_eq!(e.metrics.value(metrics::HIT_LOCAL), 1);
     assert_eq!(e.metrics.value(metrics::STORES), 1);
+    // Staleness: the hit served a 3.5 s old copy (the store is stamped at the response).
+    assert_eq!(
+        e.metrics.value(&format!("{}.count", metrics::HIT_AGE_MS)),
+        1
+    );
+    let age = e.metrics.value(&format!("{}.sum", metrics::HIT_AGE_MS));
+    assert!((3_000..=3_500).contains(&age), "{age}");
     // TTL: expired after 60 s.
     let (label, _, _) = e.exchange(&c, &r, &resp("200", &[]), b"again", T0 + 60_000);
     assert_eq!(label, "miss");

@@ -18,9 +18,11 @@ pub trait Clock {
     fn now_unix_nanos(&self) -> u64;
 }
 
-/// Counters, by name. The adapter defines each metric once and caches its id.
+/// Counters and histograms, by name. The adapter defines each metric once and caches its id.
 pub trait Metrics {
     fn increment(&self, name: &str, delta: i64);
+    /// One sample of a histogram (Envoy keeps the quantiles).
+    fn record(&self, name: &str, value: u64);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -63,6 +63,12 @@ impl Metrics for MemMetrics {
     fn increment(&self, name: &str, delta: i64) {
         *self.0.borrow_mut().entry(name.to_string()).or_default() += delta;
     }
+    /// Kept as `<name>.count` and `<name>.sum`.
+    fn record(&self, name: &str, value: u64) {
+        let mut m = self.0.borrow_mut();
+        *m.entry(format!("{name}.count")).or_default() += 1;
+        *m.entry(format!("{name}.sum")).or_default() += i64::try_from(value).unwrap_or(i64::MAX);
+    }
 }
 
 #[derive(Debug, Default)]

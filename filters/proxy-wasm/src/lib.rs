@@ -82,20 +82,27 @@ pub struct HostMetrics {
     ids: RefCell<HashMap<String, u32>>,
 }
 
+impl HostMetrics {
+    fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(name).copied() {
+            return Some(id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.borrow_mut().insert(name.to_string(), id);
+        Some(id)
+    }
+}
+
 impl Metrics for HostMetrics {
     fn increment(&self, name: &str, delta: i64) {
-        let cached = self.ids.borrow().get(name).copied();
-        let id = match cached {
-            Some(id) => id,
-            None => match hostcalls::define_metric(MetricType::Counter, name) {
-                Ok(id) => {
-                    self.ids.borrow_mut().insert(name.to_string(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::increment_metric(id, delta);
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+    fn record(&self, name: &str, value: u64) {
+        if let Some(id) = self.id(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
     }
 }
 
