@@ -257,6 +257,11 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         state_dir.path(),
         &upstreams,
     );
+    println!(
+        "Invalidate cached responses everywhere: curl -X POST http://{}/cache/invalidate -H 'authorization: Bearer {cache_token}' -d '{{\"prefixes\":[\"/lake/\"]}}'",
+        config.gateway.http
+    );
+    println!("Ctrl-C stops Envoy and Nexus.");
 
     let mut current = config.fingerprint;
     let mut config = config;
@@ -702,5 +707,4 @@ fn banner(
                 .replace("{dir}", &dir_text.display().to_string())
         );
     }
-    println!("Ctrl-C stops Envoy and Nexus.");
 }
