@@ -121,6 +121,16 @@ pub struct CompiledRoute {
     pub rule_count: u32,
 }
 
+impl CompiledRoute {
+    /// Every upstream the route sends to: each rule's, then the default category's.
+    pub fn upstreams(&self) -> impl Iterator<Item = &ResolvedUpstream> {
+        self.rules
+            .iter()
+            .map(|rule| &rule.upstream)
+            .chain(self.default_upstream.iter().map(|(_, u, _)| u))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outlier {
     pub consecutive_errors: u32,

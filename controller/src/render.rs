@@ -358,12 +358,7 @@ pub fn render_route(r: &CompiledRoute) -> Vec<Value> {
     // Fallbacks: anything the router sent to one of this route's upstreams (by upstream alone),
     // then the default category's upstream.
     let mut upstreams: BTreeMap<&str, &ResolvedUpstream> = BTreeMap::new();
-    for rule in &r.rules {
-        upstreams
-            .entry(rule.upstream.token.as_str())
-            .or_insert(&rule.upstream);
-    }
-    if let Some((_, u, _)) = &r.default_upstream {
+    for u in r.upstreams() {
         upstreams.entry(u.token.as_str()).or_insert(u);
     }
     for (token, u) in &upstreams {

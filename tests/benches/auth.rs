@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nexus_auth::testkit::{self, SigningKey};
 use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
 use nexus_tests::load::{wrk, wrk_script, LoadStats};
@@ -52,29 +52,16 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
-    let mut opts = Opts {
-        duration_s: 5,
-        connections: 16,
-        fresh: 20_000,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || -> Result<u64> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--duration" => opts.duration_s = val()?,
-            "--connections" => opts.connections = u32::try_from(val()?)?,
-            "--fresh" => opts.fresh = usize::try_from(val()?)?,
-            "--bench" => {} // cargo bench passes it
-            other => bail!("unknown option {other}"),
-        }
-    }
-    Ok(opts)
+    let o = nexus_tests::load::numeric_options(&[
+        ("--duration", 5),
+        ("--connections", 16),
+        ("--fresh", 20_000),
+    ])?;
+    Ok(Opts {
+        duration_s: o["--duration"],
+        connections: u32::try_from(o["--connections"])?,
+        fresh: usize::try_from(o["--fresh"])?,
+    })
 }
 
 fn main() -> Result<()> {

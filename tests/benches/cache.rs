@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nexus_tests::cache_service::{
     cache_envoy, cache_label, unique_namespace, RealReplica, SHARED_REDIS,
 };
@@ -38,32 +38,19 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
-    let mut opts = Opts {
-        iterations: 200,
-        duration_s: 5,
-        connections: 16,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || -> Result<u64> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--iterations" => opts.iterations = usize::try_from(val()?)?,
-            "--duration" => opts.duration_s = val()?,
-            "--connections" => opts.connections = u32::try_from(val()?)?,
-            "--bench" => {} // cargo bench passes it
-            other => bail!("unknown option {other}"),
-        }
-    }
-    if opts.iterations == 0 {
+    let o = nexus_tests::load::numeric_options(&[
+        ("--iterations", 200),
+        ("--duration", 5),
+        ("--connections", 16),
+    ])?;
+    if o["--iterations"] == 0 {
         bail!("--iterations must be positive");
     }
-    Ok(opts)
+    Ok(Opts {
+        iterations: usize::try_from(o["--iterations"])?,
+        duration_s: o["--duration"],
+        connections: u32::try_from(o["--connections"])?,
+    })
 }
 
 fn main() -> Result<()> {

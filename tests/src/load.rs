@@ -98,6 +98,33 @@ pub fn parse_wrk(text: &str) -> LoadStats {
     s
 }
 
+/// The `--name N` options of a benchmark binary, each defaulting as in `defaults`; `--bench`
+/// (which `cargo bench` passes) is ignored and anything else is an error.
+pub fn numeric_options(
+    defaults: &[(&str, u64)],
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut out: std::collections::BTreeMap<String, u64> = defaults
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), *v))
+        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--bench" {
+            continue;
+        }
+        let Some(slot) = out.get_mut(a.as_str()) else {
+            bail!("unknown option {a}");
+        };
+        *slot = it
+            .next()
+            .with_context(|| format!("{a} needs a value"))?
+            .parse()
+            .with_context(|| format!("{a} needs a number"))?;
+    }
+    Ok(out)
+}
+
 /// `wrk` prints `812.00us`, `1.23ms`, `2.01s`.
 fn duration_ms(v: &str) -> f64 {
     let (num, factor) = if let Some(n) = v.strip_suffix("us") {

@@ -18,12 +18,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use nexus_proto::cache::{event, Event, Flush};
 use prost::Message;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::log;
-use crate::storage::{RedisNamespace, StorageError};
+use crate::storage::{LazyConnection, RedisNamespace, StorageError};
 
 /// Events a slow stream may fall behind before it is flushed instead (see [`Bus::subscribe`]).
 const LOCAL_BACKLOG: usize = 4096;
@@ -108,8 +107,7 @@ pub struct RedisBus {
     invalidate_channel: String,
     update_channel: String,
     timeout: Duration,
-    /// Connected lazily, like the storage's.
-    publisher: Mutex<Option<ConnectionManager>>,
+    publisher: LazyConnection,
     local: broadcast::Sender<Event>,
     /// True while the subscriber task is subscribed.
     live: watch::Receiver<bool>,
@@ -143,32 +141,17 @@ impl RedisBus {
             live_tx,
         ));
         let [invalidate_channel, update_channel] = channels;
+        let publisher = LazyConnection::new(client.clone(), timeout);
         Ok(Self {
             client,
             invalidate_channel,
             update_channel,
             timeout,
-            publisher: Mutex::new(None),
+            publisher,
             local,
             live,
             subscriber,
         })
-    }
-
-    async fn publisher(&self) -> Result<ConnectionManager, StorageError> {
-        let mut slot = self.publisher.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| StorageError(format!("redis connect: {e}")))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
     }
 }
 
@@ -186,7 +169,7 @@ impl Bus for RedisBus {
         };
         let payload = event.encode_to_vec();
         tokio::time::timeout(self.timeout, async {
-            let mut conn = self.publisher().await?;
+            let mut conn = self.publisher.get().await?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)

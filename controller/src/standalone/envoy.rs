@@ -132,12 +132,7 @@ pub fn render(
 
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for r in routes {
-        let upstreams = r
-            .rules
-            .iter()
-            .map(|rule| &rule.upstream)
-            .chain(r.default_upstream.iter().map(|(_, u, _)| u));
-        for u in upstreams {
+        for u in r.upstreams() {
             if clusters.contains_key(&u.token) {
                 continue;
             }
@@ -218,12 +213,7 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for r in routes {
-        let upstreams = r
-            .rules
-            .iter()
-            .map(|rule| &rule.upstream)
-            .chain(r.default_upstream.iter().map(|(_, u, _)| u));
-        for u in upstreams {
+        for u in r.upstreams() {
             if seen.insert(u.token.clone()) {
                 out.push(json!({
                     "name": format!("upstream.{}", u.token),

@@ -485,12 +485,7 @@ impl Upstreams {
             return Ok(());
         }
         for r in &config.routes {
-            let tokens = r
-                .rules
-                .iter()
-                .map(|rule| &rule.upstream.token)
-                .chain(r.default_upstream.iter().map(|(_, u, _)| &u.token));
-            for t in tokens {
+            for t in r.upstreams().map(|u| &u.token) {
                 if config.gateway.services.contains_key(t) || self.demo.contains_key(t) {
                     continue;
                 }

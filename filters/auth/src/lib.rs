@@ -864,17 +864,21 @@ impl Check<'_> {
         claims: &[(String, String)],
         scopes: &[String],
     ) -> Result<Granted, Fail> {
-        // (token, providers that found it there)
-        let mut tokens: Vec<(String, Vec<usize>)> = Vec::new();
+        // (token, providers that found it there, the source each found it in)
+        let mut tokens: Vec<(String, Vec<usize>, Vec<usize>)> = Vec::new();
         for &p in providers {
             let found = self.auth.providers[p]
                 .sources
                 .iter()
-                .find_map(|s| token::extract(s, self.pairs));
-            if let Some(t) = found {
-                match tokens.iter_mut().find(|(seen, _)| *seen == t) {
-                    Some((_, ps)) => ps.push(p),
-                    None => tokens.push((t, vec![p])),
+                .enumerate()
+                .find_map(|(i, s)| token::extract(s, self.pairs).map(|t| (t, i)));
+            if let Some((t, source)) = found {
+                match tokens.iter_mut().find(|(seen, _, _)| *seen == t) {
+                    Some((_, ps, ss)) => {
+                        ps.push(p);
+                        ss.push(source);
+                    }
+                    None => tokens.push((t, vec![p], vec![source])),
                 }
             }
         }
@@ -882,17 +886,20 @@ impl Check<'_> {
             return Err(Fail::Missing);
         }
         let mut worst = None;
-        for (t, candidates) in &tokens {
+        for (t, candidates, sources) in &tokens {
             match self.verified_claims(t, candidates) {
                 Ok((p, c)) => {
                     let mut granted = self.authorize(p, &c, claims, scopes)?;
                     let provider = &self.auth.providers[p];
                     if !provider.forward {
-                        granted.strip = provider
-                            .sources
+                        // The source this provider found the token in (found above, not again).
+                        granted.strip = candidates
                             .iter()
-                            .filter(|s| token::extract(s, self.pairs).as_deref() == Some(t))
-                            .filter_map(|s| token::strip(s, self.pairs))
+                            .position(|c| *c == p)
+                            .and_then(|i| sources.get(i))
+                            .and_then(|&i| provider.sources.get(i))
+                            .and_then(|s| token::strip(s, self.pairs))
+                            .into_iter()
                             .collect();
                     }
                     return Ok(granted);

@@ -39,6 +39,22 @@ pub mod metrics {
     pub const INVALIDATIONS: &str = "nexus_cache.invalidations";
     pub const RECONNECTS: &str = "nexus_cache.stream.reconnects";
     pub const FLUSHES: &str = "nexus_cache.flushes";
+
+    /// `nexus_cache.bypass.<reason>`, spelled out: no string is built per request.
+    pub fn bypass(reason: &str) -> &'static str {
+        match reason {
+            "anonymous" => "nexus_cache.bypass.anonymous",
+            "cache_control" => "nexus_cache.bypass.cache_control",
+            "credentials" => "nexus_cache.bypass.credentials",
+            "method" => "nexus_cache.bypass.method",
+            "no_store" => "nexus_cache.bypass.no_store",
+            "set_cookie" => "nexus_cache.bypass.set_cookie",
+            "status" => "nexus_cache.bypass.status",
+            "too_large" => "nexus_cache.bypass.too_large",
+            "vary" => "nexus_cache.bypass.vary",
+            _ => "nexus_cache.bypass.other",
+        }
+    }
 }
 
 /// Response header telling clients (and tests) what the cache did.
@@ -186,16 +202,16 @@ impl Cache {
         let Some(rule) = self.rules.iter().position(|m| m.matches(&view)) else {
             return Step::Continue;
         };
-        let Some(policy) = self.config.rules.get(rule).map(|r| &r.policy) else {
+        ex.rule = rule;
+        let Some(policy) = self.policy(ex) else {
             return Step::Continue;
         };
-        ex.rule = rule;
         let plan = match policy::request_plan(policy, headers) {
             Ok(plan) => plan,
             Err(reason) => {
                 ex.stage = Stage::Bypass;
                 metrics.increment(metrics::BYPASS, 1);
-                metrics.increment(&format!("{}.{reason}", metrics::BYPASS), 1);
+                metrics.increment(metrics::bypass(reason), 1);
                 return Step::Continue;
             }
         };
@@ -215,15 +231,11 @@ impl Cache {
         ex.use_l1 = l1_live;
         if ex.use_l1 {
             ex.generation = l1::generation(shared);
-            ex.epoch = l1::epoch(shared);
         }
         ex.stage = Stage::Fetch;
         ex.fetch_started_ms = now_ms;
-        if !plan.lookup {
-            return Step::Continue;
-        }
-        if ex.use_l1 {
-            if let Some(resp) = l1::get(shared, &ex.key, now_ms) {
+        if ex.use_l1 && plan.lookup {
+            if let Some(resp) = l1::get_at(shared, &ex.key, ex.generation, now_ms) {
                 ex.stage = Stage::Served;
                 metrics.increment(metrics::HIT_LOCAL, 1);
                 metrics.record(
@@ -232,6 +244,14 @@ impl Cache {
                 );
                 return Step::Respond(replay(resp, "hit-local", now_ms));
             }
+        }
+        // Not served from L1: the epoch is only needed to keep what is fetched from here on
+        // out of the L1 if an invalidation arrives meanwhile.
+        if ex.use_l1 {
+            ex.epoch = l1::epoch(shared);
+        }
+        if !plan.lookup {
+            return Step::Continue;
         }
         if self.service().is_some() {
             ex.stage = Stage::Lookup;
@@ -344,7 +364,7 @@ impl Cache {
                     }
                     Err(reason) => {
                         metrics.increment(metrics::BYPASS, 1);
-                        metrics.increment(&format!("{}.{reason}", metrics::BYPASS), 1);
+                        metrics.increment(metrics::bypass(reason), 1);
                         "bypass"
                     }
                 }
@@ -375,7 +395,7 @@ impl Cache {
             if (c.body.len() + chunk.len()) as u64 > max {
                 // Served, not stored: keep no copy of an oversized body.
                 ex.capture = None;
-                metrics.increment(&format!("{}.too_large", metrics::BYPASS), 1);
+                metrics.increment(metrics::bypass("too_large"), 1);
             } else {
                 c.body.extend_from_slice(chunk);
             }
@@ -477,7 +497,12 @@ fn replay(resp: CachedResponse, label: &str, now_ms: u64) -> LocalResponse {
         status: u16::try_from(resp.status).unwrap_or(200),
         headers,
         body: resp.body,
-        details: format!("nexus_cache_{}", label.replace('-', "_")),
+        details: if label == "hit-local" {
+            "nexus_cache_hit_local"
+        } else {
+            "nexus_cache_hit_shared"
+        }
+        .to_string(),
     }
 }
 

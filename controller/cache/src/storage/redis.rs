@@ -201,14 +201,47 @@ impl RedisNamespace {
     }
 }
 
+/// A multiplexed connection made on first use, so the service starts (and answers
+/// UNAVAILABLE) while Redis is down; shared by the storage and the event bus's publisher.
+pub(crate) struct LazyConnection {
+    client: redis::Client,
+    timeout: Duration,
+    slot: Mutex<Option<ConnectionManager>>,
+}
+
+impl LazyConnection {
+    pub(crate) fn new(client: redis::Client, timeout: Duration) -> Self {
+        Self {
+            client,
+            timeout,
+            slot: Mutex::new(None),
+        }
+    }
+
+    pub(crate) async fn get(&self) -> Result<ConnectionManager, StorageError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| StorageError(format!("redis connect: {e}")))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
 pub struct RedisStorage {
     client: redis::Client,
     entry_prefix: String,
     tag_prefix: String,
     watermark_prefix: String,
     timeout: Duration,
-    /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: LazyConnection,
     put: redis::Script,
     mark: redis::Script,
     invalidate: redis::Script,
@@ -223,13 +256,14 @@ impl RedisStorage {
     ) -> Result<Self, StorageError> {
         let client = redis::Client::open(url)
             .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
+        let conn = LazyConnection::new(client.clone(), timeout);
         Ok(Self {
             client,
             entry_prefix: namespace.entry_prefix(),
             tag_prefix: namespace.tag_prefix(),
             watermark_prefix: namespace.watermark_prefix(),
             timeout,
-            conn: Mutex::new(None),
+            conn,
             put: redis::Script::new(&format!("{LWW_LUA}{PUT_LUA}")),
             mark: redis::Script::new(&format!("{LWW_LUA}{MARK_LUA}")),
             invalidate: redis::Script::new(INVALIDATE_LUA),
@@ -237,19 +271,7 @@ impl RedisStorage {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StorageError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| StorageError(format!("redis connect: {e}")))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        self.conn.get().await
     }
 
     /// Runs `op` within the deadline.
