@@ -32,6 +32,8 @@ pub struct Endpoints {
     pub ratelimit: SocketAddr,
     /// The cache-coherency service (nexus.cache.v1).
     pub cache: SocketAddr,
+    /// Envoy's access log (JSON lines), as an Envoy user would expect one.
+    pub access_log: PathBuf,
 }
 
 /// The standalone routes' group: one gateway, every route.
@@ -122,6 +124,7 @@ pub fn render(
                 "stat_prefix": LISTENER,
                 "codec_type": "AUTO",
                 "use_remote_address": true,
+                "access_log": [access_log(&endpoints.access_log)],
                 "route_config": { "name": LISTENER, "virtual_hosts": [{
                     "name": "nexus", "domains": ["*"], "routes": routes_of(routes),
                 }]},
@@ -237,6 +240,31 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
             "{\"error\":\"no_upstream\",\"detail\":\"no cluster for this request's x-nexus-upstream\"}" } },
     }));
     out
+}
+
+/// One JSON line per request: what happened, which rule and upstream, who, and what the cache
+/// did; `x-request-id` ties it to the upstream's logs.
+fn access_log(path: &Path) -> Value {
+    json!({
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(),
+            "log_format": { "json_format": {
+                "time": "%START_TIME%",
+                "method": "%REQ(:METHOD)%",
+                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                "status": "%RESPONSE_CODE%",
+                "details": "%RESPONSE_CODE_DETAILS%",
+                "duration_ms": "%DURATION%",
+                "upstream": "%UPSTREAM_CLUSTER%",
+                "rule": "%REQ(X-NEXUS-RULE)%",
+                "client": "%REQ(X-NEXUS-CLIENT-ID)%",
+                "cache": "%RESP(X-NEXUS-CACHE)%",
+                "request_id": "%REQ(X-REQUEST-ID)%",
+            }},
+        },
+    })
 }
 
 fn header_exact(name: &str, value: &str) -> Value {
@@ -393,6 +421,7 @@ mod tests {
             upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
             ratelimit: "127.0.0.1:9100".parse().unwrap(),
             cache: "127.0.0.1:9101".parse().unwrap(),
+            access_log: PathBuf::from("/s/access.log"),
         };
         let modules = FILTERS
             .iter()
@@ -498,6 +527,17 @@ mod tests {
             "/s"
         );
         assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9901);
+    }
+
+    #[test]
+    fn requests_are_logged_as_json_lines() {
+        let r = rendered();
+        let log = &r.listeners["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["access_log"][0]["typed_config"];
+        assert_eq!(log["path"], "/s/access.log");
+        let fields = &log["log_format"]["json_format"];
+        assert_eq!(fields["rule"], "%REQ(X-NEXUS-RULE)%");
+        assert_eq!(fields["cache"], "%RESP(X-NEXUS-CACHE)%");
     }
 
     #[test]

@@ -434,6 +434,7 @@ impl Xds {
             upstreams: upstreams.addresses(&config.gateway),
             ratelimit: services.ratelimit,
             cache: services.cache,
+            access_log: self.staging.join("access.log"),
         };
         envoy::render(
             &routes,
@@ -676,7 +677,10 @@ fn banner(
         config.gateway.http
     );
     println!("  rate-limit counters: {storage}");
-    println!("  Envoy config and log: {}", state.display());
+    println!(
+        "  Envoy config and logs (envoy.log, access.log): {}",
+        state.display()
+    );
     for (name, addr) in &upstreams.demo {
         println!("  demo upstream {name}: http://{addr}");
     }
