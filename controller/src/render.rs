@@ -280,7 +280,7 @@ pub fn render_group(
                                 "value": configuration,
                             },
                             "vm_config": {
-                                "vm_id": fname,
+                                "vm_id": nexus_config::vm_id(&fname, &configuration),
                                 "runtime": "envoy.wasm.runtime.v8",
                                 "code": { "remote": {
                                     "http_uri": {

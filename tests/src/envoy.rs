@@ -127,7 +127,7 @@ fn wasm_filter(f: &WasmFilter) -> Value {
                 "name": f.name,
                 "root_id": f.name,
                 "vm_config": {
-                    "vm_id": f.name,
+                    "vm_id": nexus_config::vm_id(&f.name, &f.config),
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": f.module.display().to_string()}}
                 },

@@ -282,7 +282,7 @@ fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
                 "root_id": name,
                 "failure_policy": "FAIL_CLOSED",
                 "vm_config": {
-                    "vm_id": name,
+                    "vm_id": nexus_config::vm_id(&name, configuration),
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": { "local": { "filename": module.display().to_string() } },
                 },

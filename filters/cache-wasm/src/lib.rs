@@ -1,43 +1,58 @@
 //! nexus-cache, wired to proxy-wasm. Decisions are made in the `nexus-cache` crate; this
 //! adapter moves bytes: headers, response body chunks, the `Get` / `Put` calls and the root
 //! context's `Subscribe` stream.
-//!
-//! Hostcalls are made through `proxy_wasm::hostcalls` (which return errors) rather than the
-//! SDK's context helpers that unwrap: a failed hostcall must never kill the VM.
 
 use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::Duration;
+use std::collections::HashMap;
 
 use nexus_cache::coherency::{Subscription, TickAction};
 use nexus_cache::{Cache, Exchange, ResponseStep, Step};
 use nexus_filter_core::{Clock, HeaderMap, IdGenerator, Level, Log, Metrics};
+use nexus_proxy_wasm::hostcalls::{self, BufferType};
 use nexus_proxy_wasm::{
-    apply, configure, HostClock, HostHeaders, HostLog, HostMetrics, HostSharedData,
+    apply, parse_config, resume_request, Action, Filter, HostClock, HostHeaders, HostLog,
+    HostMetrics, HostSharedData,
 };
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|root_id| -> Box<dyn RootContext> {
-        Box::new(Root { root_id, shared: None })
-    });
-}}
+nexus_proxy_wasm::export_filter!(
+    CacheFilter,
+    [
+        request_headers,
+        response_headers,
+        response_body,
+        response_trailers,
+        stream_end
+    ]
+);
 
 /// Reconnect backoff resolution; the stream itself is event driven.
-const TICK: Duration = Duration::from_millis(100);
+const TICK_MS: u32 = 100;
 
-struct Shared {
+struct CacheFilter {
     cache: Cache,
     metrics: HostMetrics,
     /// The root context's event stream (None: no service, or `subscribe: false`).
     subscription: RefCell<Option<Subscription>>,
     root_id: u32,
+    /// Requests the response phase has work for, by context id.
+    streams: RefCell<HashMap<u32, Stream>>,
+    /// `Get` token → the paused request's context. Answers are matched by token: Envoy's
+    /// context id on a gRPC callback is not the caller's.
+    gets: RefCell<HashMap<u32, u32>>,
 }
 
-impl Shared {
+#[derive(Default)]
+struct Stream {
+    exchange: Exchange,
+    /// Token of the `Get` the request is paused on.
+    pending: Option<u32>,
+}
+
+fn now_ms() -> u64 {
+    HostClock.now_unix_nanos() / 1_000_000
+}
+
+impl CacheFilter {
     fn l1_live(&self) -> bool {
         self.subscription
             .borrow()
@@ -47,20 +62,19 @@ impl Shared {
 
     /// Write-through `Put`, fire-and-forget. Dispatched on behalf of the root context: Envoy
     /// cancels a context's calls when it is destroyed, and the request's context ends right
-    /// after its response does. Its answer is not observed (the SDK routes it to the request's
-    /// context, usually gone by then); only dispatch failures are counted.
+    /// after its response does. Its answer reaches the root, which ignores it; only dispatch
+    /// failures are counted.
     fn put(&self, message: &[u8], http_context: u32) {
         let Some(service) = self.cache.service() else {
             return;
         };
         let switched = hostcalls::set_effective_context(self.root_id).is_ok();
-        let result = hostcalls::dispatch_grpc_call(
+        let result = hostcalls::grpc_call(
             &service.cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_PUT,
-            Vec::new(),
-            Some(message),
-            Duration::from_millis(service.timeout_ms),
+            message,
+            service.timeout_ms,
         );
         if switched {
             let _ = hostcalls::set_effective_context(http_context);
@@ -70,90 +84,115 @@ impl Shared {
                 .increment(nexus_cache::metrics::SERVICE_ERRORS, 1);
             HostLog.log(
                 Level::Debug,
-                &format!("nexus-cache: Put not dispatched: {status:?}"),
+                &format!("nexus-cache: Put not dispatched: {status}"),
             );
         }
     }
-}
 
-fn now_ms() -> u64 {
-    HostClock.now_unix_nanos() / 1_000_000
-}
-
-struct Root {
-    root_id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Root {
-    fn with_subscription(&self, f: impl FnOnce(&mut Subscription, &Shared)) {
-        if let Some(s) = &self.shared {
-            if let Some(sub) = s.subscription.borrow_mut().as_mut() {
-                f(sub, s);
+    /// Decides a request after its `Get` answered (or failed); `resume` when it was paused.
+    fn lookup_answered(
+        &self,
+        context: u32,
+        mut stream: Stream,
+        answer: Result<&[u8], String>,
+        resume: bool,
+    ) -> Action {
+        let step = self.cache.on_lookup_response(
+            &mut stream.exchange,
+            answer,
+            &HostSharedData,
+            &self.metrics,
+            &HostLog,
+            now_ms(),
+        );
+        match step {
+            Step::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),
+            _ => {
+                self.keep(context, stream);
+                if resume {
+                    resume_request("nexus-cache");
+                }
+                Action::Continue
             }
         }
     }
-}
 
-impl Context for Root {
-    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
-        let message = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.with_subscription(|sub, s| {
-            if sub.on_message(token, &message, &HostSharedData, &s.metrics, &HostLog) {
-                // Envoy reports no close for a stream we cancel: account for it here.
-                let _ = hostcalls::cancel_grpc_stream(token);
-                sub.on_closed(token, now_ms(), &HostSharedData, &s.metrics);
-            }
-        });
+    fn keep(&self, context: u32, stream: Stream) {
+        if stream.exchange.wants_response() {
+            self.streams.borrow_mut().insert(context, stream);
+        }
     }
 
-    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
-        self.with_subscription(|sub, s| {
-            if sub.is_stream(token) {
-                HostLog.log(
-                    Level::Info,
-                    &format!("nexus-cache: Subscribe stream closed (gRPC status {status}); L1 flushed, reconnecting"),
-                );
-            }
-            sub.on_closed(token, now_ms(), &HostSharedData, &s.metrics);
-        });
+    /// Runs a response step on the stream's exchange, if the stream has one.
+    fn respond(&self, context: u32, step: impl FnOnce(&mut Exchange) -> ResponseStep) {
+        let result = {
+            let mut streams = self.streams.borrow_mut();
+            let Some(stream) = streams.get_mut(&context) else {
+                return;
+            };
+            step(&mut stream.exchange)
+        };
+        let mut headers = HostHeaders::response();
+        for (name, value) in &result.headers {
+            headers.set(name, value);
+        }
+        if let Some(put) = result.put {
+            self.put(&put, context);
+        }
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        // Workers are separate VMs: the clock and context id make their default writers differ.
-        let seed = HostClock.now_unix_nanos() ^ (u64::from(self.root_id) << 48);
-        let writer = format!("nexus-cache-{:016x}", IdGenerator::new(seed).next_u64());
-        let Some(cache) = configure("nexus-cache", |b| Cache::from_json(b, &writer)) else {
+    /// The `Get` a paused request waits on answered or failed. False: not a `Get` token.
+    fn on_get_answer(&self, token: u32, answer: Result<&[u8], String>) -> bool {
+        let Some(context) = self.gets.borrow_mut().remove(&token) else {
             return false;
         };
+        // Later hostcalls (resume, local response) act on the request's context.
+        if hostcalls::set_effective_context(context).is_err() {
+            self.streams.borrow_mut().remove(&context);
+            return true;
+        }
+        let stream = {
+            let mut streams = self.streams.borrow_mut();
+            match streams.get(&context) {
+                Some(s) if s.pending == Some(token) => streams.remove(&context),
+                _ => None,
+            }
+        };
+        if let Some(mut stream) = stream {
+            stream.pending = None;
+            self.lookup_answered(context, stream, answer, true);
+        }
+        true
+    }
+}
+
+impl Filter for CacheFilter {
+    fn configure(root_id: u32, config: &[u8]) -> Option<Self> {
+        // Workers are separate VMs: the clock and context id make their default writers differ.
+        let seed = HostClock.now_unix_nanos() ^ (u64::from(root_id) << 48);
+        let writer = format!("nexus-cache-{:016x}", IdGenerator::new(seed).next_u64());
+        let cache = parse_config("nexus-cache", config, |b| Cache::from_json(b, &writer))?;
         let subscription = cache.subscription(cache.writer());
         if subscription.is_some() {
-            if let Err(s) = hostcalls::set_tick_period(TICK) {
-                HostLog.log(Level::Warn, &format!("nexus-cache: no ticks: {s:?}"));
+            if let Err(s) = hostcalls::set_tick_period_ms(TICK_MS) {
+                HostLog.log(Level::Warn, &format!("nexus-cache: no ticks: {s}"));
             }
         }
-        self.shared = Some(Rc::new(Shared {
+        Some(Self {
             cache,
             metrics: HostMetrics::default(),
             subscription: RefCell::new(subscription),
-            root_id: self.root_id,
-        }));
-        true
+            root_id,
+            streams: RefCell::new(HashMap::new()),
+            gets: RefCell::new(HashMap::new()),
+        })
     }
 
-    fn on_tick(&mut self) {
-        let Some(s) = self.shared.clone() else {
+    fn on_tick(&self) {
+        let Some(service) = self.cache.service() else {
             return;
         };
-        let Some(service) = s.cache.service() else {
-            return;
-        };
-        let mut guard = s.subscription.borrow_mut();
+        let mut guard = self.subscription.borrow_mut();
         let Some(sub) = guard.as_mut() else {
             return;
         };
@@ -161,185 +200,157 @@ impl RootContext for Root {
         let TickAction::Open(request) = sub.on_tick(now) else {
             return;
         };
-        let opened = hostcalls::open_grpc_stream(
+        let opened = hostcalls::grpc_stream(
             &service.cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_SUBSCRIBE,
-            Vec::new(),
         )
-        .and_then(|token| {
-            hostcalls::send_grpc_stream_message(token, Some(request.as_slice()), true)
-                .map(|()| token)
-        });
+        .and_then(|token| hostcalls::grpc_send(token, &request, true).map(|()| token));
         if let Err(status) = &opened {
             HostLog.log(
                 Level::Warn,
                 &format!(
-                    "nexus-cache: cannot subscribe on cluster {}: {status:?}",
+                    "nexus-cache: cannot subscribe on cluster {}: {status}",
                     service.cluster
                 ),
             );
         }
-        sub.on_opened(opened.ok(), now, &HostSharedData, &s.metrics);
+        sub.on_opened(opened.ok(), now, &HostSharedData, &self.metrics);
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            shared: self.shared.clone()?,
-            context_id,
-            exchange: Exchange::default(),
-            pending: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Http {
-    shared: Rc<Shared>,
-    context_id: u32,
-    exchange: Exchange,
-    /// Token of the `Get` the request is paused on.
-    pending: Option<u32>,
-}
-
-impl Http {
-    fn lookup_answered(&mut self, answer: Result<&[u8], String>, resume: bool) -> Action {
-        let s = self.shared.clone();
-        let step = s.cache.on_lookup_response(
-            &mut self.exchange,
-            answer,
-            &HostSharedData,
-            &s.metrics,
-            &HostLog,
-            now_ms(),
-        );
-        match step {
-            Step::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),
-            _ => {
-                if resume {
-                    if let Err(st) = hostcalls::resume_http_request() {
-                        HostLog.log(Level::Warn, &format!("nexus-cache: resume failed: {st:?}"));
-                    }
-                }
-                Action::Continue
+    fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
+        if self.on_get_answer(token, Ok(message)) {
+            return;
+        }
+        // Otherwise: events of the Subscribe stream, or `Put` answers (ignored).
+        if let Some(sub) = self.subscription.borrow_mut().as_mut() {
+            if sub.on_message(token, message, &HostSharedData, &self.metrics, &HostLog) {
+                // Envoy reports no close for a stream we cancel: account for it here.
+                let _ = hostcalls::grpc_cancel(token);
+                sub.on_closed(token, now_ms(), &HostSharedData, &self.metrics);
             }
         }
     }
 
-    fn apply_response(&self, step: ResponseStep) {
-        let mut headers = HostHeaders::response();
-        for (name, value) in &step.headers {
-            headers.set(name, value);
-        }
-        if let Some(put) = step.put {
-            self.shared.put(&put, self.context_id);
-        }
-    }
-}
-
-impl Context for Http {
-    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
-        if self.pending != Some(token) {
+    fn on_grpc_close(&self, _context: u32, token: u32, status: u32, message: &str) {
+        if self.on_get_answer(token, Err(format!("gRPC status {status} {message}"))) {
             return;
         }
-        self.pending = None;
-        if status != 0 {
-            let message = hostcalls::get_grpc_status()
-                .ok()
-                .and_then(|(_, m)| m)
-                .unwrap_or_default();
-            self.lookup_answered(Err(format!("gRPC status {status} {message}")), true);
-            return;
+        if let Some(sub) = self.subscription.borrow_mut().as_mut() {
+            if sub.is_stream(token) {
+                HostLog.log(
+                    Level::Info,
+                    &format!("nexus-cache: Subscribe stream closed (gRPC status {status}); L1 flushed, reconnecting"),
+                );
+            }
+            sub.on_closed(token, now_ms(), &HostSharedData, &self.metrics);
         }
-        let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.lookup_answered(Ok(&body), true);
     }
-}
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _headers: usize, _eos: bool) -> Action {
-        let s = self.shared.clone();
+    fn on_request_headers(&self, context: u32) -> Action {
         let headers = HostHeaders::request().pairs();
-        let step = s.cache.on_request_headers(
-            &mut self.exchange,
+        let mut stream = Stream::default();
+        let step = self.cache.on_request_headers(
+            &mut stream.exchange,
             &headers,
-            s.l1_live(),
+            self.l1_live(),
             &HostSharedData,
-            &s.metrics,
+            &self.metrics,
             now_ms(),
         );
         match step {
-            Step::Continue => Action::Continue,
+            Step::Continue => {
+                self.keep(context, stream);
+                Action::Continue
+            }
             Step::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),
             Step::Lookup(message) => {
-                let Some(service) = s.cache.service() else {
+                let Some(service) = self.cache.service() else {
                     return Action::Continue;
                 };
-                match hostcalls::dispatch_grpc_call(
+                match hostcalls::grpc_call(
                     &service.cluster,
                     nexus_proto::CACHE_SERVICE,
                     nexus_proto::CACHE_GET,
-                    Vec::new(),
-                    Some(&message),
-                    Duration::from_millis(service.timeout_ms),
+                    &message,
+                    service.timeout_ms,
                 ) {
                     Ok(token) => {
-                        self.pending = Some(token);
+                        stream.pending = Some(token);
+                        self.streams.borrow_mut().insert(context, stream);
+                        self.gets.borrow_mut().insert(token, context);
                         Action::Pause
                     }
-                    Err(status) => {
-                        self.lookup_answered(Err(format!("not dispatched: {status:?}")), false)
-                    }
+                    Err(status) => self.lookup_answered(
+                        context,
+                        stream,
+                        Err(format!("not dispatched: {status}")),
+                        false,
+                    ),
                 }
             }
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, eos: bool) -> Action {
-        let s = self.shared.clone();
+    fn on_response_headers(&self, context: u32, end_of_stream: bool) -> Action {
+        if !self.streams.borrow().contains_key(&context) {
+            return Action::Continue;
+        }
         let headers = HostHeaders::response().pairs();
-        let step = s.cache.on_response_headers(
-            &mut self.exchange,
-            &headers,
-            eos,
-            &HostSharedData,
-            &s.metrics,
-            now_ms(),
-        );
-        self.apply_response(step);
+        self.respond(context, |exchange| {
+            self.cache.on_response_headers(
+                exchange,
+                &headers,
+                end_of_stream,
+                &HostSharedData,
+                &self.metrics,
+                now_ms(),
+            )
+        });
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+    fn on_response_body(&self, context: u32, size: usize, end_of_stream: bool) -> Action {
         // The body streams on (Continue): each callback sees only its chunk, which we copy.
-        if !self.exchange.capturing() {
+        let capturing = self
+            .streams
+            .borrow()
+            .get(&context)
+            .is_some_and(|s| s.exchange.capturing());
+        if !capturing {
             return Action::Continue;
         }
-        let s = self.shared.clone();
-        let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        let chunk = hostcalls::buffer(BufferType::ResponseBody, 0, size)
             .ok()
             .flatten()
             .unwrap_or_default();
-        let step = s.cache.on_response_body(
-            &mut self.exchange,
-            &chunk,
-            eos,
-            &HostSharedData,
-            &s.metrics,
-            now_ms(),
-        );
-        self.apply_response(step);
+        self.respond(context, |exchange| {
+            self.cache.on_response_body(
+                exchange,
+                &chunk,
+                end_of_stream,
+                &HostSharedData,
+                &self.metrics,
+                now_ms(),
+            )
+        });
         Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        self.shared.cache.on_response_trailers(&mut self.exchange);
+    fn on_response_trailers(&self, context: u32) -> Action {
+        if let Some(stream) = self.streams.borrow_mut().get_mut(&context) {
+            self.cache.on_response_trailers(&mut stream.exchange);
+        }
         Action::Continue
+    }
+
+    fn on_stream_end(&self, context: u32) {
+        if let Some(Stream {
+            pending: Some(token),
+            ..
+        }) = self.streams.borrow_mut().remove(&context)
+        {
+            self.gets.borrow_mut().remove(&token);
+        }
     }
 }

@@ -136,6 +136,12 @@ impl Exchange {
     pub fn capturing(&self) -> bool {
         self.capture.is_some()
     }
+
+    /// Whether the response has work for this exchange: the adapter keeps only such exchanges
+    /// past the request phase.
+    pub fn wants_response(&self) -> bool {
+        !matches!(self.stage, Stage::Untouched | Stage::Served)
+    }
 }
 
 impl Cache {

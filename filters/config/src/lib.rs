@@ -57,3 +57,33 @@ pub fn schema_json<T: schemars::JsonSchema>() -> String {
     let schema = schemars::schema_for!(T);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
+
+/// The Envoy `vm_id` for a filter running `configuration`: the filter name and a hash of the
+/// configuration.
+///
+/// Nexus filters run one configuration per VM (they do not export `proxy_on_context_create`,
+/// which saves a call into the VM per request, so a VM cannot tell its plugins' streams apart).
+/// Envoy shares a VM between plugins with the same `vm_id` and code; a distinct id per
+/// configuration gives a changed configuration its own VM. Shared data is scoped by `vm_id`
+/// too, so every worker running one configuration still shares one copy.
+pub fn vm_id(filter: &str, configuration: &str) -> String {
+    // FNV-1a: stable across builds and platforms, which `std`'s hasher does not promise.
+    let hash = configuration
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{filter}.{hash:016x}")
+}
+
+#[cfg(test)]
+mod vm_id_tests {
+    #[test]
+    fn vm_id_differs_per_configuration_and_is_stable() {
+        let a = super::vm_id("nexus.auth", r#"{"rules":[]}"#);
+        assert_eq!(a, super::vm_id("nexus.auth", r#"{"rules":[]}"#));
+        assert_ne!(a, super::vm_id("nexus.auth", r#"{"rules":[{}]}"#));
+        // FNV-1a of the empty string is its offset basis.
+        assert_eq!(super::vm_id("f", ""), "f.cbf29ce484222325");
+    }
+}

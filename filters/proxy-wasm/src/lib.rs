@@ -1,48 +1,55 @@
-//! The host traits of `nexus-filter-core`, implemented with proxy-wasm hostcalls.
+//! The host traits of `nexus-filter-core`, implemented with proxy-wasm hostcalls, and the ABI
+//! binding under them ([`hostcalls`], [`dispatch`], [`export_filter!`]).
 //!
 //! Everything here is a direct translation; filter decisions live in the host-agnostic crates.
 //! Hostcall failures never panic: a failed read is "absent", a failed write is logged.
 
+pub mod dispatch;
+pub mod hostcalls;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+pub use dispatch::{Action, Filter};
+use hostcalls::{LogLevel, MapType, MetricType, Status};
 use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
-use nexus_filter_core::{Action, Clock, HeaderMap, Level, Log, Metrics, SharedData};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
+use nexus_filter_core::{Clock, HeaderMap, Level, Log, Metrics, SharedData};
 
 /// Request or response headers of the current HTTP context.
 pub struct HostHeaders(pub MapType);
 
 impl HostHeaders {
     pub fn request() -> Self {
-        Self(MapType::HttpRequestHeaders)
+        Self(MapType::RequestHeaders)
     }
     pub fn response() -> Self {
-        Self(MapType::HttpResponseHeaders)
+        Self(MapType::ResponseHeaders)
     }
 }
 
 impl HeaderMap for HostHeaders {
     fn get(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(self.0, name).ok().flatten()
+        hostcalls::header(self.0, name)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
     fn pairs(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(self.0).unwrap_or_default()
+        hostcalls::header_pairs(self.0).unwrap_or_default()
     }
     fn set(&mut self, name: &str, value: &str) {
-        if let Err(status) = hostcalls::set_map_value(self.0, name, Some(value)) {
+        if let Err(status) = hostcalls::set_header(self.0, name, value) {
             HostLog.log(
                 Level::Warn,
-                &format!("setting header {name} failed: {status:?}"),
+                &format!("setting header {name} failed: {status}"),
             );
         }
     }
     fn remove(&mut self, name: &str) {
-        if let Err(status) = hostcalls::set_map_value(self.0, name, None) {
+        if let Err(status) = hostcalls::remove_header(self.0, name) {
             HostLog.log(
                 Level::Warn,
-                &format!("removing header {name} failed: {status:?}"),
+                &format!("removing header {name} failed: {status}"),
             );
         }
     }
@@ -52,11 +59,7 @@ pub struct HostClock;
 
 impl Clock for HostClock {
     fn now_unix_nanos(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
+        hostcalls::now_unix_nanos()
     }
 }
 
@@ -71,8 +74,7 @@ impl Log for HostLog {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
-        // Nothing sensible to do if logging itself fails.
-        let _ = hostcalls::log(level, message);
+        hostcalls::log(level, message);
     }
 }
 
@@ -110,15 +112,12 @@ pub struct HostSharedData;
 
 impl SharedData for HostSharedData {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
-            _ => None,
-        }
+        hostcalls::shared_data(key).ok().flatten()
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match hostcalls::set_shared_data(key, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+            Err(Status::CAS_MISMATCH) => Err(SharedDataError::CasMismatch),
             Err(_) => Err(SharedDataError::Failed),
         }
     }
@@ -135,18 +134,10 @@ impl Callouts for HostCallouts {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, CalloutError> {
-        let body = (!body.is_empty()).then_some(body);
-        hostcalls::dispatch_http_call(
-            cluster,
-            headers.to_vec(),
-            body,
-            Vec::new(),
-            std::time::Duration::from_millis(timeout_ms),
-        )
-        .map_err(|status| {
+        hostcalls::http_call(cluster, headers, body, timeout_ms).map_err(|status| {
             HostLog.log(
                 Level::Warn,
-                &format!("http call to cluster {cluster} failed: {status:?}"),
+                &format!("http call to cluster {cluster} failed: {status}"),
             );
             CalloutError::Refused
         })
@@ -155,56 +146,42 @@ impl Callouts for HostCallouts {
 
 /// Sets an Envoy property (filter state `wasm.<name>` in Envoy), logging a failure.
 pub fn set_property(name: &str, value: &[u8]) {
-    if let Err(status) = hostcalls::set_property(vec![name], Some(value)) {
+    if let Err(status) = hostcalls::set_property(name, value) {
         HostLog.log(
             Level::Warn,
-            &format!("setting property {name} failed: {status:?}"),
+            &format!("setting property {name} failed: {status}"),
         );
     }
 }
 
-/// Turns a filter's decision into the proxy-wasm action, sending the local response if any.
-pub fn apply(action: Action) -> proxy_wasm::types::Action {
+/// Turns a filter's decision into the ABI action, sending the local response if any.
+pub fn apply(action: nexus_filter_core::Action) -> Action {
     match action {
-        Action::Continue => proxy_wasm::types::Action::Continue,
-        Action::Respond(resp) => {
+        nexus_filter_core::Action::Continue => Action::Continue,
+        nexus_filter_core::Action::Respond(resp) => {
             let headers: Vec<(&str, &str)> = resp
                 .headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            if let Err(status) =
-                hostcalls::send_http_response(u32::from(resp.status), headers, Some(&resp.body))
-            {
+            if let Err(status) = hostcalls::send_local_response(resp.status, &headers, &resp.body) {
                 HostLog.log(
                     Level::Error,
-                    &format!("sending local response {} failed: {status:?}", resp.status),
+                    &format!("sending local response {} failed: {status}", resp.status),
                 );
             }
-            proxy_wasm::types::Action::Pause
+            Action::Pause
         }
     }
 }
 
-/// Reads the plugin configuration, logging every problem (with its JSON path) on failure.
-///
-/// Returning `None` makes `on_configure` answer false, so Envoy rejects the filter
-/// configuration instead of running with a half-understood one.
-pub fn configure<T, E: std::fmt::Display>(
+/// Parses a plugin configuration, logging every problem (with its JSON path) on failure.
+pub fn parse_config<T, E: std::fmt::Display>(
     filter: &str,
+    config: &[u8],
     parse: impl FnOnce(&[u8]) -> Result<T, E>,
 ) -> Option<T> {
-    let bytes = hostcalls::get_buffer(
-        proxy_wasm::types::BufferType::PluginConfiguration,
-        0,
-        usize::MAX,
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    // An absent configuration means "defaults", like an empty JSON object.
-    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-    match parse(bytes) {
+    match parse(config) {
         Ok(v) => Some(v),
         Err(e) => {
             HostLog.log(
@@ -213,5 +190,15 @@ pub fn configure<T, E: std::fmt::Display>(
             );
             None
         }
+    }
+}
+
+/// Resumes the current context's paused request, logging a failure.
+pub fn resume_request(filter: &str) {
+    if let Err(status) = hostcalls::resume_request() {
+        HostLog.log(
+            Level::Warn,
+            &format!("{filter}: resuming request failed: {status}"),
+        );
     }
 }

@@ -1,76 +1,55 @@
 //! nexus-ratelimit, wired to proxy-wasm: dispatches the gRPC call the core asks for, pauses the
 //! request until it answers, and adds the core's headers to the response.
 
-use std::rc::Rc;
-use std::time::Duration;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
-use nexus_filter_core::Clock;
+use nexus_filter_core::{Clock, HeaderMap};
+use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
-    apply, configure, HostClock, HostHeaders, HostLog, HostMetrics, HostSharedData,
+    apply, parse_config, resume_request, Action, Filter, HostClock, HostHeaders, HostLog,
+    HostMetrics, HostSharedData,
 };
 use nexus_ratelimit::{Pending, RateLimiter, ServiceFailure, Step};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
-}}
+nexus_proxy_wasm::export_filter!(
+    RateLimitFilter,
+    [request_headers, response_headers, stream_end]
+);
 
-struct Shared {
+struct RateLimitFilter {
     limiter: RateLimiter,
     metrics: HostMetrics,
+    /// Per request, only while it has something pending: a service call, or response headers.
+    streams: RefCell<HashMap<u32, Stream>>,
+    /// Service call token → the context that made it. Answers are matched by token: Envoy's
+    /// context id on a gRPC callback is not the caller's.
+    calls: RefCell<HashMap<u32, u32>>,
 }
 
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(limiter) = configure("nexus-ratelimit", RateLimiter::from_json) else {
-            return false;
-        };
-        self.shared = Some(Rc::new(Shared {
-            limiter,
-            metrics: HostMetrics::default(),
-        }));
-        true
-    }
-
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            shared: self.shared.clone()?,
-            pending: None,
-            response_headers: Vec::new(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Http {
-    shared: Rc<Shared>,
-    pending: Option<(u32, Pending)>,
-    response_headers: Vec<(String, String)>,
+enum Stream {
+    /// Paused on the rate-limit service call with this token.
+    Calling(u32, Pending),
+    /// Allowed; these headers go on the response.
+    Respond(Vec<(String, String)>),
 }
 
 fn now_us() -> u64 {
     HostClock.now_unix_nanos() / 1_000
 }
 
-impl Http {
+impl RateLimitFilter {
     /// Applies a final step; `resume` when the request was paused on the service.
-    fn finish(&mut self, step: Step, resume: bool) -> Action {
+    fn finish(&self, context: u32, step: Step, resume: bool) -> Action {
         match step {
             Step::Allow(headers) => {
-                self.response_headers = headers;
+                if !headers.is_empty() {
+                    self.streams
+                        .borrow_mut()
+                        .insert(context, Stream::Respond(headers));
+                }
                 if resume {
-                    self.resume_http_request();
+                    resume_request("nexus-ratelimit");
                 }
                 Action::Continue
             }
@@ -80,97 +59,114 @@ impl Http {
         }
     }
 
-    fn service_failed(
-        &mut self,
-        pending: &Pending,
-        failure: ServiceFailure,
-        resume: bool,
-    ) -> Action {
-        let s = self.shared.clone();
-        let step = s.limiter.on_service_response(
-            pending,
-            Err(failure),
-            &HostSharedData,
-            &s.metrics,
-            &HostLog,
-            now_us(),
-        );
-        self.finish(step, resume)
-    }
-}
-
-impl Context for Http {
-    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
-        let Some((expected, pending)) = self.pending.take() else {
+    /// The service answered call `token` (`Ok`: the response message) or failed.
+    fn answered(&self, token: u32, answer: Result<&[u8], ServiceFailure>) {
+        let Some(context) = self.calls.borrow_mut().remove(&token) else {
             return;
         };
-        if token != expected {
+        // Later hostcalls (resume, local response) act on the request's context.
+        if hostcalls::set_effective_context(context).is_err() {
+            self.streams.borrow_mut().remove(&context);
             return;
         }
-        if status != 0 {
-            let (_, message) = self.get_grpc_status();
-            self.service_failed(
-                &pending,
-                ServiceFailure::Status(status, message.unwrap_or_default()),
-                true,
-            );
-            return;
-        }
-        let body = self
-            .get_grpc_call_response_body(0, size)
-            .unwrap_or_default();
-        let s = self.shared.clone();
-        let step = s.limiter.on_service_response(
+        let pending = {
+            let mut streams = self.streams.borrow_mut();
+            match streams.remove(&context) {
+                Some(Stream::Calling(t, pending)) if t == token => pending,
+                Some(other) => {
+                    streams.insert(context, other);
+                    return;
+                }
+                None => return,
+            }
+        };
+        let step = self.limiter.on_service_response(
             &pending,
-            Ok(&body),
+            answer,
             &HostSharedData,
-            &s.metrics,
+            &self.metrics,
             &HostLog,
             now_us(),
         );
-        self.finish(step, true);
+        self.finish(context, step, true);
     }
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _headers: usize, _eos: bool) -> Action {
-        let s = self.shared.clone();
-        let step = s.limiter.on_request(
+impl Filter for RateLimitFilter {
+    fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
+        Some(Self {
+            limiter: parse_config("nexus-ratelimit", config, RateLimiter::from_json)?,
+            metrics: HostMetrics::default(),
+            streams: RefCell::new(HashMap::new()),
+            calls: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
+        self.answered(token, Ok(message));
+    }
+
+    fn on_grpc_close(&self, _context: u32, token: u32, status: u32, message: &str) {
+        self.answered(
+            token,
+            Err(ServiceFailure::Status(status, message.to_string())),
+        );
+    }
+
+    fn on_request_headers(&self, context: u32) -> Action {
+        let step = self.limiter.on_request(
             &HostHeaders::request(),
             &HostSharedData,
-            &s.metrics,
+            &self.metrics,
             now_us(),
         );
         let Step::CallService { message, pending } = step else {
-            return self.finish(step, false);
+            return self.finish(context, step, false);
         };
-        let Some(service) = s.limiter.service() else {
-            return self.finish(Step::Allow(Vec::new()), false);
+        let Some(service) = self.limiter.service() else {
+            return self.finish(context, Step::Allow(Vec::new()), false);
         };
-        match self.dispatch_grpc_call(
+        match hostcalls::grpc_call(
             &service.cluster,
             nexus_proto::RATELIMIT_SERVICE,
             nexus_proto::RATELIMIT_METHOD,
-            Vec::new(),
-            Some(&message),
-            Duration::from_millis(service.timeout_ms),
+            &message,
+            service.timeout_ms,
         ) {
             Ok(token) => {
-                self.pending = Some((token, pending));
+                self.streams
+                    .borrow_mut()
+                    .insert(context, Stream::Calling(token, pending));
+                self.calls.borrow_mut().insert(token, context);
                 Action::Pause
             }
-            Err(status) => self.service_failed(
-                &pending,
-                ServiceFailure::Dispatch(format!("{status:?}")),
-                false,
-            ),
+            Err(status) => {
+                let step = self.limiter.on_service_response(
+                    &pending,
+                    Err(ServiceFailure::Dispatch(status.to_string())),
+                    &HostSharedData,
+                    &self.metrics,
+                    &HostLog,
+                    now_us(),
+                );
+                self.finish(context, step, false)
+            }
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _eos: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(&name, Some(&value));
+    fn on_response_headers(&self, context: u32, _end_of_stream: bool) -> Action {
+        if let Some(Stream::Respond(headers)) = self.streams.borrow_mut().remove(&context) {
+            let mut response = HostHeaders::response();
+            for (name, value) in &headers {
+                response.set(name, value);
+            }
         }
         Action::Continue
+    }
+
+    fn on_stream_end(&self, context: u32) {
+        if let Some(Stream::Calling(token, _)) = self.streams.borrow_mut().remove(&context) {
+            self.calls.borrow_mut().remove(&token);
+        }
     }
 }
