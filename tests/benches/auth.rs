@@ -4,7 +4,9 @@
 //! (b) a fresh token per request (pre-signed; `wrk` cycles through them with Lua).
 //!
 //! Options (after `--`): `--duration <s>` (default 5), `--connections <n>` (default 16),
-//! `--fresh <n>` tokens per algorithm for (b) (default 20000).
+//! `--fresh <n>` tokens per algorithm for (b) (default 20000), `--rounds <n>` measurements per
+//! filter with a reused token, alternating between filters, of which the median is reported
+//! (default 3).
 //!
 //! Every request is answered by Envoy's `direct_response` (no upstream), so the numbers are the
 //! filter chain's cost.
@@ -32,15 +34,32 @@ enum Filter {
     /// nexus-auth with an allow-all rule: the proxy-wasm boundary and header handling alone,
     /// no token. What the wasm runtime costs before any authentication work.
     NexusFloor,
+    /// A wasm module whose request-headers callback returns at once: the least any proxy-wasm
+    /// filter costs in Envoy's V8 (one call into the VM per request).
+    WasmNoop,
 }
 
+/// The no-op filter: the ABI's required exports and a request-headers callback that continues.
+const NOOP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"#;
+
 impl Filter {
+    /// Rows measured once, without a token.
+    fn tokenless(self) -> bool {
+        matches!(self, Filter::None | Filter::WasmNoop | Filter::NexusFloor)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Filter::None => "no filter",
             Filter::Native => "envoy jwt_authn",
             Filter::Nexus => "nexus-auth",
             Filter::NexusFloor => "nexus allow-all",
+            Filter::WasmNoop => "wasm no-op",
         }
     }
 }
@@ -49,6 +68,7 @@ struct Opts {
     duration_s: u64,
     connections: u32,
     fresh: usize,
+    rounds: usize,
 }
 
 fn opts() -> Result<Opts> {
@@ -56,11 +76,13 @@ fn opts() -> Result<Opts> {
         ("--duration", 5),
         ("--connections", 16),
         ("--fresh", 20_000),
+        ("--rounds", 3),
     ])?;
     Ok(Opts {
         duration_s: o["--duration"],
         connections: u32::try_from(o["--connections"])?,
         fresh: usize::try_from(o["--fresh"])?,
+        rounds: usize::try_from(o["--rounds"])?.max(1),
     })
 }
 
@@ -71,6 +93,8 @@ fn main() -> Result<()> {
         .prefix("nexus-bench-auth-")
         .tempdir()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, wat::parse_str(NOOP_WAT)?)?;
 
     let mut rows: Vec<(&str, &str, Filter, LoadStats)> = Vec::new();
     for alg in ALGS {
@@ -93,10 +117,13 @@ fn main() -> Result<()> {
         std::fs::write(&tokens, fresh)?;
         let script = dir.path().join(format!("fresh-{alg}.lua"));
         std::fs::write(&script, lua(&tokens))?;
+        let bearer = format!("Bearer {one}");
+        let header = format!("Authorization: {bearer}");
 
         let filters = if alg == ALGS[0] {
             vec![
                 Filter::None,
+                Filter::WasmNoop,
                 Filter::NexusFloor,
                 Filter::Native,
                 Filter::Nexus,
@@ -105,13 +132,21 @@ fn main() -> Result<()> {
             vec![Filter::Native, Filter::Nexus]
         };
         for mode in ["reused", "fresh"] {
+            let filters: Vec<Filter> = filters
+                .iter()
+                .copied()
+                .filter(|f| mode == "reused" || !f.tokenless())
+                .collect();
+            // Every filter's Envoy runs at once (idle ones cost nothing) so rounds can alternate
+            // between them: drift in the machine's speed then hits every filter alike.
+            let mut envoys = Vec::new();
             for &f in &filters {
-                if matches!(f, Filter::None | Filter::NexusFloor) && mode == "fresh" {
-                    continue;
-                }
-                let envoy = Envoy::start(&config(f, &jwks, &module))?;
-                let bearer = format!("Bearer {one}");
-                let header = format!("Authorization: {bearer}");
+                let module = if f == Filter::WasmNoop {
+                    &noop
+                } else {
+                    &module
+                };
+                let envoy = Envoy::start(&config(f, &jwks, module))?;
                 // Check one request first: a benchmark of 401s would be meaningless.
                 let probe =
                     nexus_tests::client::get(envoy.port, PATH, &[("authorization", &bearer)])?;
@@ -123,15 +158,30 @@ fn main() -> Result<()> {
                         envoy.log()
                     );
                 }
-                let load = |seconds| {
-                    if mode == "reused" {
-                        wrk(envoy.port, PATH, &[&header], seconds, opts.connections)
-                    } else {
-                        wrk_script(envoy.port, PATH, &script, seconds, opts.connections)
-                    }
-                };
-                load(1)?; // warm-up: V8 tiers up, caches fill
-                let stats = load(opts.duration_s)?;
+                envoys.push((f, envoy));
+            }
+            let load = |envoy: &Envoy, seconds| {
+                if mode == "reused" {
+                    wrk(envoy.port, PATH, &[&header], seconds, opts.connections)
+                } else {
+                    wrk_script(envoy.port, PATH, &script, seconds, opts.connections)
+                }
+            };
+            // Fresh tokens are bound by signature checks, far above the noise: one round.
+            let rounds = if mode == "reused" { opts.rounds } else { 1 };
+            let mut samples: Vec<Vec<LoadStats>> = envoys.iter().map(|_| Vec::new()).collect();
+            for (_, envoy) in &envoys {
+                load(envoy, 1)?; // warm-up: V8 tiers up, caches fill
+            }
+            for _ in 0..rounds {
+                for (i, (_, envoy)) in envoys.iter().enumerate() {
+                    samples[i].push(load(envoy, opts.duration_s)?);
+                }
+            }
+            for ((f, _), mut runs) in envoys.iter().zip(samples) {
+                runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+                let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.rps)).collect();
+                let stats = runs.swap_remove(runs.len() / 2);
                 // Cycling through more tokens than either cache holds still verifies every
                 // request; only a shorter cycle would let caches serve "fresh" tokens.
                 if mode == "fresh" && stats.requests as usize > opts.fresh && opts.fresh < 2 * CACHE
@@ -144,14 +194,15 @@ fn main() -> Result<()> {
                     );
                 }
                 eprintln!(
-                    "bench: {alg} {mode} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
+                    "bench: {alg} {mode} {}: median {:.0} req/s of [{}], p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
                     f.name(),
                     stats.rps,
+                    all.join(", "),
                     stats.p50_ms,
                     stats.p99_ms,
                     stats.non_2xx
                 );
-                rows.push((alg, mode, f, stats));
+                rows.push((alg, mode, *f, stats));
             }
         }
     }
@@ -193,6 +244,11 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
             })
             .to_string(),
         }),
+        Filter::WasmNoop => c.filters.push(WasmFilter {
+            name: "noop".into(),
+            module: module.to_path_buf(),
+            config: "{}".into(),
+        }),
         Filter::NexusFloor => c.filters.push(WasmFilter {
             name: "nexus-auth".into(),
             module: module.to_path_buf(),
@@ -213,7 +269,7 @@ fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
         "alg", "token", "filter", "req/s", "p50 ms", "p99 ms", "non-2xx", "nexus/native"
     );
     for (alg, mode, f, s) in rows {
-        let ratio = if matches!(f, Filter::Nexus | Filter::NexusFloor) {
+        let ratio = if matches!(f, Filter::Nexus | Filter::NexusFloor | Filter::WasmNoop) {
             rows.iter()
                 .find(|(a, m, g, _)| a == alg && m == mode && *g == Filter::Native)
                 .map(|(_, _, _, n)| format!("{:.2}x", s.rps / n.rps))
@@ -221,7 +277,7 @@ fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
         } else {
             String::new()
         };
-        let (alg, mode) = if matches!(f, Filter::None | Filter::NexusFloor) {
+        let (alg, mode) = if f.tokenless() {
             ("-", "-")
         } else {
             (*alg, *mode)

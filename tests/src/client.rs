@@ -67,6 +67,16 @@ pub fn request(
     read_response(BufReader::new(stream))
 }
 
+/// Sends `head` (request line and headers, byte for byte, e.g. with non-UTF-8 values) and no
+/// body, and reads the response.
+pub fn raw(port: u16, head: &[u8]) -> Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(head)?;
+    read_response(BufReader::new(stream))
+}
+
 fn read_response(mut r: BufReader<TcpStream>) -> Result<Response> {
     let mut line = String::new();
     r.read_line(&mut line)?;

@@ -98,6 +98,26 @@ fn routed_requests_reach_their_upstream_with_injected_headers_and_no_spoofed_one
     );
 }
 
+/// HTTP allows `obs-text` (bytes 0x80-0xFF) in header values and Envoy passes them on. The
+/// proxy-wasm SDK panics on such a value (its header decoding unwraps UTF-8), which kills the
+/// VM and fails every later request on the worker; Nexus decodes lossily and routes on.
+#[test]
+fn a_header_value_that_is_not_utf8_is_routed_and_the_vm_survives() {
+    let s = setup();
+    for _ in 0..2 {
+        let resp = client::raw(
+            s.envoy.port,
+            b"GET /lake/t HTTP/1.1\r\nhost: nexus.test\r\nx-note: caf\xe9\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), s.envoy.log());
+        assert_eq!(resp.json().unwrap()["upstream"], "lake");
+    }
+    let got = s.lake.requests();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header("x-nexus-rule"), Some("lake"));
+}
+
 #[test]
 fn timeout_header_is_what_envoy_enforces() {
     let s = setup();

@@ -846,13 +846,13 @@ impl Host {
         body: &[u8],
         trailers: &[(&str, &str)],
     ) -> Result<()> {
-        let call = self.take_http_call(token)?;
+        self.take_http_call(token)?;
         let st = self.store.data_mut();
         st.callout.http_headers = Some(owned_map(headers));
         st.callout.http_body = Some(body.to_vec());
         st.callout.http_trailers = Some(owned_map(trailers));
         self.deliver_http_response(
-            call.context_id,
+            ROOT_CONTEXT_ID,
             token,
             headers.len(),
             body.len(),
@@ -863,11 +863,11 @@ impl Host {
     /// Fail HTTP callout `token` (reset/timeout): Envoy calls `proxy_on_http_call_response`
     /// with no headers, body or trailers.
     pub fn fail_http_call(&mut self, token: u32) -> Result<()> {
-        let call = self.take_http_call(token)?;
+        self.take_http_call(token)?;
         let st = self.store.data_mut();
         st.callout.http_headers = Some(Vec::new());
         st.callout.http_trailers = Some(Vec::new());
-        self.deliver_http_response(call.context_id, token, 0, 0, 0)
+        self.deliver_http_response(ROOT_CONTEXT_ID, token, 0, 0, 0)
     }
 
     fn take_http_call(&mut self, token: u32) -> Result<HttpCallout> {
@@ -880,6 +880,9 @@ impl Host {
         })
     }
 
+    /// Envoy owns every callout by the plugin's root context (its hostcalls take the calling
+    /// context's `root_context()`), so answers arrive on the root context, whichever context
+    /// dispatched the call: a filter must match them by token.
     fn deliver_http_response(
         &mut self,
         ctx: u32,
@@ -908,7 +911,8 @@ impl Host {
             Some(g) if g.state == GrpcCalloutState::Finished => {
                 bail!("gRPC call {token} is already finished")
             }
-            Some(g) => Ok((g.context_id, g.streaming)),
+            // Delivered on the root context, as Envoy does (see `deliver_http_response`).
+            Some(g) => Ok((ROOT_CONTEXT_ID, g.streaming)),
             None => bail!("no gRPC call with token {token}"),
         }
     }

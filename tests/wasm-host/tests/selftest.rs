@@ -213,10 +213,13 @@ fn callout_module() -> String {
         r#"(import "env" "proxy_http_call" (func $http (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
         r#"(import "env" "proxy_call_foreign_function" (func $ff (param i32 i32 i32 i32 i32 i32) (result i32)))"#,
         r#"(import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))"#,
+        r#"(import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))"#,
         I_GET_BUF,
         I_LOG,
     ]
     .join("\n");
+    // The answer arrives on the root context, as in Envoy: the module remembers which request
+    // made the call (at 200) and switches to it before resuming.
     // The number of request headers selects the behaviour:
     // 1: http call to "evil", 2: http call to "jwks", otherwise: foreign function "do_thing".
     module(
@@ -233,9 +236,11 @@ fn callout_module() -> String {
     (if (i32.eq (local.get $n) (i32.const 1))
       (then (return (call $call (i32.const 1024)))))
     (if (i32.eq (local.get $n) (i32.const 2))
-      (then (call $check (call $call (i32.const 1032))) (return (i32.const 1))))
+      (then (i32.store (i32.const 200) (local.get $ctx))
+            (call $check (call $call (i32.const 1032))) (return (i32.const 1))))
     (call $ff (i32.const 1040) (i32.const 8) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 104)))
   (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $nh i32) (param $size i32) (param $nt i32)
+    (call $check (call $effective (i32.load (i32.const 200))))
     (call $check (call $get_buf (i32.const 4) (i32.const 0) (local.get $size) (i32.const 100) (i32.const 104)))
     (call $check (call $log (i32.const 2) (i32.load (i32.const 100)) (i32.load (i32.const 104))))
     (call $check (call $continue (i32.const 0))))
