@@ -32,7 +32,11 @@ impl HeaderMap for HostHeaders {
         hostcalls::header(self.0, name)
             .ok()
             .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            // Valid UTF-8 (the usual case) keeps the host's buffer; no second copy.
+            .map(|v| {
+                String::from_utf8(v)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
     }
     fn pairs(&self) -> Vec<(String, String)> {
         hostcalls::header_pairs(self.0).unwrap_or_default()

@@ -80,15 +80,20 @@ impl RateLimitFilter {
                 None => return,
             }
         };
-        let step = self.limiter.on_service_response(
-            &pending,
+        let step = self.decide(&pending, answer);
+        self.finish(context, step, true);
+    }
+
+    /// The core's decision once the service answered or could not be asked.
+    fn decide(&self, pending: &Pending, answer: Result<&[u8], ServiceFailure>) -> Step {
+        self.limiter.on_service_response(
+            pending,
             answer,
             &HostSharedData,
             &self.metrics,
             &HostLog,
             now_us(),
-        );
-        self.finish(context, step, true);
+        )
     }
 }
 
@@ -141,14 +146,7 @@ impl Filter for RateLimitFilter {
                 Action::Pause
             }
             Err(status) => {
-                let step = self.limiter.on_service_response(
-                    &pending,
-                    Err(ServiceFailure::Dispatch(status.to_string())),
-                    &HostSharedData,
-                    &self.metrics,
-                    &HostLog,
-                    now_us(),
-                );
+                let step = self.decide(&pending, Err(ServiceFailure::Dispatch(status.to_string())));
                 self.finish(context, step, false)
             }
         }
