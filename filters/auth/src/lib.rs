@@ -21,11 +21,11 @@ pub mod verify;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use nexus_config::auth::{AuthConfig, IdentityOut, Jwks, NoMatchAction, Requirement, TokenSource};
 use nexus_config::{ConfigError, ConfigErrors};
+use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::{
     Callouts, Clock, HeaderMap, Level, LocalResponse, Log, Metrics, SharedData,
 };
@@ -215,31 +215,15 @@ pub struct Auth {
     local: RefCell<LocalCache>,
 }
 
-type LocalCache = HashMap<String, LocalEntry, BuildHasherDefault<FxHasher>>;
+/// Keyed by [`fasthash::hash`] of the token; the entry keeps the token, compared in full on
+/// every hit, so a colliding token is a miss (and replaces the entry), never a wrong answer.
+type LocalCache = HashMap<u64, LocalEntry, FxBuild>;
 
 struct LocalEntry {
+    token: Box<[u8]>,
     provider: usize,
     expires_s: u64,
     claims: Rc<Map<String, Value>>,
-}
-
-/// A fast non-cryptographic hash (FxHash). Keys are whole tokens compared in full, and only
-/// verified tokens are inserted, so collisions cost time at worst, never a wrong answer.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 impl Auth {
@@ -665,8 +649,9 @@ impl Auth {
             local.clear();
         }
         local.insert(
-            token.to_string(),
+            fasthash::hash(token.as_bytes()),
             LocalEntry {
+                token: token.as_bytes().into(),
                 provider,
                 expires_s,
                 claims: claims.clone(),
@@ -980,7 +965,11 @@ impl Check<'_> {
         let a = self.auth;
         let env = self.env;
         if a.cache_entries > 0 {
-            if let Some(e) = a.local.borrow().get(token) {
+            let local = a.local.borrow();
+            let hit = local
+                .get(&fasthash::hash(token.as_bytes()))
+                .filter(|e| fasthash::eq(&e.token, token.as_bytes()));
+            if let Some(e) = hit {
                 if self.now_s < e.expires_s && candidates.contains(&e.provider) {
                     env.metrics.increment("nexus_auth.token_cache.hit", 1);
                     return Ok((e.provider, e.claims.clone()));

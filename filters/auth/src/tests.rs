@@ -487,6 +487,21 @@ fn reused_tokens_skip_verification_until_ttl_or_exp() {
         Outcome::Continue(_)
     ));
     assert_eq!(count.get(), 2);
+    // The per-worker cache compares whole tokens: a copy of the cached token with one byte of
+    // its signature changed is verified (and fails), even when it lands on the cached entry's
+    // hash slot (a collision, forced here by moving the entry there).
+    let mut tampered = t.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    {
+        let mut local = a.local.borrow_mut();
+        let entry = local.remove(&fasthash::hash(t.as_bytes())).unwrap();
+        local.insert(fasthash::hash(tampered.as_bytes()), entry);
+    }
+    let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&tampered))]);
+    assert_denied(&out, 401, "invalid_token", "signature verification failed");
+    assert_eq!(count.get(), 3);
     // exp bounds it too (exp + skew), and an expired token is rejected, not served from cache.
     let short = key.token(&std_claims(json!({"exp": NOW + 150})));
     get(&a, &h, "/api/x", &[("authorization", &bearer(&short))]);

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 pub use dispatch::{Action, Filter};
 use hostcalls::{LogLevel, MapType, MetricType, Status};
+use nexus_filter_core::fasthash::FxBuild;
 use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
 use nexus_filter_core::{Clock, HeaderMap, Level, Log, Metrics, SharedData};
 
@@ -85,7 +86,7 @@ impl Log for HostLog {
 /// Counters defined on first use; ids cached so a hot path pays one hostcall per increment.
 #[derive(Default)]
 pub struct HostMetrics {
-    ids: RefCell<HashMap<String, u32>>,
+    ids: RefCell<HashMap<String, u32, FxBuild>>,
 }
 
 impl HostMetrics {
