@@ -3,7 +3,13 @@
 //! `wrk` on loopback. For RS256, ES256 and EdDSA: (a) one token reused by every request, and
 //! (b) a fresh token per request (pre-signed; `wrk` cycles through them with Lua).
 //!
-//! Options (after `--`): `--duration <s>` (default 5), `--connections <n>` (default 16),
+//! Two like-for-like pairs: `jwt_authn` verifying only against nexus-auth verifying only
+//! (`identity.headers` and `identity.filter_state` off), and `jwt_authn` also putting the
+//! identity out (`claim_to_headers`, `payload_in_metadata`) against nexus-auth as configured by
+//! default (identity headers and filter state). Each row reports requests/s and Envoy's CPU time
+//! per request (from `/proc`); the CPU figure varies less between runs.
+//!
+//! Options (`cargo xtask bench auth --rounds 5`): `--duration <s>` (default 5), `--connections <n>` (default 16),
 //! `--fresh <n>` tokens per algorithm for (b) (default 20000), `--rounds <n>` measurements per
 //! filter with a reused token, alternating between filters, of which the median is reported
 //! (default 3).
@@ -30,7 +36,13 @@ const PATH: &str = "/api/items";
 enum Filter {
     None,
     Native,
+    /// `jwt_authn` doing what nexus-auth does besides verifying: the caller's identity out as a
+    /// header (`claim_to_headers`) and as request data later filters read (`payload_in_metadata`).
+    NativeIdentity,
     Nexus,
+    /// nexus-auth deciding only (`identity.headers` and `identity.filter_state` off): the same
+    /// work as plain `jwt_authn`.
+    NexusVerifyOnly,
     /// nexus-auth with an allow-all rule: the proxy-wasm boundary and header handling alone,
     /// no token. What the wasm runtime costs before any authentication work.
     NexusFloor,
@@ -57,7 +69,9 @@ impl Filter {
         match self {
             Filter::None => "no filter",
             Filter::Native => "envoy jwt_authn",
+            Filter::NativeIdentity => "jwt_authn+identity",
             Filter::Nexus => "nexus-auth",
+            Filter::NexusVerifyOnly => "nexus verify-only",
             Filter::NexusFloor => "nexus allow-all",
             Filter::WasmNoop => "wasm no-op",
         }
@@ -96,7 +110,7 @@ fn main() -> Result<()> {
     let noop = dir.path().join("noop.wasm");
     std::fs::write(&noop, wat::parse_str(NOOP_WAT)?)?;
 
-    let mut rows: Vec<(&str, &str, Filter, LoadStats)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for alg in ALGS {
         let key = SigningKey::new(alg, "bench");
         let jwks = testkit::jwks(&[&key]);
@@ -126,10 +140,17 @@ fn main() -> Result<()> {
                 Filter::WasmNoop,
                 Filter::NexusFloor,
                 Filter::Native,
+                Filter::NexusVerifyOnly,
+                Filter::NativeIdentity,
                 Filter::Nexus,
             ]
         } else {
-            vec![Filter::Native, Filter::Nexus]
+            vec![
+                Filter::Native,
+                Filter::NexusVerifyOnly,
+                Filter::NativeIdentity,
+                Filter::Nexus,
+            ]
         };
         for mode in ["reused", "fresh"] {
             let filters: Vec<Filter> = filters
@@ -160,16 +181,19 @@ fn main() -> Result<()> {
                 }
                 envoys.push((f, envoy));
             }
-            let load = |envoy: &Envoy, seconds| {
-                if mode == "reused" {
-                    wrk(envoy.port, PATH, &[&header], seconds, opts.connections)
+            let load = |envoy: &Envoy, seconds| -> Result<Sample> {
+                let before = envoy.cpu_seconds()?;
+                let stats = if mode == "reused" {
+                    wrk(envoy.port, PATH, &[&header], seconds, opts.connections)?
                 } else {
-                    wrk_script(envoy.port, PATH, &script, seconds, opts.connections)
-                }
+                    wrk_script(envoy.port, PATH, &script, seconds, opts.connections)?
+                };
+                let cpu_us = (envoy.cpu_seconds()? - before) * 1e6 / stats.requests.max(1) as f64;
+                Ok(Sample { stats, cpu_us })
             };
             // Fresh tokens are bound by signature checks, far above the noise: one round.
             let rounds = if mode == "reused" { opts.rounds } else { 1 };
-            let mut samples: Vec<Vec<LoadStats>> = envoys.iter().map(|_| Vec::new()).collect();
+            let mut samples: Vec<Vec<Sample>> = envoys.iter().map(|_| Vec::new()).collect();
             for (_, envoy) in &envoys {
                 load(envoy, 1)?; // warm-up: V8 tiers up, caches fill
             }
@@ -179,9 +203,15 @@ fn main() -> Result<()> {
                 }
             }
             for ((f, _), mut runs) in envoys.iter().zip(samples) {
-                runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-                let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.rps)).collect();
-                let stats = runs.swap_remove(runs.len() / 2);
+                let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
+                cpu.sort_by(f64::total_cmp);
+                let cpu_us = cpu[cpu.len() / 2];
+                runs.sort_by(|a, b| a.stats.rps.total_cmp(&b.stats.rps));
+                let all: Vec<String> = runs
+                    .iter()
+                    .map(|r| format!("{:.0} ({:.2} us)", r.stats.rps, r.cpu_us))
+                    .collect();
+                let stats = runs.swap_remove(runs.len() / 2).stats;
                 // Cycling through more tokens than either cache holds still verifies every
                 // request; only a shorter cycle would let caches serve "fresh" tokens.
                 if mode == "fresh" && stats.requests as usize > opts.fresh && opts.fresh < 2 * CACHE
@@ -194,7 +224,7 @@ fn main() -> Result<()> {
                     );
                 }
                 eprintln!(
-                    "bench: {alg} {mode} {}: median {:.0} req/s of [{}], p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
+                    "bench: {alg} {mode} {}: median {:.0} req/s, {cpu_us:.2} us Envoy CPU per request, of [{}], p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
                     f.name(),
                     stats.rps,
                     all.join(", "),
@@ -202,7 +232,13 @@ fn main() -> Result<()> {
                     stats.p99_ms,
                     stats.non_2xx
                 );
-                rows.push((alg, mode, *f, stats));
+                rows.push(Row {
+                    alg,
+                    mode,
+                    filter: *f,
+                    stats,
+                    cpu_us,
+                });
             }
         }
     }
@@ -232,15 +268,36 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
                 "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
             }
         })),
+        Filter::NativeIdentity => c.native_filters.push(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"corp": {
+                    "issuer": ISS,
+                    "audiences": ["nexus"],
+                    "local_jwks": {"inline_string": jwks},
+                    "forward": true,
+                    "jwt_cache_config": {"jwt_cache_size": CACHE},
+                    "claim_to_headers": [{"header_name": "x-nexus-client-id", "claim_name": "sub"}],
+                    "payload_in_metadata": "corp"
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
+            }
+        })),
         // `forward` as in the native filter: both leave the token on the request.
-        Filter::Nexus => c.filters.push(WasmFilter {
+        Filter::Nexus | Filter::NexusVerifyOnly => c.filters.push(WasmFilter {
             name: "nexus-auth".into(),
             module: module.to_path_buf(),
             config: json!({
                 "providers": {"corp": {"issuer": ISS, "audiences": ["nexus"], "jwks": {"inline": jwks},
                                        "forward": true}},
                 "rules": [{"name": "all", "requirement": {"jwt": {}}}],
-                "token_cache": {"max_entries": CACHE}
+                "token_cache": {"max_entries": CACHE},
+                "identity": if filter == Filter::Nexus {
+                    json!({})
+                } else {
+                    json!({"headers": false, "filter_state": false})
+                }
             })
             .to_string(),
         }),
@@ -262,34 +319,85 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
     c
 }
 
-fn print_table(rows: &[(&str, &str, Filter, LoadStats)]) {
+struct Sample {
+    stats: LoadStats,
+    /// Envoy's CPU time per request served, in microseconds.
+    cpu_us: f64,
+}
+
+struct Row {
+    alg: &'static str,
+    mode: &'static str,
+    filter: Filter,
+    stats: LoadStats,
+    cpu_us: f64,
+}
+
+/// `nexus/native` as two ratios: requests/s (higher is better for nexus) and Envoy CPU per
+/// request (native's over nexus', so also higher is better). One row of `versus` per alg/mode.
+fn ratio(row: &Row, rows: &[Row], versus: Filter) -> String {
+    rows.iter()
+        .find(|r| r.alg == row.alg && r.mode == row.mode && r.filter == versus)
+        .map(|n| {
+            format!(
+                "{:.2}x | {:.2}x",
+                row.stats.rps / n.stats.rps,
+                n.cpu_us / row.cpu_us
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<6} {:<7} {:<16} {:>10} {:>9} {:>9} {:>8} {:>14}",
-        "alg", "token", "filter", "req/s", "p50 ms", "p99 ms", "non-2xx", "nexus/native"
+        "nexus/native: requests/s ratio | Envoy-CPU-per-request ratio (above 1: nexus is faster)"
     );
-    for (alg, mode, f, s) in rows {
-        let ratio = if matches!(f, Filter::Nexus | Filter::NexusFloor | Filter::WasmNoop) {
-            rows.iter()
-                .find(|(a, m, g, _)| a == alg && m == mode && *g == Filter::Native)
-                .map(|(_, _, _, n)| format!("{:.2}x", s.rps / n.rps))
-                .unwrap_or_default()
+    println!(
+        "{:<6} {:<7} {:<19} {:>9} {:>7} {:>7} {:>7} {:>9} {:>15} {:>19}",
+        "alg",
+        "token",
+        "filter",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "non-2xx",
+        "cpu us/r",
+        "vs jwt_authn",
+        "vs jwt_authn+id"
+    );
+    for r in rows {
+        let wasm = matches!(
+            r.filter,
+            Filter::Nexus | Filter::NexusVerifyOnly | Filter::NexusFloor | Filter::WasmNoop
+        );
+        let (plain, identity) = if wasm {
+            (
+                ratio(r, rows, Filter::Native),
+                if r.filter == Filter::Nexus {
+                    ratio(r, rows, Filter::NativeIdentity)
+                } else {
+                    String::new()
+                },
+            )
         } else {
-            String::new()
+            (String::new(), String::new())
         };
-        let (alg, mode) = if f.tokenless() {
+        let (alg, mode) = if r.filter.tokenless() {
             ("-", "-")
         } else {
-            (*alg, *mode)
+            (r.alg, r.mode)
         };
         println!(
-            "{alg:<6} {mode:<7} {:<16} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>14}",
-            f.name(),
-            s.rps,
-            s.p50_ms,
-            s.p99_ms,
-            s.non_2xx,
-            ratio
+            "{alg:<6} {mode:<7} {:<19} {:>9.0} {:>7.2} {:>7.2} {:>7} {:>9.2} {:>15} {:>19}",
+            r.filter.name(),
+            r.stats.rps,
+            r.stats.p50_ms,
+            r.stats.p99_ms,
+            r.stats.non_2xx,
+            r.cpu_us,
+            plain,
+            identity
         );
     }
 }

@@ -151,6 +151,27 @@ pub struct Envoy {
 }
 
 impl Envoy {
+    /// CPU time (user + system) Envoy has used so far, from `/proc/<pid>/stat`. Divided by the
+    /// requests served in between, it is the proxy's cost per request, steadier than requests/s,
+    /// which also moves with the load generator's share of the machine.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name: state is field 3; utime, stime 14, 15.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("short /proc stat: {stat}"))?
+                .parse::<f64>()?)
+        };
+        // USER_HZ is 100 on every Linux the kernel ABI supports for /proc.
+        Ok((ticks(11)? + ticks(12)?) / 100.0)
+    }
+
     /// Starts Envoy and waits until it serves; on failure the error carries Envoy's log.
     pub fn start(config: &EnvoyConfig) -> Result<Self> {
         let (mut child, dir) = spawn(config)?;

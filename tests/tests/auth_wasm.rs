@@ -267,6 +267,24 @@ fn rejections_with_exact_status_and_error() {
     assert!(host.violations().is_empty(), "{:?}", host.violations());
 }
 
+#[test]
+fn identity_out_switched_off_sets_no_headers_and_no_filter_state() {
+    let key = SigningKey::new("ES256", "k1");
+    let mut config = inline(&testkit::jwks(&[&key]));
+    config["identity"] = json!({"headers": false, "filter_state": false});
+    let mut host = host(&config);
+    let token = key.token(&claims(json!({})));
+    let mut http = host.http_context().unwrap();
+    assert_eq!(send(&mut http, "/api/x", Some(&token)), Action::Continue);
+    assert_eq!(http.request_header("x-nexus-client-id"), None);
+    assert_eq!(http.request_header("x-nexus-auth-method"), None);
+    http.finish().unwrap();
+    assert_eq!(host.property(&["nexus.client_id"]), None);
+    assert_eq!(host.property(&["nexus.auth_method"]), None);
+    assert_eq!(host.metric("nexus_auth.allowed.jwt"), Some(1));
+    assert!(host.violations().is_empty(), "{:?}", host.violations());
+}
+
 /// Answers the single pending JWKS callout; returns how many there were.
 fn answer(host: &mut Host, status: Option<&str>, doc: &str) -> usize {
     let calls = host.http_calls();

@@ -58,7 +58,7 @@ impl AuthFilter {
             match outcome {
                 Outcome::Pause => self.waiting.borrow_mut().push(ctx),
                 Outcome::Continue(identity) => {
-                    publish(identity.as_ref());
+                    publish(&self.auth, identity.as_ref());
                     resume_request("nexus-auth");
                 }
                 Outcome::Respond(resp) => {
@@ -69,8 +69,11 @@ impl AuthFilter {
     }
 }
 
-/// The identity as Envoy properties (filter state `wasm.nexus.client_id`, ...).
-fn publish(identity: Option<&Identity>) {
+/// The identity as Envoy properties (filter state `wasm.nexus.client_id`, ...), if configured.
+fn publish(auth: &Auth, identity: Option<&Identity>) {
+    if !auth.publishes_filter_state() {
+        return;
+    }
     if let Some(id) = identity {
         set_property(PROPERTY_CLIENT_ID, id.client_id.as_bytes());
         set_property(PROPERTY_AUTH_METHOD, id.method.as_bytes());
@@ -109,7 +112,7 @@ impl Filter for AuthFilter {
             .with_env(|auth, env| auth.on_request_headers(&mut HostHeaders::request(), env, true));
         match outcome {
             Outcome::Continue(identity) => {
-                publish(identity.as_ref());
+                publish(&self.auth, identity.as_ref());
                 Action::Continue
             }
             Outcome::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),

@@ -27,7 +27,7 @@ use nexus_config::auth::{AuthConfig, IdentityOut, Jwks, NoMatchAction, Requireme
 use nexus_config::{ConfigError, ConfigErrors};
 use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::{
-    Callouts, Clock, HeaderMap, Level, LocalResponse, Log, Metrics, SharedData,
+    Callouts, Clock, HeaderList, HeaderMap, Level, LocalResponse, Log, Metrics, SharedData,
 };
 use ring::digest;
 use serde_json::{Map, Value};
@@ -374,6 +374,12 @@ impl Auth {
         self
     }
 
+    /// Whether the adapter should publish an authenticated caller's identity as filter state
+    /// ([`PROPERTY_CLIENT_ID`], [`PROPERTY_AUTH_METHOD`]).
+    pub fn publishes_filter_state(&self) -> bool {
+        self.identity.filter_state
+    }
+
     /// Whether any provider fetches its keys (the adapter then asks for ticks).
     pub fn has_remote_jwks(&self) -> bool {
         self.providers.iter().any(|p| p.remote.is_some())
@@ -389,7 +395,7 @@ impl Auth {
     ) -> Outcome {
         let mut pairs = headers.pairs();
         let before = pairs.len();
-        pairs.retain(|(k, _)| !self.owned_headers.iter().any(|h| h == k));
+        pairs.retain(|k, _| !self.owned_headers.iter().any(|h| h == k));
         if pairs.len() != before {
             for h in &self.owned_headers {
                 headers.remove(h);
@@ -440,8 +446,10 @@ impl Auth {
                         Strip::Path(path) => headers.set(":path", path),
                     }
                 }
-                headers.set(HEADER_CLIENT_ID, &granted.identity.client_id);
-                headers.set(HEADER_AUTH_METHOD, &granted.identity.method);
+                if self.identity.headers {
+                    headers.set(HEADER_CLIENT_ID, &granted.identity.client_id);
+                    headers.set(HEADER_AUTH_METHOD, &granted.identity.method);
+                }
                 for (name, value) in &granted.headers {
                     headers.set(name, value);
                 }
@@ -772,7 +780,7 @@ enum Strip {
 /// One request's evaluation.
 struct Check<'a> {
     auth: &'a Auth,
-    pairs: &'a [(String, String)],
+    pairs: &'a HeaderList,
     env: &'a Env<'a>,
     now_s: u64,
     may_fetch: bool,
@@ -803,7 +811,7 @@ impl Check<'_> {
 
     fn api_key(&self, scopes: &[String]) -> Result<Granted, Fail> {
         let a = self.auth;
-        let Some((_, presented)) = self.pairs.iter().find(|(k, _)| *k == a.api_key_header) else {
+        let Some(presented) = self.pairs.get(&a.api_key_header) else {
             return Err(Fail::Missing);
         };
         let hash = digest::digest(&digest::SHA256, presented.trim().as_bytes());
@@ -850,7 +858,7 @@ impl Check<'_> {
         scopes: &[String],
     ) -> Result<Granted, Fail> {
         // (token, providers that found it there, the source each found it in)
-        let mut tokens: Vec<(String, Vec<usize>, Vec<usize>)> = Vec::new();
+        let mut tokens: Vec<(&str, Vec<usize>, Vec<usize>)> = Vec::new();
         for &p in providers {
             let found = self.auth.providers[p]
                 .sources

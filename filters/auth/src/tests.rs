@@ -451,6 +451,39 @@ fn spoofed_identity_headers_are_stripped_and_payload_forwarded() {
     assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap(), claims);
 }
 
+#[test]
+fn identity_headers_can_be_turned_off_and_spoofed_ones_still_go() {
+    let key = SigningKey::new("EdDSA", "e");
+    let a = auth(&inline_config(
+        &testkit::jwks(&[&key]),
+        json!({"identity": {"headers": false, "filter_state": false}}),
+    ));
+    assert!(!a.publishes_filter_state());
+    let h = H::new();
+    let t = key.token(&std_claims(json!({"tenant": "acme"})));
+    let (out, headers) = get(
+        &a,
+        &h,
+        "/api/x",
+        &[
+            ("authorization", &bearer(&t)),
+            ("x-nexus-client-id", "admin"),
+            ("x-nexus-auth-method", "api_key"),
+        ],
+    );
+    // The decision and the identity are the same; only the two identity headers stay unset.
+    match out {
+        Outcome::Continue(Some(id)) => assert_eq!(id.client_id, "alice"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(headers.get(HEADER_CLIENT_ID), None);
+    assert_eq!(headers.get(HEADER_AUTH_METHOD), None);
+    // Claim headers are configured per provider and still set.
+    assert_eq!(headers.get("x-nexus-tenant").as_deref(), Some("acme"));
+    assert_eq!(h.metrics.value("nexus_auth.spoofed_headers_removed"), 2);
+    assert!(auth(&inline_config(&testkit::jwks(&[&key]), json!({}))).publishes_filter_state());
+}
+
 /// Counts verifications, to prove the cache skips them.
 struct Counting(Rc<Cell<u32>>);
 

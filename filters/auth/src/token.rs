@@ -3,16 +3,12 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use nexus_config::auth::TokenSource;
+use nexus_filter_core::HeaderList;
 use serde_json::{Map, Value};
 
 /// The token a source yields, if the request carries one there.
-pub fn extract(source: &TokenSource, headers: &[(String, String)]) -> Option<String> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h str> {
+    let header = |name: &str| headers.get(name);
     let token = match source {
         TokenSource::Bearer => {
             let v = header("authorization")?.trim();
@@ -39,25 +35,25 @@ pub fn extract(source: &TokenSource, headers: &[(String, String)]) -> Option<Str
         }
         TokenSource::Cookie { name } => headers
             .iter()
-            .filter(|(k, _)| k == "cookie")
+            .filter(|(k, _)| *k == "cookie")
             .flat_map(|(_, v)| v.split(';'))
             .find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;
                 (k == name).then_some(v.trim_matches('"'))
             })?,
     };
-    (!token.is_empty()).then(|| token.to_string())
+    (!token.is_empty()).then_some(token)
 }
 
 /// How to remove the credential `source` found from the request, if it can be removed:
 /// a header goes; a query parameter is cut out of the path; a cookie stays (other cookies
 /// share its header).
-pub fn strip(source: &TokenSource, headers: &[(String, String)]) -> Option<crate::Strip> {
+pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::Strip> {
     match source {
         TokenSource::Bearer => Some(crate::Strip::Header("authorization".to_string())),
         TokenSource::Header { name, .. } => Some(crate::Strip::Header(name.clone())),
         TokenSource::Query { param } => {
-            let path = headers.iter().find(|(k, _)| k == ":path")?.1.as_str();
+            let path = headers.get(":path")?;
             let (base, query) = path.split_once('?')?;
             let kept: Vec<&str> = query
                 .split('&')

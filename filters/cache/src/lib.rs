@@ -22,7 +22,7 @@ pub mod policy;
 use nexus_config::cache::{CacheConfig, CachePolicy, CacheService};
 use nexus_config::{ConfigError, ConfigErrors};
 use nexus_filter_core::matcher::{CompiledMatch, RequestView};
-use nexus_filter_core::{Level, LocalResponse, Log, Metrics, SharedData};
+use nexus_filter_core::{HeaderList, Level, LocalResponse, Log, Metrics, SharedData};
 use nexus_proto::cache::{CachedResponse, GetRequest, GetResponse, Header, PutRequest};
 use prost::Message;
 
@@ -198,7 +198,7 @@ impl Cache {
     pub fn on_request_headers(
         &self,
         ex: &mut Exchange,
-        headers: &[(String, String)],
+        headers: &HeaderList,
         l1_live: bool,
         shared: &impl SharedData,
         metrics: &impl Metrics,
@@ -340,7 +340,7 @@ impl Cache {
     pub fn on_response_headers(
         &self,
         ex: &mut Exchange,
-        headers: &[(String, String)],
+        headers: &HeaderList,
         end_of_stream: bool,
         shared: &impl SharedData,
         metrics: &impl Metrics,

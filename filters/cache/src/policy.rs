@@ -2,6 +2,7 @@
 //! storing), and which response headers a stored copy keeps.
 
 use nexus_config::cache::{CachePolicy, KeyBy};
+use nexus_filter_core::HeaderList;
 
 /// Statuses stored: the RFC 9110 §15.1 heuristically cacheable ones a gateway replays safely.
 /// Not 204 (nothing to save), 206 (ranges are not keyed), 300/308/405/414/501 (rare; a stale
@@ -49,19 +50,16 @@ impl CacheControl {
     }
 }
 
-fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+fn values<'a>(headers: &'a HeaderList, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .iter()
-        .filter(move |(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// First value of a header.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+pub fn header<'a>(headers: &'a HeaderList, name: &str) -> Option<&'a str> {
+    headers.get(name)
 }
 
 /// What the request allows.
@@ -77,7 +75,7 @@ pub struct RequestPlan {
 /// Whether a request may use the cache; `Err` names the bypass reason (a metric suffix).
 pub fn request_plan(
     policy: &CachePolicy,
-    headers: &[(String, String)],
+    headers: &HeaderList,
 ) -> Result<RequestPlan, &'static str> {
     let method = header(headers, ":method").unwrap_or("");
     if !policy.methods.iter().any(|m| m == method) {
@@ -111,7 +109,7 @@ pub fn request_plan(
 pub fn response_ttl_ms(
     policy: &CachePolicy,
     status: u32,
-    headers: &[(String, String)],
+    headers: &HeaderList,
 ) -> Result<u64, &'static str> {
     if !CACHEABLE_STATUSES.contains(&status) {
         return Err("status");
@@ -152,7 +150,7 @@ pub fn response_ttl_ms(
 
 /// Headers a stored copy keeps: not pseudo-headers, hop-by-hop headers, `content-length`
 /// (Envoy sets it on the replayed response) or what the cache itself adds.
-pub fn stored_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+pub fn stored_headers(headers: &HeaderList) -> Vec<(String, String)> {
     const DROP: [&str; 10] = [
         "connection",
         "keep-alive",
@@ -167,13 +165,13 @@ pub fn stored_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
     ];
     headers
         .iter()
-        .filter(|(k, _)| !k.starts_with(':') && !DROP.contains(&k.as_str()))
-        .cloned()
+        .filter(|(k, _)| !k.starts_with(':') && !DROP.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
 /// Tags from the policy's tags header (comma-separated, every value of it).
-pub fn tags(policy: &CachePolicy, headers: &[(String, String)]) -> Vec<String> {
+pub fn tags(policy: &CachePolicy, headers: &HeaderList) -> Vec<String> {
     values(headers, &policy.tags_header)
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -196,11 +194,8 @@ mod tests {
         .policy
     }
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect()
+    fn h(pairs: &[(&str, &str)]) -> HeaderList {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -217,7 +212,7 @@ mod tests {
         let p = policy();
         let get = |extra: &[(&str, &str)]| {
             let mut v = h(&[(":method", "GET")]);
-            v.extend(h(extra));
+            v.extend(extra.iter().copied());
             request_plan(&p, &v)
         };
         assert!(get(&[]).is_ok());
@@ -252,10 +247,10 @@ mod tests {
     #[test]
     fn response_checks() {
         let p = policy();
-        assert_eq!(response_ttl_ms(&p, 200, &[]), Ok(60_000));
-        assert_eq!(response_ttl_ms(&p, 404, &[]), Ok(60_000));
-        assert_eq!(response_ttl_ms(&p, 500, &[]), Err("status"));
-        assert_eq!(response_ttl_ms(&p, 206, &[]), Err("status"));
+        assert_eq!(response_ttl_ms(&p, 200, &h(&[])), Ok(60_000));
+        assert_eq!(response_ttl_ms(&p, 404, &h(&[])), Ok(60_000));
+        assert_eq!(response_ttl_ms(&p, 500, &h(&[])), Err("status"));
+        assert_eq!(response_ttl_ms(&p, 206, &h(&[])), Err("status"));
         let r = |pairs: &[(&str, &str)]| response_ttl_ms(&p, 200, &h(pairs));
         assert_eq!(r(&[("cache-control", "private")]), Err("cache_control"));
         assert_eq!(r(&[("cache-control", "no-store")]), Err("cache_control"));
@@ -293,7 +288,7 @@ mod tests {
         ]));
         assert_eq!(
             kept,
-            h(&[("content-type", "application/json"), ("etag", "\"1\"")])
+            h(&[("content-type", "application/json"), ("etag", "\"1\"")]).to_vec()
         );
         assert_eq!(
             tags(

@@ -22,30 +22,26 @@ fn cache(extra: &str) -> Cache {
     .unwrap()
 }
 
-fn req(path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v = vec![
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), path.to_string()),
-        (":authority".to_string(), "api".to_string()),
-    ];
-    v.extend(
-        extra
-            .iter()
-            .map(|(k, x)| ((*k).to_string(), (*x).to_string())),
-    );
+fn req(path: &str, extra: &[(&str, &str)]) -> HeaderList {
+    let mut v: HeaderList = [(":method", "GET"), (":path", path), (":authority", "api")]
+        .into_iter()
+        .collect();
+    v.extend(extra.iter().copied());
     v
 }
 
-fn resp(status: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v = vec![
-        (":status".to_string(), status.to_string()),
-        ("content-type".to_string(), "text/plain".to_string()),
-    ];
-    v.extend(
-        extra
-            .iter()
-            .map(|(k, x)| ((*k).to_string(), (*x).to_string())),
-    );
+/// The same request with another method.
+fn with_method(r: HeaderList, method: &str) -> HeaderList {
+    r.iter()
+        .map(|(k, v)| (k, if k == ":method" { method } else { v }))
+        .collect()
+}
+
+fn resp(status: &str, extra: &[(&str, &str)]) -> HeaderList {
+    let mut v: HeaderList = [(":status", status), ("content-type", "text/plain")]
+        .into_iter()
+        .collect();
+    v.extend(extra.iter().copied());
     v
 }
 
@@ -62,8 +58,8 @@ impl Env {
     fn exchange(
         &self,
         c: &Cache,
-        request: &[(String, String)],
-        response: &[(String, String)],
+        request: &HeaderList,
+        response: &HeaderList,
         body: &[u8],
         now: u64,
     ) -> (String, Option<LocalResponse>, ResponseStep) {
@@ -129,7 +125,7 @@ fn second_get_is_a_local_hit_with_stored_status_headers_body_and_age() {
         T0,
     );
     assert_eq!(label, "miss");
-    let (label, hit, _) = e.exchange(&c, &r, &[], b"", T0 + 3_500);
+    let (label, hit, _) = e.exchange(&c, &r, &HeaderList::new(), b"", T0 + 3_500);
     assert_eq!(label, "hit-local");
     let hit = hit.unwrap();
     assert_eq!(hit.status, 200);
@@ -162,12 +158,11 @@ fn vary_query_and_method_select_variants() {
         b"j",
         T0,
     );
-    let label = |r: Vec<(String, String)>| e.exchange(&c, &r, &resp("200", &[]), b"x", T0).0;
+    let label = |r: HeaderList| e.exchange(&c, &r, &resp("200", &[]), b"x", T0).0;
     assert_eq!(label(req("/lake/t", &[("accept", "a/json")])), "hit-local");
     assert_eq!(label(req("/lake/t", &[("accept", "text/html")])), "miss");
     assert_eq!(label(req("/lake/t?q=1", &[("accept", "a/json")])), "miss");
-    let mut head = req("/lake/t", &[("accept", "a/json")]);
-    head[0].1 = "HEAD".into();
+    let head = with_method(req("/lake/t", &[("accept", "a/json")]), "HEAD");
     assert_eq!(label(head), "miss");
 }
 
@@ -175,8 +170,7 @@ fn vary_query_and_method_select_variants() {
 fn credentials_private_no_store_cookies_and_statuses_bypass() {
     let c = cache("");
     let e = Env::default();
-    let label =
-        |r: Vec<(String, String)>, p: Vec<(String, String)>| e.exchange(&c, &r, &p, b"x", T0).0;
+    let label = |r: HeaderList, p: HeaderList| e.exchange(&c, &r, &p, b"x", T0).0;
     assert_eq!(
         label(
             req("/lake/a", &[("authorization", "Bearer t")]),
@@ -217,8 +211,7 @@ fn credentials_private_no_store_cookies_and_statuses_bypass() {
         "bypass"
     );
     assert_eq!(label(req("/lake/e", &[]), resp("503", &[])), "bypass");
-    let mut post = req("/lake/f", &[]);
-    post[0].1 = "POST".into();
+    let post = with_method(req("/lake/f", &[]), "POST");
     assert_eq!(label(post, resp("200", &[])), "bypass");
     assert_eq!(e.metrics.value(metrics::STORES), 0);
     // None of them left anything behind.
@@ -242,7 +235,7 @@ fn request_no_cache_skips_the_lookup_but_refreshes_the_copy() {
         T0,
     );
     assert_eq!(label, "miss");
-    let (_, hit, _) = e.exchange(&c, &req("/lake/a", &[]), &[], b"", T0);
+    let (_, hit, _) = e.exchange(&c, &req("/lake/a", &[]), &HeaderList::new(), b"", T0);
     assert_eq!(hit.unwrap().body, b"new");
 }
 
@@ -263,8 +256,20 @@ fn per_client_policies_keep_one_copy_per_client() {
     );
     e.exchange(&c, &alice, &resp("200", &[]), b"A", T0);
     assert_eq!(e.exchange(&c, &bob, &resp("200", &[]), b"B", T0).0, "miss");
-    assert_eq!(e.exchange(&c, &alice, &[], b"", T0).1.unwrap().body, b"A");
-    assert_eq!(e.exchange(&c, &bob, &[], b"", T0).1.unwrap().body, b"B");
+    assert_eq!(
+        e.exchange(&c, &alice, &HeaderList::new(), b"", T0)
+            .1
+            .unwrap()
+            .body,
+        b"A"
+    );
+    assert_eq!(
+        e.exchange(&c, &bob, &HeaderList::new(), b"", T0)
+            .1
+            .unwrap()
+            .body,
+        b"B"
+    );
     assert_eq!(
         e.exchange(&c, &req("/me/profile", &[]), &resp("200", &[]), b"?", T0)
             .0,
@@ -372,7 +377,7 @@ fn l1_miss_asks_the_service_and_a_shared_hit_fills_l1() {
         .contains(&(CACHE_HEADER.into(), "hit-shared".into())));
     assert!(hit.headers.contains(&("age".into(), "2".into())));
     assert_eq!(hit.body, b"shared");
-    let (label, _, _) = e.exchange(&c, &r, &[], b"", T0 + 1);
+    let (label, _, _) = e.exchange(&c, &r, &HeaderList::new(), b"", T0 + 1);
     assert_eq!(label, "hit-local");
     assert_eq!(l1::version(&e.shared, ex.key()).unwrap().writer, "w2");
 }

@@ -103,6 +103,16 @@ pub struct IdentityOut {
     /// If set, the whole verified JWT payload, base64url, goes upstream in this header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_header: Option<String>,
+    /// Set `x-nexus-client-id` and `x-nexus-auth-method` on authenticated requests (default
+    /// true). Off, later filters and upstreams do not learn who called from headers (the
+    /// rate-limit filter's `client_id` key then sees every caller as anonymous); the request
+    /// costs two header writes less. Such headers sent by a client are removed either way.
+    #[serde(default = "crate::yes")]
+    pub headers: bool,
+    /// Publish the identity as Envoy filter state, `wasm.nexus.client_id` and
+    /// `wasm.nexus.auth_method`, for access logs and later filters (default true).
+    #[serde(default = "crate::yes")]
+    pub filter_state: bool,
 }
 
 impl Default for IdentityOut {
@@ -110,6 +120,8 @@ impl Default for IdentityOut {
         Self {
             client_id_claim: default_client_id_claim(),
             payload_header: None,
+            headers: true,
+            filter_state: true,
         }
     }
 }

@@ -65,7 +65,7 @@ pub struct CachePolicy {
     pub key_by: KeyBy,
     /// Honour `no-store`, `no-cache`, `private` (request and response) and let a response's
     /// `max-age` / `s-maxage` lower `ttl`.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub respect_cache_control: bool,
     /// Larger responses are served but not stored.
     #[serde(default = "default_max_object_bytes")]
@@ -95,7 +95,7 @@ pub struct CacheService {
     pub timeout_ms: u64,
     /// Follow the `Subscribe` event stream (invalidations, updates, flushes). Without it an
     /// L1 copy lives out its TTL whatever happens in the service.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub subscribe: bool,
     /// First reconnect delay after the stream breaks; doubled per failure up to the max.
     #[serde(default = "default_backoff_initial_ms")]
@@ -117,9 +117,6 @@ impl CacheService {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_l1_max_entries() -> u32 {
     1024
 }

@@ -76,6 +76,11 @@ pub fn vm_id(filter: &str, configuration: &str) -> String {
     format!("{filter}.{hash:016x}")
 }
 
+/// `#[serde(default = "crate::yes")]`: a switch that is on unless configured off.
+fn yes() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod vm_id_tests {
     #[test]

@@ -30,7 +30,7 @@ pub struct RateLimitFilterConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_mode_by_route: BTreeMap<String, FailureMode>,
     /// Add `RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) to allowed responses.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub response_headers: bool,
 }
 
@@ -53,10 +53,6 @@ pub enum FailureMode {
     /// Enforce the same limits locally (per Envoy) until the service answers again.
     #[default]
     LocalFallback,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_timeout_ms() -> u64 {

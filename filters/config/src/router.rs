@@ -212,10 +212,10 @@ pub enum NoMatch {
 #[serde(deny_unknown_fields)]
 pub struct Correlation {
     /// Keep a valid incoming `x-request-id`; generate a UUIDv4 otherwise.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub request_id: bool,
     /// Keep a valid incoming W3C `traceparent`; start a new trace otherwise.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::yes")]
     pub traceparent: bool,
 }
 
@@ -226,10 +226,6 @@ impl Default for Correlation {
             traceparent: true,
         }
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Validate for RouterConfig {

@@ -7,7 +7,7 @@
 pub trait HeaderMap {
     fn get(&self, name: &str) -> Option<String>;
     /// All headers in order; one host round trip, for filters that look at many.
-    fn pairs(&self) -> Vec<(String, String)>;
+    fn pairs(&self) -> crate::HeaderList;
     /// Replaces every value of `name`.
     fn set(&mut self, name: &str, value: &str);
     fn remove(&mut self, name: &str);

@@ -6,11 +6,13 @@
 //! or answer locally with a [`LocalResponse`] (a JSON error body for every refusal).
 
 pub mod fasthash;
+pub mod headers;
 pub mod host;
 pub mod matcher;
 pub mod response;
 pub mod testing;
 
+pub use headers::HeaderList;
 pub use host::{Callouts, Clock, HeaderMap, Level, Log, Metrics, SharedData};
 pub use response::{Action, LocalResponse};
 

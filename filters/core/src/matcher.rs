@@ -6,17 +6,19 @@ use nexus_config::router::{HeaderMatch, PathMatch, RequestMatch};
 use nexus_config::ConfigError;
 use regex::Regex;
 
+use crate::HeaderList;
+
 /// The request as matching sees it: pseudo-headers split out, other headers looked up by name.
 pub struct RequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
     content_type: &'a str,
-    headers: &'a [(String, String)],
+    headers: &'a HeaderList,
     strip_prefix: &'a str,
 }
 
 impl<'a> RequestView<'a> {
-    pub fn new(headers: &'a [(String, String)], strip_prefix: &'a str) -> Self {
+    pub fn new(headers: &'a HeaderList, strip_prefix: &'a str) -> Self {
         let mut view = Self {
             method: "",
             path: "",
@@ -24,8 +26,8 @@ impl<'a> RequestView<'a> {
             headers,
             strip_prefix,
         };
-        for (name, value) in headers {
-            match name.as_str() {
+        for (name, value) in headers.iter() {
+            match name {
                 ":method" => view.method = value,
                 ":path" => view.path = value,
                 "content-type" => view.content_type = value,
@@ -40,10 +42,7 @@ impl<'a> RequestView<'a> {
         if !self.strip_prefix.is_empty() && name.starts_with(self.strip_prefix) {
             return None;
         }
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     pub fn path_only(&self) -> &'a str {

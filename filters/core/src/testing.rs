@@ -29,8 +29,11 @@ impl HeaderMap for MemHeaders {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     }
-    fn pairs(&self) -> Vec<(String, String)> {
-        self.0.clone()
+    fn pairs(&self) -> crate::HeaderList {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
     fn set(&mut self, name: &str, value: &str) {
         self.remove(name);

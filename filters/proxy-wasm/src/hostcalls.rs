@@ -9,6 +9,8 @@
 
 use std::ptr::null_mut;
 
+use nexus_filter_core::HeaderList;
+
 /// A hostcall's status (`WasmResult` in Envoy). Anything but `Ok` is an error here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u32);
@@ -248,10 +250,10 @@ pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
 
 /// Every header of a map, in order. Bytes that are not UTF-8 (legal `obs-text`) are replaced
 /// with U+FFFD rather than failing the request.
-pub fn header_pairs(map: MapType) -> Result<Vec<(String, String)>, Status> {
+pub fn header_pairs(map: MapType) -> Result<HeaderList, Status> {
     // SAFETY: out-pointers to locals.
     let bytes = read(|d, s| unsafe { proxy_get_header_map_pairs(map as u32, d, s) })?;
-    Ok(bytes.map(|b| decode_pairs(&b)).unwrap_or_default())
+    Ok(bytes.map(decode_pairs).unwrap_or_default())
 }
 
 pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
@@ -472,49 +474,54 @@ pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// Decodes [`encode_pairs`]' format. A truncated or inconsistent buffer yields the entries read
-/// before the inconsistency, never a panic.
-pub fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    let u32_at = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at + 4)?;
+/// Decodes [`encode_pairs`]' format in place: the text is validated as UTF-8 once and kept as
+/// one buffer (the ASCII fast path, a word at a time, instead of a lossy byte-at-a-time pass
+/// and two allocations per header: a bearer token makes this the request's largest buffer).
+/// Bytes that are not UTF-8 (legal `obs-text`) become U+FFFD. A truncated or inconsistent
+/// buffer yields the entries read before the inconsistency, never a panic.
+pub fn decode_pairs(mut bytes: Vec<u8>) -> HeaderList {
+    let u32_at = |bytes: &[u8], at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
         usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
     };
-    let Some(count) = u32_at(0) else {
-        return Vec::new();
-    };
-    let start = 4usize.saturating_add(count.saturating_mul(8));
-    // One validation of the whole text (the ASCII fast path, a word at a time) instead of a
-    // byte-at-a-time lossy pass per header: a bearer token makes this the request's largest
-    // buffer. Pieces end at NULs, which are ASCII, so every piece of valid text is valid too.
-    let text = bytes.get(start..).map(std::str::from_utf8);
-    let piece = |range: std::ops::Range<usize>| -> Option<String> {
-        match &text {
-            Some(Ok(t)) => t
-                .get(range.start - start..range.end - start)
-                .map(str::to_owned),
-            _ => bytes
-                .get(range)
-                .map(|b| String::from_utf8_lossy(b).into_owned()),
-        }
+    let Some(count) = u32_at(&bytes, 0) else {
+        return HeaderList::new();
     };
     // Each entry takes at least 10 bytes: a hostile count cannot make us allocate much.
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    let mut p = start;
+    let mut spans = Vec::with_capacity(count.min(bytes.len() / 10));
+    let mut p = 0usize;
     for n in 0..count {
-        let (Some(klen), Some(vlen)) = (u32_at(4 + n * 8), u32_at(8 + n * 8)) else {
+        let at = n.saturating_mul(8);
+        let (Some(klen), Some(vlen)) = (
+            u32_at(&bytes, at.saturating_add(4)),
+            u32_at(&bytes, at.saturating_add(8)),
+        ) else {
             break;
         };
-        let Some(key) = piece(p..p.saturating_add(klen)) else {
-            break;
-        };
-        p = p.saturating_add(klen + 1);
-        let Some(value) = piece(p..p.saturating_add(vlen)) else {
-            break;
-        };
-        p = p.saturating_add(vlen + 1);
-        pairs.push((key, value));
+        let name = p..p.saturating_add(klen);
+        p = name.end.saturating_add(1);
+        let value = p..p.saturating_add(vlen);
+        p = value.end.saturating_add(1);
+        spans.push((name, value));
     }
-    pairs
+    let start = 4usize
+        .saturating_add(count.saturating_mul(8))
+        .min(bytes.len());
+    bytes.drain(..start);
+    match String::from_utf8(bytes) {
+        Ok(text) => HeaderList::from_text(text, spans),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut list = HeaderList::new();
+            for (name, value) in spans {
+                let (Some(k), Some(v)) = (bytes.get(name), bytes.get(value)) else {
+                    break;
+                };
+                list.push(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+            }
+            list
+        }
+    }
 }
 
 #[cfg(test)]
@@ -524,7 +531,7 @@ mod tests {
     #[test]
     fn pairs_round_trip() {
         let pairs = [(":path", "/a?b=c"), ("x-empty", ""), ("host", "lake")];
-        let decoded = decode_pairs(&encode_pairs(&pairs));
+        let decoded = decode_pairs(encode_pairs(&pairs)).to_vec();
         let expected: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -538,7 +545,7 @@ mod tests {
         let at = bytes.len() - 3; // the 'a' of the value
         bytes[at] = 0xff;
         assert_eq!(
-            decode_pairs(&bytes),
+            decode_pairs(bytes).to_vec(),
             vec![("x-bin".to_string(), "\u{fffd}b".to_string())]
         );
     }
@@ -546,9 +553,13 @@ mod tests {
     #[test]
     fn truncated_or_hostile_buffers_yield_what_is_whole() {
         let bytes = encode_pairs(&[("a", "1"), ("b", "2")]);
-        assert_eq!(decode_pairs(&bytes[..bytes.len() - 2]).len(), 1);
-        assert!(decode_pairs(&[1, 2]).is_empty());
-        assert!(decode_pairs(&u32::MAX.to_le_bytes()).is_empty());
-        assert!(decode_pairs(&[]).is_empty());
+        assert_eq!(decode_pairs(bytes[..bytes.len() - 2].to_vec()).len(), 1);
+        assert!(decode_pairs(vec![1, 2]).is_empty());
+        assert!(decode_pairs(u32::MAX.to_le_bytes().to_vec()).is_empty());
+        assert!(decode_pairs(Vec::new()).is_empty());
+        // Sizes that disagree with the text: nothing past the first bad entry.
+        let mut lying = encode_pairs(&[("a", "1"), ("b", "2")]);
+        lying[4] = 200; // the first name claims 200 bytes
+        assert!(decode_pairs(lying).is_empty());
     }
 }

@@ -14,7 +14,7 @@ pub use dispatch::{Action, Filter};
 use hostcalls::{LogLevel, MapType, MetricType, Status};
 use nexus_filter_core::fasthash::FxBuild;
 use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
-use nexus_filter_core::{Clock, HeaderMap, Level, Log, Metrics, SharedData};
+use nexus_filter_core::{Clock, HeaderList, HeaderMap, Level, Log, Metrics, SharedData};
 
 /// Request or response headers of the current HTTP context.
 pub struct HostHeaders(pub MapType);
@@ -39,7 +39,7 @@ impl HeaderMap for HostHeaders {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             })
     }
-    fn pairs(&self) -> Vec<(String, String)> {
+    fn pairs(&self) -> HeaderList {
         hostcalls::header_pairs(self.0).unwrap_or_default()
     }
     fn set(&mut self, name: &str, value: &str) {

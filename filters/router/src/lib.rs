@@ -118,7 +118,7 @@ impl Router {
         // Strip first: nothing a client sends under our prefix is trusted or matched on.
         let mut stripped = 0;
         if !self.strip_prefix.is_empty() {
-            for (name, _) in &pairs {
+            for (name, _) in pairs.iter() {
                 if name.starts_with(&self.strip_prefix) {
                     headers.remove(name);
                     stripped += 1;
