@@ -529,12 +529,21 @@ fn reused_tokens_skip_verification_until_ttl_or_exp() {
     let tampered = String::from_utf8(tampered).unwrap();
     {
         let mut local = a.local.borrow_mut();
-        let entry = local.remove(&fasthash::hash(t.as_bytes())).unwrap();
-        local.insert(fasthash::hash(tampered.as_bytes()), entry);
+        let entry = local.remove(&local_key(&t)).unwrap();
+        local.insert(local_key(&tampered), entry);
     }
     let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&tampered))]);
     assert_denied(&out, 401, "invalid_token", "signature verification failed");
     assert_eq!(count.get(), 3);
+    // A token that shares the cached one's length and last 64 bytes lands on the same key
+    // without forcing: a changed payload byte. Still compared in full, still verified.
+    let mut forged = t.clone().into_bytes();
+    let mid = t.find('.').unwrap() + 5;
+    forged[mid] = if forged[mid] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(local_key(&forged), local_key(&t));
+    let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&forged))]);
+    assert_eq!(denied(&out).0, 401, "{out:?}");
     // exp bounds it too (exp + skew), and an expired token is rejected, not served from cache.
     let short = key.token(&std_claims(json!({"exp": NOW + 150})));
     get(&a, &h, "/api/x", &[("authorization", &bearer(&short))]);

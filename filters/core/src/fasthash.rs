@@ -9,9 +9,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
+/// A whole 8-byte chunk as one load (a chunk from `chunks_exact(8)` always converts).
+fn word8(chunk: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes)
+}
+
+/// A tail shorter than 8 bytes, zero-padded.
 fn word(chunk: &[u8]) -> u64 {
     let mut b = [0u8; 8];
-    b[..chunk.len()].copy_from_slice(chunk);
+    let n = chunk.len().min(8);
+    b[..n].copy_from_slice(&chunk[..n]);
     u64::from_le_bytes(b)
 }
 
@@ -29,7 +36,7 @@ pub fn eq(a: &[u8], b: &[u8]) -> bool {
     }
     let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ta, tb) = (wa.remainder(), wb.remainder());
-    wa.zip(wb).all(|(x, y)| word(x) == word(y)) && ta == tb
+    wa.zip(wb).all(|(x, y)| word8(x) == word8(y)) && ta == tb
 }
 
 /// FxHash as a [`Hasher`], for maps keyed by short strings (metric names, cache keys).
@@ -47,7 +54,7 @@ impl Hasher for FxHasher {
         let words = bytes.chunks_exact(8);
         let tail = words.remainder();
         for w in words {
-            self.add(word(w));
+            self.add(word8(w));
         }
         if !tail.is_empty() {
             self.add(word(tail));

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 pub use dispatch::{Action, Filter};
 use hostcalls::{LogLevel, MapType, MetricType, Status};
-use nexus_filter_core::fasthash::FxBuild;
+use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
 use nexus_filter_core::{Clock, HeaderList, HeaderMap, Level, Log, Metrics, SharedData};
 
@@ -84,18 +84,25 @@ impl Log for HostLog {
 }
 
 /// Counters defined on first use; ids cached so a hot path pays one hostcall per increment.
+///
+/// Keyed by the name's hash, with the name kept and compared a word at a time (a `String` key
+/// would be compared with wasm's bytewise `memcmp` on every increment). A colliding name is a
+/// miss: `define_metric` again, which Envoy answers with the same id for the same name.
 #[derive(Default)]
 pub struct HostMetrics {
-    ids: RefCell<HashMap<String, u32, FxBuild>>,
+    ids: RefCell<HashMap<u64, (Box<str>, u32), FxBuild>>,
 }
 
 impl HostMetrics {
     fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.ids.borrow().get(name).copied() {
-            return Some(id);
+        let key = fasthash::hash(name.as_bytes());
+        if let Some((known, id)) = self.ids.borrow().get(&key) {
+            if fasthash::eq(known.as_bytes(), name.as_bytes()) {
+                return Some(*id);
+            }
         }
         let id = hostcalls::define_metric(kind, name).ok()?;
-        self.ids.borrow_mut().insert(name.to_string(), id);
+        self.ids.borrow_mut().insert(key, (name.into(), id));
         Some(id)
     }
 }
