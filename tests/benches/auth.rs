@@ -254,36 +254,28 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
     };
     match filter {
         Filter::None => {}
-        Filter::Native => c.native_filters.push(json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {"corp": {
-                    "issuer": ISS,
-                    "audiences": ["nexus"],
-                    "local_jwks": {"inline_string": jwks},
-                    "forward": true,
-                    "jwt_cache_config": {"jwt_cache_size": CACHE}
-                }},
-                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
+        Filter::Native | Filter::NativeIdentity => {
+            let mut provider = json!({
+                "issuer": ISS,
+                "audiences": ["nexus"],
+                "local_jwks": {"inline_string": jwks},
+                "forward": true,
+                "jwt_cache_config": {"jwt_cache_size": CACHE}
+            });
+            if filter == Filter::NativeIdentity {
+                provider["claim_to_headers"] =
+                    json!([{"header_name": "x-nexus-client-id", "claim_name": "sub"}]);
+                provider["payload_in_metadata"] = json!("corp");
             }
-        })),
-        Filter::NativeIdentity => c.native_filters.push(json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {"corp": {
-                    "issuer": ISS,
-                    "audiences": ["nexus"],
-                    "local_jwks": {"inline_string": jwks},
-                    "forward": true,
-                    "jwt_cache_config": {"jwt_cache_size": CACHE},
-                    "claim_to_headers": [{"header_name": "x-nexus-client-id", "claim_name": "sub"}],
-                    "payload_in_metadata": "corp"
-                }},
-                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
-            }
-        })),
+            c.native_filters.push(json!({
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"corp": provider},
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
+                }
+            }));
+        }
         // `forward` as in the native filter: both leave the token on the request.
         Filter::Nexus | Filter::NexusVerifyOnly => c.filters.push(WasmFilter {
             name: "nexus-auth".into(),
