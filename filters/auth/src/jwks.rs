@@ -16,6 +16,9 @@ pub enum KeyMaterial {
     Rsa {
         n: Vec<u8>,
         e: Vec<u8>,
+        /// The key prepared for PKCS#1 verification (RS256/384/512), once per JWKS parse;
+        /// `None` for a key outside `ring`'s bounds, which `ring` then judges.
+        prepared: Option<crate::rsa::PublicKey>,
     },
     /// Uncompressed SEC1 point: `04 || x || y`.
     Ec {
@@ -74,10 +77,12 @@ fn parse_key(v: &Value) -> Option<Jwk> {
         return None;
     }
     let material = match v.get("kty")?.as_str()? {
-        "RSA" => KeyMaterial::Rsa {
-            n: strip_zeros(b64(v, "n")?),
-            e: strip_zeros(b64(v, "e")?),
-        },
+        "RSA" => {
+            let n = strip_zeros(b64(v, "n")?);
+            let e = strip_zeros(b64(v, "e")?);
+            let prepared = crate::rsa::PublicKey::new(&n, &e);
+            KeyMaterial::Rsa { n, e, prepared }
+        }
         "EC" => {
             let (curve, len) = match v.get("crv")?.as_str()? {
                 "P-256" => (Curve::P256, 32),

@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod jwks;
+pub mod rsa;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod token;
