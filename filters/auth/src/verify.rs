@@ -95,10 +95,11 @@ pub trait SignatureVerifier {
     fn verify(&self, alg: Alg, key: &KeyMaterial, message: &[u8], signature: &[u8]) -> bool;
 }
 
-/// `ring` for every algorithm but two: constant-time HMAC comparison, PSS, P-256 and Ed25519 in
-/// one audited crate. RS256/384/512 use [`rsa`], whose per-key Montgomery context makes an
-/// RSA-2048 check several times cheaper in wasm than `ring`'s (which rebuilds it per call and
-/// multiplies through a generic limb routine: ≈ 8.9M instructions, 245 µs in V8). ES384 goes
+/// `ring` for HMAC (constant-time comparison), P-256 and Ed25519. RSA (RS* and PS*) uses
+/// [`rsa`], whose per-key Montgomery context makes an RSA-2048 check about half the wasm
+/// instructions of `ring`'s, which rebuilds the context per call and multiplies through a
+/// generic limb routine (≈ 8.9M instructions, 245 µs in V8); `ring` still judges keys outside
+/// its bounds, which it then refuses. ES384 goes
 /// to RustCrypto's `p384`: 93M wasm instructions per verification against ring's 164M
 /// (ring's P-384 is its portable code; its P-256 has a tuned one, 14M).
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,14 +112,16 @@ impl SignatureVerifier for RingVerifier {
         }
         match key {
             KeyMaterial::Rsa { n, e, prepared } => {
-                let pkcs1 = match alg {
-                    Alg::Rs256 => Some(rsa::Hash::Sha256),
-                    Alg::Rs384 => Some(rsa::Hash::Sha384),
-                    Alg::Rs512 => Some(rsa::Hash::Sha512),
-                    _ => None,
-                };
-                if let (Some(hash), Some(key)) = (pkcs1, prepared) {
-                    return key.verify(hash, message, sig);
+                if let Some(key) = prepared {
+                    return match alg {
+                        Alg::Rs256 => key.verify(rsa::Hash::Sha256, message, sig),
+                        Alg::Rs384 => key.verify(rsa::Hash::Sha384, message, sig),
+                        Alg::Rs512 => key.verify(rsa::Hash::Sha512, message, sig),
+                        Alg::Ps256 => key.verify_pss(rsa::Hash::Sha256, message, sig),
+                        Alg::Ps384 => key.verify_pss(rsa::Hash::Sha384, message, sig),
+                        Alg::Ps512 => key.verify_pss(rsa::Hash::Sha512, message, sig),
+                        _ => false,
+                    };
                 }
                 let params: &signature::RsaParameters = match alg {
                     Alg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
