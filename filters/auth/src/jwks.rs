@@ -16,8 +16,8 @@ pub enum KeyMaterial {
     Rsa {
         n: Vec<u8>,
         e: Vec<u8>,
-        /// The key prepared for PKCS#1 verification (RS256/384/512), once per JWKS parse;
-        /// `None` for a key outside `ring`'s bounds, which `ring` then judges.
+        /// The key prepared for verification (RS* and PS*), once per JWKS parse; `None` for a
+        /// key outside `ring`'s bounds, which every RSA algorithm then refuses.
         prepared: Option<crate::rsa::PublicKey>,
     },
     /// Uncompressed SEC1 point: `04 || x || y`.

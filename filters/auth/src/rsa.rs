@@ -102,8 +102,8 @@ fn sub_in_place(a: &mut [u32], b: &[u32]) -> bool {
 }
 
 impl PublicKey {
-    /// The key, if `ring` would accept it for PKCS#1 verification; `None` otherwise (the caller
-    /// then leaves the decision to `ring`).
+    /// The key, if `ring` would accept it for verification; `None` otherwise (and the verifier
+    /// refuses every signature, as `ring` would).
     pub fn new(n_be: &[u8], e_be: &[u8]) -> Option<Self> {
         let n_be = &n_be[n_be.iter().position(|b| *b != 0)?..];
         let bits = n_be.len() * 8 - n_be.first()?.leading_zeros() as usize;
@@ -476,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_ring_would_refuse_are_left_to_ring() {
+    fn keys_ring_would_refuse_are_not_prepared() {
         let (pair, _) = key(RSA_A);
         let c = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
         assert!(PublicKey::new(&c.n[..128], &c.e).is_none(), "1024-bit");

@@ -8,10 +8,9 @@ use serde_json::{Map, Value};
 
 /// The token a source yields, if the request carries one there.
 pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h str> {
-    let header = |name: &str| headers.get(name);
     let token = match source {
         TokenSource::Bearer => {
-            let v = header("authorization")?.trim();
+            let v = headers.get("authorization")?.trim();
             let (scheme, rest) = v.split_once(' ')?;
             if !scheme.eq_ignore_ascii_case("bearer") {
                 return None;
@@ -19,14 +18,14 @@ pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h 
             rest.trim()
         }
         TokenSource::Header { name, prefix } => {
-            let v = header(name)?.trim();
+            let v = headers.get(name)?.trim();
             match prefix {
                 Some(p) => v.strip_prefix(p.as_str())?.trim(),
                 None => v,
             }
         }
         TokenSource::Query { param } => {
-            let path = header(":path")?;
+            let path = headers.get(":path")?;
             let query = path.split_once('?')?.1.split('#').next()?;
             query.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;

@@ -223,14 +223,15 @@ impl Cache {
         };
         ex.key = key::cache_key(&key::KeyParts {
             method: view.method,
-            authority: policy::header(headers, ":authority")
-                .or_else(|| policy::header(headers, "host"))
+            authority: headers
+                .get(":authority")
+                .or_else(|| headers.get("host"))
                 .unwrap_or(""),
             path: view.path,
             vary: policy
                 .vary
                 .iter()
-                .map(|name| (name.as_str(), policy::header(headers, name)))
+                .map(|name| (name.as_str(), headers.get(name)))
                 .collect(),
             client: plan.client.as_deref(),
         });
@@ -353,7 +354,8 @@ impl Cache {
                 let Some(policy) = self.policy(ex) else {
                     return ResponseStep::default();
                 };
-                let status = policy::header(headers, ":status")
+                let status = headers
+                    .get(":status")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 match policy::response_ttl_ms(policy, status, headers) {

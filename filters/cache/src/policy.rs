@@ -57,11 +57,6 @@ fn values<'a>(headers: &'a HeaderList, name: &'a str) -> impl Iterator<Item = &'
         .map(|(_, v)| v)
 }
 
-/// First value of a header.
-pub fn header<'a>(headers: &'a HeaderList, name: &str) -> Option<&'a str> {
-    headers.get(name)
-}
-
 /// What the request allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestPlan {
@@ -77,14 +72,14 @@ pub fn request_plan(
     policy: &CachePolicy,
     headers: &HeaderList,
 ) -> Result<RequestPlan, &'static str> {
-    let method = header(headers, ":method").unwrap_or("");
+    let method = headers.get(":method").unwrap_or("");
     if !policy.methods.iter().any(|m| m == method) {
         return Err("method");
     }
-    let client = header(headers, CLIENT_ID_HEADER).filter(|c| !c.is_empty());
+    let client = headers.get(CLIENT_ID_HEADER).filter(|c| !c.is_empty());
     let client = match policy.key_by {
         // A credentialed request's response may be personal: never share it.
-        KeyBy::Shared if client.is_some() || header(headers, "authorization").is_some() => {
+        KeyBy::Shared if client.is_some() || headers.get("authorization").is_some() => {
             return Err("credentials");
         }
         KeyBy::Shared => None,
@@ -115,7 +110,7 @@ pub fn response_ttl_ms(
         return Err("status");
     }
     // Replaying a cookie to another client would hand them someone's session.
-    if header(headers, "set-cookie").is_some() {
+    if headers.get("set-cookie").is_some() {
         return Err("set_cookie");
     }
     for v in values(headers, "vary") {
@@ -140,7 +135,10 @@ pub fn response_ttl_ms(
             return Err("cache_control");
         }
     }
-    if let Some(len) = header(headers, "content-length").and_then(|l| l.parse::<u64>().ok()) {
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
         if len > policy.max_object_bytes {
             return Err("too_large");
         }
