@@ -15,7 +15,11 @@
 //! (default 3).
 //!
 //! Every request is answered by Envoy's `direct_response` (no upstream), so the numbers are the
-//! filter chain's cost.
+//! filter chain's cost. Two wasm modules written in WAT bound what any proxy-wasm filter can
+//! reach: `wasm no-op` (one call into the VM) and `wasm token read` (that call plus reading the
+//! `authorization` header, the least an auth filter does). With two or more CPUs, Envoy runs on
+//! CPU 0 and `wrk` on CPU 1; each row also reports the CPU time the hypervisor stole during its
+//! rounds, the main source of noise on a shared virtual machine.
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +27,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use nexus_auth::testkit::{self, SigningKey};
 use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
-use nexus_tests::load::{wrk, wrk_script, LoadStats};
+use nexus_tests::load::{wrk, wrk_script, LoadStats, StealMeter};
 use serde_json::json;
 
 const ISS: &str = "https://id.example.com";
@@ -49,6 +53,9 @@ enum Filter {
     /// A wasm module whose request-headers callback returns at once: the least any proxy-wasm
     /// filter costs in Envoy's V8 (one call into the VM per request).
     WasmNoop,
+    /// A wasm module that reads the `authorization` header and continues: the least any
+    /// proxy-wasm auth filter costs, since it must at least see the token.
+    WasmTokenRead,
 }
 
 /// The no-op filter: the ABI's required exports and a request-headers callback that continues.
@@ -59,10 +66,28 @@ const NOOP_WAT: &str = r#"(module
   (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"#;
 
+/// The token-read filter: one `proxy_get_header_map_value` of `authorization` (Envoy copies the
+/// value into the VM through `proxy_on_memory_allocate`, a second call into the VM), then
+/// continue.
+const TOKEN_READ_WAT: &str = r#"(module
+  (import "env" "proxy_get_header_map_value"
+    (func $header (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "authorization")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $header (i32.const 0) (i32.const 0) (i32.const 13) (i32.const 64) (i32.const 68)))
+    i32.const 0))"#;
+
 impl Filter {
     /// Rows measured once, without a token.
     fn tokenless(self) -> bool {
-        matches!(self, Filter::None | Filter::WasmNoop | Filter::NexusFloor)
+        matches!(
+            self,
+            Filter::None | Filter::WasmNoop | Filter::WasmTokenRead | Filter::NexusFloor
+        )
     }
 
     fn name(self) -> &'static str {
@@ -74,6 +99,7 @@ impl Filter {
             Filter::NexusVerifyOnly => "nexus verify-only",
             Filter::NexusFloor => "nexus allow-all",
             Filter::WasmNoop => "wasm no-op",
+            Filter::WasmTokenRead => "wasm token read",
         }
     }
 }
@@ -109,7 +135,14 @@ fn main() -> Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let noop = dir.path().join("noop.wasm");
     std::fs::write(&noop, wat::parse_str(NOOP_WAT)?)?;
+    let token_read = dir.path().join("token-read.wasm");
+    std::fs::write(&token_read, wat::parse_str(TOKEN_READ_WAT)?)?;
 
+    let (envoy_cpu, load_cpu) = match nexus_tests::load::bench_cpus() {
+        Some((e, l)) => (Some(e), Some(l)),
+        None => (None, None),
+    };
+    let run_steal = StealMeter::start();
     let mut rows: Vec<Row> = Vec::new();
     for alg in ALGS {
         let key = SigningKey::new(alg, "bench");
@@ -138,6 +171,7 @@ fn main() -> Result<()> {
             vec![
                 Filter::None,
                 Filter::WasmNoop,
+                Filter::WasmTokenRead,
                 Filter::NexusFloor,
                 Filter::Native,
                 Filter::NexusVerifyOnly,
@@ -162,12 +196,15 @@ fn main() -> Result<()> {
             // between them: drift in the machine's speed then hits every filter alike.
             let mut envoys = Vec::new();
             for &f in &filters {
-                let module = if f == Filter::WasmNoop {
-                    &noop
-                } else {
-                    &module
+                let module = match f {
+                    Filter::WasmNoop => &noop,
+                    Filter::WasmTokenRead => &token_read,
+                    _ => &module,
                 };
-                let envoy = Envoy::start(&config(f, &jwks, module))?;
+                let envoy = Envoy::start(&EnvoyConfig {
+                    cpu: envoy_cpu,
+                    ..config(f, &jwks, module)
+                })?;
                 // Check one request first: a benchmark of 401s would be meaningless.
                 let probe =
                     nexus_tests::client::get(envoy.port, PATH, &[("authorization", &bearer)])?;
@@ -182,14 +219,34 @@ fn main() -> Result<()> {
                 envoys.push((f, envoy));
             }
             let load = |envoy: &Envoy, seconds| -> Result<Sample> {
+                let steal = StealMeter::start();
                 let before = envoy.cpu_seconds()?;
                 let stats = if mode == "reused" {
-                    wrk(envoy.port, PATH, &[&header], seconds, opts.connections)?
+                    wrk(
+                        envoy.port,
+                        PATH,
+                        &[&header],
+                        seconds,
+                        opts.connections,
+                        load_cpu,
+                    )?
                 } else {
-                    wrk_script(envoy.port, PATH, &script, seconds, opts.connections)?
+                    wrk_script(
+                        envoy.port,
+                        PATH,
+                        &script,
+                        seconds,
+                        opts.connections,
+                        load_cpu,
+                    )?
                 };
                 let cpu_us = (envoy.cpu_seconds()? - before) * 1e6 / stats.requests.max(1) as f64;
-                Ok(Sample { stats, cpu_us })
+                let steal = steal.and_then(|m| m.stolen()).unwrap_or(0.0);
+                Ok(Sample {
+                    stats,
+                    cpu_us,
+                    steal,
+                })
             };
             // Fresh tokens are bound by signature checks, far above the noise: one round.
             let rounds = if mode == "reused" { opts.rounds } else { 1 };
@@ -206,10 +263,18 @@ fn main() -> Result<()> {
                 let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
                 cpu.sort_by(f64::total_cmp);
                 let cpu_us = cpu[cpu.len() / 2];
+                let steal = runs.iter().map(|r| r.steal).fold(0.0, f64::max);
                 runs.sort_by(|a, b| a.stats.rps.total_cmp(&b.stats.rps));
                 let all: Vec<String> = runs
                     .iter()
-                    .map(|r| format!("{:.0} ({:.2} us)", r.stats.rps, r.cpu_us))
+                    .map(|r| {
+                        format!(
+                            "{:.0} ({:.2} us, {:.0}% stolen)",
+                            r.stats.rps,
+                            r.cpu_us,
+                            r.steal * 100.0
+                        )
+                    })
                     .collect();
                 let stats = runs.swap_remove(runs.len() / 2).stats;
                 // Cycling through more tokens than either cache holds still verifies every
@@ -238,11 +303,20 @@ fn main() -> Result<()> {
                     filter: *f,
                     stats,
                     cpu_us,
+                    steal,
                 });
             }
         }
     }
     print_table(&rows);
+    if let Some(stolen) = run_steal.and_then(|m| m.stolen()) {
+        println!(
+            "CPU time stolen by the hypervisor during the run: {:.0}% (steal% column: the worst \
+             round of each row). Where it is high, the machine's speed moved between rounds and \
+             ratios carry that noise.",
+            stolen * 100.0
+        );
+    }
     Ok(())
 }
 
@@ -293,8 +367,8 @@ fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {
             })
             .to_string(),
         }),
-        Filter::WasmNoop => c.filters.push(WasmFilter {
-            name: "noop".into(),
+        Filter::WasmNoop | Filter::WasmTokenRead => c.filters.push(WasmFilter {
+            name: filter.name().replace(' ', "-"),
             module: module.to_path_buf(),
             config: "{}".into(),
         }),
@@ -315,6 +389,8 @@ struct Sample {
     stats: LoadStats,
     /// Envoy's CPU time per request served, in microseconds.
     cpu_us: f64,
+    /// Share of the machine's CPU time stolen by the hypervisor meanwhile.
+    steal: f64,
 }
 
 struct Row {
@@ -323,6 +399,8 @@ struct Row {
     filter: Filter,
     stats: LoadStats,
     cpu_us: f64,
+    /// The most stolen in any round of this row.
+    steal: f64,
 }
 
 /// `nexus/native` as two ratios: requests/s (higher is better for nexus) and Envoy CPU per
@@ -346,7 +424,7 @@ fn print_table(rows: &[Row]) {
         "nexus/native: requests/s ratio | Envoy-CPU-per-request ratio (above 1: nexus is faster)"
     );
     println!(
-        "{:<6} {:<7} {:<19} {:>9} {:>7} {:>7} {:>7} {:>9} {:>15} {:>19}",
+        "{:<6} {:<7} {:<19} {:>9} {:>7} {:>7} {:>7} {:>9} {:>6} {:>15} {:>19}",
         "alg",
         "token",
         "filter",
@@ -355,13 +433,18 @@ fn print_table(rows: &[Row]) {
         "p99 ms",
         "non-2xx",
         "cpu us/r",
+        "steal%",
         "vs jwt_authn",
         "vs jwt_authn+id"
     );
     for r in rows {
         let wasm = matches!(
             r.filter,
-            Filter::Nexus | Filter::NexusVerifyOnly | Filter::NexusFloor | Filter::WasmNoop
+            Filter::Nexus
+                | Filter::NexusVerifyOnly
+                | Filter::NexusFloor
+                | Filter::WasmNoop
+                | Filter::WasmTokenRead
         );
         let (plain, identity) = if wasm {
             (
@@ -381,13 +464,14 @@ fn print_table(rows: &[Row]) {
             (r.alg, r.mode)
         };
         println!(
-            "{alg:<6} {mode:<7} {:<19} {:>9.0} {:>7.2} {:>7.2} {:>7} {:>9.2} {:>15} {:>19}",
+            "{alg:<6} {mode:<7} {:<19} {:>9.0} {:>7.2} {:>7.2} {:>7} {:>9.2} {:>6.0} {:>15} {:>19}",
             r.filter.name(),
             r.stats.rps,
             r.stats.p50_ms,
             r.stats.p99_ms,
             r.stats.non_2xx,
             r.cpu_us,
+            r.steal * 100.0,
             plain,
             identity
         );

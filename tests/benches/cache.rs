@@ -177,7 +177,7 @@ fn hit_path(opts: &Opts, envoy: &Envoy) -> Result<()> {
     let run = |extra: Option<&str>, seconds| -> Result<LoadStats> {
         let mut headers = vec![upstream_header];
         headers.extend(extra);
-        let s = wrk(envoy.port, path, &headers, seconds, opts.connections)?;
+        let s = wrk(envoy.port, path, &headers, seconds, opts.connections, None)?;
         if s.non_2xx > 0 || s.requests == 0 {
             bail!("wrk: {} non-2xx of {} requests", s.non_2xx, s.requests);
         }

@@ -71,8 +71,15 @@ fn main() -> Result<()> {
     ];
     let mut measured = Vec::new();
     for (name, envoy) in &rows {
-        wrk(envoy.port, "/lake/t", &["x-client: bench"], 1, 16)?; // warm-up
-        let s = wrk(envoy.port, "/lake/t", &["x-client: bench"], SECONDS, 16)?;
+        wrk(envoy.port, "/lake/t", &["x-client: bench"], 1, 16, None)?; // warm-up
+        let s = wrk(
+            envoy.port,
+            "/lake/t",
+            &["x-client: bench"],
+            SECONDS,
+            16,
+            None,
+        )?;
         if s.non_2xx > 0 {
             bail!(
                 "{name}: {} non-2xx responses; the benchmark expects every request allowed",

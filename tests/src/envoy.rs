@@ -36,6 +36,8 @@ pub struct EnvoyConfig {
     /// Answer requests no upstream takes with this status and body (default: a JSON 503), so
     /// benchmarks can measure the filter chain alone.
     pub direct_response: Option<(u16, String)>,
+    /// Run every Envoy thread on this CPU (benchmarks: see [`crate::load::bench_cpus`]).
+    pub cpu: Option<usize>,
 }
 
 impl EnvoyConfig {
@@ -279,7 +281,7 @@ fn spawn(config: &EnvoyConfig) -> Result<(Child, tempfile::TempDir)> {
     let bootstrap = dir.path().join("envoy.json");
     std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config.bootstrap())?)?;
     let log = File::create(dir.path().join("envoy.log"))?;
-    let child = Command::new(envoy_binary()?)
+    let child = crate::load::pinned(envoy_binary()?, config.cpu)
         .arg("-c")
         .arg(&bootstrap)
         .arg("--admin-address-path")

@@ -15,15 +15,26 @@ pub struct LoadStats {
     pub non_2xx: u64,
 }
 
-/// One `wrk` run against `http://127.0.0.1:{port}{path}`, keep-alive, one thread.
+/// CPUs for a benchmark on a machine with at least two: (the proxy's, the load generator's).
+///
+/// Pinned, the proxy and `wrk` never share a core or migrate between the two, so what varies
+/// between rounds is the machine, not the scheduler's placement.
+pub fn bench_cpus() -> Option<(usize, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n >= 2).then_some((0, 1))
+}
+
+/// One `wrk` run against `http://127.0.0.1:{port}{path}`, keep-alive, one thread, pinned to
+/// `cpu` if given.
 pub fn wrk(
     port: u16,
     path: &str,
     headers: &[&str],
     seconds: u64,
     connections: u32,
+    cpu: Option<usize>,
 ) -> Result<LoadStats> {
-    run(port, path, headers, None, seconds, connections)
+    run(port, path, headers, None, seconds, connections, cpu)
 }
 
 /// Like [`wrk`], with requests made by a Lua `script` (e.g. a different token per request).
@@ -33,8 +44,9 @@ pub fn wrk_script(
     script: &Path,
     seconds: u64,
     connections: u32,
+    cpu: Option<usize>,
 ) -> Result<LoadStats> {
-    run(port, path, &[], Some(script), seconds, connections)
+    run(port, path, &[], Some(script), seconds, connections, cpu)
 }
 
 fn run(
@@ -44,9 +56,10 @@ fn run(
     script: Option<&Path>,
     seconds: u64,
     connections: u32,
+    cpu: Option<usize>,
 ) -> Result<LoadStats> {
     ensure_wrk()?;
-    let mut cmd = Command::new("wrk");
+    let mut cmd = pinned("wrk", cpu);
     cmd.args([
         "-t1",
         "-c",
@@ -137,6 +150,52 @@ fn duration_ms(v: &str) -> f64 {
         (v, 1.0)
     };
     num.parse::<f64>().unwrap_or(0.0) * factor
+}
+
+/// CPU time the hypervisor gave to other guests ("steal"), as a share of all CPU time since
+/// the previous reading: a virtual machine's speed drifts with it, and a benchmark whose
+/// rounds saw much of it compares filters measured at different speeds.
+#[derive(Debug, Clone, Copy)]
+pub struct StealMeter {
+    steal: u64,
+    total: u64,
+}
+
+impl StealMeter {
+    /// Starts measuring; `None` where `/proc/stat` has no steal column.
+    pub fn start() -> Option<Self> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        Some(Self {
+            // user nice system idle iowait irq softirq steal ...
+            steal: *ticks.get(7)?,
+            total: ticks.iter().take(8).sum(),
+        })
+    }
+
+    /// The share of CPU time stolen since [`StealMeter::start`], 0.0 to 1.0.
+    pub fn stolen(&self) -> Option<f64> {
+        let now = Self::start()?;
+        let total = now.total.saturating_sub(self.total);
+        (total > 0).then(|| now.steal.saturating_sub(self.steal) as f64 / total as f64)
+    }
+}
+
+/// `program`, run by `taskset` on `cpu` (every thread it starts stays there) if given.
+pub fn pinned(program: impl AsRef<std::ffi::OsStr>, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &cpu.to_string()]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Installs Debian's `wrk` when missing and running as root; otherwise says how.
