@@ -14,6 +14,10 @@
 //! filter with a reused token, alternating between filters, of which the median is reported
 //! (default 3).
 //!
+//! `--instructions <n>` counts instead of timing: the user-space instructions Envoy executes
+//! per request under valgrind, with n reused-token requests and n/10 fresh ones per filter
+//! (see [`instructions`]). Counts repeat between runs; time on a shared VM does not.
+//!
 //! Every request is answered by Envoy's `direct_response` (no upstream), so the numbers are the
 //! filter chain's cost. Two wasm modules written in WAT bound what any proxy-wasm filter can
 //! reach: `wasm no-op` (one call into the VM) and `wasm token read` (that call plus reading the
@@ -109,6 +113,8 @@ struct Opts {
     connections: u32,
     fresh: usize,
     rounds: usize,
+    /// Requests per count in instruction mode; 0: measure time with `wrk`.
+    instructions: usize,
 }
 
 fn opts() -> Result<Opts> {
@@ -117,12 +123,14 @@ fn opts() -> Result<Opts> {
         ("--connections", 16),
         ("--fresh", 20_000),
         ("--rounds", 3),
+        ("--instructions", 0),
     ])?;
     Ok(Opts {
         duration_s: o["--duration"],
         connections: u32::try_from(o["--connections"])?,
         fresh: usize::try_from(o["--fresh"])?,
         rounds: usize::try_from(o["--rounds"])?.max(1),
+        instructions: usize::try_from(o["--instructions"])?,
     })
 }
 
@@ -138,54 +146,25 @@ fn main() -> Result<()> {
     let token_read = dir.path().join("token-read.wasm");
     std::fs::write(&token_read, wat::parse_str(TOKEN_READ_WAT)?)?;
 
-    let (envoy_cpu, load_cpu) = match nexus_tests::load::bench_cpus() {
-        Some((e, l)) => (Some(e), Some(l)),
-        None => (None, None),
+    let (envoy_launcher, load_cpu) = match nexus_tests::load::bench_cpus() {
+        Some((e, l)) => (nexus_tests::load::taskset(e), Some(l)),
+        None => (Vec::new(), None),
     };
     let run_steal = StealMeter::start();
+    if opts.instructions > 0 {
+        return instructions(&opts, dir.path(), now, &noop, &token_read, &module);
+    }
     let mut rows: Vec<Row> = Vec::new();
     for alg in ALGS {
-        let key = SigningKey::new(alg, "bench");
-        let jwks = testkit::jwks(&[&key]);
-        let one = key.token(&testkit::claims(ISS, "nexus", "bench", now, json!({})));
-        let started = Instant::now();
-        let mut fresh = String::with_capacity(opts.fresh * 400);
-        for i in 0..opts.fresh {
-            let c = testkit::claims(ISS, "nexus", &format!("user-{i}"), now, json!({}));
-            fresh.push_str(&key.token(&c));
-            fresh.push('\n');
-        }
-        eprintln!(
-            "bench: {alg}: signed {} fresh tokens in {:.1}s",
-            opts.fresh,
-            started.elapsed().as_secs_f64()
-        );
+        let Tokens { jwks, one, fresh } = tokens(alg, now, opts.fresh);
         let tokens = dir.path().join(format!("tokens-{alg}.txt"));
-        std::fs::write(&tokens, fresh)?;
+        std::fs::write(&tokens, fresh.join("\n") + "\n")?;
         let script = dir.path().join(format!("fresh-{alg}.lua"));
         std::fs::write(&script, lua(&tokens))?;
         let bearer = format!("Bearer {one}");
         let header = format!("Authorization: {bearer}");
 
-        let filters = if alg == ALGS[0] {
-            vec![
-                Filter::None,
-                Filter::WasmNoop,
-                Filter::WasmTokenRead,
-                Filter::NexusFloor,
-                Filter::Native,
-                Filter::NexusVerifyOnly,
-                Filter::NativeIdentity,
-                Filter::Nexus,
-            ]
-        } else {
-            vec![
-                Filter::Native,
-                Filter::NexusVerifyOnly,
-                Filter::NativeIdentity,
-                Filter::Nexus,
-            ]
-        };
+        let filters = rows_for(alg);
         for mode in ["reused", "fresh"] {
             let filters: Vec<Filter> = filters
                 .iter()
@@ -202,7 +181,7 @@ fn main() -> Result<()> {
                     _ => &module,
                 };
                 let envoy = Envoy::start(&EnvoyConfig {
-                    cpu: envoy_cpu,
+                    launcher: envoy_launcher.clone(),
                     ..config(f, &jwks, module)
                 })?;
                 // Check one request first: a benchmark of 401s would be meaningless.
@@ -318,6 +297,233 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+struct Tokens {
+    jwks: String,
+    /// The token every request reuses.
+    one: String,
+    /// Distinct tokens, one per request.
+    fresh: Vec<String>,
+}
+
+fn tokens(alg: &str, now: u64, fresh: usize) -> Tokens {
+    let key = SigningKey::new(alg, "bench");
+    let started = Instant::now();
+    let tokens = Tokens {
+        jwks: testkit::jwks(&[&key]),
+        one: key.token(&testkit::claims(ISS, "nexus", "bench", now, json!({}))),
+        fresh: (0..fresh)
+            .map(|i| {
+                key.token(&testkit::claims(
+                    ISS,
+                    "nexus",
+                    &format!("user-{i}"),
+                    now,
+                    json!({}),
+                ))
+            })
+            .collect(),
+    };
+    eprintln!(
+        "bench: {alg}: signed {fresh} fresh tokens in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    tokens
+}
+
+/// Which rows a run measures for `alg`: the tokenless ones once, with the first algorithm.
+fn rows_for(alg: &str) -> Vec<Filter> {
+    let mut filters = if alg == ALGS[0] {
+        vec![
+            Filter::None,
+            Filter::WasmNoop,
+            Filter::WasmTokenRead,
+            Filter::NexusFloor,
+        ]
+    } else {
+        Vec::new()
+    };
+    filters.extend([
+        Filter::Native,
+        Filter::NexusVerifyOnly,
+        Filter::NativeIdentity,
+        Filter::Nexus,
+    ]);
+    filters
+}
+
+/// The warm-up before counting: the reused token this many times, then [`COUNT_WARM_UP_FRESH`]
+/// fresh tokens (not the measured ones), so V8 has compiled and tiered up every path the
+/// measured requests take, caches are full and metrics defined.
+const COUNT_WARM_UP: usize = 1000;
+const COUNT_WARM_UP_FRESH: usize = 50;
+
+/// `--instructions N`: the user-space instructions Envoy executes per request, counted by
+/// valgrind (cachegrind). Time on a shared virtual machine drifted by half between rounds of
+/// the same configuration; counts repeat, and each row states how closely.
+///
+/// Each filter's Envoy starts under cachegrind twice per measurement and serves the same
+/// warm-up, then nothing (the baseline), N requests with the reused token, or N/10 with fresh
+/// tokens; the least count of each pair, minus the baseline's, over the requests is the
+/// per-request count, and the larger difference within a pair, over the requests, its
+/// uncertainty (V8 compiles and collects garbage in background threads, at times that vary).
+/// The kernel's share (sockets, loopback) is not counted: it is the same for every filter,
+/// and most of what the requests/s table measures.
+fn instructions(
+    opts: &Opts,
+    dir: &Path,
+    now: u64,
+    noop: &Path,
+    token_read: &Path,
+    module: &Path,
+) -> Result<()> {
+    nexus_tests::load::ensure_valgrind()?;
+    let reused_n = opts.instructions;
+    let fresh_n = (opts.instructions / 10).max(20);
+    // (alg, mode, filter, instructions per request, uncertainty)
+    let mut rows: Vec<(&str, &str, Filter, f64, f64)> = Vec::new();
+    for alg in ALGS {
+        let Tokens { jwks, one, fresh } = tokens(alg, now, COUNT_WARM_UP_FRESH + fresh_n);
+        let bearer = format!("Bearer {one}");
+        let fresh: Vec<String> = fresh.iter().map(|t| format!("Bearer {t}")).collect();
+        let (warm_fresh, measured_fresh) = fresh.split_at(COUNT_WARM_UP_FRESH);
+        let warm_up: Vec<String> = std::iter::repeat_n(bearer.clone(), COUNT_WARM_UP)
+            .chain(warm_fresh.iter().cloned())
+            .collect();
+        for f in rows_for(alg) {
+            let module = match f {
+                Filter::WasmNoop => noop,
+                Filter::WasmTokenRead => token_read,
+                _ => module,
+            };
+            let count = |label: &str, measured: &[String]| -> Result<i64> {
+                let out = dir.join(format!("cachegrind-{alg}-{}-{label}.out", f.name()));
+                let envoy = Envoy::start(&EnvoyConfig {
+                    launcher: vec![
+                        "valgrind".into(),
+                        "--tool=cachegrind".into(),
+                        "--cache-sim=no".into(),
+                        "--branch-sim=no".into(),
+                        // V8 writes the machine code it runs.
+                        "--smc-check=all-non-file".into(),
+                        format!("--cachegrind-out-file={}", out.display()),
+                    ],
+                    ..config(f, &jwks, module)
+                })?;
+                let mut session = nexus_tests::client::Session::connect(envoy.port)?;
+                for (i, b) in warm_up.iter().chain(measured).enumerate() {
+                    let r = session.get(PATH, &[("authorization", b)])?;
+                    if r.status != 200 {
+                        bail!(
+                            "{} {alg}: answered {}, not 200:\n{}",
+                            f.name(),
+                            r.status,
+                            envoy.log()
+                        );
+                    }
+                    if i + 1 == warm_up.len() {
+                        // V8's background compilation, started by the warm-up, must end
+                        // before the measured requests (or the baseline) begin.
+                        wait_until_idle(&envoy)?;
+                    }
+                }
+                drop(session);
+                envoy.quit()?;
+                i64::try_from(cachegrind_total(&out)?).map_err(Into::into)
+            };
+            // Runs differ only by work added (V8 compiling or collecting garbage in the
+            // background at varying times), never removed: the least of two runs is the
+            // cleaner one, and the two runs' difference bounds what is left.
+            let least_of_two = |label: &str, measured: &[String]| -> Result<(i64, i64)> {
+                let (a, b) = (
+                    count(&format!("{label}-1"), measured)?,
+                    count(&format!("{label}-2"), measured)?,
+                );
+                Ok((a.min(b), (a - b).abs()))
+            };
+            let (base, base_spread) = least_of_two("base", &[])?;
+            let mut measure = |mode: &'static str, measured: &[String]| -> Result<()> {
+                let n = measured.len() as f64;
+                let (after, spread) = least_of_two(mode, measured)?;
+                let per_request = (after - base) as f64 / n;
+                let spread = base_spread.max(spread) as f64 / n;
+                eprintln!(
+                    "bench: {alg} {mode} {}: {per_request:.0} ± {spread:.0} instructions per request",
+                    f.name()
+                );
+                rows.push((alg, mode, f, per_request, spread));
+                Ok(())
+            };
+            measure("reused", &vec![bearer.clone(); reused_n])?;
+            if !f.tokenless() {
+                measure("fresh", measured_fresh)?;
+            }
+        }
+    }
+    println!();
+    println!("Envoy user-space instructions per request (valgrind); ratio native/nexus, above 1: nexus executes fewer");
+    println!(
+        "{:<6} {:<7} {:<19} {:>12} {:>9} {:>13} {:>16}",
+        "alg", "token", "filter", "instr/req", "±", "vs jwt_authn", "vs jwt_authn+id"
+    );
+    let find = |alg: &str, mode: &str, f: Filter| {
+        rows.iter()
+            .find(|r| r.0 == alg && r.1 == mode && r.2 == f)
+            .map(|r| r.3)
+    };
+    for &(alg, mode, f, n, spread) in &rows {
+        let versus = |native: Filter| match (f, find(alg, mode, native)) {
+            (Filter::Native | Filter::NativeIdentity | Filter::None, _) | (_, None) => {
+                String::new()
+            }
+            (_, Some(v)) => format!("{:.2}x", v / n),
+        };
+        let (a, m) = if f.tokenless() {
+            ("-", "-")
+        } else {
+            (alg, mode)
+        };
+        let identity = if f == Filter::Nexus {
+            versus(Filter::NativeIdentity)
+        } else {
+            String::new()
+        };
+        println!(
+            "{a:<6} {m:<7} {:<19} {n:>12.0} {spread:>9.0} {:>13} {:>16}",
+            f.name(),
+            versus(Filter::Native),
+            identity
+        );
+    }
+    Ok(())
+}
+
+/// Waits until Envoy has used (almost) no CPU for a second: under valgrind, V8 compiling a
+/// function that turned hot takes seconds, and would otherwise land in whichever run is next.
+fn wait_until_idle(envoy: &Envoy) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let mut last = envoy.cpu_seconds()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = envoy.cpu_seconds()?;
+        if now - last < 0.05 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("envoy kept computing for 5 minutes after the warm-up");
+        }
+        last = now;
+    }
+}
+
+/// The instruction total of a cachegrind output file (its `summary:` line).
+fn cachegrind_total(path: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no summary in {}", path.display()))
 }
 
 fn config(filter: Filter, jwks: &str, module: &Path) -> EnvoyConfig {

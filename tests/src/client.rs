@@ -1,4 +1,5 @@
-//! A blocking HTTP/1.1 client: one request per connection, chunked bodies decoded.
+//! A blocking HTTP/1.1 client: one request per connection (or a keep-alive [`Session`]),
+//! chunked bodies decoded.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -64,7 +65,34 @@ pub fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
-    read_response(BufReader::new(stream))
+    read_response(&mut BufReader::new(stream))
+}
+
+/// One keep-alive connection, for many GETs in a row (benchmarks counting per-request cost,
+/// which a connection per request would blur).
+pub struct Session {
+    reader: BufReader<TcpStream>,
+}
+
+impl Session {
+    pub fn connect(port: u16) -> Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: nexus.test\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.reader.get_mut().write_all(head.as_bytes())?;
+        read_response(&mut self.reader)
+    }
 }
 
 /// Sends `head` (request line and headers, byte for byte, e.g. with non-UTF-8 values) and no
@@ -74,10 +102,10 @@ pub fn raw(port: u16, head: &[u8]) -> Result<Response> {
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(head)?;
-    read_response(BufReader::new(stream))
+    read_response(&mut BufReader::new(stream))
 }
 
-fn read_response(mut r: BufReader<TcpStream>) -> Result<Response> {
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<Response> {
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status: u16 = line

