@@ -291,8 +291,8 @@ fn main() -> Result<()> {
     if let Some(stolen) = run_steal.and_then(|m| m.stolen()) {
         println!(
             "CPU time stolen by the hypervisor during the run: {:.0}% (steal% column: the worst \
-             round of each row). Where it is high, the machine's speed moved between rounds and \
-             ratios carry that noise.",
+             round of each row). High steal means noisy ratios; low steal does not mean clean \
+             ones (a shared core also slows without being stolen): --instructions counts instead.",
             stolen * 100.0
         );
     }
