@@ -1,4 +1,5 @@
-//! Reconcile latency against a real kube-apiserver (shared/tools/kube-testenv.sh), with the
+//! Reconcile latency against a real kube-apiserver (`nexus_toolenv::kube`; `cargo xtask setup`
+//! provisions it), with the
 //! controller running in-process:
 //!
 //!   cargo run --release -p nexus-controller --example reconcile_latency [-- N]
@@ -8,7 +9,6 @@
 //! own reconcile count and mean duration. No assertions: numbers depend on the machine.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,6 @@ use nexus_controller::render::Settings;
 use nexus_controller::server::State;
 use serde::Deserialize;
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn route(ns: &str, i: usize, shared: bool) -> NexusRoute {
     let (kind, selector) = if shared {
@@ -88,28 +80,11 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(500);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("../../shared/tools/kube-testenv.sh");
     let dir = tempfile::tempdir().unwrap();
-    let (etcd, api_port) = (free_port(), free_port());
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["start"])
-        .arg(dir.path())
-        .env("ETCD_PORT", etcd.to_string())
-        .env("API_PORT", api_port.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result = tokio::spawn(run(dir.path().join("kubeconfig"), root, n)).await;
-    let _ = Command::new("bash")
-        .arg(&script)
-        .arg("stop")
-        .arg(dir.path())
-        .output();
+    let server = nexus_toolenv::kube::ApiServer::start(dir.path())
+        .unwrap_or_else(|e| panic!("starting etcd + kube-apiserver: {e:#}"));
+    let result = tokio::spawn(run(server.kubeconfig.clone(), root, n)).await;
+    drop(server);
     result.unwrap();
 }
 

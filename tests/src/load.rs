@@ -209,37 +209,21 @@ fn pinned(program: &str, cpu: Option<usize>) -> Command {
 
 /// Installs Debian's `wrk` when missing and running as root; otherwise says how.
 pub fn ensure_wrk() -> Result<()> {
-    ensure_tool("wrk", "--version", "wrk")
+    ensure_tool("wrk", "wrk")
 }
 
 /// Installs Debian's `valgrind` when missing and running as root; otherwise says how.
 pub fn ensure_valgrind() -> Result<()> {
-    ensure_tool("valgrind", "--version", "valgrind")
+    ensure_tool("valgrind", "valgrind")
 }
 
-/// `program` answers `probe` (on stdout or stderr), or Debian's `package` is installed.
-fn ensure_tool(program: &str, probe: &str, package: &str) -> Result<()> {
-    let found = Command::new(program)
-        .arg(probe)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout).contains(program)
-                || String::from_utf8_lossy(&o.stderr).contains(program)
-        })
-        .unwrap_or(false);
-    if found {
+/// `program` is on PATH, or Debian's `package` is installed now (as root; otherwise the error
+/// names the command).
+fn ensure_tool(program: &str, package: &str) -> Result<()> {
+    if nexus_toolenv::apt::on_path(program) {
         return Ok(());
     }
-    let ok = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", package])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!("{program} is needed: apt-get install {package}");
-    }
-    Ok(())
+    nexus_toolenv::apt::ensure(&[package])
 }
 
 #[cfg(test)]

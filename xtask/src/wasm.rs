@@ -179,43 +179,18 @@ fn rustup_has_target() -> bool {
         .unwrap_or(false)
 }
 
-fn ensure_debian_toolchain() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg")
-                .args(["-s", p])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
+/// Makes sure one of the two routes can build: rustup's target, or Debian's packages.
+pub fn ensure_toolchain() -> Result<()> {
+    if rustup_has_target() {
         return Ok(());
     }
-    let install = format!("apt-get install -y {}", missing.join(" "));
-    if !is_root() {
-        bail!(
-            "the {TARGET} build needs Debian's rust toolchain packages; run:\n  sudo apt-get update && sudo {install}\n(or, with rustup: rustup target add {TARGET})"
-        );
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    crate::status(Command::new("apt-get").args(["update", "-qq"]))?;
-    crate::status(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq"])
-            .args(&missing),
-    )
+    ensure_debian_toolchain()
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+fn ensure_debian_toolchain() -> Result<()> {
+    nexus_toolenv::apt::ensure(&DEBIAN_PACKAGES).with_context(|| {
+        format!("the {TARGET} build needs Debian's rust toolchain (or, with rustup: rustup target add {TARGET})")
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

