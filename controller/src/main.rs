@@ -141,7 +141,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `up` and `controller` log JSON lines; the CLI commands print plain text.
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(2)
         }
     }
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             poll_ms,
         } => {
+            nexus_telemetry::init(nexus_controller::standalone::run::SERVICE);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -23,11 +23,9 @@ pub const FIELD_MANAGER: &str = "nexus-controller";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
-/// The filters, in the order they run (each is inserted before `envoy.filters.http.router`).
-/// The router goes first: it strips every client-sent `x-nexus-*` header, so the identity auth
-/// sets afterwards is the only one ratelimit can count. The cache goes last: a cached answer
-/// is still authenticated and rate limited, and can be keyed by the identity.
-pub const FILTERS: [&str; 4] = ["router", "auth", "ratelimit", "cache"];
+use nexus_config::contract;
+/// The filters, in the order they run: see `nexus_config::contract::FILTER_ORDER` for why.
+pub use nexus_config::contract::FILTER_ORDER as FILTERS;
 /// Port of the rate-limit service (`envoy.service.ratelimit.v3`) on the `nexus-controller`
 /// Service; the ratelimit filter falls back to local buckets while it does not answer.
 pub const RATELIMIT_PORT: u16 = 8081;
@@ -154,7 +152,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
                     name: rule.name.clone(),
                     matcher: RequestMatch {
                         headers: vec![HeaderMatch {
-                            name: "x-nexus-rule".to_string(),
+                            name: contract::RULE.to_string(),
                             present: None,
                             exact: Some(rule.name.clone()),
                             prefix: None,
@@ -323,9 +321,9 @@ pub fn render_group(
 }
 
 fn upstream_headers(rule_name: Option<&str>, token: &str) -> Value {
-    let mut h = json!({ "x-nexus-upstream": { "exact": token } });
+    let mut h = json!({ contract::UPSTREAM: { "exact": token } });
     if let Some(n) = rule_name {
-        h["x-nexus-rule"] = json!({ "exact": n });
+        h[contract::RULE] = json!({ "exact": n });
     }
     h
 }

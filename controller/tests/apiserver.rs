@@ -449,6 +449,11 @@ async fn reconciles_routes_against_a_real_apiserver() {
         assert!(!line[key].is_null(), "{key} missing in {line}");
     }
     assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
+    // And every other line is in the same format.
+    for l in logs.lines() {
+        let line = nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(line["service"], "nexus-controller", "{l}");
+    }
 }
 
 async fn lease_holder(client: &Client) -> Option<String> {

@@ -19,7 +19,10 @@ struct Up {
     port: u16,
     http_port: u16,
     dir: tempfile::TempDir,
+    /// stdout (the banner, for people) and stderr (the log) interleaved.
     output: Arc<Mutex<Vec<String>>>,
+    /// stderr alone: the log lines.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Up {
@@ -42,13 +45,20 @@ impl Up {
             .spawn()
             .unwrap();
         let output = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for (stream, is_log) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                false,
+            ),
+            (Box::new(child.stderr.take().unwrap()), true),
         ] {
-            let output = output.clone();
+            let (output, log) = (output.clone(), log.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if is_log {
+                        log.lock().unwrap().push(line.clone());
+                    }
                     output.lock().unwrap().push(line);
                 }
             });
@@ -59,6 +69,7 @@ impl Up {
             http_port,
             dir,
             output,
+            log,
         };
         up.wait_for_output("Nexus is up", Duration::from_secs(90));
         up
@@ -318,5 +329,25 @@ fn datapunk_example_through_real_envoy() {
     assert_eq!(
         r.json().unwrap()["headers"]["x-envoy-expected-rq-timeout-ms"],
         "2000"
+    );
+
+    // Every log line (stderr) is one JSON object in the format every Nexus process shares,
+    // the refused edit's problem included.
+    let log = up.log.lock().unwrap().clone();
+    let lines: Vec<_> = log
+        .iter()
+        .map(|l| nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["service"] == "nexus-up"), "{log:?}");
+    let refused = lines
+        .iter()
+        .find(|l| l["level"] == "warn" && l["message"].as_str().unwrap().contains("NOT applied"))
+        .unwrap_or_else(|| panic!("no refused-change line in {log:?}"));
+    assert!(
+        refused["problem"]
+            .as_str()
+            .unwrap()
+            .contains("rules[2].timeout"),
+        "{refused:?}"
     );
 }

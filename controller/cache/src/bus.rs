@@ -21,7 +21,6 @@ use prost::Message;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::log;
 use crate::storage::{LazyConnection, RedisNamespace, StorageError};
 
 /// Events a slow stream may fall behind before it is flushed instead (see [`Bus::subscribe`]).
@@ -229,7 +228,7 @@ async fn follow(
             Ok(pubsub) => pubsub,
             Err(why) => {
                 if !logged_down {
-                    log::warn(&format!("redis pub/sub unavailable ({why}); retrying"));
+                    tracing::warn!("redis pub/sub unavailable ({why}); retrying");
                     logged_down = true;
                 }
                 tokio::time::sleep(retry).await;
@@ -239,7 +238,7 @@ async fn follow(
         };
         retry = RETRY_MIN;
         logged_down = false;
-        log::info(&format!("subscribed to redis channels {channels:?}"));
+        tracing::info!("subscribed to redis channels {channels:?}");
         // Anything published before this moment may have been missed.
         let _ = local.send(flush(
             "subscribed to redis pub/sub: events before now may be lost",
@@ -247,9 +246,9 @@ async fn follow(
         let _ = live.send(true);
         let why = rebroadcast(pubsub, &local).await;
         let _ = live.send(false);
-        log::warn(&format!(
+        tracing::warn!(
             "redis pub/sub connection lost ({why}); flushing local subscribers and reconnecting"
-        ));
+        );
         let _ = local.send(flush(format!(
             "redis pub/sub connection lost ({why}): events may be lost"
         )));
@@ -280,7 +279,7 @@ async fn rebroadcast(pubsub: redis::aio::PubSub, local: &broadcast::Sender<Event
                     // meant is lost to the subscribers, so they flush.
                     Err(e) => {
                         let why = format!("undecodable event on {}: {e}", msg.get_channel_name());
-                        log::warn(&why);
+                        tracing::warn!("{why}");
                         let _ = local.send(flush(why));
                     }
                 }

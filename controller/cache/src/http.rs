@@ -173,7 +173,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    crate::log::warn(&format!("accept failed: {e}"));
+                    tracing::warn!("accept failed: {e}");
                     continue;
                 }
             },

@@ -18,25 +18,3 @@ pub mod service;
 pub mod storage;
 
 pub use service::{CacheService, Config};
-
-/// JSON log lines on stderr, the format of the other Nexus services.
-pub mod log {
-    fn line(level: &str, message: &str) {
-        eprintln!(
-            "{{\"level\":\"{level}\",\"service\":\"nexus-cache\",\"message\":{}}}",
-            serde_json::Value::from(message)
-        );
-    }
-
-    pub fn info(message: &str) {
-        line("INFO", message);
-    }
-
-    pub fn warn(message: &str) {
-        line("WARN", message);
-    }
-
-    pub fn error(message: &str) {
-        line("ERROR", message);
-    }
-}

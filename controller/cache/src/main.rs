@@ -52,8 +52,20 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+fn main() -> std::process::ExitCode {
+    nexus_telemetry::init("nexus-cache");
+    // Errors are log lines too, in the same JSON as the rest.
+    match serve() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn serve() -> Result<()> {
     let args = parse_args()?;
     let cache = server::build(
         args.redis_url.as_deref(),
@@ -61,16 +73,18 @@ async fn main() -> Result<()> {
         args.config,
         args.redis_timeout,
     )?;
-    nexus_cache_service::log::info(&format!(
-        "listening on {} ({})",
-        args.listen,
-        cache.describe()
-    ));
     if let Some(addr) = args.http_listen {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!("http listening on {}", listener.local_addr()?);
         tokio::spawn(http::serve(cache.clone(), listener, std::future::pending()));
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Said once bound, so the line is true when it is read.
+    tracing::info!(
+        "listening on {} ({})",
+        listener.local_addr()?,
+        cache.describe()
+    );
     server::serve_grpc(cache, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -15,7 +15,6 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::bus::{flush, Bus};
-use crate::log;
 use crate::metrics::{Metrics, SubscriberGauge};
 use crate::storage::{newer, system_clock, Clock, Storage, StorageError, Watermark};
 
@@ -271,7 +270,7 @@ impl CacheService {
                 Ok(())
             }
             Err(e) => {
-                log::error(&format!("event not published: {e}"));
+                tracing::error!("event not published: {e}");
                 Err(self.unavailable("event bus", e))
             }
         }

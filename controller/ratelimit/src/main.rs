@@ -47,8 +47,20 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+fn main() -> std::process::ExitCode {
+    nexus_telemetry::init("nexus-ratelimit");
+    // Errors are log lines too, in the same JSON as the rest.
+    match serve() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn serve() -> Result<()> {
     let args = parse_args()?;
     let limits = Limits::load_dir(&args.config_dir)?;
     let domains: Vec<String> = limits.domains().map(str::to_string).collect();
@@ -59,8 +71,8 @@ async fn main() -> Result<()> {
         args.unknown_domain,
         args.redis_timeout,
     )?;
-    eprintln!(
-        "{{\"level\":\"INFO\",\"service\":\"nexus-ratelimit\",\"message\":\"listening on {} with {} storage, {:?}, domains {:?}\"}}",
+    tracing::info!(
+        "starting on {} with {} storage, {:?}, domains {:?}",
         args.listen,
         limiter.describe(),
         args.algorithm,

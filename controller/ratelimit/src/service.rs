@@ -112,9 +112,11 @@ impl<S: Storage> RateLimiter<S> {
         if !limits.has_domain(&req.domain) {
             Metrics::inc(&self.metrics.unknown_domain);
             if self.degraded_log.should_log("unknown_domain") {
-                eprintln!(
-                    "{{\"level\":\"WARN\",\"service\":\"nexus-ratelimit\",\"message\":\"rate limit domain {:?} is not configured; answering per --unknown-domain={:?}\"}}",
-                    req.domain, self.unknown_domain
+                tracing::warn!(
+                    domain = %req.domain,
+                    "rate limit domain {:?} is not configured; answering per --unknown-domain={:?}",
+                    req.domain,
+                    self.unknown_domain
                 );
             }
             let code = match self.unknown_domain {
@@ -185,8 +187,8 @@ impl<S: Storage> RateLimiter<S> {
                 Err(e) => {
                     Metrics::inc(&self.metrics.storage_errors);
                     if self.degraded_log.should_log("storage") {
-                        eprintln!(
-                            "{{\"level\":\"ERROR\",\"service\":\"nexus-ratelimit\",\"message\":\"storage ({}) failed: {e}; answering UNAVAILABLE\"}}",
+                        tracing::error!(
+                            "storage ({}) failed: {e}; answering UNAVAILABLE",
                             self.storage.describe()
                         );
                     }

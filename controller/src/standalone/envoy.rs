@@ -18,6 +18,7 @@ use crate::crd::Protocol;
 use crate::model::{CompiledRoute, GroupKey, Outlier};
 use crate::render::{self, GroupConfigs, ServiceClusters, FILTERS};
 use crate::standalone::gateway::GatewaySpec;
+use nexus_config::contract;
 
 /// Envoy clusters of the services the nexus process runs.
 pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
@@ -203,8 +204,8 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
             out.push(json!({
                 "name": rule.name,
                 "match": { "prefix": "/", "headers": [
-                    header_exact("x-nexus-rule", &rule.name),
-                    header_exact("x-nexus-upstream", &rule.upstream.token),
+                    header_exact(contract::RULE, &rule.name),
+                    header_exact(contract::UPSTREAM, &rule.upstream.token),
                 ]},
                 "route": {
                     "cluster": rule.upstream.token,
@@ -220,7 +221,7 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
             if seen.insert(u.token.clone()) {
                 out.push(json!({
                     "name": format!("upstream.{}", u.token),
-                    "match": { "prefix": "/", "headers": [header_exact("x-nexus-upstream", &u.token)] },
+                    "match": { "prefix": "/", "headers": [header_exact(contract::UPSTREAM, &u.token)] },
                     "route": { "cluster": u.token },
                 }));
             }

@@ -100,6 +100,9 @@ fn fingerprint(dir: &Path) -> u64 {
     h.finish()
 }
 
+/// The `service` of `nexus up`'s log lines.
+pub const SERVICE: &str = "nexus-up";
+
 /// Runs until Ctrl-C / SIGTERM (exit 0) or until Envoy dies (exit 1).
 pub async fn up(opts: Options) -> Result<ExitCode> {
     let dir = std::path::absolute(&opts.dir)?;
@@ -107,7 +110,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
-                eprintln!("{p}");
+                tracing::error!(problem = %p, "nothing started");
             }
             bail!(
                 "{} problem(s) in {}; nothing started",
@@ -144,7 +147,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         let limiter = limiter.clone();
         tokio::spawn(async move {
             if let Err(e) = limiter.serve(ratelimit_addr, std::future::pending()).await {
-                eprintln!("nexus: rate-limit service stopped: {e:#}");
+                tracing::error!("rate-limit service stopped: {e:#}");
             }
         });
     }
@@ -169,7 +172,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         let (state, addr) = (state.clone(), config.gateway.http);
         tokio::spawn(async move {
             if let Err(e) = server::serve(addr, state).await {
-                eprintln!("nexus: http server on {addr} stopped: {e:#}");
+                tracing::error!("http server on {addr} stopped: {e:#}");
             }
         });
     }
@@ -274,9 +277,8 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
             _ = sigterm.recv() => break ExitCode::SUCCESS,
             status = child.wait() => {
-                eprintln!("nexus: envoy exited ({}); its log:\n{}",
-                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                    tail(&log_path));
+                tracing::error!(envoy_log = %tail(&log_path), "envoy exited ({})",
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
                 break ExitCode::FAILURE;
             }
             _ = rewarm.tick() => warm(&config).await,
@@ -288,33 +290,32 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                     Ok(c) => c,
                     Err(problems) => {
                         current = fingerprint(&dir);
-                        eprintln!("nexus: change in {} NOT applied (still serving version {version}):", dir.display());
                         for p in problems {
-                            eprintln!("  {p}");
+                            tracing::warn!(problem = %p, "change in {} NOT applied (still serving version {version})", dir.display());
                         }
                         continue;
                     }
                 };
                 current = next.fingerprint;
                 if let Some(why) = needs_restart(&config.gateway, &next.gateway) {
-                    eprintln!("nexus: {why} changed: restart `nexus up` to apply it; routes are applied now");
+                    tracing::warn!("{why} changed: restart `nexus up` to apply it; routes are applied now");
                 }
                 version += 1;
                 match apply(&xds, &next, &mut upstreams, &services, &modules, version, admin, &limiter).await {
                     Ok(()) => {
-                        eprintln!("nexus: applied version {version}: {} route(s), {} rule(s)",
+                        tracing::info!("applied version {version}: {} route(s), {} rule(s)",
                             next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>());
                         warm(&next).await;
                         config = next;
                     }
-                    Err(e) => eprintln!("nexus: version {version} NOT applied: {e:#}"),
+                    Err(e) => tracing::error!("version {version} NOT applied: {e:#}"),
                 }
             }
         }
     };
     let _ = child.start_kill();
     let _ = child.wait().await;
-    eprintln!("nexus: stopped");
+    tracing::info!("stopped");
     Ok(code)
 }
 
@@ -382,10 +383,7 @@ async fn warm(config: &Config) {
         .collect();
     let ok = crate::warm::warm(addr, &targets).await;
     if ok < targets.len() {
-        eprintln!(
-            "nexus: warmed {ok} of {} cache paths (see the log)",
-            targets.len()
-        );
+        tracing::warn!("warmed {ok} of {} cache paths (see the log)", targets.len());
     }
 }
 

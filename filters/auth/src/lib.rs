@@ -37,11 +37,11 @@ use jwks::KeySet;
 use nexus_filter_core::matcher::{CompiledMatch, RequestView};
 use verify::{Alg, RingVerifier, SignatureVerifier};
 
-pub const HEADER_CLIENT_ID: &str = "x-nexus-client-id";
-pub const HEADER_AUTH_METHOD: &str = "x-nexus-auth-method";
-/// Envoy properties (filter state `wasm.<name>`) a later filter, e.g. rate limiting, keys on.
-pub const PROPERTY_CLIENT_ID: &str = "nexus.client_id";
-pub const PROPERTY_AUTH_METHOD: &str = "nexus.auth_method";
+/// What auth tells later filters: see `nexus_config::contract`.
+pub use nexus_config::contract::{
+    AUTH_METHOD as HEADER_AUTH_METHOD, CLIENT_ID as HEADER_CLIENT_ID, PROPERTY_AUTH_METHOD,
+    PROPERTY_CLIENT_ID,
+};
 
 /// Everything the filter needs from its host, borrowed for one callback.
 pub struct Env<'a> {

@@ -10,8 +10,8 @@ use nexus_cache::{Cache, Exchange, ResponseStep, Step};
 use nexus_filter_core::{Clock, HeaderMap, IdGenerator, Level, Log, Metrics};
 use nexus_proxy_wasm::hostcalls::{self, BufferType};
 use nexus_proxy_wasm::{
-    apply, parse_config, resume_request, Action, Filter, HostClock, HostHeaders, HostLog,
-    HostMetrics, HostSharedData,
+    apply, parse_config, resume_request, Action, Answered, Filter, HostClock, HostHeaders, HostLog,
+    HostMetrics, HostSharedData, PausedCalls,
 };
 
 nexus_proxy_wasm::export_filter!(
@@ -35,17 +35,9 @@ struct CacheFilter {
     subscription: RefCell<Option<Subscription>>,
     root_id: u32,
     /// Requests the response phase has work for, by context id.
-    streams: RefCell<HashMap<u32, Stream>>,
-    /// `Get` token → the paused request's context. Answers are matched by token: Envoy's
-    /// context id on a gRPC callback is not the caller's.
-    gets: RefCell<HashMap<u32, u32>>,
-}
-
-#[derive(Default)]
-struct Stream {
-    exchange: Exchange,
-    /// Token of the `Get` the request is paused on.
-    pending: Option<u32>,
+    streams: RefCell<HashMap<u32, Exchange>>,
+    /// Requests paused on a `Get` to the shared cache.
+    gets: PausedCalls<Exchange>,
 }
 
 fn now_ms() -> u64 {
@@ -93,12 +85,12 @@ impl CacheFilter {
     fn lookup_answered(
         &self,
         context: u32,
-        mut stream: Stream,
+        mut exchange: Exchange,
         answer: Result<&[u8], String>,
         resume: bool,
     ) -> Action {
         let step = self.cache.on_lookup_response(
-            &mut stream.exchange,
+            &mut exchange,
             answer,
             &HostSharedData,
             &self.metrics,
@@ -108,7 +100,7 @@ impl CacheFilter {
         match step {
             Step::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),
             _ => {
-                self.keep(context, stream);
+                self.keep(context, exchange);
                 if resume {
                     resume_request("nexus-cache");
                 }
@@ -117,9 +109,9 @@ impl CacheFilter {
         }
     }
 
-    fn keep(&self, context: u32, stream: Stream) {
-        if stream.exchange.wants_response() {
-            self.streams.borrow_mut().insert(context, stream);
+    fn keep(&self, context: u32, exchange: Exchange) {
+        if exchange.wants_response() {
+            self.streams.borrow_mut().insert(context, exchange);
         }
     }
 
@@ -127,10 +119,10 @@ impl CacheFilter {
     fn respond(&self, context: u32, step: impl FnOnce(&mut Exchange) -> ResponseStep) {
         let result = {
             let mut streams = self.streams.borrow_mut();
-            let Some(stream) = streams.get_mut(&context) else {
+            let Some(exchange) = streams.get_mut(&context) else {
                 return;
             };
-            step(&mut stream.exchange)
+            step(exchange)
         };
         let mut headers = HostHeaders::response();
         for (name, value) in &result.headers {
@@ -143,26 +135,14 @@ impl CacheFilter {
 
     /// The `Get` a paused request waits on answered or failed. False: not a `Get` token.
     fn on_get_answer(&self, token: u32, answer: Result<&[u8], String>) -> bool {
-        let Some(context) = self.gets.borrow_mut().remove(&token) else {
-            return false;
-        };
-        // Later hostcalls (resume, local response) act on the request's context.
-        if hostcalls::set_effective_context(context).is_err() {
-            self.streams.borrow_mut().remove(&context);
-            return true;
-        }
-        let stream = {
-            let mut streams = self.streams.borrow_mut();
-            match streams.get(&context) {
-                Some(s) if s.pending == Some(token) => streams.remove(&context),
-                _ => None,
+        match self.gets.answered(token) {
+            Answered::Request { context, state } => {
+                self.lookup_answered(context, state, answer, true);
+                true
             }
-        };
-        if let Some(mut stream) = stream {
-            stream.pending = None;
-            self.lookup_answered(context, stream, answer, true);
+            Answered::Gone => true,
+            Answered::NotOurs => false,
         }
-        true
     }
 }
 
@@ -184,7 +164,7 @@ impl Filter for CacheFilter {
             subscription: RefCell::new(subscription),
             root_id,
             streams: RefCell::new(HashMap::new()),
-            gets: RefCell::new(HashMap::new()),
+            gets: PausedCalls::default(),
         })
     }
 
@@ -249,9 +229,9 @@ impl Filter for CacheFilter {
 
     fn on_request_headers(&self, context: u32) -> Action {
         let headers = HostHeaders::request().pairs();
-        let mut stream = Stream::default();
+        let mut exchange = Exchange::default();
         let step = self.cache.on_request_headers(
-            &mut stream.exchange,
+            &mut exchange,
             &headers,
             self.l1_live(),
             &HostSharedData,
@@ -260,7 +240,7 @@ impl Filter for CacheFilter {
         );
         match step {
             Step::Continue => {
-                self.keep(context, stream);
+                self.keep(context, exchange);
                 Action::Continue
             }
             Step::Respond(resp) => apply(nexus_filter_core::Action::Respond(resp)),
@@ -276,14 +256,12 @@ impl Filter for CacheFilter {
                     service.timeout_ms,
                 ) {
                     Ok(token) => {
-                        stream.pending = Some(token);
-                        self.streams.borrow_mut().insert(context, stream);
-                        self.gets.borrow_mut().insert(token, context);
+                        self.gets.pause(context, token, exchange);
                         Action::Pause
                     }
                     Err(status) => self.lookup_answered(
                         context,
-                        stream,
+                        exchange,
                         Err(format!("not dispatched: {status}")),
                         false,
                     ),
@@ -316,7 +294,7 @@ impl Filter for CacheFilter {
             .streams
             .borrow()
             .get(&context)
-            .is_some_and(|s| s.exchange.capturing());
+            .is_some_and(Exchange::capturing);
         if !capturing {
             return Action::Continue;
         }
@@ -338,19 +316,14 @@ impl Filter for CacheFilter {
     }
 
     fn on_response_trailers(&self, context: u32) -> Action {
-        if let Some(stream) = self.streams.borrow_mut().get_mut(&context) {
-            self.cache.on_response_trailers(&mut stream.exchange);
+        if let Some(exchange) = self.streams.borrow_mut().get_mut(&context) {
+            self.cache.on_response_trailers(exchange);
         }
         Action::Continue
     }
 
     fn on_stream_end(&self, context: u32) {
-        if let Some(Stream {
-            pending: Some(token),
-            ..
-        }) = self.streams.borrow_mut().remove(&context)
-        {
-            self.gets.borrow_mut().remove(&token);
-        }
+        self.gets.stream_ended(context);
+        self.streams.borrow_mut().remove(&context);
     }
 }

@@ -58,7 +58,7 @@ pub mod metrics {
 }
 
 /// Response header telling clients (and tests) what the cache did.
-pub const CACHE_HEADER: &str = "x-nexus-cache";
+pub use nexus_config::contract::CACHE_RESULT as CACHE_HEADER;
 
 pub struct Cache {
     config: CacheConfig,

@@ -10,7 +10,7 @@ use nexus_filter_core::HeaderList;
 pub const CACHEABLE_STATUSES: [u32; 5] = [200, 203, 301, 404, 410];
 
 /// Header set by nexus-auth with the authenticated client.
-pub const CLIENT_ID_HEADER: &str = "x-nexus-client-id";
+pub use nexus_config::contract::CLIENT_ID as CLIENT_ID_HEADER;
 
 /// `Cache-Control` directives the filter acts on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -159,7 +159,7 @@ pub fn stored_headers(headers: &HeaderList) -> Vec<(String, String)> {
         "proxy-connection",
         "content-length",
         "age",
-        "x-nexus-cache",
+        nexus_config::contract::CACHE_RESULT,
     ];
     headers
         .iter()

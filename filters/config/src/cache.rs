@@ -127,7 +127,7 @@ fn default_max_object_bytes() -> u64 {
     1 << 20
 }
 fn default_tags_header() -> String {
-    "x-nexus-cache-tags".to_string()
+    crate::contract::CACHE_TAGS.to_string()
 }
 fn default_timeout_ms() -> u64 {
     50

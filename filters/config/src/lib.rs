@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod contract;
 mod error;
 pub mod ratelimit;
 pub mod ratelimit_filter;

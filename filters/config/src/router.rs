@@ -76,7 +76,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 fn default_strip_prefix() -> String {
-    "x-nexus-".to_string()
+    crate::contract::PREFIX.to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 pub mod hostcalls;
+pub mod paused;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use hostcalls::{LogLevel, MapType, MetricType, Status};
 use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::host::{CalloutError, Callouts, SharedDataError};
 use nexus_filter_core::{Clock, HeaderList, HeaderMap, Level, Log, Metrics, SharedData};
+pub use paused::{Answered, PausedCalls};
 
 /// Request or response headers of the current HTTP context.
 pub struct HostHeaders(pub MapType);

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use nexus_filter_core::{Clock, HeaderMap};
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
-    apply, parse_config, resume_request, Action, Filter, HostClock, HostHeaders, HostLog,
-    HostMetrics, HostSharedData,
+    apply, parse_config, resume_request, Action, Answered, Filter, HostClock, HostHeaders, HostLog,
+    HostMetrics, HostSharedData, PausedCalls,
 };
 use nexus_ratelimit::{Pending, RateLimiter, ServiceFailure, Step};
 
@@ -20,18 +20,10 @@ nexus_proxy_wasm::export_filter!(
 struct RateLimitFilter {
     limiter: RateLimiter,
     metrics: HostMetrics,
-    /// Per request, only while it has something pending: a service call, or response headers.
-    streams: RefCell<HashMap<u32, Stream>>,
-    /// Service call token → the context that made it. Answers are matched by token: Envoy's
-    /// context id on a gRPC callback is not the caller's.
-    calls: RefCell<HashMap<u32, u32>>,
-}
-
-enum Stream {
-    /// Paused on the rate-limit service call with this token.
-    Calling(u32, Pending),
-    /// Allowed; these headers go on the response.
-    Respond(Vec<(String, String)>),
+    /// Requests paused on a rate-limit service call.
+    calls: PausedCalls<Pending>,
+    /// Allowed requests whose response gets these headers (`RateLimit`, ...), by context.
+    response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
 }
 
 fn now_us() -> u64 {
@@ -44,9 +36,7 @@ impl RateLimitFilter {
         match step {
             Step::Allow(headers) => {
                 if !headers.is_empty() {
-                    self.streams
-                        .borrow_mut()
-                        .insert(context, Stream::Respond(headers));
+                    self.response_headers.borrow_mut().insert(context, headers);
                 }
                 if resume {
                     resume_request("nexus-ratelimit");
@@ -61,27 +51,14 @@ impl RateLimitFilter {
 
     /// The service answered call `token` (`Ok`: the response message) or failed.
     fn answered(&self, token: u32, answer: Result<&[u8], ServiceFailure>) {
-        let Some(context) = self.calls.borrow_mut().remove(&token) else {
-            return;
-        };
-        // Later hostcalls (resume, local response) act on the request's context.
-        if hostcalls::set_effective_context(context).is_err() {
-            self.streams.borrow_mut().remove(&context);
-            return;
+        if let Answered::Request {
+            context,
+            state: pending,
+        } = self.calls.answered(token)
+        {
+            let step = self.decide(&pending, answer);
+            self.finish(context, step, true);
         }
-        let pending = {
-            let mut streams = self.streams.borrow_mut();
-            match streams.remove(&context) {
-                Some(Stream::Calling(t, pending)) if t == token => pending,
-                Some(other) => {
-                    streams.insert(context, other);
-                    return;
-                }
-                None => return,
-            }
-        };
-        let step = self.decide(&pending, answer);
-        self.finish(context, step, true);
     }
 
     /// The core's decision once the service answered or could not be asked.
@@ -102,8 +79,8 @@ impl Filter for RateLimitFilter {
         Some(Self {
             limiter: parse_config("nexus-ratelimit", config, RateLimiter::from_json)?,
             metrics: HostMetrics::default(),
-            streams: RefCell::new(HashMap::new()),
-            calls: RefCell::new(HashMap::new()),
+            calls: PausedCalls::default(),
+            response_headers: RefCell::new(HashMap::new()),
         })
     }
 
@@ -139,10 +116,7 @@ impl Filter for RateLimitFilter {
             service.timeout_ms,
         ) {
             Ok(token) => {
-                self.streams
-                    .borrow_mut()
-                    .insert(context, Stream::Calling(token, pending));
-                self.calls.borrow_mut().insert(token, context);
+                self.calls.pause(context, token, pending);
                 Action::Pause
             }
             Err(status) => {
@@ -153,7 +127,7 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_response_headers(&self, context: u32, _end_of_stream: bool) -> Action {
-        if let Some(Stream::Respond(headers)) = self.streams.borrow_mut().remove(&context) {
+        if let Some(headers) = self.response_headers.borrow_mut().remove(&context) {
             let mut response = HostHeaders::response();
             for (name, value) in &headers {
                 response.set(name, value);
@@ -163,8 +137,7 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_stream_end(&self, context: u32) {
-        if let Some(Stream::Calling(token, _)) = self.streams.borrow_mut().remove(&context) {
-            self.calls.borrow_mut().remove(&token);
-        }
+        self.calls.stream_ended(context);
+        self.response_headers.borrow_mut().remove(&context);
     }
 }

@@ -3,10 +3,10 @@
 use nexus_config::ratelimit::{RateLimitConfig, Unit, HEADER_KEY_PREFIX, ROUTE_KEY};
 use nexus_filter_core::HeaderMap;
 
-/// Headers other Nexus filters set (after stripping any a client sent).
-const RULE_HEADER: &str = "x-nexus-rule";
-const CLIENT_HEADER: &str = "x-nexus-client-id";
-const CATEGORY_HEADER: &str = "x-nexus-category";
+/// Headers other Nexus filters set (after the router stripped any a client sent).
+use nexus_config::contract::{
+    CATEGORY as CATEGORY_HEADER, CLIENT_ID as CLIENT_HEADER, RULE as RULE_HEADER,
+};
 
 /// Requests without an identity share one counter per route rather than escaping the limit.
 pub const ANONYMOUS: &str = "anonymous";

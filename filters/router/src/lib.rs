@@ -14,9 +14,9 @@ use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Metrics};
 pub use correlation::{is_valid_request_id, is_valid_traceparent};
 use nexus_filter_core::matcher::{CompiledMatch, RequestView};
 
-pub const HEADER_CATEGORY: &str = "x-nexus-category";
-pub const HEADER_UPSTREAM: &str = "x-nexus-upstream";
-pub const HEADER_RULE: &str = "x-nexus-rule";
+pub use nexus_config::contract::{
+    CATEGORY as HEADER_CATEGORY, RULE as HEADER_RULE, UPSTREAM as HEADER_UPSTREAM,
+};
 pub const HEADER_TIMEOUT: &str = "x-envoy-upstream-rq-timeout-ms";
 pub const HEADER_MAX_RETRIES: &str = "x-envoy-max-retries";
 pub const HEADER_RETRY_ON: &str = "x-envoy-retry-on";
