@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod controller;
 pub mod crd;
+pub mod health;
 pub mod input;
 pub mod leader;
 pub mod model;

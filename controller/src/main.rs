@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nexus_controller::render::Settings;
-use nexus_controller::{chart, controller, crd, input, leader, plan, server, telemetry};
+use nexus_controller::{chart, controller, crd, health, input, leader, plan, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +83,10 @@ enum Command {
         /// How often DIR is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 300)]
         poll_ms: u64,
+        /// How often health components (Envoy, Redis) are checked, in milliseconds; each check
+        /// has 3 s and a component is down after 3 failures in a row.
+        #[arg(long, default_value_t = 5000)]
+        health_interval_ms: u64,
     },
     /// Run the controller (leader-elected), health/metrics and the module server.
     Controller {
@@ -199,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             state_dir,
             poll_ms,
+            health_interval_ms,
         } => {
             nexus_telemetry::init(nexus_controller::standalone::run::SERVICE);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -215,6 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     memory,
                     state_dir,
                     poll: Duration::from_millis(poll_ms.max(50)),
+                    health: nexus_controller::health::Schedule {
+                        interval: Duration::from_millis(health_interval_ms.max(50)),
+                        ..Default::default()
+                    },
                 },
             ))
         }
@@ -323,8 +332,7 @@ async fn run_controller(
         tokio::spawn(server::serve(modules_addr, state.clone()));
     }
     let client = kube::Client::try_default().await?;
-    check_apiserver(&client, &state).await;
-    tokio::spawn(watch_apiserver(client.clone(), state.clone()));
+    let mut checks = vec![apiserver_check(client.clone())];
     state.set_component(
         "ratelimit",
         server::Component::disabled("no --ratelimit-addr"),
@@ -341,7 +349,13 @@ async fn run_controller(
         tracing::info!(%addr, storage = %limiter.describe(), "serving the rate-limit service");
         let detail = format!("on {addr}, counters: {}", limiter.describe());
         state.set("ratelimit", true, detail);
-        tokio::spawn(watch_redis(limiter.clone(), state.clone()));
+        // Optional here, unlike the Datapunk design's list: readiness also gates this replica's
+        // module server, and the filters already fall back to local limits while the service
+        // answers UNAVAILABLE; a Redis outage must not take every replica out of the Service.
+        match health::redis(&limiter, false) {
+            Some(check) => checks.push(check),
+            None => state.set_component("redis", server::Component::disabled("counters in memory")),
+        }
         tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
             client.clone(),
             limiter.clone(),
@@ -355,6 +369,7 @@ async fn run_controller(
     if let Some(options) = cache {
         nexus_controller::cache::start(options, &state).await?;
     }
+    health::spawn(state.clone(), checks, health::Schedule::default());
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");
 
@@ -399,45 +414,18 @@ async fn run_controller(
     }
 }
 
-const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-
 /// The `apiserver` health component from `GET /version`.
-async fn check_apiserver(client: &kube::Client, state: &server::State) {
-    match client.apiserver_version().await {
-        Ok(v) => state.set(
-            "apiserver",
-            true,
-            format!("apiserver {}.{}", v.major, v.minor),
-        ),
-        Err(e) => state.set("apiserver", false, e.to_string()),
-    }
-}
-
-async fn watch_apiserver(client: kube::Client, state: Arc<server::State>) {
-    loop {
-        tokio::time::sleep(HEALTH_INTERVAL).await;
-        check_apiserver(&client, &state).await;
-    }
-}
-
-/// The `redis` health component: `disabled` for memory counters; `down` does not fail
-/// readiness (every replica shares the one Redis, and the filters fall back to local limits).
-async fn watch_redis(
-    limiter: nexus_ratelimit_service::server::SharedLimiter,
-    state: Arc<server::State>,
-) {
-    loop {
-        let c = match limiter.ping().await {
-            None => {
-                state.set_component("redis", server::Component::disabled("counters in memory"));
-                return;
-            }
-            Some(Ok(())) => server::Component::ok(limiter.describe()).optional(),
-            Some(Err(e)) => server::Component::down(e).optional(),
-        };
-        state.set_component("redis", c);
-        tokio::time::sleep(HEALTH_INTERVAL).await;
-    }
+fn apiserver_check(client: kube::Client) -> health::Check {
+    health::Check::new("apiserver", true, move || {
+        let client = client.clone();
+        async move {
+            client
+                .apiserver_version()
+                .await
+                .map(|v| format!("apiserver {}.{}", v.major, v.minor))
+                .map_err(|e| e.to_string())
+        }
+    })
 }
 
 async fn shutdown(

@@ -39,6 +39,14 @@ pub struct Component {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
+    /// When a scheduled check (`health`) last ran, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+    /// The last failure a scheduled check saw, kept after recovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures_in_a_row: Option<u32>,
 }
 
 impl Component {
@@ -48,6 +56,9 @@ impl Component {
             required: true,
             detail: Some(detail.into()),
             count: None,
+            last_check: None,
+            last_error: None,
+            failures_in_a_row: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_tests::client::{self, Response};
-use support::{free_port, repo_root};
+use support::{free_port, http_get, repo_root};
 
 /// A running `nexus up`, its output collected line by line; stopped on drop.
 struct Up {
@@ -27,6 +27,11 @@ struct Up {
 
 impl Up {
     fn start() -> Up {
+        Self::start_with(&["--memory"])
+    }
+
+    /// `nexus up` on a copy of the example, with `extra` flags (storage, health schedule).
+    fn start_with(extra: &[&str]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo_root().join("examples/datapunk"), dir.path());
         let port = free_port();
@@ -37,7 +42,8 @@ impl Up {
             .env("NEXUS_CACHE_TOKEN", CACHE_TOKEN)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http", &format!("127.0.0.1:{http_port}")])
-            .args(["--admin-port", "0", "--memory", "--poll-ms", "100"])
+            .args(["--admin-port", "0", "--poll-ms", "100"])
+            .args(extra)
             .arg("--modules")
             .arg(repo_root().join("target/filters"))
             .stdout(Stdio::piped())
@@ -350,4 +356,53 @@ fn datapunk_example_through_real_envoy() {
             .contains("rules[2].timeout"),
         "{refused:?}"
     );
+}
+
+/// The `redis` component as `/health/ready` reports it, and the probe's status code.
+fn readiness(up: &Up) -> (u16, serde_json::Value) {
+    let (code, body) = http_get(up.http_port, "/health/ready");
+    (code, serde_json::from_str(&body).unwrap_or_default())
+}
+
+fn wait_readiness(up: &Up, want: u16, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, health) = readiness(up);
+        if code == want {
+            return health["components"]["redis"].clone();
+        }
+        assert!(Instant::now() < deadline, "never {what}: {code} {health}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn redis_outage_fails_readiness_after_three_failed_checks_and_recovers() {
+    let mut redis = nexus_ratelimit_service::testkit::PrivateRedis::start();
+    let url = redis.url();
+    let up = Up::start_with(&["--redis-url", &url, "--health-interval-ms", "200"]);
+    let ok = wait_readiness(&up, 200, "ready");
+    assert_eq!(ok["status"], "ok", "{ok}");
+    assert_eq!(ok["required"], true, "{ok}");
+
+    redis.stop();
+    let down = wait_readiness(&up, 503, "unready after Redis stopped");
+    assert_eq!(down["status"], "down", "{down}");
+    assert!(down["failures_in_a_row"].as_u64().unwrap() >= 3, "{down}");
+    let error = down["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(&url) || error.contains("127.0.0.1"),
+        "{down}"
+    );
+    assert!(
+        down["last_check"].as_str().unwrap().ends_with('Z'),
+        "{down}"
+    );
+
+    redis.restart();
+    let back = wait_readiness(&up, 200, "ready again after Redis came back");
+    assert_eq!(back["status"], "ok", "{back}");
+    assert_eq!(back["failures_in_a_row"], 0, "{back}");
+    // The outage's last error stays visible.
+    assert!(!back["last_error"].as_str().unwrap().is_empty(), "{back}");
 }

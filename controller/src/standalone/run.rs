@@ -33,6 +33,8 @@ pub struct Options {
     /// Where the Envoy bootstrap, xDS files and log go (default: a new temp dir).
     pub state_dir: Option<PathBuf>,
     pub poll: Duration,
+    /// How components (Envoy, Redis) are re-checked.
+    pub health: crate::health::Schedule,
 }
 
 /// A successfully compiled reading of DIR.
@@ -242,6 +244,17 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         }
     };
     state.set("envoy", true, format!("admin http://{admin}"));
+    // Redis is required here, as the Datapunk design lists it: `nexus up` serves nobody's
+    // readiness probe but its user's (the controller keeps it optional: see main.rs).
+    let checks = [
+        Some(crate::health::http_ok("envoy", admin, "/ready")),
+        crate::health::redis(&limiter, true),
+    ];
+    crate::health::spawn(
+        state.clone(),
+        checks.into_iter().flatten().collect(),
+        opts.health,
+    );
     state
         .started
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -56,7 +56,10 @@ mod tests {
         for h in [CATEGORY, UPSTREAM, RULE, CLIENT_ID, AUTH_METHOD] {
             assert!(h.starts_with(PREFIX), "{h}");
         }
-        assert_eq!(crate::router::RouterConfig::default().strip_header_prefix, PREFIX);
+        assert_eq!(
+            crate::router::RouterConfig::default().strip_header_prefix,
+            PREFIX
+        );
     }
 
     #[test]
