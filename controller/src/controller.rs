@@ -189,7 +189,7 @@ async fn write_status(
     let api: Api<NexusRoute> =
         Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
     let patch = json!({
-        "apiVersion": "nexus.datapunk.io/v1alpha1",
+        "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
         "kind": "NexusRoute",
         "status": status,
     });
@@ -694,8 +694,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies the group objects of every group with `routes` in it (used by benchmarks to tell
-/// when everything is programmed).
+/// How many of `routes` are `Programmed=True` for their current generation (benchmarks use
+/// it to tell when everything is programmed).
 pub fn programmed_count(routes: &[NexusRoute]) -> usize {
     routes
         .iter()

@@ -70,7 +70,7 @@ impl Settings {
 
 fn owner_ref(r: &CompiledRoute, controller: bool) -> Value {
     json!({
-        "apiVersion": "nexus.datapunk.io/v1alpha1",
+        "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
         "kind": "NexusRoute",
         "name": r.name,
         "uid": r.uid,

@@ -160,6 +160,26 @@ fn datapunk_example_through_real_envoy() {
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"], "missing_credentials");
     assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    // Envoy's access log gives the filter's reason as the response code details.
+    let banner = up.wait_for_output("Envoy config and logs", Duration::from_secs(5));
+    let state_dir = PathBuf::from(banner.rsplit(": ").next().unwrap().trim());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(state_dir.join("access.log")).unwrap_or_default();
+        let denied = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["status"] == 401 || l["status"] == "401");
+        if let Some(entry) = denied {
+            assert_eq!(entry["details"], "nexus_missing_credentials", "{entry}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 401 in the access log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Routing: each category reaches its upstream with its timeout and the caller's identity.
     for (path, service, timeout) in [

@@ -66,6 +66,8 @@ fn expect_error(resp: &LocalResponse, status: u32, error: &str, detail: &str) {
     assert_eq!(body["error"], error, "{body}");
     assert!(body["detail"].as_str().unwrap().contains(detail), "{body}");
     assert_eq!(resp.header("content-type"), Some("application/json"));
+    // Envoy's response code details, for access logs.
+    assert_eq!(resp.details, format!("nexus_{error}"));
 }
 
 #[test]

@@ -304,8 +304,11 @@ pub fn resume_request() -> Result<(), Status> {
     check(unsafe { proxy_continue_stream(0) })
 }
 
+/// Answers the request with `status`, `headers` and `body`; `details` becomes Envoy's
+/// response code details (`%RESPONSE_CODE_DETAILS%` in access logs; no spaces).
 pub fn send_local_response(
     status: u16,
+    details: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), Status> {
@@ -314,8 +317,8 @@ pub fn send_local_response(
     check(unsafe {
         proxy_send_local_response(
             u32::from(status),
-            null_mut(),
-            0,
+            details.as_ptr(),
+            details.len(),
             body.as_ptr(),
             body.len(),
             headers.as_ptr(),

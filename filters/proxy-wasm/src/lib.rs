@@ -178,7 +178,9 @@ pub fn apply(action: nexus_filter_core::Action) -> Action {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            if let Err(status) = hostcalls::send_local_response(resp.status, &headers, &resp.body) {
+            if let Err(status) =
+                hostcalls::send_local_response(resp.status, &resp.details, &headers, &resp.body)
+            {
                 HostLog.log(
                     Level::Error,
                     &format!("sending local response {} failed: {status}", resp.status),
