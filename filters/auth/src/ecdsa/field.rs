@@ -1,0 +1,398 @@
+//! Arithmetic modulo an odd modulus of `L` 32-bit limbs (little-endian), in Montgomery form.
+//!
+//! One routine serves the field of each curve (mod p) and its scalars (mod n). The modulus is a
+//! `const` of the curve ([`super::point::Curve`]), so after monomorphisation every limb of it is
+//! a constant in the product loops: P-256's and P-384's p have limbs 0, 1 and 2³² − 1 and
+//! `-p⁻¹ mod 2³² = 1`, which LLVM folds into additions. Limb arrays have a fixed length, so the
+//! loops unroll with no bounds checks. Products are `u32 × u32` into a `u64` accumulator: the
+//! one multiply wasm32 has natively.
+//!
+//! Every result is fully reduced (in `[0, m)`), so equal values have equal limbs.
+
+/// Little-endian 32-bit limbs.
+pub type Limbs<const L: usize> = [u32; L];
+
+/// An odd modulus and its Montgomery constants, `R = 2^(32·L)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Modulus<const L: usize> {
+    pub m: Limbs<L>,
+    /// `-m⁻¹ mod 2³²`.
+    pub m0inv: u32,
+    /// `R mod m`: one, in Montgomery form.
+    pub one: Limbs<L>,
+    /// `R² mod m`: multiplying by it enters Montgomery form.
+    pub rr: Limbs<L>,
+}
+
+const fn const_ge<const L: usize>(a: &Limbs<L>, b: &Limbs<L>) -> bool {
+    let mut i = L;
+    while i > 0 {
+        i -= 1;
+        if a[i] != b[i] {
+            return a[i] > b[i];
+        }
+    }
+    true
+}
+
+const fn const_sub<const L: usize>(a: &Limbs<L>, b: &Limbs<L>) -> Limbs<L> {
+    let mut out = [0u32; L];
+    let mut borrow = 0u64;
+    let mut i = 0;
+    while i < L {
+        let d = (a[i] as u64).wrapping_sub(b[i] as u64).wrapping_sub(borrow);
+        out[i] = d as u32;
+        borrow = (d >> 63) & 1;
+        i += 1;
+    }
+    out
+}
+
+/// `2·a mod m`, for `a < m`.
+pub const fn const_double_mod<const L: usize>(a: &Limbs<L>, m: &Limbs<L>) -> Limbs<L> {
+    let mut out = [0u32; L];
+    let mut carry = 0u32;
+    let mut i = 0;
+    while i < L {
+        out[i] = (a[i] << 1) | carry;
+        carry = a[i] >> 31;
+        i += 1;
+    }
+    if carry != 0 || const_ge(&out, m) {
+        out = const_sub(&out, m);
+    }
+    out
+}
+
+impl<const L: usize> Modulus<L> {
+    /// The constants of an odd modulus whose top limb is not zero (evaluated at compile time).
+    pub const fn new(m: Limbs<L>) -> Self {
+        // Newton's iteration doubles the correct low bits of m⁻¹ each step: 1 → 2 → … → 32.
+        let mut inv = 1u32;
+        let mut i = 0;
+        while i < 5 {
+            inv = inv.wrapping_mul(2u32.wrapping_sub(m[0].wrapping_mul(inv)));
+            i += 1;
+        }
+        // R mod m and R² mod m by doubling from 1, reducing at each step.
+        let mut r = [0u32; L];
+        r[0] = 1;
+        let mut k = 0;
+        while k < 32 * L {
+            r = const_double_mod(&r, &m);
+            k += 1;
+        }
+        let one = r;
+        while k < 64 * L {
+            r = const_double_mod(&r, &m);
+            k += 1;
+        }
+        Self {
+            m,
+            m0inv: inv.wrapping_neg(),
+            one,
+            rr: r,
+        }
+    }
+
+    /// `a · b · R⁻¹ mod m`, inputs below `m`: CIOS, one reduction step per limb of `a`.
+    #[inline(always)]
+    pub fn mul(&self, a: &Limbs<L>, b: &Limbs<L>) -> Limbs<L> {
+        let mut t = [0u32; L];
+        let mut top = 0u32;
+        for &ai in a {
+            let ai = u64::from(ai);
+            let mut c = 0u64;
+            for (tj, &bj) in t.iter_mut().zip(b) {
+                let x = u64::from(*tj) + ai * u64::from(bj) + c;
+                *tj = x as u32;
+                c = x >> 32;
+            }
+            let x = u64::from(top) + c;
+            let t_l = x as u32;
+            let t_l1 = (x >> 32) as u32;
+            // t += q·m with q chosen so the low limb vanishes, then shift down one limb.
+            let q = u64::from(t[0].wrapping_mul(self.m0inv));
+            let mut c = (u64::from(t[0]) + q * u64::from(self.m[0])) >> 32;
+            for j in 1..L {
+                let x = u64::from(t[j]) + q * u64::from(self.m[j]) + c;
+                t[j - 1] = x as u32;
+                c = x >> 32;
+            }
+            let x = u64::from(t_l) + c;
+            t[L - 1] = x as u32;
+            top = t_l1 + (x >> 32) as u32;
+        }
+        if top != 0 || ge(&t, &self.m) {
+            sub_in_place(&mut t, &self.m);
+        }
+        t
+    }
+
+    /// `a + b mod m`.
+    #[inline(always)]
+    pub fn add(&self, a: &Limbs<L>, b: &Limbs<L>) -> Limbs<L> {
+        let mut r = *a;
+        if add_in_place(&mut r, b) || ge(&r, &self.m) {
+            sub_in_place(&mut r, &self.m);
+        }
+        r
+    }
+
+    /// `a − b mod m`.
+    #[inline(always)]
+    pub fn sub(&self, a: &Limbs<L>, b: &Limbs<L>) -> Limbs<L> {
+        let mut r = *a;
+        if sub_in_place(&mut r, b) {
+            add_in_place(&mut r, &self.m);
+        }
+        r
+    }
+
+    /// Into Montgomery form: `a · R mod m`.
+    pub fn to_mont(&self, a: &Limbs<L>) -> Limbs<L> {
+        self.mul(a, &self.rr)
+    }
+
+    /// Out of Montgomery form: `a · R⁻¹ mod m`.
+    pub fn from_mont(&self, a: &Limbs<L>) -> Limbs<L> {
+        let mut one = [0u32; L];
+        one[0] = 1;
+        self.mul(a, &one)
+    }
+
+    /// `a⁻¹ mod m` of a plain (not Montgomery) `a` in `[1, m)`, `m` prime: the binary extended
+    /// Euclidean algorithm. Variable-time, which is fine for public data, and a fraction of the
+    /// cost of Fermat's `a^(m−2)`. `None` for zero (or anything without an inverse).
+    pub fn inv_vartime(&self, a: &Limbs<L>) -> Option<Limbs<L>> {
+        if is_zero(a) || ge(a, &self.m) {
+            return None;
+        }
+        let mut one = [0u32; L];
+        one[0] = 1;
+        let (mut u, mut v) = (*a, self.m);
+        let (mut x1, mut x2) = (one, [0u32; L]);
+        // Each round removes at least one bit from u or v; the bound only guards the loop.
+        for _ in 0..2 * 32 * L + 2 {
+            if u == one {
+                return Some(x1);
+            }
+            if v == one {
+                return Some(x2);
+            }
+            if is_zero(&u) || is_zero(&v) {
+                return None;
+            }
+            while u[0] & 1 == 0 {
+                shr1(&mut u, false);
+                self.halve(&mut x1);
+            }
+            while v[0] & 1 == 0 {
+                shr1(&mut v, false);
+                self.halve(&mut x2);
+            }
+            if ge(&u, &v) {
+                sub_in_place(&mut u, &v);
+                x1 = self.sub(&x1, &x2);
+            } else {
+                sub_in_place(&mut v, &u);
+                x2 = self.sub(&x2, &x1);
+            }
+        }
+        None
+    }
+
+    /// `x / 2 mod m` (m odd).
+    fn halve(&self, x: &mut Limbs<L>) {
+        if x[0] & 1 == 0 {
+            shr1(x, false);
+        } else {
+            let carry = add_in_place(x, &self.m);
+            shr1(x, carry);
+        }
+    }
+
+    /// The inverse of a Montgomery-form `a` (`aR`), in Montgomery form (`a⁻¹R`).
+    pub fn inv_mont(&self, a: &Limbs<L>) -> Option<Limbs<L>> {
+        let plain = self.from_mont(a);
+        Some(self.to_mont(&self.inv_vartime(&plain)?))
+    }
+}
+
+/// Limbs of the largest modulus (P-384); the scratch arrays of the products are this long.
+pub const MAX_LIMBS: usize = 12;
+
+/// The double-length product `a·b` (`2·L` limbs of `t`; `L ≤ MAX_LIMBS`).
+#[inline(always)]
+fn product<const L: usize>(a: &Limbs<L>, b: &Limbs<L>) -> [u32; 2 * MAX_LIMBS] {
+    let mut t = [0u32; 2 * MAX_LIMBS];
+    for (i, &ai) in a.iter().enumerate() {
+        let ai = u64::from(ai);
+        let mut c = 0u64;
+        for (tj, &bj) in t[i..i + L].iter_mut().zip(b) {
+            let x = u64::from(*tj) + ai * u64::from(bj) + c;
+            *tj = x as u32;
+            c = x >> 32;
+        }
+        t[i + L] = c as u32;
+    }
+    t
+}
+
+/// `a²` (`2·L` limbs): each cross product once, doubled, plus the squares.
+#[inline(always)]
+fn square<const L: usize>(a: &Limbs<L>) -> [u32; 2 * MAX_LIMBS] {
+    let mut t = [0u32; 2 * MAX_LIMBS];
+    for (i, &ai) in a.iter().enumerate() {
+        let ai = u64::from(ai);
+        let mut c = 0u64;
+        for (tj, &aj) in t[2 * i + 1..i + L].iter_mut().zip(&a[i + 1..]) {
+            let x = u64::from(*tj) + ai * u64::from(aj) + c;
+            *tj = x as u32;
+            c = x >> 32;
+        }
+        t[i + L] = c as u32;
+    }
+    let mut top = 0u32;
+    for x in t[..2 * L].iter_mut() {
+        let next = *x >> 31;
+        *x = (*x << 1) | top;
+        top = next;
+    }
+    let mut c = 0u64;
+    for (pair, &ai) in t[..2 * L].chunks_exact_mut(2).zip(a) {
+        let sq = u64::from(ai) * u64::from(ai);
+        let lo = u64::from(pair[0]) + (sq & 0xffff_ffff) + c;
+        pair[0] = lo as u32;
+        let hi = u64::from(pair[1]) + (sq >> 32) + (lo >> 32);
+        pair[1] = hi as u32;
+        c = hi >> 32;
+    }
+    t
+}
+
+/// Montgomery reduction `t·R⁻¹ mod p` of a product `t < p²`, for a prime with
+/// `p ≡ −1 (mod 2³²)` and `p + 1 = Σ ±2^(32·off)` over a few `terms` `(off, negative)` — the
+/// NIST primes. The multiplier of each step is then the limb itself, and adding `q·p` is
+/// subtracting `q` at the limb (which clears it) and adding `±q` at a few limbs above: a handful
+/// of additions on signed 64-bit accumulators instead of `L` multiplications.
+#[inline(always)]
+fn reduce_sparse<const L: usize>(
+    t: &[u32; 2 * MAX_LIMBS],
+    p: &Limbs<L>,
+    terms: &[(usize, bool)],
+) -> Limbs<L> {
+    let mut acc = [0i64; 2 * MAX_LIMBS];
+    for (x, &y) in acc[..2 * L].iter_mut().zip(t) {
+        *x = i64::from(y);
+    }
+    let mut carry = 0i64;
+    for i in 0..L {
+        let v = acc[i] + carry;
+        let q = v & 0xffff_ffff;
+        carry = (v - q) >> 32;
+        for &(off, negative) in terms {
+            if negative {
+                acc[i + off] -= q;
+            } else {
+                acc[i + off] += q;
+            }
+        }
+    }
+    // (t + Σ qᵢ·p·2^(32i)) / R < (p² + R·p) / R < 2p: L limbs and a carry of 0 or 1.
+    let mut out = [0u32; L];
+    for (o, &x) in out.iter_mut().zip(&acc[L..2 * L]) {
+        let v = x + carry;
+        *o = v as u32;
+        carry = v >> 32;
+    }
+    if carry != 0 || ge(&out, p) {
+        sub_in_place(&mut out, p);
+    }
+    out
+}
+
+/// `a · b · R⁻¹ mod p` for a sparse prime (see [`reduce_sparse`]), inputs below `p`.
+#[inline(always)]
+pub fn mul_sparse<const L: usize>(
+    a: &Limbs<L>,
+    b: &Limbs<L>,
+    p: &Limbs<L>,
+    terms: &[(usize, bool)],
+) -> Limbs<L> {
+    reduce_sparse(&product(a, b), p, terms)
+}
+
+/// `a² · R⁻¹ mod p` for a sparse prime.
+#[inline(always)]
+pub fn sqr_sparse<const L: usize>(a: &Limbs<L>, p: &Limbs<L>, terms: &[(usize, bool)]) -> Limbs<L> {
+    reduce_sparse(&square(a), p, terms)
+}
+
+/// `a >= b`.
+#[inline(always)]
+pub fn ge<const L: usize>(a: &Limbs<L>, b: &Limbs<L>) -> bool {
+    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
+        if x != y {
+            return x > y;
+        }
+    }
+    true
+}
+
+pub fn is_zero<const L: usize>(a: &Limbs<L>) -> bool {
+    a.iter().all(|x| *x == 0)
+}
+
+/// `a -= b`; returns the borrow out.
+#[inline(always)]
+pub fn sub_in_place<const L: usize>(a: &mut Limbs<L>, b: &Limbs<L>) -> bool {
+    let mut borrow = 0u64;
+    for (x, y) in a.iter_mut().zip(b) {
+        let d = u64::from(*x)
+            .wrapping_sub(u64::from(*y))
+            .wrapping_sub(borrow);
+        *x = d as u32;
+        borrow = (d >> 63) & 1;
+    }
+    borrow != 0
+}
+
+/// `a += b`; returns the carry out.
+#[inline(always)]
+pub fn add_in_place<const L: usize>(a: &mut Limbs<L>, b: &Limbs<L>) -> bool {
+    let mut carry = 0u64;
+    for (x, y) in a.iter_mut().zip(b) {
+        let s = u64::from(*x) + u64::from(*y) + carry;
+        *x = s as u32;
+        carry = s >> 32;
+    }
+    carry != 0
+}
+
+/// `a >>= 1`, `top` shifted in as the new most significant bit.
+fn shr1<const L: usize>(a: &mut Limbs<L>, top: bool) {
+    let mut carry = u32::from(top);
+    for x in a.iter_mut().rev() {
+        let low = *x & 1;
+        *x = (*x >> 1) | (carry << 31);
+        carry = low;
+    }
+}
+
+/// Big-endian bytes (exactly `4·L`) to limbs; `None` for another length.
+pub fn from_be<const L: usize>(be: &[u8]) -> Option<Limbs<L>> {
+    if be.len() != 4 * L {
+        return None;
+    }
+    let mut out = [0u32; L];
+    for (limb, chunk) in out.iter_mut().zip(be.rchunks_exact(4)) {
+        *limb = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+pub fn to_be<const L: usize>(a: &Limbs<L>) -> Vec<u8> {
+    a.iter().rev().flat_map(|x| x.to_be_bytes()).collect()
+}
