@@ -164,6 +164,10 @@ impl<const L: usize> Modulus<L> {
     /// `a⁻¹ mod m` of a plain (not Montgomery) `a` in `[1, m)`, `m` prime: the binary extended
     /// Euclidean algorithm. Variable-time, which is fine for public data, and a fraction of the
     /// cost of Fermat's `a^(m−2)`. `None` for zero (or anything without an inverse).
+    ///
+    /// Invariants: `x₁·a ≡ u` and `x₂·a ≡ v (mod m)`, `u` and `v` odd between steps. Each step
+    /// subtracts the smaller from the larger and strips the difference's trailing zeros (at
+    /// least one bit), dividing its coefficient by the same power of two.
     pub fn inv_vartime(&self, a: &Limbs<L>) -> Option<Limbs<L>> {
         if is_zero(a) || ge(a, &self.m) {
             return None;
@@ -172,7 +176,8 @@ impl<const L: usize> Modulus<L> {
         one[0] = 1;
         let (mut u, mut v) = (*a, self.m);
         let (mut x1, mut x2) = (one, [0u32; L]);
-        // Each round removes at least one bit from u or v; the bound only guards the loop.
+        self.make_odd(&mut u, &mut x1);
+        // Each step takes at least one bit off u or v; the bound only guards the loop.
         for _ in 0..2 * 32 * L + 2 {
             if u == one {
                 return Some(x1);
@@ -180,35 +185,51 @@ impl<const L: usize> Modulus<L> {
             if v == one {
                 return Some(x2);
             }
-            if is_zero(&u) || is_zero(&v) {
-                return None;
-            }
-            while u[0] & 1 == 0 {
-                shr1(&mut u, false);
-                self.halve(&mut x1);
-            }
-            while v[0] & 1 == 0 {
-                shr1(&mut v, false);
-                self.halve(&mut x2);
+            if u == v {
+                return None; // a common factor: m was not prime
             }
             if ge(&u, &v) {
                 sub_in_place(&mut u, &v);
                 x1 = self.sub(&x1, &x2);
+                self.make_odd(&mut u, &mut x1);
             } else {
                 sub_in_place(&mut v, &u);
                 x2 = self.sub(&x2, &x1);
+                self.make_odd(&mut v, &mut x2);
             }
         }
         None
     }
 
-    /// `x / 2 mod m` (m odd).
-    fn halve(&self, x: &mut Limbs<L>) {
-        if x[0] & 1 == 0 {
-            shr1(x, false);
-        } else {
-            let carry = add_in_place(x, &self.m);
-            shr1(x, carry);
+    /// Strips the trailing zero bits of a nonzero `u`, dividing `x` (mod m) by as many twos.
+    fn make_odd(&self, u: &mut Limbs<L>, x: &mut Limbs<L>) {
+        if is_zero(u) {
+            return;
+        }
+        loop {
+            let tz = u[0].trailing_zeros();
+            if tz == 0 {
+                return;
+            }
+            let s = tz.min(31);
+            shr_bits(u, s, 0);
+            self.div_pow2(x, s);
+        }
+    }
+
+    /// `x / 2^s mod m` for `x < m`, `1 ≤ s ≤ 31`: add the multiple `q·m` (`q < 2^s`) that makes
+    /// the sum divisible by `2^s`, then shift. The quotient is below `2m`.
+    fn div_pow2(&self, x: &mut Limbs<L>, s: u32) {
+        let q = u64::from(x[0].wrapping_mul(self.m0inv) & ((1u32 << s) - 1));
+        let mut c = 0u64;
+        for (xi, &mi) in x.iter_mut().zip(&self.m) {
+            let t = u64::from(*xi) + q * u64::from(mi) + c;
+            *xi = t as u32;
+            c = t >> 32;
+        }
+        shr_bits(x, s, c as u32);
+        if ge(x, &self.m) {
+            sub_in_place(x, &self.m);
         }
     }
 
@@ -370,12 +391,12 @@ pub fn add_in_place<const L: usize>(a: &mut Limbs<L>, b: &Limbs<L>) -> bool {
     carry != 0
 }
 
-/// `a >>= 1`, `top` shifted in as the new most significant bit.
-fn shr1<const L: usize>(a: &mut Limbs<L>, top: bool) {
-    let mut carry = u32::from(top);
+/// `a >>= s` (`1 ≤ s ≤ 31`), the low `s` bits of `top` shifted in at the top.
+fn shr_bits<const L: usize>(a: &mut Limbs<L>, s: u32, top: u32) {
+    let mut carry = top;
     for x in a.iter_mut().rev() {
-        let low = *x & 1;
-        *x = (*x >> 1) | (carry << 31);
+        let low = *x;
+        *x = (*x >> s) | (carry << (32 - s));
         carry = low;
     }
 }

@@ -129,7 +129,7 @@ impl Curve<12> for P384 {
     // p + 1 = 2³⁸⁴ − 2¹²⁸ − 2⁹⁶ + 2³².
     const P_TERMS: &'static [(usize, bool)] = &[(1, false), (3, true), (4, true), (12, false)];
     const BITS: usize = 384;
-    const W_G: usize = 6;
+    const W_G: usize = 7;
     const W_Q: usize = 5;
 }
 

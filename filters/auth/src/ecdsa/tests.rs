@@ -614,3 +614,58 @@ fn keys_sharing_points_with_the_generator() {
     let b = special_keys::<P384, 12>(&p384, g_table_p384());
     println!("special keys: {a} P-256 and {b} P-384 cases agree with ring");
 }
+
+/// Relative costs of the parts of a verification (native, release: `cargo test --release -p
+/// nexus-auth --lib ecdsa::tests::component_costs -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn component_costs() {
+    use std::time::Instant;
+    fn parts<C: Curve<L>, const L: usize>(g: &[Affine<L>], name: &str) {
+        let rng = SystemRandom::new();
+        let a = random_below(&rng, &C::P.m);
+        let b = random_below(&rng, &C::P.m);
+        let k = 20_000;
+        let t = Instant::now();
+        let mut x = a;
+        for _ in 0..k {
+            x = C::mul(&x, &b);
+        }
+        let mul = t.elapsed().as_nanos() as f64 / k as f64;
+        let t = Instant::now();
+        for _ in 0..k {
+            x = C::sqr(&x);
+        }
+        let sqr = t.elapsed().as_nanos() as f64 / k as f64;
+        let t = Instant::now();
+        let mut y = a;
+        for _ in 0..k {
+            y = C::add(&y, &b);
+        }
+        let add = t.elapsed().as_nanos() as f64 / k as f64;
+        let s = random_below(&rng, &C::N.m);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            std::hint::black_box(C::N.inv_vartime(std::hint::black_box(&s)));
+        }
+        let inv = t.elapsed().as_nanos() as f64 / 1000.0;
+        let u = random_below(&rng, &C::N.m);
+        let d = point::recode::<C, L>(&u, C::W_G).unwrap();
+        let t = Instant::now();
+        for _ in 0..200 {
+            std::hint::black_box(point::multi_mul::<C, L>(&[
+                (&d, g, C::W_G),
+                (&d, g, C::W_G),
+            ]));
+        }
+        let msm = t.elapsed().as_nanos() as f64 / 200.0;
+        println!(
+            "{name}: mul {mul:.0} ns, sqr {sqr:.0} ns, add {add:.0} ns, s⁻¹ {inv:.0} ns \
+             (= {:.0} mul), 2×G-sum {msm:.0} ns (= {:.0} mul) {x:?}{y:?}",
+            inv / mul,
+            msm / mul
+        );
+    }
+    parts::<P256, 8>(g_table_p256(), "P-256");
+    parts::<P384, 12>(g_table_p384(), "P-384");
+}
