@@ -243,52 +243,76 @@ impl<const L: usize> Modulus<L> {
 /// Limbs of the largest modulus (P-384); the scratch arrays of the products are this long.
 pub const MAX_LIMBS: usize = 12;
 
+/// Runs a block once for each `$i` in `0..$n` (`$n ≤ MAX_LIMBS`, or `2·MAX_LIMBS` with `double`),
+/// written out: with every
+/// index a constant, the scratch arrays below become wasm locals instead of memory, which
+/// takes the address arithmetic, loads and stores out of each limb product (LLVM unrolls the
+/// inner loops itself, but not the outer ones).
+macro_rules! unrolled {
+    ($i:ident < $n:expr => $body:block) => {
+        unrolled!(@ $i, $n, $body; 0 1 2 3 4 5 6 7 8 9 10 11)
+    };
+    (double $i:ident < $n:expr => $body:block) => {
+        unrolled!(@ $i, $n, $body;
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23)
+    };
+    (@ $i:ident, $n:expr, $body:block; $($k:literal)*) => {
+        $(
+            if $k < $n {
+                let $i: usize = $k;
+                $body
+            }
+        )*
+    };
+}
+
 /// The double-length product `a·b` (`2·L` limbs of `t`; `L ≤ MAX_LIMBS`).
 #[inline(always)]
 fn product<const L: usize>(a: &Limbs<L>, b: &Limbs<L>) -> [u32; 2 * MAX_LIMBS] {
     let mut t = [0u32; 2 * MAX_LIMBS];
-    for (i, &ai) in a.iter().enumerate() {
-        let ai = u64::from(ai);
+    unrolled!(i < L => {
+        let ai = u64::from(a[i]);
         let mut c = 0u64;
-        for (tj, &bj) in t[i..i + L].iter_mut().zip(b) {
-            let x = u64::from(*tj) + ai * u64::from(bj) + c;
-            *tj = x as u32;
+        for j in 0..L {
+            let x = u64::from(t[i + j]) + ai * u64::from(b[j]) + c;
+            t[i + j] = x as u32;
             c = x >> 32;
         }
         t[i + L] = c as u32;
-    }
+    });
     t
 }
 
 /// `a²` (`2·L` limbs): each cross product once, doubled, plus the squares.
 #[inline(always)]
+#[allow(unused_assignments)] // the carries out of the last limb
 fn square<const L: usize>(a: &Limbs<L>) -> [u32; 2 * MAX_LIMBS] {
     let mut t = [0u32; 2 * MAX_LIMBS];
-    for (i, &ai) in a.iter().enumerate() {
-        let ai = u64::from(ai);
+    unrolled!(i < L => {
+        let ai = u64::from(a[i]);
         let mut c = 0u64;
-        for (tj, &aj) in t[2 * i + 1..i + L].iter_mut().zip(&a[i + 1..]) {
-            let x = u64::from(*tj) + ai * u64::from(aj) + c;
-            *tj = x as u32;
+        for j in i + 1..L {
+            let x = u64::from(t[i + j]) + ai * u64::from(a[j]) + c;
+            t[i + j] = x as u32;
             c = x >> 32;
         }
         t[i + L] = c as u32;
-    }
+    });
     let mut top = 0u32;
-    for x in t[..2 * L].iter_mut() {
-        let next = *x >> 31;
-        *x = (*x << 1) | top;
+    unrolled!(double k < 2 * L => {
+        let next = t[k] >> 31;
+        t[k] = (t[k] << 1) | top;
         top = next;
-    }
+    });
     let mut c = 0u64;
-    for (pair, &ai) in t[..2 * L].chunks_exact_mut(2).zip(a) {
-        let sq = u64::from(ai) * u64::from(ai);
-        let lo = u64::from(pair[0]) + (sq & 0xffff_ffff) + c;
-        pair[0] = lo as u32;
-        let hi = u64::from(pair[1]) + (sq >> 32) + (lo >> 32);
-        pair[1] = hi as u32;
+    unrolled!(i < L => {
+        let sq = u64::from(a[i]) * u64::from(a[i]);
+        let lo = u64::from(t[2 * i]) + (sq & 0xffff_ffff) + c;
+        t[2 * i] = lo as u32;
+        let hi = u64::from(t[2 * i + 1]) + (sq >> 32) + (lo >> 32);
+        t[2 * i + 1] = hi as u32;
         c = hi >> 32;
-    }
+    });
     t
 }
 
@@ -304,11 +328,11 @@ fn reduce_sparse<const L: usize>(
     terms: &[(usize, bool)],
 ) -> Limbs<L> {
     let mut acc = [0i64; 2 * MAX_LIMBS];
-    for (x, &y) in acc[..2 * L].iter_mut().zip(t) {
-        *x = i64::from(y);
-    }
+    unrolled!(double k < 2 * L => {
+        acc[k] = i64::from(t[k]);
+    });
     let mut carry = 0i64;
-    for i in 0..L {
+    unrolled!(i < L => {
         let v = acc[i] + carry;
         let q = v & 0xffff_ffff;
         carry = (v - q) >> 32;
@@ -319,14 +343,14 @@ fn reduce_sparse<const L: usize>(
                 acc[i + off] += q;
             }
         }
-    }
+    });
     // (t + Σ qᵢ·p·2^(32i)) / R < (p² + R·p) / R < 2p: L limbs and a carry of 0 or 1.
     let mut out = [0u32; L];
-    for (o, &x) in out.iter_mut().zip(&acc[L..2 * L]) {
-        let v = x + carry;
-        *o = v as u32;
+    unrolled!(k < L => {
+        let v = acc[L + k] + carry;
+        out[k] = v as u32;
         carry = v >> 32;
-    }
+    });
     if carry != 0 || ge(&out, p) {
         sub_in_place(&mut out, p);
     }
