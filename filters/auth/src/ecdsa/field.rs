@@ -150,12 +150,12 @@ impl<const L: usize> Modulus<L> {
     }
 
     /// Into Montgomery form: `a · R mod m`.
-    pub fn to_mont(&self, a: &Limbs<L>) -> Limbs<L> {
+    pub fn mont_in(&self, a: &Limbs<L>) -> Limbs<L> {
         self.mul(a, &self.rr)
     }
 
     /// Out of Montgomery form: `a · R⁻¹ mod m`.
-    pub fn from_mont(&self, a: &Limbs<L>) -> Limbs<L> {
+    pub fn mont_out(&self, a: &Limbs<L>) -> Limbs<L> {
         let mut one = [0u32; L];
         one[0] = 1;
         self.mul(a, &one)
@@ -235,8 +235,8 @@ impl<const L: usize> Modulus<L> {
 
     /// The inverse of a Montgomery-form `a` (`aR`), in Montgomery form (`a⁻¹R`).
     pub fn inv_mont(&self, a: &Limbs<L>) -> Option<Limbs<L>> {
-        let plain = self.from_mont(a);
-        Some(self.to_mont(&self.inv_vartime(&plain)?))
+        let plain = self.mont_out(a);
+        Some(self.mont_in(&self.inv_vartime(&plain)?))
     }
 }
 

@@ -230,8 +230,8 @@ fn parse_point<C: Curve<L>, const L: usize>(point: &[u8]) -> Option<Affine<L>> {
         return None;
     }
     let a = Affine {
-        x: C::P.to_mont(&x),
-        y: C::P.to_mont(&y),
+        x: C::P.mont_in(&x),
+        y: C::P.mont_in(&y),
     };
     point::on_curve::<C, L>(&a).then_some(a)
 }
@@ -271,7 +271,7 @@ fn verify_inner<C: Curve<L>, const L: usize>(
         field::sub_in_place(&mut e, &n.m);
     }
     // w = s⁻¹ (plain), taken into Montgomery form so that mul(x, w·R) = x·w mod n.
-    let w = n.to_mont(&n.inv_vartime(&s)?);
+    let w = n.mont_in(&n.inv_vartime(&s)?);
     let u1 = n.mul(&e, &w);
     let u2 = n.mul(&r, &w);
     let d1 = point::recode::<C, L>(&u1, C::W_G)?;
@@ -283,11 +283,11 @@ fn verify_inner<C: Curve<L>, const L: usize>(
     // x(R) = X/Z² is in [0, p) and p < 2n, so x(R) mod n = r iff X = r·Z² or X = (r+n)·Z²
     // (the latter only if r + n < p).
     let z2 = C::sqr(&sum.z);
-    if C::mul(&p.to_mont(&r), &z2) == sum.x {
+    if C::mul(&p.mont_in(&r), &z2) == sum.x {
         return Some(true);
     }
     let mut rn = r;
-    if !add_in_place(&mut rn, &n.m) && !ge(&rn, &p.m) && C::mul(&p.to_mont(&rn), &z2) == sum.x {
+    if !add_in_place(&mut rn, &n.m) && !ge(&rn, &p.m) && C::mul(&p.mont_in(&rn), &z2) == sum.x {
         return Some(true);
     }
     Some(false)
