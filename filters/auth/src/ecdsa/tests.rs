@@ -346,7 +346,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut bad = sig.clone();
                     bad[pos] ^= 1 << (i % 8);
                     t.add(agree(
-                        &suite,
+                        suite,
                         &point,
                         Some(&key),
                         &message,
@@ -359,7 +359,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let pos = (k + i) % m.len();
                     m[pos] ^= 0x80;
                     t.add(agree(
-                        &suite,
+                        suite,
                         &point,
                         Some(&key),
                         &m,
@@ -370,7 +370,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                 let mut longer = message.clone();
                 longer.push(0);
                 t.add(agree(
-                    &suite,
+                    suite,
                     &point,
                     Some(&key),
                     &longer,
@@ -414,7 +414,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                 t.add(true);
                 // Wrong lengths.
                 t.add(agree(
-                    &suite,
+                    suite,
                     &point,
                     Some(&key),
                     &message,
@@ -435,7 +435,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut off = point.clone();
                     off[1 + 2 * len - 1] ^= 1;
                     t.add(agree(
-                        &suite,
+                        suite,
                         &off,
                         PublicKey::new(suite.curve, &off).as_ref(),
                         &message,
@@ -445,7 +445,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut off = point.clone();
                     off[1] ^= 0x10;
                     t.add(agree(
-                        &suite,
+                        suite,
                         &off,
                         PublicKey::new(suite.curve, &off).as_ref(),
                         &message,
@@ -456,7 +456,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     big.extend_from_slice(&be_add(&point[1..1 + len], &suite.p));
                     big.extend_from_slice(&point[1 + len..]);
                     t.add(agree(
-                        &suite,
+                        suite,
                         &big,
                         PublicKey::new(suite.curve, &big).as_ref(),
                         &message,
@@ -464,7 +464,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                         "x + p",
                     ));
                     t.add(agree(
-                        &suite,
+                        suite,
                         &[0],
                         PublicKey::new(suite.curve, &[0]).as_ref(),
                         &message,
@@ -474,7 +474,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut zero_point = vec![4u8];
                     zero_point.extend_from_slice(&vec![0; 2 * len]);
                     t.add(agree(
-                        &suite,
+                        suite,
                         &zero_point,
                         PublicKey::new(suite.curve, &zero_point).as_ref(),
                         &message,
@@ -484,7 +484,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut compressed = vec![2 + (point[2 * len] & 1)];
                     compressed.extend_from_slice(&point[1..1 + len]);
                     t.add(agree(
-                        &suite,
+                        suite,
                         &compressed,
                         PublicKey::new(suite.curve, &compressed).as_ref(),
                         &message,
@@ -494,7 +494,7 @@ fn against_ring(suite: &Suite, (keys, per_key): (usize, usize)) {
                     let mut tag = point.clone();
                     tag[0] = 6;
                     t.add(agree(
-                        &suite,
+                        suite,
                         &tag,
                         PublicKey::new(suite.curve, &tag).as_ref(),
                         &message,
