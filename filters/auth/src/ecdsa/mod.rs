@@ -28,6 +28,8 @@
 mod field;
 mod point;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -129,12 +131,15 @@ impl Curve<12> for P384 {
     // p + 1 = 2³⁸⁴ − 2¹²⁸ − 2⁹⁶ + 2³².
     const P_TERMS: &'static [(usize, bool)] = &[(1, false), (3, true), (4, true), (12, false)];
     const BITS: usize = 384;
-    const W_G: usize = 7;
+    const W_G: usize = 6;
     const W_Q: usize = 5;
 }
 
 /// The generator's table, built on first use (the first EC key prepared, so at JWKS load) and
-/// kept for the life of the process: 150 KB for P-256, 200 KB for P-384. Empty only if building
+/// kept for the life of the process: 150 KB for P-256 (~50M wasm instructions, once), 200 KB for
+/// P-384 (~110M). Each extra bit of window halves the additions a verification spends on `u₁·G`
+/// and doubles the table: 7 bits for P-256 (the common ES256), 6 for P-384 (whose points are
+/// half as large again and whose table costs twice as much per point to build). Empty only if building
 /// it failed, which cannot happen for the real generator; an empty table fails every
 /// verification.
 fn g_table_p256() -> &'static [Affine<8>] {
@@ -182,12 +187,47 @@ impl PartialEq for PublicKey {
 
 impl Eq for PublicKey {}
 
+/// Keys prepared lately on this thread. A JWKS is parsed again at every refresh (and by each
+/// worker that re-reads the shared copy), nearly always with the same keys, and a key's table
+/// costs ~15M (P-256) to ~35M (P-384) wasm instructions to build: the same point reuses the
+/// same table. Bounded: past this many the oldest is dropped.
+const PREPARED_KEYS: usize = 8;
+
+type Prepared = (CurveId, Vec<u8>, PublicKey);
+
+thread_local! {
+    static PREPARED: RefCell<VecDeque<Prepared>> = const { RefCell::new(VecDeque::new()) };
+}
+
 impl PublicKey {
     /// The key of an uncompressed SEC1 point (`04 ‖ x ‖ y`) on `curve`; `None` if the encoding
     /// is wrong, a coordinate is not below p, or the point is not on the curve (then the key
     /// verifies nothing, as `ring` refuses such a key too). Builds the key's table (and, the
-    /// first time, the generator's): the cost of a few verifications, paid at JWKS load.
+    /// first time, the generator's), the cost of 10 to 15 verifications, paid at JWKS load,
+    /// unless the same point was prepared lately on this thread.
     pub fn new(curve: CurveId, point: &[u8]) -> Option<Self> {
+        let known = PREPARED.with(|cache| {
+            cache
+                .borrow()
+                .iter()
+                .find(|(c, p, _)| *c == curve && p == point)
+                .map(|(_, _, key)| key.clone())
+        });
+        if known.is_some() {
+            return known;
+        }
+        let key = Self::prepare(curve, point)?;
+        PREPARED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= PREPARED_KEYS {
+                cache.pop_front();
+            }
+            cache.push_back((curve, point.to_vec(), key.clone()));
+        });
+        Some(key)
+    }
+
+    fn prepare(curve: CurveId, point: &[u8]) -> Option<Self> {
         let inner = match curve {
             CurveId::P256 => {
                 let q = parse_point::<P256, 8>(point)?;

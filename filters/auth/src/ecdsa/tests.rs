@@ -193,6 +193,28 @@ fn recoding_is_exact() {
     }
 }
 
+#[test]
+fn a_point_prepared_again_reuses_its_table() {
+    let [p256, _] = suites();
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(p256.sign, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(p256.sign, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let (a, b) = (
+        PublicKey::new(CurveId::P256, point).unwrap(),
+        PublicKey::new(CurveId::P256, point).unwrap(),
+    );
+    let (Inner::P256(ta), Inner::P256(tb)) = (&a.inner, &b.inner) else {
+        panic!("P-256 keys");
+    };
+    assert!(Arc::ptr_eq(ta, tb));
+    assert_eq!(a, b);
+    // The same bytes on the other curve are not the same key (and not on it).
+    assert!(PublicKey::new(CurveId::P384, point).is_none());
+    let sig = pair.sign(&rng, b"m").unwrap();
+    assert!(b.verify(b"m", sig.as_ref()));
+}
+
 // --- against ring ------------------------------------------------------------------------------
 
 struct Suite {
