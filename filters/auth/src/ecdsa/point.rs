@@ -251,11 +251,13 @@ pub fn table<C: Curve<L>, const L: usize>(base: &Affine<L>, w: usize) -> Option<
     let mut jac = Vec::with_capacity(windows(C::BITS, w) * per_window);
     let mut b = Jacobian::from_affine::<C>(base);
     for _ in 0..windows(C::BITS, w) {
+        let start = jac.len();
         jac.push(b);
         let mut cur = b;
         for j in 2..=per_window {
-            cur = if j == 2 {
-                double::<C, L>(&b)
+            // Even multiples by doubling half of them (8 products), odd ones by adding b (16).
+            cur = if j % 2 == 0 {
+                double::<C, L>(jac.get(start + j / 2 - 1)?)
             } else {
                 add::<C, L>(&cur, &b)
             };
