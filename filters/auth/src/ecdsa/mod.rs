@@ -7,15 +7,21 @@
 //! once per process, windows of 7 bits for P-256 and 6 for P-384) and a table of the key's point
 //! `Q` (5-bit windows, built when the JWKS is parsed and kept with the key, as [`crate::rsa`]
 //! keeps its Montgomery context). A verification recodes `u₁` and `u₂` into signed digits and
-//! does one mixed addition per nonzero digit and no doubling at all: ~90 additions for P-256
+//! does one mixed addition per nonzero digit and no doubling at all: ~88 additions for P-256
 //! where a double-and-add needs 256 doublings and ~50 additions.
 //!
 //! The field is Montgomery arithmetic on fixed-length `u32` limbs with `u64` accumulators (what
-//! wasm32 multiplies natively). Both primes are `≡ −1 mod 2³²` and sparse (`p + 1` is four
-//! signed powers of two), so a Montgomery reduction step is a few additions of the limb itself
-//! rather than a row of multiplications; the moduli are compile-time constants of monomorphised
-//! code, one instance per curve. `s⁻¹ mod n` is a binary extended Euclid, and the final check
-//! compares `x(R)` with `r` (and `r + n`) in Jacobian coordinates, without an inversion.
+//! wasm32 multiplies natively), the products written out limb by limb so that the limbs live in
+//! wasm locals. Both primes are `≡ −1 mod 2³²` and sparse (`p + 1` is four signed powers of
+//! two), so a Montgomery reduction step is a few additions of the limb itself rather than a row
+//! of multiplications; the moduli are compile-time constants of monomorphised code, one instance
+//! per curve. `s⁻¹ mod n` is a binary extended Euclid, and the final check compares `x(R)` with
+//! `r` (and `r + n`) in Jacobian coordinates, without an inversion.
+//!
+//! Measured with the wasmtime harness (`tests/tests/auth_wasm.rs`, fuel of a request whose token
+//! is verified): ES256 1.24M wasm instructions (ring: 14.5M), ES384 3.5M (RustCrypto's `p384`:
+//! 92.6M). Preparing a key costs ~15M (P-256) or ~30M (P-384) when the JWKS is parsed, and the
+//! generator's table ~45M / ~95M once per process.
 //!
 //! Verification handles public data only (key, message, signature), so nothing here is
 //! constant-time. What it must be is exact: `r` and `s` in `[1, n−1]`; the key on the curve
