@@ -20,8 +20,8 @@
 //!
 //! Measured with the wasmtime harness (`tests/tests/auth_wasm.rs`, fuel of a request whose token
 //! is verified): ES256 1.24M wasm instructions (ring: 14.5M), ES384 3.5M (RustCrypto's `p384`:
-//! 92.6M). Preparing a key costs ~15M (P-256) or ~30M (P-384) when the JWKS is parsed, and the
-//! generator's table ~45M / ~95M once per process.
+//! 92.6M). Preparing a key costs about 16M (P-256) or 45M (P-384) when the JWKS is parsed, and
+//! the generator's table about 45M / 80M once per process (61M and 124M in all at configure).
 //!
 //! Verification handles public data only (key, message, signature), so nothing here is
 //! constant-time. What it must be is exact: `r` and `s` in `[1, n−1]`; the key on the curve
@@ -142,12 +142,11 @@ impl Curve<12> for P384 {
 }
 
 /// The generator's table, built on first use (the first EC key prepared, so at JWKS load) and
-/// kept for the life of the process: 150 KB for P-256 (~50M wasm instructions, once), 200 KB for
-/// P-384 (~110M). Each extra bit of window halves the additions a verification spends on `u₁·G`
-/// and doubles the table: 7 bits for P-256 (the common ES256), 6 for P-384 (whose points are
-/// half as large again and whose table costs twice as much per point to build). Empty only if building
-/// it failed, which cannot happen for the real generator; an empty table fails every
-/// verification.
+/// kept for the life of the process: 150 KB for P-256 (about 45M wasm instructions, once),
+/// 200 KB for P-384 (about 80M). A window one bit wider saves a few additions per verification
+/// and doubles the table: 7 bits for P-256 (ES256 is the common one), 6 for P-384 (larger
+/// points, dearer to build). Empty only if building it failed, which cannot happen for the real
+/// generator; an empty table fails every verification.
 fn g_table_p256() -> &'static [Affine<8>] {
     static TABLE: OnceLock<Vec<Affine<8>>> = OnceLock::new();
     TABLE.get_or_init(|| point::table::<P256, 8>(&P256::G, P256::W_G).unwrap_or_default())
@@ -195,8 +194,8 @@ impl Eq for PublicKey {}
 
 /// Keys prepared lately on this thread. A JWKS is parsed again at every refresh (and by each
 /// worker that re-reads the shared copy), nearly always with the same keys, and a key's table
-/// costs ~15M (P-256) to ~35M (P-384) wasm instructions to build: the same point reuses the
-/// same table. Bounded: past this many the oldest is dropped.
+/// costs about 16M (P-256) to 45M (P-384) wasm instructions to build: the same point reuses
+/// the same table. Bounded: past this many the oldest is dropped.
 const PREPARED_KEYS: usize = 8;
 
 type Prepared = (CurveId, Vec<u8>, PublicKey);
@@ -209,7 +208,7 @@ impl PublicKey {
     /// The key of an uncompressed SEC1 point (`04 ‖ x ‖ y`) on `curve`; `None` if the encoding
     /// is wrong, a coordinate is not below p, or the point is not on the curve (then the key
     /// verifies nothing, as `ring` refuses such a key too). Builds the key's table (and, the
-    /// first time, the generator's), the cost of 10 to 15 verifications, paid at JWKS load,
+    /// first time, the generator's), the cost of about 13 verifications, paid at JWKS load,
     /// unless the same point was prepared lately on this thread.
     pub fn new(curve: CurveId, point: &[u8]) -> Option<Self> {
         let known = PREPARED.with(|cache| {
