@@ -1,5 +1,6 @@
 //! JWS algorithms and signature verification, behind [`SignatureVerifier`] so a faster
-//! implementation can slot in. The default, [`RingVerifier`], uses `ring`.
+//! implementation can slot in. The default, [`RingVerifier`], uses `ring` for HMAC and Ed25519
+//! and the crate's own verifiers for RSA ([`crate::rsa`]) and ECDSA ([`crate::ecdsa`]).
 
 use ring::signature::{self, UnparsedPublicKey};
 
