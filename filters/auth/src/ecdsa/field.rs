@@ -1,11 +1,12 @@
 //! Arithmetic modulo an odd modulus of `L` 32-bit limbs (little-endian), in Montgomery form.
 //!
-//! One routine serves the field of each curve (mod p) and its scalars (mod n). The modulus is a
-//! `const` of the curve ([`super::point::Curve`]), so after monomorphisation every limb of it is
-//! a constant in the product loops: P-256's and P-384's p have limbs 0, 1 and 2³² − 1 and
-//! `-p⁻¹ mod 2³² = 1`, which LLVM folds into additions. Limb arrays have a fixed length, so the
-//! loops unroll with no bounds checks. Products are `u32 × u32` into a `u64` accumulator: the
-//! one multiply wasm32 has natively.
+//! Two products: [`Modulus::mul`], a generic CIOS Montgomery product for any odd modulus (the
+//! scalars mod n: three products per verification), and [`mul_sparse`] / [`sqr_sparse`] for
+//! the field primes, which are `≡ −1 mod 2³²` and sparse, so that a reduction step is a few
+//! additions instead of a row of multiplications; those are written out limb by limb and take
+//! the modulus as a constant of the curve ([`super::point::Curve`]), so that after
+//! monomorphisation the limbs live in wasm locals. Products are `u32 × u32` into a `u64`
+//! accumulator: the one multiply wasm32 has natively.
 //!
 //! Every result is fully reduced (in `[0, m)`), so equal values have equal limbs.
 
