@@ -24,6 +24,10 @@ pub enum KeyMaterial {
     Ec {
         curve: Curve,
         point: Vec<u8>,
+        /// The key prepared for verification (ES256 / ES384: the point's table of multiples),
+        /// once per JWKS parse; `None` for a point not on the curve, which every signature then
+        /// fails against.
+        prepared: Option<crate::ecdsa::PublicKey>,
     },
     Ed25519 {
         x: Vec<u8>,
@@ -97,7 +101,12 @@ fn parse_key(v: &Value) -> Option<Jwk> {
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            KeyMaterial::Ec { curve, point }
+            let prepared = crate::ecdsa::PublicKey::new(curve, &point);
+            KeyMaterial::Ec {
+                curve,
+                point,
+                prepared,
+            }
         }
         "OKP" if v.get("crv")?.as_str()? == "Ed25519" => {
             let x = b64(v, "x")?;

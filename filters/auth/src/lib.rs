@@ -13,6 +13,7 @@
 //! ([`Outcome::Pause`]). A failed refresh keeps serving the keys already held.
 
 mod cache;
+pub mod ecdsa;
 pub mod jwks;
 pub mod rsa;
 #[cfg(any(test, feature = "testkit"))]

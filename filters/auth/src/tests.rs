@@ -922,3 +922,44 @@ fn es384_rejects_tampered_truncated_and_foreign_signatures() {
         assert_denied(&out, 401, "invalid_token", "signature verification failed");
     }
 }
+
+#[test]
+fn an_ec_key_off_its_curve_is_not_prepared_and_verifies_nothing() {
+    for alg in ["ES256", "ES384"] {
+        let key = SigningKey::new(alg, "k");
+        let mut jwk = key.jwk();
+        // Flip a bit of y: the point leaves the curve.
+        let y = URL_SAFE.decode(jwk["y"].as_str().unwrap()).unwrap();
+        let mut bad_y = y.clone();
+        bad_y[5] ^= 0x20;
+        jwk["y"] = json!(URL_SAFE.encode(&bad_y));
+        let doc = json!({"keys": [jwk, key.jwk()]}).to_string();
+        let set = jwks::KeySet::parse(doc.as_bytes()).unwrap();
+        let [off, on] = &set.keys[..] else {
+            panic!("two keys");
+        };
+        assert!(
+            matches!(&off.material, KeyMaterial::Ec { prepared: None, .. }),
+            "{alg}"
+        );
+        assert!(matches!(
+            &on.material,
+            KeyMaterial::Ec {
+                prepared: Some(_),
+                ..
+            }
+        ));
+        let message = b"header.payload";
+        let sig = key.sign(message);
+        let alg = verify::Alg::parse(alg).unwrap();
+        assert!(RingVerifier.verify(alg, &on.material, message, &sig));
+        assert!(!RingVerifier.verify(alg, &off.material, message, &sig));
+        // Neither curve's key verifies the other algorithm.
+        let other = if alg == verify::Alg::Es256 {
+            verify::Alg::Es384
+        } else {
+            verify::Alg::Es256
+        };
+        assert!(!RingVerifier.verify(other, &on.material, message, &sig));
+    }
+}
