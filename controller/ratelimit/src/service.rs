@@ -143,28 +143,43 @@ impl<S: Storage> RateLimiter<S> {
         } else {
             req.hits_addend
         };
-        // Resolve each descriptor; only limited ones become counters.
-        let resolved: Vec<Option<Resolved>> = req
-            .descriptors
-            .iter()
-            .map(|d| {
-                let entries: Vec<(&str, &str)> = d
-                    .entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), e.value.as_str()))
-                    .collect();
-                let mut r = limits.resolve(&req.domain, &entries)?;
-                if let Some(o) = &d.limit {
-                    if let Some(unit) = unit_from_proto(o.unit) {
-                        r.requests_per_unit = o.requests_per_unit;
-                        r.unit = unit;
-                        r.unlimited = false;
-                    }
+        // Resolve each descriptor as envoyproxy/ratelimit does: a limit override in the request
+        // wins (whatever the tree says, never in shadow mode), else the configured tree.
+        let mut resolved: Vec<Option<Resolved>> = Vec::with_capacity(req.descriptors.len());
+        for (i, d) in req.descriptors.iter().enumerate() {
+            let entries: Vec<(&str, &str)> = d
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()))
+                .collect();
+            resolved.push(match &d.limit {
+                Some(o) => {
+                    let Some(unit) = unit_from_proto(o.unit) else {
+                        Metrics::inc(&self.metrics.invalid_requests);
+                        return Err(Status::invalid_argument(format!(
+                            "descriptor {i}: the limit override has no known unit ({})",
+                            o.unit
+                        )));
+                    };
+                    Some(override_limit(&req.domain, &entries, o.requests_per_unit, unit))
                 }
-                (!r.unlimited).then_some(r)
-            })
+                None => limits.resolve(&req.domain, &entries),
+            });
+        }
+        // `replaces`: a limit named by a matched limit's `replaces` is dropped from this call.
+        let replaced = {
+            let names: Vec<Option<(&str, &[String])>> = resolved
+                .iter()
+                .map(|r| r.as_ref().map(|r| (r.name.as_str(), r.replaces.as_slice())))
+                .collect();
+            replaced_names(&names)
+        };
+        let checked: Vec<Option<&Resolved>> = resolved
+            .iter()
+            .zip(&replaced)
+            .map(|(r, dropped)| r.as_ref().filter(|r| !r.unlimited && !*dropped))
             .collect();
-        let counters: Vec<Counter> = resolved
+        let counters: Vec<Counter> = checked
             .iter()
             .flatten()
             .map(|r| Counter {
@@ -197,12 +212,22 @@ impl<S: Storage> RateLimiter<S> {
             }
         };
 
+        // OVER_LIMIT when an ordinary limit is over, or when every quota-mode limit is.
         let mut decisions = decisions.into_iter();
-        let mut overall = Code::Ok;
+        let (mut failed_limits, mut quota, mut failed_quota) = (0, 0, 0);
         let mut statuses = Vec::with_capacity(resolved.len());
-        for r in &resolved {
-            let Some(r) = r else {
-                statuses.push(status(Code::Ok, None, 0, 0));
+        for (r, c) in resolved.iter().zip(&checked) {
+            let Some(c) = c else {
+                statuses.push(match r {
+                    // Unlimited: OK, with everything remaining (envoyproxy/ratelimit's answer).
+                    Some(r) if r.unlimited => DescriptorStatus {
+                        code: Code::Ok as i32,
+                        limit_remaining: u32::MAX,
+                        ..Default::default()
+                    },
+                    // Not configured, or replaced: OK without a limit.
+                    _ => status(Code::Ok, None, 0, 0),
+                });
                 continue;
             };
             let Some(d) = decisions.next() else {
@@ -210,18 +235,31 @@ impl<S: Storage> RateLimiter<S> {
                     "storage returned fewer decisions than counters",
                 ));
             };
-            let mut code = if d.allowed { Code::Ok } else { Code::OverLimit };
-            if code == Code::OverLimit {
-                if r.shadow_mode {
-                    Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
-                    code = Code::Ok;
+            let over = !d.allowed;
+            let shadowed = over && c.shadow_mode;
+            self.metrics.count_descriptor(&c.metric_key, hits, over, shadowed);
+            let mut code = if over { Code::OverLimit } else { Code::Ok };
+            if shadowed {
+                Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
+                code = Code::Ok;
+            } else if over {
+                Metrics::inc(&self.metrics.descriptors_over_limit);
+                if c.quota_mode {
+                    failed_quota += 1;
                 } else {
-                    Metrics::inc(&self.metrics.descriptors_over_limit);
-                    overall = Code::OverLimit;
+                    failed_limits += 1;
                 }
             }
-            statuses.push(status(code, Some(r), d.remaining, d.reset_us));
+            if c.quota_mode {
+                quota += 1;
+            }
+            statuses.push(status(code, Some(c), d.remaining, d.reset_us));
         }
+        let overall = if failed_limits > 0 || (quota > 0 && failed_quota == quota) {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
         Ok(RateLimitResponse {
             overall_code: overall as i32,
             statuses,
@@ -239,7 +277,7 @@ fn status(code: Code, r: Option<&Resolved>, remaining: u32, reset_us: u64) -> De
     DescriptorStatus {
         code: code as i32,
         current_limit: r.map(|r| RateLimit {
-            name: String::new(),
+            name: r.name.clone(),
             requests_per_unit: r.requests_per_unit,
             unit: unit_to_proto(r.unit) as i32,
         }),
@@ -251,12 +289,53 @@ fn status(code: Code, r: Option<&Resolved>, remaining: u32, reset_us: u64) -> De
     }
 }
 
+/// A limit a request descriptor carries (`RateLimitOverride`): counted per descriptor (domain and
+/// entries) and per override, never shadowed, never replaced or replacing.
+fn override_limit(domain: &str, entries: &[(&str, &str)], requests_per_unit: u32, unit: Unit) -> Resolved {
+    let mut key = domain.to_string();
+    let mut metric_key = domain.to_string();
+    for (k, v) in entries {
+        key.push_str(&format!("|{k}={v}"));
+        metric_key.push_str(&format!(".{k}"));
+        if !v.is_empty() {
+            metric_key.push_str(&format!("_{v}"));
+        }
+    }
+    Resolved {
+        key,
+        metric_key,
+        name: String::new(),
+        replaces: Vec::new(),
+        requests_per_unit,
+        unit,
+        unlimited: false,
+        shadow_mode: false,
+        quota_mode: false,
+    }
+}
+
+/// For each resolved descriptor, whether another one (or itself) replaces its limit's name.
+fn replaced_names(limits: &[Option<(&str, &[String])>]) -> Vec<bool> {
+    let replacing: Vec<&str> = limits
+        .iter()
+        .flatten()
+        .flat_map(|(_, replaces)| replaces.iter().map(String::as_str))
+        .collect();
+    limits
+        .iter()
+        .map(|l| l.is_some_and(|(name, _)| !name.is_empty() && replacing.contains(&name)))
+        .collect()
+}
+
 fn unit_suffix(unit: Unit) -> &'static str {
     match unit {
         Unit::Second => "/s",
         Unit::Minute => "/m",
         Unit::Hour => "/h",
         Unit::Day => "/d",
+        Unit::Week => "/w",
+        Unit::Month => "/mo",
+        Unit::Year => "/y",
     }
 }
 
@@ -266,6 +345,9 @@ fn unit_to_proto(unit: Unit) -> ProtoUnit {
         Unit::Minute => ProtoUnit::Minute,
         Unit::Hour => ProtoUnit::Hour,
         Unit::Day => ProtoUnit::Day,
+        Unit::Week => ProtoUnit::Week,
+        Unit::Month => ProtoUnit::Month,
+        Unit::Year => ProtoUnit::Year,
     }
 }
 
@@ -275,7 +357,10 @@ fn unit_from_proto(unit: i32) -> Option<Unit> {
         ProtoUnit::Minute => Some(Unit::Minute),
         ProtoUnit::Hour => Some(Unit::Hour),
         ProtoUnit::Day => Some(Unit::Day),
-        _ => None,
+        ProtoUnit::Week => Some(Unit::Week),
+        ProtoUnit::Month => Some(Unit::Month),
+        ProtoUnit::Year => Some(Unit::Year),
+        ProtoUnit::Unknown => None,
     }
 }
 
