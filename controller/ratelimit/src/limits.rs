@@ -109,29 +109,26 @@ impl Limits {
             let (config, file_warnings) =
                 parse_envoy_with_warnings(text).map_err(|e| anyhow!("{name}: {e}"))?;
             warnings.extend(file_warnings.into_iter().map(|w| format!("{name}: {w}")));
-            match domains.get_mut(&config.domain) {
-                None => {
-                    domains.insert(config.domain.clone(), (config, name.clone()));
-                }
-                Some((_, first)) if !merge_domains => {
+            if let Some((merged, first)) = domains.get_mut(&config.domain) {
+                if !merge_domains {
                     bail!(
                         "{name}: duplicate domain {:?} (already configured by {first})",
                         config.domain
                     );
                 }
-                Some((merged, _)) => {
-                    merged.descriptors.extend(config.descriptors);
-                    let mut errors = Vec::new();
-                    merged.check("$", Dialect::Envoy, &mut errors);
-                    if !errors.is_empty() {
-                        bail!(
-                            "{name}: merging into domain {:?}: {}",
-                            merged.domain,
-                            ConfigErrors(errors)
-                        );
-                    }
+                merged.descriptors.extend(config.descriptors);
+                let mut errors = Vec::new();
+                merged.check("$", Dialect::Envoy, &mut errors);
+                if !errors.is_empty() {
+                    bail!(
+                        "{name}: merging into domain {:?}: {}",
+                        merged.domain,
+                        ConfigErrors(errors)
+                    );
                 }
+                continue;
             }
+            domains.insert(config.domain.clone(), (config, name.clone()));
         }
         Ok(Self {
             domains: domains.into_iter().map(|(d, (c, _))| (d, c)).collect(),

@@ -253,7 +253,7 @@ impl<S: Storage> RateLimiter<S> {
             if c.quota_mode {
                 quota += 1;
             }
-            statuses.push(status(code, Some(c), d.remaining, d.reset_us));
+            statuses.push(status(code, Some(*c), d.remaining, d.reset_us));
         }
         let overall = if failed_limits > 0 || (quota > 0 && failed_quota == quota) {
             Code::OverLimit
@@ -319,6 +319,7 @@ fn replaced_names(limits: &[Option<(&str, &[String])>]) -> Vec<bool> {
     let replacing: Vec<&str> = limits
         .iter()
         .flatten()
+        .copied()
         .flat_map(|(_, replaces)| replaces.iter().map(String::as_str))
         .collect();
     limits

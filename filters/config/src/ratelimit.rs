@@ -441,7 +441,7 @@ impl RateLimitConfig {
         let mut metric = self.domain.clone();
         // Per entry: the share_threshold pattern that stands for its value, if any.
         let mut shared: Vec<Option<&str>> = Vec::with_capacity(entries.len());
-        for (i, (k, v)) in entries.iter().enumerate() {
+        for (i, &(k, v)) in entries.iter().enumerate() {
             if i > 0 && node.is_some_and(|n| n.descriptors.is_empty()) {
                 return None; // more entries than levels
             }
@@ -510,6 +510,7 @@ pub fn replaced(limits: &[Option<&RateLimit>]) -> Vec<bool> {
     let replacing: Vec<&str> = limits
         .iter()
         .flatten()
+        .copied()
         .flat_map(|l| l.replaces.iter().map(|r| r.name.as_str()))
         .filter(|n| !n.is_empty())
         .collect();

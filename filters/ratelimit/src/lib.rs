@@ -198,7 +198,9 @@ impl RateLimiter {
                 (l, state)
             })
             .collect();
-        let over = |l: &Limited, s: &BucketState| !s.allowed && !l.shadow_mode;
+        fn over(l: &Limited, s: &BucketState) -> bool {
+            !s.allowed && !l.shadow_mode
+        }
         let quota: Vec<&(&Limited, BucketState)> =
             states.iter().filter(|(l, _)| l.quota_mode).collect();
         let denied = states
