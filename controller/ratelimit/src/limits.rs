@@ -191,8 +191,7 @@ fn parse_envoy_with_warnings(text: &str) -> Result<(RateLimitConfig, Vec<String>
     let mut yaml: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
     // `<<: *anchor` merge keys, which envoyproxy/ratelimit's YAML library applies.
-    yaml.apply_merge()
-        .map_err(|e| anyhow!("not YAML: {e}"))?;
+    yaml.apply_merge().map_err(|e| anyhow!("not YAML: {e}"))?;
     let mut json = envoy_yaml::to_json(yaml, "$", false).map_err(|e| anyhow!("{e}"))?;
     if json.is_null() {
         // An empty file: envoyproxy/ratelimit sees a file without a domain.
@@ -209,7 +208,12 @@ fn parse_envoy_with_warnings(text: &str) -> Result<(RateLimitConfig, Vec<String>
         } else {
             format!("$.{path}")
         };
-        anyhow!("{}", ConfigError::new(path, e.inner().to_string()))
+        // The position is in the JSON made from the YAML, which means nothing to the reader.
+        let inner = e.inner();
+        let message = inner.to_string();
+        let position = format!(" at line {} column {}", inner.line(), inner.column());
+        let message = message.strip_suffix(&position).unwrap_or(&message);
+        anyhow!("{}", ConfigError::new(path, message))
     })?;
     let mut errors = Vec::new();
     config.check("$", Dialect::Envoy, &mut errors);

@@ -161,7 +161,12 @@ impl<S: Storage> RateLimiter<S> {
                             o.unit
                         )));
                     };
-                    Some(override_limit(&req.domain, &entries, o.requests_per_unit, unit))
+                    Some(override_limit(
+                        &req.domain,
+                        &entries,
+                        o.requests_per_unit,
+                        unit,
+                    ))
                 }
                 None => limits.resolve(&req.domain, &entries),
             });
@@ -237,7 +242,8 @@ impl<S: Storage> RateLimiter<S> {
             };
             let over = !d.allowed;
             let shadowed = over && c.shadow_mode;
-            self.metrics.count_descriptor(&c.metric_key, hits, over, shadowed);
+            self.metrics
+                .count_descriptor(&c.metric_key, hits, over, shadowed);
             let mut code = if over { Code::OverLimit } else { Code::Ok };
             if shadowed {
                 Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
@@ -291,7 +297,12 @@ fn status(code: Code, r: Option<&Resolved>, remaining: u32, reset_us: u64) -> De
 
 /// A limit a request descriptor carries (`RateLimitOverride`): counted per descriptor (domain and
 /// entries) and per override, never shadowed, never replaced or replacing.
-fn override_limit(domain: &str, entries: &[(&str, &str)], requests_per_unit: u32, unit: Unit) -> Resolved {
+fn override_limit(
+    domain: &str,
+    entries: &[(&str, &str)],
+    requests_per_unit: u32,
+    unit: Unit,
+) -> Resolved {
     let mut key = domain.to_string();
     let mut metric_key = domain.to_string();
     for (k, v) in entries {

@@ -101,10 +101,11 @@ fn an_example_with_every_feature_loads() {
         .resolve("shop", &[("user", "u1"), ("item", "banned")])
         .unwrap();
     assert_eq!(r.requests_per_unit, 0);
-    assert!(l
-        .resolve("shop", &[("user", "u1"), ("free", "x")])
-        .unwrap()
-        .unlimited);
+    assert!(
+        l.resolve("shop", &[("user", "u1"), ("free", "x")])
+            .unwrap()
+            .unlimited
+    );
     assert!(l.resolve("shop", &[("tenant", "t1")]).unwrap().quota_mode);
     assert_eq!(
         l.resolve("shop", &[("any", "v")]).unwrap().metric_key,
@@ -148,15 +149,25 @@ descriptors:
 #[test]
 fn basic_tree_loads_and_matches_level_by_level() {
     let l = load(&[("basic.yaml", BASIC)]).unwrap();
-    let rpu = |entries: &[(&str, &str)]| l.resolve("test-domain", entries).map(|r| r.requests_per_unit);
+    let rpu = |entries: &[(&str, &str)]| {
+        l.resolve("test-domain", entries)
+            .map(|r| r.requests_per_unit)
+    };
     assert_eq!(rpu(&[("key1", "something")]), None);
     assert_eq!(rpu(&[("key1", "value1")]), None, "no limit at that level");
     assert_eq!(rpu(&[("key1", "value1"), ("subkey1", "x")]), Some(5));
-    assert_eq!(rpu(&[("key1", "value1"), ("subkey1", "subvalue1")]), Some(10));
+    assert_eq!(
+        rpu(&[("key1", "value1"), ("subkey1", "subvalue1")]),
+        Some(10)
+    );
     assert_eq!(rpu(&[("key2", "something")]), Some(20));
     assert_eq!(rpu(&[("key2", "value2")]), Some(30));
     assert_eq!(rpu(&[("key2", "value3")]), None, "whitelisted value");
-    assert_eq!(rpu(&[("key2", "value2"), ("sub", "x")]), None, "deeper than the tree");
+    assert_eq!(
+        rpu(&[("key2", "value2"), ("sub", "x")]),
+        None,
+        "deeper than the tree"
+    );
     assert_eq!(
         l.resolve("test-domain", &[("key4", "x")]).unwrap().name,
         "key4_rate_limit"
@@ -252,7 +263,11 @@ descriptors:
     )])
     .unwrap();
     let key = |entries: &[(&str, &str)]| l.resolve("d", entries).unwrap().key;
-    assert_eq!(key(&[("file", "test1")]), "d|file=test1", "exact beats the wildcard");
+    assert_eq!(
+        key(&[("file", "test1")]),
+        "d|file=test1",
+        "exact beats the wildcard"
+    );
     assert_eq!(key(&[("file", "test2")]), "d|file=test*");
     assert_eq!(key(&[("file", "test3")]), "d|file=test*");
     assert_eq!(
@@ -267,8 +282,14 @@ fn domains_merge_only_when_asked() {
     let b = ("b.yaml", "domain: d\ndescriptors:\n  - {key: k2, value: v2, rate_limit: {unit: minute, requests_per_unit: 20}}\n");
     refused(&[a, b], "b.yaml", &["duplicate domain \"d\"", "a.yaml"]);
     let l = load_with(&[a, b], true).unwrap();
-    assert_eq!(l.resolve("d", &[("k1", "v1")]).unwrap().requests_per_unit, 10);
-    assert_eq!(l.resolve("d", &[("k2", "v2")]).unwrap().requests_per_unit, 20);
+    assert_eq!(
+        l.resolve("d", &[("k1", "v1")]).unwrap().requests_per_unit,
+        10
+    );
+    assert_eq!(
+        l.resolve("d", &[("k2", "v2")]).unwrap().requests_per_unit,
+        20
+    );
     // Merging a file into itself duplicates its descriptors.
     let err = format!("{:#}", load_with(&[a, a], true).unwrap_err());
     assert!(err.starts_with("a.yaml: "), "{err}");
@@ -289,7 +310,11 @@ fn a_domain_without_descriptors_loads_but_not_twice() {
 
 #[test]
 fn a_file_without_a_domain_is_refused() {
-    refused(&[("empty_domain.yaml", "descriptors:\n")], "empty_domain.yaml", &["$", "domain"]);
+    refused(
+        &[("empty_domain.yaml", "descriptors:\n")],
+        "empty_domain.yaml",
+        &["$", "domain"],
+    );
     refused(&[("empty.yaml", "")], "empty.yaml", &["domain"]);
     refused(
         &[("blank_domain.yaml", "domain: \"\"\n")],
@@ -301,12 +326,18 @@ fn a_file_without_a_domain_is_refused() {
 #[test]
 fn a_descriptor_needs_a_key() {
     refused(
-        &[("empty_key.yaml", "domain: d\ndescriptors:\n  - value: value1\n")],
+        &[(
+            "empty_key.yaml",
+            "domain: d\ndescriptors:\n  - value: value1\n",
+        )],
         "empty_key.yaml",
         &["$.descriptors[0]", "key"],
     );
     refused(
-        &[("blank_key.yaml", "domain: d\ndescriptors:\n  - {key: \"\", value: value1}\n")],
+        &[(
+            "blank_key.yaml",
+            "domain: d\ndescriptors:\n  - {key: \"\", value: value1}\n",
+        )],
         "blank_key.yaml",
         &["$.descriptors[0].key", "must not be empty"],
     );
@@ -410,7 +441,11 @@ fn share_threshold_needs_a_wildcard() {
 
 #[test]
 fn bad_yaml_is_refused() {
-    refused(&[("bad_yaml.yaml", "'''\n")], "bad_yaml.yaml", &["not YAML"]);
+    refused(
+        &[("bad_yaml.yaml", "'''\n")],
+        "bad_yaml.yaml",
+        &["not YAML"],
+    );
 }
 
 #[test]
@@ -444,7 +479,10 @@ fn keys_must_be_strings_and_lists_must_hold_mappings() {
         &["$: a key must be a string, not 0.25"],
     );
     refused(
-        &[("non_map_list.yaml", "domain: d\ndescriptors:\n  - a\n  - b\n")],
+        &[(
+            "non_map_list.yaml",
+            "domain: d\ndescriptors:\n  - a\n  - b\n",
+        )],
         "non_map_list.yaml",
         &["$.descriptors[0]", "invalid type: string \"a\""],
     );
@@ -457,7 +495,10 @@ fn values_are_read_as_envoyproxy_ratelimit_reads_them() {
     // reads elsewhere are ignored, with a warning. A key upstream never accepts is refused,
     // even one that only holds an anchor.
     refused(
-        &[("anchors.yaml", "domain: d\ndefaults: &limit {unit: minute}\n")],
+        &[(
+            "anchors.yaml",
+            "domain: d\ndefaults: &limit {unit: minute}\n",
+        )],
         "anchors.yaml",
         &["unknown field `defaults`"],
     );
@@ -478,7 +519,12 @@ descriptors:
     metadata: {1: one, list: [1.5, null]}
 "#;
     let l = load(&[("anchors.yaml", text)]).unwrap();
-    assert_eq!(l.resolve("d", &[("status", "500")]).unwrap().requests_per_unit, 7);
+    assert_eq!(
+        l.resolve("d", &[("status", "500")])
+            .unwrap()
+            .requests_per_unit,
+        7
+    );
     let flag = l.resolve("d", &[("flag", "true")]).unwrap();
     assert!(flag.shadow_mode);
     assert_eq!((flag.requests_per_unit, flag.unit), (8, Unit::Minute));

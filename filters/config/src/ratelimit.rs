@@ -261,7 +261,12 @@ impl RateLimitConfig {
     }
 }
 
-fn check_level(descriptors: &[Descriptor], at: &str, dialect: Dialect, errors: &mut Vec<ConfigError>) {
+fn check_level(
+    descriptors: &[Descriptor],
+    at: &str,
+    dialect: Dialect,
+    errors: &mut Vec<ConfigError>,
+) {
     // envoyproxy/ratelimit keys a level by key and value (an empty value being none): two
     // descriptors with the same pair are one too many.
     let mut seen: BTreeMap<(&str, Option<&str>), usize> = BTreeMap::new();
@@ -373,8 +378,7 @@ pub fn lookup<'a>(
     }
     if let Some(d) = same_key().find(|d| {
         d.is_wildcard()
-            && d
-                .match_value()
+            && d.match_value()
                 .is_some_and(|pattern| wildcard_matches(pattern, value))
     }) {
         return Some((d, Match::Wildcard));

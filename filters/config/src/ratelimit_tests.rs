@@ -25,7 +25,10 @@ fn wildcards_match_any_run_of_characters_anywhere() {
     assert!(wildcard_matches("bar*b", "barab"));
     assert!(wildcard_matches("bar*b", "bar123b"));
     assert!(wildcard_matches("bar*b", "barb"));
-    assert!(!wildcard_matches("bar*b", "bar"), "the suffix needs its own b");
+    assert!(
+        !wildcard_matches("bar*b", "bar"),
+        "the suffix needs its own b"
+    );
     assert!(!wildcard_matches("bar*b", "bara"));
     assert!(!wildcard_matches("bar*b", "xbarb"));
     // Several: the segments in order.
@@ -33,7 +36,10 @@ fn wildcards_match_any_run_of_characters_anywhere() {
     assert!(wildcard_matches("foo*bar*baz", "foobarbaz"));
     assert!(!wildcard_matches("foo*bar*baz", "foo123baz"));
     assert!(!wildcard_matches("foo*bar*baz", "bar456baz"));
-    assert!(!wildcard_matches("a*b*c*d", "acbd"), "segments must come in order");
+    assert!(
+        !wildcard_matches("a*b*c*d", "acbd"),
+        "segments must come in order"
+    );
     // A lone star matches everything, the empty value too; no star is equality.
     assert!(wildcard_matches("*", ""));
     assert!(wildcard_matches("/api/*/action", "/api/123/action"));
@@ -54,18 +60,36 @@ const ORDER: &str = r#"{"domain":"d","descriptors":[
 #[test]
 fn exact_value_beats_wildcard_beats_key_only() {
     let cfg = config(ORDER);
-    let rpu = |v: &str| {
-        cfg.resolve(&[("k", v)])
-            .map(|r| r.limit.requests_per_unit)
-    };
+    let rpu = |v: &str| cfg.resolve(&[("k", v)]).map(|r| r.limit.requests_per_unit);
     assert_eq!(rpu("abc"), Some(4), "exact, though two wildcards match too");
-    assert_eq!(rpu("abd"), Some(2), "the first matching wildcard in file order");
+    assert_eq!(
+        rpu("abd"),
+        Some(2),
+        "the first matching wildcard in file order"
+    );
     assert_eq!(rpu("axe"), Some(3));
-    assert_eq!(rpu("zzz"), Some(1), "no value matches: the key-only default");
-    assert_eq!(rpu("whitelisted"), None, "an exact node without a limit is not limited");
-    assert_eq!(lookup(&cfg.descriptors, "k", "abd").unwrap().1, Match::Wildcard);
-    assert_eq!(lookup(&cfg.descriptors, "k", "abc").unwrap().1, Match::Exact);
-    assert_eq!(lookup(&cfg.descriptors, "k", "q").unwrap().1, Match::Default);
+    assert_eq!(
+        rpu("zzz"),
+        Some(1),
+        "no value matches: the key-only default"
+    );
+    assert_eq!(
+        rpu("whitelisted"),
+        None,
+        "an exact node without a limit is not limited"
+    );
+    assert_eq!(
+        lookup(&cfg.descriptors, "k", "abd").unwrap().1,
+        Match::Wildcard
+    );
+    assert_eq!(
+        lookup(&cfg.descriptors, "k", "abc").unwrap().1,
+        Match::Exact
+    );
+    assert_eq!(
+        lookup(&cfg.descriptors, "k", "q").unwrap().1,
+        Match::Default
+    );
     assert!(lookup(&cfg.descriptors, "nokey", "q").is_none());
 }
 
@@ -88,13 +112,22 @@ fn a_descriptor_must_reach_a_limited_node_with_its_last_entry() {
              "descriptors":[{"key":"b","rate_limit":{"unit":"second","requests_per_unit":2}}]},
             {"key":"c","rate_limit":{"unit":"second","requests_per_unit":3}}]}"#,
     );
-    assert_eq!(cfg.resolve(&[("a", "1")]).unwrap().limit.requests_per_unit, 1);
+    assert_eq!(
+        cfg.resolve(&[("a", "1")]).unwrap().limit.requests_per_unit,
+        1
+    );
     assert_eq!(
         cfg.resolve(&[("a", "1"), ("b", "x")]).unwrap().key,
         "d|a=1|b=x"
     );
-    assert!(cfg.resolve(&[("c", "1"), ("b", "x")]).is_none(), "more entries than levels");
-    assert!(cfg.resolve(&[("a", "2"), ("b", "x")]).is_none(), "left the tree");
+    assert!(
+        cfg.resolve(&[("c", "1"), ("b", "x")]).is_none(),
+        "more entries than levels"
+    );
+    assert!(
+        cfg.resolve(&[("a", "2"), ("b", "x")]).is_none(),
+        "left the tree"
+    );
     assert!(cfg.resolve(&[]).is_none());
     // An empty value is no value: it never matches exactly, it falls to the key-only node.
     assert_eq!(cfg.resolve(&[("c", "")]).unwrap().key, "d|c=");
@@ -126,11 +159,18 @@ fn metric_keys_follow_detailed_metric_value_to_metric_and_share_threshold() {
         metric(&[("route", "draw"), ("method", "GET"), ("subject", "123")]),
         "m.route_draw.method_GET.subject"
     );
-    assert_eq!(metric(&[("k1", "X"), ("k2", "Y"), ("k3", "Z")]), "m.k1.k2_Y.k3");
+    assert_eq!(
+        metric(&[("k1", "X"), ("k2", "Y"), ("k3", "Z")]),
+        "m.k1.k2_Y.k3"
+    );
     assert_eq!(metric(&[("plain", "X"), ("leaf", "Y")]), "m.plain.leaf");
     assert_eq!(metric(&[("detail", "anything")]), "m.detail_anything");
     assert_eq!(metric(&[("detail", "known")]), "m.detail_known");
-    assert_eq!(metric(&[("wild", "foo1")]), "m.wild_foo*", "the pattern, not the value");
+    assert_eq!(
+        metric(&[("wild", "foo1")]),
+        "m.wild_foo*",
+        "the pattern, not the value"
+    );
     assert_eq!(metric(&[("wildv", "foo1")]), "m.wildv_foo1");
     assert_eq!(
         metric(&[("files", "files/a.pdf")]),
@@ -142,10 +182,7 @@ fn metric_keys_follow_detailed_metric_value_to_metric_and_share_threshold() {
         "m.svc_svc/*.endpoint_get",
         "share_threshold wins over detailed_metric"
     );
-    assert_eq!(
-        metric(&[("nest", "a"), ("inner", "b")]),
-        "m.nest_a.inner_b"
-    );
+    assert_eq!(metric(&[("nest", "a"), ("inner", "b")]), "m.nest_a.inner_b");
 }
 
 #[test]
@@ -169,22 +206,25 @@ fn replaces_drops_the_named_limits_of_the_same_request() {
         replaced(&[Some(&specific), None, Some(&broad), Some(&unrelated)]),
         [true, false, false, false]
     );
-    assert_eq!(replaced(&[Some(&specific), Some(&unrelated)]), [false, false]);
+    assert_eq!(
+        replaced(&[Some(&specific), Some(&unrelated)]),
+        [false, false]
+    );
     // An unlimited limit replaces too.
     let unlimited = RateLimit {
         unlimited: true,
         ..named("", &["other"])
     };
-    assert_eq!(replaced(&[Some(&unrelated), Some(&unlimited)]), [true, false]);
+    assert_eq!(
+        replaced(&[Some(&unrelated), Some(&unlimited)]),
+        [true, false]
+    );
 }
 
 #[test]
 fn units_have_envoyproxy_ratelimit_durations_and_any_case() {
     let secs: Vec<u64> = Unit::ALL.iter().map(|u| u.seconds()).collect();
-    assert_eq!(
-        secs,
-        [1, 60, 3_600, 86_400, 604_800, 2_592_000, 31_536_000]
-    );
+    assert_eq!(secs, [1, 60, 3_600, 86_400, 604_800, 2_592_000, 31_536_000]);
     assert_eq!(Unit::parse("WEEK"), Some(Unit::Week));
     assert_eq!(Unit::parse("Month"), Some(Unit::Month));
     assert_eq!(Unit::parse("unknown"), None);
@@ -202,7 +242,12 @@ fn units_have_envoyproxy_ratelimit_durations_and_any_case() {
     )
     .unwrap_err();
     assert_eq!(err.0[0].path, "$.descriptors[0].rate_limit.unit");
-    assert!(err.0[0].message.contains("invalid rate limit unit \"fortnight\""), "{err}");
+    assert!(
+        err.0[0]
+            .message
+            .contains("invalid rate limit unit \"fortnight\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -232,13 +277,19 @@ fn both_dialects_refuse_what_envoyproxy_ratelimit_refuses_in_a_tree() {
             ],
             "{dialect:?}: {found:?}"
         );
-        assert!(found[1].1.starts_with("duplicate descriptor a=1"), "{found:?}");
+        assert!(
+            found[1].1.starts_with("duplicate descriptor a=1"),
+            "{found:?}"
+        );
         assert!(found[1].1.contains("$.descriptors[1]"), "{found:?}");
         assert!(found[2].1.contains("needs a unit"), "{found:?}");
         assert!(found[3].1.contains("cannot replace itself"), "{found:?}");
         assert!(found[4].1.contains("must not be empty"), "{found:?}");
         assert!(found[5].1.contains("wildcard"), "{found:?}");
-        assert!(found[6].1.starts_with("duplicate descriptor h "), "{found:?}");
+        assert!(
+            found[6].1.starts_with("duplicate descriptor h "),
+            "{found:?}"
+        );
     }
 }
 

@@ -343,9 +343,16 @@ fn a_wildcard_route_node_and_wildcard_values_apply_locally() {
     assert!(!allowed(&rl, &e, "bot-1", T0));
     assert!(allowed(&rl, &e, "bot-2", T0), "one bucket per value");
     assert!(allowed(&rl, &e, "team-a", T0));
-    assert!(!allowed(&rl, &e, "team-b", T0), "share_threshold: one bucket");
-    assert!(allowed(&rl, &e, "alice", T0), "no node for alice: not limited");
-    let (_, limited) = descriptors::for_request(&rl.config.limits, &request(Some("team-c"))).unwrap();
+    assert!(
+        !allowed(&rl, &e, "team-b", T0),
+        "share_threshold: one bucket"
+    );
+    assert!(
+        allowed(&rl, &e, "alice", T0),
+        "no node for alice: not limited"
+    );
+    let (_, limited) =
+        descriptors::for_request(&rl.config.limits, &request(Some("team-c"))).unwrap();
     assert_eq!(limited[0].key, "nexus|route=lake|client_id=team-*");
 }
 
@@ -365,12 +372,17 @@ fn long_units_refill_over_their_window_and_say_so() {
         assert!(allowed(&rl, &e, "a", T0));
     }
     assert!(!allowed(&rl, &e, "a", T0));
-    assert!(allowed(&rl, &e, "a", T0 + 86_400 * SEC), "a day refills one of 7 a week");
+    assert!(
+        allowed(&rl, &e, "a", T0 + 86_400 * SEC),
+        "a day refills one of 7 a week"
+    );
     for unit in ["month", "year", "WEEK"] {
         let rl = local(
             "lake",
             "",
-            &format!(r#"{{"key": "client_id", "rate_limit": {{"unit": "{unit}", "requests_per_unit": 1}}}}"#),
+            &format!(
+                r#"{{"key": "client_id", "rate_limit": {{"unit": "{unit}", "requests_per_unit": 1}}}}"#
+            ),
         );
         let e = env();
         assert!(allowed(&rl, &e, "a", T0));
@@ -405,10 +417,16 @@ fn replaces_drops_the_named_limit_locally() {
     );
     let e = env();
     assert!(allowed(&rl, &e, "vip", T0));
-    assert!(allowed(&rl, &e, "vip", T0), "the route's cap does not apply to vip");
+    assert!(
+        allowed(&rl, &e, "vip", T0),
+        "the route's cap does not apply to vip"
+    );
     assert!(allowed(&rl, &e, "vip", T0));
     assert!(!allowed(&rl, &e, "vip", T0));
-    assert!(allowed(&rl, &e, "other", T0), "vip never drew from the route's bucket");
+    assert!(
+        allowed(&rl, &e, "other", T0),
+        "vip never drew from the route's bucket"
+    );
     assert!(!allowed(&rl, &e, "other", T0));
 }
 
@@ -421,7 +439,10 @@ fn quota_mode_denies_locally_only_when_every_quota_bucket_is_empty() {
     );
     let e = env();
     assert!(allowed(&rl, &e, "a", T0));
-    assert!(allowed(&rl, &e, "a", T0), "the route's quota is spent, the client's is not");
+    assert!(
+        allowed(&rl, &e, "a", T0),
+        "the route's quota is spent, the client's is not"
+    );
     let Step::Deny(resp) = rl.on_request(&request(Some("a")), &e.shared, &e.metrics, T0) else {
         panic!("both quotas spent")
     };

@@ -1,7 +1,13 @@
 //! Shared test support: Redis connections with per-test key prefixes (the private
 //! `redis-server` for tests that stop Redis is `nexus_ratelimit_service::testkit`).
 
-#![allow(dead_code, unused_macros, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_macros,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
