@@ -348,3 +348,34 @@ fn every_field_of_the_format_is_read_and_written_back() {
     assert!(r.shadow_mode);
     assert_eq!(r.key, "rl|path=/api/*");
 }
+
+#[test]
+fn matching_never_backtracks_to_a_less_specific_node() {
+    // The exact node wins its level even when only the key-only node could match deeper.
+    let cfg = config(
+        r#"{"domain":"d","descriptors":[
+            {"key":"k","value":"v1","rate_limit":{"unit":"second","requests_per_unit":1}},
+            {"key":"k","descriptors":[{"key":"sub","rate_limit":{"unit":"second","requests_per_unit":2}}]},
+            {"key":"w","value":"a*"},
+            {"key":"w","descriptors":[{"key":"sub","rate_limit":{"unit":"second","requests_per_unit":3}}]}]}"#,
+    );
+    assert!(cfg.resolve(&[("k", "v1"), ("sub", "x")]).is_none());
+    assert_eq!(
+        cfg.resolve(&[("k", "v2"), ("sub", "x")])
+            .unwrap()
+            .limit
+            .requests_per_unit,
+        2
+    );
+    assert!(
+        cfg.resolve(&[("w", "ab"), ("sub", "x")]).is_none(),
+        "nor from a wildcard"
+    );
+    assert_eq!(
+        cfg.resolve(&[("w", "b"), ("sub", "x")])
+            .unwrap()
+            .limit
+            .requests_per_unit,
+        3
+    );
+}
