@@ -173,6 +173,22 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// The `metadata` of the node one descriptor's entries resolve to, if it has a limit.
+    pub fn metadata(
+        &self,
+        domain: &str,
+        entries: &[(&str, &str)],
+    ) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.domains
+            .get(domain)?
+            .resolve(entries)?
+            .descriptor
+            .metadata
+            .as_ref()
+    }
+}
+
 /// One domain's configuration Nexus rendered, from YAML (JSON is YAML too), validated with JSON
 /// paths in Nexus's dialect (`nexus_config::parse`).
 pub fn parse(text: &str) -> Result<RateLimitConfig> {

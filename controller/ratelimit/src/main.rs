@@ -2,10 +2,11 @@
 //!
 //!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...]
 //!                   [--algorithm fixed-window|gcra] [--unknown-domain allow|deny|error]
-//!                   [--merge-domain-config]
+//!                   [--merge-domain-config] [--response-dynamic-metadata]
 //!
 //! `--config-dir` holds files in envoyproxy/ratelimit's format, read as it reads them;
-//! `--merge-domain-config` is its `MERGE_DOMAIN_CONFIG=true` (a domain may span files).
+//! `--merge-domain-config` is its `MERGE_DOMAIN_CONFIG=true` (a domain may span files),
+//! `--response-dynamic-metadata` its `RESPONSE_DYNAMIC_METADATA=true`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ struct Args {
     unknown_domain: UnknownDomain,
     redis_timeout: Duration,
     merge_domain_config: bool,
+    response_dynamic_metadata: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -34,6 +36,7 @@ fn parse_args() -> Result<Args> {
         unknown_domain: UnknownDomain::Allow,
         redis_timeout: Duration::from_millis(100),
         merge_domain_config: false,
+        response_dynamic_metadata: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args> {
             }
             "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
             "--merge-domain-config" => args.merge_domain_config = true,
+            "--response-dynamic-metadata" => args.response_dynamic_metadata = true,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -66,6 +70,7 @@ async fn main() -> Result<()> {
         args.unknown_domain,
         args.redis_timeout,
     )?;
+    limiter.set_response_dynamic_metadata(args.response_dynamic_metadata);
     eprintln!(
         "{{\"level\":\"INFO\",\"service\":\"nexus-ratelimit\",\"message\":\"listening on {} with {} storage, {:?}, domains {:?}\"}}",
         args.listen,

@@ -1,5 +1,6 @@
 //! Whole-request decisions, and the tonic service Envoy (and nexus-ratelimit) call.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,7 @@ pub struct RateLimiter<S> {
     unknown_domain: UnknownDomain,
     pub metrics: Metrics,
     degraded_log: LogOncePer,
+    response_dynamic_metadata: AtomicBool,
 }
 
 impl<S: Storage> RateLimiter<S> {
@@ -65,7 +67,15 @@ impl<S: Storage> RateLimiter<S> {
             unknown_domain,
             metrics: Metrics::default(),
             degraded_log: LogOncePer::new(Duration::from_secs(10)),
+            response_dynamic_metadata: AtomicBool::new(false),
         }
+    }
+
+    /// envoyproxy/ratelimit's `RESPONSE_DYNAMIC_METADATA`: answers carry `dynamic_metadata`
+    /// (the domain, the descriptors, `hitsAddend`, and the `metadata` of every configured
+    /// descriptor that was not over limit, merged).
+    pub fn set_response_dynamic_metadata(&self, on: bool) {
+        self.response_dynamic_metadata.store(on, Ordering::Relaxed);
     }
 
     /// Replaces the limits; calls in flight finish with the old ones.
@@ -266,9 +276,14 @@ impl<S: Storage> RateLimiter<S> {
         } else {
             Code::Ok
         };
+        let dynamic_metadata = self
+            .response_dynamic_metadata
+            .load(Ordering::Relaxed)
+            .then(|| dynamic_metadata(req, &limits, &checked, &statuses));
         Ok(RateLimitResponse {
             overall_code: overall as i32,
             statuses,
+            dynamic_metadata,
             ..Default::default()
         })
     }
@@ -337,6 +352,132 @@ fn replaced_names(limits: &[Option<(&str, &[String])>]) -> Vec<bool> {
         .iter()
         .map(|l| l.is_some_and(|(name, _)| !name.is_empty() && replacing.contains(&name)))
         .collect()
+}
+
+/// The `dynamic_metadata` of an answer, as envoyproxy/ratelimit builds it.
+fn dynamic_metadata(
+    req: &RateLimitRequest,
+    limits: &Limits,
+    checked: &[Option<&Resolved>],
+    statuses: &[DescriptorStatus],
+) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    use prost_types::{ListValue, Struct, Value};
+    let string = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("domain".to_string(), string(req.domain.clone()));
+    let descriptors = req
+        .descriptors
+        .iter()
+        .map(|d| {
+            let mut f = std::collections::BTreeMap::new();
+            let entries = d
+                .entries
+                .iter()
+                .map(|e| string(format!("{}={}", e.key, e.value)))
+                .collect();
+            f.insert(
+                "entries".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: entries })),
+                },
+            );
+            if let Some(o) = &d.limit {
+                let unit = ProtoUnit::try_from(o.unit)
+                    .map(|u| u.as_str_name())
+                    .unwrap_or("UNKNOWN");
+                f.insert(
+                    "limit".to_string(),
+                    string(format!(
+                        "requests_per_unit:{} unit:{unit}",
+                        o.requests_per_unit
+                    )),
+                );
+            }
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields: f })),
+            }
+        })
+        .collect();
+    fields.insert(
+        "descriptors".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: descriptors,
+            })),
+        },
+    );
+    if req.hits_addend != 0 {
+        fields.insert(
+            "hitsAddend".to_string(),
+            Value {
+                kind: Some(Kind::NumberValue(f64::from(req.hits_addend))),
+            },
+        );
+    }
+    // The metadata of configured limits that were checked and not over (first value wins,
+    // nested mappings merge).
+    let mut merged = serde_json::Map::new();
+    for ((d, c), s) in req.descriptors.iter().zip(checked).zip(statuses) {
+        if c.is_none() || d.limit.is_some() || s.code == Code::OverLimit as i32 {
+            continue;
+        }
+        let entries: Vec<(&str, &str)> = d
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        if let Some(m) = limits.metadata(&req.domain, &entries) {
+            merge_metadata(&mut merged, m);
+        }
+    }
+    if !merged.is_empty() {
+        fields.insert(
+            "metadata".to_string(),
+            json_to_proto(&serde_json::Value::Object(merged)),
+        );
+    }
+    Struct { fields }
+}
+
+fn merge_metadata(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    from: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b)) => {
+                merge_metadata(a, b)
+            }
+            (Some(_), _) => {}
+            (None, v) => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn json_to_proto(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_proto).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_proto(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 fn unit_suffix(unit: Unit) -> &'static str {

@@ -96,6 +96,7 @@ every_backend!(
     limit_overrides_apply_outside_the_tree_and_never_shadow,
     metric_keys_count_hits_per_descriptor,
     answers_over_grpc_like_envoyproxy_ratelimit,
+    dynamic_metadata_carries_the_metadata_of_passed_descriptors,
 );
 
 async fn statuses_carry_the_limit_name_unit_remaining_and_reset<S: Storage>(s: S) {
@@ -473,4 +474,78 @@ descriptors:
         );
     }
     assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit]);
+}
+
+async fn dynamic_metadata_carries_the_metadata_of_passed_descriptors<S: Storage>(s: S) {
+    use prost_types::value::Kind;
+    let rl = limiter(
+        s,
+        r#"
+domain: d
+descriptors:
+  - key: service
+    value: s1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+    metadata: {quota: {name: s1, tier: gold}, first: yes-s1}
+  - key: service
+    value: s2
+    rate_limit: {unit: minute, requests_per_unit: 5}
+    metadata: {quota: {region: eu, name: s2}, first: s2}
+  - key: service
+    value: banned
+    rate_limit: {unit: minute, requests_per_unit: 0}
+    metadata: {banned: true}
+  - key: service
+    value: free
+    rate_limit: {unlimited: true}
+    metadata: {free: true}
+"#,
+    );
+    let req = request(&[
+        &[("service", "s1")],
+        &[("service", "s2")],
+        &[("service", "banned")],
+        &[("service", "free")],
+    ]);
+    let off = rl.decide(&req, NOW).await.unwrap();
+    assert!(off.dynamic_metadata.is_none(), "off unless asked for");
+    rl.set_response_dynamic_metadata(true);
+    let resp = rl.decide(&req, NOW).await.unwrap();
+    let meta = resp.dynamic_metadata.unwrap();
+    let json = |v: &prost_types::Value| -> serde_json::Value {
+        fn go(v: &prost_types::Value) -> serde_json::Value {
+            match v.kind.as_ref().unwrap() {
+                Kind::NullValue(_) => serde_json::Value::Null,
+                Kind::BoolValue(b) => (*b).into(),
+                Kind::NumberValue(n) => (*n).into(),
+                Kind::StringValue(s) => s.clone().into(),
+                Kind::ListValue(l) => l.values.iter().map(go).collect(),
+                Kind::StructValue(s) => s
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), go(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            }
+        }
+        go(v)
+    };
+    let all = json(&prost_types::Value {
+        kind: Some(Kind::StructValue(meta)),
+    });
+    assert_eq!(
+        all,
+        serde_json::json!({
+            "domain": "d",
+            "descriptors": [
+                {"entries": ["service=s1"]},
+                {"entries": ["service=s2"]},
+                {"entries": ["service=banned"]},
+                {"entries": ["service=free"]},
+            ],
+            // s1 and s2 passed (merged, the first value wins); banned was over, free unlimited.
+            "metadata": {"quota": {"name": "s1", "tier": "gold", "region": "eu"}, "first": "yes-s1"},
+        })
+    );
 }
