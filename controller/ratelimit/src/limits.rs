@@ -10,6 +10,17 @@
 //!   ([`parse_envoy`]): a file it loads loads here, a file it refuses is refused here, with an
 //!   error naming the file and the JSON path of the problem.
 //! - [`parse`]: one configuration Nexus rendered (its ConfigMaps), in Nexus's dialect.
+//!
+//! Known differences from envoyproxy/ratelimit's loader, all at the edges:
+//!
+//! - It matches and de-duplicates on `key + "_" + value` strings, so `{key: a_b, value: c}`
+//!   and `{key: a, value: b_c}` collide there (refused as duplicates), and a wildcard
+//!   `{key: a, value: "*"}` also matches entries keyed `a_b`. Here keys and values stay apart.
+//! - Its YAML library keeps a scalar's text for string fields; here an integer in a string field
+//!   is its number's text (`value: 0123` reads `123`, `value: 0x1F` reads `31`): quote such
+//!   values.
+//! - Keys it accepts anywhere but reads elsewhere (a descriptor's `unit`) are ignored by both;
+//!   here each is also reported in [`Limits::warnings`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
