@@ -17,8 +17,8 @@
 //!   and `{key: a, value: b_c}` collide there (refused as duplicates), and a wildcard
 //!   `{key: a, value: "*"}` also matches entries keyed `a_b`. Here keys and values stay apart.
 //! - Its YAML library keeps a scalar's text for string fields; here an integer in a string field
-//!   is its number's text (`value: 0123` reads `123`, `value: 0x1F` reads `31`): quote such
-//!   values.
+//!   is its number's text, which differs for a few spellings (`value: 0x1F` reads `31`,
+//!   `value: +1` reads `1`; `value: 0123` stays `0123`): quote such values.
 //! - Keys it accepts anywhere but reads elsewhere (a descriptor's `unit`) are ignored by both;
 //!   here each is also reported in [`Limits::warnings`].
 

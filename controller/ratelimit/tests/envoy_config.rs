@@ -550,3 +550,22 @@ fn load_dir_reads_yaml_yml_and_json_in_name_order() {
     assert!(err.contains("a.json"), "{err}");
     assert!(Limits::load_dir_with(dir.path(), true).is_ok());
 }
+
+#[test]
+fn integer_values_keep_their_digits() {
+    let l = load(&[(
+        "digits.yaml",
+        "domain: d\ndescriptors:\n  - {key: zip, value: 0123, rate_limit: {unit: minute, requests_per_unit: 1}}\n  - {key: 404, value: 7, rate_limit: {unit: minute, requests_per_unit: 2}}\n",
+    )])
+    .unwrap();
+    assert_eq!(
+        l.resolve("d", &[("zip", "0123")])
+            .unwrap()
+            .requests_per_unit,
+        1
+    );
+    assert_eq!(
+        l.resolve("d", &[("404", "7")]).unwrap().requests_per_unit,
+        2
+    );
+}
