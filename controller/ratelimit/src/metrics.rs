@@ -39,26 +39,31 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts `hits` on a descriptor's metric key.
-    pub fn count_descriptor(&self, metric_key: &str, hits: u32, over: bool, shadowed: bool) {
+    /// Counts `hits` on each `(metric key, over limit, shadowed)` of one call, under one lock.
+    pub fn count_descriptors(&self, hits: u32, outcomes: &[(&str, bool, bool)]) {
+        if outcomes.is_empty() {
+            return;
+        }
         let Ok(mut map) = self.per_descriptor.lock() else {
             return;
         };
-        let key = if map.contains_key(metric_key) || map.len() < MAX_METRIC_KEYS {
-            metric_key
-        } else {
-            OTHER_METRIC_KEY
-        };
-        let counts = map.entry(key.to_string()).or_default();
         let hits = u64::from(hits);
-        counts.total_hits += hits;
-        if over {
-            counts.over_limit += hits;
-        } else {
-            counts.within_limit += hits;
-        }
-        if shadowed {
-            counts.shadow_mode += hits;
+        for &(metric_key, over, shadowed) in outcomes {
+            let key = if map.contains_key(metric_key) || map.len() < MAX_METRIC_KEYS {
+                metric_key
+            } else {
+                OTHER_METRIC_KEY
+            };
+            let counts = map.entry(key.to_string()).or_default();
+            counts.total_hits += hits;
+            if over {
+                counts.over_limit += hits;
+            } else {
+                counts.within_limit += hits;
+            }
+            if shadowed {
+                counts.shadow_mode += hits;
+            }
         }
     }
 

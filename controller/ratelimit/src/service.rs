@@ -231,6 +231,7 @@ impl<S: Storage> RateLimiter<S> {
         let mut decisions = decisions.into_iter();
         let (mut failed_limits, mut quota, mut failed_quota) = (0, 0, 0);
         let mut statuses = Vec::with_capacity(resolved.len());
+        let mut outcomes = Vec::with_capacity(counters.len());
         for (r, c) in resolved.iter().zip(&checked) {
             let Some(c) = c else {
                 statuses.push(match r {
@@ -252,8 +253,7 @@ impl<S: Storage> RateLimiter<S> {
             };
             let over = !d.allowed;
             let shadowed = over && c.shadow_mode;
-            self.metrics
-                .count_descriptor(&c.metric_key, hits, over, shadowed);
+            outcomes.push((c.metric_key.as_str(), over, shadowed));
             let mut code = if over { Code::OverLimit } else { Code::Ok };
             if shadowed {
                 Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
@@ -271,6 +271,7 @@ impl<S: Storage> RateLimiter<S> {
             }
             statuses.push(status(code, Some(*c), d.remaining, d.reset_us));
         }
+        self.metrics.count_descriptors(hits, &outcomes);
         let overall = if failed_limits > 0 || (quota > 0 && failed_quota == quota) {
             Code::OverLimit
         } else {
