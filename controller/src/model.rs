@@ -1128,6 +1128,7 @@ fn rate_limit_descriptor(
         rate_limit: None,
         descriptors: Vec::new(),
         shadow_mode: false,
+        ..Default::default()
     };
     let mut seen = BTreeSet::new();
     for (k, l) in limits.iter().enumerate() {
@@ -1137,12 +1138,13 @@ fn rate_limit_descriptor(
         }
         let limit = RateLimit {
             unlimited: false,
-            unit: match l.per {
+            unit: Some(match l.per {
                 RateUnit::Second => Unit::Second,
                 RateUnit::Minute => Unit::Minute,
                 RateUnit::Hour => Unit::Hour,
-            },
+            }),
             requests_per_unit: l.requests,
+            ..Default::default()
         };
         let key = match l.by {
             RateLimitBy::Route => None,
@@ -1178,6 +1180,7 @@ fn rate_limit_descriptor(
                 rate_limit: Some(limit),
                 descriptors: Vec::new(),
                 shadow_mode: l.shadow,
+                ..Default::default()
             }),
         }
     }

@@ -2,6 +2,11 @@
 //!
 //!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...]
 //!                   [--algorithm fixed-window|gcra] [--unknown-domain allow|deny|error]
+//!                   [--merge-domain-config] [--response-dynamic-metadata]
+//!
+//! `--config-dir` holds files in envoyproxy/ratelimit's format, read as it reads them;
+//! `--merge-domain-config` is its `MERGE_DOMAIN_CONFIG=true` (a domain may span files),
+//! `--response-dynamic-metadata` its `RESPONSE_DYNAMIC_METADATA=true`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +23,8 @@ struct Args {
     algorithm: Algorithm,
     unknown_domain: UnknownDomain,
     redis_timeout: Duration,
+    merge_domain_config: bool,
+    response_dynamic_metadata: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -28,6 +35,8 @@ fn parse_args() -> Result<Args> {
         algorithm: Algorithm::FixedWindow,
         unknown_domain: UnknownDomain::Allow,
         redis_timeout: Duration::from_millis(100),
+        merge_domain_config: false,
+        response_dynamic_metadata: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +50,8 @@ fn parse_args() -> Result<Args> {
                 args.unknown_domain = value()?.parse().map_err(anyhow::Error::msg)?
             }
             "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
+            "--merge-domain-config" => args.merge_domain_config = true,
+            "--response-dynamic-metadata" => args.response_dynamic_metadata = true,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -62,7 +73,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn serve() -> Result<()> {
     let args = parse_args()?;
-    let limits = Limits::load_dir(&args.config_dir)?;
+    let limits = Limits::load_dir_with(&args.config_dir, args.merge_domain_config)?;
     let domains: Vec<String> = limits.domains().map(str::to_string).collect();
     let limiter = SharedLimiter::new(
         limits,
@@ -71,6 +82,7 @@ async fn serve() -> Result<()> {
         args.unknown_domain,
         args.redis_timeout,
     )?;
+    limiter.set_response_dynamic_metadata(args.response_dynamic_metadata);
     tracing::info!(
         "starting on {} with {} storage, {:?}, domains {:?}",
         args.listen,

@@ -54,6 +54,14 @@ impl SharedLimiter {
         }
     }
 
+    /// See [`RateLimiter::set_response_dynamic_metadata`].
+    pub fn set_response_dynamic_metadata(&self, on: bool) {
+        match self {
+            Self::Memory(l) => l.set_response_dynamic_metadata(on),
+            Self::Redis(l) => l.set_response_dynamic_metadata(on),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Memory(l) => l.storage().describe(),

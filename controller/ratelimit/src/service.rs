@@ -1,5 +1,6 @@
 //! Whole-request decisions, and the tonic service Envoy (and nexus-ratelimit) call.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,7 @@ pub struct RateLimiter<S> {
     unknown_domain: UnknownDomain,
     pub metrics: Metrics,
     degraded_log: LogOncePer,
+    response_dynamic_metadata: AtomicBool,
 }
 
 impl<S: Storage> RateLimiter<S> {
@@ -65,7 +67,15 @@ impl<S: Storage> RateLimiter<S> {
             unknown_domain,
             metrics: Metrics::default(),
             degraded_log: LogOncePer::new(Duration::from_secs(10)),
+            response_dynamic_metadata: AtomicBool::new(false),
         }
+    }
+
+    /// envoyproxy/ratelimit's `RESPONSE_DYNAMIC_METADATA`: answers carry `dynamic_metadata`
+    /// (the domain, the descriptors, `hitsAddend`, and the `metadata` of every configured
+    /// descriptor that was not over limit, merged).
+    pub fn set_response_dynamic_metadata(&self, on: bool) {
+        self.response_dynamic_metadata.store(on, Ordering::Relaxed);
     }
 
     /// Replaces the limits; calls in flight finish with the old ones.
@@ -145,28 +155,48 @@ impl<S: Storage> RateLimiter<S> {
         } else {
             req.hits_addend
         };
-        // Resolve each descriptor; only limited ones become counters.
-        let resolved: Vec<Option<Resolved>> = req
-            .descriptors
-            .iter()
-            .map(|d| {
-                let entries: Vec<(&str, &str)> = d
-                    .entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), e.value.as_str()))
-                    .collect();
-                let mut r = limits.resolve(&req.domain, &entries)?;
-                if let Some(o) = &d.limit {
-                    if let Some(unit) = unit_from_proto(o.unit) {
-                        r.requests_per_unit = o.requests_per_unit;
-                        r.unit = unit;
-                        r.unlimited = false;
-                    }
+        // Resolve each descriptor as envoyproxy/ratelimit does: a limit override in the request
+        // wins (whatever the tree says, never in shadow mode), else the configured tree.
+        let mut resolved: Vec<Option<Resolved>> = Vec::with_capacity(req.descriptors.len());
+        for (i, d) in req.descriptors.iter().enumerate() {
+            let entries: Vec<(&str, &str)> = d
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()))
+                .collect();
+            resolved.push(match &d.limit {
+                Some(o) => {
+                    let Some(unit) = unit_from_proto(o.unit) else {
+                        Metrics::inc(&self.metrics.invalid_requests);
+                        return Err(Status::invalid_argument(format!(
+                            "descriptor {i}: the limit override has no known unit ({})",
+                            o.unit
+                        )));
+                    };
+                    Some(override_limit(
+                        &req.domain,
+                        &entries,
+                        o.requests_per_unit,
+                        unit,
+                    ))
                 }
-                (!r.unlimited).then_some(r)
-            })
+                None => limits.resolve(&req.domain, &entries),
+            });
+        }
+        // `replaces`: a limit named by a matched limit's `replaces` is dropped from this call.
+        let replaced = {
+            let names: Vec<Option<(&str, &[String])>> = resolved
+                .iter()
+                .map(|r| r.as_ref().map(|r| (r.name.as_str(), r.replaces.as_slice())))
+                .collect();
+            replaced_names(&names)
+        };
+        let checked: Vec<Option<&Resolved>> = resolved
+            .iter()
+            .zip(&replaced)
+            .map(|(r, dropped)| r.as_ref().filter(|r| !r.unlimited && !*dropped))
             .collect();
-        let counters: Vec<Counter> = resolved
+        let counters: Vec<Counter> = checked
             .iter()
             .flatten()
             .map(|r| Counter {
@@ -199,12 +229,23 @@ impl<S: Storage> RateLimiter<S> {
             }
         };
 
+        // OVER_LIMIT when an ordinary limit is over, or when every quota-mode limit is.
         let mut decisions = decisions.into_iter();
-        let mut overall = Code::Ok;
+        let (mut failed_limits, mut quota, mut failed_quota) = (0, 0, 0);
         let mut statuses = Vec::with_capacity(resolved.len());
-        for r in &resolved {
-            let Some(r) = r else {
-                statuses.push(status(Code::Ok, None, 0, 0));
+        let mut outcomes = Vec::with_capacity(counters.len());
+        for (r, c) in resolved.iter().zip(&checked) {
+            let Some(c) = c else {
+                statuses.push(match r {
+                    // Unlimited: OK, with everything remaining (envoyproxy/ratelimit's answer).
+                    Some(r) if r.unlimited => DescriptorStatus {
+                        code: Code::Ok as i32,
+                        limit_remaining: u32::MAX,
+                        ..Default::default()
+                    },
+                    // Not configured, or replaced: OK without a limit.
+                    _ => status(Code::Ok, None, 0, 0),
+                });
                 continue;
             };
             let Some(d) = decisions.next() else {
@@ -212,21 +253,40 @@ impl<S: Storage> RateLimiter<S> {
                     "storage returned fewer decisions than counters",
                 ));
             };
-            let mut code = if d.allowed { Code::Ok } else { Code::OverLimit };
-            if code == Code::OverLimit {
-                if r.shadow_mode {
-                    Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
-                    code = Code::Ok;
+            let over = !d.allowed;
+            let shadowed = over && c.shadow_mode;
+            outcomes.push((c.metric_key.as_str(), over, shadowed));
+            let mut code = if over { Code::OverLimit } else { Code::Ok };
+            if shadowed {
+                Metrics::inc(&self.metrics.descriptors_shadow_over_limit);
+                code = Code::Ok;
+            } else if over {
+                Metrics::inc(&self.metrics.descriptors_over_limit);
+                if c.quota_mode {
+                    failed_quota += 1;
                 } else {
-                    Metrics::inc(&self.metrics.descriptors_over_limit);
-                    overall = Code::OverLimit;
+                    failed_limits += 1;
                 }
             }
-            statuses.push(status(code, Some(r), d.remaining, d.reset_us));
+            if c.quota_mode {
+                quota += 1;
+            }
+            statuses.push(status(code, Some(*c), d.remaining, d.reset_us));
         }
+        self.metrics.count_descriptors(hits, &outcomes);
+        let overall = if failed_limits > 0 || (quota > 0 && failed_quota == quota) {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        let dynamic_metadata = self
+            .response_dynamic_metadata
+            .load(Ordering::Relaxed)
+            .then(|| dynamic_metadata(req, &limits, &checked, &statuses));
         Ok(RateLimitResponse {
             overall_code: overall as i32,
             statuses,
+            dynamic_metadata,
             ..Default::default()
         })
     }
@@ -241,7 +301,7 @@ fn status(code: Code, r: Option<&Resolved>, remaining: u32, reset_us: u64) -> De
     DescriptorStatus {
         code: code as i32,
         current_limit: r.map(|r| RateLimit {
-            name: String::new(),
+            name: r.name.clone(),
             requests_per_unit: r.requests_per_unit,
             unit: unit_to_proto(r.unit) as i32,
         }),
@@ -253,12 +313,185 @@ fn status(code: Code, r: Option<&Resolved>, remaining: u32, reset_us: u64) -> De
     }
 }
 
+/// A limit a request descriptor carries (`RateLimitOverride`): counted per descriptor (domain and
+/// entries) and per override, never shadowed, never replaced or replacing.
+fn override_limit(
+    domain: &str,
+    entries: &[(&str, &str)],
+    requests_per_unit: u32,
+    unit: Unit,
+) -> Resolved {
+    let mut key = domain.to_string();
+    let mut metric_key = domain.to_string();
+    for (k, v) in entries {
+        key.push_str(&format!("|{k}={v}"));
+        metric_key.push_str(&format!(".{k}"));
+        if !v.is_empty() {
+            metric_key.push_str(&format!("_{v}"));
+        }
+    }
+    Resolved {
+        key,
+        metric_key,
+        name: String::new(),
+        replaces: Vec::new(),
+        requests_per_unit,
+        unit,
+        unlimited: false,
+        shadow_mode: false,
+        quota_mode: false,
+    }
+}
+
+/// For each resolved descriptor, whether another one (or itself) replaces its limit's name.
+fn replaced_names(limits: &[Option<(&str, &[String])>]) -> Vec<bool> {
+    let replacing: Vec<&str> = limits
+        .iter()
+        .flatten()
+        .copied()
+        .flat_map(|(_, replaces)| replaces.iter().map(String::as_str))
+        .collect();
+    limits
+        .iter()
+        .map(|l| l.is_some_and(|(name, _)| !name.is_empty() && replacing.contains(&name)))
+        .collect()
+}
+
+/// The `dynamic_metadata` of an answer, as envoyproxy/ratelimit builds it.
+fn dynamic_metadata(
+    req: &RateLimitRequest,
+    limits: &Limits,
+    checked: &[Option<&Resolved>],
+    statuses: &[DescriptorStatus],
+) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    use prost_types::{ListValue, Struct, Value};
+    let string = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("domain".to_string(), string(req.domain.clone()));
+    let descriptors = req
+        .descriptors
+        .iter()
+        .map(|d| {
+            let mut f = std::collections::BTreeMap::new();
+            let entries = d
+                .entries
+                .iter()
+                .map(|e| string(format!("{}={}", e.key, e.value)))
+                .collect();
+            f.insert(
+                "entries".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: entries })),
+                },
+            );
+            if let Some(o) = &d.limit {
+                let unit = ProtoUnit::try_from(o.unit)
+                    .map(|u| u.as_str_name())
+                    .unwrap_or("UNKNOWN");
+                f.insert(
+                    "limit".to_string(),
+                    string(format!(
+                        "requests_per_unit:{} unit:{unit}",
+                        o.requests_per_unit
+                    )),
+                );
+            }
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields: f })),
+            }
+        })
+        .collect();
+    fields.insert(
+        "descriptors".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: descriptors,
+            })),
+        },
+    );
+    if req.hits_addend != 0 {
+        fields.insert(
+            "hitsAddend".to_string(),
+            Value {
+                kind: Some(Kind::NumberValue(f64::from(req.hits_addend))),
+            },
+        );
+    }
+    // The metadata of configured limits that were checked and not over (first value wins,
+    // nested mappings merge).
+    let mut merged = serde_json::Map::new();
+    for ((d, c), s) in req.descriptors.iter().zip(checked).zip(statuses) {
+        if c.is_none() || d.limit.is_some() || s.code == Code::OverLimit as i32 {
+            continue;
+        }
+        let entries: Vec<(&str, &str)> = d
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        if let Some(m) = limits.metadata(&req.domain, &entries) {
+            merge_metadata(&mut merged, m);
+        }
+    }
+    if !merged.is_empty() {
+        fields.insert(
+            "metadata".to_string(),
+            json_to_proto(&serde_json::Value::Object(merged)),
+        );
+    }
+    Struct { fields }
+}
+
+fn merge_metadata(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    from: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b)) => {
+                merge_metadata(a, b)
+            }
+            (Some(_), _) => {}
+            (None, v) => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn json_to_proto(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_proto).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_proto(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
 fn unit_suffix(unit: Unit) -> &'static str {
     match unit {
         Unit::Second => "/s",
         Unit::Minute => "/m",
         Unit::Hour => "/h",
         Unit::Day => "/d",
+        Unit::Week => "/w",
+        Unit::Month => "/mo",
+        Unit::Year => "/y",
     }
 }
 
@@ -268,6 +501,9 @@ fn unit_to_proto(unit: Unit) -> ProtoUnit {
         Unit::Minute => ProtoUnit::Minute,
         Unit::Hour => ProtoUnit::Hour,
         Unit::Day => ProtoUnit::Day,
+        Unit::Week => ProtoUnit::Week,
+        Unit::Month => ProtoUnit::Month,
+        Unit::Year => ProtoUnit::Year,
     }
 }
 
@@ -277,7 +513,10 @@ fn unit_from_proto(unit: i32) -> Option<Unit> {
         ProtoUnit::Minute => Some(Unit::Minute),
         ProtoUnit::Hour => Some(Unit::Hour),
         ProtoUnit::Day => Some(Unit::Day),
-        _ => None,
+        ProtoUnit::Week => Some(Unit::Week),
+        ProtoUnit::Month => Some(Unit::Month),
+        ProtoUnit::Year => Some(Unit::Year),
+        ProtoUnit::Unknown => None,
     }
 }
 

@@ -1,12 +1,13 @@
 //! Every storage scenario, run against every backend (memory and real Redis) by one macro.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
 
 use nexus_ratelimit_service::algorithm::{Algorithm, Counter};
-use nexus_ratelimit_service::storage::{MemoryStorage, Storage};
+use nexus_ratelimit_service::storage::Storage;
 
 const SEC: u64 = 1_000_000;
 /// A fixed instant well inside a minute window (so boundaries are where the test puts them).
@@ -32,17 +33,6 @@ async fn admitted<S: Storage>(s: &S, alg: Algorithm, c: &Counter, n: u32, now: u
         }
     }
     ok
-}
-
-macro_rules! every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $scenario() { super::$scenario(super::MemoryStorage::new()).await; } )*
-        }
-        mod redis {
-            $( #[tokio::test] async fn $scenario() { super::$scenario(super::support::shared_redis()).await; } )*
-        }
-    };
 }
 
 every_backend!(

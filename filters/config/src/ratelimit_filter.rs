@@ -6,6 +6,14 @@
 //! router rule a request matched (`x-nexus-rule`), it sends `[route=<rule>]` when that node has
 //! a limit, and `[route=<rule>, <key>=<value>]` for each child key: `client_id` (the identity
 //! nexus-auth set), `category`, `method`, `path`, or `header.<name>`.
+//!
+//! The route's node is found as the service finds nodes (exact rule name, then a wildcard value
+//! such as `api.*`, then a key-only node). Local buckets (no service, or `local_fallback`) apply
+//! the same semantics as the service: every unit (week, month and year included), `unlimited`
+//! (no bucket), `shadow_mode` (drawn from, never denies), wildcard values and
+//! `share_threshold` (one bucket per pattern), `replaces` and `quota_mode`. Per-descriptor
+//! metrics (`detailed_metric`, `value_to_metric`) and `metadata` are the service's: the filter
+//! accepts them and has nothing local to do with them.
 
 use std::collections::BTreeMap;
 

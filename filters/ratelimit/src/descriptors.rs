@@ -1,6 +1,6 @@
 //! Which descriptors a request sends: derived from the limits tree and the request's headers.
 
-use nexus_config::ratelimit::{RateLimitConfig, Unit, HEADER_KEY_PREFIX, ROUTE_KEY};
+use nexus_config::ratelimit::{self, RateLimitConfig, Unit, HEADER_KEY_PREFIX, ROUTE_KEY};
 use nexus_filter_core::HeaderMap;
 
 /// Headers other Nexus filters set (after the router stripped any a client sent).
@@ -20,6 +20,8 @@ pub struct Limited {
     pub requests_per_unit: u32,
     pub unit: Unit,
     pub shadow_mode: bool,
+    /// Over limit denies only when every quota-mode descriptor of the request is over limit.
+    pub quota_mode: bool,
 }
 
 impl Limited {
@@ -41,19 +43,14 @@ pub fn for_request(
     let route = headers.get(RULE_HEADER)?;
     let mut candidates: Vec<Vec<(String, String)>> =
         vec![vec![(ROUTE_KEY.to_string(), route.clone())]];
-    let top = limits
-        .descriptors
-        .iter()
-        .find(|d| d.key == ROUTE_KEY && d.value.as_deref() == Some(route.as_str()))
-        .or_else(|| {
-            limits
-                .descriptors
-                .iter()
-                .find(|d| d.key == ROUTE_KEY && d.value.is_none())
-        });
-    if let Some(top) = top {
-        let mut keys: Vec<&str> = top.descriptors.iter().map(|d| d.key.as_str()).collect();
-        keys.dedup();
+    // The route's node, found as the service finds it (exact, wildcard, then key-only).
+    if let Some((top, _)) = ratelimit::lookup(&limits.descriptors, ROUTE_KEY, &route) {
+        let mut keys: Vec<&str> = Vec::new();
+        for d in &top.descriptors {
+            if !keys.contains(&d.key.as_str()) {
+                keys.push(d.key.as_str());
+            }
+        }
         for key in keys {
             if let Some(value) = value_of(key, headers) {
                 candidates.push(vec![
@@ -63,22 +60,39 @@ pub fn for_request(
             }
         }
     }
-    let limited = candidates
-        .into_iter()
-        .filter_map(|entries| {
+    let resolved: Vec<_> = candidates
+        .iter()
+        .map(|entries| {
             let refs: Vec<(&str, &str)> = entries
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            let r = limits.resolve(&refs)?;
-            if r.limit.unlimited {
+            limits.resolve(&refs)
+        })
+        .collect();
+    // `replaces`: a limit another matched limit (unlimited ones included) replaces is dropped.
+    let replaced = ratelimit::replaced(
+        &resolved
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.limit))
+            .collect::<Vec<_>>(),
+    );
+    let limited = candidates
+        .into_iter()
+        .zip(resolved)
+        .zip(replaced)
+        .filter_map(|((entries, r), dropped)| {
+            let r = r?;
+            if r.limit.unlimited || dropped {
                 return None;
             }
             Some(Limited {
                 key: r.key,
                 requests_per_unit: r.limit.requests_per_unit,
-                unit: r.limit.unit,
+                // Validated: a limit that is not unlimited has a unit.
+                unit: r.limit.unit?,
                 shadow_mode: r.shadow_mode,
+                quota_mode: r.quota_mode,
                 entries,
             })
         })

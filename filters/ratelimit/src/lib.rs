@@ -188,20 +188,34 @@ impl RateLimiter {
         metrics: &impl Metrics,
         now_us: u64,
     ) -> Step {
-        let mut tightest: Option<(&Limited, BucketState)> = None;
-        for l in limited {
-            let state = bucket::take(shared, &l.key, l.requests_per_unit, l.unit, now_us, metrics);
-            if !state.allowed && !l.shadow_mode {
-                metrics.increment("nexus_ratelimit.denied.local", 1);
-                return Step::Deny(too_many(route, l, state.reset_us));
-            }
-            if tightest
-                .as_ref()
-                .is_none_or(|(_, t)| state.remaining < t.remaining)
-            {
-                tightest = Some((l, state));
-            }
+        // Every bucket is drawn from (as the service counts every descriptor); then an
+        // ordinary limit over denies, and so does every quota-mode limit being over.
+        let states: Vec<(&Limited, BucketState)> = limited
+            .iter()
+            .map(|l| {
+                let state =
+                    bucket::take(shared, &l.key, l.requests_per_unit, l.unit, now_us, metrics);
+                (l, state)
+            })
+            .collect();
+        fn over(l: &Limited, s: &BucketState) -> bool {
+            !s.allowed && !l.shadow_mode
         }
+        let quota: Vec<&(&Limited, BucketState)> =
+            states.iter().filter(|(l, _)| l.quota_mode).collect();
+        let denied = states
+            .iter()
+            .find(|(l, s)| !l.quota_mode && over(l, s))
+            .or_else(|| {
+                let all_over = !quota.is_empty() && quota.iter().all(|(l, s)| over(l, s));
+                all_over.then(|| quota.first().copied()).flatten()
+            });
+        if let Some((l, state)) = denied {
+            metrics.increment("nexus_ratelimit.denied.local", 1);
+            return Step::Deny(too_many(route, l, state.reset_us));
+        }
+        // The first of the descriptors with the fewest requests left.
+        let tightest = states.iter().min_by_key(|(_, s)| s.remaining);
         metrics.increment("nexus_ratelimit.allowed", 1);
         Step::Allow(match tightest {
             Some((l, s)) if self.config.response_headers => {

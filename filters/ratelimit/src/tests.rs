@@ -309,3 +309,142 @@ fn bucket_cas_keeps_workers_consistent() {
     );
     assert!(!bucket::take(&shared, "k", 2, Unit::Minute, T0, &metrics).allowed);
 }
+
+/// A filter configuration over `descriptors` (the route node's children) for route `lake`.
+fn local(route_value: &str, route_limit: &str, children: &str) -> RateLimiter {
+    RateLimiter::from_json(
+        format!(
+            r#"{{"limits": {{"domain": "nexus", "descriptors": [
+                {{"key": "route", "value": "{route_value}"{route_limit}, "descriptors": [{children}]}}]}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn allowed(rl: &RateLimiter, e: &Env, client: &str, now: u64) -> bool {
+    matches!(
+        rl.on_request(&request(Some(client)), &e.shared, &e.metrics, now),
+        Step::Allow(_)
+    )
+}
+
+#[test]
+fn a_wildcard_route_node_and_wildcard_values_apply_locally() {
+    let rl = local(
+        "la*",
+        "",
+        r#"{"key": "client_id", "value": "bot-*", "rate_limit": {"unit": "minute", "requests_per_unit": 1}},
+           {"key": "client_id", "value": "team-*", "share_threshold": true,
+            "rate_limit": {"unit": "minute", "requests_per_unit": 1}}"#,
+    );
+    let e = env();
+    assert!(allowed(&rl, &e, "bot-1", T0));
+    assert!(!allowed(&rl, &e, "bot-1", T0));
+    assert!(allowed(&rl, &e, "bot-2", T0), "one bucket per value");
+    assert!(allowed(&rl, &e, "team-a", T0));
+    assert!(
+        !allowed(&rl, &e, "team-b", T0),
+        "share_threshold: one bucket"
+    );
+    assert!(
+        allowed(&rl, &e, "alice", T0),
+        "no node for alice: not limited"
+    );
+    let (_, limited) =
+        descriptors::for_request(&rl.config.limits, &request(Some("team-c"))).unwrap();
+    assert_eq!(limited[0].key, "nexus|route=lake|client_id=team-*");
+}
+
+#[test]
+fn long_units_refill_over_their_window_and_say_so() {
+    let rl = local(
+        "lake",
+        "",
+        r#"{"key": "client_id", "rate_limit": {"unit": "week", "requests_per_unit": 7}}"#,
+    );
+    let e = env();
+    let Step::Allow(headers) = rl.on_request(&request(Some("a")), &e.shared, &e.metrics, T0) else {
+        panic!("first request passes")
+    };
+    assert_eq!(headers[0].1, "\"client_id\";q=7;w=604800");
+    for _ in 0..6 {
+        assert!(allowed(&rl, &e, "a", T0));
+    }
+    assert!(!allowed(&rl, &e, "a", T0));
+    assert!(
+        allowed(&rl, &e, "a", T0 + 86_400 * SEC),
+        "a day refills one of 7 a week"
+    );
+    for unit in ["month", "year", "WEEK"] {
+        let rl = local(
+            "lake",
+            "",
+            &format!(
+                r#"{{"key": "client_id", "rate_limit": {{"unit": "{unit}", "requests_per_unit": 1}}}}"#
+            ),
+        );
+        let e = env();
+        assert!(allowed(&rl, &e, "a", T0));
+        assert!(!allowed(&rl, &e, "a", T0 + 86_400 * SEC), "{unit}");
+    }
+}
+
+#[test]
+fn shadow_mode_and_unlimited_locally() {
+    let rl = local(
+        "lake",
+        "",
+        r#"{"key": "client_id", "shadow_mode": true, "rate_limit": {"unit": "minute", "requests_per_unit": 1}},
+           {"key": "client_id", "value": "ops", "rate_limit": {"unlimited": true}}"#,
+    );
+    let e = env();
+    for _ in 0..3 {
+        assert!(allowed(&rl, &e, "a", T0), "shadow mode never denies");
+        assert!(allowed(&rl, &e, "ops", T0));
+    }
+    assert_eq!(e.metrics.value("nexus_ratelimit.denied.local"), 0);
+    let (_, limited) = descriptors::for_request(&rl.config.limits, &request(Some("ops"))).unwrap();
+    assert!(limited.is_empty(), "unlimited: no bucket at all");
+}
+
+#[test]
+fn replaces_drops_the_named_limit_locally() {
+    let rl = local(
+        "lake",
+        r#", "rate_limit": {"name": "route_cap", "unit": "minute", "requests_per_unit": 1}"#,
+        r#"{"key": "client_id", "value": "vip", "rate_limit": {"replaces": [{"name": "route_cap"}], "unit": "minute", "requests_per_unit": 3}}"#,
+    );
+    let e = env();
+    assert!(allowed(&rl, &e, "vip", T0));
+    assert!(
+        allowed(&rl, &e, "vip", T0),
+        "the route's cap does not apply to vip"
+    );
+    assert!(allowed(&rl, &e, "vip", T0));
+    assert!(!allowed(&rl, &e, "vip", T0));
+    assert!(
+        allowed(&rl, &e, "other", T0),
+        "vip never drew from the route's bucket"
+    );
+    assert!(!allowed(&rl, &e, "other", T0));
+}
+
+#[test]
+fn quota_mode_denies_locally_only_when_every_quota_bucket_is_empty() {
+    let rl = local(
+        "lake",
+        r#", "quota_mode": true, "rate_limit": {"unit": "minute", "requests_per_unit": 1}"#,
+        r#"{"key": "client_id", "quota_mode": true, "rate_limit": {"unit": "minute", "requests_per_unit": 2}}"#,
+    );
+    let e = env();
+    assert!(allowed(&rl, &e, "a", T0));
+    assert!(
+        allowed(&rl, &e, "a", T0),
+        "the route's quota is spent, the client's is not"
+    );
+    let Step::Deny(resp) = rl.on_request(&request(Some("a")), &e.shared, &e.metrics, T0) else {
+        panic!("both quotas spent")
+    };
+    assert_eq!(resp.status, 429);
+}

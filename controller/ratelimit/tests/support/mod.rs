@@ -1,7 +1,13 @@
 //! Shared test support: Redis connections with per-test key prefixes (the private
 //! `redis-server` for tests that stop Redis is `nexus_ratelimit_service::testkit`).
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_macros,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,4 +40,22 @@ pub fn shared_redis() -> RedisStorage {
         .unwrap_or(false);
     assert!(ok, "Redis is not answering on 127.0.0.1:6379; start it (.ci/run does) with: redis-server --daemonize yes --port 6379 --save ''");
     RedisStorage::new(SHARED_REDIS, &unique_prefix(), Duration::from_secs(2)).unwrap()
+}
+
+/// Runs each scenario (an `async fn(S)` generic over `Storage`, in the invoking module) once per
+/// backend: process memory and the machine's shared Redis (a key prefix per test). Test files
+/// take it with `#[macro_use] mod support;`.
+macro_rules! every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $scenario() {
+                super::$scenario(nexus_ratelimit_service::storage::MemoryStorage::new()).await;
+            } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $scenario() {
+                super::$scenario(crate::support::shared_redis()).await;
+            } )*
+        }
+    };
 }
