@@ -74,6 +74,9 @@ fn main() -> std::process::ExitCode {
 async fn serve() -> Result<()> {
     let args = parse_args()?;
     let limits = Limits::load_dir_with(&args.config_dir, args.merge_domain_config)?;
+    for warning in limits.warnings() {
+        tracing::warn!("{warning}");
+    }
     let domains: Vec<String> = limits.domains().map(str::to_string).collect();
     let limiter = SharedLimiter::new(
         limits,
