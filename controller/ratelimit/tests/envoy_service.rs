@@ -11,7 +11,6 @@ use std::sync::Arc;
 use nexus_proto::ratelimit::rate_limit_descriptor::{Entry, RateLimitOverride};
 use nexus_proto::ratelimit::rate_limit_response::rate_limit::Unit as ProtoUnit;
 use nexus_proto::ratelimit::rate_limit_response::{Code, DescriptorStatus};
-use nexus_proto::ratelimit::rate_limit_service_client::RateLimitServiceClient;
 use nexus_proto::ratelimit::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse};
 use nexus_ratelimit_service::storage::Storage;
 use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
@@ -412,19 +411,7 @@ descriptors:
     rate_limit: {unlimited: true}
 "#,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = rl.clone().into_service();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = support::grpc_client(rl.clone()).await;
     let ask = |descriptors: &[&[(&str, &str)]]| RateLimitRequest {
         domain: "d".into(),
         descriptors: descriptors.iter().map(|e| descriptor(e)).collect(),

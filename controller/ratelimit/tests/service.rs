@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use nexus_proto::ratelimit::rate_limit_descriptor::Entry;
 use nexus_proto::ratelimit::rate_limit_response::Code;
-use nexus_proto::ratelimit::rate_limit_service_client::RateLimitServiceClient;
 use nexus_proto::ratelimit::{RateLimitDescriptor, RateLimitRequest};
 use nexus_ratelimit_service::limits::parse;
 use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage, Storage};
@@ -56,19 +55,7 @@ fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
 #[tokio::test]
 async fn per_client_limit_over_grpc() {
     let rl = limiter(MemoryStorage::new(), UnknownDomain::Allow);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = rl.clone().into_service();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = support::grpc_client(rl.clone()).await;
     let req = request("nexus", &[&[("client_id", "alice")]]);
     let mut codes = Vec::new();
     for _ in 0..3 {

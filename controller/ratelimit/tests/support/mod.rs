@@ -17,6 +17,30 @@ use nexus_ratelimit_service::storage::RedisStorage;
 
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
 
+/// Serves `limiter` over gRPC on a free loopback port (for the test's lifetime) and returns a
+/// client connected to it: Envoy's ratelimit protocol end to end.
+pub async fn grpc_client<S: nexus_ratelimit_service::storage::Storage>(
+    limiter: std::sync::Arc<nexus_ratelimit_service::RateLimiter<S>>,
+) -> nexus_proto::ratelimit::rate_limit_service_client::RateLimitServiceClient<
+    tonic::transport::Channel,
+> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = limiter.into_service();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    nexus_proto::ratelimit::rate_limit_service_client::RateLimitServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .unwrap()
+}
+
 /// A key prefix no other test (or earlier run) uses.
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
