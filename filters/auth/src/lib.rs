@@ -1032,6 +1032,7 @@ impl Check<'_> {
             env.metrics.increment("nexus_auth.token_cache.miss", 1);
         }
         let jws = token::Jws::parse(token).map_err(Fail::invalid_token)?;
+        token::check_critical(&jws.header).map_err(Fail::invalid_token)?;
         let alg_name = jws
             .header
             .get("alg")

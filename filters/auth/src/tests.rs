@@ -299,6 +299,48 @@ fn bad_tokens_are_rejected_with_their_reason() {
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE;
 use base64::Engine;
 
+/// RFC 7515 §4.1.11: a validly signed token whose `crit` lists extensions nobody here
+/// understands is refused, and so is a malformed `crit`.
+#[test]
+fn critical_header_extensions_are_refused() {
+    let rsa = SigningKey::new("RS256", "r1");
+    let a = auth(&inline_config(&testkit::jwks(&[&rsa]), json!({})));
+    let h = H::new();
+    let ok = std_claims(json!({}));
+    let cases = [
+        (
+            json!({"alg": "RS256", "kid": "r1", "crit": ["exp", "b64"], "exp": 1, "b64": false}),
+            "crit lists extensions nexus-auth does not understand: exp, b64",
+        ),
+        (
+            json!({"alg": "RS256", "kid": "r1", "crit": []}),
+            "crit must be a non-empty list of header parameter names",
+        ),
+        (
+            json!({"alg": "RS256", "kid": "r1", "crit": "b64"}),
+            "crit must be a non-empty list of header parameter names",
+        ),
+        (
+            json!({"alg": "RS256", "kid": "r1", "crit": ["alg"]}),
+            "crit must not list alg, which the JWS specification defines",
+        ),
+    ];
+    for (header, detail) in &cases {
+        let token = rsa.token_with_header(header, &ok);
+        let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&token))]);
+        let (status, body, _) = denied(&out);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
+        assert_eq!(body["detail"], *detail, "{header}");
+    }
+    // The same key and claims without `crit` pass: the refusal is the header's alone.
+    let token = rsa.token(&ok);
+    let (out, _) = get(&a, &h, "/api/x", &[("authorization", &bearer(&token))]);
+    assert!(matches!(out, Outcome::Continue(Some(_))), "{out:?}");
+}
+
 #[test]
 fn missing_credentials_and_default_deny() {
     let key = SigningKey::new("EdDSA", "e");

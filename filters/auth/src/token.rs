@@ -100,6 +100,39 @@ impl<'a> Jws<'a> {
     }
 }
 
+/// Header parameters the JWS specification itself defines (RFC 7515 §4.1), which `crit` must
+/// not list.
+const DEFINED_BY_JWS: [&str; 11] = [
+    "alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit",
+];
+
+/// RFC 7515 §4.1.11: a JWS whose `crit` lists an extension the recipient does not understand
+/// must be refused. nexus-auth understands none (it has no use for RFC 7797's unencoded
+/// payloads, the one registered extension), so a well-formed `crit` always names one it does
+/// not; a malformed `crit` (not a non-empty list of names, or naming a parameter the JWS
+/// specification defines) is refused as malformed.
+pub fn check_critical(header: &Map<String, Value>) -> Result<(), String> {
+    let Some(crit) = header.get("crit") else {
+        return Ok(());
+    };
+    let names: Option<Vec<&str>> = crit
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .and_then(|a| a.iter().map(Value::as_str).collect());
+    let Some(names) = names else {
+        return Err("crit must be a non-empty list of header parameter names".to_string());
+    };
+    if let Some(defined) = names.iter().find(|n| DEFINED_BY_JWS.contains(n)) {
+        return Err(format!(
+            "crit must not list {defined}, which the JWS specification defines"
+        ));
+    }
+    Err(format!(
+        "crit lists extensions nexus-auth does not understand: {}",
+        names.join(", ")
+    ))
+}
+
 fn decode_object(part: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
     match serde_json::from_slice(&bytes).ok()? {
