@@ -58,11 +58,16 @@ pub struct Context {
     pub recorder: Recorder,
     failures: Mutex<BTreeMap<(String, String), u32>>,
     groups: Mutex<BTreeMap<String, Arc<GroupSlot>>>,
-    /// Route uid → (group, own objects) last applied by this process.
+    /// Route uid → what this process last applied for it.
     applied: Mutex<BTreeMap<String, AppliedSet>>,
 }
 
-type AppliedSet = (String, BTreeSet<(String, String)>);
+/// A route's share of the last apply: its group, and its own objects as (kind, name).
+#[derive(Clone, PartialEq)]
+struct AppliedSet {
+    group: String,
+    objects: BTreeSet<(String, String)>,
+}
 
 /// Secrets from the reflector, with fresh reads for the route being reconciled.
 struct Secrets<'a> {
@@ -298,9 +303,14 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         // Stale objects can only exist if what we apply changed since this process last
         // applied this route (or we never did): only then list (from the watch cache).
         let uid = route.uid().unwrap_or_default();
+        let now_applied = AppliedSet {
+            group: p.group_name.clone(),
+            objects: keep,
+        };
         let known = ctx.applied.lock().ok().and_then(|a| a.get(&uid).cloned());
-        if known.as_ref().map(|(g, k)| (g, k)) != Some((&p.group_name, &keep)) {
-            prune_route_objects(&ctx.client, &ns, &name, &keep).await?;
+        if known.as_ref() != Some(&now_applied) {
+            let keep = &now_applied.objects;
+            prune_route_objects(&ctx.client, &ns, &name, keep).await?;
             let previous = route.status.as_ref().and_then(|s| s.envoy_filter.clone());
             fix_other_groups(
                 ctx,
@@ -312,7 +322,7 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
             )
             .await?;
             if let Ok(mut a) = ctx.applied.lock() {
-                a.insert(uid, (p.group_name.clone(), keep));
+                a.insert(uid, now_applied);
             }
         }
         Ok(())
@@ -396,8 +406,8 @@ async fn apply_group(
         .clone();
     let mine = slot.requested.fetch_add(1, Ordering::SeqCst) + 1;
     let mut done = slot.done.lock().await;
-    if done.0 >= mine {
-        return done.1.clone().map_err(Error::Other);
+    if done.covered >= mine {
+        return done.result.clone().map_err(Error::Other);
     }
     let covers = slot.requested.load(Ordering::SeqCst);
     let snapshot = ctx.routes.state();
@@ -413,7 +423,7 @@ async fn apply_group(
         if p.group_objects.is_empty() {
             delete_if_exists(&ctx.client, "EnvoyFilter", &ns, &group).await?;
             delete_if_exists(&ctx.client, "ConfigMap", &ns, &format!("{group}-ratelimit")).await?;
-            done.2 = None;
+            done.last_apply = None;
             return Ok(());
         }
         // Unchanged since our last apply, and nobody touched the objects since: skip the
@@ -423,9 +433,9 @@ async fn apply_group(
             let bytes = serde_json::to_vec(&p.group_objects).unwrap_or_default();
             Sha256::digest(&bytes).to_vec()
         };
-        if let Some((last_hash, versions)) = &done.2 {
-            if *last_hash == hash
-                && live_versions(&ctx.client, &p.group_objects).await? == *versions
+        if let Some(last) = &done.last_apply {
+            if last.hash == hash
+                && live_versions(&ctx.client, &p.group_objects).await? == last.versions
             {
                 return Ok(());
             }
@@ -435,19 +445,33 @@ async fn apply_group(
             versions.push(apply(&ctx.client, o).await?);
             ctx.state.metrics.applies.fetch_add(1, Ordering::Relaxed);
         }
-        done.2 = Some((hash, versions));
+        done.last_apply = Some(LastApply { hash, versions });
         Ok(())
     }
     .await;
     if result.is_err() {
-        done.2 = None;
+        done.last_apply = None;
     }
-    done.0 = covers;
-    done.1 = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    done.covered = covers;
+    done.result = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     result
 }
 
-type GroupDone = (u64, Result<(), String>, Option<(Vec<u8>, Vec<String>)>);
+/// What the last apply of a group did.
+struct GroupDone {
+    /// The highest request it covered.
+    covered: u64,
+    result: Result<(), String>,
+    /// What it applied, if it succeeded.
+    last_apply: Option<LastApply>,
+}
+
+/// The hash of the objects applied, with the resourceVersions the apply returned: unchanged
+/// objects whose versions still match need no apply.
+struct LastApply {
+    hash: Vec<u8>,
+    versions: Vec<String>,
+}
 
 /// The resourceVersions of these objects now ("" for a missing one).
 async fn live_versions(client: &Client, objects: &[Value]) -> Result<Vec<String>, kube::Error> {
@@ -469,8 +493,6 @@ async fn live_versions(client: &Client, objects: &[Value]) -> Result<Vec<String>
 /// Batching state of one group's objects (see [`apply_group`]).
 struct GroupSlot {
     requested: AtomicU64,
-    /// Highest request covered by the last apply, its result, and the hash of what it
-    /// applied with the resourceVersions the apply returned.
     done: tokio::sync::Mutex<GroupDone>,
 }
 
@@ -478,7 +500,11 @@ impl Default for GroupSlot {
     fn default() -> Self {
         Self {
             requested: AtomicU64::new(0),
-            done: tokio::sync::Mutex::new((0, Ok(()), None)),
+            done: tokio::sync::Mutex::new(GroupDone {
+                covered: 0,
+                result: Ok(()),
+                last_apply: None,
+            }),
         }
     }
 }
