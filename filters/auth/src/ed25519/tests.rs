@@ -239,7 +239,7 @@ fn agrees_with_ring_on_random_and_altered_signatures() {
         invalid: 0,
     };
     let mut previous: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
-    for n in 0..150 {
+    for n in 0..100 {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let key = pair.public_key().as_ref().to_vec();
@@ -289,7 +289,7 @@ fn agrees_with_ring_on_random_and_altered_signatures() {
         t.valid, t.invalid
     );
     assert!(
-        t.valid >= 150 && t.invalid > 10_000,
+        t.valid >= 100 && t.invalid > 7_000,
         "{} {}",
         t.valid,
         t.invalid
@@ -355,19 +355,12 @@ fn agrees_with_ring_on_small_order_and_non_canonical_points() {
     for key in &keys {
         decoded += usize::from(PublicKey::new(key).is_some());
         for r in &encodings {
-            for (m, msg) in [&b""[..], b"a", b"nexus", &random_bytes::<40>(&rng)]
-                .iter()
-                .enumerate()
-            {
-                // S = 0 (then R = −[k]A, a small-order point a fraction of the time), S = 1,
-                // S random below L, S = L, S = L + 1.
-                let mut s1 = [0u8; 32];
-                s1[0] = 1;
+            for (m, msg) in [&b""[..], &random_bytes::<40>(&rng)].iter().enumerate() {
+                // S = 0 (then R = −[k]A, a small-order point a fraction of the time), S random
+                // below L, S = L.
                 let mut srand: [u8; 32] = random_bytes(&rng);
                 srand[31] &= 0x0f;
-                let mut l1 = l;
-                l1[0] += 1;
-                for s in [[0u8; 32], s1, srand, l, l1] {
+                for s in [[0u8; 32], srand, l] {
                     let sig = [&r[..], &s[..]].concat();
                     t.check(&format!("odd point, message {m}"), key, msg, &sig);
                 }
