@@ -12,6 +12,10 @@
 //! The field is radix 2^25.5 ([`field`]): ten limbs whose products fit `u64` sums, the product
 //! written out as 100 multiplications so that the limbs stay in wasm locals.
 //!
+//! Measured with the wasmtime harness (`tests/tests/auth_wasm.rs`, fuel of a request whose token
+//! is verified): EdDSA 0.80M wasm instructions (ring: 2.09M). Configuring a JWKS with one
+//! Ed25519 key costs 24.9M, the key's table and, once per process, the base point's.
+//!
 //! Verdicts are `ring`'s (the differential tests in `tests.rs` decide), which are BoringSSL's:
 //! the signature is exactly 64 bytes and the key 32; `S < L` (a non-canonical `S` is refused);
 //! `A` must decode, where `y ≥ p` is taken mod p and `x = 0` with the sign bit set is accepted
