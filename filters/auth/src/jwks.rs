@@ -29,13 +29,16 @@ pub enum KeyMaterial {
         /// fails against.
         prepared: Option<crate::ecdsa::PublicKey>,
     },
+    /// The encoded point (RFC 8032 §5.1.2).
     Ed25519 {
         x: Vec<u8>,
+        /// The key prepared for verification (EdDSA: the point's table of multiples), once
+        /// per JWKS parse; `None` for an encoding that is not a point, which every signature
+        /// then fails against (as `ring` refuses such a key).
+        prepared: Option<crate::ed25519::PublicKey>,
     },
     /// HMAC secret.
-    Oct {
-        k: Vec<u8>,
-    },
+    Oct { k: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +116,8 @@ fn parse_key(v: &Value) -> Option<Jwk> {
             if x.len() != 32 {
                 return None;
             }
-            KeyMaterial::Ed25519 { x }
+            let prepared = crate::ed25519::PublicKey::new(&x);
+            KeyMaterial::Ed25519 { x, prepared }
         }
         "oct" => {
             let k = b64(v, "k")?;

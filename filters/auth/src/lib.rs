@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod ecdsa;
+pub mod ed25519;
 pub mod jwks;
 pub mod rsa;
 #[cfg(any(test, feature = "testkit"))]
