@@ -279,3 +279,28 @@ fn a_colliding_key_evicts_and_never_refuses_the_wrong_client() {
         "expired"
     );
 }
+
+#[test]
+fn quota_mode_limits_are_never_cached() {
+    let rl = RateLimiter::from_json(
+        br#"{"limits": {"domain": "nexus", "descriptors": [{"key": "route", "value": "lake",
+              "descriptors": [{"key": "client_id", "quota_mode": true,
+                               "rate_limit": {"unit": "minute", "requests_per_unit": 2}}]}]},
+             "service": {"cluster": "rls", "timeout_ms": 20}}"#,
+    )
+    .unwrap();
+    let e = env();
+    let mut calls = 0;
+    let answer = RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![status(Code::OverLimit, 2, 0, 30)],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    over_at(&rl, &e, "alice", T0, &answer, &mut calls);
+    assert!(matches!(
+        ask(&rl, &e, "alice", T0 + SEC, &mut calls),
+        Step::CallService { .. }
+    ));
+    assert_eq!(calls, 2);
+}
