@@ -202,6 +202,7 @@ pub fn filter_configurations(
         failure_mode: FailureMode::LocalFallback,
         failure_mode_by_route: Default::default(),
         response_headers: true,
+        over_limit_cache: true,
     };
     let mut out = vec![
         ("router", serde_json::to_string(&cfg.router)?),

@@ -110,6 +110,73 @@ fn main() -> Result<()> {
         local.p50_ms - base.p50_ms,
         native.p50_ms - base.p50_ms
     );
+    over_limit_rows(&lake, local)
+}
+
+/// One request per hour on `lake`: after the first, every request is over limit.
+const OVER_LIMITS: &str = r#"{"domain": "bench-over", "descriptors": [{"key": "route", "value": "lake",
+  "rate_limit": {"unit": "hour", "requests_per_unit": 1}}]}"#;
+
+/// An over-limit client with the over-limit cache (a 429 from shared data) and without it (a
+/// service call per 429), against the allowed client on local buckets measured above.
+fn over_limit_rows(lake: &Upstream, allowed_local: LoadStats) -> Result<()> {
+    println!("\n== over-limit client (global, Redis; every request 429) vs the allowed local client above ==");
+    let rls = RateLimitServer::start(
+        OVER_LIMITS,
+        Backend::Redis("redis://127.0.0.1:6379/0".into()),
+    )?;
+    let mut measured = Vec::new();
+    for (name, cache) in [
+        ("over limit, over_limit_cache on", true),
+        ("over limit, over_limit_cache off", false),
+    ] {
+        let envoy = Envoy::start(&EnvoyConfig {
+            filters: vec![
+                WasmFilter {
+                    name: "nexus-router".into(),
+                    module: nexus_tests::filter_module("nexus_router")?,
+                    config: r#"{"rules": [{"name": "lake", "category": "data_operations", "match": {"path": {"prefix": "/lake/"}}}]}"#.into(),
+                },
+                WasmFilter {
+                    name: "nexus-ratelimit".into(),
+                    module: nexus_tests::filter_module("nexus_ratelimit")?,
+                    config: format!(
+                        r#"{{"limits": {OVER_LIMITS}, "service": {{"cluster": "rls", "timeout_ms": 200}}, "over_limit_cache": {cache}}}"#
+                    ),
+                },
+            ],
+            upstreams: vec![("lake".into(), lake.port())],
+            grpc_clusters: vec![("rls".into(), rls.port)],
+            concurrency: 1,
+            ..Default::default()
+        })?;
+        wrk(envoy.port, "/lake/t", &[], 1, 16, None)?; // warm-up; spends the one allowed request
+        let s = wrk(envoy.port, "/lake/t", &[], SECONDS, 16, None)?;
+        if s.non_2xx != s.requests {
+            bail!(
+                "{name}: {} of {} requests were not refused; the benchmark expects every one over limit",
+                s.requests - s.non_2xx,
+                s.requests
+            );
+        }
+        measured.push((name, s));
+    }
+    println!(
+        "{:<42} {:>10} {:>9} {:>9} {:>16}",
+        "", "req/s", "p50 ms", "p99 ms", "vs allowed local"
+    );
+    for (name, s) in [("allowed, local bucket (from above)", allowed_local)]
+        .into_iter()
+        .chain(measured)
+    {
+        println!(
+            "{name:<42} {:>10.0} {:>9.3} {:>9.3} {:>15.2}x",
+            s.rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.rps / allowed_local.rps
+        );
+    }
     Ok(())
 }
 

@@ -261,3 +261,40 @@ fn redis_stopped_means_local_fallback_then_recovery() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn an_over_limit_client_stops_costing_service_calls() {
+    let ups = upstreams();
+    let rls = RateLimitServer::start(LIMITS_JSON, Backend::Memory).unwrap();
+    let e = envoy(&ups, global_config(""), 2, Some(rls.port));
+    let service_calls = || {
+        e.stat("cluster.nexus-ratelimit.upstream_rq_total")
+            .unwrap()
+            .unwrap_or(0)
+    };
+    // 3 per minute: the service admits 3 and refuses the 4th.
+    assert_eq!(
+        statuses(e.port, "/lake/t", "umbrella", 4),
+        [200, 200, 200, 429]
+    );
+    assert_eq!(service_calls(), 4);
+
+    // Until its window resets the tenant is refused by the proxy, on either worker.
+    let denied = statuses(e.port, "/lake/t", "umbrella", 10);
+    assert_eq!(denied, [429; 10]);
+    assert_eq!(service_calls(), 4, "no service call while over limit");
+    assert_eq!(
+        e.stat("wasmcustom.nexus_ratelimit.over_limit_local")
+            .unwrap(),
+        Some(10)
+    );
+    let again = client::get(e.port, "/lake/t", &[("x-tenant", "umbrella")]).unwrap();
+    assert_eq!(again.status, 429);
+    assert_eq!(again.json().unwrap()["error"], "rate_limited");
+    let retry: u64 = again.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // Another tenant still asks the service.
+    assert_eq!(statuses(e.port, "/lake/t", "wayne", 1), [200]);
+    assert_eq!(service_calls(), 5);
+}

@@ -186,3 +186,59 @@ fn invalid_configuration_is_refused_with_paths() {
     assert!(host.logged("$.limits.domain: must not be empty"));
     assert!(host.logged("$.limits.descriptors[0].key: top-level descriptors are keyed by route"));
 }
+
+#[test]
+fn an_over_limit_client_is_answered_locally_until_the_window_resets() {
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let config = format!(
+        r#"{{"limits": {LIMITS}, "service": {{"cluster": "rls", "timeout_ms": 25}}, "failure_mode": "fail_closed"}}"#
+    );
+    let mut host = Host::builder()
+        .plugin_config(config.into_bytes())
+        .allow_cluster("rls")
+        .time(t0)
+        .build_from_file(nexus_tests::filter_module("nexus_ratelimit").unwrap())
+        .unwrap();
+    assert!(host.start().unwrap());
+
+    // The service says alice is over limit for 17 s.
+    let mut http = host.http_context().unwrap();
+    assert_eq!(http.request_headers(&REQUEST, true).unwrap(), Action::Pause);
+    let token = http.grpc_calls()[0].token;
+    http.grpc_receive(token, &answer(Code::OverLimit, 0))
+        .unwrap();
+    assert_eq!(http.local_response().unwrap().status, 429);
+
+    // 5 s later: a 429 with 12 s left, and no gRPC call.
+    host.set_time(t0 + std::time::Duration::from_secs(5));
+    let mut http = host.http_context().unwrap();
+    assert_eq!(http.request_headers(&REQUEST, true).unwrap(), Action::Pause);
+    assert_eq!(http.grpc_calls().len(), 1, "answered without the service");
+    let resp = http.local_response().unwrap();
+    assert_eq!(resp.status, 429);
+    assert!(String::from_utf8_lossy(&resp.body).contains("\"error\":\"rate_limited\""));
+    assert!(resp
+        .headers
+        .iter()
+        .any(|(k, v)| k == "retry-after" && v == "12"));
+    assert!(resp
+        .headers
+        .iter()
+        .any(|(k, v)| k == "ratelimit" && v == "\"client_id\";r=0;t=12"));
+    assert_eq!(host.metric("nexus_ratelimit.over_limit_local"), Some(1));
+
+    // Another client still asks the service.
+    let mut http = host.http_context().unwrap();
+    let mut bob = REQUEST;
+    bob[3] = ("x-nexus-client-id", "bob");
+    assert_eq!(http.request_headers(&bob, true).unwrap(), Action::Pause);
+    assert_eq!(http.grpc_calls().len(), 2);
+
+    // The window has reset: alice's request goes to the service again.
+    host.set_time(t0 + std::time::Duration::from_secs(17));
+    let mut http = host.http_context().unwrap();
+    assert_eq!(http.request_headers(&REQUEST, true).unwrap(), Action::Pause);
+    assert_eq!(http.grpc_calls().len(), 3);
+    assert!(http.local_response().is_none());
+    assert_eq!(host.metric("nexus_ratelimit.over_limit_local"), Some(1));
+}

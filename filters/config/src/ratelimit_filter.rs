@@ -40,6 +40,18 @@ pub struct RateLimitFilterConfig {
     /// Add `RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) to allowed responses.
     #[serde(default = "crate::yes")]
     pub response_headers: bool,
+    /// Remember, per descriptor, the service's OVER_LIMIT answers until that descriptor's window
+    /// resets, and answer the client's next requests 429 locally (same body and headers, the
+    /// remaining seconds in `Retry-After`) without a service call, counted in
+    /// `nexus_ratelimit.over_limit_local`. On by default, as in envoyproxy/ratelimit's local
+    /// cache: a client over its limit is refused until the window resets either way, so asking
+    /// the service again only spends a network round trip per abusive request. The cache holds
+    /// a fixed number of entries in shared data (see the filter's `OVER_LIMIT_CACHE_SLOTS`);
+    /// shadow-mode and quota-mode limits are never cached. Turn it off when something other
+    /// than the window resets a counter early (an operator clearing Redis, say) and clients
+    /// must see that at once.
+    #[serde(default = "crate::yes")]
+    pub over_limit_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -140,6 +152,7 @@ mod tests {
         assert_eq!(cfg.service, None);
         assert_eq!(cfg.failure_mode, FailureMode::LocalFallback);
         assert!(cfg.response_headers);
+        assert!(cfg.over_limit_cache);
     }
 
     #[test]

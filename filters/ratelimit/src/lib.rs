@@ -7,6 +7,7 @@
 
 mod bucket;
 mod descriptors;
+mod overlimit;
 
 use std::cell::Cell;
 
@@ -21,6 +22,7 @@ use prost::Message;
 
 pub use bucket::BucketState;
 pub use descriptors::Limited;
+pub use overlimit::SLOTS as OVER_LIMIT_CACHE_SLOTS;
 
 /// One minute between log lines about the same degradation, however many requests degrade.
 const DEGRADED_LOG_INTERVAL_US: u64 = 60_000_000;
@@ -90,6 +92,9 @@ impl RateLimiter {
             return Step::Allow(Vec::new());
         }
         if self.config.service.is_some() {
+            if let Some(deny) = self.over_limit_locally(&route, &limited, shared, metrics, now_us) {
+                return deny;
+            }
             let message = RateLimitRequest {
                 domain: self.config.limits.domain.clone(),
                 descriptors: limited
@@ -134,7 +139,7 @@ impl RateLimiter {
                     return Step::Allow(self.headers_from_service(pending, &resp));
                 }
                 Ok(resp) if resp.overall_code == Code::OverLimit as i32 => {
-                    return self.deny_from_service(pending, &resp, metrics);
+                    return self.deny_from_service(pending, &resp, shared, metrics, now_us);
                 }
                 Ok(resp) => format!("service answered overall_code {}", resp.overall_code),
                 Err(e) => format!("undecodable service response: {e}"),
@@ -244,13 +249,49 @@ impl RateLimiter {
             .unwrap_or_default()
     }
 
+    /// A 429 without asking the service, when one of the request's descriptors is in the
+    /// over-limit cache and its window has not ended (`nexus_ratelimit.over_limit_local`).
+    fn over_limit_locally(
+        &self,
+        route: &str,
+        limited: &[Limited],
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        now_us: u64,
+    ) -> Option<Step> {
+        if !self.config.over_limit_cache {
+            return None;
+        }
+        // The remembered descriptor whose window ends last is the one a client must wait for,
+        // as for a service-decided 429.
+        let (l, left_us) = limited
+            .iter()
+            .filter(|l| cacheable(l))
+            .filter_map(|l| Some((l, overlimit::remaining_us(shared, &l.key, now_us)?)))
+            .max_by_key(|(_, left)| *left)?;
+        metrics.increment("nexus_ratelimit.over_limit_local", 1);
+        Some(Step::Deny(too_many(route, l, left_us)))
+    }
+
     fn deny_from_service(
         &self,
         pending: &Pending,
         resp: &RateLimitResponse,
+        shared: &impl SharedData,
         metrics: &impl Metrics,
+        now_us: u64,
     ) -> Step {
         metrics.increment("nexus_ratelimit.denied.global", 1);
+        if self.config.over_limit_cache {
+            for (l, s) in pending.limited.iter().zip(&resp.statuses) {
+                if s.code != Code::OverLimit as i32 || !cacheable(l) {
+                    continue;
+                }
+                if let Some(until) = overlimit::window_end_us(s, now_us) {
+                    overlimit::remember(shared, &l.key, until);
+                }
+            }
+        }
         let over = pending
             .limited
             .iter()
@@ -266,6 +307,13 @@ impl RateLimiter {
             )),
         }
     }
+}
+
+/// Whether an over-limit answer for this descriptor may be remembered. Shadow-mode limits never
+/// deny; a quota-mode limit denies only when every quota-mode limit of the request is over, so
+/// one of them being over says nothing about the next request on its own.
+fn cacheable(l: &Limited) -> bool {
+    !l.shadow_mode && !l.quota_mode
 }
 
 fn reset_us(s: &nexus_proto::ratelimit::rate_limit_response::DescriptorStatus) -> u64 {

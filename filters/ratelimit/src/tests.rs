@@ -448,3 +448,5 @@ fn quota_mode_denies_locally_only_when_every_quota_bucket_is_empty() {
     };
     assert_eq!(resp.status, 429);
 }
+
+mod over_limit_cache;
