@@ -8,10 +8,10 @@ mod support;
 
 use std::sync::Arc;
 
-use nexus_proto::ratelimit::rate_limit_descriptor::{Entry, RateLimitOverride};
+use nexus_proto::ratelimit::rate_limit_descriptor::RateLimitOverride;
 use nexus_proto::ratelimit::rate_limit_response::rate_limit::Unit as ProtoUnit;
 use nexus_proto::ratelimit::rate_limit_response::{Code, DescriptorStatus};
-use nexus_proto::ratelimit::{RateLimitDescriptor, RateLimitRequest, RateLimitResponse};
+use nexus_proto::ratelimit::{RateLimitRequest, RateLimitResponse};
 use nexus_ratelimit_service::storage::Storage;
 use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
 
@@ -30,25 +30,10 @@ fn limiter<S: Storage>(storage: S, yaml: &str) -> Arc<RateLimiter<S>> {
     ))
 }
 
-fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        limit: None,
-    }
-}
+use support::descriptor;
 
 fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: "d".into(),
-        descriptors: descriptors.iter().map(|e| descriptor(e)).collect(),
-        hits_addend: 0,
-    }
+    support::request("d", descriptors)
 }
 
 async fn call<S: Storage>(

@@ -7,9 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_proto::ratelimit::rate_limit_descriptor::Entry;
 use nexus_proto::ratelimit::rate_limit_response::Code;
-use nexus_proto::ratelimit::{RateLimitDescriptor, RateLimitRequest};
 use nexus_ratelimit_service::limits::parse;
 use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage, Storage};
 use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
@@ -32,25 +30,7 @@ fn limiter<S: Storage>(storage: S, unknown: UnknownDomain) -> Arc<RateLimiter<S>
     Arc::new(RateLimiter::new(limits, storage, Algorithm::Gcra, unknown))
 }
 
-fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors: descriptors
-            .iter()
-            .map(|entries| RateLimitDescriptor {
-                entries: entries
-                    .iter()
-                    .map(|(k, v)| Entry {
-                        key: (*k).into(),
-                        value: (*v).into(),
-                    })
-                    .collect(),
-                limit: None,
-            })
-            .collect(),
-        hits_addend: 0,
-    }
-}
+use support::request;
 
 #[tokio::test]
 async fn per_client_limit_over_grpc() {

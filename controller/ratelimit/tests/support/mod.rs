@@ -17,6 +17,34 @@ use nexus_ratelimit_service::storage::RedisStorage;
 
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
 
+/// A descriptor with these entries and no limit override.
+pub fn descriptor(entries: &[(&str, &str)]) -> nexus_proto::ratelimit::RateLimitDescriptor {
+    nexus_proto::ratelimit::RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(
+                |(k, v)| nexus_proto::ratelimit::rate_limit_descriptor::Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                },
+            )
+            .collect(),
+        limit: None,
+    }
+}
+
+/// A request for one hit of each descriptor in `domain`.
+pub fn request(
+    domain: &str,
+    descriptors: &[&[(&str, &str)]],
+) -> nexus_proto::ratelimit::RateLimitRequest {
+    nexus_proto::ratelimit::RateLimitRequest {
+        domain: domain.into(),
+        descriptors: descriptors.iter().map(|e| descriptor(e)).collect(),
+        hits_addend: 0,
+    }
+}
+
 /// Serves `limiter` over gRPC on a free loopback port (for the test's lifetime) and returns a
 /// client connected to it: Envoy's ratelimit protocol end to end.
 pub async fn grpc_client<S: nexus_ratelimit_service::storage::Storage>(
