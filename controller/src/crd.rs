@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "nexus.datapunk.io";
 pub const VERSION: &str = "v1alpha1";
 
+/// `nexus.datapunk.io/v1alpha1`.
+pub fn api_version() -> String {
+    format!("{GROUP}/{VERSION}")
+}
+
 /// Routes API traffic through the Nexus filters of an Istio ingress gateway or of sidecars.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

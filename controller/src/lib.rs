@@ -1,7 +1,7 @@
 //! Nexus controller: reconciles `NexusRoute`s into Istio objects and rate-limit config.
 //!
-//! The pure core ([`model`], [`render`], [`plan`]) needs no API server; [`controller`],
-//! [`leader`] and [`server`] are the runtime around it.
+//! The pure core ([`model`], [`render`], [`plan`], [`objects`], the conditions in [`status`])
+//! needs no API server; [`controller`], [`leader`] and [`server`] are the runtime around it.
 
 pub mod cache;
 pub mod controller;
@@ -10,11 +10,13 @@ pub mod health;
 pub mod input;
 pub mod leader;
 pub mod model;
+pub mod objects;
 pub mod plan;
 pub mod ratelimit;
 pub mod render;
 pub mod server;
 pub mod standalone;
+pub mod status;
 pub mod telemetry;
 pub mod warm;
 

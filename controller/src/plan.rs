@@ -1,17 +1,28 @@
-//! Which objects to apply for which routes, and each route's outcome: the pure core the
+//! What one reconcile does, computed once from a snapshot of the routes: the pure core the
 //! controller and `nexus render` share.
+//!
+//! A [`Snapshot`] holds every route the controller knows and the conflicts among them; a
+//! [`Plan`] is one route's outcome, its own objects and its group's members, all from that
+//! one snapshot. The [`Compiler`] remembers compiled routes, so planning a group of 500
+//! routes compiles only the routes that changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::crd::{Condition, NexusRoute};
-use crate::model::{self, age_key, CompiledRoute, Problem, SecretLookup};
+use crate::crd::NexusRoute;
+use crate::model::{self, age_key, CompiledRoute, GroupKey, Problem, SecretLookup};
+use crate::objects::{Kind, Object};
 use crate::render::{self, Settings};
 
 pub type RouteId = (String, String);
 
-/// Each route's compiled form or its problems.
+/// A route's compiled form, or why it is not accepted.
+pub type Outcome = Arc<Result<CompiledRoute, Vec<Problem>>>;
+
+/// Each route's outcome.
 pub type Outcomes = BTreeMap<RouteId, Result<CompiledRoute, Vec<Problem>>>;
 
 pub fn id(route: &NexusRoute) -> RouteId {
@@ -21,109 +32,235 @@ pub fn id(route: &NexusRoute) -> RouteId {
     )
 }
 
+/// Compiles routes and remembers the result per route uid, valid while the route's
+/// generation and the content of the Secret it references stay the same (everything else
+/// `compile` reads — name, namespace, uid, creation time — never changes).
+#[derive(Default)]
+pub struct Compiler {
+    cache: Mutex<HashMap<String, Compiled>>,
+}
+
+struct Compiled {
+    generation: Option<i64>,
+    secret: u64,
+    outcome: Outcome,
+}
+
+impl Compiler {
+    pub fn compile(&self, route: &NexusRoute, secrets: &dyn SecretLookup) -> Outcome {
+        let uid = route.metadata.uid.clone().unwrap_or_default();
+        let generation = route.metadata.generation;
+        let secret = secret_fingerprint(route, secrets);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some(c) = cache.get(&uid) {
+                if c.generation == generation && c.secret == secret && !uid.is_empty() {
+                    return c.outcome.clone();
+                }
+            }
+        }
+        let outcome = Arc::new(model::compile(route, secrets));
+        if let Ok(mut cache) = self.cache.lock() {
+            let entry = Compiled {
+                generation,
+                secret,
+                outcome: outcome.clone(),
+            };
+            cache.insert(uid, entry);
+        }
+        outcome
+    }
+
+    /// Drops a deleted route's entry.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(uid);
+        }
+    }
+}
+
+/// A hash of the API-key Secret the route references (0 when it references none).
+fn secret_fingerprint(route: &NexusRoute, secrets: &dyn SecretLookup) -> u64 {
+    let Some(keys) = route.spec.auth.as_ref().and_then(|a| a.api_keys.as_ref()) else {
+        return 0;
+    };
+    let ns = route.metadata.namespace.as_deref().unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secrets.get(ns, &keys.secret_ref.name).hash(&mut h);
+    h.finish() | 1
+}
+
+/// Every route the controller knows at one moment, and which of them lose a conflict.
+pub struct Snapshot<'a> {
+    routes: Vec<&'a NexusRoute>,
+    lost: BTreeMap<RouteId, Problem>,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn new(routes: Vec<&'a NexusRoute>) -> Snapshot<'a> {
+        let lost = model::conflicts(&routes);
+        Snapshot { routes, lost }
+    }
+
+    /// `route`'s outcome: a conflict loser's problem, or its compiled form.
+    pub fn outcome(
+        &self,
+        route: &NexusRoute,
+        compiler: &Compiler,
+        secrets: &dyn SecretLookup,
+    ) -> Outcome {
+        match self.lost.get(&id(route)) {
+            Some(p) => Arc::new(Err(vec![p.clone()])),
+            None => compiler.compile(route, secrets),
+        }
+    }
+
+    /// The live (not deleted) routes of a group, oldest first.
+    fn members(&self, group: &GroupKey) -> Vec<&'a NexusRoute> {
+        let mut members: Vec<&NexusRoute> = self
+            .routes
+            .iter()
+            .copied()
+            .filter(|r| r.metadata.deletion_timestamp.is_none() && model::group_key(r) == *group)
+            .collect();
+        members.sort_by_key(|r| age_key(r));
+        members
+    }
+
+    /// The group's accepted members, compiled.
+    pub fn group(
+        &self,
+        key: GroupKey,
+        compiler: &Compiler,
+        secrets: &dyn SecretLookup,
+    ) -> GroupPlan {
+        let members = self
+            .members(&key)
+            .into_iter()
+            .map(|r| self.outcome(r, compiler, secrets))
+            .filter(|o| o.is_ok())
+            .collect();
+        GroupPlan {
+            namespace: key.namespace.clone(),
+            name: key.name(),
+            key: Some(key),
+            members,
+        }
+    }
+}
+
+/// One group's shared objects: what its accepted members render to.
+pub struct GroupPlan {
+    pub namespace: String,
+    pub name: String,
+    /// `None` for a group known only by name (one the route left, now empty).
+    key: Option<GroupKey>,
+    /// Accepted members, oldest first.
+    members: Vec<Outcome>,
+}
+
+impl GroupPlan {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The group's EnvoyFilter and ConfigMap; none when it has no accepted member.
+    pub fn render(&self, settings: &Settings) -> anyhow::Result<Vec<Object>> {
+        let (Some(key), false) = (&self.key, self.members.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let routes: Vec<&CompiledRoute> = self
+            .members
+            .iter()
+            .filter_map(|o| o.as_ref().as_ref().ok())
+            .collect();
+        render::render_group(key, &routes, settings)
+    }
+
+    /// Kind and name of every object a group writes (to delete them when it empties).
+    pub fn object_names(&self) -> [(Kind, String); 2] {
+        render::group_object_names(&self.name)
+    }
+}
+
+/// Everything one reconcile of one route applies, from one snapshot.
+pub struct Plan {
+    pub outcome: Outcome,
+    /// VirtualService + DestinationRules (empty unless accepted and not being deleted).
+    pub route_objects: Vec<Object>,
+    /// The route's group, without the route if it is being deleted.
+    pub group: GroupPlan,
+    /// The group the route was programmed into before, when it moved to another.
+    pub left_group: Option<GroupPlan>,
+}
+
+/// Plans the reconcile of `route`. `previous_group`: the group its status says it was last
+/// programmed into.
+pub fn reconcile(
+    route: &NexusRoute,
+    snapshot: &Snapshot,
+    compiler: &Compiler,
+    secrets: &dyn SecretLookup,
+    previous_group: Option<&str>,
+) -> Plan {
+    let outcome = snapshot.outcome(route, compiler, secrets);
+    let route_objects = match (
+        outcome.as_ref(),
+        route.metadata.deletion_timestamp.is_none(),
+    ) {
+        (Ok(c), true) => render::render_route(c),
+        _ => Vec::new(),
+    };
+    let key = model::group_key(route);
+    let group = snapshot.group(key.clone(), compiler, secrets);
+    let left_group = previous_group
+        .filter(|name| *name != key.name())
+        .map(|name| left_group(route, name, snapshot, compiler, secrets));
+    Plan {
+        outcome,
+        route_objects,
+        group,
+        left_group,
+    }
+}
+
+/// The group named `name` in the route's namespace, as the other routes still in it make it.
+fn left_group(
+    route: &NexusRoute,
+    name: &str,
+    snapshot: &Snapshot,
+    compiler: &Compiler,
+    secrets: &dyn SecretLookup,
+) -> GroupPlan {
+    let ns = route.metadata.namespace.clone().unwrap_or_default();
+    let member = snapshot.routes.iter().find(|r| {
+        r.metadata.deletion_timestamp.is_none()
+            && r.metadata.uid != route.metadata.uid
+            && r.metadata.namespace.as_deref() == Some(ns.as_str())
+            && model::group_key(r).name() == name
+    });
+    match member {
+        Some(m) => snapshot.group(model::group_key(m), compiler, secrets),
+        None => GroupPlan {
+            namespace: ns,
+            name: name.to_string(),
+            key: None,
+            members: Vec::new(),
+        },
+    }
+}
+
 /// Compiles every live route, with conflict losers rejected.
 pub fn outcomes(routes: &[&NexusRoute], secrets: &dyn SecretLookup) -> Outcomes {
-    let lost = model::conflicts(routes);
+    let snapshot = Snapshot::new(routes.to_vec());
+    let compiler = Compiler::default();
     routes
         .iter()
         .filter(|r| r.metadata.deletion_timestamp.is_none())
         .map(|r| {
-            let key = id(r);
-            let out = match lost.get(&key) {
-                Some(p) => Err(vec![p.clone()]),
-                None => model::compile(r, secrets),
-            };
-            (key, out)
+            let out = snapshot.outcome(r, &compiler, secrets);
+            (id(r), out.as_ref().clone())
         })
         .collect()
-}
-
-/// What reconciling one route needs: its outcome, and the objects of its group and its own.
-pub struct RoutePlan {
-    pub outcome: Result<CompiledRoute, Vec<Problem>>,
-    /// EnvoyFilter + ConfigMap of the route's group (empty group: nothing; delete them).
-    pub group_objects: Vec<Value>,
-    pub group_name: String,
-    /// VirtualService + DestinationRules (empty unless accepted).
-    pub route_objects: Vec<Value>,
-}
-
-/// This route's outcome and its own objects (VirtualService, DestinationRules), without
-/// compiling the rest of its group.
-pub fn route_only(
-    route: &NexusRoute,
-    all: &[&NexusRoute],
-    secrets: &dyn SecretLookup,
-) -> RoutePlan {
-    let lost = model::conflicts(all);
-    let outcome = match lost.get(&id(route)) {
-        Some(p) => Err(vec![p.clone()]),
-        None => model::compile(route, secrets),
-    };
-    let route_objects = match (&outcome, route.metadata.deletion_timestamp.is_none()) {
-        (Ok(c), true) => render::render_route(c),
-        _ => Vec::new(),
-    };
-    RoutePlan {
-        outcome,
-        group_objects: Vec::new(),
-        group_name: model::group_key(route).name(),
-        route_objects,
-    }
-}
-
-/// Plans one route against every route the controller knows (for conflicts and its group).
-pub fn for_route(
-    route: &NexusRoute,
-    all: &[&NexusRoute],
-    secrets: &dyn SecretLookup,
-    settings: &Settings,
-) -> anyhow::Result<RoutePlan> {
-    let group = model::group_key(route);
-    let lost = model::conflicts(all);
-    let me = id(route);
-    let mut members: Vec<&NexusRoute> = all
-        .iter()
-        .copied()
-        .filter(|r| r.metadata.deletion_timestamp.is_none() && model::group_key(r) == group)
-        .collect();
-    members.sort_by_key(|r| age_key(r));
-    let mut accepted = Vec::new();
-    let mut outcome = None;
-    for r in members {
-        let key = id(r);
-        let out = match lost.get(&key) {
-            Some(p) => Err(vec![p.clone()]),
-            None => model::compile(r, secrets),
-        };
-        if key == me {
-            outcome = Some(out.clone());
-        }
-        if let Ok(c) = out {
-            accepted.push(c);
-        }
-    }
-    let outcome = match outcome {
-        Some(o) => o,
-        // Being deleted (or not in `all`): plan the group without it.
-        None => model::compile(route, secrets),
-    };
-    let refs: Vec<&CompiledRoute> = accepted.iter().collect();
-    let group_objects = if refs.is_empty() {
-        Vec::new()
-    } else {
-        render::render_group(&group, &refs, settings)?
-    };
-    let route_objects = match (&outcome, route.metadata.deletion_timestamp.is_none()) {
-        (Ok(c), true) => render::render_route(c),
-        _ => Vec::new(),
-    };
-    Ok(RoutePlan {
-        outcome,
-        group_objects,
-        group_name: group.name(),
-        route_objects,
-    })
 }
 
 /// Every object for a set of routes (what `nexus render` prints), sorted by kind/ns/name.
@@ -133,7 +270,7 @@ pub fn render_all(
     settings: &Settings,
 ) -> anyhow::Result<(Vec<Value>, Outcomes)> {
     let outs = outcomes(routes, secrets);
-    let mut groups: BTreeMap<model::GroupKey, Vec<&CompiledRoute>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<&CompiledRoute>> = BTreeMap::new();
     let mut objects = Vec::new();
     for c in outs.values().flatten() {
         groups.entry(c.group.clone()).or_default().push(c);
@@ -145,163 +282,12 @@ pub fn render_all(
         });
         objects.extend(render::render_group(&g, &members, settings)?);
     }
-    objects.sort_by_key(|o| {
-        (
-            o["kind"].as_str().unwrap_or_default().to_string(),
-            o["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            o["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
+    objects.sort_by(|a, b| {
+        (a.kind().as_str(), a.namespace(), a.name()).cmp(&(
+            b.kind().as_str(),
+            b.namespace(),
+            b.name(),
+        ))
     });
-    Ok((objects, outs))
-}
-
-/// Status conditions for an outcome. `programmed`: `None` when nothing was applied (not
-/// accepted), `Some(Ok)` when every object applied, `Some(Err(msg))` otherwise. Keeps
-/// `lastTransitionTime` of conditions whose status did not change.
-pub fn conditions(
-    previous: &[Condition],
-    generation: Option<i64>,
-    outcome: &Result<CompiledRoute, Vec<Problem>>,
-    programmed: Option<Result<(), String>>,
-    now: &str,
-) -> Vec<Condition> {
-    let mut out = Vec::new();
-    let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last = previous
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.to_string());
-        out.push(Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            observed_generation: generation,
-            last_transition_time: last,
-        });
-    };
-    let join = |ps: &[&Problem]| {
-        ps.iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    match outcome {
-        Ok(c) => {
-            push(
-                "Accepted",
-                true,
-                "Accepted",
-                format!("{} rules accepted", c.rule_count),
-            );
-            push(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved".to_string(),
-            );
-        }
-        Err(problems) => {
-            let spec: Vec<&Problem> = problems.iter().filter(|p| !p.reason.is_ref()).collect();
-            let refs: Vec<&Problem> = problems.iter().filter(|p| p.reason.is_ref()).collect();
-            match spec.first() {
-                Some(first) => push("Accepted", false, first.reason.as_str(), join(&spec)),
-                None => push("Accepted", true, "Accepted", "spec is valid".to_string()),
-            }
-            match refs.first() {
-                Some(first) => push("ResolvedRefs", false, first.reason.as_str(), join(&refs)),
-                None => push(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "all references resolved".to_string(),
-                ),
-            }
-        }
-    }
-    match programmed {
-        Some(Ok(())) => push(
-            "Programmed",
-            true,
-            "Programmed",
-            "EnvoyFilter, VirtualService, DestinationRules and rate-limit config applied"
-                .to_string(),
-        ),
-        Some(Err(e)) => push("Programmed", false, "ApplyFailed", e),
-        None => push(
-            "Programmed",
-            false,
-            "Invalid",
-            "nothing applied: the route is not accepted or its references are not resolved"
-                .to_string(),
-        ),
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Problem, Reason};
-
-    fn problem(reason: Reason, path: &str) -> Problem {
-        Problem {
-            reason,
-            path: path.into(),
-            message: "bad".into(),
-        }
-    }
-
-    #[test]
-    fn spec_and_ref_problems_land_in_their_conditions() {
-        let out = Err(vec![
-            problem(Reason::SecretNotFound, "$.spec.auth.apiKeys.secretRef"),
-            problem(Reason::InvalidSpec, "$.spec.rules[0].timeout"),
-        ]);
-        let c = conditions(&[], Some(3), &out, None, "T1");
-        let find = |t: &str| c.iter().find(|c| c.type_ == t).unwrap();
-        assert_eq!(
-            (
-                find("Accepted").status.as_str(),
-                find("Accepted").reason.as_str()
-            ),
-            ("False", "InvalidSpec")
-        );
-        assert!(find("Accepted")
-            .message
-            .starts_with("$.spec.rules[0].timeout: "));
-        assert_eq!(find("ResolvedRefs").reason, "SecretNotFound");
-        assert_eq!(find("Programmed").status, "False");
-        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
-    }
-
-    #[test]
-    fn transition_time_only_moves_when_the_status_does() {
-        let refs = Err(vec![problem(
-            Reason::SecretNotFound,
-            "$.spec.auth.apiKeys.secretRef",
-        )]);
-        let first = conditions(&[], Some(1), &refs, None, "T1");
-        let again = conditions(&first, Some(1), &refs, None, "T2");
-        assert!(again.iter().all(|c| c.last_transition_time == "T1"));
-        let accepted = first.iter().find(|c| c.type_ == "Accepted").unwrap();
-        assert_eq!(
-            accepted.status, "True",
-            "a missing Secret does not make the spec invalid"
-        );
-        let programmed = conditions(&again, Some(1), &refs, Some(Err("boom".into())), "T3");
-        let p = programmed.iter().find(|c| c.type_ == "Programmed").unwrap();
-        assert_eq!(
-            (p.reason.as_str(), p.last_transition_time.as_str()),
-            ("ApplyFailed", "T1")
-        );
-    }
+    Ok((objects.into_iter().map(Object::into_value).collect(), outs))
 }

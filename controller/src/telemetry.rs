@@ -24,6 +24,10 @@ pub struct Metrics {
     pub reconcile_errors: AtomicU64,
     pub applies: AtomicU64,
     pub leader_transitions: AtomicU64,
+    /// Time spent planning (snapshot, conflicts, compiling changed routes), in µs.
+    pub plan_micros: AtomicU64,
+    /// Time spent rendering group objects, in µs.
+    pub render_micros: AtomicU64,
     durations: Mutex<([u64; BUCKETS.len()], u64, f64)>,
 }
 
@@ -73,6 +77,22 @@ impl Metrics {
             "nexus_controller_leader_transitions_total",
             "Times this replica became leader.",
             self.leader_transitions.load(Ordering::Relaxed),
+        );
+        let secs = |s: &mut String, name: &str, help: &str, micros: &AtomicU64| {
+            let v = micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        secs(
+            &mut s,
+            "nexus_controller_plan_seconds_total",
+            "Time reconciles spent planning (conflicts, compiling changed routes).",
+            &self.plan_micros,
+        );
+        secs(
+            &mut s,
+            "nexus_controller_render_seconds_total",
+            "Time spent rendering group objects.",
+            &self.render_micros,
         );
         let _ = writeln!(s, "# HELP nexus_controller_leader 1 if this replica holds the Lease.\n# TYPE nexus_controller_leader gauge\nnexus_controller_leader {}", u8::from(is_leader));
         let name = "nexus_controller_reconcile_duration_seconds";

@@ -1,0 +1,252 @@
+//! The kube-runtime side: watch NexusRoutes, generated objects and Secrets; plan with
+//! [`crate::plan`]; apply with server-side apply; write status with [`crate::status`].
+//!
+//! [`reconcile`] is one route's reconcile, [`groups`] batches the applies of objects many
+//! routes share, [`apply`] holds the API writes, [`triggers`] decides what wakes a reconcile.
+
+mod apply;
+mod groups;
+mod reconcile;
+pub mod triggers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+
+use crate::crd::NexusRoute;
+use crate::objects::Kind;
+use crate::plan::Compiler;
+use crate::render::{Settings, FIELD_MANAGER, LABEL_MANAGED_BY};
+use crate::server::State;
+
+pub use reconcile::{reconcile, FINALIZER};
+pub use triggers::OwnWrites;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The API resource of a kind the controller writes, by name (tests and benchmarks).
+pub fn api_resource(kind: &str) -> kube::core::ApiResource {
+    match Kind::parse(kind) {
+        Some(k) => k.api_resource(),
+        None => panic!("Nexus writes no {kind}"),
+    }
+}
+
+/// Everything a reconcile reads and the bookkeeping reconciles share.
+pub struct Context {
+    pub client: Client,
+    pub routes: Store<NexusRoute>,
+    pub secrets: Store<Secret>,
+    pub settings: Settings,
+    pub state: Arc<State>,
+    pub recorder: Recorder,
+    pub own_writes: Arc<OwnWrites>,
+    compiler: Compiler,
+    groups: groups::Groups,
+    failures: Mutex<BTreeMap<(String, String), u32>>,
+    /// Route uid → what this process last applied for it.
+    applied: Mutex<BTreeMap<String, AppliedSet>>,
+}
+
+/// A route's share of the last apply: its group, and its own objects.
+#[derive(Clone, PartialEq)]
+struct AppliedSet {
+    group: String,
+    objects: BTreeSet<(Kind, String)>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        routes: Store<NexusRoute>,
+        secrets: Store<Secret>,
+        settings: Settings,
+        state: Arc<State>,
+        identity: String,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: Some(identity),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            routes,
+            secrets,
+            settings,
+            state,
+            own_writes: Arc::default(),
+            compiler: Compiler::default(),
+            groups: groups::Groups::default(),
+            failures: Mutex::default(),
+            applied: Mutex::default(),
+        }
+    }
+
+    fn last_applied(&self, uid: &str) -> Option<AppliedSet> {
+        self.applied.lock().ok()?.get(uid).cloned()
+    }
+
+    fn remember_applied(&self, uid: String, set: AppliedSet) {
+        if let Ok(mut a) = self.applied.lock() {
+            a.insert(uid, set);
+        }
+    }
+
+    fn forget_route(&self, uid: &str) {
+        if let Ok(mut a) = self.applied.lock() {
+            a.remove(uid);
+        }
+        self.compiler.forget(uid);
+    }
+
+    fn forget_failures(&self, key: &(String, String)) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// Retry delay after the n-th failure in a row: 1 s, 2 s, 3 s, 5 s, 9 s … capped at
+    /// 257 s (2^(n-1)/2 + 1, n capped at 9).
+    fn backoff(&self, key: (String, String)) -> Duration {
+        let n = self
+            .failures
+            .lock()
+            .map(|mut f| {
+                let n = f.entry(key).or_insert(0);
+                *n += 1;
+                *n
+            })
+            .unwrap_or(1);
+        Duration::from_secs((1u64 << n.min(9)) / 2 + 1)
+    }
+}
+
+fn error_policy(route: Arc<NexusRoute>, _err: &Error, ctx: Arc<Context>) -> Action {
+    let key = (route.namespace().unwrap_or_default(), route.name_any());
+    Action::requeue(ctx.backoff(key))
+}
+
+/// Runs the controller until the stream ends (it does not, short of a shutdown).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    state: Arc<State>,
+    identity: String,
+) -> anyhow::Result<()> {
+    let (route_store, route_writer) = reflector::store();
+    let routes = reflector(
+        route_writer,
+        watcher(
+            Api::<NexusRoute>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(triggers::plan_inputs, Default::default());
+    let (secret_store, secret_writer) = reflector::store();
+    let secrets_api: Api<Secret> = Api::all(client.clone());
+    let secret_reflector = reflector(
+        secret_writer,
+        watcher(secrets_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(secret_reflector);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        route_store.clone(),
+        secret_store,
+        settings,
+        state.clone(),
+        identity,
+    ));
+    let controller = Controller::for_stream(routes, route_store)
+        .with_config(controller::Config::default().concurrency(32));
+    let controller = watch_generated(controller, &client, &ctx.own_writes);
+    let controller = watch_inputs(controller, &client, &ctx.routes, secrets_api);
+    state.set("controller", true, "running");
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Generated objects changed by someone else wake their owner, which re-applies them.
+fn watch_generated(
+    c: Controller<NexusRoute>,
+    client: &Client,
+    own: &Arc<OwnWrites>,
+) -> Controller<NexusRoute> {
+    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
+    let mut c = c;
+    for kind in [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::EnvoyFilter,
+    ] {
+        let ar = kind.api_resource();
+        let own = own.clone();
+        c = c.watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            ar,
+            managed.clone(),
+            move |o: DynamicObject| triggers::owner_of_dynamic(&own, &o),
+        );
+    }
+    let own = own.clone();
+    c.watches(
+        Api::<ConfigMap>::all(client.clone()),
+        managed,
+        move |cm: ConfigMap| triggers::owner_of(&own, &cm),
+    )
+}
+
+/// Routes sharing a host with a changed route, and routes referencing a changed Secret.
+fn watch_inputs(
+    c: Controller<NexusRoute>,
+    client: &Client,
+    store: &Store<NexusRoute>,
+    secrets: Api<Secret>,
+) -> Controller<NexusRoute> {
+    let neighbours = store.clone();
+    let route_changes = watcher(
+        Api::<NexusRoute>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(triggers::plan_inputs, Default::default());
+    let for_secrets = store.clone();
+    c.watches_stream(route_changes, move |r: NexusRoute| {
+        triggers::routes_sharing_hosts(&neighbours, &r)
+    })
+    .watches(secrets, watcher::Config::default(), move |s: Secret| {
+        triggers::routes_for_secret(&for_secrets, &s)
+    })
+}
+
+/// How many of `routes` are `Programmed=True` for their current generation.
+pub use crate::status::programmed_count;

@@ -1,0 +1,143 @@
+//! A group's routes merged into each filter's configuration.
+
+use nexus_config::auth::AuthConfig;
+use nexus_config::cache::{CacheConfig, CacheRule, CacheService};
+use nexus_config::contract;
+use nexus_config::ratelimit::RateLimitConfig;
+use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig, RateLimitService};
+use nexus_config::router::{HeaderMatch, NoMatch, RequestMatch, RouterConfig};
+
+use crate::model::{CompiledRoute, GroupKey};
+
+/// The merged filter configurations of a group (routes sorted oldest first).
+pub struct GroupConfigs {
+    pub router: RouterConfig,
+    pub auth: AuthConfig,
+    pub ratelimit: RateLimitConfig,
+    /// Rules only for router rules that cache; the service is filled in per target.
+    pub cache: CacheConfig,
+}
+
+pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfigs {
+    let mut router = RouterConfig::default();
+    let mut auth = crate::model::auth_defaults();
+    let mut ratelimit = RateLimitConfig {
+        domain: format!("nexus.{}.{}", group.namespace, group.name()),
+        descriptors: Vec::new(),
+    };
+    let mut cache = CacheConfig::default();
+    for r in routes {
+        for rule in &r.rules {
+            router
+                .categories
+                .entry(rule.router.category.clone())
+                .or_insert_with(|| nexus_config::router::Category {
+                    upstream: rule.upstream.token.clone(),
+                    timeout_ms: Some(rule.timeout_ms),
+                    retry: None,
+                });
+            router.rules.push(rule.router.clone());
+        }
+        if let (Some((cat, up, t)), NoMatch::Reject) = (&r.default_upstream, &router.on_no_match) {
+            router.categories.entry(cat.clone()).or_insert_with(|| {
+                nexus_config::router::Category {
+                    upstream: up.token.clone(),
+                    timeout_ms: Some(*t),
+                    retry: None,
+                }
+            });
+            router.on_no_match = NoMatch::Default {
+                category: cat.clone(),
+            };
+        }
+        auth.providers
+            .extend(r.auth.providers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(keys) = &r.auth.api_keys {
+            let merged = auth
+                .api_keys
+                .get_or_insert_with(|| nexus_config::auth::ApiKeys {
+                    header: keys.header.clone(),
+                    keys: Vec::new(),
+                });
+            for k in &keys.keys {
+                if !merged.keys.iter().any(|m| m.sha256 == k.sha256) {
+                    merged.keys.push(k.clone());
+                }
+            }
+        }
+        auth.rules.extend(r.auth.rules.iter().cloned());
+        ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
+        for rule in &r.rules {
+            if let Some(c) = &rule.cache {
+                // Keyed on the router's decision, so cache and routing never disagree.
+                cache.rules.push(CacheRule {
+                    name: rule.name.clone(),
+                    matcher: RequestMatch {
+                        headers: vec![HeaderMatch {
+                            name: contract::RULE.to_string(),
+                            present: None,
+                            exact: Some(rule.name.clone()),
+                            prefix: None,
+                            regex: None,
+                        }],
+                        ..Default::default()
+                    },
+                    policy: c.policy.clone(),
+                });
+            }
+        }
+    }
+    if let Some(keys) = &mut auth.api_keys {
+        keys.keys.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    }
+    GroupConfigs {
+        router,
+        auth,
+        ratelimit,
+        cache,
+    }
+}
+
+/// Envoy clusters through which the filters reach the Nexus services.
+pub struct ServiceClusters {
+    /// HTTP/2 cluster of the rate-limit service.
+    pub ratelimit: String,
+    /// HTTP/2 cluster of the cache-coherency service.
+    pub cache: String,
+    /// The cache filter's writer id (its puts' tie-breaker); `None`: one per worker.
+    pub cache_writer: Option<String>,
+}
+
+/// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
+/// the EnvoyFilter and the standalone Envoy configuration load. The cache filter is left out
+/// when no rule caches: it would cost every request for nothing.
+pub fn filter_configurations(
+    cfg: &GroupConfigs,
+    services: &ServiceClusters,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let ratelimit = RateLimitFilterConfig {
+        limits: cfg.ratelimit.clone(),
+        service: Some(RateLimitService {
+            cluster: services.ratelimit.clone(),
+            timeout_ms: 50,
+        }),
+        failure_mode: FailureMode::LocalFallback,
+        failure_mode_by_route: Default::default(),
+        response_headers: true,
+        over_limit_cache: true,
+    };
+    let mut out = vec![
+        ("router", serde_json::to_string(&cfg.router)?),
+        ("auth", serde_json::to_string(&cfg.auth)?),
+        ("ratelimit", serde_json::to_string(&ratelimit)?),
+    ];
+    if !cfg.cache.rules.is_empty() {
+        let cache = CacheConfig {
+            service: Some(CacheService::new(services.cache.clone())),
+            writer: services.cache_writer.clone(),
+            ..cfg.cache.clone()
+        };
+        out.push(("cache", serde_json::to_string(&cache)?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,102 @@
+//! Pure rendering of compiled routes into the objects the controller applies.
+//!
+//! Per group of routes (same namespace, target kind, workload selector): one `EnvoyFilter`
+//! with the auth, router and rate-limit Wasm filters and one rate-limit `ConfigMap`. Per route:
+//! one `VirtualService` and one `DestinationRule` per upstream. Output is deterministic: same
+//! routes in, same bytes out.
+//!
+//! [`configs`] merges a group's routes into the filters' configurations (shared with
+//! `nexus up`), [`group`] wraps them into the EnvoyFilter, [`route`] renders the Istio routing
+//! objects.
+
+mod configs;
+mod group;
+mod route;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::model::CompiledRoute;
+use crate::objects::{Kind, Object};
+
+pub use configs::{filter_configurations, group_configs, GroupConfigs, ServiceClusters};
+pub use group::{group_object_names, render_group};
+pub use route::render_route;
+
+pub const FIELD_MANAGER: &str = "nexus-controller";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
+pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
+/// The filters, in the order they run: see `nexus_config::contract::FILTER_ORDER` for why.
+pub use nexus_config::contract::FILTER_ORDER as FILTERS;
+/// Port of the rate-limit service (`envoy.service.ratelimit.v3`) on the `nexus-controller`
+/// Service; the ratelimit filter falls back to local buckets while it does not answer.
+pub const RATELIMIT_PORT: u16 = 8081;
+/// Port of the cache-coherency service (`nexus.cache.v1`) on the `nexus-controller` Service.
+pub const CACHE_PORT: u16 = 8083;
+
+/// Where the module server is and which module builds to reference.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of the controller's Service `nexus-controller`.
+    pub controller_namespace: String,
+    pub module_port: u16,
+    /// Filter name (`auth`, `router`, `ratelimit`) → sha256 hex of its `.wasm`.
+    pub modules: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Reads `<dir>/nexus_<filter>.wasm.sha256` (as `cargo xtask build-filters` writes them;
+    /// `<filter>.wasm.sha256` also works) for every filter, `sha256sum` format or bare hex.
+    pub fn load_modules(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for f in FILTERS {
+            let mut p = dir.join(format!("nexus_{f}.wasm.sha256"));
+            if !p.exists() {
+                p = dir.join(format!("{f}.wasm.sha256"));
+            }
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            let hex = text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("{} does not hold a sha256 hex digest", p.display());
+            }
+            out.insert(f.to_string(), hex.to_ascii_lowercase());
+        }
+        Ok(out)
+    }
+}
+
+fn owner_ref(r: &CompiledRoute, controller: bool) -> Value {
+    json!({
+        "apiVersion": crate::crd::api_version(),
+        "kind": "NexusRoute",
+        "name": r.name,
+        "uid": r.uid,
+        "controller": controller,
+        "blockOwnerDeletion": false,
+    })
+}
+
+fn meta(name: &str, ns: &str, labels: Value, owners: Vec<Value>) -> Value {
+    let mut m = json!({ "name": name, "namespace": ns, "labels": labels });
+    if !owners.is_empty() {
+        m["ownerReferences"] = Value::Array(owners);
+    }
+    m
+}
+
+/// An object of `kind` from its metadata and its other top-level fields (a JSON object).
+fn object(kind: Kind, metadata: Value, fields: Value) -> Object {
+    let fields = match fields {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    Object::new(kind, metadata, fields)
+}
