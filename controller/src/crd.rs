@@ -77,8 +77,15 @@ pub struct NexusRouteSpec {
 pub struct Target {
     /// `Gateway` (an ingress gateway, patch context GATEWAY) or `Sidecar` (SIDECAR_INBOUND).
     pub kind: TargetKind,
-    /// Labels of the workloads (Istio `workloadSelector.labels`), in this route's namespace.
+    /// Labels of the workloads (Istio `workloadSelector.labels`), in `namespace`.
     pub selector: BTreeMap<String, String>,
+    /// Where the workloads run, and so where their EnvoyFilter goes: Istio applies an
+    /// EnvoyFilter with a `workloadSelector` only to workloads in its own namespace. Gateways:
+    /// the gateway's namespace, default `istio-system` (where Istio installs its ingress
+    /// gateway); the controller's `--allowed-routes` decides which route namespaces may attach
+    /// to it. Sidecars: the route's own namespace (the default, and the only value allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(

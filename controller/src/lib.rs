@@ -12,6 +12,7 @@ pub mod leader;
 pub mod model;
 pub mod objects;
 pub mod plan;
+pub mod policy;
 pub mod ratelimit;
 pub mod render;
 pub mod server;

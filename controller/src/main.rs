@@ -358,6 +358,7 @@ async fn run_controller(
         }
         tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
             client.clone(),
+            settings.controller_namespace.clone(),
             limiter.clone(),
         ));
         tokio::spawn(async move {

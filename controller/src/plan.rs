@@ -176,9 +176,10 @@ impl GroupPlan {
         render::render_group(key, &routes, settings)
     }
 
-    /// Kind and name of every object a group writes (to delete them when it empties).
-    pub fn object_names(&self) -> [(Kind, String); 2] {
-        render::group_object_names(&self.name)
+    /// Kind, namespace and name of every object a group writes (to delete them when it
+    /// empties).
+    pub fn object_names(&self, settings: &Settings) -> [(Kind, String, String); 2] {
+        render::group_object_names(&self.namespace, &self.name, settings)
     }
 }
 

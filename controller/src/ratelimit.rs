@@ -15,9 +15,10 @@ use nexus_ratelimit_service::Limits;
 
 use crate::render::{FIELD_MANAGER, LABEL_MANAGED_BY};
 
-/// Keeps `limiter`'s limits equal to the managed rate-limit ConfigMaps, until the watch ends.
-pub async fn follow_configmaps(client: Client, limiter: SharedLimiter) {
-    let api: Api<ConfigMap> = Api::all(client);
+/// Keeps `limiter`'s limits equal to the managed rate-limit ConfigMaps (all in the
+/// controller's `namespace`), until the watch ends.
+pub async fn follow_configmaps(client: Client, namespace: String, limiter: SharedLimiter) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut live: BTreeMap<(String, String), RateLimitConfig> = BTreeMap::new();

@@ -116,8 +116,8 @@ async fn apply_if_changed(
         .render_micros
         .fetch_add(micros, Ordering::Relaxed);
     if objects.is_empty() {
-        for (kind, name) in group.object_names() {
-            delete_if_exists(ctx, kind, &group.namespace, &name).await?;
+        for (kind, ns, name) in group.object_names(&ctx.settings) {
+            delete_if_exists(ctx, kind, &ns, &name).await?;
         }
         *last = None;
         return Ok(());

@@ -180,7 +180,13 @@ pub async fn run(
     ));
     let controller = Controller::for_stream(routes, route_store)
         .with_config(controller::Config::default().concurrency(32));
-    let controller = watch_generated(controller, &client, &ctx.own_writes);
+    let controller = watch_generated(
+        controller,
+        &client,
+        &ctx.routes,
+        &ctx.own_writes,
+        &ctx.settings.controller_namespace,
+    );
     let controller = watch_inputs(controller, &client, &ctx.routes, secrets_api);
     state.set("controller", true, "running");
     controller
@@ -194,19 +200,18 @@ pub async fn run(
     Ok(())
 }
 
-/// Generated objects changed by someone else wake their owner, which re-applies them.
+/// Generated objects changed by someone else wake a route that re-applies them: the owner
+/// of a route's own objects, a member of a group's.
 fn watch_generated(
     c: Controller<NexusRoute>,
     client: &Client,
+    store: &Store<NexusRoute>,
     own: &Arc<OwnWrites>,
+    namespace: &str,
 ) -> Controller<NexusRoute> {
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
     let mut c = c;
-    for kind in [
-        Kind::VirtualService,
-        Kind::DestinationRule,
-        Kind::EnvoyFilter,
-    ] {
+    for kind in [Kind::VirtualService, Kind::DestinationRule] {
         let ar = kind.api_resource();
         let own = own.clone();
         c = c.watches_with(
@@ -216,12 +221,19 @@ fn watch_generated(
             move |o: DynamicObject| triggers::owner_of_dynamic(&own, &o),
         );
     }
-    let own = own.clone();
-    c.watches(
-        Api::<ConfigMap>::all(client.clone()),
-        managed,
-        move |cm: ConfigMap| triggers::owner_of(&own, &cm),
-    )
+    let ar = Kind::EnvoyFilter.api_resource();
+    let (own_ef, store_ef) = (own.clone(), store.clone());
+    c = c.watches_with(
+        Api::<DynamicObject>::all_with(client.clone(), &ar),
+        ar,
+        managed.clone(),
+        move |o: DynamicObject| triggers::group_member_of(&store_ef, &own_ef, &o),
+    );
+    let (own, store) = (own.clone(), store.clone());
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    c.watches(config_maps, managed, move |cm: ConfigMap| {
+        triggers::group_member_of(&store, &own, &cm)
+    })
 }
 
 /// Routes sharing a host with a changed route, and routes referencing a changed Secret.

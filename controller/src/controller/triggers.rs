@@ -16,6 +16,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::crd::NexusRoute;
+use crate::model;
+use crate::render::{LABEL_GROUP, LABEL_GROUP_NAMESPACE};
 
 /// What of a route can change its plan: its generation (the API server bumps it on every
 /// spec change, never on status) and whether it is being deleted.
@@ -86,6 +88,30 @@ pub fn owner_of<K: Resource>(own: &OwnWrites, obj: &K) -> Option<ObjectRef<Nexus
 /// [`owner_of`] for the dynamically typed Istio objects.
 pub fn owner_of_dynamic(own: &OwnWrites, obj: &DynamicObject) -> Option<ObjectRef<NexusRoute>> {
     owner_of(own, obj)
+}
+
+/// A member of the group a group object (EnvoyFilter, rate-limit ConfigMap) belongs to, by
+/// its labels (group objects cross namespaces, so they carry no owner references): the
+/// first by uid, whose reconcile re-renders the group for all.
+pub fn group_member_of<K: Resource>(
+    store: &Store<NexusRoute>,
+    own: &OwnWrites,
+    obj: &K,
+) -> Option<ObjectRef<NexusRoute>> {
+    if own.is_own(obj.meta().resource_version.as_deref()) {
+        return None;
+    }
+    let labels = obj.labels();
+    let (name, ns) = (labels.get(LABEL_GROUP)?, labels.get(LABEL_GROUP_NAMESPACE)?);
+    store
+        .state()
+        .iter()
+        .filter(|r| {
+            let key = model::group_key(r);
+            key.namespace == *ns && key.name() == *name
+        })
+        .min_by(|a, b| a.uid().cmp(&b.uid()))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
 /// Routes whose `auth.apiKeys.secretRef` names this Secret.

@@ -2,13 +2,29 @@
 
 use serde_json::{json, Value};
 
-use super::{
-    filter_configurations, group_configs, meta, object, owner_ref, ServiceClusters, Settings,
-};
-use super::{CACHE_PORT, FIELD_MANAGER, LABEL_GROUP, LABEL_MANAGED_BY, RATELIMIT_PORT};
+use super::{filter_configurations, group_configs, meta, object, ServiceClusters, Settings};
+use super::{CACHE_PORT, FIELD_MANAGER, LABEL_GROUP, LABEL_GROUP_NAMESPACE, LABEL_MANAGED_BY};
+use super::RATELIMIT_PORT;
 use crate::crd::TargetKind;
 use crate::model::{CompiledRoute, GroupKey};
 use crate::objects::{Kind, Object};
+
+/// Where a group's objects live: the EnvoyFilter beside the workloads it patches (Istio
+/// applies a selector-scoped EnvoyFilter only in its own namespace), the rate-limit
+/// ConfigMap in the controller's namespace (where the rate-limit service reads it, and the
+/// only namespace where the controller needs to write ConfigMaps). Neither can carry owner
+/// references to routes in other namespaces, so neither carries any: labels name the group,
+/// and the routes' finalizer removes them.
+pub fn group_object_names(group_namespace: &str, name: &str, settings: &Settings) -> [(Kind, String, String); 2] {
+    [
+        (Kind::EnvoyFilter, group_namespace.to_string(), name.to_string()),
+        (
+            Kind::ConfigMap,
+            settings.controller_namespace.clone(),
+            format!("nexus-ratelimit.{group_namespace}.{name}"),
+        ),
+    ]
+}
 
 /// EnvoyFilter + rate-limit ConfigMap of one group. `routes` must be the group's accepted
 /// routes sorted oldest first (see [`crate::model::age_key`]).
@@ -19,14 +35,11 @@ pub fn render_group(
 ) -> anyhow::Result<Vec<Object>> {
     let name = group.name();
     let cfg = group_configs(group, routes);
-    let mut owners: Vec<Value> = routes.iter().map(|r| owner_ref(r, false)).collect();
-    owners.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
-    let labels = json!({ LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_GROUP: name });
-    let context = match group.kind {
-        TargetKind::Gateway => "GATEWAY",
-        TargetKind::Sidecar => "SIDECAR_INBOUND",
-    };
-    let fail_open = routes.iter().any(|r| r.fail_open);
+    let labels = json!({
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+        LABEL_GROUP: name,
+        LABEL_GROUP_NAMESPACE: group.namespace,
+    });
     let services = ServiceClusters {
         ratelimit: format!(
             "outbound|{RATELIMIT_PORT}||nexus-controller.{}.svc.cluster.local",
@@ -38,64 +51,16 @@ pub fn render_group(
         ),
         cache_writer: None,
     };
+    let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();
     for (filter, configuration) in filter_configurations(&cfg, &services)? {
-        let sha = settings
-            .modules
-            .get(filter)
-            .ok_or_else(|| anyhow::anyhow!("no sha256 for the {filter} module"))?;
-        let fname = format!("nexus.{filter}");
-        patches.push(json!({
-            "applyTo": "HTTP_FILTER",
-            "match": {
-                "context": context,
-                "listener": { "filterChain": { "filter": {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "subFilter": { "name": "envoy.filters.http.router" }
-                }}}
-            },
-            "patch": {
-                "operation": "INSERT_BEFORE",
-                "value": {
-                    "name": fname,
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                        "config": {
-                            "name": fname,
-                            "root_id": fname,
-                            "failure_policy": if fail_open { "FAIL_OPEN" } else { "FAIL_CLOSED" },
-                            "configuration": {
-                                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                "value": configuration,
-                            },
-                            "vm_config": {
-                                "vm_id": nexus_config::vm_id(&fname, &configuration),
-                                "runtime": "envoy.wasm.runtime.v8",
-                                "code": { "remote": {
-                                    "http_uri": {
-                                        "uri": format!(
-                                            "http://nexus-controller.{}.svc:{}/modules/{sha}.wasm",
-                                            settings.controller_namespace, settings.module_port
-                                        ),
-                                        "cluster": format!(
-                                            "outbound|{}||nexus-controller.{}.svc.cluster.local",
-                                            settings.module_port, settings.controller_namespace
-                                        ),
-                                        "timeout": "10s",
-                                    },
-                                    "sha256": sha,
-                                    "retry_policy": { "num_retries": 3 },
-                                }},
-                            },
-                        },
-                    },
-                },
-            },
-        }));
+        patches.push(wasm_patch(group.kind, filter, &configuration, fail_open, settings)?);
     }
+    let [(_, ef_ns, ef_name), (_, cm_ns, cm_name)] =
+        group_object_names(&group.namespace, &name, settings);
     let envoy_filter = object(
         Kind::EnvoyFilter,
-        meta(&name, &group.namespace, labels.clone(), owners.clone()),
+        meta(&ef_name, &ef_ns, labels.clone(), Vec::new()),
         json!({ "spec": {
             "workloadSelector": { "labels": group.selector },
             "configPatches": patches,
@@ -103,21 +68,75 @@ pub fn render_group(
     );
     let config_map = object(
         Kind::ConfigMap,
-        meta(
-            &format!("{name}-ratelimit"),
-            &group.namespace,
-            labels,
-            owners,
-        ),
+        meta(&cm_name, &cm_ns, labels, Vec::new()),
         json!({ "data": { "config.yaml": serde_yaml::to_string(&cfg.ratelimit)? } }),
     );
     Ok(vec![envoy_filter, config_map])
 }
 
-/// Kind and name of each object [`render_group`] writes for the group named `name`.
-pub fn group_object_names(name: &str) -> [(Kind, String); 2] {
-    [
-        (Kind::EnvoyFilter, name.to_string()),
-        (Kind::ConfigMap, format!("{name}-ratelimit")),
-    ]
+/// The EnvoyFilter patch that inserts one Nexus filter before Envoy's router, its code
+/// fetched from the controller's module server by sha256.
+fn wasm_patch(
+    kind: TargetKind,
+    filter: &str,
+    configuration: &str,
+    fail_open: bool,
+    settings: &Settings,
+) -> anyhow::Result<Value> {
+    let context = match kind {
+        TargetKind::Gateway => "GATEWAY",
+        TargetKind::Sidecar => "SIDECAR_INBOUND",
+    };
+    let sha = settings
+        .modules
+        .get(filter)
+        .ok_or_else(|| anyhow::anyhow!("no sha256 for the {filter} module"))?;
+    let fname = format!("nexus.{filter}");
+    Ok(json!({
+        "applyTo": "HTTP_FILTER",
+        "match": {
+            "context": context,
+            "listener": { "filterChain": { "filter": {
+                "name": "envoy.filters.network.http_connection_manager",
+                "subFilter": { "name": "envoy.filters.http.router" }
+            }}}
+        },
+        "patch": {
+            "operation": "INSERT_BEFORE",
+            "value": {
+                "name": fname,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": fname,
+                        "root_id": fname,
+                        "failure_policy": if fail_open { "FAIL_OPEN" } else { "FAIL_CLOSED" },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": configuration,
+                        },
+                        "vm_config": {
+                            "vm_id": nexus_config::vm_id(&fname, configuration),
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "remote": {
+                                "http_uri": {
+                                    "uri": format!(
+                                        "http://nexus-controller.{}.svc:{}/modules/{sha}.wasm",
+                                        settings.controller_namespace, settings.module_port
+                                    ),
+                                    "cluster": format!(
+                                        "outbound|{}||nexus-controller.{}.svc.cluster.local",
+                                        settings.module_port, settings.controller_namespace
+                                    ),
+                                    "timeout": "10s",
+                                },
+                                "sha256": sha,
+                                "retry_policy": { "num_retries": 3 },
+                            }},
+                        },
+                    },
+                },
+            },
+        },
+    }))
 }

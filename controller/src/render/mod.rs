@@ -28,6 +28,8 @@ pub use route::render_route;
 pub const FIELD_MANAGER: &str = "nexus-controller";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
+/// The namespace of the group's EnvoyFilter (its ConfigMap lives in the controller's).
+pub const LABEL_GROUP_NAMESPACE: &str = "nexus.datapunk.io/group-namespace";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
 /// The filters, in the order they run: see `nexus_config::contract::FILTER_ORDER` for why.
 pub use nexus_config::contract::FILTER_ORDER as FILTERS;
