@@ -8,9 +8,12 @@ use nexus_filter_core::testing::{
 };
 use serde_json::{json, Value};
 
+use nexus_filter_core::HeaderMap;
+
 use super::*;
 use crate::jwks::KeyMaterial;
 use crate::testkit::{self, SigningKey, ALGS};
+use crate::verify::{Alg, RingVerifier};
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://id.example.com";

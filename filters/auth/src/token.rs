@@ -47,10 +47,10 @@ pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h 
 /// How to remove the credential `source` found from the request, if it can be removed:
 /// a header goes; a query parameter is cut out of the path; a cookie stays (other cookies
 /// share its header).
-pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::Strip> {
+pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::check::Strip> {
     match source {
-        TokenSource::Bearer => Some(crate::Strip::Header("authorization".to_string())),
-        TokenSource::Header { name, .. } => Some(crate::Strip::Header(name.clone())),
+        TokenSource::Bearer => Some(crate::check::Strip::Header("authorization".to_string())),
+        TokenSource::Header { name, .. } => Some(crate::check::Strip::Header(name.clone())),
         TokenSource::Query { param } => {
             let path = headers.get(":path")?;
             let (base, query) = path.split_once('?')?;
@@ -58,7 +58,7 @@ pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::Strip>
                 .split('&')
                 .filter(|pair| pair.split('=').next() != Some(param.as_str()))
                 .collect();
-            Some(crate::Strip::Path(if kept.is_empty() {
+            Some(crate::check::Strip::Path(if kept.is_empty() {
                 base.to_string()
             } else {
                 format!("{base}?{}", kept.join("&"))

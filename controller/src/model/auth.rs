@@ -1,0 +1,232 @@
+//! The route's authentication: JWT providers and API keys become the auth filter's
+//! [`AuthConfig`]; [`RouteAuth`] then gives each rule its requirement (see `requirements.rs`).
+
+use std::collections::BTreeSet;
+
+use nexus_config::auth::{self, AuthConfig};
+use nexus_config::Validate;
+
+use crate::crd::{ApiKeysSpec, AuthSpec, JwtProviderSpec, TokenLocation};
+
+use super::problem::Ctx;
+use super::secrets::{self, SecretLookup};
+
+/// JWKS refresh period when `jwksRefreshSeconds` is not given.
+const DEFAULT_JWKS_REFRESH_S: u64 = 600;
+const JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+const CLOCK_SKEW_S: u64 = 60;
+const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+
+/// An [`AuthConfig`] with the defaults the filter applies when parsing (serde defaults, which
+/// may differ from `Default`).
+pub fn auth_defaults() -> AuthConfig {
+    serde_json::from_str("{}").unwrap_or_default()
+}
+
+/// Istio's outbound cluster for a URI: `outbound|443||id.example.com`.
+pub fn istio_cluster_for(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, default_port),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("outbound|{port}||{host}"))
+}
+
+/// Provider names are per route; in the merged auth config they are `<route>.<provider>`.
+pub(super) fn provider_key(route: &str, provider: &str) -> String {
+    format!("{route}.{provider}")
+}
+
+/// A route's auth config so far (rules are added as they compile), and what rule requirements
+/// are checked against.
+pub(super) struct RouteAuth {
+    pub(super) config: AuthConfig,
+    pub(super) route: String,
+    /// Provider names as the route spells them (unprefixed).
+    pub(super) providers: BTreeSet<String>,
+    pub(super) has_keys: bool,
+    /// The requirement of rules that set none: `defaultRequirement`, else allow.
+    pub(super) default: auth::Requirement,
+}
+
+/// Compiles `spec.auth`: providers, then API keys, then the default requirement.
+pub(super) fn compile(
+    cx: &mut Ctx,
+    spec: Option<&AuthSpec>,
+    route: &str,
+    secrets: &dyn SecretLookup,
+) -> RouteAuth {
+    let spec = spec.cloned().unwrap_or_default();
+    let mut config = auth_defaults();
+    let mut providers = BTreeSet::new();
+    for (i, p) in spec.providers.iter().enumerate() {
+        let at = format!("$.spec.auth.providers[{i}]");
+        if p.name.is_empty() || !providers.insert(p.name.clone()) {
+            cx.bad(
+                format!("{at}.name"),
+                format!("provider name {:?} is empty or not unique", p.name),
+            );
+        }
+        let provider = provider(cx, p, &at);
+        config
+            .providers
+            .insert(provider_key(route, &p.name), provider);
+    }
+    if let Some(keys) = &spec.api_keys {
+        config.api_keys = Some(api_keys(cx, keys, secrets));
+    }
+    let mut out = RouteAuth {
+        config,
+        route: route.to_string(),
+        providers,
+        has_keys: spec.api_keys.is_some(),
+        default: auth::Requirement::Allow,
+    };
+    if let Some(r) = &spec.default_requirement {
+        out.default = out.requirement(cx, r, "$.spec.auth.defaultRequirement");
+    }
+    out
+}
+
+/// One JWT provider, checked by the auth filter's own validation (paths in CRD spelling).
+fn provider(cx: &mut Ctx, p: &JwtProviderSpec, at: &str) -> auth::JwtProvider {
+    let provider = auth::JwtProvider {
+        issuer: p.issuer.clone(),
+        audiences: p.audiences.clone(),
+        jwks: jwks(cx, p, at),
+        token_sources: token_sources(cx, p.token_location.as_ref(), at),
+        forward: p.forward,
+        clock_skew_s: CLOCK_SKEW_S,
+        claims_to_headers: p
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| auth::ClaimToHeader {
+                claim: claim.clone(),
+                header: header.clone(),
+            })
+            .collect(),
+    };
+    let mut errors = Vec::new();
+    provider.validate(at, &mut errors);
+    for e in &mut errors {
+        e.path = e
+            .path
+            .replace(".jwks.inline", ".jwks")
+            .replace(".jwks.remote.uri", ".jwksUri")
+            .replace(".claims_to_headers", ".claimsToHeaders")
+            .replace(".token_sources", ".tokenLocation");
+    }
+    // Skip the placeholder error for a missing/unusable JWKS (already reported).
+    errors.retain(|e| {
+        !(e.path.ends_with(".jwks")
+            && matches!(&provider.jwks, auth::Jwks::Inline(d) if d.is_empty()))
+    });
+    cx.take_config_errors(errors);
+    provider
+}
+
+/// `jwksUri` (fetched through Istio's outbound cluster for its host) or inline `jwks`; an
+/// empty inline document stands in for a reported problem.
+fn jwks(cx: &mut Ctx, p: &JwtProviderSpec, at: &str) -> auth::Jwks {
+    match (&p.jwks_uri, &p.jwks) {
+        (Some(uri), None) => match istio_cluster_for(uri) {
+            Some(cluster) => auth::Jwks::Remote(auth::RemoteJwks {
+                cluster,
+                uri: uri.clone(),
+                refresh_period_s: p.jwks_refresh_seconds.unwrap_or(DEFAULT_JWKS_REFRESH_S),
+                timeout_ms: JWKS_FETCH_TIMEOUT_MS,
+            }),
+            None => {
+                cx.bad(
+                    format!("{at}.jwksUri"),
+                    format!("{uri:?} is not an http(s) URI with a host"),
+                );
+                auth::Jwks::Inline(String::new())
+            }
+        },
+        (None, Some(doc)) => auth::Jwks::Inline(doc.clone()),
+        _ => {
+            cx.bad(at, "give exactly one of jwksUri, jwks");
+            auth::Jwks::Inline(String::new())
+        }
+    }
+}
+
+/// Where the token is: `Authorization: Bearer` unless `tokenLocation` names one place.
+fn token_sources(cx: &mut Ctx, t: Option<&TokenLocation>, at: &str) -> Vec<auth::TokenSource> {
+    let Some(t) = t else {
+        return vec![auth::TokenSource::Bearer];
+    };
+    let given = [t.header.is_some(), t.query.is_some(), t.cookie.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    if given > 1 {
+        cx.bad(
+            format!("{at}.tokenLocation"),
+            "give at most one of header, query, cookie",
+        );
+    }
+    if let Some(h) = &t.header {
+        vec![auth::TokenSource::Header {
+            name: h.to_ascii_lowercase(),
+            prefix: t.prefix.clone(),
+        }]
+    } else if let Some(q) = &t.query {
+        vec![auth::TokenSource::Query { param: q.clone() }]
+    } else if let Some(c) = &t.cookie {
+        vec![auth::TokenSource::Cookie { name: c.clone() }]
+    } else {
+        vec![auth::TokenSource::Bearer]
+    }
+}
+
+/// `spec.auth.apiKeys`: the header, and the keys of the referenced Secret.
+fn api_keys(cx: &mut Ctx, keys: &ApiKeysSpec, secrets: &dyn SecretLookup) -> auth::ApiKeys {
+    let at = "$.spec.auth.apiKeys";
+    let header = keys
+        .header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_API_KEY_HEADER.to_string());
+    let list = if keys.secret_ref.name.is_empty() {
+        cx.bad(format!("{at}.secretRef.name"), "must not be empty");
+        Vec::new()
+    } else {
+        secrets::api_keys(cx, secrets, &keys.secret_ref.name, at)
+    };
+    let api_keys = auth::ApiKeys { header, keys: list };
+    let mut errors = Vec::new();
+    api_keys.validate(at, &mut errors);
+    // The keys were checked entry by entry as the Secret was read: only the header is left.
+    errors.retain(|e| e.path.ends_with(".header"));
+    cx.take_config_errors(errors);
+    api_keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_clusters_for_jwks_uris() {
+        assert_eq!(
+            istio_cluster_for("https://id.example.com/jwks.json").as_deref(),
+            Some("outbound|443||id.example.com")
+        );
+        assert_eq!(
+            istio_cluster_for("http://keys.auth:8080/k").as_deref(),
+            Some("outbound|8080||keys.auth")
+        );
+        assert_eq!(istio_cluster_for("ftp://x"), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! What [`compile`](super::compile) produces: a route with nothing left to inherit or look up,
+//! from which every rendered object is made.
+
+use nexus_config::auth::AuthConfig;
+use nexus_config::router::{self, RetryPolicy};
+
+use crate::crd::ConnectionPool;
+
+use super::cache::RuleCache;
+use super::resilience::Outlier;
+use super::target::GroupKey;
+use super::upstream::ResolvedUpstream;
+
+/// One router rule of a compiled route, fully resolved (no category inheritance left).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRule {
+    /// `<route>.<rule>` (`.rest` appended for a REST fallback): unique in a group.
+    pub name: String,
+    pub router: router::RouteRule,
+    pub upstream: ResolvedUpstream,
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+    pub per_try_timeout_ms: Option<u64>,
+    /// The rule's caching, if any (also for its REST fallback).
+    pub cache: Option<RuleCache>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRoute {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub created: String,
+    pub group: GroupKey,
+    pub hosts: Vec<String>,
+    pub gateways: Vec<String>,
+    pub rules: Vec<CompiledRule>,
+    /// Category name, upstream and timeout (ms) of `defaultCategory`, if set.
+    pub default_upstream: Option<(String, ResolvedUpstream, u64)>,
+    pub auth: AuthConfig,
+    pub rate_limits: Vec<nexus_config::ratelimit::Descriptor>,
+    pub outlier: Outlier,
+    pub pool: ConnectionPool,
+    pub fail_open: bool,
+    /// Number of CRD rules.
+    pub rule_count: u32,
+}
+
+impl CompiledRoute {
+    /// Every upstream the route sends to: each rule's, then the default category's.
+    pub fn upstreams(&self) -> impl Iterator<Item = &ResolvedUpstream> {
+        self.rules
+            .iter()
+            .map(|rule| &rule.upstream)
+            .chain(self.default_upstream.iter().map(|(_, u, _)| u))
+    }
+}

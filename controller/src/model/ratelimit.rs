@@ -1,0 +1,100 @@
+//! A rule's rate limits as one rate-limit-service descriptor: the route-wide limit on the
+//! rule's own entry, per-client and per-header limits nested under it.
+
+use std::collections::BTreeSet;
+
+use nexus_config::ratelimit::{
+    Descriptor, RateLimit, Unit, CLIENT_KEY, HEADER_KEY_PREFIX, ROUTE_KEY,
+};
+
+use crate::crd::{RateLimitBy, RateLimitSpec, RateUnit};
+
+use super::problem::Ctx;
+
+/// The descriptor of rule `rule` (its full name, the `x-nexus-rule` value), or none without
+/// limits. `at` is the rule's JSON path.
+pub(super) fn descriptor(
+    cx: &mut Ctx,
+    limits: &[RateLimitSpec],
+    at: &str,
+    rule: &str,
+) -> Option<Descriptor> {
+    if limits.is_empty() {
+        return None;
+    }
+    let mut top = Descriptor {
+        key: ROUTE_KEY.to_string(),
+        value: Some(rule.to_string()),
+        rate_limit: None,
+        descriptors: Vec::new(),
+        shadow_mode: false,
+        ..Default::default()
+    };
+    let mut seen = BTreeSet::new();
+    for (k, l) in limits.iter().enumerate() {
+        let here = format!("{at}.rateLimits[{k}]");
+        if l.requests == 0 {
+            cx.bad(format!("{here}.requests"), "must be at least 1");
+        }
+        let Some(key) = key(cx, l, &here) else {
+            continue;
+        };
+        if !seen.insert(key.clone()) {
+            cx.bad(
+                &here,
+                "one limit per rule for each of Route, Client and each header",
+            );
+            continue;
+        }
+        match key {
+            None => {
+                top.rate_limit = Some(limit(l));
+                top.shadow_mode = l.shadow;
+            }
+            Some(key) => top.descriptors.push(Descriptor {
+                key,
+                value: None,
+                rate_limit: Some(limit(l)),
+                descriptors: Vec::new(),
+                shadow_mode: l.shadow,
+                ..Default::default()
+            }),
+        }
+    }
+    Some(top)
+}
+
+/// The nested descriptor key a limit counts by: `Some(None)` for the route itself, `None` if
+/// invalid (reported).
+fn key(cx: &mut Ctx, l: &RateLimitSpec, here: &str) -> Option<Option<String>> {
+    let key = match l.by {
+        RateLimitBy::Route => None,
+        RateLimitBy::Client => Some(CLIENT_KEY.to_string()),
+        RateLimitBy::Header => match &l.header {
+            Some(h) if !h.is_empty() => {
+                Some(format!("{HEADER_KEY_PREFIX}{}", h.to_ascii_lowercase()))
+            }
+            _ => {
+                cx.bad(format!("{here}.header"), "by: Header needs header");
+                return None;
+            }
+        },
+    };
+    if l.by != RateLimitBy::Header && l.header.is_some() {
+        cx.bad(format!("{here}.header"), "header is only for by: Header");
+    }
+    Some(key)
+}
+
+fn limit(l: &RateLimitSpec) -> RateLimit {
+    RateLimit {
+        unlimited: false,
+        unit: Some(match l.per {
+            RateUnit::Second => Unit::Second,
+            RateUnit::Minute => Unit::Minute,
+            RateUnit::Hour => Unit::Hour,
+        }),
+        requests_per_unit: l.requests,
+        ..Default::default()
+    }
+}

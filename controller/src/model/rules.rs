@@ -1,0 +1,178 @@
+//! The route's rules, in order. Each becomes a router rule with everything it inherits from its
+//! category and the route resolved; a gRPC rule with `restFallback` becomes two (the second
+//! named `<rule>.rest`). Each router rule gets its auth rule and rate-limit descriptor.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nexus_config::ratelimit::Descriptor;
+use nexus_config::router::{self, HeaderMatch, PathMatch, RequestMatch, RetryPolicy};
+
+use crate::crd::{RestFallback, Rule};
+
+use super::auth::RouteAuth;
+use super::categories::Category;
+use super::compiled::CompiledRule;
+use super::problem::Ctx;
+use super::syntax::is_dns_label;
+use super::upstream::{self, Tokens};
+use super::{cache, matching, ratelimit, resilience};
+
+/// What rules inherit from the route.
+pub(super) struct Inherited<'a> {
+    /// The route's name: rule names are `<route>.<rule>`.
+    pub(super) route: &'a str,
+    pub(super) categories: &'a BTreeMap<String, Category>,
+    pub(super) retry: (RetryPolicy, Option<u64>),
+    /// The `:authority` match every rule adds (none for any host).
+    pub(super) host: Option<HeaderMatch>,
+}
+
+/// Compiles every rule; the auth rules go into `auth.config`.
+pub(super) fn compile(
+    cx: &mut Ctx,
+    rules: &[Rule],
+    inherited: &Inherited,
+    auth: &mut RouteAuth,
+) -> (Vec<CompiledRule>, Vec<Descriptor>) {
+    let mut compiled = Vec::new();
+    let mut descriptors = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut tokens = Tokens::default();
+    for (i, r) in rules.iter().enumerate() {
+        let at = format!("$.spec.rules[{i}]");
+        check_name(cx, &r.name, &at, &mut names);
+        let Some(these) = compile_rule(cx, r, &at, inherited) else {
+            continue;
+        };
+        for (c, path) in these.iter().zip(["upstream", "restFallback.upstream"]) {
+            tokens.claim(cx, &c.upstream, format!("{at}.{path}"));
+        }
+        let requirement = auth.for_rule(cx, r.auth.as_ref(), &at);
+        for c in &these {
+            auth.config.rules.push(nexus_config::auth::AuthRule {
+                name: c.name.clone(),
+                matcher: c.router.matcher.clone(),
+                requirement: requirement.clone(),
+            });
+        }
+        // One descriptor per router rule: the REST fallback counts apart from its gRPC rule.
+        if let Some(d) = ratelimit::descriptor(cx, &r.rate_limits, &at, &these[0].name) {
+            for c in &these {
+                descriptors.push(Descriptor {
+                    value: Some(c.name.clone()),
+                    ..d.clone()
+                });
+            }
+        }
+        compiled.extend(these);
+    }
+    (compiled, descriptors)
+}
+
+/// Rule names are DNS labels, unique in the route.
+fn check_name(cx: &mut Ctx, name: &str, at: &str, seen: &mut BTreeSet<String>) {
+    if !is_dns_label(name) {
+        cx.bad(format!("{at}.name"), format!("{name:?} is not [a-z0-9-]+"));
+    } else if !seen.insert(name.to_string()) {
+        cx.bad(
+            format!("{at}.name"),
+            format!("duplicate rule name {name:?}"),
+        );
+    }
+}
+
+/// The rule (and its REST fallback); `None` if its category or upstream is unknown.
+fn compile_rule(
+    cx: &mut Ctx,
+    r: &Rule,
+    at: &str,
+    inherited: &Inherited,
+) -> Option<Vec<CompiledRule>> {
+    let matcher = matching::request_match(cx, &r.matcher, &format!("{at}.match"), &inherited.host);
+    let Some(cat) = inherited.categories.get(&r.category) else {
+        let known: Vec<&str> = inherited.categories.keys().map(String::as_str).collect();
+        cx.bad(
+            format!("{at}.category"),
+            format!(
+                "unknown category {:?} (known: {})",
+                r.category,
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    let upstream = match &r.upstream {
+        Some(u) => Some(upstream::resolve(cx, u, &format!("{at}.upstream"))),
+        None => cat.upstream.clone(),
+    }?;
+    let timeout_ms = cx
+        .duration(&r.timeout, &format!("{at}.timeout"))
+        .unwrap_or(cat.timeout_ms);
+    let (retry, per_try) = match &r.retries {
+        Some(rt) => resilience::retries(cx, rt, &format!("{at}.retries")),
+        None => cat.retry.clone().unwrap_or_else(|| inherited.retry.clone()),
+    };
+    let name = format!("{}.{}", inherited.route, r.name);
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| cache::compile(cx, c, &format!("{at}.cache")));
+    let rule = CompiledRule {
+        name: name.clone(),
+        router: router::RouteRule {
+            name,
+            matcher,
+            category: r.category.clone(),
+            upstream: Some(upstream.token.clone()),
+            timeout_ms: Some(timeout_ms),
+            retry: Some(retry.clone()),
+        },
+        upstream,
+        timeout_ms,
+        retry,
+        per_try_timeout_ms: per_try,
+        cache,
+    };
+    let fallback = r
+        .rest_fallback
+        .as_ref()
+        .map(|fb| rest_fallback(cx, fb, &rule, &format!("{at}.restFallback")));
+    Some(std::iter::once(rule).chain(fallback).collect())
+}
+
+/// The `.rest` twin of a gRPC rule: REST requests under `pathPrefix` go to the fallback
+/// upstream, with the gRPC rule's methods, headers, timeout, retries and cache.
+fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str) -> CompiledRule {
+    if grpc.router.matcher.grpc_service.is_none() {
+        cx.bad(at, "restFallback needs match.grpcService");
+    }
+    if !fb.path_prefix.starts_with('/') {
+        cx.bad(format!("{at}.pathPrefix"), "must start with '/'");
+    }
+    let upstream = upstream::resolve(cx, &fb.upstream, &format!("{at}.upstream"));
+    let mut matcher = RequestMatch {
+        path: Some(PathMatch::Prefix(fb.path_prefix.clone())),
+        methods: grpc.router.matcher.methods.clone(),
+        headers: grpc.router.matcher.headers.clone(),
+        grpc_service: None,
+        grpc_method: None,
+    };
+    matcher.headers.dedup();
+    let name = format!("{}.rest", grpc.name);
+    CompiledRule {
+        name: name.clone(),
+        router: router::RouteRule {
+            name,
+            matcher,
+            category: grpc.router.category.clone(),
+            upstream: Some(upstream.token.clone()),
+            timeout_ms: Some(grpc.timeout_ms),
+            retry: Some(grpc.retry.clone()),
+        },
+        upstream,
+        timeout_ms: grpc.timeout_ms,
+        retry: grpc.retry.clone(),
+        per_try_timeout_ms: grpc.per_try_timeout_ms,
+        cache: grpc.cache.clone(),
+    }
+}
