@@ -167,6 +167,7 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         controller_namespace: "nexus-system".into(),
         module_port: 8082,
         modules: Settings::load_modules(&root.join("tests/fixtures/modules")).unwrap(),
+        allowed_routes: Default::default(),
     };
     let state = Arc::new(State::new(None));
     tokio::spawn(controller::run(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nexus_controller::policy::AllowedRoutes;
 use nexus_controller::render::Settings;
 use nexus_controller::{chart, controller, crd, health, input, leader, plan, server, telemetry};
 
@@ -33,6 +34,11 @@ struct RenderArgs {
     /// Port of the module server in that Service.
     #[arg(long, default_value_t = 8082)]
     module_port: u16,
+    /// Which route namespaces may attach filters to the gateways of a namespace:
+    /// `GATEWAY_NAMESPACE=All|Same|ns1,ns2`, repeatable. Unlisted namespaces allow `Same`,
+    /// except istio-system (Istio's shared ingress gateway), which allows `All`.
+    #[arg(long = "allowed-routes", value_name = "NS=FROM")]
+    allowed_routes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +143,7 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
         controller_namespace: r.controller_namespace.clone(),
         module_port: r.module_port,
         modules: Settings::load_modules(&r.modules)?,
+        allowed_routes: AllowedRoutes::parse(&r.allowed_routes).map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -184,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let inputs = input::read_files(&files)?;
             let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
-            let outcomes = plan::outcomes(&routes, &inputs.secrets);
+            let outcomes = plan::outcomes(&routes, &inputs.secrets, &AllowedRoutes::default());
             let problems = report(&inputs, &outcomes);
             if problems == 0 {
                 eprintln!("{} NexusRoute(s) valid", routes.len());

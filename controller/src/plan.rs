@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::crd::NexusRoute;
-use crate::model::{self, age_key, CompiledRoute, GroupKey, Problem, SecretLookup};
+use crate::crd::{NexusRoute, TargetKind};
+use crate::model::{self, age_key, CompiledRoute, GroupKey, Problem, Reason, SecretLookup};
 use crate::objects::{Kind, Object};
+use crate::policy::AllowedRoutes;
 use crate::render::{self, Settings};
 
 pub type RouteId = (String, String);
@@ -78,6 +79,27 @@ impl Compiler {
     }
 }
 
+/// Why a gateway refuses this route, if it does (see [`crate::policy`]).
+fn not_allowed(route: &NexusRoute, policy: &AllowedRoutes) -> Option<Problem> {
+    if route.spec.target.kind != TargetKind::Gateway {
+        return None;
+    }
+    let gateway_ns = model::target_namespace(route);
+    let route_ns = route.metadata.namespace.as_deref().unwrap_or_default();
+    if policy.allows(&gateway_ns, route_ns) {
+        return None;
+    }
+    Some(Problem {
+        reason: Reason::NotAllowedByGateway,
+        path: "$.spec.target.namespace".into(),
+        message: format!(
+            "routes in namespace {route_ns:?} may not attach filters to gateways in {gateway_ns:?}, \
+             which allows routes from: {} (the controller's --allowed-routes)",
+            policy.from(&gateway_ns)
+        ),
+    })
+}
+
 /// A hash of the API-key Secret the route references (0 when it references none).
 fn secret_fingerprint(route: &NexusRoute, secrets: &dyn SecretLookup) -> u64 {
     let Some(keys) = route.spec.auth.as_ref().and_then(|a| a.api_keys.as_ref()) else {
@@ -89,26 +111,39 @@ fn secret_fingerprint(route: &NexusRoute, secrets: &dyn SecretLookup) -> u64 {
     h.finish() | 1
 }
 
-/// Every route the controller knows at one moment, and which of them lose a conflict.
+/// Every route the controller knows at one moment, and which of them are refused before
+/// compiling: routes a gateway does not allow, and conflict losers.
 pub struct Snapshot<'a> {
     routes: Vec<&'a NexusRoute>,
-    lost: BTreeMap<RouteId, Problem>,
+    refused: BTreeMap<RouteId, Problem>,
 }
 
 impl<'a> Snapshot<'a> {
-    pub fn new(routes: Vec<&'a NexusRoute>) -> Snapshot<'a> {
-        let lost = model::conflicts(&routes);
-        Snapshot { routes, lost }
+    pub fn new(routes: Vec<&'a NexusRoute>, policy: &AllowedRoutes) -> Snapshot<'a> {
+        let mut refused: BTreeMap<RouteId, Problem> = routes
+            .iter()
+            .filter_map(|r| not_allowed(r, policy).map(|p| (id(r), p)))
+            .collect();
+        // A route the gateway refuses claims nothing: it cannot make another lose a conflict.
+        let allowed: Vec<&NexusRoute> = routes
+            .iter()
+            .copied()
+            .filter(|r| !refused.contains_key(&id(r)))
+            .collect();
+        for (route, problem) in model::conflicts(&allowed) {
+            refused.entry(route).or_insert(problem);
+        }
+        Snapshot { routes, refused }
     }
 
-    /// `route`'s outcome: a conflict loser's problem, or its compiled form.
+    /// `route`'s outcome: why it is refused, or its compiled form.
     pub fn outcome(
         &self,
         route: &NexusRoute,
         compiler: &Compiler,
         secrets: &dyn SecretLookup,
     ) -> Outcome {
-        match self.lost.get(&id(route)) {
+        match self.refused.get(&id(route)) {
             Some(p) => Arc::new(Err(vec![p.clone()])),
             None => compiler.compile(route, secrets),
         }
@@ -250,9 +285,13 @@ fn left_group(
     }
 }
 
-/// Compiles every live route, with conflict losers rejected.
-pub fn outcomes(routes: &[&NexusRoute], secrets: &dyn SecretLookup) -> Outcomes {
-    let snapshot = Snapshot::new(routes.to_vec());
+/// Compiles every live route, with conflict losers and routes their gateway refuses rejected.
+pub fn outcomes(
+    routes: &[&NexusRoute],
+    secrets: &dyn SecretLookup,
+    policy: &AllowedRoutes,
+) -> Outcomes {
+    let snapshot = Snapshot::new(routes.to_vec(), policy);
     let compiler = Compiler::default();
     routes
         .iter()
@@ -270,7 +309,7 @@ pub fn render_all(
     secrets: &dyn SecretLookup,
     settings: &Settings,
 ) -> anyhow::Result<(Vec<Value>, Outcomes)> {
-    let outs = outcomes(routes, secrets);
+    let outs = outcomes(routes, secrets, &settings.allowed_routes);
     let mut groups: BTreeMap<GroupKey, Vec<&CompiledRoute>> = BTreeMap::new();
     let mut objects = Vec::new();
     for c in outs.values().flatten() {

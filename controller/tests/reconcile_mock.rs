@@ -125,6 +125,7 @@ fn context(client: Client, route: &NexusRoute) -> Arc<Context> {
         controller_namespace: "nexus-system".into(),
         module_port: 8082,
         modules: Settings::load_modules(&root.join("tests/fixtures/modules")).unwrap(),
+        allowed_routes: Default::default(),
     };
     let state = Arc::new(State::new(None));
     Arc::new(Context::new(
@@ -163,7 +164,8 @@ async fn a_new_route_is_finalized_programmed_and_reported_in_one_reconcile() {
     let expected = vec![
         format!("PATCH {ROUTE}"),
         format!("PATCH {ef}"),
-        format!("PATCH /api/v1/namespaces/apps/configmaps/{group}-ratelimit"),
+        // The rate-limit ConfigMap lives in the controller's namespace.
+        format!("PATCH /api/v1/namespaces/nexus-system/configmaps/nexus-ratelimit.apps.{group}"),
         format!("PATCH {ISTIO}/v1beta1/namespaces/apps/virtualservices/nexus-shop"),
         format!("PATCH {ISTIO}/v1beta1/namespaces/apps/destinationrules/nexus-shop-lake"),
         format!("GET {ISTIO}/v1beta1/namespaces/apps/virtualservices"),
@@ -293,7 +295,8 @@ async fn a_deleted_route_takes_its_group_objects_and_then_its_finalizer_away() {
         "{got:#?}"
     );
     assert!(
-        got[1].starts_with("DELETE /api/v1/namespaces/apps/configmaps/"),
+        got[1]
+            .starts_with("DELETE /api/v1/namespaces/nexus-system/configmaps/nexus-ratelimit.apps."),
         "{got:#?}"
     );
     assert_eq!(

@@ -26,6 +26,7 @@ fn settings() -> Settings {
         controller_namespace: "nexus-system".into(),
         module_port: 8082,
         modules: Settings::load_modules(&fixtures().join("modules")).unwrap(),
+        allowed_routes: Default::default(),
     }
 }
 
@@ -295,12 +296,12 @@ fn routes_on_the_same_workloads_merge_deterministically() {
         .iter()
         .find(|e| e["spec"]["workloadSelector"]["labels"]["app"] == "lake")
         .unwrap();
+    // Group objects may live in another namespace than their routes, where owner references
+    // cannot point: labels name the group, the routes' finalizer removes it.
+    assert!(lake["metadata"].get("ownerReferences").is_none());
     assert_eq!(
-        lake["metadata"]["ownerReferences"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+        lake["metadata"]["labels"]["nexus.datapunk.io/group-namespace"],
+        lake["metadata"]["namespace"]
     );
     let router: RouterConfig = nexus_config::parse(&filter_config(lake, "router")).unwrap();
     let names: Vec<&str> = router.rules.iter().map(|r| r.name.as_str()).collect();
@@ -437,4 +438,115 @@ fn cli_render_prints_the_golden_objects_and_crd_prints_the_crd() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&crd_out.stdout), crd::crd_yaml());
+}
+
+/// A route in `namespace` targeting the ingress gateway (in `gateway_ns`, or Istio's default).
+fn gateway_route(namespace: &str, gateway_ns: Option<&str>) -> NexusRoute {
+    let mut target =
+        serde_json::json!({ "kind": "Gateway", "selector": { "istio": "ingressgateway" } });
+    if let Some(ns) = gateway_ns {
+        target["namespace"] = serde_json::json!(ns);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "nexus.datapunk.io/v1alpha1", "kind": "NexusRoute",
+        "metadata": { "name": format!("r-{namespace}"), "namespace": namespace,
+                      "uid": format!("uid-{namespace}"), "creationTimestamp": "2026-01-01T00:00:00Z" },
+        "spec": { "target": target, "gateways": ["istio-system/nexus-gateway"],
+                  "hosts": [format!("{namespace}.example.com")],
+                  "rules": [{ "name": "all", "match": { "path": { "prefix": "/" } }, "category": "data_operations" }] },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_gateway_routes_envoy_filter_lives_where_the_gateway_runs() {
+    // Istio applies a selector-scoped EnvoyFilter only to workloads in its own namespace:
+    // the datapunk example's routes live in `default`, its ingress gateway in istio-system.
+    let inputs = input::read_files(&[root().join("../examples/datapunk/routes.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    assert!(routes
+        .iter()
+        .all(|r| r.metadata.namespace.as_deref() == Some("default")));
+    let (objs, _) = plan::render_all(&routes, &inputs.secrets, &settings()).unwrap();
+    let placed: Vec<(&str, &str)> = objs
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["namespace"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        placed.contains(&("EnvoyFilter", "istio-system")),
+        "{placed:?}"
+    );
+    assert!(!placed.contains(&("EnvoyFilter", "default")), "{placed:?}");
+    assert!(
+        placed.contains(&("VirtualService", "default")),
+        "{placed:?}"
+    );
+    assert!(
+        placed.contains(&("ConfigMap", "nexus-system")),
+        "{placed:?}"
+    );
+}
+
+#[test]
+fn routes_of_many_namespaces_share_their_gateways_envoy_filter() {
+    let (a, b) = (gateway_route("team-a", None), gateway_route("team-b", None));
+    let secrets = std::collections::BTreeMap::new();
+    let (objs, outcomes) = plan::render_all(&[&a, &b], &secrets, &settings()).unwrap();
+    assert!(outcomes.values().all(|o| o.is_ok()));
+    let efs: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "EnvoyFilter").collect();
+    assert_eq!(efs.len(), 1, "one gateway, one EnvoyFilter");
+    assert_eq!(efs[0]["metadata"]["namespace"], "istio-system");
+    let router: RouterConfig = nexus_config::parse(&filter_config(efs[0], "router")).unwrap();
+    assert_eq!(router.rules.len(), 2, "both namespaces' rules");
+}
+
+#[test]
+fn a_gateway_refuses_routes_its_namespace_does_not_allow() {
+    let mut settings = settings();
+    settings.allowed_routes =
+        nexus_controller::policy::AllowedRoutes::parse(&["edge=team-a".into()]).unwrap();
+    let allowed = gateway_route("team-a", Some("edge"));
+    let refused = gateway_route("team-b", Some("edge"));
+    let secrets = std::collections::BTreeMap::new();
+    let (objs, outcomes) = plan::render_all(&[&allowed, &refused], &secrets, &settings).unwrap();
+    assert!(outcomes[&("team-a".to_string(), "r-team-a".to_string())].is_ok());
+    let problems = outcomes[&("team-b".to_string(), "r-team-b".to_string())]
+        .as_ref()
+        .unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].reason.as_str(), "NotAllowedByGateway");
+    assert_eq!(problems[0].path, "$.spec.target.namespace");
+    assert!(
+        problems[0].message.contains("\"team-b\"") && problems[0].message.contains("team-a"),
+        "{}",
+        problems[0].message
+    );
+    let status =
+        nexus_controller::status::conditions(&[], Some(1), &Err(problems.clone()), None, "T");
+    let accepted = status.iter().find(|c| c.type_ == "Accepted").unwrap();
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "NotAllowedByGateway")
+    );
+    // The refused route contributes nothing: no VirtualService, no rule in the EnvoyFilter.
+    assert!(!objs.iter().any(|o| o["metadata"]["namespace"] == "team-b"));
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let router: RouterConfig = nexus_config::parse(&filter_config(ef, "router")).unwrap();
+    assert_eq!(router.rules.len(), 1);
+}
+
+#[test]
+fn a_sidecar_target_cannot_reach_into_another_namespace() {
+    let mut r = gateway_route("team-a", Some("team-b"));
+    r.spec.target.kind = nexus_controller::crd::TargetKind::Sidecar;
+    let secrets = std::collections::BTreeMap::new();
+    let outcomes = plan::outcomes(&[&r], &secrets, &Default::default());
+    let problems = outcomes.values().next().unwrap().as_ref().unwrap_err();
+    assert_eq!(problems[0].path, "$.spec.target.namespace");
+    assert_eq!(problems[0].reason.as_str(), "InvalidSpec");
 }

@@ -159,7 +159,7 @@ fn plan_route(
         .filter(|r| r.uid() != route.uid())
         .collect();
     routes.push(route);
-    let snapshot = Snapshot::new(routes);
+    let snapshot = Snapshot::new(routes, &ctx.settings.allowed_routes);
     let plan = plan::reconcile(route, &snapshot, &ctx.compiler, secrets, previous_group);
     let micros = started.elapsed().as_micros() as u64;
     ctx.state

@@ -38,7 +38,7 @@ pub use resilience::{
 };
 pub use secrets::{SecretData, SecretLookup};
 pub use syntax::{duration_text, parse_duration_ms};
-pub use target::{group_key, GroupKey};
+pub use target::{group_key, target_namespace, GroupKey};
 pub use upstream::ResolvedUpstream;
 
 use nexus_config::Validate;

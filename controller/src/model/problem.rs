@@ -11,6 +11,8 @@ pub enum Reason {
     Conflict,
     SecretNotFound,
     InvalidSecret,
+    /// The gateway's namespace does not let routes of this namespace attach to it.
+    NotAllowedByGateway,
 }
 
 impl Reason {
@@ -20,6 +22,7 @@ impl Reason {
             Reason::Conflict => "Conflict",
             Reason::SecretNotFound => "SecretNotFound",
             Reason::InvalidSecret => "InvalidSecret",
+            Reason::NotAllowedByGateway => "NotAllowedByGateway",
         }
     }
     /// `Accepted` problems vs `ResolvedRefs` problems.

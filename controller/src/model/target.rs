@@ -32,6 +32,14 @@ pub(super) fn check(cx: &mut Ctx, spec: &NexusRouteSpec) {
     if spec.rules.is_empty() {
         cx.bad("$.spec.rules", "must have at least one rule");
     }
+    if let (TargetKind::Sidecar, Some(ns)) = (spec.target.kind, &spec.target.namespace) {
+        if ns != cx.ns {
+            cx.bad(
+                "$.spec.target.namespace",
+                format!("a Sidecar target selects workloads in the route's own namespace {:?}, not {ns:?}", cx.ns),
+            );
+        }
+    }
 }
 
 /// `*`, or a lower-case host name with an optional `*.` wildcard label in front.
@@ -73,9 +81,24 @@ impl GroupKey {
     }
 }
 
+/// The namespace of the workloads a route targets, where its EnvoyFilter must live: Istio
+/// applies an EnvoyFilter with a `workloadSelector` only to workloads in its own namespace
+/// (Istio's EnvoyFilter reference; the config root namespace, which would reach every
+/// namespace, is never used).
+pub fn target_namespace(route: &NexusRoute) -> String {
+    let target = &route.spec.target;
+    match (target.kind, &target.namespace) {
+        (TargetKind::Gateway, Some(ns)) => ns.clone(),
+        (TargetKind::Gateway, None) => crate::policy::DEFAULT_GATEWAY_NAMESPACE.to_string(),
+        (TargetKind::Sidecar, _) => route.metadata.namespace.clone().unwrap_or_default(),
+    }
+}
+
+/// Routes targeting the same workloads (namespace, kind, selector) share one group: one
+/// EnvoyFilter, one rate-limit domain, whatever namespaces the routes live in.
 pub fn group_key(route: &NexusRoute) -> GroupKey {
     GroupKey {
-        namespace: route.metadata.namespace.clone().unwrap_or_default(),
+        namespace: target_namespace(route),
         kind: route.spec.target.kind,
         selector: route.spec.target.selector.clone(),
     }

@@ -2,9 +2,9 @@
 
 use serde_json::{json, Value};
 
+use super::RATELIMIT_PORT;
 use super::{filter_configurations, group_configs, meta, object, ServiceClusters, Settings};
 use super::{CACHE_PORT, FIELD_MANAGER, LABEL_GROUP, LABEL_GROUP_NAMESPACE, LABEL_MANAGED_BY};
-use super::RATELIMIT_PORT;
 use crate::crd::TargetKind;
 use crate::model::{CompiledRoute, GroupKey};
 use crate::objects::{Kind, Object};
@@ -15,9 +15,17 @@ use crate::objects::{Kind, Object};
 /// only namespace where the controller needs to write ConfigMaps). Neither can carry owner
 /// references to routes in other namespaces, so neither carries any: labels name the group,
 /// and the routes' finalizer removes them.
-pub fn group_object_names(group_namespace: &str, name: &str, settings: &Settings) -> [(Kind, String, String); 2] {
+pub fn group_object_names(
+    group_namespace: &str,
+    name: &str,
+    settings: &Settings,
+) -> [(Kind, String, String); 2] {
     [
-        (Kind::EnvoyFilter, group_namespace.to_string(), name.to_string()),
+        (
+            Kind::EnvoyFilter,
+            group_namespace.to_string(),
+            name.to_string(),
+        ),
         (
             Kind::ConfigMap,
             settings.controller_namespace.clone(),
@@ -54,7 +62,13 @@ pub fn render_group(
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();
     for (filter, configuration) in filter_configurations(&cfg, &services)? {
-        patches.push(wasm_patch(group.kind, filter, &configuration, fail_open, settings)?);
+        patches.push(wasm_patch(
+            group.kind,
+            filter,
+            &configuration,
+            fail_open,
+            settings,
+        )?);
     }
     let [(_, ef_ns, ef_name), (_, cm_ns, cm_name)] =
         group_object_names(&group.namespace, &name, settings);

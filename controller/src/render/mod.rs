@@ -47,6 +47,8 @@ pub struct Settings {
     pub module_port: u16,
     /// Filter name (`auth`, `router`, `ratelimit`) → sha256 hex of its `.wasm`.
     pub modules: BTreeMap<String, String>,
+    /// Which route namespaces may attach to the gateways of which namespace.
+    pub allowed_routes: crate::policy::AllowedRoutes,
 }
 
 impl Settings {

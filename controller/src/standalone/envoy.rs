@@ -407,7 +407,7 @@ mod tests {
         assert!(snap.problems.is_empty(), "{:?}", snap.problems);
         let routes: Vec<&crate::crd::NexusRoute> =
             snap.inputs.routes.iter().map(|(_, r)| r).collect();
-        let outcomes = crate::plan::outcomes(&routes, &snap.inputs.secrets);
+        let outcomes = crate::plan::outcomes(&routes, &snap.inputs.secrets, &Default::default());
         let compiled = outcomes
             .into_values()
             .map(|o| o.unwrap_or_else(|p| panic!("{p:?}")))

@@ -53,7 +53,7 @@ fn load(dir: &Path, opts: &Options) -> Result<Config, Vec<String>> {
         mut problems,
     } = gateway::read_dir(dir).map_err(|e| vec![e.to_string()])?;
     let routes: Vec<&crate::crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
-    let outcomes = crate::plan::outcomes(&routes, &inputs.secrets);
+    let outcomes = crate::plan::outcomes(&routes, &inputs.secrets, &Default::default());
     let mut compiled = Vec::new();
     for (file, r) in &inputs.routes {
         let id = crate::plan::id(r);
