@@ -5,11 +5,13 @@
 //! path an older route already claims; [`group_key`] decides which routes share one
 //! EnvoyFilter (same namespace, target kind and workload selector).
 //!
-//! One module per part of the spec, in the order [`compile`] reads them: `target`,
-//! `resilience` (retries, circuit breaker, connection pool), `categories`, `auth` and
-//! `requirements`, `rules` (with `matching`, `upstream`, `cache` and `ratelimit`). Every step
-//! reports into one `problem::Ctx`, so a route's problems come back all at once and in spec
-//! order.
+//! One module per part of the spec, in the order [`compile`] reads them: `target` (selector,
+//! hosts, gateways), `resilience` (default retries; circuit breaker and connection pool come
+//! last), `categories`, `auth` and `requirements`, `rules` (with `matching`, `upstream`, `cache`
+//! and `ratelimit`). Every step reports into one `problem::Ctx`, so all of a route's problems
+//! come back at once, in the order found. Around them: `compiled` (the output types),
+//! `conflicts` (which of two routes keeps a path), `secrets` (Secret lookup and API-key
+//! entries), `syntax` (durations, DNS labels).
 
 mod auth;
 mod cache;

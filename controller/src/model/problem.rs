@@ -44,8 +44,8 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// The compile steps' shared state: every problem found so far (in the order found, which is
-/// the order the status reports them), and the route's namespace that relative names resolve in.
+/// The compile steps' shared state: every problem found so far, in the order found, and the
+/// route's namespace, in which Services named without one are resolved.
 pub(super) struct Ctx<'a> {
     pub(super) problems: Vec<Problem>,
     pub(super) ns: &'a str,

@@ -6,9 +6,8 @@ use std::rc::Rc;
 use nexus_filter_core::testing::{
     FixedClock, MemCallouts, MemHeaders, MemLog, MemMetrics, MemSharedData,
 };
-use serde_json::{json, Value};
-
 use nexus_filter_core::HeaderMap;
+use serde_json::{json, Value};
 
 use super::*;
 use crate::jwks::KeyMaterial;

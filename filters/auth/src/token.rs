@@ -6,6 +6,8 @@ use nexus_config::auth::TokenSource;
 use nexus_filter_core::HeaderList;
 use serde_json::{Map, Value};
 
+use crate::check::Strip;
+
 /// The token a source yields, if the request carries one there.
 pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h str> {
     let token = match source {
@@ -47,10 +49,10 @@ pub fn extract<'h>(source: &TokenSource, headers: &'h HeaderList) -> Option<&'h 
 /// How to remove the credential `source` found from the request, if it can be removed:
 /// a header goes; a query parameter is cut out of the path; a cookie stays (other cookies
 /// share its header).
-pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::check::Strip> {
+pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<Strip> {
     match source {
-        TokenSource::Bearer => Some(crate::check::Strip::Header("authorization".to_string())),
-        TokenSource::Header { name, .. } => Some(crate::check::Strip::Header(name.clone())),
+        TokenSource::Bearer => Some(Strip::Header("authorization".to_string())),
+        TokenSource::Header { name, .. } => Some(Strip::Header(name.clone())),
         TokenSource::Query { param } => {
             let path = headers.get(":path")?;
             let (base, query) = path.split_once('?')?;
@@ -58,7 +60,7 @@ pub fn strip(source: &TokenSource, headers: &HeaderList) -> Option<crate::check:
                 .split('&')
                 .filter(|pair| pair.split('=').next() != Some(param.as_str()))
                 .collect();
-            Some(crate::check::Strip::Path(if kept.is_empty() {
+            Some(Strip::Path(if kept.is_empty() {
                 base.to_string()
             } else {
                 format!("{base}?{}", kept.join("&"))
