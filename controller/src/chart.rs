@@ -102,6 +102,11 @@ pub struct Controller {
     /// `RUST_LOG` filter, e.g. `info` or `nexus_controller=debug,info`.
     pub log_level: String,
     pub leader_election: LeaderElection,
+    /// Which route namespaces may attach filters to the gateways of a namespace
+    /// (`--allowed-routes NS=FROM`): gateway namespace → `All`, `Same`, or a comma-separated
+    /// list of namespaces. Unlisted gateway namespaces allow `Same`; `istio-system` allows
+    /// `All` unless listed here.
+    pub allowed_routes: BTreeMap<String, String>,
     /// Extra arguments to `nexus controller`.
     pub extra_args: Vec<String>,
     /// Extra container environment variables (Kubernetes `EnvVar` objects).

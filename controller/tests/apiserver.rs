@@ -108,7 +108,8 @@ fn group_name(route: &NexusRoute) -> String {
 async fn reconciles_routes_against_a_real_apiserver() {
     let env = TestEnv::start();
     let client = env.client().await;
-    env.setup(&client, &["nexus-system", NS]).await;
+    env.setup(&client, &["nexus-system", "istio-system", NS])
+        .await;
     let modules = module_dir();
     let rls_port = free_port();
     let rls_addr = format!("127.0.0.1:{rls_port}");
@@ -183,7 +184,13 @@ async fn reconciles_routes_against_a_real_apiserver() {
     let ef = get_obj(&client, "EnvoyFilter", &group)
         .await
         .expect("EnvoyFilter");
-    assert_eq!(ef["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+    // Group objects may cross namespaces, where owner references cannot: labels name the
+    // group and the route's finalizer removes it.
+    assert!(ef["metadata"]["ownerReferences"].is_null(), "{ef}");
+    assert_eq!(
+        ef["metadata"]["labels"]["nexus.datapunk.io/group"],
+        group.as_str()
+    );
     assert!(ef["metadata"]["managedFields"]
         .as_array()
         .unwrap()
@@ -207,11 +214,18 @@ async fn reconciles_routes_against_a_real_apiserver() {
         );
         assert_eq!(dr["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
     }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    let cm = cms.get(&format!("{group}-ratelimit")).await.unwrap();
+    // Rate-limit ConfigMaps live in the controller's namespace, the only one it writes them in.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "nexus-system");
+    let cm = cms
+        .get(&format!("nexus-ratelimit.{NS}.{group}"))
+        .await
+        .unwrap();
     let config_yaml = cm.data.unwrap()["config.yaml"].clone();
     assert!(config_yaml.contains("client_id"));
-    assert_eq!(cm.metadata.owner_references.unwrap()[0].uid, uid);
+    assert_eq!(
+        cm.metadata.labels.unwrap()["nexus.datapunk.io/group-namespace"],
+        NS
+    );
 
     // The controller's own rate-limit service serves the limits of that ConfigMap.
     let domain = config_yaml
@@ -432,6 +446,8 @@ async fn reconciles_routes_against_a_real_apiserver() {
     // With the older route gone, the copy is accepted now.
     wait_condition(&routes, "shop-copy", "Programmed", "True").await;
 
+    gateway_routes_attach_where_their_gateway_allows(&client).await;
+
     let (_, metrics) = ctrl.get("/metrics");
     assert!(
         metrics.contains("nexus_controller_reconcile_duration_seconds_count"),
@@ -454,6 +470,64 @@ async fn reconciles_routes_against_a_real_apiserver() {
         let line = nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(line["service"], "nexus-controller", "{l}");
     }
+}
+
+/// A gateway route's EnvoyFilter lands in the gateway's namespace (istio-system) and goes
+/// when the route does; a gateway namespace that allows only its own routes refuses others.
+async fn gateway_routes_attach_where_their_gateway_allows(client: &Client) {
+    let routes: Api<NexusRoute> = Api::namespaced(client.clone(), NS);
+    let spec = |gateway_ns: &str, host: &str| {
+        json!({
+            "target": { "kind": "Gateway", "namespace": gateway_ns, "selector": { "istio": "ingressgateway" } },
+            "gateways": ["istio-system/nexus-gateway"],
+            "hosts": [host],
+            "rules": [{ "name": "all", "match": { "path": { "prefix": "/" } }, "category": "data_operations" }],
+        })
+    };
+    let edge = routes
+        .create(
+            &PostParams::default(),
+            &route("edge", spec("istio-system", "edge.example.com")),
+        )
+        .await
+        .unwrap();
+    wait_condition(&routes, "edge", "Programmed", "True").await;
+    let group = group_name(&edge);
+    let efs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "istio-system", &api_resource("EnvoyFilter"));
+    assert!(
+        efs.get_opt(&group).await.unwrap().is_some(),
+        "EnvoyFilter in istio-system"
+    );
+    assert!(
+        get_obj(client, "EnvoyFilter", &group).await.is_none(),
+        "none in the route's namespace"
+    );
+
+    routes
+        .create(
+            &PostParams::default(),
+            &route("elsewhere", spec("edge-gateways", "other.example.com")),
+        )
+        .await
+        .unwrap();
+    let (_, reason, message) = wait_condition(&routes, "elsewhere", "Accepted", "False").await;
+    assert_eq!(reason, "NotAllowedByGateway", "{message}");
+    assert!(message.contains("edge-gateways"), "{message}");
+
+    routes
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    routes
+        .delete("elsewhere", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(WAIT, || {
+        let (efs, group) = (efs.clone(), group.clone());
+        async move { efs.get_opt(&group).await.unwrap().is_none() }
+    })
+    .await;
 }
 
 async fn lease_holder(client: &Client) -> Option<String> {
