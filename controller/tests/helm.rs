@@ -341,10 +341,13 @@ fn template_defaults() {
                 &["envoyfilters", "virtualservices", "destinationrules"],
                 crud
             ),
-            ("", &["configmaps"], crud),
             ("events.k8s.io", &["events"], &["create", "patch"]),
         ])
     );
+    // Rate-limit ConfigMaps: the release namespace only.
+    let cm_role = find(&objs, "Role", "nexus-controller");
+    assert_eq!(cm_role["metadata"]["namespace"], NS);
+    assert_eq!(rules(cm_role), expand(&[("", &["configmaps"], crud)]));
     let role = find(&objs, "Role", "nexus-controller-leader-election");
     assert_eq!(role["metadata"]["namespace"], NS);
     assert_eq!(
@@ -362,16 +365,9 @@ fn template_defaults() {
     for (binding, role_kind, role_name) in [
         ("ClusterRoleBinding", "ClusterRole", "nexus-controller"),
         ("RoleBinding", "Role", "nexus-controller-leader-election"),
+        ("RoleBinding", "Role", "nexus-controller"),
     ] {
-        let b = find(
-            &objs,
-            binding,
-            if binding == "RoleBinding" {
-                "nexus-controller-leader-election"
-            } else {
-                "nexus-controller"
-            },
-        );
+        let b = find(&objs, binding, role_name);
         assert_eq!(b["roleRef"]["kind"], role_kind);
         assert_eq!(b["roleRef"]["name"], role_name);
         assert_eq!(
