@@ -59,11 +59,8 @@ impl PrivateRabbit {
     /// Kills the node at once (no clean shutdown: a crash), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // The script's process group: the shell, erl and beam.smp.
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{}", c.id()))
-                .status();
+            // The child is the node's own beam.smp (see `restart`): this kills that one
+            // process by its id, nothing else.
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -75,7 +72,6 @@ impl PrivateRabbit {
 
     /// (Re)starts the node on the same ports and data, and waits until it accepts AMQP.
     pub fn restart(&mut self) -> Result<()> {
-        use std::os::unix::process::CommandExt;
         self.stop();
         let log = std::fs::File::create(self.path("server.log"))?;
         let child = Command::new(SERVER)
@@ -95,10 +91,12 @@ impl PrivateRabbit {
             .env("RABBITMQ_LOG_BASE", self.path("log"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("ERL_FLAGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            // The script then `exec`s erl, which `exec`s beam.smp: the child we hold is the
+            // node itself, not a shell that forwards signals.
+            .env("RUNNING_UNDER_SYSTEMD", "true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {SERVER}"))?;
         self.child = Some(child);
