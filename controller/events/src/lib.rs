@@ -15,6 +15,7 @@
 //! `Event::route_rejected(ns, name, generation, reason)`; a disabled handle (no bus
 //! configured) accepts the same calls and drops them.
 
+pub mod bus;
 pub mod command;
 pub mod consumer;
 pub mod envelope;

@@ -26,7 +26,7 @@ pub trait Outbox: Send + Sync + 'static {
     async fn peek(&self, n: usize) -> Result<Vec<String>, OutboxError>;
     /// Pops the head while it equals the next of `confirmed`; returns how many were popped.
     async fn remove_head(&self, confirmed: &[String]) -> Result<usize, OutboxError>;
-    async fn len(&self) -> Result<u64, OutboxError>;
+    async fn depth(&self) -> Result<u64, OutboxError>;
     fn describe(&self) -> String;
 }
 
@@ -77,7 +77,7 @@ impl Outbox for MemoryOutbox {
         Ok(n)
     }
 
-    async fn len(&self) -> Result<u64, OutboxError> {
+    async fn depth(&self) -> Result<u64, OutboxError> {
         Ok(self.lock()?.len() as u64)
     }
 
@@ -191,7 +191,7 @@ impl Outbox for RedisOutbox {
         inv.invoke_async(&mut conn).await.map_err(redis_error)
     }
 
-    async fn len(&self) -> Result<u64, OutboxError> {
+    async fn depth(&self) -> Result<u64, OutboxError> {
         let mut conn = self.connection().await?;
         redis::cmd("LLEN")
             .arg(&self.key)

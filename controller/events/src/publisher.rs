@@ -335,7 +335,7 @@ impl Worker {
             0
         };
         if sent < batch.len() {
-            self.to_outbox(&batch[sent..]).await;
+            self.stash(&batch[sent..]).await;
         }
     }
 
@@ -351,7 +351,7 @@ impl Worker {
         n
     }
 
-    async fn to_outbox(&mut self, lines: &[String]) {
+    async fn stash(&mut self, lines: &[String]) {
         match self.outbox.push(lines).await {
             Ok(fit) => {
                 if fit < lines.len() {
@@ -405,7 +405,7 @@ impl Worker {
             line = self.rx.recv() => match line {
                 Some(first) => {
                     let batch = self.gather(first);
-                    self.to_outbox(&batch).await;
+                    self.stash(&batch).await;
                     true
                 }
                 None => false,
@@ -415,7 +415,7 @@ impl Worker {
     }
 
     async fn depth(&self) -> u64 {
-        let n = self.outbox.len().await.unwrap_or(0);
+        let n = self.outbox.depth().await.unwrap_or(0);
         self.stats.outbox_depth.store(n, Ordering::Relaxed);
         n
     }

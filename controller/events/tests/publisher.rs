@@ -98,7 +98,7 @@ async fn while_rabbitmq_is_unreachable_events_fill_the_bounded_outbox_and_overfl
         Stats::get(&stats.outbox_depth) + Stats::get(&stats.overflow) == 25
     })
     .await;
-    assert_eq!(outbox.len().await.unwrap(), 10);
+    assert_eq!(outbox.depth().await.unwrap(), 10);
     assert_eq!(Stats::get(&stats.overflow), 15);
     assert_eq!(Stats::get(&stats.published), 0);
     let health = stats.health().unwrap_err();
@@ -126,12 +126,12 @@ async fn the_redis_outbox_is_bounded_fifo_and_removes_only_confirmed_heads() {
     let outbox = RedisOutbox::new(SHARED_REDIS, &key, 3).unwrap();
     let lines: Vec<String> = (0..5).map(|i| format!("k id{i} {{}}")).collect();
     assert_eq!(outbox.push(&lines).await.unwrap(), 3);
-    assert_eq!(outbox.len().await.unwrap(), 3);
+    assert_eq!(outbox.depth().await.unwrap(), 3);
     assert_eq!(outbox.peek(10).await.unwrap(), lines[..3]);
     // A head that is not the one confirmed stays (another replica drained it first).
     assert_eq!(outbox.remove_head(&lines[1..2]).await.unwrap(), 0);
     assert_eq!(outbox.remove_head(&lines[..2]).await.unwrap(), 2);
     assert_eq!(outbox.peek(10).await.unwrap(), lines[2..3]);
     assert_eq!(outbox.remove_head(&lines[2..3]).await.unwrap(), 1);
-    assert_eq!(outbox.len().await.unwrap(), 0);
+    assert_eq!(outbox.depth().await.unwrap(), 0);
 }
