@@ -25,8 +25,6 @@ pub mod publisher;
 pub mod schema;
 pub mod services;
 pub mod stats;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use command::{Command, Handler, HandlerError};
 pub use envelope::Envelope;

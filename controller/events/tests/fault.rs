@@ -13,8 +13,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use nexus_events::envelope::Envelope;
 use nexus_events::outbox::{Outbox, RedisOutbox};
-use nexus_events::testkit::PrivateRabbit;
 use nexus_events::{Events, PublisherConfig, Stats};
+use nexus_toolenv::rabbitmq::PrivateNode;
 use support::*;
 
 const EVENTS: u64 = 1_000;
@@ -69,7 +69,7 @@ async fn receive_distinct(url: &str, queue: &str, n: usize) -> (Vec<(String, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_published_while_rabbitmq_is_down_arrive_once_in_order() {
-    let mut rabbit = tokio::task::block_in_place(PrivateRabbit::start).unwrap();
+    let mut rabbit = tokio::task::block_in_place(PrivateNode::start).unwrap();
     let url = rabbit.url();
     let exchange = unique("service.events.private.fault");
     let queue = unique("fault-watcher");

@@ -1,6 +1,7 @@
-//! A private `rabbitmq-server` node on free ports, in a temporary directory, that a fault test
-//! may stop (SIGKILL, like a crash) and start again with its data: the machine's shared
-//! RabbitMQ is never touched. Enabled by the `testkit` feature.
+//! RabbitMQ for tests and benches: the machine's at its standard loopback port (127.0.0.1:5672),
+//! started for the run when nothing answers there ([`ensure_running`]), and private nodes on
+//! free ports, in a temporary directory, that a fault test may stop (SIGKILL, like a crash)
+//! and start again with their data ([`PrivateNode`]): the shared one is never touched.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,10 @@ use anyhow::{bail, Context, Result};
 /// the rabbitmq user and reads the shared node's configuration).
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-pub struct PrivateRabbit {
+pub const PORT: u16 = 5672;
+
+/// A node this process started (on its own ports and data); killed on drop.
+pub struct PrivateNode {
     pub port: u16,
     dist_port: u16,
     node: String,
@@ -25,10 +29,15 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-impl PrivateRabbit {
-    /// Starts a new node and waits (up to 90 s: a cold node takes ~15 s on 2 busy cores)
-    /// until it accepts AMQP connections.
+impl PrivateNode {
+    /// Starts a new node on a free port and waits (up to 90 s: a cold node takes ~15 s on 2
+    /// busy cores) until it accepts AMQP connections.
     pub fn start() -> Result<Self> {
+        Self::start_on(free_port()?)
+    }
+
+    /// Like [`PrivateNode::start`] on `port`.
+    pub fn start_on(port: u16) -> Result<Self> {
         if !Path::new(SERVER).exists() {
             bail!("{SERVER} is missing: apt-get install rabbitmq-server");
         }
@@ -36,7 +45,6 @@ impl PrivateRabbit {
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n")?;
         std::fs::write(dir.path().join("rabbitmq.conf"), "")?;
         std::fs::write(dir.path().join("env.conf"), "")?;
-        let port = free_port()?;
         let mut r = Self {
             port,
             dist_port: free_port()?,
@@ -124,7 +132,7 @@ impl PrivateRabbit {
     }
 }
 
-impl Drop for PrivateRabbit {
+impl Drop for PrivateNode {
     fn drop(&mut self) {
         self.stop();
     }
