@@ -29,6 +29,7 @@ pub struct ChartValues {
     pub rbac: Rbac,
     pub controller: Controller,
     pub redis: Redis,
+    pub events: Events,
     pub cache: Cache,
     pub ports: Ports,
     pub service: Service,
@@ -135,6 +136,23 @@ pub struct Redis {
     /// Key of the URL in that Secret.
     #[schemars(length(min = 1))]
     pub secret_key: String,
+}
+
+/// The event bus on RabbitMQ: events on `service.events`, commands from `service.commands`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Events {
+    /// Secret (release namespace) with the AMQP URL (`amqp://user:password@host:5672/vhost`,
+    /// `NEXUS_AMQP_URL`); empty: no event bus.
+    pub existing_secret: String,
+    /// Key of the URL in that Secret.
+    #[schemars(length(min = 1))]
+    pub secret_key: String,
+    /// Whether a RabbitMQ outage fails readiness (the Datapunk design: it does).
+    pub required: bool,
+    /// Names the command queue (`nexus.commands.<deployment>`) and the Redis outbox; empty:
+    /// the release name.
+    pub deployment: String,
 }
 
 /// The cache-coherency service (nexus.cache.v1) on `ports.cache`.

@@ -147,6 +147,15 @@ pub fn redis(
     }))
 }
 
+/// RabbitMQ, as the event publisher and command consumer see their connections; the detail
+/// counts what was published, waits in the outbox, overflowed, and what commands did.
+pub fn rabbitmq(stats: Arc<nexus_events::Stats>, required: bool) -> Check {
+    Check::new("rabbitmq", required, move || {
+        let stats = stats.clone();
+        async move { stats.health() }
+    })
+}
+
 /// An HTTP server on loopback answering `GET path` with 200 (Envoy's admin `/ready`).
 pub fn http_ok(name: &'static str, addr: std::net::SocketAddr, path: &'static str) -> Check {
     Check::new(name, true, move || async move {

@@ -41,6 +41,43 @@ struct RenderArgs {
     allowed_routes: Vec<String>,
 }
 
+/// The event bus (RabbitMQ): `service.events` and `service.commands`.
+#[derive(clap::Args, Clone)]
+struct BusArgs {
+    /// Publish events on `service.events` and take commands from `service.commands` on this
+    /// RabbitMQ (`amqp://user:password@host:5672/%2f`); no event bus without it.
+    #[arg(long, env = "NEXUS_AMQP_URL")]
+    amqp_url: Option<String>,
+    /// Whether a RabbitMQ outage fails /health/ready (the Datapunk design: it does).
+    #[arg(long, env = "NEXUS_AMQP_REQUIRED", default_value_t = true, action = clap::ArgAction::Set)]
+    amqp_required: bool,
+    /// Names this deployment's command queue (`nexus.commands.<name>`) and event outbox.
+    #[arg(long, env = "NEXUS_DEPLOYMENT", default_value = "nexus")]
+    deployment: String,
+    /// Events kept while RabbitMQ is down (in Redis when there is one); more are dropped and
+    /// counted in health and metrics.
+    #[arg(long, default_value_t = 100_000)]
+    events_outbox_capacity: usize,
+}
+
+impl BusArgs {
+    fn options(
+        &self,
+        replica: &str,
+        redis_url: Option<String>,
+    ) -> Option<nexus_events::bus::BusOptions> {
+        Some(nexus_events::bus::BusOptions {
+            amqp_url: self.amqp_url.clone().filter(|u| !u.is_empty())?,
+            deployment: self.deployment.clone(),
+            replica: replica.to_string(),
+            redis_url,
+            outbox_capacity: self.events_outbox_capacity,
+            consume_commands: true,
+            required: self.amqp_required,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at startup; boxing buys nothing
 enum Command {
@@ -93,6 +130,8 @@ enum Command {
         /// has 3 s and a component is down after 3 failures in a row.
         #[arg(long, default_value_t = 5000)]
         health_interval_ms: u64,
+        #[command(flatten)]
+        bus: BusArgs,
     },
     /// Run the controller (leader-elected), health/metrics and the module server.
     Controller {
@@ -135,6 +174,8 @@ enum Command {
         /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
         #[arg(long, env = "NEXUS_WARM_URL")]
         warm_url: Option<String>,
+        #[command(flatten)]
+        bus: BusArgs,
     },
 }
 
@@ -211,7 +252,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             poll_ms,
             health_interval_ms,
+            bus,
         } => {
+            // `up` puts the outbox where it puts the counters (it picks the Redis).
+            let bus = bus.options(&format!("up-{}", std::process::id()), None);
             nexus_telemetry::init(nexus_controller::standalone::run::SERVICE);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -231,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         interval: Duration::from_millis(health_interval_ms.max(50)),
                         ..Default::default()
                     },
+                    bus,
                 },
             ))
         }
@@ -247,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache_addr,
             redis_url,
             warm_url,
+            bus,
         } => {
             telemetry::init_logging();
             let settings = settings(&render)?;
@@ -270,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token: None,
                 replica: identity.clone(),
             });
+            let bus = bus.options(&identity, redis_url.clone());
             let ratelimit = ratelimit_addr.map(|addr| (addr, redis_url));
             runtime.block_on(run_controller(
                 settings,
@@ -281,9 +328,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ratelimit,
                 cache,
                 warm_url,
+                bus,
             ))
         }
     }
+}
+
+/// The event bus when `--amqp-url` is set (a disabled handle otherwise), with its health check;
+/// commands act on this replica's cache and rate-limit services.
+fn start_bus(
+    bus: Option<nexus_events::bus::BusOptions>,
+    state: &server::State,
+    checks: &mut Vec<health::Check>,
+    limiter: Option<nexus_ratelimit_service::server::SharedLimiter>,
+) -> anyhow::Result<nexus_events::Events> {
+    let Some(options) = bus else {
+        state.set_component("rabbitmq", server::Component::disabled("no --amqp-url"));
+        return Ok(nexus_events::Events::disabled());
+    };
+    let services = nexus_events::services::Services {
+        cache: state.cache.get().cloned(),
+        limiter,
+        ..Default::default()
+    };
+    let started = nexus_events::bus::start(&options, services)?;
+    checks.push(health::rabbitmq(started.stats, options.required));
+    Ok(started.events)
 }
 
 /// Prints every problem (file, route, JSON path, message) to stderr; returns how many.
@@ -330,6 +400,7 @@ async fn run_controller(
     ratelimit: Option<(SocketAddr, Option<String>)>,
     cache: Option<nexus_controller::cache::Options>,
     warm_url: Option<String>,
+    bus: Option<nexus_events::bus::BusOptions>,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
     state.set("apiserver", false, "connecting");
@@ -345,6 +416,7 @@ async fn run_controller(
         server::Component::disabled("no --ratelimit-addr"),
     );
     state.set_component("redis", server::Component::disabled("no --ratelimit-addr"));
+    let mut bus_limiter = None;
     if let Some((addr, redis_url)) = ratelimit {
         let limiter = nexus_ratelimit_service::server::SharedLimiter::new(
             nexus_ratelimit_service::Limits::default(),
@@ -363,6 +435,7 @@ async fn run_controller(
             Some(check) => checks.push(check),
             None => state.set_component("redis", server::Component::disabled("counters in memory")),
         }
+        bus_limiter = Some(limiter.clone());
         tokio::spawn(nexus_controller::ratelimit::follow_configmaps(
             client.clone(),
             settings.controller_namespace.clone(),
@@ -377,6 +450,8 @@ async fn run_controller(
     if let Some(options) = cache {
         nexus_controller::cache::start(options, &state).await?;
     }
+    // The reconciler publishes route events through `_events` (see nexus-events' docs).
+    let _events = start_bus(bus, &state, &mut checks, bus_limiter)?;
     health::spawn(state.clone(), checks, health::Schedule::default());
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");

@@ -26,6 +26,7 @@ pub mod helm;
 pub mod istio;
 pub mod kube;
 pub mod progress;
+pub mod rabbitmq;
 pub mod redis;
 
 use std::fs::File;

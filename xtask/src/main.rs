@@ -21,7 +21,9 @@ commands:
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
   bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
-                  nexus-cache hit-local vs the upstream round trip, with wrk";
+                  nexus-cache hit-local vs the upstream round trip, with wrk
+  bench events    events/s published with confirms (Nexus's publisher vs a plain lapin loop);
+                  command round trip p50/p99, on the machine's RabbitMQ";
 
 fn main() {
     if let Err(e) = run() {
@@ -46,6 +48,8 @@ fn run() -> Result<()> {
             wasm::build_filters(&root)?;
             // Tests share the machine's Redis; a machine without one gets one for this run.
             let _redis = nexus_toolenv::redis::ensure_running()?;
+            // And its RabbitMQ (the event bus tests); likewise started for the run if absent.
+            let _rabbitmq = nexus_toolenv::rabbitmq::ensure_running()?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
@@ -77,6 +81,15 @@ fn run() -> Result<()> {
                 ])
                 .arg(dir)
                 .args(flags);
+            status(&mut cmd)?;
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("events") => {
+            let _redis = nexus_toolenv::redis::ensure_running()?;
+            let _rabbitmq = nexus_toolenv::rabbitmq::ensure_running()?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args(["bench", "-p", "nexus-events", "--bench", "events", "--"])
+                .args(&args[2..]);
             status(&mut cmd)?;
         }
         Some("bench")

@@ -263,6 +263,13 @@ impl CacheService {
         Ok(InvalidateResponse { removed })
     }
 
+    /// Tells every proxy of every replica to drop its whole local (L1) cache: the
+    /// `cache.flush` command. Shared (L2) entries stay: they are only as old as their TTL, and
+    /// a selective invalidation removes them.
+    pub async fn flush(&self, reason: impl Into<String>) -> Result<(), Failure> {
+        self.publish(flush(reason)).await
+    }
+
     async fn publish(&self, event: Event) -> Result<(), Failure> {
         match self.bus.publish(&event).await {
             Ok(()) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::storage::{MemoryStorage, RedisStorage, Storage};
+use crate::storage::{MemoryStorage, RedisStorage, Storage, StorageError};
 use crate::{Algorithm, Limits, RateLimiter, UnknownDomain};
 
 /// A limiter on memory or Redis, cheap to clone.
@@ -74,6 +74,15 @@ impl SharedLimiter {
         match self {
             Self::Memory(_) => None,
             Self::Redis(l) => Some(l.storage().ping().await.map_err(|e| e.to_string())),
+        }
+    }
+
+    /// Deletes the counters of every descriptor carrying all of `entries` (e.g.
+    /// `client_id=alice`): the `ratelimit.reset` command. Returns how many were deleted.
+    pub async fn reset(&self, entries: &[(String, String)]) -> Result<u64, StorageError> {
+        match self {
+            Self::Memory(l) => l.storage().reset(entries).await,
+            Self::Redis(l) => l.storage().reset(entries).await,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nexus_events::{Event, Events, RouteStage};
 use nexus_ratelimit_service::server::SharedLimiter;
 
 use crate::model::CompiledRoute;
@@ -35,6 +36,8 @@ pub struct Options {
     pub poll: Duration,
     /// How components (Envoy, Redis) are re-checked.
     pub health: crate::health::Schedule,
+    /// The event bus (`--amqp-url`); its outbox goes to the Redis the counters use.
+    pub bus: Option<nexus_events::bus::BusOptions>,
 }
 
 /// A successfully compiled reading of DIR.
@@ -170,6 +173,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         &state,
     )
     .await?;
+    let (events, bus_check) = start_bus(&opts, redis_url.clone(), &state, &limiter)?;
     {
         let (state, addr) = (state.clone(), config.gateway.http);
         tokio::spawn(async move {
@@ -249,6 +253,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let checks = [
         Some(crate::health::http_ok("envoy", admin, "/ready")),
         crate::health::redis(&limiter, true),
+        bus_check,
     ];
     crate::health::spawn(
         state.clone(),
@@ -258,6 +263,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     state
         .started
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    announce(&events, &[], &config, version);
 
     // Each Envoy worker's cache filter uses its local cache only once its event stream is
     // live (and flushes it when the stream comes up); warming before that would fill nothing.
@@ -318,6 +324,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                     Ok(()) => {
                         tracing::info!("applied version {version}: {} route(s), {} rule(s)",
                             next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>());
+                        announce(&events, &config.routes, &next, version);
                         warm(&next).await;
                         config = next;
                     }
@@ -330,6 +337,61 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let _ = child.wait().await;
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// The bus when `--amqp-url` is set (a disabled handle otherwise) and its health check;
+/// commands act on this process's cache and rate-limit services.
+fn start_bus(
+    opts: &Options,
+    redis_url: Option<String>,
+    state: &server::State,
+    limiter: &SharedLimiter,
+) -> Result<(Events, Option<crate::health::Check>)> {
+    let Some(mut options) = opts.bus.clone() else {
+        state.set_component("rabbitmq", server::Component::disabled("no --amqp-url"));
+        return Ok((Events::disabled(), None));
+    };
+    options.redis_url = redis_url;
+    let services = nexus_events::services::Services {
+        cache: state.cache.get().cloned(),
+        limiter: Some(limiter.clone()),
+        ..Default::default()
+    };
+    let bus = nexus_events::bus::start(&options, services)?;
+    let check = crate::health::rabbitmq(bus.stats, options.required);
+    Ok((bus.events, Some(check)))
+}
+
+/// Events for version `version` now serving: each route programmed, each route gone since
+/// `before` deleted, then the configuration applied. Never waits (see `Events::publish`).
+fn announce(events: &Events, before: &[CompiledRoute], config: &Config, version: u64) {
+    let same =
+        |a: &CompiledRoute, b: &CompiledRoute| a.namespace == b.namespace && a.name == b.name;
+    for r in &config.routes {
+        events.publish(Event::route(
+            RouteStage::Programmed,
+            &r.namespace,
+            &r.name,
+            None,
+        ));
+    }
+    for gone in before
+        .iter()
+        .filter(|r| !config.routes.iter().any(|n| same(r, n)))
+    {
+        events.publish(Event::route(
+            RouteStage::Deleted,
+            &gone.namespace,
+            &gone.name,
+            None,
+        ));
+    }
+    let rules = config.routes.iter().map(|r| r.rules.len()).sum::<usize>();
+    events.publish(Event::ConfigApplied(nexus_events::event::ConfigData {
+        version,
+        routes: u32::try_from(config.routes.len()).unwrap_or(u32::MAX),
+        rules: u32::try_from(rules).unwrap_or(u32::MAX),
+    }));
 }
 
 /// Clusters first (so routes never name a cluster Envoy lacks), then the listener; each

@@ -71,6 +71,16 @@ impl Storage for MemoryStorage {
         Ok(decisions)
     }
 
+    async fn reset(&self, entries: &[(String, String)]) -> Result<u64, StorageError> {
+        let mut map = self
+            .counters
+            .lock()
+            .map_err(|_| StorageError("memory storage lock poisoned".into()))?;
+        let before = map.len();
+        map.retain(|key, _| !super::key_matches(key, entries));
+        Ok((before - map.len()) as u64)
+    }
+
     fn describe(&self) -> String {
         "memory (this replica only)".to_string()
     }

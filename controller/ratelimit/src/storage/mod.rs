@@ -33,6 +33,59 @@ pub trait Storage: Send + Sync + 'static {
         now_us: u64,
     ) -> impl Future<Output = Result<Vec<Decision>, StorageError>> + Send;
 
+    /// Deletes every counter whose descriptor has all of `entries` (`client_id=alice`,
+    /// `route=lake-read`): an operator's `ratelimit.reset`. Returns how many were deleted.
+    fn reset(
+        &self,
+        entries: &[(String, String)],
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// A short human description for logs (`memory`, `redis at 127.0.0.1:6379`).
     fn describe(&self) -> String;
+}
+
+/// True when the counter key (`domain|k=v|k=v:limit[:window]`, without the storage prefix)
+/// carries every `k=v` of `entries`. A value ends at the next `|` or `:`, so `client_id=al`
+/// does not match `client_id=alice`.
+pub fn key_matches(key: &str, entries: &[(String, String)]) -> bool {
+    entries.iter().all(|(k, v)| {
+        let needle = format!("|{k}={v}");
+        key.match_indices(&needle).any(|(at, _)| {
+            matches!(
+                key.as_bytes().get(at + needle.len()),
+                Some(b'|' | b':') | None
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    fn e(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_reset_matches_whole_values_only() {
+        let key = "nexus|route=lake|client_id=alice:5s:1000";
+        assert!(key_matches(key, &e(&[("client_id", "alice")])));
+        assert!(key_matches(
+            key,
+            &e(&[("route", "lake"), ("client_id", "alice")])
+        ));
+        assert!(!key_matches(key, &e(&[("client_id", "al")])));
+        assert!(!key_matches(
+            key,
+            &e(&[("route", "lake"), ("client_id", "bob")])
+        ));
+        assert!(key_matches(
+            "nexus|route=lake:100m",
+            &e(&[("route", "lake")])
+        ));
+    }
 }

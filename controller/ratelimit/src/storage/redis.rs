@@ -144,6 +144,59 @@ impl RedisStorage {
     }
 }
 
+impl RedisStorage {
+    /// SCANs (never KEYS: it would block Redis for every other replica) for the first entry's
+    /// keys, checks the rest here, and deletes in batches.
+    async fn reset_matching(&self, entries: &[(String, String)]) -> Result<u64, StorageError> {
+        let mut conn = self.connection().await?;
+        let pattern = match entries.first() {
+            Some((k, v)) => format!("{}*|{}={}[|:]*", glob(&self.prefix), glob(k), glob(v)),
+            None => format!("{}*", glob(&self.prefix)),
+        };
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            let doomed: Vec<&String> = keys
+                .iter()
+                .filter(|k| super::key_matches(&k[self.prefix.len().min(k.len())..], entries))
+                .collect();
+            if !doomed.is_empty() {
+                let n: u64 = redis::cmd("DEL")
+                    .arg(&doomed)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `s` with Redis glob metacharacters escaped.
+fn glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn redis_error(e: redis::RedisError) -> StorageError {
     StorageError(format!("redis: {e}"))
 }
@@ -159,6 +212,13 @@ impl Storage for RedisStorage {
         tokio::time::timeout(self.timeout, self.run(algorithm, counters, hits, now_us))
             .await
             .map_err(|_| StorageError(format!("redis did not answer within {:?}", self.timeout)))?
+    }
+
+    async fn reset(&self, entries: &[(String, String)]) -> Result<u64, StorageError> {
+        // A scan visits every key once; allow it more than one request's timeout.
+        tokio::time::timeout(self.timeout * 50, self.reset_matching(entries))
+            .await
+            .map_err(|_| StorageError("redis reset timed out".into()))?
     }
 
     fn describe(&self) -> String {

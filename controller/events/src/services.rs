@@ -1,0 +1,118 @@
+//! The [`Handler`] of a Nexus process: commands carried out by the services it hosts (the
+//! cache-coherency service, the rate-limit service) and, for `route.reconcile`, by whatever
+//! the controller plugs in. A command for a service this process does not run is refused
+//! with that reason, so it lands in the dead-letter queue instead of vanishing.
+
+use std::sync::Arc;
+
+use nexus_cache_service::service::Failure;
+use nexus_cache_service::CacheService;
+use nexus_proto::cache::InvalidateRequest;
+use nexus_ratelimit_service::server::SharedLimiter;
+use serde_json::json;
+
+use crate::command::{Command, Handler, HandlerError, ReconcileArgs, ResetArgs};
+use crate::event::{CacheSelection, Event, FlushData};
+use crate::publisher::Events;
+
+/// Reconciles the named routes (all when none is named) now; the answer's text goes in the
+/// reply. Plugged in by the controller.
+pub type Reconcile = Arc<dyn Fn(ReconcileArgs) -> Result<String, String> + Send + Sync>;
+
+/// The descriptor key the nexus-ratelimit filter puts the client in, and the rule in.
+const CLIENT_KEY: &str = "client_id";
+const RULE_KEY: &str = "route";
+
+#[derive(Clone, Default)]
+pub struct Services {
+    pub cache: Option<Arc<CacheService>>,
+    pub limiter: Option<SharedLimiter>,
+    pub reconcile: Option<Reconcile>,
+    /// Where `nexus.cache.invalidated` / `nexus.cache.flushed` go after a command took effect.
+    pub events: Option<Events>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Services {
+    async fn handle(&self, command: &Command) -> Result<serde_json::Value, HandlerError> {
+        match command {
+            Command::CacheInvalidate(s) => self.invalidate(s).await,
+            Command::CacheFlush(a) => self.flush(a.reason.clone()).await,
+            Command::RatelimitReset(a) => self.reset(a).await,
+            Command::RouteReconcile(a) => match &self.reconcile {
+                Some(r) => r(a.clone())
+                    .map(|done| json!({ "reconciled": done }))
+                    .map_err(HandlerError::Unavailable),
+                None => Err(refused(
+                    "this process does not reconcile routes (not the controller)",
+                )),
+            },
+            // nexus-auth verifies tokens locally and keeps no revocation list to add to.
+            Command::SessionRevoke(_) => Err(refused(
+                "no session store: nexus-auth keeps no revocation list yet",
+            )),
+        }
+    }
+}
+
+fn refused(why: &str) -> HandlerError {
+    HandlerError::Refused(why.to_string())
+}
+
+fn failure(f: Failure) -> HandlerError {
+    match f {
+        Failure::Invalid(i) => HandlerError::Refused(format!("{}: {}", i.path, i.detail)),
+        Failure::Unavailable(m) => HandlerError::Unavailable(m),
+    }
+}
+
+impl Services {
+    fn cache(&self) -> Result<&CacheService, HandlerError> {
+        self.cache
+            .as_deref()
+            .ok_or_else(|| refused("this process runs no cache service"))
+    }
+
+    fn announce(&self, event: Event) {
+        if let Some(e) = &self.events {
+            e.publish(event);
+        }
+    }
+
+    async fn invalidate(&self, s: &CacheSelection) -> Result<serde_json::Value, HandlerError> {
+        let req = InvalidateRequest {
+            keys: s.keys.clone(),
+            prefixes: s.prefixes.clone(),
+            tags: s.tags.clone(),
+        };
+        let resp = self.cache()?.invalidate(req).await.map_err(failure)?;
+        self.announce(Event::CacheInvalidated(s.clone()));
+        Ok(json!({ "removed": resp.removed }))
+    }
+
+    async fn flush(&self, reason: Option<String>) -> Result<serde_json::Value, HandlerError> {
+        let reason = reason.unwrap_or_else(|| "cache.flush command".to_string());
+        self.cache()?.flush(reason.clone()).await.map_err(failure)?;
+        self.announce(Event::CacheFlushed(FlushData { reason }));
+        Ok(json!({ "flushed": true }))
+    }
+
+    async fn reset(&self, a: &ResetArgs) -> Result<serde_json::Value, HandlerError> {
+        let limiter = self
+            .limiter
+            .as_ref()
+            .ok_or_else(|| refused("this process runs no rate-limit service"))?;
+        let mut entries = Vec::new();
+        if let Some(rule) = &a.rule {
+            entries.push((RULE_KEY.to_string(), rule.clone()));
+        }
+        if let Some(client) = &a.client {
+            entries.push((CLIENT_KEY.to_string(), client.clone()));
+        }
+        let deleted = limiter
+            .reset(&entries)
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        Ok(json!({ "deleted": deleted }))
+    }
+}
