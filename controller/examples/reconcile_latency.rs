@@ -175,6 +175,7 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         settings,
         state.clone(),
         "bench".into(),
+        nexus_events::Events::disabled(),
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
 

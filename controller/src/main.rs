@@ -450,8 +450,8 @@ async fn run_controller(
     if let Some(options) = cache {
         nexus_controller::cache::start(options, &state).await?;
     }
-    // The reconciler publishes route events through `_events` (see nexus-events' docs).
-    let _events = start_bus(bus, &state, &mut checks, bus_limiter)?;
+    // Every replica serves commands; the leader's reconciler publishes route events.
+    let events = start_bus(bus, &state, &mut checks, bus_limiter)?;
     health::spawn(state.clone(), checks, health::Schedule::default());
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");
@@ -481,6 +481,7 @@ async fn run_controller(
         settings,
         state.clone(),
         identity,
+        events,
     ));
     if let Some(url) = warm_url {
         tokio::spawn(nexus_controller::warm::follow(client.clone(), url));

@@ -182,6 +182,44 @@ fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// The event-bus events of a status change (`nexus.route.programmed` when a generation became
+/// programmed, `nexus.route.rejected` with the reason when one became not accepted): one per
+/// transition, never one per reconcile.
+pub fn bus_events(
+    namespace: &str,
+    name: &str,
+    before: &NexusRouteStatus,
+    after: &NexusRouteStatus,
+) -> Vec<nexus_events::Event> {
+    use nexus_events::{Event, RouteStage};
+    let find = |s: &NexusRouteStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let generation = after.observed_generation;
+    let new_generation = before.observed_generation != generation;
+    let mut out = Vec::new();
+    let programmed = find(after, "Programmed").filter(|c| c.0 == "True");
+    if programmed.is_some() && (new_generation || find(before, "Programmed") != programmed) {
+        out.push(Event::route(
+            RouteStage::Programmed,
+            namespace,
+            name,
+            generation,
+        ));
+    }
+    let refused = find(after, "Accepted").filter(|c| c.0 == "False");
+    if let Some((_, reason, message)) = &refused {
+        if new_generation || find(before, "Accepted") != refused {
+            let why = format!("{reason}: {message}");
+            out.push(Event::route_rejected(namespace, name, generation, &why));
+        }
+    }
+    out
+}
+
 /// How many of `routes` have `Programmed=True` in a status written for their current
 /// generation (benchmarks and tests use it to tell when everything is programmed).
 pub fn programmed_count(routes: &[NexusRoute]) -> usize {
@@ -254,6 +292,51 @@ mod tests {
             (p.reason.as_str(), p.last_transition_time.as_str()),
             ("ApplyFailed", "T1")
         );
+    }
+
+    #[test]
+    fn the_bus_hears_each_transition_once() {
+        let status = |generation, programmed: Option<Result<(), String>>| NexusRouteStatus {
+            observed_generation: Some(generation),
+            conditions: conditions(&[], Some(generation), &Err(vec![]), programmed, "T"),
+            ..Default::default()
+        };
+        let kinds = |events: Vec<nexus_events::Event>| -> Vec<String> {
+            events.iter().map(|e| e.routing_key()).collect()
+        };
+        let none = NexusRouteStatus::default();
+        let first = status(1, Some(Ok(())));
+        assert_eq!(
+            kinds(bus_events("ns", "r", &none, &first)),
+            ["nexus.route.programmed.ns.r"]
+        );
+        assert!(
+            bus_events("ns", "r", &first, &first).is_empty(),
+            "no transition, no event"
+        );
+        let changed = status(2, Some(Ok(())));
+        assert_eq!(
+            kinds(bus_events("ns", "r", &first, &changed)).len(),
+            1,
+            "a new generation is news"
+        );
+        let refused = NexusRouteStatus {
+            observed_generation: Some(3),
+            conditions: conditions(
+                &[],
+                Some(3),
+                &Err(vec![problem(Reason::InvalidSpec, "$.spec.rules")]),
+                None,
+                "T",
+            ),
+            ..Default::default()
+        };
+        let events = bus_events("ns", "r", &changed, &refused);
+        assert_eq!(kinds(events.clone()), ["nexus.route.rejected.ns.r"]);
+        assert!(events[0].data()["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("InvalidSpec: $.spec.rules"));
     }
 
     #[test]

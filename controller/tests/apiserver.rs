@@ -124,6 +124,10 @@ async fn reconciles_routes_against_a_real_apiserver() {
             "1",
             "--ratelimit-addr",
             &rls_addr,
+            "--amqp-url",
+            AMQP,
+            "--deployment",
+            &format!("apiserver-test-{}", std::process::id()),
         ],
     );
     let start = Instant::now();
@@ -156,6 +160,7 @@ async fn reconciles_routes_against_a_real_apiserver() {
     assert_eq!(ctrl.get("/modules/../../etc/passwd").0, 404);
 
     let routes: Api<NexusRoute> = Api::namespaced(client.clone(), NS);
+    let bus = route_events("shop").await;
 
     // 1. Create: every object exists, owned by the route; Programmed=True.
     let t0 = Instant::now();
@@ -447,6 +452,29 @@ async fn reconciles_routes_against_a_real_apiserver() {
     wait_condition(&routes, "shop-copy", "Programmed", "True").await;
 
     gateway_routes_attach_where_their_gateway_allows(&client).await;
+    // The event bus heard the route's life in order: programmed (generation 1), its changes,
+    // and its deletion last.
+    let heard = bus.await.unwrap();
+    assert_eq!(
+        heard.first().map(|e| (e.0.as_str(), e.1)),
+        Some(("nexus.route.programmed", Some(1))),
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard.last().map(|e| e.0.as_str()),
+        Some("nexus.route.deleted"),
+        "{heard:?}"
+    );
+    assert!(
+        heard.windows(2).all(|w| w[0].1 <= w[1].1),
+        "generations in order: {heard:?}"
+    );
+    assert!(
+        heard
+            .iter()
+            .any(|e| e.0 == "nexus.route.programmed" && e.1 > Some(1)),
+        "{heard:?}"
+    );
 
     let (_, metrics) = ctrl.get("/metrics");
     assert!(
@@ -528,6 +556,86 @@ async fn gateway_routes_attach_where_their_gateway_allows(client: &Client) {
         async move { efs.get_opt(&group).await.unwrap().is_none() }
     })
     .await;
+}
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Collects (type, generation) of the bus events about route `name` in [`NS`], from now until
+/// its `deleted` event, on the machine's RabbitMQ (`cargo xtask test` makes sure it runs).
+async fn route_events(name: &str) -> tokio::task::JoinHandle<Vec<(String, Option<i64>)>> {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (cargo xtask test starts it)");
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "service.events".into(),
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let pattern = format!("nexus.route.*.{NS}.{name}");
+    ch.queue_bind(
+        queue.name().clone(),
+        "service.events".into(),
+        pattern.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _keep = conn;
+        let mut heard = Vec::new();
+        let all = tokio::time::timeout(WAIT * 3, async {
+            while let Some(Ok(d)) = consumer.next().await {
+                let e: Value = serde_json::from_slice(&d.data).unwrap();
+                let kind = e["type"].as_str().unwrap().to_string();
+                heard.push((kind.clone(), e["data"]["generation"].as_i64()));
+                if kind == "nexus.route.deleted" {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(all.is_ok(), "no deleted event; heard {heard:?}");
+        heard
+    })
 }
 
 async fn lease_holder(client: &Client) -> Option<String> {

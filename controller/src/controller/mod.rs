@@ -56,6 +56,9 @@ pub struct Context {
     pub state: Arc<State>,
     pub recorder: Recorder,
     pub own_writes: Arc<OwnWrites>,
+    /// Route accepted / programmed / rejected / deleted go to the event bus (a disabled
+    /// handle drops them).
+    pub events: nexus_events::Events,
     compiler: Compiler,
     groups: groups::Groups,
     failures: Mutex<BTreeMap<(String, String), u32>>,
@@ -91,11 +94,18 @@ impl Context {
             settings,
             state,
             own_writes: Arc::default(),
+            events: nexus_events::Events::disabled(),
             compiler: Compiler::default(),
             groups: groups::Groups::default(),
             failures: Mutex::default(),
             applied: Mutex::default(),
         }
+    }
+
+    /// Publishes route events through `events`.
+    pub fn with_events(mut self, events: nexus_events::Events) -> Context {
+        self.events = events;
+        self
     }
 
     fn last_applied(&self, uid: &str) -> Option<AppliedSet> {
@@ -148,6 +158,7 @@ pub async fn run(
     settings: Settings,
     state: Arc<State>,
     identity: String,
+    events: nexus_events::Events,
 ) -> anyhow::Result<()> {
     let (route_store, route_writer) = reflector::store();
     let routes = reflector(
@@ -170,14 +181,15 @@ pub async fn run(
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(secret_reflector);
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         route_store.clone(),
         secret_store,
         settings,
         state.clone(),
         identity,
-    ));
+    );
+    let ctx = Arc::new(ctx.with_events(events));
     let controller = Controller::for_stream(routes, route_store)
         .with_config(controller::Config::default().concurrency(32));
     let controller = watch_generated(

@@ -16,6 +16,8 @@ use tracing::Instrument;
 use super::apply::{apply, prune_route_objects};
 use super::groups::{apply_group, apply_now, Ticket};
 use super::{AppliedSet, Context, Error};
+use nexus_events::{Event, RouteStage};
+
 use crate::crd::NexusRoute;
 use crate::input::secret_data;
 use crate::model::{self, SecretData, SecretLookup};
@@ -184,6 +186,10 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
     if status != before {
         status::write(&ctx.client, &route, &status).await?;
         status::publish_transitions(&ctx.recorder, &route, &before, &status).await;
+        let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+        for event in status::bus_events(&ns, &name, &before, &status) {
+            ctx.events.publish(event);
+        }
     }
     applied?;
     Ok(requeue(&plan))
@@ -244,6 +250,9 @@ async fn cleanup_route(route: &NexusRoute, ctx: &Context) -> Result<(), Error> {
     let ns = route.namespace().unwrap_or_default();
     prune_route_objects(ctx, &ns, &route.name_any(), &BTreeSet::new()).await?;
     ctx.forget_route(&route.uid().unwrap_or_default());
+    let generation = route.metadata.generation;
+    let deleted = Event::route(RouteStage::Deleted, &ns, &route.name_any(), generation);
+    ctx.events.publish(deleted);
     Ok(())
 }
 
