@@ -242,7 +242,7 @@ fn watch_generated(
         move |o: DynamicObject| triggers::group_member_of(&store_ef, &own_ef, &o),
     );
     let (own, store) = (own.clone(), store.clone());
-    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     c.watches(config_maps, managed, move |cm: ConfigMap| {
         triggers::group_member_of(&store, &own, &cm)
     })
