@@ -9,7 +9,7 @@ use super::numeric::Run;
 
 const POSITIVE: &[&str] = &["card", "pan", "cc", "credit", "debit", "visa", "master", "amex", "payment"];
 const NEGATIVE: &[&str] = &[
-    "order", "invoice", "tracking", "ref", "sku", "isbn", "id", "serial", "account", "#", "no.",
+    "part", "code", "model", "order", "invoice", "tracking", "ref", "sku", "isbn", "id", "serial", "account", "#", "no.",
 ];
 
 pub fn luhn_valid(digits: &[u8]) -> bool {

@@ -124,14 +124,20 @@ pub(crate) fn boundary_after(seg: &[u8], end: usize) -> bool {
     end >= seg.len() || !is_word(at(seg, end))
 }
 
-/// Case-insensitive: does `hay` contain any of `words` (given in lower case)?
+/// Case-insensitive: does `hay` contain any of `words` (given in lower case)? Words of up to
+/// three letters count only as whole words (`id` in `order_id`, not in `paid`; `cc` not in
+/// `account`), longer ones anywhere (`phone` in `phone_number`).
 pub(crate) fn mentions(hay: &[u8], words: &[&str]) -> bool {
     words.iter().any(|w| {
         let w = w.as_bytes();
+        let whole = w.len() <= 3;
         w.len() <= hay.len()
-            && hay
-                .windows(w.len())
-                .any(|win| win.eq_ignore_ascii_case(w))
+            && hay.windows(w.len()).enumerate().any(|(i, win)| {
+                win.eq_ignore_ascii_case(w)
+                    && (!whole
+                        || (i == 0 || !at(hay, i - 1).is_ascii_alphabetic())
+                            && !at(hay, i + w.len()).is_ascii_alphabetic())
+            })
     })
 }
 

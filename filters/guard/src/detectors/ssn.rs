@@ -1,11 +1,16 @@
 //! US Social Security numbers: `AAA-GG-SSSS` (dashes or spaces) whose parts the SSA could
 //! have issued — area not 000, 666 or 900–999, group not 00, serial not 0000 — and nine
-//! bare digits only where a field name or preceding words say "ssn".
+//! bare digits only where a field name or preceding words say "ssn". A shaped number in a
+//! field named like a part number or code is not one unless "ssn" is said too.
 
 use super::mentions;
 use super::numeric::Run;
 
 const CONTEXT: &[&str] = &["ssn", "social", "security number", "taxpayer"];
+/// Part numbers and codes share the 3-2-4 shape; their field names say so.
+const NEGATIVE: &[&str] = &[
+    "part", "sku", "code", "model", "order", "invoice", "ref", "serial", "tracking", "id", "#",
+];
 
 pub fn is_ssn(run: &Run, key: &[u8], before: &[u8]) -> bool {
     let d = run.digits();
@@ -17,8 +22,10 @@ pub fn is_ssn(run: &Run, key: &[u8], before: &[u8]) -> bool {
         let first = seps.next();
         matches!(first, Some(b'-') | Some(b' ')) && seps.all(|s| Some(s) == first)
     } && !run.text.contains(&b'(');
-    let bare = run.only_digits() && (mentions(key, CONTEXT) || mentions(before, CONTEXT));
-    (shaped || bare) && issuable(d)
+    let positive = mentions(key, CONTEXT) || mentions(before, CONTEXT);
+    let negative = mentions(key, NEGATIVE) || mentions(before, NEGATIVE);
+    let bare = run.only_digits() && positive;
+    (shaped && (positive || !negative) || bare) && issuable(d)
 }
 
 fn num(d: &[u8]) -> u32 {
