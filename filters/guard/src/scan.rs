@@ -58,7 +58,10 @@ pub struct Scanner {
     /// Findings starting before this absolute offset were reported by an earlier window.
     reported: usize,
     in_string: bool,
-    escaped: bool,
+    /// Bytes of an escape still to skip: the letter after `\\` (1), or a `\\u`'s hex digits.
+    escape: u8,
+    /// The escape letter comes next (a `u` then brings four hex digits).
+    escape_letter: bool,
     /// A string just closed: a key if `:` follows, else a value (its bytes are still in `seg`).
     pending: bool,
     key: Vec<u8>,
@@ -77,7 +80,8 @@ impl Scanner {
             seg_start: 0,
             reported: 0,
             in_string: false,
-            escaped: false,
+            escape: 0,
+            escape_letter: false,
             pending: false,
             key: Vec::new(),
             hits: Vec::new(),
@@ -166,15 +170,22 @@ impl Scanner {
     }
 
     fn string_byte(&mut self, config: &ScanConfig, b: u8) {
-        if self.escaped {
-            // `\n`, `\"`, `\u…`: the escape letter is no part of a finding either.
-            self.escaped = false;
+        if self.escape > 0 {
+            // `\n`, `\"`, `\u00e9`: no part of an escape is part of a finding, and a mask
+            // must never land between `\u` and its digits.
+            if self.escape_letter && b == b'u' {
+                self.escape = 4;
+            } else {
+                self.escape -= 1;
+            }
+            self.escape_letter = false;
             return;
         }
         match b {
             b'\\' => {
                 self.flush(config, true);
-                self.escaped = true;
+                self.escape = 1;
+                self.escape_letter = true;
             }
             b'"' => {
                 self.in_string = false;
