@@ -21,7 +21,9 @@ commands:
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
   bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
-                  nexus-cache hit-local vs the upstream round trip, with wrk";
+                  nexus-cache hit-local vs the upstream round trip, with wrk
+  bench guard     nexus-guard's added Envoy CPU per request (1 KiB, 64 KiB, 1 MiB JSON bodies,
+                  detect and redact vs no guard) and detect MB/s, native and in wasm";
 
 fn main() {
     if let Err(e) = run() {
@@ -82,7 +84,7 @@ fn run() -> Result<()> {
         Some("bench")
             if matches!(
                 args.get(1).map(String::as_str),
-                Some("auth" | "ratelimit" | "cache")
+                Some("auth" | "ratelimit" | "cache" | "guard")
             ) =>
         {
             nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk, Tool::Valgrind])?;

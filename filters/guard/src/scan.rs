@@ -58,7 +58,7 @@ pub struct Scanner {
     /// Findings starting before this absolute offset were reported by an earlier window.
     reported: usize,
     in_string: bool,
-    /// Bytes of an escape still to skip: the letter after `\\` (1), or a `\\u`'s hex digits.
+    /// Bytes of an escape still to skip: the letter after a backslash (1), or a `u`'s four hex digits.
     escape: u8,
     /// The escape letter comes next (a `u` then brings four hex digits).
     escape_letter: bool,
@@ -103,13 +103,49 @@ impl Scanner {
     }
 
     pub fn feed(&mut self, config: &ScanConfig, chunk: &[u8]) {
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Fast path: runs of plain text are copied whole, not byte by byte.
+            let bulk = if self.json {
+                self.in_string && self.escape == 0
+            } else {
+                true
+            };
+            if bulk {
+                let stop = if self.json { json_stop } else { text_stop };
+                let n = rest.iter().position(|b| stop(*b)).unwrap_or(rest.len());
+                if let Some((run, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
+                    self.push_run(config, run);
+                    rest = after;
+                    continue;
+                }
+            }
             if self.json {
                 self.json_byte(config, b);
             } else {
                 self.text_byte(config, b);
             }
             self.offset += 1;
+            rest = tail;
+        }
+    }
+
+    /// Appends plain bytes to the segment, windowing as it fills.
+    fn push_run(&mut self, config: &ScanConfig, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.seg.is_empty() {
+                self.seg_start = self.offset;
+            }
+            let room = SEGMENT_MAX.saturating_sub(self.seg.len()).max(1);
+            let Some((head, tail)) = data.split_at_checked(room.min(data.len())) else {
+                break;
+            };
+            self.seg.extend_from_slice(head);
+            self.offset += head.len();
+            data = tail;
+            if self.seg.len() >= SEGMENT_MAX {
+                self.window(config);
+            }
         }
     }
 
@@ -131,7 +167,7 @@ impl Scanner {
     }
 
     fn text_byte(&mut self, config: &ScanConfig, b: u8) {
-        if matches!(b, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0) {
+        if text_stop(b) {
             self.flush(config, true);
         } else {
             self.push(config, b);
@@ -278,6 +314,16 @@ impl Scanner {
             self.findings.push(f);
         }
     }
+}
+
+/// Bytes that end a text segment.
+fn text_stop(b: u8) -> bool {
+    matches!(b, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0)
+}
+
+/// Bytes that end the plain run of a JSON string.
+fn json_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\'
 }
 
 /// Scans a whole body at once.
