@@ -21,13 +21,15 @@ use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
 use nexus_tests::load::{bench_cpus, taskset, wrk};
 use proxy_wasm_test_host::{Action, Host};
 
-const SIZES: [(&str, usize); 3] = [("1 KiB", 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)];
+const SIZES: [(&str, usize); 3] = [
+    ("1 KiB", 1024),
+    ("64 KiB", 64 * 1024),
+    ("1 MiB", 1024 * 1024),
+];
 const TARGET_MB_S: f64 = 100.0;
 
 fn config(action: &str) -> String {
-    format!(
-        r#"{{"default": {{"max_scan_bytes": 2097152, "response": {{"action": "{action}"}}}}}}"#
-    )
+    format!(r#"{{"default": {{"max_scan_bytes": 2097152, "response": {{"action": "{action}"}}}}}}"#)
 }
 
 fn envoy(upstream: &BodyUpstream, action: Option<&str>, cpu: Option<usize>) -> Result<Envoy> {
@@ -54,7 +56,13 @@ struct Run {
     cpu_us: f64,
 }
 
-fn measure(e: &Envoy, path: &str, seconds: u64, connections: u32, cpu: Option<usize>) -> Result<Run> {
+fn measure(
+    e: &Envoy,
+    path: &str,
+    seconds: u64,
+    connections: u32,
+    cpu: Option<usize>,
+) -> Result<Run> {
     let headers = ["x-nexus-upstream: api"];
     wrk(e.port, path, &headers, 1, connections, cpu)?; // warm-up: V8 tiers up
     let before = e.cpu_seconds()?;
@@ -79,7 +87,9 @@ fn envoy_cost(seconds: u64, connections: u32) -> Result<()> {
         ("detect", envoy(&upstream, Some("detect"), proxy_cpu)?),
         ("redact", envoy(&upstream, Some("redact"), proxy_cpu)?),
     ];
-    println!("== Envoy CPU per request, JSON response bodies, wrk -c {connections} for {seconds} s ==");
+    println!(
+        "== Envoy CPU per request, JSON response bodies, wrk -c {connections} for {seconds} s =="
+    );
     for (label, size) in SIZES {
         let path = format!("/bytes/{size}");
         let mut base: Option<Run> = None;
@@ -93,7 +103,11 @@ fn envoy_cost(seconds: u64, connections: u32) -> Result<()> {
                 None => println!("{line}"),
                 Some(b) => {
                     let added = r.cpu_us - b.cpu_us;
-                    let rate = if added > 0.0 { size as f64 / added } else { f64::INFINITY };
+                    let rate = if added > 0.0 {
+                        size as f64 / added
+                    } else {
+                        f64::INFINITY
+                    };
                     println!(
                         "{line}  added {added:>8.1} µs ({:.2}x)  → {rate:>6.0} MB/s in V8",
                         r.cpu_us / b.cpu_us
@@ -143,7 +157,10 @@ fn wasm_detect() -> Result<f64> {
     for _ in 0..rounds {
         let mut http = host.http_context()?;
         http.request_headers(&[(":method", "GET"), (":path", "/x")], true)?;
-        http.response_headers(&[(":status", "200"), ("content-type", "application/json")], false)?;
+        http.response_headers(
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        )?;
         let start = Instant::now();
         for (i, c) in chunks.iter().enumerate() {
             if http.response_body(c, i + 1 == chunks.len())? != Action::Continue {
@@ -164,7 +181,11 @@ fn main() -> Result<()> {
     println!("  native            {native:>7.0} MB/s");
     println!(
         "  wasm (wasmtime)   {wasm:>7.0} MB/s   target ≥ {TARGET_MB_S:.0} MB/s per core: {}",
-        if wasm >= TARGET_MB_S { "met" } else { "NOT met" }
+        if wasm >= TARGET_MB_S {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     envoy_cost(o["--duration"], u32::try_from(o["--connections"])?)
 }

@@ -3,10 +3,10 @@
 //! `/pii` is [`PII_JSON`]; `?chunked` sends either without `content-length`, in three parts
 //! 30 ms apart (so Envoy hands the filter more than one body chunk).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -130,7 +130,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
         });
-        BodyExt::boxed(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        BodyExt::boxed(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     } else {
         BodyExt::boxed(Full::new(bytes))
     };

@@ -48,7 +48,11 @@ fn request_with_pii_is_blocked(envoy: &Envoy, upstream: &BodyUpstream) {
     assert_eq!(v["error"], "pii_detected");
     assert_eq!(v["types"], serde_json::json!(["card", "ssn"]));
     assert!(!resp.text().contains("4111"), "{}", resp.text());
-    assert_eq!(upstream.served(), before, "a blocked request reached the upstream");
+    assert_eq!(
+        upstream.served(),
+        before,
+        "a blocked request reached the upstream"
+    );
     // The same request without PII goes through.
     let clean = br#"{"amount": 10, "note": "nothing to see"}"#;
     let resp = client::request(envoy.port, "POST", "/pay", &json, clean).unwrap();
@@ -64,7 +68,9 @@ fn response_is_redacted(envoy: &Envoy, path: &str) {
     } else {
         assert_eq!(resp.header("transfer-encoding"), Some("chunked"), "{path}");
     }
-    let v = resp.json().unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", resp.text()));
+    let v = resp
+        .json()
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", resp.text()));
     assert_eq!(v["user"]["email"], "[REDACTED:email]", "{path}");
     assert_eq!(v["user"]["phone"], "[REDACTED:phone]");
     assert_eq!(v["user"]["ssn"], "[REDACTED:ssn]");
@@ -83,10 +89,16 @@ fn over_the_cap_passes_and_is_counted(envoy: &Envoy) {
         let resp = client::get(envoy.port, path, &[UPSTREAM]).unwrap();
         assert_eq!(resp.status, 200);
         let text = resp.text();
-        assert!(text.contains("user0@example.com"), "{path}: changed over the cap");
+        assert!(
+            text.contains("user0@example.com"),
+            "{path}: changed over the cap"
+        );
         resp.json().unwrap();
     }
-    assert_eq!(envoy.wait_for_stat_settled(stat, before + 2).unwrap(), before + 2);
+    assert_eq!(
+        envoy.wait_for_stat_settled(stat, before + 2).unwrap(),
+        before + 2
+    );
 }
 
 fn ambiguous_path_is_refused(envoy: &Envoy, upstream: &BodyUpstream) {

@@ -153,7 +153,9 @@ pub enum PiiAction {
     Block,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Detector {
     Email,
@@ -298,8 +300,13 @@ mod tests {
                 "$.rules[1].name"
             ]
         );
-        let e = crate::parse::<GuardConfig>(br#"{"rules":[{"name":"a","policy":{"request":{"action":"mask"}}}]}"#)
-            .unwrap_err();
-        assert!(e.0[0].path.starts_with("$.rules[0].policy.request.action"), "{e}");
+        let e = crate::parse::<GuardConfig>(
+            br#"{"rules":[{"name":"a","policy":{"request":{"action":"mask"}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.0[0].path.starts_with("$.rules[0].policy.request.action"),
+            "{e}"
+        );
     }
 }

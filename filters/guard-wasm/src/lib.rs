@@ -11,7 +11,13 @@ use nexus_proxy_wasm::{apply, parse_config, Action, Filter, HostHeaders, HostMet
 
 nexus_proxy_wasm::export_filter!(
     GuardFilter,
-    [request_headers, request_body, response_headers, response_body, stream_end]
+    [
+        request_headers,
+        request_body,
+        response_headers,
+        response_body,
+        stream_end
+    ]
 );
 
 struct GuardFilter {
@@ -127,7 +133,12 @@ impl Filter for GuardFilter {
                 &self.metrics,
             ),
         };
-        body_step(step, BufferType::ResponseBody, size, HostHeaders::response())
+        body_step(
+            step,
+            BufferType::ResponseBody,
+            size,
+            HostHeaders::response(),
+        )
     }
 
     fn on_stream_end(&self, context: u32) {

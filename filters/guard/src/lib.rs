@@ -138,7 +138,14 @@ impl Guard {
         let json_checks = json && (limits.max_json_depth > 0 || limits.max_json_fields > 0);
         let scannable = json || ct.is_empty() || json::is_text(ct);
         let mode = body_mode(&p.request, scannable, json, json_checks);
-        start_body(&mut ex.request, mode, declared(headers), p.max_scan(), Dir::Request, metrics)
+        start_body(
+            &mut ex.request,
+            mode,
+            declared(headers),
+            p.max_scan(),
+            Dir::Request,
+            metrics,
+        )
     }
 
     pub fn on_response_headers(
@@ -166,7 +173,14 @@ impl Guard {
             return HeadersStep::Continue;
         }
         let mode = body_mode(&p.response, scannable, json, false);
-        start_body(&mut ex.response, mode, declared(headers), p.max_scan(), Dir::Response, metrics)
+        start_body(
+            &mut ex.response,
+            mode,
+            declared(headers),
+            p.max_scan(),
+            Dir::Response,
+            metrics,
+        )
     }
 
     /// A request body callback: `size` bytes are available (all buffered ones after a
@@ -193,7 +207,17 @@ impl Guard {
             return BodyStep::Respond(r.response(&p.name));
         }
         let at_end = |body: &[u8], json: bool| request_end(p, body, json, metrics);
-        on_body(&mut ex.request, p, &p.request, Dir::Request, size, end_of_stream, read, at_end, metrics)
+        on_body(
+            &mut ex.request,
+            p,
+            &p.request,
+            Dir::Request,
+            size,
+            end_of_stream,
+            read,
+            at_end,
+            metrics,
+        )
     }
 
     pub fn on_response_body(
@@ -207,10 +231,19 @@ impl Guard {
         let Some(p) = ex.policy.and_then(|i| self.policies.get(i)) else {
             return BodyStep::Continue;
         };
-        let at_end = |body: &[u8], json: bool| {
-            decide(&p.response, Dir::Response, body, json, metrics)
-        };
-        on_body(&mut ex.response, p, &p.response, Dir::Response, size, end_of_stream, read, at_end, metrics)
+        let at_end =
+            |body: &[u8], json: bool| decide(&p.response, Dir::Response, body, json, metrics);
+        on_body(
+            &mut ex.response,
+            p,
+            &p.response,
+            Dir::Response,
+            size,
+            end_of_stream,
+            read,
+            at_end,
+            metrics,
+        )
     }
 }
 

@@ -37,7 +37,10 @@ pub fn findings(dir: Dir, kind: Kind) -> &'static str {
         Dir::Request => &REQUEST_FINDINGS,
         Dir::Response => &RESPONSE_FINDINGS,
     };
-    table.get(kind.index()).copied().unwrap_or("nexus_guard.findings")
+    table
+        .get(kind.index())
+        .copied()
+        .unwrap_or("nexus_guard.findings")
 }
 
 /// Bodies that passed unscanned: over `max_scan_bytes`, or compressed.

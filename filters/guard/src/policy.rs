@@ -24,7 +24,11 @@ impl Direction {
                 .iter()
                 .fold(0, |m, d| m | Kind::from_detector(*d).bit())
         };
-        let lower = |v: &[String]| v.iter().map(|s| s.to_ascii_lowercase().into_bytes()).collect();
+        let lower = |v: &[String]| {
+            v.iter()
+                .map(|s| s.to_ascii_lowercase().into_bytes())
+                .collect()
+        };
         Self {
             action: b.action,
             scan: ScanConfig {

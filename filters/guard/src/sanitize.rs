@@ -110,7 +110,11 @@ pub fn check_headers(p: &GuardPolicy, headers: &HeaderList, has_body: bool) -> R
     }
     if has_body && declared != Some(0) && !p.content_types.is_empty() {
         let ct = headers.get("content-type").unwrap_or("");
-        if !p.content_types.iter().any(|allowed| media_matches(allowed, ct)) {
+        if !p
+            .content_types
+            .iter()
+            .any(|allowed| media_matches(allowed, ct))
+        {
             return Err(Refusal::UnsupportedContentType);
         }
     }

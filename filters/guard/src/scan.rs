@@ -296,7 +296,11 @@ impl Scanner {
                 continue;
             }
             // A bare JSON number is replaced whole, so the finding spans all of it.
-            let (s, e) = if in_string { (h.start, h.end) } else { (0, seg_len) };
+            let (s, e) = if in_string {
+                (h.start, h.end)
+            } else {
+                (0, seg_len)
+            };
             self.record(Finding {
                 kind: h.kind,
                 start: seg_start + s,

@@ -30,20 +30,40 @@ fn text_kinds(text: &str) -> Vec<Kind> {
 
 #[test]
 fn emails_true_and_false_positives() {
-    for t in ["jane.doe@example.com", "a+tag@sub.example.co.uk", "x_y@corp-mail.io"] {
+    for t in [
+        "jane.doe@example.com",
+        "a+tag@sub.example.co.uk",
+        "x_y@corp-mail.io",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::Email], "{t}");
     }
-    for t in ["user@localhost", "@handle", "a@b.c", "x@1.2.3", "foo@bar", ".@x.com"] {
+    for t in [
+        "user@localhost",
+        "@handle",
+        "a@b.c",
+        "x@1.2.3",
+        "foo@bar",
+        ".@x.com",
+    ] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
-    assert_eq!(text_kinds("mail me: <bob@example.org>, thanks"), [Kind::Email]);
+    assert_eq!(
+        text_kinds("mail me: <bob@example.org>, thanks"),
+        [Kind::Email]
+    );
 }
 
 #[test]
 fn phones_true_and_false_positives() {
-    for t in ["+14155552671", "+44 20 7946 0958", "(415) 555-2671", "415-555-2671",
-        "415.555.2671", "020 7946 0958", "1-415-555-2671"]
-    {
+    for t in [
+        "+14155552671",
+        "+44 20 7946 0958",
+        "(415) 555-2671",
+        "415-555-2671",
+        "415.555.2671",
+        "020 7946 0958",
+        "1-415-555-2671",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::Phone], "{t}");
     }
     // Bare digits are a phone only in a phone field.
@@ -52,16 +72,28 @@ fn phones_true_and_false_positives() {
     // Order ids, dates, versions, amounts and an exchange starting with 1.
     assert_eq!(kinds_in("order_id", "415-555-2671"), []);
     assert_eq!(kinds_in("note", "order #415-555-2671"), []);
-    for t in ["2024-01-15", "1.2.3", "19.99", "415-155-2671", "12/03/2024", "+0123456789"] {
+    for t in [
+        "2024-01-15",
+        "1.2.3",
+        "19.99",
+        "415-155-2671",
+        "12/03/2024",
+        "+0123456789",
+    ] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
 }
 
 #[test]
 fn cards_need_luhn_a_real_prefix_and_no_contrary_context() {
-    for t in ["4111111111111111", "4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005",
-        "6011111111111117", "2223003122003222"]
-    {
+    for t in [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "6011111111111117",
+        "2223003122003222",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::Card], "{t}");
     }
     // Luhn-valid numbers that are not cards in context.
@@ -84,14 +116,20 @@ fn luhn_valid_str(s: &str) -> bool {
 
 #[test]
 fn ibans_by_mod_97_and_country_length() {
-    for t in ["GB82WEST12345698765432", "DE89 3704 0044 0532 0130 00", "FR1420041010050500013M02606",
-        "NL91ABNA0417164300"]
-    {
+    for t in [
+        "GB82WEST12345698765432",
+        "DE89 3704 0044 0532 0130 00",
+        "FR1420041010050500013M02606",
+        "NL91ABNA0417164300",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::Iban], "{t}");
     }
-    for t in ["GB82WEST12345698765433", "DE8937040044053201300", "XX82WEST12345698765432",
-        "GB82WEST1234569876543299"]
-    {
+    for t in [
+        "GB82WEST12345698765433",
+        "DE8937040044053201300",
+        "XX82WEST12345698765432",
+        "GB82WEST1234569876543299",
+    ] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
     assert!(detectors::iban_valid(b"GB82WEST12345698765432"));
@@ -103,19 +141,38 @@ fn ssns_follow_the_issuing_rules() {
     assert_eq!(kinds_in("note", "123 45 6789"), [Kind::Ssn]);
     assert_eq!(kinds_in("ssn", "123456789"), [Kind::Ssn]);
     assert_eq!(kinds_in("note", "123456789"), []);
-    for t in ["000-12-3456", "666-12-3456", "912-12-3456", "123-00-4567", "123-45-0000", "123-45 6789"] {
+    for t in [
+        "000-12-3456",
+        "666-12-3456",
+        "912-12-3456",
+        "123-00-4567",
+        "123-45-0000",
+        "123-45 6789",
+    ] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
 }
 
 #[test]
 fn ip_addresses_v4_and_v6() {
-    for t in ["192.168.1.20", "8.8.8.8", "2001:db8::8a2e:370:7334", "fe80::1ff:fe23:4567:890a"] {
+    for t in [
+        "192.168.1.20",
+        "8.8.8.8",
+        "2001:db8::8a2e:370:7334",
+        "fe80::1ff:fe23:4567:890a",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::Ip], "{t}");
     }
-    for t in ["256.1.1.1", "1.2.3", "01.2.3.4", "12:30:45", "aa:bb:cc:dd:ee:ff", "::1", "std::vec",
-        "v1.2.3.4"]
-    {
+    for t in [
+        "256.1.1.1",
+        "1.2.3",
+        "01.2.3.4",
+        "12:30:45",
+        "aa:bb:cc:dd:ee:ff",
+        "::1",
+        "std::vec",
+        "v1.2.3.4",
+    ] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
 }
@@ -126,16 +183,22 @@ const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkw
 fn secrets_jwts_keys_and_keyed_entropy() {
     assert_eq!(kinds_in("note", &format!("Bearer {JWT}")), [Kind::Jwt]);
     assert_eq!(kinds_in("note", "eyJhbGciOi.notjwt"), []);
-    for t in ["ghp_abcdefghijklmnopqrstuvwxyz0123456789", "AKIAIOSFODNN7EXAMPLE",
-        "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "xoxb-123456789012-abcdefABCDEF",
-        "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345"]
-    {
+    for t in [
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "AKIAIOSFODNN7EXAMPLE",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "xoxb-123456789012-abcdefABCDEF",
+        "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345",
+    ] {
         assert_eq!(kinds_in("note", t), [Kind::ApiKey], "{t}");
     }
     for t in ["ghp_short", "AKIA1234", "sk_live_", "skeleton_key_value"] {
         assert_eq!(kinds_in("note", t), [], "{t}");
     }
-    assert_eq!(kinds_in("client_secret", "q8Z3vN0pR2xL7wK9mB4t"), [Kind::Secret]);
+    assert_eq!(
+        kinds_in("client_secret", "q8Z3vN0pR2xL7wK9mB4t"),
+        [Kind::Secret]
+    );
     assert_eq!(kinds_in("note", "q8Z3vN0pR2xL7wK9mB4t"), []);
     assert_eq!(kinds_in("token_type", "bearer"), []);
     assert_eq!(kinds_in("password", "aaaaaaaaaaaaaaaaaaaa"), []);
@@ -209,18 +272,39 @@ fn sanitize_refuses_each_rule_with_its_name() {
     p.limits.max_url_bytes = 64;
     p.methods = vec!["GET".into(), "POST".into()];
     p.content_types = vec!["application/json".into()];
-    let base = [(":method", "POST"), (":path", "/lake/x"), ("content-type", "application/json")];
+    let base = [
+        (":method", "POST"),
+        (":path", "/lake/x"),
+        ("content-type", "application/json"),
+    ];
     let check = |extra: &[(&str, &str)], path: &str, has_body: bool| {
-        let mut h: Vec<(&str, &str)> = base.iter().copied().filter(|(n, _)| *n != ":path").collect();
+        let mut h: Vec<(&str, &str)> = base
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != ":path")
+            .collect();
         h.push((":path", path));
         h.extend_from_slice(extra);
         let list: HeaderList = h.into_iter().collect();
         sanitize::check_headers(&p, &list, has_body).err()
     };
     assert_eq!(check(&[], "/lake/x", true), None);
-    assert_eq!(check(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")], "/x", false), Some(Refusal::TooManyHeaders));
-    assert_eq!(check(&[], &format!("/{}", "a".repeat(80)), false), Some(Refusal::UrlTooLong));
-    assert_eq!(check(&[("content-length", "999999999")], "/x", true), Some(Refusal::BodyTooLarge));
+    assert_eq!(
+        check(
+            &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")],
+            "/x",
+            false
+        ),
+        Some(Refusal::TooManyHeaders)
+    );
+    assert_eq!(
+        check(&[], &format!("/{}", "a".repeat(80)), false),
+        Some(Refusal::UrlTooLong)
+    );
+    assert_eq!(
+        check(&[("content-length", "999999999")], "/x", true),
+        Some(Refusal::BodyTooLarge)
+    );
     assert_eq!(check(&[], "/a%2Fb", false), Some(Refusal::EncodedSlash));
     assert_eq!(check(&[], "/a%5cb", false), Some(Refusal::EncodedSlash));
     assert_eq!(check(&[], "/a/%2e%2E/b", false), Some(Refusal::DotSegment));
@@ -229,10 +313,19 @@ fn sanitize_refuses_each_rule_with_its_name() {
     assert_eq!(check(&[], "/a%zz", false), Some(Refusal::BadEscape));
     assert_eq!(check(&[], "/a/b?x=../%2F", false), None);
     let form = [("content-type", "text/plain")];
-    let list: HeaderList = [(":method", "POST"), (":path", "/x")].into_iter().chain(form).collect();
-    assert_eq!(sanitize::check_headers(&p, &list, true), Err(Refusal::UnsupportedContentType));
+    let list: HeaderList = [(":method", "POST"), (":path", "/x")]
+        .into_iter()
+        .chain(form)
+        .collect();
+    assert_eq!(
+        sanitize::check_headers(&p, &list, true),
+        Err(Refusal::UnsupportedContentType)
+    );
     let put: HeaderList = [(":method", "PUT"), (":path", "/x")].into_iter().collect();
-    assert_eq!(sanitize::check_headers(&p, &put, false), Err(Refusal::MethodNotAllowed));
+    assert_eq!(
+        sanitize::check_headers(&p, &put, false),
+        Err(Refusal::MethodNotAllowed)
+    );
     let r = Refusal::EncodedSlash.response("lake");
     assert_eq!(r.status, 400);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -242,12 +335,27 @@ fn sanitize_refuses_each_rule_with_its_name() {
 #[test]
 fn json_limits() {
     assert_eq!(json::check(br#"{"a": [1, 2, {"b": 3}]}"#, 3, 5), Ok(()));
-    assert_eq!(json::check(br#"{"a": [1, 2, {"b": 3}]}"#, 2, 0), Err(json::JsonRefusal::TooDeep));
-    assert_eq!(json::check(br#"{"a": [1, 2, {"b": 3}]}"#, 0, 4), Err(json::JsonRefusal::TooManyFields));
+    assert_eq!(
+        json::check(br#"{"a": [1, 2, {"b": 3}]}"#, 2, 0),
+        Err(json::JsonRefusal::TooDeep)
+    );
+    assert_eq!(
+        json::check(br#"{"a": [1, 2, {"b": 3}]}"#, 0, 4),
+        Err(json::JsonRefusal::TooManyFields)
+    );
     assert_eq!(json::check(br#"{"a": "x,y,{,["}"#, 1, 1), Ok(()));
-    assert_eq!(json::check(b"{\"a\": \"\xff\"}", 0, 0), Err(json::JsonRefusal::InvalidUtf8));
-    assert_eq!(json::check(br#"{"a": }"#, 0, 0), Err(json::JsonRefusal::Invalid));
-    assert_eq!(json::check(&[b'['; 1000], 64, 0), Err(json::JsonRefusal::TooDeep));
+    assert_eq!(
+        json::check(b"{\"a\": \"\xff\"}", 0, 0),
+        Err(json::JsonRefusal::InvalidUtf8)
+    );
+    assert_eq!(
+        json::check(br#"{"a": }"#, 0, 0),
+        Err(json::JsonRefusal::Invalid)
+    );
+    assert_eq!(
+        json::check(&[b'['; 1000], 64, 0),
+        Err(json::JsonRefusal::TooDeep)
+    );
 }
 
 const CONFIG: &str = r#"{"rules": [
@@ -269,16 +377,27 @@ fn request_with_pii_is_blocked_naming_types_only() {
     let m = MemMetrics::default();
     let mut ex = Exchange::default();
     let h = headers("POST", "/block/x", &[("content-type", "application/json")]);
-    assert_eq!(guard.on_request_headers(&mut ex, &h, false, &m), HeadersStep::Pause);
+    assert_eq!(
+        guard.on_request_headers(&mut ex, &h, false, &m),
+        HeadersStep::Pause
+    );
     let body = br#"{"card": "4111 1111 1111 1111", "mail": "a@example.com"}"#;
-    assert_eq!(guard.on_request_body(&mut ex, 10, false, Vec::new, &m), BodyStep::Pause);
-    let BodyStep::Respond(r) = guard.on_request_body(&mut ex, body.len(), true, || body.to_vec(), &m) else {
+    assert_eq!(
+        guard.on_request_body(&mut ex, 10, false, Vec::new, &m),
+        BodyStep::Pause
+    );
+    let BodyStep::Respond(r) =
+        guard.on_request_body(&mut ex, body.len(), true, || body.to_vec(), &m)
+    else {
         panic!("not refused");
     };
     assert_eq!(r.status, 422);
     let text = String::from_utf8(r.body).unwrap();
     assert!(text.contains("email") && text.contains("card"), "{text}");
-    assert!(!text.contains("4111") && !text.contains("example.com"), "{text}");
+    assert!(
+        !text.contains("4111") && !text.contains("example.com"),
+        "{text}"
+    );
     assert_eq!(m.value("nexus_guard.request.blocked"), 1);
     assert_eq!(m.value("nexus_guard.request.findings.card"), 1);
 }
@@ -288,24 +407,51 @@ fn response_is_redacted_and_over_cap_passes_counted() {
     let guard = Guard::from_json(CONFIG.as_bytes()).unwrap();
     let m = MemMetrics::default();
     let mut ex = Exchange::default();
-    assert_eq!(guard.on_request_headers(&mut ex, &headers("GET", "/block/x", &[]), true, &m), HeadersStep::Continue);
+    assert_eq!(
+        guard.on_request_headers(&mut ex, &headers("GET", "/block/x", &[]), true, &m),
+        HeadersStep::Continue
+    );
     let rh = headers("GET", "/", &[("content-type", "application/json")]);
-    assert_eq!(guard.on_response_headers(&mut ex, &rh, false, &m), HeadersStep::Pause);
+    assert_eq!(
+        guard.on_response_headers(&mut ex, &rh, false, &m),
+        HeadersStep::Pause
+    );
     let body = br#"{"email": "a@example.com"}"#;
-    let BodyStep::Replace(out) = guard.on_response_body(&mut ex, body.len(), true, || body.to_vec(), &m) else {
+    let BodyStep::Replace(out) =
+        guard.on_response_body(&mut ex, body.len(), true, || body.to_vec(), &m)
+    else {
         panic!("not redacted");
     };
     assert_eq!(out, br#"{"email": "[REDACTED:email]"}"#);
     // Over the cap: declared, then discovered while buffering a chunked body.
     let mut ex = Exchange::default();
     guard.on_request_headers(&mut ex, &headers("GET", "/block/x", &[]), true, &m);
-    let big = headers("GET", "/", &[("content-type", "application/json"), ("content-length", "5000")]);
-    assert_eq!(guard.on_response_headers(&mut ex, &big, false, &m), HeadersStep::Continue);
+    let big = headers(
+        "GET",
+        "/",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "5000"),
+        ],
+    );
+    assert_eq!(
+        guard.on_response_headers(&mut ex, &big, false, &m),
+        HeadersStep::Continue
+    );
     let mut ex = Exchange::default();
     guard.on_request_headers(&mut ex, &headers("GET", "/block/x", &[]), true, &m);
-    assert_eq!(guard.on_response_headers(&mut ex, &rh, false, &m), HeadersStep::Pause);
-    assert_eq!(guard.on_response_body(&mut ex, 5000, false, Vec::new, &m), BodyStep::Continue);
-    assert_eq!(guard.on_response_body(&mut ex, 6000, true, Vec::new, &m), BodyStep::Continue);
+    assert_eq!(
+        guard.on_response_headers(&mut ex, &rh, false, &m),
+        HeadersStep::Pause
+    );
+    assert_eq!(
+        guard.on_response_body(&mut ex, 5000, false, Vec::new, &m),
+        BodyStep::Continue
+    );
+    assert_eq!(
+        guard.on_response_body(&mut ex, 6000, true, Vec::new, &m),
+        BodyStep::Continue
+    );
     assert_eq!(m.value("nexus_guard.response.unscanned"), 2);
 }
 
@@ -315,11 +461,17 @@ fn detect_streams_and_counts() {
     let m = MemMetrics::default();
     let mut ex = Exchange::default();
     let h = headers("POST", "/detect/x", &[("content-type", "text/plain")]);
-    assert_eq!(guard.on_request_headers(&mut ex, &h, false, &m), HeadersStep::Continue);
+    assert_eq!(
+        guard.on_request_headers(&mut ex, &h, false, &m),
+        HeadersStep::Continue
+    );
     let body = b"call +14155552671 or mail a@example.com";
     for (i, c) in body.chunks(7).enumerate() {
         let last = (i + 1) * 7 >= body.len();
-        assert_eq!(guard.on_request_body(&mut ex, c.len(), last, || c.to_vec(), &m), BodyStep::Continue);
+        assert_eq!(
+            guard.on_request_body(&mut ex, c.len(), last, || c.to_vec(), &m),
+            BodyStep::Continue
+        );
     }
     assert_eq!(m.value("nexus_guard.request.findings.phone"), 1);
     assert_eq!(m.value("nexus_guard.request.findings.email"), 1);
@@ -331,15 +483,28 @@ fn invalid_json_request_and_large_body_are_refused() {
     let m = MemMetrics::default();
     let mut ex = Exchange::default();
     let h = headers("POST", "/detect/x", &[("content-type", "application/json")]);
-    assert_eq!(guard.on_request_headers(&mut ex, &h, false, &m), HeadersStep::Pause);
-    let BodyStep::Respond(r) = guard.on_request_body(&mut ex, 3, true, || b"{\"a".to_vec(), &m) else {
+    assert_eq!(
+        guard.on_request_headers(&mut ex, &h, false, &m),
+        HeadersStep::Pause
+    );
+    let BodyStep::Respond(r) = guard.on_request_body(&mut ex, 3, true, || b"{\"a".to_vec(), &m)
+    else {
         panic!("accepted");
     };
     assert_eq!((r.status, r.details.as_str()), (400, "nexus_invalid_json"));
-    let small: Guard = Guard::from_json(br#"{"default": {"limits": {"max_body_bytes": 10}}}"#).unwrap();
+    let small: Guard =
+        Guard::from_json(br#"{"default": {"limits": {"max_body_bytes": 10}}}"#).unwrap();
     let mut ex = Exchange::default();
-    small.on_request_headers(&mut ex, &headers("POST", "/", &[("content-type", "application/octet-stream")]), false, &m);
-    assert_eq!(small.on_request_body(&mut ex, 8, false, Vec::new, &m), BodyStep::Continue);
+    small.on_request_headers(
+        &mut ex,
+        &headers("POST", "/", &[("content-type", "application/octet-stream")]),
+        false,
+        &m,
+    );
+    assert_eq!(
+        small.on_request_body(&mut ex, 8, false, Vec::new, &m),
+        BodyStep::Continue
+    );
     let BodyStep::Respond(r) = small.on_request_body(&mut ex, 8, true, Vec::new, &m) else {
         panic!("accepted");
     };
@@ -351,6 +516,9 @@ fn unmatched_requests_are_not_looked_at() {
     let guard = Guard::from_json(CONFIG.as_bytes()).unwrap();
     let m = MemMetrics::default();
     let mut ex = Exchange::default();
-    assert_eq!(guard.on_request_headers(&mut ex, &headers("GET", "/a%2Fb", &[]), false, &m), HeadersStep::Continue);
+    assert_eq!(
+        guard.on_request_headers(&mut ex, &headers("GET", "/a%2Fb", &[]), false, &m),
+        HeadersStep::Continue
+    );
     assert!(!ex.active());
 }

@@ -47,8 +47,16 @@ fn field_for(r: &mut Rng, kind: Kind) -> &'static str {
     }
 }
 
-const PLANTED: [Kind; 8] = [Kind::Email, Kind::Phone, Kind::Card, Kind::Iban, Kind::Ssn, Kind::Ip,
-    Kind::Jwt, Kind::ApiKey];
+const PLANTED: [Kind; 8] = [
+    Kind::Email,
+    Kind::Phone,
+    Kind::Card,
+    Kind::Iban,
+    Kind::Ssn,
+    Kind::Ip,
+    Kind::Jwt,
+    Kind::ApiKey,
+];
 
 fn record(r: &mut Rng) -> Record {
     let json = r.chance(75);
@@ -79,17 +87,23 @@ fn record(r: &mut Rng) -> Record {
         }
     }
     let body = if json {
-        let map: serde_json::Map<String, serde_json::Value> = fields
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            fields.into_iter().map(|(k, v)| (k, v.into())).collect();
         serde_json::Value::Object(map).to_string()
     } else {
-        fields.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("\n")
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     // Duplicate keys collapse in a JSON map: keep only what the body still holds.
     planted.retain(|(_, v)| body.contains(v.as_str()));
-    Record { body, json, planted }
+    Record {
+        body,
+        json,
+        planted,
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -135,18 +149,33 @@ fn corpus_precision_and_recall_per_type() {
         }
     }
     println!("\n{RECORDS} records, seed {SEED}");
-    println!("{:<8} {:>7} {:>7} {:>9} {:>7}", "type", "planted", "found", "precision", "recall");
+    println!(
+        "{:<8} {:>7} {:>7} {:>9} {:>7}",
+        "type", "planted", "found", "precision", "recall"
+    );
     for (kind, s) in &scores {
         let precision = f64::from(s.correct) / f64::from(s.reported.max(1));
         let recall = f64::from(s.found) / f64::from(s.planted.max(1));
-        println!("{:<8} {:>7} {:>7} {:>9.3} {:>7.3}", kind.name(), s.planted, s.found, precision, recall);
+        println!(
+            "{:<8} {:>7} {:>7} {:>9.3} {:>7.3}",
+            kind.name(),
+            s.planted,
+            s.found,
+            precision,
+            recall
+        );
     }
     println!("false positives (first 15): {false_positives:#?}");
     for kind in [Kind::Card, Kind::Email, Kind::Iban, Kind::Ssn, Kind::Jwt] {
         let s = scores.get(&kind).copied().unwrap_or_default();
         let precision = f64::from(s.correct) / f64::from(s.reported.max(1));
         let recall = f64::from(s.found) / f64::from(s.planted.max(1));
-        assert!(s.planted >= 100, "{}: only {} planted", kind.name(), s.planted);
+        assert!(
+            s.planted >= 100,
+            "{}: only {} planted",
+            kind.name(),
+            s.planted
+        );
         assert!(recall >= 0.95, "{} recall {recall:.3}", kind.name());
         assert!(precision >= 0.9, "{} precision {precision:.3}", kind.name());
     }

@@ -51,7 +51,11 @@ fn json_value(r: &mut Rng, depth: u32) -> Value {
     match r.below(if depth > 4 { 4 } else { 7 }) {
         0 => Value::Null,
         1 => Value::from(r.next() as i64 % 100_000_000_000_000_000),
-        2 => Value::from(luhn_complete(&format!("4{}", r.digits(14))).parse::<u64>().unwrap_or(0)),
+        2 => Value::from(
+            luhn_complete(&format!("4{}", r.digits(14)))
+                .parse::<u64>()
+                .unwrap_or(0),
+        ),
         3 => {
             let mut s = piece(r);
             if r.chance(30) {
@@ -61,9 +65,15 @@ fn json_value(r: &mut Rng, depth: u32) -> Value {
             Value::from(s)
         }
         4 | 5 => {
-            let keys = ["email", "password", "skip", "note", "card", "id", "token", "phone", "data"];
+            let keys = [
+                "email", "password", "skip", "note", "card", "id", "token", "phone", "data",
+            ];
             let n = r.below(5);
-            Value::Object((0..n).map(|_| ((*r.pick(&keys)).to_string(), json_value(r, depth + 1))).collect())
+            Value::Object(
+                (0..n)
+                    .map(|_| ((*r.pick(&keys)).to_string(), json_value(r, depth + 1)))
+                    .collect(),
+            )
         }
         _ => Value::Array((0..r.below(5)).map(|_| json_value(r, depth + 1)).collect()),
     }
@@ -75,8 +85,21 @@ fn random_bytes(r: &mut Rng) -> Vec<u8> {
         match r.below(4) {
             0 => out.extend((0..r.below(20)).map(|_| r.next() as u8)),
             1 => out.extend_from_slice(piece(r).as_bytes()),
-            2 => out.extend_from_slice(*r.pick(&[b"\"".as_slice(), b"\\", b":", b"{", b"}", b"[", b",", b"\"k\":"])),
-            _ => out.extend_from_slice(serde_json::to_string(&json_value(r, 3)).unwrap_or_default().as_bytes()),
+            2 => out.extend_from_slice(*r.pick(&[
+                b"\"".as_slice(),
+                b"\\",
+                b":",
+                b"{",
+                b"}",
+                b"[",
+                b",",
+                b"\"k\":",
+            ])),
+            _ => out.extend_from_slice(
+                serde_json::to_string(&json_value(r, 3))
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
         }
     }
     out
@@ -102,7 +125,8 @@ fn any_bytes_in_any_chunking_scan_without_panic_and_alike() {
         let body = random_bytes(&mut r);
         for json in [true, false] {
             let whole = scan_all(&config, &body, json, true);
-            let spans: Vec<(usize, usize)> = whole.findings.iter().map(|f| (f.start, f.end)).collect();
+            let spans: Vec<(usize, usize)> =
+                whole.findings.iter().map(|f| (f.start, f.end)).collect();
             assert_eq!(chunked(&config, &body, json, &mut r), spans, "case {case}");
             for f in &whole.findings {
                 assert!(f.start <= f.end && f.end <= body.len(), "case {case}");
@@ -128,12 +152,19 @@ fn redacted_json_stays_valid_json() {
         let s = scan_all(&config, text.as_bytes(), true, true);
         let out = redact(text.as_bytes(), &s.findings);
         let parsed: Result<Value, _> = serde_json::from_slice(&out);
-        assert!(parsed.is_ok(), "case {case}: {text}\n=> {}", String::from_utf8_lossy(&out));
+        assert!(
+            parsed.is_ok(),
+            "case {case}: {text}\n=> {}",
+            String::from_utf8_lossy(&out)
+        );
         if !s.findings.is_empty() {
             redacted += 1;
         }
     }
-    assert!(redacted > CASES / 4, "too few documents with findings: {redacted}");
+    assert!(
+        redacted > CASES / 4,
+        "too few documents with findings: {redacted}"
+    );
 }
 
 #[test]
@@ -143,17 +174,32 @@ fn the_guard_survives_random_exchanges() {
         .into_iter()
         .map(|action| GuardPolicy {
             max_scan_bytes: 4096,
-            request: BodyPolicy { action, ..Default::default() },
-            response: BodyPolicy { action, ..Default::default() },
+            request: BodyPolicy {
+                action,
+                ..Default::default()
+            },
+            response: BodyPolicy {
+                action,
+                ..Default::default()
+            },
             ..Default::default()
         })
         .collect();
     let m = MemMetrics::default();
     for case in 0..CASES {
         let policy = r.pick(&policies).clone();
-        let guard = Guard::new(&GuardConfig { rules: vec![], default: Some(policy) }).unwrap();
+        let guard = Guard::new(&GuardConfig {
+            rules: vec![],
+            default: Some(policy),
+        })
+        .unwrap();
         let body = random_bytes(&mut r);
-        let ct = *r.pick(&["application/json", "text/plain", "", "application/octet-stream"]);
+        let ct = *r.pick(&[
+            "application/json",
+            "text/plain",
+            "",
+            "application/octet-stream",
+        ]);
         let mut h = vec![(":method", "POST"), (":path", "/x")];
         if !ct.is_empty() {
             h.push(("content-type", ct));

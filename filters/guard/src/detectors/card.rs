@@ -7,9 +7,12 @@
 use super::mentions;
 use super::numeric::Run;
 
-const POSITIVE: &[&str] = &["card", "pan", "cc", "credit", "debit", "visa", "master", "amex", "payment"];
+const POSITIVE: &[&str] = &[
+    "card", "pan", "cc", "credit", "debit", "visa", "master", "amex", "payment",
+];
 const NEGATIVE: &[&str] = &[
-    "part", "code", "model", "order", "invoice", "tracking", "ref", "sku", "isbn", "id", "serial", "account", "#", "no.",
+    "part", "code", "model", "order", "invoice", "tracking", "ref", "sku", "isbn", "id", "serial",
+    "account", "#", "no.",
 ];
 
 pub fn luhn_valid(digits: &[u8]) -> bool {
@@ -41,21 +44,27 @@ pub fn plausible_iin(d: &[u8]) -> bool {
     let len = d.len();
     let (p1, p2, p3, p4) = (prefix(d, 1), prefix(d, 2), prefix(d, 3), prefix(d, 4));
     match p1 {
-        4 => matches!(len, 13 | 16 | 19),                                      // Visa
-        5 if (51..=55).contains(&p2) => len == 16,                              // Mastercard
-        2 if (2221..=2720).contains(&p4) => len == 16,                          // Mastercard 2-series
-        3 if p2 == 34 || p2 == 37 => len == 15,                                 // Amex
-        3 if (300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39 => (14..=19).contains(&len), // Diners
-        3 if (3528..=3589).contains(&p4) => (16..=19).contains(&len),           // JCB
+        4 => matches!(len, 13 | 16 | 19),              // Visa
+        5 if (51..=55).contains(&p2) => len == 16,     // Mastercard
+        2 if (2221..=2720).contains(&p4) => len == 16, // Mastercard 2-series
+        3 if p2 == 34 || p2 == 37 => len == 15,        // Amex
+        3 if (300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39 => {
+            (14..=19).contains(&len)
+        } // Diners
+        3 if (3528..=3589).contains(&p4) => (16..=19).contains(&len), // JCB
         6 if p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) => (16..=19).contains(&len), // Discover
-        6 if p2 == 62 => (16..=19).contains(&len),                              // UnionPay
-        5 | 6 => (12..=19).contains(&len),                                      // Maestro
+        6 if p2 == 62 => (16..=19).contains(&len), // UnionPay
+        5 | 6 => (12..=19).contains(&len),         // Maestro
         _ => false,
     }
 }
 
 fn well_grouped(run: &Run) -> bool {
-    if run.text.iter().any(|b| matches!(b, b'(' | b')' | b'.' | b'/')) {
+    if run
+        .text
+        .iter()
+        .any(|b| matches!(b, b'(' | b')' | b'.' | b'/'))
+    {
         return false;
     }
     let mut seps = run.separators();

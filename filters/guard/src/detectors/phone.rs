@@ -8,8 +8,13 @@
 use super::mentions;
 use super::numeric::Run;
 
-const POSITIVE: &[&str] = &["phone", "tel", "mobile", "cell", "fax", "contact", "call", "sms", "whatsapp"];
-const NEGATIVE: &[&str] = &["part", "code", "model", "order", "invoice", "tracking", "ref", "sku", "id", "serial", "#", "no."];
+const POSITIVE: &[&str] = &[
+    "phone", "tel", "mobile", "cell", "fax", "contact", "call", "sms", "whatsapp",
+];
+const NEGATIVE: &[&str] = &[
+    "part", "code", "model", "order", "invoice", "tracking", "ref", "sku", "id", "serial", "#",
+    "no.",
+];
 
 pub fn is_phone(run: &Run, key: &[u8], before: &[u8]) -> bool {
     let d = run.digits();

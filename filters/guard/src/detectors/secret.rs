@@ -98,8 +98,7 @@ fn jwt(seg: &[u8], start: usize) -> Option<Hit> {
     }
     let p_start = h_end + 1;
     let p_end = run_end(seg, p_start);
-    if p_end - p_start < 10 || !seg.get(p_start..)?.starts_with(b"eyJ") || at(seg, p_end) != b'.'
-    {
+    if p_end - p_start < 10 || !seg.get(p_start..)?.starts_with(b"eyJ") || at(seg, p_end) != b'.' {
         return None;
     }
     // An unsigned token (`alg: none`) has an empty signature.
@@ -112,8 +111,20 @@ fn jwt(seg: &[u8], start: usize) -> Option<Hit> {
 }
 
 const KEY_LIKE: &[&str] = &[
-    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key", "access_key",
-    "private_key", "credential", "auth", "session", "signature",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_key",
+    "private_key",
+    "credential",
+    "auth",
+    "session",
+    "signature",
 ];
 
 /// A whole value under a credential-like field name, when it looks generated: one word of at

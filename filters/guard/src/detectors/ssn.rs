@@ -17,11 +17,13 @@ pub fn is_ssn(run: &Run, key: &[u8], before: &[u8]) -> bool {
     if d.len() != 9 {
         return false;
     }
-    let shaped = run.groups() == [3, 2, 4] && {
-        let mut seps = run.separators();
-        let first = seps.next();
-        matches!(first, Some(b'-') | Some(b' ')) && seps.all(|s| Some(s) == first)
-    } && !run.text.contains(&b'(');
+    let shaped = run.groups() == [3, 2, 4]
+        && {
+            let mut seps = run.separators();
+            let first = seps.next();
+            matches!(first, Some(b'-') | Some(b' ')) && seps.all(|s| Some(s) == first)
+        }
+        && !run.text.contains(&b'(');
     let positive = mentions(key, CONTEXT) || mentions(before, CONTEXT);
     let negative = mentions(key, NEGATIVE) || mentions(before, NEGATIVE);
     let bare = run.only_digits() && positive;

@@ -30,7 +30,9 @@ impl Rng {
         self.below(100) < percent
     }
     pub fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'0' + self.below(10) as u8)).collect()
+        (0..n)
+            .map(|_| char::from(b'0' + self.below(10) as u8))
+            .collect()
     }
     pub fn chars(&mut self, n: usize, set: &[u8]) -> String {
         (0..n).map(|_| char::from(*self.pick(set))).collect()
@@ -40,11 +42,23 @@ impl Rng {
 pub const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 pub const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 pub const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-const FIRST: &[&str] = &["jane", "john", "maria", "li", "olga", "ahmed", "sam", "noor", "kim", "pat"];
-const LAST: &[&str] = &["doe", "smith", "garcia", "wang", "ivanova", "khan", "lee", "berg", "silva"];
-const DOMAINS: &[&str] = &["example.com", "mail.example.org", "corp-example.io", "example.co.uk", "uni.example.edu"];
-const WORDS: &[&str] = &["please", "review", "the", "attached", "report", "for", "quarter", "status",
-    "pending", "shipment", "customer", "account", "updated", "notes", "meeting", "today"];
+const FIRST: &[&str] = &[
+    "jane", "john", "maria", "li", "olga", "ahmed", "sam", "noor", "kim", "pat",
+];
+const LAST: &[&str] = &[
+    "doe", "smith", "garcia", "wang", "ivanova", "khan", "lee", "berg", "silva",
+];
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "mail.example.org",
+    "corp-example.io",
+    "example.co.uk",
+    "uni.example.edu",
+];
+const WORDS: &[&str] = &[
+    "please", "review", "the", "attached", "report", "for", "quarter", "status", "pending",
+    "shipment", "customer", "account", "updated", "notes", "meeting", "today",
+];
 
 pub fn luhn_complete(partial: &str) -> String {
     // The check digit that makes partial + d Luhn-valid.
@@ -56,7 +70,11 @@ pub fn luhn_complete(partial: &str) -> String {
             let d = u32::from(b - b'0');
             if i % 2 == 0 {
                 let x = d * 2;
-                if x > 9 { x - 9 } else { x }
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
             } else {
                 d
             }
@@ -70,21 +88,52 @@ pub fn email(r: &mut Rng) -> String {
         return format!("{}.{}@{}", r.pick(FIRST), r.pick(LAST), r.pick(DOMAINS)).to_uppercase();
     }
     let sep = r.pick(&[".", "_", "", "-"]);
-    let tag = if r.chance(15) { format!("+{}", r.pick(WORDS)) } else { String::new() };
-    let n = if r.chance(50) { r.below(100).to_string() } else { String::new() };
-    format!("{}{sep}{}{n}{tag}@{}", r.pick(FIRST), r.pick(LAST), r.pick(DOMAINS))
+    let tag = if r.chance(15) {
+        format!("+{}", r.pick(WORDS))
+    } else {
+        String::new()
+    };
+    let n = if r.chance(50) {
+        r.below(100).to_string()
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{sep}{}{n}{tag}@{}",
+        r.pick(FIRST),
+        r.pick(LAST),
+        r.pick(DOMAINS)
+    )
 }
 
 pub fn card(r: &mut Rng) -> String {
-    let (prefix, len) = *r.pick(&[("4", 16), ("4", 16), ("51", 16), ("55", 16), ("2221", 16),
-        ("34", 15), ("37", 15), ("6011", 16), ("65", 16), ("3530", 16), ("4", 13), ("62", 16)]);
+    let (prefix, len) = *r.pick(&[
+        ("4", 16),
+        ("4", 16),
+        ("51", 16),
+        ("55", 16),
+        ("2221", 16),
+        ("34", 15),
+        ("37", 15),
+        ("6011", 16),
+        ("65", 16),
+        ("3530", 16),
+        ("4", 13),
+        ("62", 16),
+    ]);
     let body = format!("{prefix}{}", r.digits(len - prefix.len() - 1));
     let pan = luhn_complete(&body);
     match r.below(3) {
         0 => pan,
         n => {
             let sep = if n == 1 { " " } else { "-" };
-            let groups: &[usize] = if len == 15 { &[4, 6, 5] } else if len == 13 { &[4, 4, 5] } else { &[4, 4, 4, 4] };
+            let groups: &[usize] = if len == 15 {
+                &[4, 6, 5]
+            } else if len == 13 {
+                &[4, 4, 5]
+            } else {
+                &[4, 4, 4, 4]
+            };
             let mut out = Vec::new();
             let mut at = 0;
             for g in groups {
@@ -105,17 +154,43 @@ fn mod97(s: &str) -> u32 {
 
 pub fn iban(r: &mut Rng) -> String {
     let (cc, bban) = match r.below(6) {
-        0 => ("GB", format!("{}{}", r.chars(4, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), r.digits(14))),
+        0 => (
+            "GB",
+            format!(
+                "{}{}",
+                r.chars(4, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+                r.digits(14)
+            ),
+        ),
         1 => ("DE", r.digits(18)),
-        2 => ("FR", format!("{}{}{}", r.digits(10), r.chars(11, UPPER_DIGITS), r.digits(2))),
-        3 => ("NL", format!("{}{}", r.chars(4, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), r.digits(10))),
+        2 => (
+            "FR",
+            format!(
+                "{}{}{}",
+                r.digits(10),
+                r.chars(11, UPPER_DIGITS),
+                r.digits(2)
+            ),
+        ),
+        3 => (
+            "NL",
+            format!(
+                "{}{}",
+                r.chars(4, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+                r.digits(10)
+            ),
+        ),
         4 => ("ES", r.digits(20)),
         _ => ("CH", r.digits(17)),
     };
     let check = 98 - mod97(&format!("{bban}{cc}00"));
     let iban = format!("{cc}{check:02}{bban}");
     if r.chance(30) {
-        iban.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(" ")
+        iban.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
     } else {
         iban
     }
@@ -127,13 +202,20 @@ pub fn ssn(r: &mut Rng) -> String {
         area = 667;
     }
     let sep = if r.chance(85) { "-" } else { " " };
-    format!("{area:03}{sep}{:02}{sep}{:04}", r.range(1, 99), r.range(1, 9999))
+    format!(
+        "{area:03}{sep}{:02}{sep}{:04}",
+        r.range(1, 99),
+        r.range(1, 9999)
+    )
 }
 
 fn b64url(bytes: &[u8]) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(char::from(B64URL[((n >> (18 - 6 * i)) & 63) as usize]));
         }
@@ -144,9 +226,19 @@ fn b64url(bytes: &[u8]) -> String {
 pub fn jwt(r: &mut Rng) -> String {
     let alg = r.pick(&["HS256", "RS256", "ES256"]);
     let header = format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#);
-    let payload = format!(r#"{{"sub":"{}","iat":{},"name":"{}"}}"#, r.digits(8), 1_700_000_000 + r.below(1_000_000), r.pick(FIRST));
+    let payload = format!(
+        r#"{{"sub":"{}","iat":{},"name":"{}"}}"#,
+        r.digits(8),
+        1_700_000_000 + r.below(1_000_000),
+        r.pick(FIRST)
+    );
     let sig_len = if *alg == "RS256" { 342 } else { 43 };
-    format!("{}.{}.{}", b64url(header.as_bytes()), b64url(payload.as_bytes()), r.chars(sig_len, B64URL))
+    format!(
+        "{}.{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes()),
+        r.chars(sig_len, B64URL)
+    )
 }
 
 pub fn phone(r: &mut Rng) -> String {
@@ -168,9 +260,20 @@ pub fn phone(r: &mut Rng) -> String {
 
 pub fn ip(r: &mut Rng) -> String {
     if r.chance(70) {
-        format!("{}.{}.{}.{}", r.range(1, 223), r.below(256), r.below(256), r.range(1, 254))
+        format!(
+            "{}.{}.{}.{}",
+            r.range(1, 223),
+            r.below(256),
+            r.below(256),
+            r.range(1, 254)
+        )
     } else {
-        format!("2001:db8:{:x}:{:x}::{:x}", r.below(65536), r.below(65536), r.range(1, 65535))
+        format!(
+            "2001:db8:{:x}:{:x}::{:x}",
+            r.below(65536),
+            r.below(65536),
+            r.range(1, 65535)
+        )
     }
 }
 
@@ -193,22 +296,81 @@ pub fn distractor(r: &mut Rng) -> (&'static str, String) {
         // Neutral fields holding numbers shaped like cards, SSNs and phones: some are
         // indistinguishable from PII (Luhn-valid with a real IIN), the honest false positives.
         14 => ("value", r.digits(16)),
-        15 => ("part", format!("{}-{}-{}", r.digits(3), r.digits(2), r.digits(4))),
-        16 => ("code", format!("{} {} {} {}", r.digits(4), r.digits(4), r.digits(4), r.digits(4))),
-        17 => ("note", format!("{} {} {}", words(r, 2), r.digits(10), words(r, 2))),
+        15 => (
+            "part",
+            format!("{}-{}-{}", r.digits(3), r.digits(2), r.digits(4)),
+        ),
+        16 => (
+            "code",
+            format!(
+                "{} {} {} {}",
+                r.digits(4),
+                r.digits(4),
+                r.digits(4),
+                r.digits(4)
+            ),
+        ),
+        17 => (
+            "note",
+            format!("{} {} {}", words(r, 2), r.digits(10), words(r, 2)),
+        ),
         // A Luhn-valid Visa-shaped number that is an order id.
         0 => ("order_id", luhn_complete(&format!("4{}", r.digits(14)))),
-        1 => ("invoice", format!("INV {}", luhn_complete(&format!("5{}", r.digits(14))))),
+        1 => (
+            "invoice",
+            format!("INV {}", luhn_complete(&format!("5{}", r.digits(14)))),
+        ),
         // Phone-shaped order and tracking ids.
-        2 => ("order_id", format!("{}-{}-{}", r.range(200, 999), r.range(200, 999), r.digits(4))),
+        2 => (
+            "order_id",
+            format!(
+                "{}-{}-{}",
+                r.range(200, 999),
+                r.range(200, 999),
+                r.digits(4)
+            ),
+        ),
         3 => ("tracking_ref", r.digits(10)),
-        4 => ("created_at", format!("2024-{:02}-{:02}T{:02}:{:02}:00Z", r.range(1, 12), r.range(1, 28), r.below(24), r.below(60))),
-        5 => ("version", format!("{}.{}.{}", r.below(10), r.below(30), r.below(100))),
-        6 => ("id", format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", r.next() as u32, r.below(65536), r.below(4096), r.below(4096), r.next() & 0xffff_ffff_ffff)),
-        7 => ("amount", format!("{}.{:02}", r.below(100_000), r.below(100))),
+        4 => (
+            "created_at",
+            format!(
+                "2024-{:02}-{:02}T{:02}:{:02}:00Z",
+                r.range(1, 12),
+                r.range(1, 28),
+                r.below(24),
+                r.below(60)
+            ),
+        ),
+        5 => (
+            "version",
+            format!("{}.{}.{}", r.below(10), r.below(30), r.below(100)),
+        ),
+        6 => (
+            "id",
+            format!(
+                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                r.next() as u32,
+                r.below(65536),
+                r.below(4096),
+                r.below(4096),
+                r.next() & 0xffff_ffff_ffff
+            ),
+        ),
+        7 => (
+            "amount",
+            format!("{}.{:02}", r.below(100_000), r.below(100)),
+        ),
         // Checksum-invalid IBAN and a never-issued SSN.
-        8 => ("note", { let mut i = iban(r).replace(' ', ""); let last = i.pop().unwrap(); i.push(if last == '0' { '1' } else { '0' }); i }),
-        9 => ("note", format!("666-{:02}-{:04}", r.range(1, 99), r.range(1, 9999))),
+        8 => ("note", {
+            let mut i = iban(r).replace(' ', "");
+            let last = i.pop().unwrap();
+            i.push(if last == '0' { '1' } else { '0' });
+            i
+        }),
+        9 => (
+            "note",
+            format!("666-{:02}-{:04}", r.range(1, 99), r.range(1, 9999)),
+        ),
         10 => ("sha", r.chars(40, b"0123456789abcdef")),
         11 => ("count", r.digits(6)),
         12 => ("token_type", "Bearer".to_string()),
