@@ -145,11 +145,14 @@ pub enum PiiAction {
     Off,
     /// Findings are counted (`nexus_guard.<direction>.findings.<type>`); the body streams on.
     Detect,
-    /// Findings are masked in place (`[REDACTED:<type>]`), JSON stays valid and
-    /// `content-length` is set to the new length. The body is buffered up to `max_scan_bytes`.
+    /// Findings are masked in place (`[REDACTED:<type>]`) and JSON stays valid. The body is
+    /// buffered up to `max_scan_bytes`; its `content-length` is removed (Envoy sends the new
+    /// body chunked), since Proxy-Wasm forwards headers before the body is seen.
     Redact,
-    /// Any finding refuses the exchange: a request gets 422 `pii_detected`, a response is
-    /// replaced by 502 `pii_in_response`; both name the finding types, never their values.
+    /// Any finding refuses the exchange, naming the finding types, never their values: a
+    /// request gets 422 `pii_detected` (its headers have reached the upstream, its body never
+    /// does); a response's body is replaced by `{"error": "pii_in_response", ...}` (its
+    /// status has already gone out).
     Block,
 }
 

@@ -4,10 +4,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use nexus_filter_core::{HeaderMap, LocalResponse};
+use nexus_filter_core::{HeaderMap, Level, Log};
 use nexus_guard::{BodyStep, Exchange, Guard, HeadersStep};
 use nexus_proxy_wasm::hostcalls::{self, BufferType};
-use nexus_proxy_wasm::{apply, parse_config, Action, Filter, HostHeaders, HostMetrics};
+use nexus_proxy_wasm::{apply, parse_config, Action, Filter, HostHeaders, HostLog, HostMetrics};
 
 nexus_proxy_wasm::export_filter!(
     GuardFilter,
@@ -27,44 +27,36 @@ struct GuardFilter {
     streams: RefCell<HashMap<u32, Exchange>>,
 }
 
-fn headers_step(step: HeadersStep) -> Action {
+fn headers_step(step: HeadersStep, mut headers: HostHeaders) -> Action {
     match step {
         HeadersStep::Continue => Action::Continue,
-        HeadersStep::Pause => Action::Pause,
+        HeadersStep::ContinueUnsized => {
+            headers.remove("content-length");
+            Action::Continue
+        }
         HeadersStep::Respond(r) => apply(nexus_filter_core::Action::Respond(r)),
     }
 }
 
-/// Applies a body step; `headers` are the same direction's (held while buffering).
-fn body_step(step: BodyStep, kind: BufferType, size: usize, mut headers: HostHeaders) -> Action {
+/// Applies a body step to the buffered body of `kind`, `size` bytes long.
+fn body_step(step: BodyStep, kind: BufferType, size: usize) -> Action {
     match step {
         BodyStep::Continue => Action::Continue,
         BodyStep::Pause => Action::Pause,
-        BodyStep::Replace(body) => {
-            replace(kind, size, &body, &mut headers);
-            Action::Continue
-        }
+        BodyStep::Replace(body) => replace(kind, size, &body),
         BodyStep::Respond(r) => apply(nexus_filter_core::Action::Respond(r)),
-        BodyStep::ReplaceResponse(r) => {
-            replace_response(&r, size, &mut headers);
-            Action::Continue
-        }
+        BodyStep::ReplaceResponse(r) => replace(kind, size, &r.body),
     }
 }
 
-fn replace(kind: BufferType, size: usize, body: &[u8], headers: &mut HostHeaders) {
-    // Envoy does not fix content-length after a body change; the headers are still held.
-    if hostcalls::replace_buffer(kind, size, body).is_ok() {
-        headers.set("content-length", &body.len().to_string());
+fn replace(kind: BufferType, size: usize, body: &[u8]) -> Action {
+    if let Err(status) = hostcalls::replace_buffer(kind, size, body) {
+        HostLog.log(
+            Level::Error,
+            &format!("nexus-guard: replacing the body failed: {status}"),
+        );
     }
-}
-
-fn replace_response(r: &LocalResponse, size: usize, headers: &mut HostHeaders) {
-    headers.set(":status", &r.status.to_string());
-    for (name, value) in &r.headers {
-        headers.set(name, value);
-    }
-    replace(BufferType::ResponseBody, size, &r.body, headers);
+    Action::Continue
 }
 
 fn read(kind: BufferType, size: usize) -> Vec<u8> {
@@ -93,7 +85,7 @@ impl Filter for GuardFilter {
         if ex.active() {
             self.streams.borrow_mut().insert(context, ex);
         }
-        headers_step(step)
+        headers_step(step, HostHeaders::request())
     }
 
     fn on_request_body(&self, context: u32, size: usize, end_of_stream: bool) -> Action {
@@ -107,7 +99,7 @@ impl Filter for GuardFilter {
                 &self.metrics,
             ),
         };
-        body_step(step, BufferType::RequestBody, size, HostHeaders::request())
+        body_step(step, BufferType::RequestBody, size)
     }
 
     fn on_response_headers(&self, context: u32, end_of_stream: bool) -> Action {
@@ -119,7 +111,7 @@ impl Filter for GuardFilter {
                     .on_response_headers(ex, &headers, end_of_stream, &self.metrics)
             }
         };
-        headers_step(step)
+        headers_step(step, HostHeaders::response())
     }
 
     fn on_response_body(&self, context: u32, size: usize, end_of_stream: bool) -> Action {

@@ -3,9 +3,17 @@
 //! Per request, the first matching rule's policy (or the default) decides:
 //! - on request headers, sanitization ([`sanitize`]): limits, methods, content types, paths;
 //! - on each body, per direction, what happens to PII ([`detectors`], [`scan`]): `detect`
-//!   scans the body as it streams by; `redact` and `block` hold the headers and buffer the
-//!   body (up to `max_scan_bytes`) so they can still change it; a JSON request body is
+//!   scans the body as it streams by; `redact` and `block` buffer the body (up to
+//!   `max_scan_bytes`) so they can still change or refuse it; a JSON request body is
 //!   buffered too, to check its depth, field count, UTF-8 and syntax before it goes on.
+//!
+//! Proxy-Wasm (ABI 0.2.1, Envoy) always forwards headers before it hands a filter the body:
+//! a `Pause` from a headers callback becomes Envoy's StopAllIterationAndWatermark and the
+//! body callbacks never run. So headers always continue; where the body may change, its
+//! `content-length` is removed first and Envoy frames the new body (chunked). The price: a
+//! blocked request's headers have reached the upstream (its body never does, the upstream
+//! request is reset), and a blocked response keeps the status already sent, its body
+//! replaced by the refusal.
 //!
 //! A body beyond `max_scan_bytes` passes unscanned and is counted
 //! (`nexus_guard.<direction>.unscanned`): the cap bounds the memory and time a request can
@@ -42,8 +50,8 @@ pub enum Dir {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadersStep {
     Continue,
-    /// Hold the headers: the body will be buffered and may change.
-    Pause,
+    /// Continue without `content-length`: the body will be buffered and may change length.
+    ContinueUnsized,
     Respond(LocalResponse),
 }
 
@@ -53,11 +61,12 @@ pub enum BodyStep {
     Continue,
     /// Keep buffering (Envoy's StopIterationAndBuffer).
     Pause,
-    /// Replace the whole buffered body and set `content-length` to its length.
+    /// Replace the whole buffered body (its `content-length` was removed on the headers).
     Replace(Vec<u8>),
     /// Answer locally instead (requests: sanitization or block).
     Respond(LocalResponse),
-    /// Replace the response with this one: status, headers and body (responses: block).
+    /// Replace the response body with this refusal's (responses: block; the status and
+    /// headers have already gone out).
     ReplaceResponse(LocalResponse),
 }
 
@@ -138,9 +147,12 @@ impl Guard {
         let json_checks = json && (limits.max_json_depth > 0 || limits.max_json_fields > 0);
         let scannable = json || ct.is_empty() || json::is_text(ct);
         let mode = body_mode(&p.request, scannable, json, json_checks);
+        // Blocking refuses a body, it never changes one: only redaction resizes a request.
+        let resized = p.request.action == PiiAction::Redact;
         start_body(
             &mut ex.request,
             mode,
+            resized,
             declared(headers),
             p.max_scan(),
             Dir::Request,
@@ -176,6 +188,7 @@ impl Guard {
         start_body(
             &mut ex.response,
             mode,
+            true,
             declared(headers),
             p.max_scan(),
             Dir::Response,
@@ -264,9 +277,11 @@ fn body_mode(d: &Direction, scannable: bool, json: bool, json_checks: bool) -> M
     }
 }
 
+/// `resized`: a buffered body may come out with another length.
 fn start_body(
     body: &mut Body,
     mode: Mode,
+    resized: bool,
     declared: Option<usize>,
     cap: usize,
     dir: Dir,
@@ -281,8 +296,8 @@ fn start_body(
     }
     let buffering = matches!(mode, Mode::Buffer { .. });
     body.mode = mode;
-    if buffering {
-        HeadersStep::Pause
+    if buffering && resized {
+        HeadersStep::ContinueUnsized
     } else {
         HeadersStep::Continue
     }

@@ -8,13 +8,15 @@
 //! the window it starts in. The JSON tracking is lenient on purpose: it follows strings and
 //! `"key":` pairs and never fails, so a malformed body is scanned as well as it can be.
 
-use crate::detectors::{detect, Context, Hit, Kind};
+use crate::detectors::{detect, key_is_credential, Context, Hit, Kind};
 
 pub const SEGMENT_MAX: usize = 8192;
 /// Longer than any finding but a pathological JWT.
 pub const OVERLAP: usize = 2048;
 /// Field names are compared in their first bytes only.
 const KEY_MAX: usize = 64;
+/// Distinct field names whose judgement is remembered per body.
+const JUDGED_MAX: usize = 64;
 
 /// A finding in the body: `body[start..end]`. `in_string`: inside a JSON string (or text);
 /// false for a bare JSON number, which redaction replaces whole.
@@ -65,6 +67,11 @@ pub struct Scanner {
     /// A string just closed: a key if `:` follows, else a value (its bytes are still in `seg`).
     pending: bool,
     key: Vec<u8>,
+    /// [`key_is_credential`] of `key`.
+    credential: bool,
+    /// Field names seen and whether they are credential-like: bodies repeat their field
+    /// names (arrays of records), so each is judged once.
+    judged: Vec<(Vec<u8>, bool)>,
     hits: Vec<Hit>,
 }
 
@@ -84,6 +91,8 @@ impl Scanner {
             escape_letter: false,
             pending: false,
             key: Vec::new(),
+            credential: false,
+            judged: Vec::new(),
             hits: Vec::new(),
         }
     }
@@ -198,6 +207,7 @@ impl Scanner {
                 self.flush(config, false);
                 if b == b'{' || b == b'}' {
                     self.key.clear();
+                    self.credential = false;
                 }
             }
             b if b.is_ascii_whitespace() => self.flush(config, false),
@@ -238,8 +248,20 @@ impl Scanner {
         self.key.clear();
         self.key
             .extend(self.seg.iter().take(KEY_MAX).map(u8::to_ascii_lowercase));
+        self.credential = self.judge_key();
         self.seg.clear();
         self.reported = 0;
+    }
+
+    fn judge_key(&mut self) -> bool {
+        if let Some((_, c)) = self.judged.iter().find(|(k, _)| *k == self.key) {
+            return *c;
+        }
+        let c = key_is_credential(&self.key);
+        if self.judged.len() < JUDGED_MAX {
+            self.judged.push((self.key.clone(), c));
+        }
+        c
     }
 
     /// Scans the held segment; `in_string` says what it was (a number when false in JSON).
@@ -283,6 +305,7 @@ impl Scanner {
             let ctx = Context {
                 key: &self.key,
                 enabled: config.enabled,
+                credential: self.credential,
             };
             detect(&self.seg, &ctx, &mut self.hits);
         }

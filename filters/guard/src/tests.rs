@@ -23,6 +23,7 @@ fn text_kinds(text: &str) -> Vec<Kind> {
     let ctx = Context {
         key: b"",
         enabled: ALL_ENABLED,
+        credential: false,
     };
     detect(text.as_bytes(), &ctx, &mut hits);
     hits.iter().map(|h| h.kind).collect()
@@ -379,7 +380,7 @@ fn request_with_pii_is_blocked_naming_types_only() {
     let h = headers("POST", "/block/x", &[("content-type", "application/json")]);
     assert_eq!(
         guard.on_request_headers(&mut ex, &h, false, &m),
-        HeadersStep::Pause
+        HeadersStep::Continue
     );
     let body = br#"{"card": "4111 1111 1111 1111", "mail": "a@example.com"}"#;
     assert_eq!(
@@ -414,7 +415,7 @@ fn response_is_redacted_and_over_cap_passes_counted() {
     let rh = headers("GET", "/", &[("content-type", "application/json")]);
     assert_eq!(
         guard.on_response_headers(&mut ex, &rh, false, &m),
-        HeadersStep::Pause
+        HeadersStep::ContinueUnsized
     );
     let body = br#"{"email": "a@example.com"}"#;
     let BodyStep::Replace(out) =
@@ -442,7 +443,7 @@ fn response_is_redacted_and_over_cap_passes_counted() {
     guard.on_request_headers(&mut ex, &headers("GET", "/block/x", &[]), true, &m);
     assert_eq!(
         guard.on_response_headers(&mut ex, &rh, false, &m),
-        HeadersStep::Pause
+        HeadersStep::ContinueUnsized
     );
     assert_eq!(
         guard.on_response_body(&mut ex, 5000, false, Vec::new, &m),
@@ -485,7 +486,11 @@ fn invalid_json_request_and_large_body_are_refused() {
     let h = headers("POST", "/detect/x", &[("content-type", "application/json")]);
     assert_eq!(
         guard.on_request_headers(&mut ex, &h, false, &m),
-        HeadersStep::Pause
+        HeadersStep::Continue
+    );
+    assert_eq!(
+        guard.on_request_body(&mut ex, 1, false, Vec::new, &m),
+        BodyStep::Pause
     );
     let BodyStep::Respond(r) = guard.on_request_body(&mut ex, 3, true, || b"{\"a".to_vec(), &m)
     else {

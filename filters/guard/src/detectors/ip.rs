@@ -6,6 +6,9 @@ use super::numeric::Run;
 use super::{at, Hit, Kind};
 
 pub fn is_v4(run: &Run) -> bool {
+    if run.text.iter().filter(|b| **b == b'.').count() != 3 || !(4..=12).contains(&run.n_digits) {
+        return false;
+    }
     let parts: Vec<&[u8]> = run.text.split(|b| *b == b'.').collect();
     parts.len() == 4
         && parts.iter().all(|p| {

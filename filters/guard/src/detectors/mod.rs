@@ -96,6 +96,14 @@ pub struct Hit {
 pub struct Context<'a> {
     pub key: &'a [u8],
     pub enabled: u16,
+    /// The field's name says it holds a credential (see [`key_is_credential`]), computed once
+    /// per field rather than per value.
+    pub credential: bool,
+}
+
+/// Does a (lower-case) field name say its value is a credential?
+pub fn key_is_credential(key: &[u8]) -> bool {
+    secret::key_like(key)
 }
 
 impl Context<'_> {
@@ -128,17 +136,25 @@ pub(crate) fn boundary_after(seg: &[u8], end: usize) -> bool {
 /// three letters count only as whole words (`id` in `order_id`, not in `paid`; `cc` not in
 /// `account`), longer ones anywhere (`phone` in `phone_number`).
 pub(crate) fn mentions(hay: &[u8], words: &[&str]) -> bool {
-    words.iter().any(|w| {
-        let w = w.as_bytes();
-        let whole = w.len() <= 3;
-        w.len() <= hay.len()
-            && hay.windows(w.len()).enumerate().any(|(i, win)| {
-                win.eq_ignore_ascii_case(w)
-                    && (!whole
-                        || (i == 0 || !at(hay, i - 1).is_ascii_alphabetic())
-                            && !at(hay, i + w.len()).is_ascii_alphabetic())
-            })
-    })
+    words.iter().any(|w| contains_word(hay, w.as_bytes()))
+}
+
+fn contains_word(hay: &[u8], w: &[u8]) -> bool {
+    let Some(&first) = w.first() else {
+        return false;
+    };
+    let whole = w.len() <= 3;
+    let last = hay.len().saturating_sub(w.len());
+    // Compare only where the first letter matches: most positions fail on one byte.
+    (0..=last).any(|i| {
+        at(hay, i).eq_ignore_ascii_case(&first)
+            && hay
+                .get(i..i + w.len())
+                .is_some_and(|win| win.eq_ignore_ascii_case(w))
+            && (!whole
+                || (i == 0 || !at(hay, i - 1).is_ascii_alphabetic())
+                    && !at(hay, i + w.len()).is_ascii_alphabetic())
+    }) && hay.len() >= w.len()
 }
 
 /// Up to 32 bytes before `start`: where "card", "order #" and the like are written.
@@ -186,7 +202,7 @@ pub fn detect(seg: &[u8], ctx: &Context, out: &mut Vec<Hit>) {
         }
     }
     if out.len() == first && ctx.on(Kind::Secret) {
-        if let Some(h) = secret::find_keyed(seg, ctx.key) {
+        if let Some(h) = secret::find_keyed(seg, ctx.credential) {
             out.push(h);
         }
     }

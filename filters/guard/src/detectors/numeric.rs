@@ -97,7 +97,7 @@ pub fn find(seg: &[u8], start: usize, ctx: &Context) -> Result<Hit, usize> {
     if ctx.on(Kind::Ip) && ip::is_v4(&run) {
         return Ok(hit(Kind::Ip));
     }
-    if run.text.contains(&b'.') && run.separators().all(|s| s == b'.') && run.groups().len() == 4 {
+    if run.text.iter().filter(|b| **b == b'.').count() == 3 && run.separators().all(|s| s == b'.') {
         return Err(skip); // a dotted quad that is no address: a version, not a phone
     }
     if ctx.on(Kind::Ssn) && ssn::is_ssn(&run, ctx.key, before) {

@@ -18,21 +18,27 @@ const NEGATIVE: &[&str] = &[
 
 pub fn is_phone(run: &Run, key: &[u8], before: &[u8]) -> bool {
     let d = run.digits();
-    let positive = mentions(key, POSITIVE) || mentions(before, POSITIVE);
-    let negative = mentions(key, NEGATIVE) || mentions(before, NEGATIVE);
-    if negative && !positive {
+    // Shape first, context last: context costs more and most numbers fail on shape.
+    if !(8..=15).contains(&d.len()) {
         return false;
     }
-    if run.text.first() == Some(&b'+') {
-        return (8..=15).contains(&d.len()) && d.first() != Some(&b'0');
+    let shaped = if run.text.first() == Some(&b'+') {
+        d.first() != Some(&b'0')
+    } else if run.only_digits() {
+        (10..=11).contains(&d.len())
+    } else if run.separators().any(|s| s == b'/') {
+        false // dates
+    } else {
+        nanp(run) || trunk(run)
+    };
+    if !shaped {
+        return false;
     }
-    if run.only_digits() {
-        return positive && (10..=11).contains(&d.len());
+    let positive = mentions(key, POSITIVE) || mentions(before, POSITIVE);
+    if run.only_digits() && run.text.first() != Some(&b'+') {
+        return positive;
     }
-    if run.separators().any(|s| s == b'/') {
-        return false; // dates
-    }
-    nanp(run) || trunk(run)
+    positive || !(mentions(key, NEGATIVE) || mentions(before, NEGATIVE))
 }
 
 fn nanp(run: &Run) -> bool {

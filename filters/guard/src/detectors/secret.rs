@@ -129,8 +129,12 @@ const KEY_LIKE: &[&str] = &[
 
 /// A whole value under a credential-like field name, when it looks generated: one word of at
 /// least 16 token characters, at least three character classes or ≥ 3.5 bits per character.
-pub fn find_keyed(seg: &[u8], key: &[u8]) -> Option<Hit> {
-    if key.is_empty() || !mentions(key, KEY_LIKE) {
+pub fn key_like(key: &[u8]) -> bool {
+    !key.is_empty() && mentions(key, KEY_LIKE)
+}
+
+pub fn find_keyed(seg: &[u8], credential: bool) -> Option<Hit> {
+    if !credential {
         return None;
     }
     let start = seg.iter().position(|b| !b.is_ascii_whitespace())?;
