@@ -69,10 +69,7 @@ impl BodyUpstream {
             while let Ok((stream, _)) = listener.accept().await {
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        handle(req)
-                    });
+                    let svc = service_fn(move |req| handle(req, counter.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -90,7 +87,8 @@ impl BodyUpstream {
         self.addr.port()
     }
 
-    /// Requests answered so far.
+    /// Requests received whole (headers and body) so far: a request Envoy resets before its
+    /// body is through (a blocked one) is not counted.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
@@ -111,10 +109,15 @@ fn cached_sample(n: usize) -> Bytes {
         .clone()
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    served: Arc<AtomicU64>,
+) -> Result<Response<Body>, Infallible> {
     let chunked = req.uri().query().is_some_and(|q| q.contains("chunked"));
     let path = req.uri().path().to_string();
-    let _ = req.into_body().collect().await;
+    if req.into_body().collect().await.is_ok() {
+        served.fetch_add(1, Ordering::Relaxed);
+    }
     let bytes = match path.strip_prefix("/bytes/") {
         Some(n) => cached_sample(n.parse().unwrap_or(1024)),
         None => Bytes::from_static(PII_JSON.as_bytes()),

@@ -125,12 +125,7 @@ impl Filter for GuardFilter {
                 &self.metrics,
             ),
         };
-        body_step(
-            step,
-            BufferType::ResponseBody,
-            size,
-            HostHeaders::response(),
-        )
+        body_step(step, BufferType::ResponseBody, size)
     }
 
     fn on_stream_end(&self, context: u32) {

@@ -36,14 +36,14 @@ fn value(r: &mut Rng, kind: Kind) -> String {
 
 fn field_for(r: &mut Rng, kind: Kind) -> &'static str {
     match kind {
-        Kind::Email => *r.pick(&["email", "contact_email", "user"]),
-        Kind::Phone => *r.pick(&["phone", "mobile", "contact"]),
-        Kind::Card => *r.pick(&["card_number", "pan", "payment_card"]),
-        Kind::Iban => *r.pick(&["iban", "payout_account", "bank"]),
-        Kind::Ssn => *r.pick(&["ssn", "tax_number", "social"]),
-        Kind::Ip => *r.pick(&["client_ip", "remote_addr", "ip"]),
-        Kind::Jwt => *r.pick(&["token", "authorization", "session"]),
-        _ => *r.pick(&["api_key", "key", "credentials"]),
+        Kind::Email => r.one(&["email", "contact_email", "user"]),
+        Kind::Phone => r.one(&["phone", "mobile", "contact"]),
+        Kind::Card => r.one(&["card_number", "pan", "payment_card"]),
+        Kind::Iban => r.one(&["iban", "payout_account", "bank"]),
+        Kind::Ssn => r.one(&["ssn", "tax_number", "social"]),
+        Kind::Ip => r.one(&["client_ip", "remote_addr", "ip"]),
+        Kind::Jwt => r.one(&["token", "authorization", "session"]),
+        _ => r.one(&["api_key", "key", "credentials"]),
     }
 }
 

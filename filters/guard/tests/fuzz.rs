@@ -85,16 +85,10 @@ fn random_bytes(r: &mut Rng) -> Vec<u8> {
         match r.below(4) {
             0 => out.extend((0..r.below(20)).map(|_| r.next() as u8)),
             1 => out.extend_from_slice(piece(r).as_bytes()),
-            2 => out.extend_from_slice(*r.pick(&[
-                b"\"".as_slice(),
-                b"\\",
-                b":",
-                b"{",
-                b"}",
-                b"[",
-                b",",
-                b"\"k\":",
-            ])),
+            2 => out.extend_from_slice(
+                r.one(&["\"", "\\", ":", "{", "}", "[", ",", "\"k\":"])
+                    .as_bytes(),
+            ),
             _ => out.extend_from_slice(
                 serde_json::to_string(&json_value(r, 3))
                     .unwrap_or_default()

@@ -26,6 +26,10 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
+    /// One of `items`, for static strings (no double reference to undo).
+    pub fn one(&mut self, items: &[&'static str]) -> &'static str {
+        items[self.below(items.len() as u64) as usize]
+    }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
@@ -188,7 +192,7 @@ pub fn iban(r: &mut Rng) -> String {
     if r.chance(30) {
         iban.as_bytes()
             .chunks(4)
-            .map(|c| std::str::from_utf8(c).unwrap())
+            .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect::<Vec<_>>()
             .join(" ")
     } else {
@@ -363,8 +367,8 @@ pub fn distractor(r: &mut Rng) -> (&'static str, String) {
         // Checksum-invalid IBAN and a never-issued SSN.
         8 => ("note", {
             let mut i = iban(r).replace(' ', "");
-            let last = i.pop().unwrap();
-            i.push(if last == '0' { '1' } else { '0' });
+            let last = i.pop();
+            i.push(if last == Some('0') { '1' } else { '0' });
             i
         }),
         9 => (
