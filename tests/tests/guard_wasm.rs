@@ -83,7 +83,7 @@ fn a_request_body_with_pii_is_blocked_by_type_never_value() {
 }
 
 #[test]
-fn a_response_is_redacted_with_valid_json_and_its_length() {
+fn a_response_is_redacted_with_valid_json_and_no_stale_length() {
     let mut host = host();
     let mut http = host.http_context().unwrap();
     assert_eq!(
