@@ -398,8 +398,10 @@ fn decide(d: &Direction, dir: Dir, body: &[u8], json: bool, metrics: &impl Metri
 }
 
 /// The refusal of a body with PII: the finding types, never their values. A request gets
-/// 422 (its content, not its credentials, is refused: 403 stays auth's); a response gets
-/// 502 (the upstream answered something the gateway will not pass on).
+/// 422 (its content, not its credentials, is refused: 403 stays auth's). For a response the
+/// body is what replaces the upstream's; its status (502: the upstream answered something the
+/// gateway will not pass on) is kept for hosts that can still send it, which Envoy under
+/// Proxy-Wasm 0.2.1 cannot (the response headers have gone out).
 pub fn blocked(dir: Dir, kinds: &[Kind]) -> LocalResponse {
     let types: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let (status, error, what) = match dir {
