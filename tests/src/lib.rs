@@ -11,7 +11,9 @@
 //!   nexus-cache filter following one.
 //! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
+//! - [`body_upstream`]: an upstream answering JSON bodies of chosen sizes, with PII, chunked.
 
+pub mod body_upstream;
 pub mod cache_service;
 pub mod client;
 pub mod envoy;

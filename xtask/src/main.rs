@@ -23,7 +23,9 @@ commands:
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
                   nexus-cache hit-local vs the upstream round trip, with wrk
   bench events    events/s published with confirms (Nexus's publisher vs a plain lapin loop);
-                  command round trip p50/p99, on the machine's RabbitMQ";
+                  command round trip p50/p99, on the machine's RabbitMQ
+  bench guard     nexus-guard's added Envoy CPU per request (1 KiB, 64 KiB, 1 MiB JSON bodies,
+                  detect and redact vs no guard) and detect MB/s, native and in wasm";
 
 fn main() {
     if let Err(e) = run() {
@@ -95,7 +97,7 @@ fn run() -> Result<()> {
         Some("bench")
             if matches!(
                 args.get(1).map(String::as_str),
-                Some("auth" | "ratelimit" | "cache")
+                Some("auth" | "ratelimit" | "cache" | "guard")
             ) =>
         {
             nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk, Tool::Valgrind])?;

@@ -15,8 +15,10 @@
 /// The filters, in the order they run (each is inserted before `envoy.filters.http.router`).
 /// The router goes first: it strips every client-sent `x-nexus-*` header, so the identity auth
 /// sets afterwards is the only one ratelimit can count. The cache goes last: a cached answer
-/// is still authenticated and rate limited, and can be keyed by the identity.
-pub const FILTER_ORDER: [&str; 4] = ["router", "auth", "ratelimit", "cache"];
+/// is still authenticated and rate limited, and can be keyed by the identity. The guard runs
+/// right after auth: an unauthenticated request is refused before its body is buffered or
+/// scanned, and what the guard counts or refuses carries the caller's identity.
+pub const FILTER_ORDER: [&str; 5] = ["router", "auth", "guard", "ratelimit", "cache"];
 
 /// Every header below starts with this; nexus-router strips client-sent ones.
 pub const PREFIX: &str = "x-nexus-";
@@ -66,5 +68,7 @@ mod tests {
     fn router_runs_first_and_cache_last() {
         assert_eq!(FILTER_ORDER.first(), Some(&"router"));
         assert_eq!(FILTER_ORDER.last(), Some(&"cache"));
+        let pos = |f| FILTER_ORDER.iter().position(|x| *x == f);
+        assert_eq!(pos("guard"), pos("auth").map(|a| a + 1));
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod contract;
 mod error;
+pub mod guard;
 pub mod ratelimit;
 pub mod ratelimit_filter;
 pub mod router;

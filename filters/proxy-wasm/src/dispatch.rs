@@ -42,6 +42,14 @@ pub trait Filter: Sized + 'static {
     fn on_request_headers(&self, _context: u32) -> Action {
         Action::Continue
     }
+    /// [`Filter::on_request_headers`] for filters that need to know whether a body follows.
+    fn on_request_headers_end(&self, context: u32, _end_of_stream: bool) -> Action {
+        self.on_request_headers(context)
+    }
+    /// A request body chunk: `size` bytes are readable (all buffered ones after a `Pause`).
+    fn on_request_body(&self, _context: u32, _size: usize, _end_of_stream: bool) -> Action {
+        Action::Continue
+    }
     fn on_response_headers(&self, _context: u32, _end_of_stream: bool) -> Action {
         Action::Continue
     }
@@ -167,7 +175,8 @@ pub fn unconfigured(callback: &str) {
 }
 
 /// Exports the proxy-wasm ABI for filter type `$filter`, with only the stream callbacks listed:
-/// any of `request_headers`, `response_headers`, `response_body`, `response_trailers`, and
+/// any of `request_headers`, `request_body`, `response_headers`, `response_body`,
+/// `response_trailers`, and
 /// `stream_end` (exports `proxy_on_delete`, for filters that keep per-stream state).
 ///
 /// Always exported: the ABI version, the allocator, configuration, ticks, and callout answers.
@@ -232,9 +241,18 @@ macro_rules! export_filter {
 
     (@stream $filter:ty, request_headers) => {
         #[no_mangle]
-        pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, _eos: u32) -> u32 {
-            nexus_filter("proxy_on_request_headers")
-                .map_or(0, |f| $crate::dispatch::Filter::on_request_headers(&*f, context) as u32)
+        pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, eos: u32) -> u32 {
+            nexus_filter("proxy_on_request_headers").map_or(0, |f| {
+                $crate::dispatch::Filter::on_request_headers_end(&*f, context, eos != 0) as u32
+            })
+        }
+    };
+    (@stream $filter:ty, request_body) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: u32) -> u32 {
+            nexus_filter("proxy_on_request_body").map_or(0, |f| {
+                $crate::dispatch::Filter::on_request_body(&*f, context, size, eos != 0) as u32
+            })
         }
     };
     (@stream $filter:ty, response_headers) => {

@@ -60,6 +60,7 @@ pub enum MapType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum BufferType {
+    RequestBody = 0,
     ResponseBody = 1,
     HttpCallResponseBody = 4,
     GrpcReceiveBuffer = 5,
@@ -94,6 +95,13 @@ extern "C" {
         max: usize,
         data: *mut *mut u8,
         size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        kind: u32,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_get_header_map_value(
@@ -241,6 +249,13 @@ pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
 pub fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: out-pointers to locals.
     read(|d, s| unsafe { proxy_get_buffer_bytes(kind as u32, start, max, d, s) })
+}
+
+/// Replaces the whole body buffer `kind`, `current` bytes long, with `data` (Envoy drains
+/// `current` bytes from the start and prepends `data`).
+pub fn replace_buffer(kind: BufferType, current: usize, data: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointer and length of a live slice.
+    check(unsafe { proxy_set_buffer_bytes(kind as u32, 0, current, data.as_ptr(), data.len()) })
 }
 
 pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {

@@ -1,0 +1,110 @@
+//! nexus-guard in real Envoy: a request body with PII blocked before it reaches the upstream,
+//! a response body redacted (valid JSON, framed right: the upstream's `content-length` is
+//! removed and Envoy sends the new body chunked), a chunked response
+//! redacted, a body over the scan cap passed unchanged and counted in Envoy's stats, and a
+//! path Envoy leaves ambiguous refused.
+
+use nexus_tests::body_upstream::{BodyUpstream, PII_JSON};
+use nexus_tests::client;
+use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
+
+const CONFIG: &str = r#"{"rules": [{"name": "api", "match": {"path": {"prefix": "/"}},
+  "policy": {"max_scan_bytes": 8192,
+             "request": {"action": "block", "detectors": ["card", "ssn", "iban", "jwt", "api_key"]},
+             "response": {"action": "redact", "fields": {"allow": ["order_id"]}}}}]}"#;
+
+fn start(upstream: &BodyUpstream) -> Envoy {
+    Envoy::start(&EnvoyConfig {
+        filters: vec![WasmFilter {
+            name: "nexus-guard".into(),
+            module: nexus_tests::filter_module("nexus_guard").unwrap(),
+            config: CONFIG.into(),
+        }],
+        upstreams: vec![("api".into(), upstream.port())],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+const UPSTREAM: (&str, &str) = ("x-nexus-upstream", "api");
+
+#[test]
+fn guard_in_envoy_blocks_redacts_and_counts_what_it_cannot_scan() {
+    let upstream = BodyUpstream::start().unwrap();
+    let envoy = start(&upstream);
+    request_with_pii_is_blocked(&envoy, &upstream);
+    response_is_redacted(&envoy, "/pii");
+    response_is_redacted(&envoy, "/pii?chunked");
+    over_the_cap_passes_and_is_counted(&envoy);
+    ambiguous_path_is_refused(&envoy, &upstream);
+}
+
+fn request_with_pii_is_blocked(envoy: &Envoy, upstream: &BodyUpstream) {
+    let before = upstream.served();
+    let json = [UPSTREAM, ("content-type", "application/json")];
+    let body = br#"{"amount": 10, "card": "4111-1111-1111-1111", "ssn": "123-45-6789"}"#;
+    let resp = client::request(envoy.port, "POST", "/pay", &json, body)
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    let v = resp.json().unwrap();
+    assert_eq!(v["error"], "pii_detected");
+    assert_eq!(v["types"], serde_json::json!(["card", "ssn"]));
+    assert!(!resp.text().contains("4111"), "{}", resp.text());
+    assert_eq!(
+        upstream.served(),
+        before,
+        "a blocked request reached the upstream"
+    );
+    // The same request without PII goes through.
+    let clean = br#"{"amount": 10, "note": "nothing to see"}"#;
+    let resp = client::request(envoy.port, "POST", "/pay", &json, clean).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(upstream.served(), before + 1);
+}
+
+fn response_is_redacted(envoy: &Envoy, path: &str) {
+    let resp = client::get(envoy.port, path, &[UPSTREAM]).unwrap();
+    assert_eq!(resp.status, 200, "{path}");
+    // The upstream's length is gone (it no longer holds); Envoy frames the new body.
+    assert_eq!(resp.header("content-length"), None, "{path}");
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"), "{path}");
+    let v = resp
+        .json()
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", resp.text()));
+    assert_eq!(v["user"]["email"], "[REDACTED:email]", "{path}");
+    assert_eq!(v["user"]["phone"], "[REDACTED:phone]");
+    assert_eq!(v["user"]["ssn"], "[REDACTED:ssn]");
+    assert_eq!(v["payment"]["card"], "[REDACTED:card]");
+    assert_eq!(v["payment"]["iban"], "[REDACTED:iban]");
+    // Allow-listed, and untouched text.
+    assert_eq!(v["order_id"], "4111111111111111");
+    assert_eq!(v["user"]["name"], "Jane Doe");
+    assert!(resp.body.len() != PII_JSON.len());
+}
+
+fn over_the_cap_passes_and_is_counted(envoy: &Envoy) {
+    let stat = "wasmcustom.nexus_guard.response.unscanned";
+    let before = envoy.stat(stat).unwrap().unwrap_or(0);
+    for path in ["/bytes/20000", "/bytes/20000?chunked"] {
+        let resp = client::get(envoy.port, path, &[UPSTREAM]).unwrap();
+        assert_eq!(resp.status, 200);
+        let text = resp.text();
+        assert!(
+            text.contains("user0@example.com"),
+            "{path}: changed over the cap"
+        );
+        resp.json().unwrap();
+    }
+    assert_eq!(
+        envoy.wait_for_stat_settled(stat, before + 2).unwrap(),
+        before + 2
+    );
+}
+
+fn ambiguous_path_is_refused(envoy: &Envoy, upstream: &BodyUpstream) {
+    let before = upstream.served();
+    let resp = client::get(envoy.port, "/files/a%2Fb", &[UPSTREAM]).unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json().unwrap()["error"], "encoded_slash");
+    assert_eq!(upstream.served(), before);
+}
