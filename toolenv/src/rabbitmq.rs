@@ -138,7 +138,33 @@ impl Drop for PrivateNode {
     }
 }
 
-fn answers(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-        .is_ok()
+/// True when an AMQP 0-9-1 server answers the protocol header on 127.0.0.1:`port` (its first
+/// frame, `connection.start`, is a method frame: type 1).
+pub fn answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut first = [0u8; 1];
+    s.write_all(b"AMQP\x00\x00\x09\x01").is_ok()
+        && s.read_exact(&mut first).is_ok()
+        && first[0] == 1
+}
+
+/// The machine's RabbitMQ when it answers on 127.0.0.1:5672 (None), else a node started now
+/// on that port (installing Debian's `rabbitmq-server` when missing), with its data in a
+/// temporary directory, until the returned guard drops.
+pub fn ensure_running() -> Result<Option<PrivateNode>> {
+    if answers(PORT) {
+        return Ok(None);
+    }
+    crate::apt::ensure(&["rabbitmq-server"])?;
+    // The package's install may have started the system's node.
+    if answers(PORT) {
+        return Ok(None);
+    }
+    eprintln!("toolenv: nothing answers AMQP on 127.0.0.1:{PORT}; starting rabbitmq-server there for this run");
+    PrivateNode::start_on(PORT).map(Some)
 }

@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod envelope;
 pub mod event;
 pub mod outbox;
+pub mod over_limit;
 pub mod publisher;
 pub mod schema;
 pub mod services;

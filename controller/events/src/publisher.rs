@@ -32,6 +32,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// While idle, the task looks this often at the connection and at the (possibly shared)
 /// outbox, so health is current and another replica's leftovers get drained.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
+/// A publish or confirm that takes longer means a connection that died without saying so
+/// (a peer killed mid-write): the batch's rest goes to the outbox, the link is dropped.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -211,20 +214,21 @@ impl Link {
                 .with_message_id(id.into())
                 .with_content_type(CONTENT_TYPE.into())
                 .with_app_id("nexus".into());
-            let sent = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    key.into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await;
-            match sent {
-                Ok(c) => confirms.push(Some(c)),
-                Err(e) => {
+            let publish = self.channel.basic_publish(
+                self.exchange.as_str().into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            );
+            match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+                Ok(Ok(c)) => confirms.push(Some(c)),
+                Ok(Err(e)) => {
                     error = Some(format!("publish: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    error = Some(format!("publish: not written within {CONFIRM_TIMEOUT:?}"));
                     break;
                 }
             }
@@ -235,7 +239,11 @@ impl Link {
                 confirmed += 1;
                 continue;
             };
-            match c.await {
+            let Ok(answer) = tokio::time::timeout(CONFIRM_TIMEOUT, c).await else {
+                error.get_or_insert_with(|| format!("no confirm within {CONFIRM_TIMEOUT:?}"));
+                break;
+            };
+            match answer {
                 Ok(c) if c.is_ack() => confirmed += 1,
                 Ok(_) => {
                     error.get_or_insert_with(|| "RabbitMQ refused (nack) an event".into());

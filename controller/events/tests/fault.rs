@@ -101,10 +101,25 @@ async fn a_thousand_events_published_while_rabbitmq_is_down_arrive_once_in_order
             "publish refused event {seq}"
         );
     }
-    eventually("1,000 events in the Redis outbox", || {
-        Stats::get(&stats.outbox_depth) == EVENTS
-    })
-    .await;
+    let progress = || {
+        format!(
+            "outbox {}, published {}, overflow {}, last error {:?}",
+            Stats::get(&stats.outbox_depth),
+            Stats::get(&stats.published),
+            Stats::get(&stats.overflow),
+            stats.last_error()
+        )
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while Stats::get(&stats.outbox_depth) != EVENTS {
+        let late = tokio::time::Instant::now() > deadline;
+        assert!(
+            !late,
+            "1,000 events never all in the outbox: {}",
+            progress()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(outbox.depth().await.unwrap(), EVENTS);
     assert!(stats.health().is_err(), "health must report RabbitMQ down");
 
