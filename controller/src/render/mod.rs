@@ -31,8 +31,21 @@ pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
 /// The namespace of the group's EnvoyFilter (its ConfigMap lives in the controller's).
 pub const LABEL_GROUP_NAMESPACE: &str = "nexus.datapunk.io/group-namespace";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
-/// The filters, in the order they run: see `nexus_config::contract::FILTER_ORDER` for why.
-pub use nexus_config::contract::FILTER_ORDER as FILTERS;
+/// The filters the controller and `nexus up` render, in `nexus_config::contract::FILTER_ORDER`
+/// (see there for why that order). nexus-guard is built and tested but not rendered yet: it
+/// joins when the NexusRoute gets its `guard` block (a test keeps this list in that order).
+pub const FILTERS: [&str; 4] = ["router", "auth", "ratelimit", "cache"];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rendered_filters_keep_the_contract_order() {
+        let order = nexus_config::contract::FILTER_ORDER;
+        let pos = |f: &&str| order.iter().position(|o| o == f).unwrap();
+        let positions: Vec<usize> = super::FILTERS.iter().map(pos).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+}
 /// Port of the rate-limit service (`envoy.service.ratelimit.v3`) on the `nexus-controller`
 /// Service; the ratelimit filter falls back to local buckets while it does not answer.
 pub const RATELIMIT_PORT: u16 = 8081;
