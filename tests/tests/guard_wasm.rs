@@ -213,3 +213,47 @@ fn detect_streams_the_body_and_counts_findings_with_its_fuel_per_byte() {
         fuel as f64 / body.len() as f64
     );
 }
+
+/// CPU seconds this thread has used, from /proc (the machine may be shared).
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f[11] + f[12]) / 100.0
+}
+
+/// Prints the detect path's rate in wasmtime (fuel off): informational, never asserted;
+/// `cargo xtask bench guard` measures it in Envoy's V8.
+#[test]
+fn detect_rate_in_wasmtime_is_reported() {
+    let mut host = Host::builder()
+        .plugin_config(CONFIG)
+        .fuel(false)
+        .build_from_file(nexus_tests::filter_module("nexus_guard").unwrap())
+        .unwrap();
+    assert!(host.start().unwrap());
+    let body = nexus_tests::body_upstream::sample_json(1024 * 1024);
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(64 * 1024).collect();
+    let (mut spent, rounds) = (0.0, 20);
+    for _ in 0..rounds {
+        let mut http = host.http_context().unwrap();
+        http.request_headers(&req("GET", "/watch/x"), true).unwrap();
+        let headers = [(":status", "200"), ("content-type", "application/json")];
+        http.response_headers(&headers, false).unwrap();
+        let start = thread_cpu_seconds();
+        for (i, c) in chunks.iter().enumerate() {
+            let eos = i + 1 == chunks.len();
+            assert_eq!(http.response_body(c, eos).unwrap(), Action::Continue);
+        }
+        spent += thread_cpu_seconds() - start;
+        http.finish().unwrap();
+    }
+    let mb = (body.len() * rounds) as f64 / 1e6;
+    println!(
+        "detect in wasmtime: {mb:.0} MB in {spent:.2} CPU s = {:.0} MB/s",
+        mb / spent.max(0.01)
+    );
+}
