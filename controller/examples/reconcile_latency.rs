@@ -149,7 +149,7 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         }
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in ["one", "shared", "separate"] {
+    for ns in ["nexus-system", "istio-system", "one", "shared", "separate"] {
         let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
         namespaces.create(&PostParams::default(), &n).await.unwrap();
     }
@@ -213,8 +213,9 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         );
         breakdown(&before, &totals(&state), n);
         if shared {
+            // A gateway's EnvoyFilter lives where the gateway runs (istio-system).
             let efs: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), ns, &api_resource("EnvoyFilter"));
+                Api::namespaced_with(client.clone(), "istio-system", &api_resource("EnvoyFilter"));
             let list = efs.list(&ListParams::default()).await.unwrap();
             let size: usize = list
                 .items
