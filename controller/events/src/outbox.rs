@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use nexus_ratelimit_service::storage::LazyConnection;
+use redis::aio::ConnectionManager;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("outbox: {0}")]
@@ -111,8 +112,7 @@ pub struct RedisOutbox {
     client: redis::Client,
     key: String,
     capacity: usize,
-    timeout: Duration,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    conn: LazyConnection,
     push: redis::Script,
     remove: redis::Script,
 }
@@ -123,34 +123,17 @@ impl RedisOutbox {
         let client =
             redis::Client::open(url).map_err(|e| OutboxError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
+            conn: LazyConnection::new(client.clone(), Duration::from_secs(2)),
             client,
             key: key.to_string(),
             capacity,
-            timeout: Duration::from_secs(2),
-            conn: tokio::sync::Mutex::new(None),
             push: redis::Script::new(PUSH),
             remove: redis::Script::new(REMOVE_HEAD),
         })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, OutboxError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| OutboxError("redis connect timed out".into()))?
-        .map_err(|e| OutboxError(format!("redis connect: {e}")))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        self.conn.get().await.map_err(OutboxError)
     }
 }
 

@@ -4,7 +4,7 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStorage;
-pub use self::redis::RedisStorage;
+pub use self::redis::{LazyConnection, RedisStorage};
 
 use std::future::Future;
 

@@ -14,6 +14,46 @@ use tokio::sync::Mutex;
 use super::{Storage, StorageError};
 use crate::algorithm::{self, Algorithm, Counter, Decision};
 
+/// A Redis connection made on first use (so a service starts while Redis is down) and then
+/// shared; the connection manager reconnects by itself. Every Nexus service that keeps state
+/// in Redis connects through this.
+pub struct LazyConnection {
+    client: redis::Client,
+    timeout: Duration,
+    slot: Mutex<Option<ConnectionManager>>,
+}
+
+impl LazyConnection {
+    pub fn new(client: redis::Client, timeout: Duration) -> Self {
+        LazyConnection {
+            client,
+            timeout,
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// The shared connection, connecting within the timeout if there is none yet.
+    pub async fn get(&self) -> Result<ConnectionManager, String> {
+        let mut slot = self.slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| "redis connect timed out".to_string())?
+        .map_err(|e| format!("redis connect: {e}"))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
 const GCRA_SCRIPT: &str = r"
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local now = tonumber(ARGV[1])
@@ -34,7 +74,7 @@ pub struct RedisStorage {
     prefix: String,
     timeout: Duration,
     /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: LazyConnection,
     gcra: redis::Script,
 }
 
@@ -44,10 +84,10 @@ impl RedisStorage {
         let client = redis::Client::open(url)
             .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
+            conn: LazyConnection::new(client.clone(), timeout),
             client,
             prefix: prefix.to_string(),
             timeout,
-            conn: Mutex::new(None),
             gcra: redis::Script::new(GCRA_SCRIPT),
         })
     }
@@ -68,23 +108,7 @@ impl RedisStorage {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StorageError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StorageError("redis connect timed out".into()))?
-        .map_err(|e| StorageError(format!("redis connect: {e}")))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        self.conn.get().await.map_err(StorageError)
     }
 
     async fn run(
