@@ -108,6 +108,13 @@ pub struct Controller {
     /// list of namespaces. Unlisted gateway namespaces allow `Same`; `istio-system` allows
     /// `All` unless listed here.
     pub allowed_routes: BTreeMap<String, String>,
+    /// Namespaces whose routes the controller watches and writes objects in
+    /// (`--watch-namespaces`); the chart then grants Roles there (and in the release and
+    /// gateway namespaces) instead of a ClusterRole. Empty: the whole cluster.
+    pub watch_namespaces: Vec<String>,
+    /// With `watchNamespaces`: where gateways run (`--gateway-namespaces`); a Role there lets
+    /// the controller write gateway EnvoyFilters and nothing else (no Secrets).
+    pub gateway_namespaces: Vec<String>,
     /// Extra arguments to `nexus controller`.
     pub extra_args: Vec<String>,
     /// Extra container environment variables (Kubernetes `EnvVar` objects).

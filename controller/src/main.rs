@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nexus_controller::policy::AllowedRoutes;
+use nexus_controller::policy::{AllowedRoutes, WatchScope};
 use nexus_controller::render::Settings;
 use nexus_controller::{chart, controller, crd, health, input, leader, plan, server, telemetry};
 
@@ -39,6 +39,23 @@ struct RenderArgs {
     /// except istio-system (Istio's shared ingress gateway), which allows `All`.
     #[arg(long = "allowed-routes", value_name = "NS=FROM")]
     allowed_routes: Vec<String>,
+    /// Watch routes (and write their objects) only in these namespaces (comma-separated or
+    /// repeated; the chart's `watchNamespaces`, which grants Roles there instead of a
+    /// ClusterRole). Empty: the whole cluster.
+    #[arg(
+        long = "watch-namespaces",
+        env = "NEXUS_WATCH_NAMESPACES",
+        value_name = "NS,NS"
+    )]
+    watch_namespaces: Vec<String>,
+    /// With --watch-namespaces: namespaces where gateways run, where the controller writes
+    /// gateway EnvoyFilters and touches nothing else (no Secrets, no routes).
+    #[arg(
+        long = "gateway-namespaces",
+        default_value = "istio-system",
+        value_name = "NS,NS"
+    )]
+    gateway_namespaces: Vec<String>,
 }
 
 /// The event bus (RabbitMQ): `service.events` and `service.commands`.
@@ -99,84 +116,90 @@ enum Command {
     },
     /// Run Nexus without a cluster: NexusRoutes (and Secrets, a NexusGateway) from DIR, real
     /// Envoy with the filters, the Nexus services in-process; edits to DIR apply live.
-    Up {
-        /// Directory of YAML files (e.g. examples/datapunk).
-        dir: PathBuf,
-        /// Directory with the built filters (`nexus_<filter>.wasm`).
-        #[arg(long, default_value = "target/filters", env = "NEXUS_MODULES")]
-        modules: PathBuf,
-        /// Envoy's listener (overrides the NexusGateway's `listen`).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Envoy's admin port on 127.0.0.1 (0: any free port).
-        #[arg(long)]
-        admin_port: Option<u16>,
-        /// Nexus's health/metrics/modules server.
-        #[arg(long)]
-        http: Option<SocketAddr>,
-        /// Rate-limit counters in this Redis (else 127.0.0.1:6379 if it answers, else memory).
-        #[arg(long, env = "REDIS_URL", conflicts_with = "memory")]
-        redis_url: Option<String>,
-        /// Keep counters in memory even if Redis is available.
-        #[arg(long)]
-        memory: bool,
-        /// Keep Envoy's bootstrap, xDS files and log here (default: a temp dir, removed on exit).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// How often DIR is checked for changes, in milliseconds.
-        #[arg(long, default_value_t = 300)]
-        poll_ms: u64,
-        /// How often health components (Envoy, Redis) are checked, in milliseconds; each check
-        /// has 3 s and a component is down after 3 failures in a row.
-        #[arg(long, default_value_t = 5000)]
-        health_interval_ms: u64,
-        #[command(flatten)]
-        bus: BusArgs,
-    },
+    Up(UpArgs),
     /// Run the controller (leader-elected), health/metrics and the module server.
-    Controller {
-        #[command(flatten)]
-        render: RenderArgs,
-        /// Health, metrics (and modules) listen here.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        http_addr: SocketAddr,
-        /// Module server (EnvoyFilters fetch `/modules/<sha256>.wasm` here).
-        #[arg(long, default_value = "0.0.0.0:8082")]
-        modules_addr: SocketAddr,
-        #[arg(long, default_value = "nexus-controller")]
-        lease_name: String,
-        /// Namespace of the Lease (defaults to --controller-namespace).
-        #[arg(long)]
-        lease_namespace: Option<String>,
-        /// This replica's identity in the Lease (defaults to POD_NAME, else host-pid).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Seconds a Lease stays valid without renewal.
-        #[arg(long, default_value_t = 15)]
-        lease_duration: u64,
-        /// Seconds between renewals (and acquisition attempts).
-        #[arg(long, default_value_t = 5)]
-        renew_interval: u64,
-        /// Serve the rate-limit service (envoy.service.ratelimit.v3) here, on every replica,
-        /// with the limits of the rendered rate-limit ConfigMaps.
-        #[arg(long)]
-        ratelimit_addr: Option<SocketAddr>,
-        /// Serve the cache-coherency service (nexus.cache.v1, conventionally on port 8083)
-        /// here, on every replica; `POST /cache/invalidate` is then served on --http-addr,
-        /// with the bearer token in NEXUS_CACHE_TOKEN.
-        #[arg(long)]
-        cache_addr: Option<SocketAddr>,
-        /// Rate-limit counters and cache entries in Redis (shared by replicas); in memory
-        /// without it.
-        #[arg(long, env = "REDIS_URL")]
-        redis_url: Option<String>,
-        /// The leader fetches routes' `cache.warm` paths through this gateway (e.g.
-        /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
-        #[arg(long, env = "NEXUS_WARM_URL")]
-        warm_url: Option<String>,
-        #[command(flatten)]
-        bus: BusArgs,
-    },
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Directory of YAML files (e.g. examples/datapunk).
+    dir: PathBuf,
+    /// Directory with the built filters (`nexus_<filter>.wasm`).
+    #[arg(long, default_value = "target/filters", env = "NEXUS_MODULES")]
+    modules: PathBuf,
+    /// Envoy's listener (overrides the NexusGateway's `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Envoy's admin port on 127.0.0.1 (0: any free port).
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Nexus's health/metrics/modules server.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Rate-limit counters in this Redis (else 127.0.0.1:6379 if it answers, else memory).
+    #[arg(long, env = "REDIS_URL", conflicts_with = "memory")]
+    redis_url: Option<String>,
+    /// Keep counters in memory even if Redis is available.
+    #[arg(long)]
+    memory: bool,
+    /// Keep Envoy's bootstrap, xDS files and log here (default: a temp dir, removed on exit).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How often DIR is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    poll_ms: u64,
+    /// How often health components (Envoy, Redis) are checked, in milliseconds; each check
+    /// has 3 s and a component is down after 3 failures in a row.
+    #[arg(long, default_value_t = 5000)]
+    health_interval_ms: u64,
+    #[command(flatten)]
+    bus: BusArgs,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    render: RenderArgs,
+    /// Health, metrics (and modules) listen here.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Module server (EnvoyFilters fetch `/modules/<sha256>.wasm` here).
+    #[arg(long, default_value = "0.0.0.0:8082")]
+    modules_addr: SocketAddr,
+    #[arg(long, default_value = "nexus-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (defaults to --controller-namespace).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (defaults to POD_NAME, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds between renewals (and acquisition attempts).
+    #[arg(long, default_value_t = 5)]
+    renew_interval: u64,
+    /// Serve the rate-limit service (envoy.service.ratelimit.v3) here, on every replica,
+    /// with the limits of the rendered rate-limit ConfigMaps.
+    #[arg(long)]
+    ratelimit_addr: Option<SocketAddr>,
+    /// Serve the cache-coherency service (nexus.cache.v1, conventionally on port 8083)
+    /// here, on every replica; `POST /cache/invalidate` is then served on --http-addr,
+    /// with the bearer token in NEXUS_CACHE_TOKEN.
+    #[arg(long)]
+    cache_addr: Option<SocketAddr>,
+    /// Rate-limit counters and cache entries in Redis (shared by replicas); in memory
+    /// without it.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// The leader fetches routes' `cache.warm` paths through this gateway (e.g.
+    /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
+    #[arg(long, env = "NEXUS_WARM_URL")]
+    warm_url: Option<String>,
+    #[command(flatten)]
+    bus: BusArgs,
 }
 
 fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
@@ -184,7 +207,12 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
         controller_namespace: r.controller_namespace.clone(),
         module_port: r.module_port,
         modules: Settings::load_modules(&r.modules)?,
-        allowed_routes: AllowedRoutes::parse(&r.allowed_routes).map_err(anyhow::Error::msg)?,
+        allowed_routes: AllowedRoutes::parse(&r.allowed_routes)
+            .map_err(anyhow::Error::msg)?
+            .within(WatchScope::parse(
+                &r.watch_namespaces,
+                &r.gateway_namespaces,
+            )),
     })
 }
 
@@ -214,124 +242,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", chart::schema_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render { files, render } => {
-            let settings = settings(&render)?;
-            let inputs = input::read_files(&files)?;
-            let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
-            let (objects, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings)?;
-            for o in &objects {
-                print!("---\n{}", serde_yaml::to_string(o)?);
-            }
-            let problems = report(&inputs, &outcomes);
-            Ok(if problems == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Validate { files } => {
-            let inputs = input::read_files(&files)?;
-            let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
-            let outcomes = plan::outcomes(&routes, &inputs.secrets, &AllowedRoutes::default());
-            let problems = report(&inputs, &outcomes);
-            if problems == 0 {
-                eprintln!("{} NexusRoute(s) valid", routes.len());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Ok(ExitCode::FAILURE)
-            }
-        }
-        Command::Up {
-            dir,
-            modules,
-            listen,
-            admin_port,
-            http,
-            redis_url,
-            memory,
-            state_dir,
-            poll_ms,
-            health_interval_ms,
-            bus,
-        } => {
-            // `up` puts the outbox where it puts the counters (it picks the Redis).
-            let bus = bus.options(&format!("up-{}", std::process::id()), None);
-            nexus_telemetry::init(nexus_controller::standalone::run::SERVICE);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(nexus_controller::standalone::run::up(
-                nexus_controller::standalone::run::Options {
-                    dir,
-                    modules,
-                    listen,
-                    admin_port,
-                    http,
-                    redis_url,
-                    memory,
-                    state_dir,
-                    poll: Duration::from_millis(poll_ms.max(50)),
-                    health: nexus_controller::health::Schedule {
-                        interval: Duration::from_millis(health_interval_ms.max(50)),
-                        ..Default::default()
-                    },
-                    bus,
-                },
-            ))
-        }
-        Command::Controller {
-            render,
-            http_addr,
-            modules_addr,
-            lease_name,
-            lease_namespace,
-            identity,
-            lease_duration,
-            renew_interval,
-            ratelimit_addr,
-            cache_addr,
-            redis_url,
-            warm_url,
-            bus,
-        } => {
-            telemetry::init_logging();
-            let settings = settings(&render)?;
-            let identity = identity.unwrap_or_else(|| {
-                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_string());
-                format!("{host}-{}", std::process::id())
-            });
-            let lease = leader::LeaseConfig {
-                namespace: lease_namespace.unwrap_or_else(|| render.controller_namespace.clone()),
-                name: lease_name,
-                identity: identity.clone(),
-                lease_duration: Duration::from_secs(lease_duration),
-                renew_interval: Duration::from_secs(renew_interval),
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let cache = cache_addr.map(|addr| nexus_controller::cache::Options {
-                addr,
-                redis_url: redis_url.clone(),
-                token: None,
-                replica: identity.clone(),
-            });
-            let bus = bus.options(&identity, redis_url.clone());
-            let ratelimit = ratelimit_addr.map(|addr| (addr, redis_url));
-            runtime.block_on(run_controller(
-                settings,
-                render.modules,
-                http_addr,
-                modules_addr,
-                lease,
-                identity,
-                ratelimit,
-                cache,
-                warm_url,
-                bus,
-            ))
-        }
+        Command::Render { files, render } => render_files(&files, &render),
+        Command::Validate { files } => validate_files(&files),
+        Command::Up(args) => up(args),
+        Command::Controller(args) => controller(args),
     }
+}
+
+/// `nexus render`: every object the controller would apply, as YAML; exit 1 on a problem.
+fn render_files(files: &[PathBuf], render: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings(render)?;
+    let inputs = input::read_files(files)?;
+    let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let (objects, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings)?;
+    for o in &objects {
+        print!("---\n{}", serde_yaml::to_string(o)?);
+    }
+    Ok(exit_code(report(&inputs, &outcomes)))
+}
+
+/// `nexus validate`: every problem with file and JSON path; exit 1 if any.
+fn validate_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let inputs = input::read_files(files)?;
+    let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let outcomes = plan::outcomes(&routes, &inputs.secrets, &AllowedRoutes::default());
+    let problems = report(&inputs, &outcomes);
+    if problems == 0 {
+        eprintln!("{} NexusRoute(s) valid", routes.len());
+    }
+    Ok(exit_code(problems))
+}
+
+fn exit_code(problems: usize) -> ExitCode {
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `nexus up`.
+fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    use nexus_controller::standalone::run;
+    // `up` puts the outbox where it puts the counters (it picks the Redis).
+    let bus = args
+        .bus
+        .options(&format!("up-{}", std::process::id()), None);
+    nexus_telemetry::init(run::SERVICE);
+    let options = run::Options {
+        dir: args.dir,
+        modules: args.modules,
+        listen: args.listen,
+        admin_port: args.admin_port,
+        http: args.http,
+        redis_url: args.redis_url,
+        memory: args.memory,
+        state_dir: args.state_dir,
+        poll: Duration::from_millis(args.poll_ms.max(50)),
+        health: health::Schedule {
+            interval: Duration::from_millis(args.health_interval_ms.max(50)),
+            ..Default::default()
+        },
+        bus,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run::up(options))
+}
+
+/// `nexus controller`.
+fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging();
+    let settings = settings(&args.render)?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_string());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease = leader::LeaseConfig {
+        namespace: (args.lease_namespace.clone())
+            .unwrap_or_else(|| args.render.controller_namespace.clone()),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(args.lease_duration),
+        renew_interval: Duration::from_secs(args.renew_interval),
+    };
+    let cache = args
+        .cache_addr
+        .map(|addr| nexus_controller::cache::Options {
+            addr,
+            redis_url: args.redis_url.clone(),
+            token: None,
+            replica: identity.clone(),
+        });
+    let bus = args.bus.options(&identity, args.redis_url.clone());
+    let ratelimit = args
+        .ratelimit_addr
+        .map(|addr| (addr, args.redis_url.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_controller(
+        settings,
+        args.render.modules,
+        args.http_addr,
+        args.modules_addr,
+        lease,
+        identity,
+        ratelimit,
+        cache,
+        args.warm_url,
+        bus,
+    ))
 }
 
 /// The event bus when `--amqp-url` is set (a disabled handle otherwise), with its health check;
@@ -476,6 +498,7 @@ async fn run_controller(
         .leader_transitions
         .fetch_add(1, Ordering::Relaxed);
     state.set("leader", true, format!("leader ({identity})"));
+    let scope = settings.allowed_routes.scope.clone();
     let ctrl = tokio::spawn(controller::run(
         client.clone(),
         settings,
@@ -484,7 +507,7 @@ async fn run_controller(
         events,
     ));
     if let Some(url) = warm_url {
-        tokio::spawn(nexus_controller::warm::follow(client.clone(), url));
+        tokio::spawn(nexus_controller::warm::follow(client.clone(), scope, url));
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

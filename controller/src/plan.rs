@@ -79,13 +79,25 @@ impl Compiler {
     }
 }
 
-/// Why a gateway refuses this route, if it does (see [`crate::policy`]).
+/// Why a gateway refuses this route, if it does (see [`crate::policy`]): its namespace is
+/// outside the controller's scope, or it does not allow the route's namespace.
 fn not_allowed(route: &NexusRoute, policy: &AllowedRoutes) -> Option<Problem> {
     if route.spec.target.kind != TargetKind::Gateway {
         return None;
     }
     let gateway_ns = model::target_namespace(route);
     let route_ns = route.metadata.namespace.as_deref().unwrap_or_default();
+    if !policy.scope.writes_envoy_filters_in(&gateway_ns) {
+        return Some(Problem {
+            reason: Reason::NamespaceNotWatched,
+            path: "$.spec.target.namespace".into(),
+            message: format!(
+                "the gateway's namespace {gateway_ns:?} is outside the namespaces this controller \
+                 may write EnvoyFilters in ({}; --watch-namespaces, --gateway-namespaces): add it to --gateway-namespaces to attach filters to its gateways",
+                policy.scope
+            ),
+        });
+    }
     if policy.allows(&gateway_ns, route_ns) {
         return None;
     }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::crd::{NexusRoute, TargetKind};
+use crate::policy::WatchScope;
 
 /// How often warm paths are fetched again. Entries live at least 1 s and at most their rule's
 /// TTL; fetching one still cached is a cheap hit.
@@ -64,13 +65,13 @@ pub fn targets(routes: &[NexusRoute], default_host: &str) -> Vec<Target> {
 
 /// The leader's warming loop: follows NexusRoutes and, every [`PERIOD`], fetches the warm
 /// paths of programmed gateway routes through `gateway_url` (e.g. the Istio ingress gateway's
-/// Service, `http://istio-ingressgateway.istio-system`).
-pub async fn follow(client: kube::Client, gateway_url: String) {
+/// Service, `http://istio-ingressgateway.istio-system`); routes of the controller's `scope`.
+pub async fn follow(client: kube::Client, scope: WatchScope, gateway_url: String) {
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
-    let api: kube::Api<NexusRoute> = kube::Api::all(client);
     let (store, writer) = reflector::store();
-    let feed = reflector(writer, watcher(api, watcher::Config::default()))
+    let routes = scope.watch::<NexusRoute>(&client, &(), watcher::Config::default());
+    let feed = reflector(writer, routes)
         .default_backoff()
         .touched_objects()
         .for_each(|_| futures::future::ready(()));

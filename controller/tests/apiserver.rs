@@ -281,6 +281,45 @@ async fn reconciles_routes_against_a_real_apiserver() {
         5
     );
 
+    // 1b. Someone else's edit of a generated object is undone, and one deleted by hand comes
+    // back: their watch events name a manager other than the controller (managedFields) or a
+    // deletion, which wake the owner; the controller's own applies do not.
+    let edited = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    dyn_api(&client, "VirtualService")
+        .patch(
+            "nexus-shop",
+            &edited,
+            &Patch::Merge(json!({ "spec": { "http": [{ "route": [], "timeout": "99s" }] } })),
+        )
+        .await
+        .unwrap();
+    wait_for(WAIT, || {
+        let client = client.clone();
+        async move {
+            get_obj(&client, "VirtualService", "nexus-shop")
+                .await
+                .is_some_and(|vs| vs["spec"]["http"][0]["timeout"] == "30s")
+        }
+    })
+    .await;
+    let rules = dyn_api(&client, "DestinationRule")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let rule = rules.items.first().expect("a DestinationRule").name_any();
+    dyn_api(&client, "DestinationRule")
+        .delete(&rule, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(WAIT, || {
+        let (client, rule) = (client.clone(), rule.clone());
+        async move { get_obj(&client, "DestinationRule", &rule).await.is_some() }
+    })
+    .await;
+
     // 2. Update: objects follow.
     routes
         .patch(

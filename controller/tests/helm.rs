@@ -677,6 +677,102 @@ fn impersonating_kubeconfig(base: &Path, out: &Path) {
     std::fs::write(out, serde_yaml::to_string(&kc).unwrap()).unwrap();
 }
 
+/// Istio's CRDs (the fixture the controller tests use), served before this returns.
+async fn install_istio_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/istio-crds.yaml"),
+    )
+    .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd = CustomResourceDefinition::deserialize(doc).unwrap();
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    for kind in ["EnvoyFilter", "VirtualService", "DestinationRule"] {
+        let api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &nexus_controller::controller::api_resource(kind),
+        );
+        wait_for(Duration::from_secs(30), || {
+            let api = api.clone();
+            async move { api.list(&Default::default()).await.is_ok() }
+        })
+        .await;
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &n)
+        .await
+        .unwrap();
+}
+
+async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// `nexus controller` as the chart runs it, with `kubeconfig`'s credentials.
+fn spawn_controller(
+    kubeconfig: &Path,
+    modules: &Path,
+    http_port: u16,
+    log: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .arg("controller")
+        .arg("--modules")
+        .arg(modules)
+        .args(["--controller-namespace", NS])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .args(["--modules-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--ratelimit-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--identity", "rbac-check"])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 60 s, while the controller runs) for `Programmed=True`; how long it took.
+async fn wait_programmed(
+    routes: &Api<NexusRoute>,
+    name: &str,
+    child: &mut std::process::Child,
+    logs: &dyn Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = routes.get(name).await.unwrap();
+        let cond = r.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Programmed")
+                .map(|c| (c.status.clone(), c.message.clone()))
+        });
+        if let Some((status, _)) = &cond {
+            if status == "True" {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            "never Programmed with the chart's RBAC: {:?}\n{}",
+            r.status,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_chart_rbac() {
     let env = TestEnv::start();
@@ -777,60 +873,18 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     // The real controller, with only the chart's RBAC (impersonating its ServiceAccount),
     // programs a route end to end: finalizer, Secret read, server-side applies, status, events,
     // Lease, and the rate-limit ConfigMap watch.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/istio-crds.yaml"),
-    )
-    .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let crd = CustomResourceDefinition::deserialize(doc).unwrap();
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    install_istio_crds(&client).await;
     let apps = "apps";
-    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": apps}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &n)
-        .await
-        .unwrap();
-    for kind in ["EnvoyFilter", "VirtualService", "DestinationRule"] {
-        let api: Api<DynamicObject> = Api::all_with(
-            client.clone(),
-            &nexus_controller::controller::api_resource(kind),
-        );
-        wait_for(Duration::from_secs(30), || {
-            let api = api.clone();
-            async move { api.list(&Default::default()).await.is_ok() }
-        })
-        .await;
-    }
+    create_namespace(&client, apps).await;
     let sa_kubeconfig = env.dir.path().join("sa-kubeconfig");
     impersonating_kubeconfig(&env.kubeconfig, &sa_kubeconfig);
     let modules = module_dir();
     let http_port = free_port();
     let log = env.dir.path().join("controller.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .arg("controller")
-        .arg("--modules")
-        .arg(modules.path())
-        .args(["--controller-namespace", NS])
-        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-        .args(["--modules-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--ratelimit-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--identity", "rbac-check"])
-        .env("KUBECONFIG", &sa_kubeconfig)
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_controller(&sa_kubeconfig, modules.path(), http_port, &log, &[]);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     // The impersonation is real: the ServiceAccount may not list Pods.
-    let sa_client = {
-        let kc = kube::config::Kubeconfig::read_from(&sa_kubeconfig).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    };
+    let sa_client = client_for(&sa_kubeconfig).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(sa_client);
     let denied = pods.list(&Default::default()).await.unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
@@ -849,27 +903,7 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     }))
     .unwrap();
     routes.create(&PostParams::default(), &route).await.unwrap();
-    let start = Instant::now();
-    let programmed = loop {
-        let r = routes.get("shop").await.unwrap();
-        let cond = r.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == "Programmed")
-                .map(|c| (c.status.clone(), c.message.clone()))
-        });
-        if let Some((status, _)) = &cond {
-            if status == "True" {
-                break start.elapsed();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
-            "never Programmed with the chart's RBAC: {cond:?}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let programmed = wait_programmed(&routes, "shop", &mut child, &logs).await;
     eprintln!("programmed under the chart's RBAC after {programmed:?}");
     // What a user sees (the CRD's printer columns), with the real kubectl.
     let kubectl = nexus_toolenv::helm::kubectl().unwrap();
@@ -1037,4 +1071,203 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
         .await
         .unwrap()
         .is_none());
+}
+
+/// `watchNamespaces`: Roles in the listed namespaces (routes, Secrets, Istio objects), a Role
+/// in the gateway namespace (EnvoyFilters only), nothing cluster-wide.
+#[test]
+fn watch_namespaces_turns_the_cluster_role_into_roles() {
+    let objs = Helm::new().template(&["--set", "controller.watchNamespaces={apps,shop}"]);
+    let kinds = kinds(&objs);
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("ClusterRole")),
+        "{kinds:?}"
+    );
+    let role_in = |ns: &str, name: &str| -> Value {
+        objs.iter()
+            .find(|o| {
+                o["kind"] == "Role"
+                    && o["metadata"]["namespace"] == ns
+                    && o["metadata"]["name"] == name
+            })
+            .unwrap_or_else(|| panic!("no Role {name} in {ns}"))
+            .clone()
+    };
+    for ns in ["apps", "shop"] {
+        let rules = role_in(ns, "nexus-controller-routes")["rules"].clone();
+        let resources: Vec<&str> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resources"].as_array().unwrap())
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert!(
+            resources.contains(&"nexusroutes") && resources.contains(&"secrets"),
+            "{resources:?}"
+        );
+    }
+    let gateway = role_in("istio-system", "nexus-controller-gateway");
+    assert_eq!(
+        gateway["rules"],
+        json!([{ "apiGroups": ["networking.istio.io"], "resources": ["envoyfilters"],
+                 "verbs": ["get", "list", "watch", "create", "patch", "delete"] }])
+    );
+    let args = container(&objs)["args"].clone();
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--watch-namespaces=apps,shop"), "{args:?}");
+    assert!(
+        args.contains(&"--gateway-namespaces=istio-system"),
+        "{args:?}"
+    );
+}
+
+/// With `watchNamespaces`, the helm-installed RBAC lets the real controller program a gateway
+/// route in a listed namespace (its EnvoyFilter in istio-system), and the API server refuses
+/// (403) what it would do anywhere else: Secrets and ConfigMaps of other namespaces, Secrets
+/// of the gateway namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespaces_keeps_the_controller_inside_them_on_a_real_apiserver() {
+    let env = TestEnv::start();
+    let helm = Helm::new();
+    let kubeconfig = env.kubeconfig.to_str().unwrap().to_string();
+    let chart = chart();
+    let client = env.client().await;
+    for ns in ["apps", "other", "istio-system"] {
+        create_namespace(&client, ns).await;
+    }
+    helm.ok(&[
+        "install",
+        "nexus",
+        chart.to_str().unwrap(),
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        NS,
+        "--create-namespace",
+        "--timeout",
+        "2m",
+        "--set",
+        "controller.watchNamespaces={apps}",
+    ]);
+    install_istio_crds(&client).await;
+    let sa_kubeconfig = env.dir.path().join("sa-kubeconfig");
+    impersonating_kubeconfig(&env.kubeconfig, &sa_kubeconfig);
+    let sa = client_for(&sa_kubeconfig).await;
+
+    let forbidden = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected a 403, got {other}"),
+    };
+    let secrets_elsewhere =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(sa.clone(), "other");
+    assert_eq!(
+        forbidden(
+            secrets_elsewhere
+                .list(&Default::default())
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let gateway_secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(sa.clone(), "istio-system");
+    assert_eq!(
+        forbidden(gateway_secrets.get("istio-ca-secret").await.unwrap_err()),
+        403
+    );
+    let system_config =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(sa.clone(), "kube-system");
+    assert_eq!(
+        forbidden(system_config.list(&Default::default()).await.unwrap_err()),
+        403
+    );
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": "x" } })).unwrap();
+    let other_config =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(sa.clone(), "other");
+    assert_eq!(
+        forbidden(
+            other_config
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let all_routes = Api::<NexusRoute>::all(sa.clone());
+    assert_eq!(
+        forbidden(all_routes.list(&Default::default()).await.unwrap_err()),
+        403
+    );
+
+    let log = env.dir.path().join("controller.log");
+    let modules = module_dir();
+    let scope = [
+        "--watch-namespaces",
+        "apps",
+        "--gateway-namespaces",
+        "istio-system",
+    ];
+    let mut child = spawn_controller(&sa_kubeconfig, modules.path(), free_port(), &log, &scope);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let route = |ns: &str| -> NexusRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "nexus.datapunk.io/v1alpha1", "kind": "NexusRoute",
+            "metadata": { "name": "shop", "namespace": ns },
+            "spec": {
+                "target": { "kind": "Gateway", "selector": { "istio": "ingressgateway" } },
+                "hosts": [format!("shop.{ns}.example.com")],
+                "gateways": ["istio-system/ingress"],
+                "rules": [{ "name": "orders", "match": { "path": { "prefix": "/orders/" } },
+                            "category": "data_operations" }],
+            },
+        }))
+        .unwrap()
+    };
+    let unwatched: Api<NexusRoute> = Api::namespaced(client.clone(), "other");
+    unwatched
+        .create(&PostParams::default(), &route("other"))
+        .await
+        .unwrap();
+    let routes: Api<NexusRoute> = Api::namespaced(client.clone(), "apps");
+    routes
+        .create(&PostParams::default(), &route("apps"))
+        .await
+        .unwrap();
+    wait_programmed(&routes, "shop", &mut child, &logs).await;
+    let efs = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "istio-system",
+        &nexus_controller::controller::api_resource("EnvoyFilter"),
+    )
+    .list(&Default::default())
+    .await
+    .unwrap();
+    assert_eq!(
+        efs.items.len(),
+        1,
+        "the gateway EnvoyFilter is in istio-system"
+    );
+    assert!(
+        unwatched.get("shop").await.unwrap().status.is_none(),
+        "a route outside watchNamespaces is not the controller's"
+    );
+    let denied: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("forbidden"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the controller reached outside its Roles:\n{}",
+        denied.join("\n")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

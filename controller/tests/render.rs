@@ -541,6 +541,25 @@ fn a_gateway_refuses_routes_its_namespace_does_not_allow() {
     assert_eq!(router.rules.len(), 1);
 }
 
+/// With `--watch-namespaces`, a gateway namespace outside the route and gateway namespaces is
+/// one the controller holds no Role in: the route says so instead of failing to apply.
+#[test]
+fn a_gateway_outside_the_controllers_namespaces_is_refused_with_the_reason() {
+    use nexus_controller::policy::{AllowedRoutes, WatchScope};
+    let scope = WatchScope::parse(&["team-a".into()], &["istio-system".into()]);
+    let policy = AllowedRoutes::default().within(scope);
+    let secrets = std::collections::BTreeMap::new();
+    let inside = gateway_route("team-a", Some("istio-system"));
+    let outside = gateway_route("team-a", Some("edge"));
+    let outcomes = plan::outcomes(&[&inside], &secrets, &policy);
+    assert!(outcomes.values().next().unwrap().is_ok());
+    let outcomes = plan::outcomes(&[&outside], &secrets, &policy);
+    let problems = outcomes.values().next().unwrap().as_ref().unwrap_err();
+    assert_eq!(problems[0].reason.as_str(), "NamespaceNotWatched");
+    assert_eq!(problems[0].path, "$.spec.target.namespace");
+    assert!(problems[0].message.contains("\"edge\""), "{}", problems[0].message);
+}
+
 #[test]
 fn a_sidecar_target_cannot_reach_into_another_namespace() {
     let mut r = gateway_route("team-a", Some("team-b"));

@@ -42,3 +42,25 @@ app.kubernetes.io/part-of: nexus
 {{- define "nexus.image" -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
+
+{{/*
+What the controller may do to routes, Secrets and Istio objects (see rbac.yaml for why each
+verb): a ClusterRole's rules, or with watchNamespaces each listed namespace's Role's.
+*/}}
+{{- define "nexus.routeRules" -}}
+- apiGroups: ["nexus.datapunk.io"]
+  resources: ["nexusroutes"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["nexus.datapunk.io"]
+  resources: ["nexusroutes/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["networking.istio.io"]
+  resources: ["envoyfilters", "virtualservices", "destinationrules"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

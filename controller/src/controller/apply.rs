@@ -15,7 +15,8 @@ fn api(ctx: &Context, kind: Kind, ns: &str) -> Api<DynamicObject> {
 }
 
 /// Server-side applies `obj` (forcing: the controller owns every field it writes); returns
-/// its new resourceVersion, which the watches then know as the controller's own write.
+/// its new resourceVersion. The watches know it as the controller's own write by its
+/// managedFields ([`super::triggers::written_by_others`]).
 pub async fn apply(ctx: &Context, obj: &Object) -> Result<String, kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = api(ctx, obj.kind(), obj.namespace())
@@ -23,7 +24,6 @@ pub async fn apply(ctx: &Context, obj: &Object) -> Result<String, kube::Error> {
         .await?;
     ctx.state.metrics.applies.fetch_add(1, Ordering::Relaxed);
     let version = applied.metadata.resource_version.unwrap_or_default();
-    ctx.own_writes.record(&version);
     Ok(version)
 }
 

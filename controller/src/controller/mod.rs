@@ -7,6 +7,7 @@
 mod apply;
 mod groups;
 mod reconcile;
+pub mod scope;
 pub mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -25,11 +26,11 @@ use kube::{Client, ResourceExt};
 use crate::crd::NexusRoute;
 use crate::objects::Kind;
 use crate::plan::Compiler;
+use crate::policy::WatchScope;
 use crate::render::{Settings, FIELD_MANAGER, LABEL_MANAGED_BY};
 use crate::server::State;
 
 pub use reconcile::{reconcile, FINALIZER};
-pub use triggers::OwnWrites;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,7 +56,6 @@ pub struct Context {
     pub settings: Settings,
     pub state: Arc<State>,
     pub recorder: Recorder,
-    pub own_writes: Arc<OwnWrites>,
     /// Route accepted / programmed / rejected / deleted go to the event bus (a disabled
     /// handle drops them).
     pub events: nexus_events::Events,
@@ -93,7 +93,6 @@ impl Context {
             secrets,
             settings,
             state,
-            own_writes: Arc::default(),
             events: nexus_events::Events::disabled(),
             compiler: Compiler::default(),
             groups: groups::Groups::default(),
@@ -160,22 +159,19 @@ pub async fn run(
     identity: String,
     events: nexus_events::Events,
 ) -> anyhow::Result<()> {
+    let scope = settings.allowed_routes.scope.clone();
     let (route_store, route_writer) = reflector::store();
     let routes = reflector(
         route_writer,
-        watcher(
-            Api::<NexusRoute>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        scope.watch::<NexusRoute>(&client, &(), watcher::Config::default()),
     )
     .default_backoff()
     .applied_objects()
     .predicate_filter(triggers::plan_inputs, Default::default());
     let (secret_store, secret_writer) = reflector::store();
-    let secrets_api: Api<Secret> = Api::all(client.clone());
     let secret_reflector = reflector(
         secret_writer,
-        watcher(secrets_api.clone(), watcher::Config::default()),
+        scope.watch::<Secret>(&client, &(), watcher::Config::default()),
     )
     .default_backoff()
     .touched_objects()
@@ -192,14 +188,8 @@ pub async fn run(
     let ctx = Arc::new(ctx.with_events(events));
     let controller = Controller::for_stream(routes, route_store)
         .with_config(controller::Config::default().concurrency(32));
-    let controller = watch_generated(
-        controller,
-        &client,
-        &ctx.routes,
-        &ctx.own_writes,
-        &ctx.settings.controller_namespace,
-    );
-    let controller = watch_inputs(controller, &client, &ctx.routes, secrets_api);
+    let controller = watch_generated(controller, &client, &ctx.routes, &ctx.settings);
+    let controller = watch_inputs(controller, &client, &ctx.routes, &scope);
     state.set("controller", true, "running");
     controller
         .run(reconcile, error_policy, ctx)
@@ -212,39 +202,41 @@ pub async fn run(
     Ok(())
 }
 
-/// Generated objects changed by someone else wake a route that re-applies them: the owner
-/// of a route's own objects, a member of a group's.
+/// Generated objects changed or deleted by someone else wake a route that re-applies
+/// them: the owner of a route's own objects, a member of a group's.
 fn watch_generated(
     c: Controller<NexusRoute>,
     client: &Client,
     store: &Store<NexusRoute>,
-    own: &Arc<OwnWrites>,
-    namespace: &str,
+    settings: &Settings,
 ) -> Controller<NexusRoute> {
+    let scope = &settings.allowed_routes.scope;
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
+    let changes = |scope: &WatchScope, ar: &ApiResource| {
+        triggers::foreign_changes(
+            scope
+                .watch::<DynamicObject>(client, ar, managed.clone())
+                .default_backoff(),
+        )
+    };
     let mut c = c;
     for kind in [Kind::VirtualService, Kind::DestinationRule] {
         let ar = kind.api_resource();
-        let own = own.clone();
-        c = c.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
-            ar,
-            managed.clone(),
-            move |o: DynamicObject| triggers::owner_of_dynamic(&own, &o),
-        );
+        c = c.watches_stream_with(changes(scope, &ar), |o| triggers::owner_of(&o), ar);
     }
     let ar = Kind::EnvoyFilter.api_resource();
-    let (own_ef, store_ef) = (own.clone(), store.clone());
-    c = c.watches_with(
-        Api::<DynamicObject>::all_with(client.clone(), &ar),
+    let members = store.clone();
+    c = c.watches_stream_with(
+        changes(&scope.for_envoy_filters(), &ar),
+        move |o| triggers::group_member_of(&members, &o),
         ar,
-        managed.clone(),
-        move |o: DynamicObject| triggers::group_member_of(&store_ef, &own_ef, &o),
     );
-    let (own, store) = (own.clone(), store.clone());
-    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    c.watches(config_maps, managed, move |cm: ConfigMap| {
-        triggers::group_member_of(&store, &own, &cm)
+    let store = store.clone();
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &settings.controller_namespace);
+    let config_map_changes =
+        triggers::foreign_changes(watcher(config_maps, managed.clone()).default_backoff());
+    c.watches_stream(config_map_changes, move |cm: ConfigMap| {
+        triggers::group_member_of(&store, &cm)
     })
 }
 
@@ -253,21 +245,23 @@ fn watch_inputs(
     c: Controller<NexusRoute>,
     client: &Client,
     store: &Store<NexusRoute>,
-    secrets: Api<Secret>,
+    scope: &WatchScope,
 ) -> Controller<NexusRoute> {
     let neighbours = store.clone();
-    let route_changes = watcher(
-        Api::<NexusRoute>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(triggers::plan_inputs, Default::default());
+    let route_changes = scope
+        .watch::<NexusRoute>(client, &(), watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(triggers::plan_inputs, Default::default());
     let for_secrets = store.clone();
+    let secret_changes = scope
+        .watch::<Secret>(client, &(), watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
     c.watches_stream(route_changes, move |r: NexusRoute| {
         triggers::routes_sharing_hosts(&neighbours, &r)
     })
-    .watches(secrets, watcher::Config::default(), move |s: Secret| {
+    .watches_stream(secret_changes, move |s: Secret| {
         triggers::routes_for_secret(&for_secrets, &s)
     })
 }

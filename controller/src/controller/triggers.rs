@@ -3,21 +3,23 @@
 //! Reconciles are what the controller pays for, so only changes that can change a plan wake
 //! one: a route's spec (its generation) or its deletion, not its status or metadata; a
 //! Secret a route references; a route sharing a host (a conflict may have moved); and an
-//! object the controller owns changed by someone else. The controller's own writes come
-//! back on the watches too and are recognised by their resourceVersion.
+//! object the controller owns changed or deleted by someone else. The controller's own
+//! writes come back on the watches too and are recognised by the objects' managedFields.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+
+use futures::{Stream, StreamExt};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DynamicObject;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::NexusRoute;
 use crate::model;
-use crate::render::{LABEL_GROUP, LABEL_GROUP_NAMESPACE};
+use crate::render::{FIELD_MANAGER, LABEL_GROUP, LABEL_GROUP_NAMESPACE};
 
 /// What of a route can change its plan: its generation (the API server bumps it on every
 /// spec change, never on status) and whether it is being deleted.
@@ -28,53 +30,49 @@ pub fn plan_inputs(route: &NexusRoute) -> Option<u64> {
     Some(h.finish())
 }
 
-/// resourceVersions the controller's own applies returned, so their watch events wake
-/// nobody. Bounded: the oldest are forgotten first (a forgotten one costs one reconcile).
-pub struct OwnWrites {
-    recent: Mutex<(HashSet<String>, VecDeque<String>)>,
-    capacity: usize,
+/// Whether someone other than the controller wrote this object since the controller's
+/// last apply: a manager of its spec or metadata that is not [`FIELD_MANAGER`] whose write
+/// is not older than the controller's. The controller's own applies come back on the
+/// watches, often before the apply's response is read, so the object itself says who wrote
+/// it rather than a list of versions the controller remembers. Status writes (another
+/// controller's `subresource: status`) change nothing the controller renders. Times have
+/// one-second resolution: a tie counts as foreign (one extra reconcile, never a missed edit).
+pub fn written_by_others(meta: &ObjectMeta) -> bool {
+    let entries = meta.managed_fields.as_deref().unwrap_or_default();
+    let spec_writes = entries.iter().filter(|e| e.subresource.is_none());
+    let ours = spec_writes
+        .clone()
+        .filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter_map(|e| e.time.as_ref().map(|t| t.0))
+        .max();
+    let Some(ours) = ours else {
+        return true;
+    };
+    spec_writes
+        .filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER))
+        .any(|e| e.time.as_ref().is_none_or(|t| t.0 >= ours))
 }
 
-impl Default for OwnWrites {
-    fn default() -> Self {
-        OwnWrites {
-            recent: Mutex::new((HashSet::new(), VecDeque::new())),
-            capacity: 16_384,
-        }
-    }
-}
-
-impl OwnWrites {
-    pub fn record(&self, resource_version: &str) {
-        let Ok(mut guard) = self.recent.lock() else {
-            return;
-        };
-        let (set, order) = &mut *guard;
-        if set.insert(resource_version.to_string()) {
-            order.push_back(resource_version.to_string());
-        }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
+/// The generated objects whose watch events should wake a route: deleted ones, and ones
+/// someone else wrote ([`written_by_others`]). The controller's own applies pass nothing.
+pub fn foreign_changes<K: Resource + Send + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send {
+    events.filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Delete(o)) => Some(Ok(o)),
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                written_by_others(o.meta()).then_some(Ok(o))
             }
-        }
-    }
-
-    /// Whether this version is one the controller wrote (each is seen once).
-    pub fn is_own(&self, resource_version: Option<&str>) -> bool {
-        let (Some(rv), Ok(mut guard)) = (resource_version, self.recent.lock()) else {
-            return false;
-        };
-        guard.0.remove(rv)
-    }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
 }
 
-/// The owning route of a generated object someone else changed; group objects have many
-/// owners: the first by uid re-renders the group for all.
-pub fn owner_of<K: Resource>(own: &OwnWrites, obj: &K) -> Option<ObjectRef<NexusRoute>> {
-    if own.is_own(obj.meta().resource_version.as_deref()) {
-        return None;
-    }
+/// The owning route of a generated object; group objects have many owners: the first by
+/// uid re-renders the group for all.
+pub fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<NexusRoute>> {
     let mut owners: Vec<_> = obj.owner_references().to_vec();
     owners.sort_by(|a, b| a.uid.cmp(&b.uid));
     let owner = owners.into_iter().find(|o| o.kind == "NexusRoute")?;
@@ -85,22 +83,13 @@ pub fn owner_of<K: Resource>(own: &OwnWrites, obj: &K) -> Option<ObjectRef<Nexus
     })
 }
 
-/// [`owner_of`] for the dynamically typed Istio objects.
-pub fn owner_of_dynamic(own: &OwnWrites, obj: &DynamicObject) -> Option<ObjectRef<NexusRoute>> {
-    owner_of(own, obj)
-}
-
 /// A member of the group a group object (EnvoyFilter, rate-limit ConfigMap) belongs to, by
 /// its labels (group objects cross namespaces, so they carry no owner references): the
 /// first by uid, whose reconcile re-renders the group for all.
 pub fn group_member_of<K: Resource>(
     store: &Store<NexusRoute>,
-    own: &OwnWrites,
     obj: &K,
 ) -> Option<ObjectRef<NexusRoute>> {
-    if own.is_own(obj.meta().resource_version.as_deref()) {
-        return None;
-    }
     let labels = obj.labels();
     let (name, ns) = (labels.get(LABEL_GROUP)?, labels.get(LABEL_GROUP_NAMESPACE)?);
     store
@@ -161,19 +150,61 @@ pub fn routes_sharing_hosts(
 mod tests {
     use super::*;
 
+    fn meta_with(entries: &[(&str, Option<&str>, &str)]) -> ObjectMeta {
+        serde_json::from_value(serde_json::json!({
+            "name": "x",
+            "managedFields": entries.iter().map(|(manager, subresource, time)| {
+                let mut e = serde_json::json!({
+                    "manager": manager, "operation": "Apply", "apiVersion": "v1",
+                    "time": time, "fieldsType": "FieldsV1", "fieldsV1": {},
+                });
+                if let Some(s) = subresource { e["subresource"] = (*s).into(); }
+                e
+            }).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn own_writes_are_recognised_once_and_bounded() {
-        let own = OwnWrites {
-            capacity: 2,
-            ..Default::default()
-        };
-        own.record("1");
-        own.record("2");
-        own.record("3");
-        assert!(!own.is_own(Some("1")), "the oldest was forgotten");
-        assert!(own.is_own(Some("3")));
-        assert!(!own.is_own(Some("3")), "each version is seen once");
-        assert!(!own.is_own(None));
+    fn the_controllers_own_writes_are_not_foreign() {
+        let ours = meta_with(&[(FIELD_MANAGER, None, "2026-01-01T00:00:10Z")]);
+        assert!(!written_by_others(&ours));
+        let status_by_istio = meta_with(&[
+            (FIELD_MANAGER, None, "2026-01-01T00:00:10Z"),
+            ("pilot-discovery", Some("status"), "2026-01-01T00:00:20Z"),
+        ]);
+        assert!(
+            !written_by_others(&status_by_istio),
+            "status writes change no spec"
+        );
+        let fixed_since = meta_with(&[
+            ("kubectl-edit", None, "2026-01-01T00:00:05Z"),
+            (FIELD_MANAGER, None, "2026-01-01T00:00:10Z"),
+        ]);
+        assert!(
+            !written_by_others(&fixed_since),
+            "the controller applied after the edit"
+        );
+    }
+
+    #[test]
+    fn edits_by_others_are_foreign() {
+        let edited = meta_with(&[
+            (FIELD_MANAGER, None, "2026-01-01T00:00:10Z"),
+            ("kubectl-edit", None, "2026-01-01T00:00:30Z"),
+        ]);
+        assert!(written_by_others(&edited));
+        let same_second = meta_with(&[
+            (FIELD_MANAGER, None, "2026-01-01T00:00:10Z"),
+            ("kubectl-edit", None, "2026-01-01T00:00:10Z"),
+        ]);
+        assert!(
+            written_by_others(&same_second),
+            "a tie wakes rather than misses"
+        );
+        let not_ours = meta_with(&[("kubectl-create", None, "2026-01-01T00:00:10Z")]);
+        assert!(written_by_others(&not_ours));
+        assert!(written_by_others(&ObjectMeta::default()));
     }
 
     #[test]

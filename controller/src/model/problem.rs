@@ -13,6 +13,8 @@ pub enum Reason {
     InvalidSecret,
     /// The gateway's namespace does not let routes of this namespace attach to it.
     NotAllowedByGateway,
+    /// The gateway's namespace is outside the controller's `--watch-namespaces`.
+    NamespaceNotWatched,
 }
 
 impl Reason {
@@ -23,6 +25,7 @@ impl Reason {
             Reason::SecretNotFound => "SecretNotFound",
             Reason::InvalidSecret => "InvalidSecret",
             Reason::NotAllowedByGateway => "NotAllowedByGateway",
+            Reason::NamespaceNotWatched => "NamespaceNotWatched",
         }
     }
     /// `Accepted` problems vs `ResolvedRefs` problems.

@@ -111,78 +111,11 @@ pub const SERVICE: &str = "nexus-up";
 /// Runs until Ctrl-C / SIGTERM (exit 0) or until Envoy dies (exit 1).
 pub async fn up(opts: Options) -> Result<ExitCode> {
     let dir = std::path::absolute(&opts.dir)?;
-    let config = match load(&dir, &opts) {
-        Ok(c) => c,
-        Err(problems) => {
-            for p in &problems {
-                tracing::error!(problem = %p, "nothing started");
-            }
-            bail!(
-                "{} problem(s) in {}; nothing started",
-                problems.len(),
-                dir.display()
-            );
-        }
-    };
+    let config = load_or_explain(&dir, &opts)?;
     let modules = envoy::modules_in(&opts.modules)?;
     let envoy_bin = find_envoy()?;
-    for (what, addr) in [
-        ("listener", config.gateway.listen),
-        ("nexus http", config.gateway.http),
-    ] {
-        ensure_free(what, addr)?;
-    }
-    if config.gateway.admin_port != 0 {
-        ensure_free(
-            "envoy admin",
-            SocketAddr::from(([127, 0, 0, 1], config.gateway.admin_port)),
-        )?;
-    }
-
-    let (redis_url, storage_note) = choose_storage(&opts).await;
-    let limiter = SharedLimiter::new(
-        nexus_ratelimit_service::Limits::default(),
-        redis_url.as_deref(),
-        nexus_ratelimit_service::Algorithm::Gcra,
-        nexus_ratelimit_service::UnknownDomain::Allow,
-        Duration::from_millis(100),
-    )?;
-    let ratelimit_addr = free_local_addr()?;
-    {
-        let limiter = limiter.clone();
-        tokio::spawn(async move {
-            if let Err(e) = limiter.serve(ratelimit_addr, std::future::pending()).await {
-                tracing::error!("rate-limit service stopped: {e:#}");
-            }
-        });
-    }
-    let state = Arc::new(server::State::new(Some(opts.modules.clone())));
-    state.set("ratelimit", true, storage_note.clone());
-    let cache_addr = free_local_addr()?;
-    let cache_token = match std::env::var("NEXUS_CACHE_TOKEN") {
-        Ok(t) if !t.is_empty() => t,
-        _ => random_token()?,
-    };
-    crate::cache::start(
-        crate::cache::Options {
-            addr: cache_addr,
-            redis_url: redis_url.clone(),
-            token: Some(cache_token.clone()),
-            replica: "nexus-up".to_string(),
-        },
-        &state,
-    )
-    .await?;
-    let (events, bus_check) = start_bus(&opts, redis_url.clone(), &state, &limiter)?;
-    {
-        let (state, addr) = (state.clone(), config.gateway.http);
-        tokio::spawn(async move {
-            if let Err(e) = server::serve(addr, state).await {
-                tracing::error!("http server on {addr} stopped: {e:#}");
-            }
-        });
-    }
-
+    ensure_ports_free(&config.gateway)?;
+    let mut nexus = Nexus::start(&opts, &config).await?;
     let state_dir = match &opts.state_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -190,153 +123,336 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         }
         None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
     };
-    let xds = Xds::new(state_dir.path())?;
-    let mut upstreams = Upstreams::default();
-    upstreams.ensure(&config).await?;
-    let mut version = 1u64;
-    let services = Services {
-        ratelimit: ratelimit_addr,
-        cache: cache_addr,
+    let mut gateway = Gateway {
+        xds: Xds::new(state_dir.path())?,
+        upstreams: Upstreams::default(),
+        modules,
+        version: 1,
     };
-    let res = xds.render(&config, &upstreams, &services, &modules, version)?;
-    limiter.set_limits(nexus_ratelimit_service::Limits::new([res
-        .configs
-        .ratelimit
-        .clone()])?);
-    xds.write(&res)?;
-
-    let bootstrap = state_dir.path().join("envoy.json");
-    std::fs::write(
-        &bootstrap,
-        serde_json::to_vec_pretty(&envoy::bootstrap(
-            config.gateway.admin_port,
-            &xds.lds,
-            &xds.cds,
-        ))?,
-    )?;
-    let log_path = state_dir.path().join("envoy.log");
-    let admin_path = state_dir.path().join("admin.txt");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = tokio::process::Command::new(&envoy_bin)
-        .arg("-c")
-        .arg(&bootstrap)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args([
-            "--concurrency",
-            &config.gateway.concurrency.max(1).to_string(),
-        ])
-        .args([
-            "--disable-hot-restart",
-            "--drain-time-s",
-            "15",
-            "-l",
-            "warning",
-        ])
-        .args(["--component-log-level", "wasm:info"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", envoy_bin.display()))?;
-    let admin = match wait_ready(&mut child, &admin_path, &log_path).await {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = child.kill().await;
-            return Err(e);
-        }
-    };
-    state.set("envoy", true, format!("admin http://{admin}"));
-    // Redis is required here, as the Datapunk design lists it: `nexus up` serves nobody's
-    // readiness probe but its user's (the controller keeps it optional: see main.rs).
-    let checks = [
-        Some(crate::health::http_ok("envoy", admin, "/ready")),
-        crate::health::redis(&limiter, true),
-        bus_check,
-    ];
-    crate::health::spawn(
-        state.clone(),
-        checks.into_iter().flatten().collect(),
-        opts.health,
-    );
-    state
-        .started
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    announce(&events, &[], &config, version);
+    gateway.write_first(&config, &nexus).await?;
+    let mut envoy =
+        Envoy::start(&envoy_bin, &config.gateway, &gateway.xds, state_dir.path()).await?;
+    nexus.serving(envoy.admin, &opts);
+    announce(&nexus.events, &[], &config, gateway.version);
 
     // Each Envoy worker's cache filter uses its local cache only once its event stream is
     // live (and flushes it when the stream comes up); warming before that would fill nothing.
     // Envoy's main thread runs a root context too: one stream more than workers.
-    wait_for_cache_subscribers(&state, config.gateway.concurrency.max(1) + 1).await;
+    wait_for_cache_subscribers(&nexus.state, config.gateway.concurrency.max(1) + 1).await;
     warm(&config).await;
-
     banner(
         &config,
         &dir,
-        admin,
-        &storage_note,
+        envoy.admin,
+        &nexus.storage_note,
         state_dir.path(),
-        &upstreams,
+        &gateway.upstreams,
     );
     println!(
-        "Invalidate cached responses everywhere: curl -X POST http://{}/cache/invalidate -H 'authorization: Bearer {cache_token}' -d '{{\"prefixes\":[\"/lake/\"]}}'",
-        config.gateway.http
+        "Invalidate cached responses everywhere: curl -X POST http://{}/cache/invalidate -H 'authorization: Bearer {}' -d '{{\"prefixes\":[\"/lake/\"]}}'",
+        config.gateway.http, nexus.cache_token
     );
     println!("Ctrl-C stops Envoy and Nexus.");
+    let code = follow(&dir, &opts, config, &nexus, &mut gateway, &mut envoy).await?;
+    let _ = envoy.child.start_kill();
+    let _ = envoy.child.wait().await;
+    tracing::info!("stopped");
+    Ok(code)
+}
 
+/// DIR compiled, or every problem logged and an error saying nothing started.
+fn load_or_explain(dir: &Path, opts: &Options) -> Result<Config> {
+    load(dir, opts).or_else(|problems| {
+        for p in &problems {
+            tracing::error!(problem = %p, "nothing started");
+        }
+        bail!(
+            "{} problem(s) in {}; nothing started",
+            problems.len(),
+            dir.display()
+        )
+    })
+}
+
+fn ensure_ports_free(gateway: &GatewaySpec) -> Result<()> {
+    ensure_free("listener", gateway.listen)?;
+    ensure_free("nexus http", gateway.http)?;
+    if gateway.admin_port != 0 {
+        let admin = SocketAddr::from(([127, 0, 0, 1], gateway.admin_port));
+        ensure_free("envoy admin", admin)?;
+    }
+    Ok(())
+}
+
+/// Serves until Ctrl-C, SIGTERM or Envoy's exit, applying each valid change of DIR and
+/// re-warming the cache on its period.
+async fn follow(
+    dir: &Path,
+    opts: &Options,
+    mut config: Config,
+    nexus: &Nexus,
+    gateway: &mut Gateway,
+    envoy: &mut Envoy,
+) -> Result<ExitCode> {
     let mut current = config.fingerprint;
-    let mut config = config;
     let mut rewarm = tokio::time::interval(crate::warm::PERIOD);
     rewarm.tick().await;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.poll);
-    let code = loop {
+    loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
-            _ = sigterm.recv() => break ExitCode::SUCCESS,
-            status = child.wait() => {
-                tracing::error!(envoy_log = %tail(&log_path), "envoy exited ({})",
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+            status = envoy.child.wait() => {
+                tracing::error!(envoy_log = %tail(&envoy.log), "envoy exited ({})",
                     status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
-                break ExitCode::FAILURE;
+                return Ok(ExitCode::FAILURE);
             }
             _ = rewarm.tick() => warm(&config).await,
             _ = tick.tick() => {
-                if fingerprint(&dir) == current {
+                if fingerprint(dir) == current {
                     continue;
                 }
-                let next = match load(&dir, &opts) {
-                    Ok(c) => c,
-                    Err(problems) => {
-                        current = fingerprint(&dir);
-                        for p in problems {
-                            tracing::warn!(problem = %p, "change in {} NOT applied (still serving version {version})", dir.display());
-                        }
-                        continue;
-                    }
+                current = fingerprint(dir);
+                let Some(next) = reload(dir, opts, &config, gateway.version) else {
+                    continue;
                 };
                 current = next.fingerprint;
-                if let Some(why) = needs_restart(&config.gateway, &next.gateway) {
-                    tracing::warn!("{why} changed: restart `nexus up` to apply it; routes are applied now");
-                }
-                version += 1;
-                match apply(&xds, &next, &mut upstreams, &services, &modules, version, admin, &limiter).await {
-                    Ok(()) => {
-                        tracing::info!("applied version {version}: {} route(s), {} rule(s)",
-                            next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>());
-                        announce(&events, &config.routes, &next, version);
-                        warm(&next).await;
-                        config = next;
-                    }
-                    Err(e) => tracing::error!("version {version} NOT applied: {e:#}"),
+                if gateway.change(&config, &next, nexus, envoy.admin).await {
+                    config = next;
                 }
             }
         }
-    };
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    tracing::info!("stopped");
-    Ok(code)
+    }
+}
+
+/// DIR read again, or its problems logged as not applied.
+fn reload(dir: &Path, opts: &Options, config: &Config, version: u64) -> Option<Config> {
+    match load(dir, opts) {
+        Ok(next) => {
+            if let Some(why) = needs_restart(&config.gateway, &next.gateway) {
+                tracing::warn!(
+                    "{why} changed: restart `nexus up` to apply it; routes are applied now"
+                );
+            }
+            Some(next)
+        }
+        Err(problems) => {
+            for p in problems {
+                tracing::warn!(problem = %p, "change in {} NOT applied (still serving version {version})", dir.display());
+            }
+            None
+        }
+    }
+}
+
+/// The Nexus side of `nexus up`: the rate-limit and cache services, the event bus, and the
+/// health/metrics/modules server.
+struct Nexus {
+    limiter: SharedLimiter,
+    state: Arc<server::State>,
+    services: Services,
+    cache_token: String,
+    storage_note: String,
+    events: Events,
+    bus_check: Option<crate::health::Check>,
+}
+
+impl Nexus {
+    async fn start(opts: &Options, config: &Config) -> Result<Nexus> {
+        let (redis_url, storage_note) = choose_storage(opts).await;
+        let limiter = SharedLimiter::new(
+            nexus_ratelimit_service::Limits::default(),
+            redis_url.as_deref(),
+            nexus_ratelimit_service::Algorithm::Gcra,
+            nexus_ratelimit_service::UnknownDomain::Allow,
+            Duration::from_millis(100),
+        )?;
+        let ratelimit_addr = free_local_addr()?;
+        let serving = limiter.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serving.serve(ratelimit_addr, std::future::pending()).await {
+                tracing::error!("rate-limit service stopped: {e:#}");
+            }
+        });
+        let state = Arc::new(server::State::new(Some(opts.modules.clone())));
+        state.set("ratelimit", true, storage_note.clone());
+        let cache_addr = free_local_addr()?;
+        let cache_token = match std::env::var("NEXUS_CACHE_TOKEN") {
+            Ok(t) if !t.is_empty() => t,
+            _ => random_token()?,
+        };
+        let cache = crate::cache::Options {
+            addr: cache_addr,
+            redis_url: redis_url.clone(),
+            token: Some(cache_token.clone()),
+            replica: "nexus-up".to_string(),
+        };
+        crate::cache::start(cache, &state).await?;
+        let (events, bus_check) = start_bus(opts, redis_url, &state, &limiter)?;
+        let (serving, addr) = (state.clone(), config.gateway.http);
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(addr, serving).await {
+                tracing::error!("http server on {addr} stopped: {e:#}");
+            }
+        });
+        let services = Services {
+            ratelimit: ratelimit_addr,
+            cache: cache_addr,
+        };
+        Ok(Nexus {
+            limiter,
+            state,
+            services,
+            cache_token,
+            storage_note,
+            events,
+            bus_check,
+        })
+    }
+
+    /// Envoy is up: health checks begin and `/health/ready` may answer ready.
+    fn serving(&mut self, admin: SocketAddr, opts: &Options) {
+        self.state
+            .set("envoy", true, format!("admin http://{admin}"));
+        // Redis is required here, as the Datapunk design lists it: `nexus up` serves nobody's
+        // readiness probe but its user's (the controller keeps it optional: see main.rs).
+        let checks = [
+            Some(crate::health::http_ok("envoy", admin, "/ready")),
+            crate::health::redis(&self.limiter, true),
+            self.bus_check.take(),
+        ];
+        crate::health::spawn(
+            self.state.clone(),
+            checks.into_iter().flatten().collect(),
+            opts.health,
+        );
+        self.state
+            .started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What Envoy is given: the xDS files, the demo upstreams, the filter modules, and the
+/// version of the configuration it serves.
+struct Gateway {
+    xds: Xds,
+    upstreams: Upstreams,
+    modules: BTreeMap<String, PathBuf>,
+    version: u64,
+}
+
+impl Gateway {
+    /// The first configuration, written before Envoy starts.
+    async fn write_first(&mut self, config: &Config, nexus: &Nexus) -> Result<()> {
+        self.upstreams.ensure(config).await?;
+        let res = self.xds.render(
+            config,
+            &self.upstreams,
+            &nexus.services,
+            &self.modules,
+            self.version,
+        )?;
+        let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
+        nexus.limiter.set_limits(limits);
+        self.xds.write(&res)
+    }
+
+    /// Applies `next` to the running Envoy; whether it now serves it.
+    async fn change(
+        &mut self,
+        config: &Config,
+        next: &Config,
+        nexus: &Nexus,
+        admin: SocketAddr,
+    ) -> bool {
+        self.version += 1;
+        let version = self.version;
+        match self.apply(next, nexus, admin).await {
+            Ok(()) => {
+                let rules = next.routes.iter().map(|r| r.rules.len()).sum::<usize>();
+                tracing::info!(
+                    "applied version {version}: {} route(s), {rules} rule(s)",
+                    next.routes.len()
+                );
+                announce(&nexus.events, &config.routes, next, version);
+                warm(next).await;
+                true
+            }
+            Err(e) => {
+                tracing::error!("version {version} NOT applied: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Clusters first (so routes never name a cluster Envoy lacks), then the listener; each
+    /// confirmed through Envoy's update counters.
+    async fn apply(&mut self, config: &Config, nexus: &Nexus, admin: SocketAddr) -> Result<()> {
+        self.upstreams.ensure(config).await?;
+        let res = self.xds.render(
+            config,
+            &self.upstreams,
+            &nexus.services,
+            &self.modules,
+            self.version,
+        )?;
+        let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
+        let cds = "cluster_manager.cds";
+        let before = update_counts(admin, cds).await?;
+        self.xds.write_one(&self.xds.cds, &res.clusters)?;
+        confirm(admin, cds, before).await?;
+        // Limits before the listener: the new filter configuration may name new descriptors.
+        nexus.limiter.set_limits(limits);
+        let lds = "listener_manager.lds";
+        let before = update_counts(admin, lds).await?;
+        self.xds.write_one(&self.xds.lds, &res.listeners)?;
+        confirm(admin, lds, before).await
+    }
+}
+
+/// The Envoy process `nexus up` runs, its admin address and its log file.
+struct Envoy {
+    child: tokio::process::Child,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy on the bootstrap that points at `xds`, and waits until it is ready.
+    async fn start(bin: &Path, gateway: &GatewaySpec, xds: &Xds, state: &Path) -> Result<Envoy> {
+        let bootstrap = state.join("envoy.json");
+        let config = envoy::bootstrap(gateway.admin_port, &xds.lds, &xds.cds);
+        std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config)?)?;
+        let log_path = state.join("envoy.log");
+        let admin_path = state.join("admin.txt");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", &gateway.concurrency.max(1).to_string()])
+            .args(["--disable-hot-restart", "--drain-time-s", "15"])
+            .args(["-l", "warning", "--component-log-level", "wasm:info"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        match wait_ready(&mut child, &admin_path, &log_path).await {
+            Ok(admin) => Ok(Envoy {
+                child,
+                admin,
+                log: log_path,
+            }),
+            Err(e) => {
+                let _ = child.kill().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The bus when `--amqp-url` is set (a disabled handle otherwise) and its health check;
@@ -392,34 +508,6 @@ fn announce(events: &Events, before: &[CompiledRoute], config: &Config, version:
         routes: u32::try_from(config.routes.len()).unwrap_or(u32::MAX),
         rules: u32::try_from(rules).unwrap_or(u32::MAX),
     }));
-}
-
-/// Clusters first (so routes never name a cluster Envoy lacks), then the listener; each
-/// confirmed through Envoy's update counters.
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    xds: &Xds,
-    config: &Config,
-    upstreams: &mut Upstreams,
-    services: &Services,
-    modules: &BTreeMap<String, PathBuf>,
-    version: u64,
-    admin: SocketAddr,
-    limiter: &SharedLimiter,
-) -> Result<()> {
-    upstreams.ensure(config).await?;
-    let res = xds.render(config, upstreams, services, modules, version)?;
-    let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
-    let cds = "cluster_manager.cds";
-    let before = update_counts(admin, cds).await?;
-    xds.write_one(&xds.cds, &res.clusters)?;
-    confirm(admin, cds, before).await?;
-    // Limits before the listener: the new filter configuration may name new descriptors.
-    limiter.set_limits(limits);
-    let lds = "listener_manager.lds";
-    let before = update_counts(admin, lds).await?;
-    xds.write_one(&xds.lds, &res.listeners)?;
-    confirm(admin, lds, before).await
 }
 
 /// Waits (up to 10 s) until `streams` cache event streams are open on the service.
