@@ -266,6 +266,12 @@ pub struct Retries {
     pub retry_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<String>,
+    /// Retry POST, PATCH and other non-idempotent requests on every condition too (only
+    /// safe when the upstream deduplicates, e.g. by idempotency key). Default: they are
+    /// retried only when the upstream cannot have seen them (connect failure, refused
+    /// stream, reset before the request was sent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

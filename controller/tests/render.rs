@@ -557,7 +557,11 @@ fn a_gateway_outside_the_controllers_namespaces_is_refused_with_the_reason() {
     let problems = outcomes.values().next().unwrap().as_ref().unwrap_err();
     assert_eq!(problems[0].reason.as_str(), "NamespaceNotWatched");
     assert_eq!(problems[0].path, "$.spec.target.namespace");
-    assert!(problems[0].message.contains("\"edge\""), "{}", problems[0].message);
+    assert!(
+        problems[0].message.contains("\"edge\""),
+        "{}",
+        problems[0].message
+    );
 }
 
 #[test]

@@ -32,8 +32,14 @@ impl Up {
 
     /// `nexus up` on a copy of the example, with `extra` flags (storage, health schedule).
     fn start_with(extra: &[&str]) -> Up {
+        Self::start_prepared(extra, |_| {})
+    }
+
+    /// [`Up::start_with`], after `prepare` changed the copy of the example.
+    fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Up {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo_root().join("examples/datapunk"), dir.path());
+        prepare(dir.path());
         let port = free_port();
         let http_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
@@ -425,4 +431,118 @@ fn redis_outage_fails_readiness_after_three_failed_checks_and_recovers() {
     assert_eq!(back["failures_in_a_row"], 0, "{back}");
     // The outage's last error stays visible.
     assert!(!back["last_error"].as_str().unwrap().is_empty(), "{back}");
+}
+
+/// An upstream that answers 503 to the first two requests for each method and path and 200
+/// after, and counts what it received (`"GET /path"`).
+struct FlakyUpstream {
+    port: u16,
+    seen: Arc<Mutex<std::collections::BTreeMap<String, u32>>>,
+}
+
+impl FlakyUpstream {
+    fn start() -> FlakyUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let counts = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let counts = counts.clone();
+                std::thread::spawn(move || FlakyUpstream::serve(stream, &counts));
+            }
+        });
+        FlakyUpstream { port, seen }
+    }
+
+    /// One request per connection: reads the head (and a Content-Length body), answers, closes.
+    fn serve(stream: std::net::TcpStream, counts: &Mutex<std::collections::BTreeMap<String, u32>>) {
+        use std::io::{Read, Write};
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            head.push(line);
+        }
+        // "GET /path HTTP/1.1\r\n" → "GET /path"
+        let Some(request) = head
+            .first()
+            .and_then(|l| l.trim_end().rsplit_once(' '))
+            .map(|(r, _)| r.to_string())
+        else {
+            return;
+        };
+        let length = head
+            .iter()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let _ = reader
+            .by_ref()
+            .take(length as u64)
+            .read_to_end(&mut Vec::new());
+        let n = {
+            let mut counts = counts.lock().unwrap();
+            let n = counts.entry(request).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let status = if n <= 2 {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        );
+    }
+
+    fn count(&self, request: &str) -> u32 {
+        self.seen.lock().unwrap().get(request).copied().unwrap_or(0)
+    }
+}
+
+/// Retries as rendered into real Envoy: a GET is retried on 503 until it succeeds on the third
+/// try; a POST, which may have taken effect before the 503, is sent once and its 503 returned.
+#[test]
+fn idempotent_requests_are_retried_and_posts_are_not() {
+    let lake = FlakyUpstream::start();
+    let up = Up::start_prepared(&["--memory"], |dir| {
+        let gateway = dir.join("gateway.yaml");
+        let text = std::fs::read_to_string(&gateway).unwrap();
+        let services = format!("  services: {{lake: 127.0.0.1:{}}}\n", lake.port);
+        std::fs::write(
+            &gateway,
+            text.replace(
+                "  demoUpstreams: true\n",
+                &format!("  demoUpstreams: true\n{services}"),
+            ),
+        )
+        .unwrap();
+    });
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+    let r = up.get("/lake/retried", &alice);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        lake.count("GET /lake/retried"),
+        3,
+        "two 503s retried, the third try answered: {:?}",
+        lake.seen
+    );
+    let r = client::request(up.port, "POST", "/lake/not-retried", &alice, b"{}").unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        lake.count("POST /lake/not-retried"),
+        1,
+        "a POST is not repeated after the upstream saw it"
+    );
 }

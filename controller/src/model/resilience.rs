@@ -34,6 +34,7 @@ pub(super) fn retries(cx: &mut Ctx, r: &Retries, path: &str) -> (RetryPolicy, Op
             .retry_on
             .clone()
             .unwrap_or_else(|| DEFAULT_RETRY_ON.to_string()),
+        non_idempotent: r.non_idempotent,
     };
     let mut errors = Vec::new();
     policy.validate(path, &mut errors);
@@ -53,6 +54,7 @@ pub(super) fn default_retry(cx: &mut Ctx, r: Option<&Retries>) -> (RetryPolicy, 
             RetryPolicy {
                 max_retries: SEED_RETRIES,
                 retry_on: DEFAULT_RETRY_ON.to_string(),
+                non_idempotent: false,
             },
             None,
         ),

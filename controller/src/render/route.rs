@@ -31,7 +31,9 @@ pub fn render_route(r: &CompiledRoute) -> Vec<Object> {
     for rule in &r.rules {
         let mut retries = json!({
             "attempts": rule.retry.max_retries,
-            "retryOn": rule.retry.retry_on,
+            // Only what any method may be retried on: Envoy ORs it with the router filter's
+            // per-request x-envoy-retry-on, which adds the rest for idempotent methods.
+            "retryOn": rule.retry.any_method_retry_on(),
         });
         if let Some(t) = rule.per_try_timeout_ms {
             retries["perTryTimeout"] = json!(duration_text(t));

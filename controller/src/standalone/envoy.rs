@@ -195,7 +195,8 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
     for r in routes {
         for rule in &r.rules {
             let mut retry = json!({
-                "retry_on": rule.retry.retry_on,
+                // As in the VirtualService: what any method may be retried on.
+                "retry_on": rule.retry.any_method_retry_on(),
                 "num_retries": rule.retry.max_retries,
             });
             if let Some(t) = rule.per_try_timeout_ms {

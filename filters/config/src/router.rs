@@ -161,9 +161,15 @@ pub struct HeaderMatch {
 pub struct RetryPolicy {
     /// Sent as `x-envoy-max-retries`.
     pub max_retries: u32,
-    /// Sent as `x-envoy-retry-on` (Envoy's retry conditions, comma separated).
+    /// Sent as `x-envoy-retry-on` (Envoy's retry conditions, comma separated) for idempotent
+    /// methods; see [`RetryPolicy::retry_on_for`].
     #[serde(default = "default_retry_on")]
     pub retry_on: String,
+    /// Whether non-idempotent methods (POST, PATCH, CONNECT…) may be retried on every
+    /// condition too (e.g. an upstream that deduplicates by idempotency key). Off: they are
+    /// retried only when the request cannot have reached the upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
 }
 
 impl Default for RetryPolicy {
@@ -171,7 +177,50 @@ impl Default for RetryPolicy {
         Self {
             max_retries: 3,
             retry_on: default_retry_on(),
+            non_idempotent: false,
         }
+    }
+}
+
+/// RFC 9110 §9.2.2: a request with one of these methods may be repeated with the same effect.
+pub const IDEMPOTENT_METHODS: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
+
+/// Retry conditions under which the upstream never saw the request: no connection, a stream
+/// refused before processing (HTTP/2 REFUSED_STREAM), a reset before the request was sent,
+/// or Envoy's own rate limiter. Retrying a POST on these cannot repeat its effect; `5xx`,
+/// `reset` (after sending) and the gRPC statuses can.
+pub const PRE_REQUEST_RETRY_ON: [&str; 4] = [
+    "connect-failure",
+    "refused-stream",
+    "reset-before-request",
+    "envoy-ratelimited",
+];
+
+impl RetryPolicy {
+    /// The conditions a request with `method` is retried on: all of them for idempotent
+    /// methods (or when the rule allows it), only the pre-request ones otherwise.
+    pub fn retry_on_for(&self, method: &str) -> String {
+        if self.non_idempotent || IDEMPOTENT_METHODS.contains(&method) {
+            self.retry_on.clone()
+        } else {
+            self.any_method_retry_on()
+        }
+    }
+
+    /// The conditions every method may be retried on: what a route-level retry policy (a
+    /// VirtualService's `retries`, an Envoy route's `retry_policy`) may hold, because Envoy
+    /// ORs it with the router filter's per-request `x-envoy-retry-on`.
+    pub fn any_method_retry_on(&self) -> String {
+        if self.non_idempotent {
+            return self.retry_on.clone();
+        }
+        let safe: Vec<&str> = self
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|c| PRE_REQUEST_RETRY_ON.contains(c))
+            .collect();
+        safe.join(",")
     }
 }
 

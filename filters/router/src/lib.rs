@@ -38,7 +38,10 @@ struct Decision {
     upstream: String,
     timeout_ms: String,
     max_retries: String,
-    retry_on: String,
+    /// Retry conditions for idempotent methods, and for the others (see
+    /// [`RetryPolicy::retry_on_for`]).
+    retry_on_idempotent: String,
+    retry_on_other: String,
     /// `nexus_router.routed.<category>`, built once: the request path only increments it.
     metric: String,
 }
@@ -147,7 +150,18 @@ impl Router {
         headers.set(HEADER_RULE, &d.rule);
         headers.set(HEADER_TIMEOUT, &d.timeout_ms);
         headers.set(HEADER_MAX_RETRIES, &d.max_retries);
-        headers.set(HEADER_RETRY_ON, &d.retry_on);
+        let idempotent = nexus_config::router::IDEMPOTENT_METHODS.contains(&view.method);
+        let retry_on = if idempotent {
+            &d.retry_on_idempotent
+        } else {
+            &d.retry_on_other
+        };
+        if retry_on.is_empty() {
+            headers.set(HEADER_MAX_RETRIES, "0");
+            headers.remove(HEADER_RETRY_ON);
+        } else {
+            headers.set(HEADER_RETRY_ON, retry_on);
+        }
         metrics.increment(&d.metric, 1);
         Action::Continue
     }
@@ -194,7 +208,8 @@ fn decide(
             .unwrap_or(config.default_timeout_ms)
             .to_string(),
         max_retries: retry.max_retries.to_string(),
-        retry_on: retry.retry_on.clone(),
+        retry_on_idempotent: retry.retry_on_for("GET"),
+        retry_on_other: retry.retry_on_for("POST"),
         metric: format!("nexus_router.routed.{category_name}"),
     })
 }

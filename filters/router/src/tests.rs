@@ -44,6 +44,56 @@ fn lake_path_gets_category_upstream_timeout_and_retries() {
     assert_eq!(m.value("nexus_router.routed.data_operations"), 1);
 }
 
+/// A POST may have reached the upstream and taken effect before a 5xx or a reset: it is
+/// retried only when the upstream cannot have seen it, unless the rule says it may be.
+#[test]
+fn non_idempotent_methods_are_retried_only_before_the_upstream_saw_them() {
+    for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"] {
+        let (_, h, _) = route(DATAPUNK, &[(":method", method), (":path", "/lake/t")]);
+        assert_eq!(
+            h.get(HEADER_RETRY_ON).as_deref(),
+            Some("5xx,reset,connect-failure,refused-stream"),
+            "{method}"
+        );
+    }
+    for method in ["POST", "PATCH", "CONNECT", "get"] {
+        let (_, h, _) = route(DATAPUNK, &[(":method", method), (":path", "/lake/t")]);
+        assert_eq!(
+            h.get(HEADER_RETRY_ON).as_deref(),
+            Some("connect-failure,refused-stream"),
+            "{method}"
+        );
+        assert_eq!(h.get(HEADER_MAX_RETRIES).as_deref(), Some("3"), "{method}");
+    }
+    let allowed = DATAPUNK.replace(
+        r#""timeout_ms": 60000,
+     "retry": {"max_retries": 0, "retry_on": "connect-failure"},"#,
+        r#""retry": {"max_retries": 2, "retry_on": "5xx", "non_idempotent": true},"#,
+    );
+    let admin = [
+        (":method", "POST"),
+        (":path", "/forge/x"),
+        ("x-tenant", "admin"),
+    ];
+    let (_, h, _) = route(&allowed, &admin);
+    assert_eq!(
+        h.get(HEADER_RETRY_ON).as_deref(),
+        Some("5xx"),
+        "the rule allows it"
+    );
+    // Nothing safe to retry on: no retries, and no x-envoy-retry-on a client could have sent.
+    let unsafe_only = DATAPUNK.replace(r#""retry_on": "connect-failure""#, r#""retry_on": "5xx""#);
+    let post = [
+        (":method", "POST"),
+        (":path", "/forge/x"),
+        ("x-tenant", "admin"),
+        (HEADER_RETRY_ON, "5xx"),
+    ];
+    let (_, h, _) = route(&unsafe_only, &post);
+    assert_eq!(h.get(HEADER_MAX_RETRIES).as_deref(), Some("0"));
+    assert_eq!(h.get(HEADER_RETRY_ON), None);
+}
+
 #[test]
 fn each_seed_category_has_its_timeout() {
     for (path, method, upstream, timeout) in [
