@@ -170,12 +170,14 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         allowed_routes: Default::default(),
     };
     let state = Arc::new(State::new(None));
+    let (_, commands) = controller::reconcile_commands(Arc::new(|| true));
     tokio::spawn(controller::run(
         client.clone(),
         settings,
         state.clone(),
         "bench".into(),
         nexus_events::Events::disabled(),
+        commands,
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
 

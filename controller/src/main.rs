@@ -363,6 +363,7 @@ fn start_bus(
     state: &server::State,
     checks: &mut Vec<health::Check>,
     limiter: Option<nexus_ratelimit_service::server::SharedLimiter>,
+    reconcile: nexus_events::services::Reconcile,
 ) -> anyhow::Result<nexus_events::Events> {
     let Some(options) = bus else {
         state.set_component("rabbitmq", server::Component::disabled("no --amqp-url"));
@@ -371,6 +372,7 @@ fn start_bus(
     let services = nexus_events::services::Services {
         cache: state.cache.get().cloned(),
         limiter,
+        reconcile: Some(reconcile),
         ..Default::default()
     };
     let started = nexus_events::bus::start(&options, services)?;
@@ -473,7 +475,10 @@ async fn run_controller(
         nexus_controller::cache::start(options, &state).await?;
     }
     // Every replica serves commands; the leader's reconciler publishes route events.
-    let events = start_bus(bus, &state, &mut checks, bus_limiter)?;
+    let leader = state.clone();
+    let (reconcile, commands) =
+        controller::reconcile_commands(Arc::new(move || leader.is_leader.load(Ordering::Relaxed)));
+    let events = start_bus(bus, &state, &mut checks, bus_limiter, reconcile)?;
     health::spawn(state.clone(), checks, health::Schedule::default());
     state.started.store(true, Ordering::Relaxed);
     tracing::info!(identity = %identity, lease = %lease.name, "starting; waiting for leadership");
@@ -505,6 +510,7 @@ async fn run_controller(
         state.clone(),
         identity,
         events,
+        commands,
     ));
     if let Some(url) = warm_url {
         tokio::spawn(nexus_controller::warm::follow(client.clone(), scope, url));

@@ -2,10 +2,14 @@
 //! concurrent reconciles.
 //!
 //! Every member's reconcile wants the group re-rendered. A reconcile takes a [`Ticket`]
-//! before it snapshots the routes; whoever then holds the group's lock applies its plan,
-//! which covers every ticket taken before its snapshot, and the reconciles it covers take
-//! its result instead of applying again. Applied plans only move forward: a holder applies
-//! only if its ticket is newer than what the last apply covered, so its snapshot is newer too.
+//! before it snapshots the routes. Whoever then holds the group's lock, if the last apply did
+//! not cover its ticket, notes how many tickets exist, plans the group again from the routes
+//! known now (a snapshot taken after every one of those tickets) and applies it: one apply
+//! covers every reconcile that asked while the previous apply ran, and those take its result
+//! instead of applying again. (Applying the plan made at ticket time instead would cover only
+//! the tickets taken before that older snapshot: about one apply per route of a big group
+//! arriving in a burst.) Applied plans only move forward: every apply's snapshot is newer than
+//! the one before.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +63,6 @@ struct LastApply {
 pub struct Ticket {
     slot: Arc<Slot>,
     mine: u64,
-    covers: u64,
 }
 
 impl Groups {
@@ -72,22 +75,28 @@ impl Groups {
             .or_default()
             .clone();
         let mine = slot.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let covers = slot.requested.load(Ordering::SeqCst);
-        Ok(Ticket { slot, mine, covers })
+        Ok(Ticket { slot, mine })
     }
 }
 
-/// Applies `group` (planned after `ticket` was taken) unless a newer apply covered it.
-pub async fn apply_group(ctx: &Context, ticket: Ticket, group: &GroupPlan) -> Result<(), Error> {
+/// Applies the group as `plan` makes it now, unless an apply since `ticket` covered it.
+pub async fn apply_group(
+    ctx: &Context,
+    ticket: Ticket,
+    plan: impl FnOnce() -> GroupPlan,
+) -> Result<(), Error> {
     let mut done = ticket.slot.done.lock().await;
     if done.covered >= ticket.mine {
         return done.result.clone().map_err(Error::Other);
     }
-    let result = apply_if_changed(ctx, group, &mut done.last_apply).await;
+    // Every ticket counted here was taken before the snapshot `plan` takes.
+    let covers = ticket.slot.requested.load(Ordering::SeqCst);
+    let group = plan();
+    let result = apply_if_changed(ctx, &group, &mut done.last_apply).await;
     if result.is_err() {
         done.last_apply = None;
     }
-    done.covered = done.covered.max(ticket.covers);
+    done.covered = done.covered.max(covers);
     done.result = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     result
 }

@@ -29,6 +29,8 @@ use crate::plan::Compiler;
 use crate::policy::WatchScope;
 use crate::render::{Settings, FIELD_MANAGER, LABEL_MANAGED_BY};
 use crate::server::State;
+use nexus_events::command::ReconcileArgs;
+use nexus_events::services::Reconcile;
 
 pub use reconcile::{reconcile, FINALIZER};
 
@@ -151,6 +153,32 @@ fn error_policy(route: Arc<NexusRoute>, _err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(ctx.backoff(key))
 }
 
+/// `route.reconcile` commands from the event bus, for the leader's controller.
+pub struct ReconcileCommands(futures::channel::mpsc::UnboundedReceiver<ReconcileArgs>);
+
+/// The bus's `route.reconcile` handler (every replica has one) and what the leader's controller
+/// reads from it. A replica that is not the leader answers "not yet" (the command is requeued
+/// for another replica), so the command is carried out where routes are reconciled.
+pub fn reconcile_commands(
+    is_leader: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> (Reconcile, ReconcileCommands) {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let handler: Reconcile = Arc::new(move |args: ReconcileArgs| {
+        if !is_leader() {
+            return Err("this replica is not the leader; requeued for the one that is".into());
+        }
+        let what = match (&args.namespace, &args.name) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            (Some(ns), None) => format!("every route in {ns}"),
+            _ => "every route".to_string(),
+        };
+        tx.unbounded_send(args)
+            .map(|()| format!("{what}: reconcile queued"))
+            .map_err(|_| "the controller is not running".to_string())
+    });
+    (handler, ReconcileCommands(rx))
+}
+
 /// Runs the controller until the stream ends (it does not, short of a shutdown).
 pub async fn run(
     client: Client,
@@ -158,6 +186,7 @@ pub async fn run(
     state: Arc<State>,
     identity: String,
     events: nexus_events::Events,
+    commands: ReconcileCommands,
 ) -> anyhow::Result<()> {
     let scope = settings.allowed_routes.scope.clone();
     let (route_store, route_writer) = reflector::store();
@@ -190,6 +219,12 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(32));
     let controller = watch_generated(controller, &client, &ctx.routes, &ctx.settings);
     let controller = watch_inputs(controller, &client, &ctx.routes, &scope);
+    let named = ctx.routes.clone();
+    let controller = controller.reconcile_on(
+        commands
+            .0
+            .flat_map(move |args| futures::stream::iter(triggers::routes_named(&named, &args))),
+    );
     state.set("controller", true, "running");
     controller
         .run(reconcile, error_policy, ctx)
@@ -268,3 +303,32 @@ fn watch_inputs(
 
 /// How many of `routes` are `Programmed=True` for their current generation.
 pub use crate::status::programmed_count;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn only_the_leader_takes_reconcile_commands() {
+        let leader = Arc::new(AtomicBool::new(false));
+        let is_leader = leader.clone();
+        let (handler, mut commands) =
+            reconcile_commands(Arc::new(move || is_leader.load(Ordering::Relaxed)));
+        let args = ReconcileArgs {
+            namespace: Some("shop".into()),
+            name: Some("orders".into()),
+        };
+        let refused = handler(args.clone()).unwrap_err();
+        assert!(refused.contains("not the leader"), "{refused}");
+        leader.store(true, Ordering::Relaxed);
+        assert_eq!(
+            handler(args.clone()).unwrap(),
+            "shop/orders: reconcile queued"
+        );
+        assert_eq!(commands.0.try_next().unwrap(), Some(args));
+        drop(commands);
+        let stopped = handler(ReconcileArgs::default()).unwrap_err();
+        assert!(stopped.contains("not running"), "{stopped}");
+    }
+}

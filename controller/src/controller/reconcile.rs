@@ -21,7 +21,7 @@ use nexus_events::{Event, RouteStage};
 use crate::crd::NexusRoute;
 use crate::input::secret_data;
 use crate::model::{self, SecretData, SecretLookup};
-use crate::plan::{self, Plan, Snapshot};
+use crate::plan::{self, GroupPlan, Plan, Snapshot};
 use crate::status;
 
 pub const FINALIZER: &str = "nexus.datapunk.io/cleanup";
@@ -153,6 +153,16 @@ fn plan_route(
 ) -> Result<(Ticket, Plan), Error> {
     let key = model::group_key(route);
     let ticket = ctx.groups.ticket(&key.namespace, &key.name())?;
+    Ok((ticket, plan_now(ctx, route, secrets, previous_group)))
+}
+
+/// The route's plan from the routes the controller knows now.
+fn plan_now(
+    ctx: &Context,
+    route: &NexusRoute,
+    secrets: &Secrets,
+    previous_group: Option<&str>,
+) -> Plan {
     let started = Instant::now();
     let store = ctx.routes.state();
     let mut routes: Vec<&NexusRoute> = store
@@ -168,14 +178,16 @@ fn plan_route(
         .metrics
         .plan_micros
         .fetch_add(micros, Ordering::Relaxed);
-    Ok((ticket, plan))
+    plan
 }
 
 async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Error> {
     let secrets = secrets_for(ctx, &route).await?;
     let before = route.status.clone().unwrap_or_default();
-    let (ticket, plan) = plan_route(ctx, &route, &secrets, before.envoy_filter.as_deref())?;
-    let applied = apply_plan(ctx, &route, &plan, ticket).await;
+    let previous = before.envoy_filter.as_deref();
+    let (ticket, plan) = plan_route(ctx, &route, &secrets, previous)?;
+    let replan = || plan_now(ctx, &route, &secrets, previous).group;
+    let applied = apply_plan(ctx, &route, &plan, ticket, replan).await;
     let programmed = match (plan.outcome.is_ok(), &applied) {
         (true, Ok(())) => Some(Ok(())),
         (true, Err(e)) => Some(Err(format!("applying generated objects failed: {e}"))),
@@ -206,16 +218,18 @@ fn requeue(plan: &Plan) -> Action {
     }
 }
 
-/// Applies the group, then the route's own objects. Stale objects can only exist if what
-/// is applied changed since this process last applied this route (or it never did): only
-/// then does it list (to prune) and fix the group the route left.
+/// Applies the group (planned again by `replan` if this reconcile is the one to apply it),
+/// then the route's own objects. Stale objects can only exist if what is applied changed
+/// since this process last applied this route (or it never did): only then does it list
+/// (to prune) and fix the group the route left.
 async fn apply_plan(
     ctx: &Context,
     route: &NexusRoute,
     plan: &Plan,
     ticket: Ticket,
+    replan: impl FnOnce() -> GroupPlan,
 ) -> Result<(), Error> {
-    apply_group(ctx, ticket, &plan.group).await?;
+    apply_group(ctx, ticket, replan).await?;
     for o in &plan.route_objects {
         apply(ctx, o).await?;
     }
@@ -245,8 +259,8 @@ async fn cleanup_route(route: &NexusRoute, ctx: &Context) -> Result<(), Error> {
         store: &ctx.secrets,
         fresh: BTreeMap::new(),
     };
-    let (ticket, plan) = plan_route(ctx, route, &secrets, None)?;
-    apply_group(ctx, ticket, &plan.group).await?;
+    let (ticket, _) = plan_route(ctx, route, &secrets, None)?;
+    apply_group(ctx, ticket, || plan_now(ctx, route, &secrets, None).group).await?;
     let ns = route.namespace().unwrap_or_default();
     prune_route_objects(ctx, &ns, &route.name_any(), &BTreeSet::new()).await?;
     ctx.forget_route(&route.uid().unwrap_or_default());

@@ -123,6 +123,23 @@ pub fn routes_for_secret(store: &Store<NexusRoute>, secret: &Secret) -> Vec<Obje
         .collect()
 }
 
+/// The routes a `route.reconcile` command names: one route, a namespace's, or every route.
+pub fn routes_named(
+    store: &Store<NexusRoute>,
+    args: &nexus_events::command::ReconcileArgs,
+) -> Vec<ObjectRef<NexusRoute>> {
+    store
+        .state()
+        .iter()
+        .filter(|r| {
+            let ns_ok = args.namespace.is_none() || r.namespace() == args.namespace;
+            let name_ok = args.name.as_ref().is_none_or(|n| r.name_any() == *n);
+            ns_ok && name_ok
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// Other routes sharing a host with `route` (the winner or loser of a conflict with it):
 /// when it changes or goes away, they are re-checked.
 pub fn routes_sharing_hosts(
@@ -205,6 +222,39 @@ mod tests {
         let not_ours = meta_with(&[("kubectl-create", None, "2026-01-01T00:00:10Z")]);
         assert!(written_by_others(&not_ours));
         assert!(written_by_others(&ObjectMeta::default()));
+    }
+
+    fn route(ns: &str, name: &str) -> NexusRoute {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "nexus.datapunk.io/v1alpha1", "kind": "NexusRoute",
+            "metadata": { "name": name, "namespace": ns, "uid": format!("{ns}-{name}") },
+            "spec": { "target": { "kind": "Gateway", "selector": { "istio": "ingressgateway" } }, "rules": [] },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reconcile_command_names_one_route_a_namespace_or_all() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for (ns, name) in [("a", "x"), ("a", "y"), ("b", "x")] {
+            writer.apply_watcher_event(&watcher::Event::Apply(route(ns, name)));
+        }
+        let named = |namespace: Option<&str>, name: Option<&str>| {
+            let args = nexus_events::command::ReconcileArgs {
+                namespace: namespace.map(str::to_string),
+                name: name.map(str::to_string),
+            };
+            let mut refs: Vec<String> = routes_named(&store, &args)
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name))
+                .collect();
+            refs.sort();
+            refs
+        };
+        assert_eq!(named(Some("a"), Some("x")), ["a/x"]);
+        assert_eq!(named(Some("a"), None), ["a/x", "a/y"]);
+        assert_eq!(named(None, None), ["a/x", "a/y", "b/x"]);
+        assert!(named(Some("c"), None).is_empty());
     }
 
     #[test]
