@@ -28,7 +28,7 @@ const TICK_MS: u32 = 1000;
 struct AuthFilter {
     auth: Auth,
     metrics: HostMetrics,
-    /// HTTP contexts paused until a JWKS fetch on this worker completes. A request reset while
+    /// HTTP contexts paused until a JWKS fetch or session lookup on this worker completes. A request reset while
     /// waiting stays listed until the next resume, where its context no longer exists.
     waiting: RefCell<Vec<u32>>,
 }
@@ -83,7 +83,7 @@ fn publish(auth: &Auth, identity: Option<&Identity>) {
 impl Filter for AuthFilter {
     fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
         let auth = parse_config("nexus-auth", config, Auth::from_json)?;
-        if auth.has_remote_jwks() {
+        if auth.needs_ticks() {
             if let Err(s) = hostcalls::set_tick_period_ms(TICK_MS) {
                 HostLog.log(Level::Warn, &format!("nexus-auth: no ticks: {s}"));
             }
@@ -101,7 +101,7 @@ impl Filter for AuthFilter {
         }
     }
 
-    /// Feeds a JWKS answer to the filter, then re-decides every waiting request.
+    /// Feeds a JWKS or session answer to the filter, then re-decides every waiting request.
     fn on_http_call_response(&self, token: u32, status: Option<u32>, body: &[u8]) {
         self.with_env(|auth, env| auth.on_http_call_response(token, status, body, env));
         self.resume_waiting();
