@@ -3,8 +3,10 @@
 
 use std::cell::RefCell;
 
-use nexus_auth::{Auth, Env, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID};
-use nexus_filter_core::{Level, Log};
+use nexus_auth::{
+    Auth, Env, FeedAction, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID,
+};
+use nexus_filter_core::{Clock, Level, Log};
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
     apply, parse_config, resume_request, set_property, Action, Filter, HostCallouts, HostClock,
@@ -69,6 +71,32 @@ impl AuthFilter {
     }
 }
 
+fn now_ms() -> u64 {
+    HostClock.now_unix_nanos() / 1_000_000
+}
+
+impl AuthFilter {
+    /// Opens the revocation stream (the cache service's `Subscribe`) when it is due.
+    fn follow_revocations(&self) {
+        let FeedAction::Open { cluster, request } = self.auth.revocation_feed_tick(now_ms()) else {
+            return;
+        };
+        let opened = hostcalls::grpc_stream(
+            &cluster,
+            nexus_proto::CACHE_SERVICE,
+            nexus_proto::CACHE_SUBSCRIBE,
+        )
+        .and_then(|token| hostcalls::grpc_send(token, &request, true).map(|()| token));
+        if let Err(status) = &opened {
+            HostLog.log(
+                Level::Warn,
+                &format!("nexus-auth: cannot follow revocations on cluster {cluster}: {status}"),
+            );
+        }
+        self.auth.revocation_feed_opened(opened.ok(), now_ms());
+    }
+}
+
 /// The identity as Envoy properties (filter state `wasm.nexus.client_id`, ...), if configured.
 fn publish(auth: &Auth, identity: Option<&Identity>) {
     if !auth.publishes_filter_state() {
@@ -98,6 +126,25 @@ impl Filter for AuthFilter {
     fn on_tick(&self) {
         if self.with_env(|auth, env| auth.on_tick(env)) {
             self.resume_waiting();
+        }
+        self.follow_revocations();
+    }
+
+    fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
+        let drop = self.with_env(|auth, env| auth.revocation_feed_message(token, message, env));
+        if drop == Some(true) {
+            // Envoy reports no close for a stream we cancel: account for it here.
+            let _ = hostcalls::grpc_cancel(token);
+            self.auth.revocation_feed_closed(token, now_ms());
+        }
+    }
+
+    fn on_grpc_close(&self, _context: u32, token: u32, status: u32, _message: &str) {
+        if self.auth.revocation_feed_closed(token, now_ms()) {
+            HostLog.log(
+                Level::Info,
+                &format!("nexus-auth: revocation stream closed (gRPC status {status}); sessions are asked for until it is back"),
+            );
         }
     }
 

@@ -64,3 +64,11 @@ pub fn remove(shared: &dyn SharedData, prefix: &str, entries: u32, hash: &[u8; 3
         _ => false,
     }
 }
+
+/// Empties every slot (the table may hold sessions whose revocation was missed).
+pub fn clear(shared: &dyn SharedData, prefix: &str, entries: u32) {
+    for n in 0..entries.max(1) {
+        // Best effort, like `put`: a slot that cannot be written is one more lookup to come.
+        let _ = shared.set(&format!("{prefix}tok.{n}"), b"", None);
+    }
+}

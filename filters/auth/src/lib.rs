@@ -25,6 +25,7 @@ pub mod ed25519;
 pub mod jwks;
 mod remote_jwks;
 mod session;
+mod session_feed;
 pub mod rsa;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
@@ -40,6 +41,8 @@ use nexus_config::auth::{IdentityOut, NoMatchAction};
 use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::{Callouts, Clock, LocalResponse, Log, Metrics, SharedData};
 use serde_json::{Map, Value};
+
+pub use session_feed::FeedAction;
 
 use compile::{ApiKey, Provider, Rule};
 use remote_jwks::WorkerKeys;

@@ -21,6 +21,7 @@ use ring::digest;
 use crate::cache::{self, Entry};
 use crate::check::{Check, Granted};
 use crate::deny::{Challenge, Fail};
+use crate::session_feed::Feed;
 use crate::{Auth, Env, Identity};
 
 const LIVE: u16 = 0;
@@ -37,16 +38,18 @@ pub(crate) struct SessionStore {
     cluster: String,
     authority: String,
     timeout_ms: u64,
-    entries: u32,
+    pub(crate) entries: u32,
     ttl_s: u64,
     sign_in_path: Option<String>,
     pub(crate) headers: Vec<String>,
-    prefix: String,
+    pub(crate) prefix: String,
+    /// The revocation stream, when configured.
+    pub(crate) feed: Option<Feed>,
     /// Callout token → (SHA-256 of the id, deadline in unix seconds).
     pending: RefCell<BTreeMap<u32, ([u8; 32], u64)>>,
     /// The answer of the last callout, for the requests re-decided right after it (its slot
     /// may already hold another session).
-    last_answer: RefCell<Option<([u8; 32], Entry)>>,
+    pub(crate) last_answer: RefCell<Option<([u8; 32], Entry)>>,
 }
 
 impl SessionStore {
@@ -64,13 +67,23 @@ impl SessionStore {
             sign_in_path: s.sign_in_path.clone(),
             headers: s.headers.clone(),
             prefix: format!("{prefix}sess."),
+            feed: s.revocations_cluster.as_deref().map(Feed::new),
             pending: RefCell::new(BTreeMap::new()),
             last_answer: RefCell::new(None),
         }
     }
 
-    fn answer(&self, hash: &[u8; 32], env: &Env, now_s: u64) -> Option<Entry> {
-        if let Some((h, e)) = &*self.last_answer.borrow() {
+    /// The answer for `hash`: for a request re-decided after a callout (`redeciding`), that
+    /// callout's; else the table's, if `trusted`.
+    fn answer(
+        &self,
+        hash: &[u8; 32],
+        env: &Env,
+        now_s: u64,
+        trusted: bool,
+        redeciding: bool,
+    ) -> Option<Entry> {
+        if let Some((h, e)) = self.last_answer.borrow().as_ref().filter(|_| redeciding) {
             if h == hash && now_s < e.expires_s {
                 return Some(Entry {
                     provider: e.provider,
@@ -78,6 +91,9 @@ impl SessionStore {
                     claims: e.claims.clone(),
                 });
             }
+        }
+        if !trusted {
+            return None;
         }
         cache::get(env.shared, &self.prefix, self.entries, hash, now_s)
     }
@@ -249,7 +265,8 @@ impl Check<'_> {
             .as_ref()
             .try_into()
             .map_err(|_| Fail::Missing)?;
-        match s.answer(&hash, self.env, self.now_s) {
+        let trusted = self.auth.sessions_trusted();
+        match s.answer(&hash, self.env, self.now_s, trusted, !self.may_fetch) {
             Some(entry) => self.decide(s, &entry, scopes),
             None if s.pending.borrow().values().any(|(h, _)| *h == hash) => Err(Fail::Waiting),
             None if self.may_fetch => Err(s.dispatch(id, hash, self.env, self.now_s)),

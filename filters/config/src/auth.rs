@@ -102,6 +102,13 @@ pub struct Sessions {
     /// other headers are ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
+    /// gRPC cluster of the cache-coherency service, whose event stream carries revocations
+    /// (`nexus_config::session::revocation_key`): a revoked session leaves this proxy's table
+    /// as soon as the event arrives. While the stream is not live the table is not trusted
+    /// (every request asks the service); when it is live again the table is emptied. None:
+    /// revocations reach this proxy only through `cache_ttl_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocations_cluster: Option<String>,
 }
 
 impl Sessions {
@@ -116,6 +123,7 @@ impl Sessions {
             cache_ttl_s: default_session_cache_ttl(),
             sign_in_path: None,
             headers: Vec::new(),
+            revocations_cluster: None,
         }
     }
 }
@@ -624,6 +632,12 @@ impl Validate for Sessions {
             errors.push(ConfigError::new(
                 format!("{at}.cookie"),
                 format!("{:?} is not a cookie name", self.cookie),
+            ));
+        }
+        if self.revocations_cluster.as_deref() == Some("") {
+            errors.push(ConfigError::new(
+                format!("{at}.revocations_cluster"),
+                "must not be empty",
             ));
         }
         for (field, value) in [("cluster", &self.cluster), ("authority", &self.authority)] {

@@ -226,3 +226,102 @@ fn a_forged_session_header_never_reaches_the_upstream() {
     let (_, m) = get(&a, &h, "/app/x", &[("x-nexus-email", "root@example.com")]);
     assert_eq!(m.get("x-nexus-email"), None);
 }
+
+mod revocation_feed {
+    use super::*;
+    use nexus_proto::cache::{event, Event, Flush, Hello, Invalidation};
+    use prost::Message;
+
+    fn feed_auth() -> Auth {
+        auth(&json!({
+            "sessions": {"cluster": "nexus_sessions", "cache_ttl_s": 300,
+                         "revocations_cluster": "nexus_cache"},
+            "rules": [{"name": "app", "requirement": {"session": {}}}]
+        }))
+    }
+
+    fn event(kind: event::Kind) -> Vec<u8> {
+        Event { kind: Some(kind) }.encode_to_vec()
+    }
+
+    fn hello() -> Vec<u8> {
+        event(event::Kind::Hello(Hello::default()))
+    }
+
+    /// Opens the stream as token 900 and makes it live.
+    fn live(a: &Auth, h: &H) {
+        let FeedAction::Open { cluster, request } = a.revocation_feed_tick(0) else {
+            panic!("the first tick opens the stream")
+        };
+        assert_eq!(cluster, "nexus_cache");
+        assert!(!request.is_empty());
+        a.revocation_feed_opened(Some(900), 0);
+        assert_eq!(a.revocation_feed_tick(10), FeedAction::Nothing);
+        assert_eq!(a.revocation_feed_message(900, &hello(), &h.env()), Some(false));
+    }
+
+    fn lookups(h: &H) -> usize {
+        h.callouts.calls.borrow().len()
+    }
+
+    #[test]
+    fn until_the_stream_is_live_every_request_asks_the_service() {
+        let (a, h) = (feed_auth(), H::new());
+        looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
+        let c = cookie();
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        assert_eq!(lookups(&h), 2);
+    }
+
+    #[test]
+    fn a_revocation_event_drops_the_session_at_once() {
+        let (a, h) = (feed_auth(), H::new());
+        live(&a, &h);
+        looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
+        let c = cookie();
+        assert!(matches!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Continue(Some(_))));
+        assert_eq!(lookups(&h), 1);
+        let revoked = event(event::Kind::Invalidation(Invalidation {
+            keys: vec![revocation_key(&testkit::sha256_hex(SID))],
+            ..Default::default()
+        }));
+        assert_eq!(a.revocation_feed_message(900, &revoked, &h.env()), Some(false));
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        assert_eq!(lookups(&h), 2);
+        assert_eq!(h.metrics.value("nexus_auth.session.revoked"), 1);
+    }
+
+    #[test]
+    fn a_flush_or_a_broken_stream_empties_and_distrusts_the_table() {
+        let (a, h) = (feed_auth(), H::new());
+        live(&a, &h);
+        looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
+        let flush = event(event::Kind::Flush(Flush {
+            reason: "redis pub/sub reconnected".into(),
+        }));
+        a.revocation_feed_message(900, &flush, &h.env());
+        let c = cookie();
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        // Broken: not trusted, reconnected after the backoff; its Hello empties the table.
+        looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
+        assert!(a.revocation_feed_closed(900, 1_000));
+        assert!(!a.revocation_feed_closed(900, 1_000), "already closed");
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        assert_eq!(a.revocation_feed_tick(1_050), FeedAction::Nothing);
+        assert!(matches!(a.revocation_feed_tick(1_100), FeedAction::Open { .. }));
+        a.revocation_feed_opened(Some(901), 1_100);
+        a.revocation_feed_message(901, &hello(), &h.env());
+        assert_eq!(h.metrics.value("nexus_auth.session.table_cleared"), 3);
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+    }
+
+    #[test]
+    fn garbage_on_the_stream_asks_to_resubscribe_and_other_streams_are_not_ours() {
+        let (a, h) = (feed_auth(), H::new());
+        live(&a, &h);
+        assert_eq!(a.revocation_feed_message(900, b"\xff\xff\xff", &h.env()), Some(true));
+        assert_eq!(a.revocation_feed_message(77, &hello(), &h.env()), None);
+        assert!(!a.revocation_feed_closed(77, 0));
+        assert_eq!(session_auth().revocation_feed_tick(0), FeedAction::Nothing);
+    }
+}
