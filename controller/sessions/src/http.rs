@@ -27,33 +27,48 @@ pub const REVOKE_PATH: &str = "/sessions/v1/revoke";
 /// Bodies larger than this are refused (an identity, not a payload).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Browser sign-in (see [`crate::signin`]), when a provider is configured.
+pub const SIGN_IN_PATH: &str = "/_nexus/sign-in";
+pub const CALLBACK_PATH: &str = "/_nexus/callback";
+pub const LOGOUT_PATH: &str = "/_nexus/logout";
+
 /// Whether `path` is one of this service's.
 pub fn serves(path: &str) -> bool {
-    path.starts_with("/sessions/v1/")
+    path.starts_with("/sessions/v1/") || path.starts_with("/_nexus/")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// Besides `content-type` and `cache-control` (`location`, `set-cookie`).
+    pub headers: Vec<(String, String)>,
 }
 
 fn reply(status: u16, body: Value) -> Reply {
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        headers: Vec::new(),
+    }
 }
 
 fn error(status: u16, error: &str, detail: impl Into<String>) -> Reply {
     reply(status, json!({"error": error, "detail": detail.into()}))
 }
 
-/// One request: `header` reads a request header.
+/// One request: `target` is the path with its query, `header` reads a request header.
 pub async fn route(
     service: &SessionService,
     method: &Method,
-    path: &str,
+    target: &str,
     header: impl Fn(&str) -> Option<String>,
     body: &[u8],
 ) -> Reply {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path.starts_with("/_nexus/") {
+        return browser(service, method, path, query, header("cookie")).await;
+    }
     match (method, path) {
         (&Method::GET, LOOKUP_PATH) => lookup(service, header(LOOKUP_HEADER)).await,
         (&Method::POST, CREATE_PATH | REVOKE_PATH) => {
@@ -70,6 +85,30 @@ pub async fn route(
             error(405, "method_not_allowed", format!("{method} is not served on {path}"))
         }
         _ => error(404, "not_found", format!("no sessions endpoint {path}")),
+    }
+}
+
+/// Sign-in, its callback, and logout.
+async fn browser(
+    service: &SessionService,
+    method: &Method,
+    path: &str,
+    query: &str,
+    cookie: Option<String>,
+) -> Reply {
+    let Some(sign_in) = service.sign_in() else {
+        return error(404, "not_found", "no sign-in provider is configured");
+    };
+    match (method, path) {
+        (&Method::GET, SIGN_IN_PATH) => {
+            let rd = crate::signin::parse_query(query).remove("rd");
+            sign_in.start(service, rd.as_deref()).await
+        }
+        (&Method::GET, CALLBACK_PATH) => sign_in.callback(service, query).await,
+        (&Method::GET | &Method::POST, LOGOUT_PATH) => {
+            sign_in.logout(service, cookie.as_deref()).await
+        }
+        _ => error(404, "not_found", format!("no sign-in endpoint {method} {path}")),
     }
 }
 
@@ -146,7 +185,11 @@ pub async fn handle(service: &SessionService, req: Request<Incoming>) -> Respons
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    respond(route(service, &parts.method, parts.uri.path(), header, &body).await)
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    respond(route(service, &parts.method, &target, header, &body).await)
 }
 
 pub fn respond(reply: Reply) -> Response<Full<Bytes>> {
@@ -160,6 +203,14 @@ pub fn respond(reply: Reply) -> Response<Full<Bytes>> {
         hyper::header::CACHE_CONTROL,
         hyper::header::HeaderValue::from_static("no-store"),
     );
+    for (name, value) in &reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            r.headers_mut().append(n, v);
+        }
+    }
     r
 }
 
@@ -170,27 +221,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
+    nexus_cache_service::http::serve_with(listener, shutdown, move |req| {
         let service = service.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&service, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { handle(&service, req).await }
+    })
+    .await
 }

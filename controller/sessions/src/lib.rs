@@ -13,6 +13,9 @@
 //! `nexus_config::session`.
 
 pub mod http;
+mod id_token;
+mod oidc_http;
+pub mod signin;
 pub mod storage;
 
 use std::sync::Arc;
@@ -67,6 +70,7 @@ pub struct SessionService {
     config: Config,
     clock: Clock,
     random: SystemRandom,
+    sign_in: Option<signin::SignIn>,
 }
 
 impl SessionService {
@@ -90,7 +94,19 @@ impl SessionService {
             config,
             clock,
             random: SystemRandom::new(),
+            sign_in: None,
         }
+    }
+
+    /// Signs browsers in with this OpenID provider (`/_nexus/sign-in`, `/_nexus/callback`,
+    /// `/_nexus/logout`).
+    pub fn with_sign_in(mut self, settings: signin::OidcSettings) -> anyhow::Result<Self> {
+        self.sign_in = Some(signin::SignIn::new(settings)?);
+        Ok(self)
+    }
+
+    pub fn sign_in(&self) -> Option<&signin::SignIn> {
+        self.sign_in.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -99,6 +115,10 @@ impl SessionService {
 
     pub fn describe(&self) -> String {
         self.storage.describe()
+    }
+
+    pub fn storage(&self) -> &dyn SessionStorage {
+        self.storage.as_ref()
     }
 
     /// Makes a session: a new opaque id (32 random bytes, base64url: 43 characters) and the

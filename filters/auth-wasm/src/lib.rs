@@ -81,12 +81,12 @@ impl AuthFilter {
         let FeedAction::Open { cluster, request } = self.auth.revocation_feed_tick(now_ms()) else {
             return;
         };
-        let opened = hostcalls::grpc_stream(
+        let opened = hostcalls::grpc_server_stream(
             &cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_SUBSCRIBE,
-        )
-        .and_then(|token| hostcalls::grpc_send(token, &request, true).map(|()| token));
+            &request,
+        );
         if let Err(status) = &opened {
             HostLog.log(
                 Level::Warn,

@@ -254,17 +254,8 @@ impl Auth {
         let Some(remote) = &p.remote else {
             return false;
         };
-        let headers = [
-            (":method", "GET"),
-            (":path", remote.path.as_str()),
-            (":authority", remote.authority.as_str()),
-            ("accept", "application/json"),
-            ("user-agent", "nexus-auth"),
-        ];
-        match env
-            .callouts
-            .dispatch_http_call(&remote.cluster, &headers, b"", remote.timeout_ms)
-        {
+        let target = (remote.cluster.as_str(), remote.authority.as_str());
+        match get_json(env, target, &remote.path, None, remote.timeout_ms) {
             Ok(token) => {
                 let deadline = now_s + remote.timeout_ms.div_ceil(1000) + 2;
                 self.pending.borrow_mut().insert(token, (i, deadline));
@@ -285,4 +276,24 @@ impl Auth {
             }
         }
     }
+}
+
+/// A `GET` callout for JSON to `(cluster, authority)`, with one extra header if given.
+pub(crate) fn get_json(
+    env: &Env,
+    (cluster, authority): (&str, &str),
+    path: &str,
+    extra: Option<(&str, &str)>,
+    timeout_ms: u64,
+) -> Result<u32, nexus_filter_core::host::CalloutError> {
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+        ("accept", "application/json"),
+        ("user-agent", "nexus-auth"),
+    ];
+    headers.extend(extra);
+    env.callouts
+        .dispatch_http_call(cluster, &headers, b"", timeout_ms)
 }

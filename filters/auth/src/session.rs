@@ -100,18 +100,9 @@ impl SessionStore {
 
     /// Sends the lookup of `id`; the request waits for it.
     fn dispatch(&self, id: &str, hash: [u8; 32], env: &Env, now_s: u64) -> Fail {
-        let headers = [
-            (":method", "GET"),
-            (":path", LOOKUP_PATH),
-            (":authority", self.authority.as_str()),
-            (LOOKUP_HEADER, id),
-            ("accept", "application/json"),
-            ("user-agent", "nexus-auth"),
-        ];
-        match env
-            .callouts
-            .dispatch_http_call(&self.cluster, &headers, b"", self.timeout_ms)
-        {
+        let target = (self.cluster.as_str(), self.authority.as_str());
+        let lookup = Some((LOOKUP_HEADER, id));
+        match crate::remote_jwks::get_json(env, target, LOOKUP_PATH, lookup, self.timeout_ms) {
             Ok(token) => {
                 let deadline = now_s + self.timeout_ms.div_ceil(1000) + 2;
                 self.pending.borrow_mut().insert(token, (hash, deadline));
@@ -237,7 +228,7 @@ impl Auth {
             return None;
         }
         let back = pairs.get(":path").unwrap_or("/");
-        let location = format!("{path}?rd={}", percent_encode(back));
+        let location = format!("{path}?rd={}", nexus_filter_core::text::percent_encode(back, b"/"));
         let mut r = LocalResponse::json_error(
             302,
             "sign_in_required",
@@ -329,17 +320,4 @@ fn unavailable(detail: String) -> Fail {
         error: "sessions_unavailable",
         detail,
     }
-}
-
-/// `s` with every byte outside RFC 3986's unreserved set and `/` percent-encoded.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

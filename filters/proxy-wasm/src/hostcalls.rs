@@ -593,3 +593,16 @@ mod tests {
         assert!(decode_pairs(lying).is_empty());
     }
 }
+
+/// Opens a gRPC stream and sends its one request message, ending the request side (a
+/// server-streaming call such as the cache service's `Subscribe`).
+pub fn grpc_server_stream(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    request: &[u8],
+) -> Result<u32, Status> {
+    let token = grpc_stream(cluster, service, method)?;
+    grpc_send(token, request, true)?;
+    Ok(token)
+}

@@ -9,6 +9,8 @@ use super::{Clock, SessionStorage, StorageError};
 
 pub struct MemoryStorage {
     sessions: Mutex<HashMap<String, SessionIdentity>>,
+    /// State hash → (value, expires at unix seconds).
+    pending: Mutex<HashMap<String, (String, u64)>>,
     clock: Clock,
 }
 
@@ -17,6 +19,7 @@ impl MemoryStorage {
     pub fn new(clock: Clock) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -61,6 +64,26 @@ impl SessionStorage for MemoryStorage {
             .locked()?
             .remove(id_hash)
             .is_some_and(|s| s.expires_at_s > now))
+    }
+
+    async fn put_pending(&self, key: &str, value: &str, ttl_s: u64) -> Result<(), StorageError> {
+        let now = self.now_s();
+        let mut m = self
+            .pending
+            .lock()
+            .map_err(|_| StorageError("pending table poisoned".into()))?;
+        m.retain(|_, (_, exp)| *exp > now);
+        m.insert(key.to_string(), (value.to_string(), now + ttl_s.max(1)));
+        Ok(())
+    }
+
+    async fn take_pending(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let now = self.now_s();
+        let mut m = self
+            .pending
+            .lock()
+            .map_err(|_| StorageError("pending table poisoned".into()))?;
+        Ok(m.remove(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v))
     }
 
     fn describe(&self) -> String {

@@ -22,6 +22,13 @@ pub trait SessionStorage: Send + Sync + 'static {
     /// Removes the session; whether there was one.
     async fn delete(&self, id_hash: &str) -> Result<bool, StorageError>;
 
+    /// Keeps a sign-in in progress (its `state`'s hash → what the callback needs) for
+    /// `ttl_s` seconds.
+    async fn put_pending(&self, key: &str, value: &str, ttl_s: u64) -> Result<(), StorageError>;
+
+    /// Takes a sign-in in progress out, atomically: a `state` is good for one callback.
+    async fn take_pending(&self, key: &str) -> Result<Option<String>, StorageError>;
+
     /// A short human description for logs (`memory`, `redis at 127.0.0.1:6379`).
     fn describe(&self) -> String;
 }

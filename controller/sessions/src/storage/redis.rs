@@ -1,5 +1,6 @@
 //! Sessions in Redis, shared by every replica and surviving restarts of every Nexus process:
-//! `<prefix><sha256 of the id>` holds the session's JSON, with `EXPIREAT` its `expires_at_s`.
+//! `<prefix><sha256 of the id>` holds the session's JSON, with `EXPIREAT` its `expires_at_s`;
+//! `<prefix>pending:<sha256 of a state>` a sign-in in progress (`GETDEL`: used once).
 //! Every operation has a deadline, so a Redis outage is a quick error (503 upstream of it).
 
 use std::time::Duration;
@@ -73,6 +74,21 @@ impl SessionStorage for RedisStorage {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(format!("{}{id_hash}", self.prefix));
         Ok(self.run::<i64>(cmd).await? > 0)
+    }
+
+    async fn put_pending(&self, key: &str, value: &str, ttl_s: u64) -> Result<(), StorageError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}pending:{key}", self.prefix))
+            .arg(value)
+            .arg("EX")
+            .arg(ttl_s.max(1));
+        self.run::<()>(cmd).await
+    }
+
+    async fn take_pending(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(format!("{}pending:{key}", self.prefix));
+        self.run::<Option<String>>(cmd).await
     }
 
     fn describe(&self) -> String {
