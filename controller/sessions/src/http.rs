@@ -81,9 +81,11 @@ pub async fn route(
                 revoke(service, body).await
             }
         }
-        (_, LOOKUP_PATH | CREATE_PATH | REVOKE_PATH) => {
-            error(405, "method_not_allowed", format!("{method} is not served on {path}"))
-        }
+        (_, LOOKUP_PATH | CREATE_PATH | REVOKE_PATH) => error(
+            405,
+            "method_not_allowed",
+            format!("{method} is not served on {path}"),
+        ),
         _ => error(404, "not_found", format!("no sessions endpoint {path}")),
     }
 }
@@ -108,18 +110,34 @@ async fn browser(
         (&Method::GET | &Method::POST, LOGOUT_PATH) => {
             sign_in.logout(service, cookie.as_deref()).await
         }
-        _ => error(404, "not_found", format!("no sign-in endpoint {method} {path}")),
+        _ => error(
+            404,
+            "not_found",
+            format!("no sign-in endpoint {method} {path}"),
+        ),
     }
 }
 
 async fn lookup(service: &SessionService, id: Option<String>) -> Reply {
     let Some(id) = id.filter(|i| !i.is_empty()) else {
-        return error(400, "bad_request", format!("missing {LOOKUP_HEADER} header"));
+        return error(
+            400,
+            "bad_request",
+            format!("missing {LOOKUP_HEADER} header"),
+        );
     };
     match service.lookup(&id).await {
         Ok(Some(identity)) => reply(200, json!(identity)),
-        Ok(None) => error(404, "unknown_session", "no such session (unknown, expired or revoked)"),
-        Err(e) => error(503, "unavailable", format!("the session store cannot be read: {e}")),
+        Ok(None) => error(
+            404,
+            "unknown_session",
+            "no such session (unknown, expired or revoked)",
+        ),
+        Err(e) => error(
+            503,
+            "unavailable",
+            format!("the session store cannot be read: {e}"),
+        ),
     }
 }
 
@@ -132,7 +150,11 @@ fn admin(service: &SessionService, authorization: Option<String>) -> Result<(), 
         ));
     };
     let Some(given) = authorization.as_deref().and_then(bearer) else {
-        return Err(error(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)"));
+        return Err(error(
+            401,
+            "unauthorized",
+            "missing bearer token (Authorization: Bearer <token>)",
+        ));
     };
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
@@ -151,7 +173,11 @@ async fn create(service: &SessionService, body: &[u8]) -> Reply {
     }
     match service.create(new).await {
         Ok((id, s)) => reply(201, json!({"id": id, "expires_at_s": s.expires_at_s})),
-        Err(e) => error(503, "unavailable", format!("the session store cannot be written: {e}")),
+        Err(e) => error(
+            503,
+            "unavailable",
+            format!("the session store cannot be written: {e}"),
+        ),
     }
 }
 
@@ -167,7 +193,11 @@ async fn revoke(service: &SessionService, body: &[u8]) -> Reply {
     };
     match service.revoke(&b.id).await {
         Ok(revoked) => reply(200, json!({"revoked": revoked})),
-        Err(e) => error(503, "unavailable", format!("the session may still be live: {e}")),
+        Err(e) => error(
+            503,
+            "unavailable",
+            format!("the session may still be live: {e}"),
+        ),
     }
 }
 
@@ -194,7 +224,8 @@ pub async fn handle(service: &SessionService, req: Request<Incoming>) -> Respons
 
 pub fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(reply.body.to_string())));
-    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

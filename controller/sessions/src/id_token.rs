@@ -40,7 +40,11 @@ pub fn verify(
     let auth = Auth::from_json(config.to_string().as_bytes())
         .map_err(|e| format!("the provider's keys are unusable: {e}"))?;
     let bearer = format!("Bearer {token}");
-    let mut headers = MemHeaders::new(&[(":method", "GET"), (":path", "/"), ("authorization", &bearer)]);
+    let mut headers = MemHeaders::new(&[
+        (":method", "GET"),
+        (":path", "/"),
+        ("authorization", &bearer),
+    ]);
     let (metrics, shared, log, callouts) = (
         MemMetrics::default(),
         MemSharedData::default(),

@@ -123,10 +123,7 @@ impl SessionService {
 
     /// Makes a session: a new opaque id (32 random bytes, base64url: 43 characters) and the
     /// identity stored under its hash until `now + ttl`.
-    pub async fn create(
-        &self,
-        new: NewSession,
-    ) -> Result<(String, SessionIdentity), StorageError> {
+    pub async fn create(&self, new: NewSession) -> Result<(String, SessionIdentity), StorageError> {
         let mut bytes = [0u8; 32];
         self.random
             .fill(&mut bytes)

@@ -167,10 +167,15 @@ impl SignIn {
         }
     }
 
-    async fn start_inner(&self, service: &SessionService, rd: Option<&str>) -> Result<Reply, Reply> {
+    async fn start_inner(
+        &self,
+        service: &SessionService,
+        rd: Option<&str>,
+    ) -> Result<Reply, Reply> {
         let d = self.discover().await?;
         let (state, nonce, verifier) = (self.random()?, self.random()?, self.random()?);
-        let challenge = b64(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+        let challenge =
+            b64(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
         let pending = Pending {
             nonce: nonce.clone(),
             verifier,
@@ -181,7 +186,13 @@ impl SignIn {
             .storage()
             .put_pending(&id_hash(&state), &value, PENDING_TTL_S)
             .await
-            .map_err(|e| error(503, "unavailable", format!("the session store cannot be written: {e}")))?;
+            .map_err(|e| {
+                error(
+                    503,
+                    "unavailable",
+                    format!("the session store cannot be written: {e}"),
+                )
+            })?;
         let s = &self.settings;
         let query = form(&[
             ("response_type", "code"),
@@ -193,8 +204,15 @@ impl SignIn {
             ("code_challenge", &challenge),
             ("code_challenge_method", "S256"),
         ]);
-        let sep = if d.authorization_endpoint.contains('?') { '&' } else { '?' };
-        Ok(redirect(&format!("{}{sep}{query}", d.authorization_endpoint), None))
+        let sep = if d.authorization_endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        Ok(redirect(
+            &format!("{}{sep}{query}", d.authorization_endpoint),
+            None,
+        ))
     }
 
     /// The provider's redirect back: `query` is the callback's query string.
@@ -207,7 +225,11 @@ impl SignIn {
     async fn callback_inner(&self, service: &SessionService, query: &str) -> Result<Reply, Reply> {
         let q = parse_query(query);
         if let Some(e) = q.get("error") {
-            return Err(error(401, "sign_in_refused", format!("the provider answered error={e}")));
+            return Err(error(
+                401,
+                "sign_in_refused",
+                format!("the provider answered error={e}"),
+            ));
         }
         let state = q
             .get("state")
@@ -219,16 +241,30 @@ impl SignIn {
             .storage()
             .take_pending(&id_hash(state))
             .await
-            .map_err(|e| error(503, "unavailable", format!("the session store cannot be read: {e}")))?
+            .map_err(|e| {
+                error(
+                    503,
+                    "unavailable",
+                    format!("the session store cannot be read: {e}"),
+                )
+            })?
             .and_then(|v| serde_json::from_str::<Pending>(&v).ok())
             .ok_or_else(|| {
-                error(400, "invalid_state", "unknown, expired or already used state")
+                error(
+                    400,
+                    "invalid_state",
+                    "unknown, expired or already used state",
+                )
             })?;
         let d = self.discover().await?;
         let id_token = self.exchange(&d, code, &pending.verifier).await?;
         let claims = self.verify(&d, &id_token).await?;
         if claims.get("nonce").and_then(Value::as_str) != Some(pending.nonce.as_str()) {
-            return Err(error(401, "invalid_id_token", "the ID token's nonce is not this sign-in's"));
+            return Err(error(
+                401,
+                "invalid_id_token",
+                "the ID token's nonce is not this sign-in's",
+            ));
         }
         let cookie = self.session_cookie(service, &claims).await?;
         Ok(redirect(&pending.rd, Some(cookie)))
@@ -265,18 +301,36 @@ impl SignIn {
         answer["id_token"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| error(502, "code_exchange_failed", "the token response has no id_token"))
+            .ok_or_else(|| {
+                error(
+                    502,
+                    "code_exchange_failed",
+                    "the token response has no id_token",
+                )
+            })
     }
 
     /// The ID token's claims, verified as the auth filter verifies a JWT.
     async fn verify(&self, d: &Discovery, id_token: &str) -> Result<Map<String, Value>, Reply> {
-        let (status, jwks) = self.http.get(&d.jwks_uri).await.map_err(|e| unreachable(&e))?;
+        let (status, jwks) = self
+            .http
+            .get(&d.jwks_uri)
+            .await
+            .map_err(|e| unreachable(&e))?;
         if status != 200 {
-            return Err(unreachable(&format!("the JWKS at {} answered {status}", d.jwks_uri)));
+            return Err(unreachable(&format!(
+                "the JWKS at {} answered {status}",
+                d.jwks_uri
+            )));
         }
         let jwks = String::from_utf8_lossy(&jwks);
-        crate::id_token::verify(id_token, &jwks, &self.settings.issuer, &self.settings.client_id)
-            .map_err(|why| error(401, "invalid_id_token", why))
+        crate::id_token::verify(
+            id_token,
+            &jwks,
+            &self.settings.issuer,
+            &self.settings.client_id,
+        )
+        .map_err(|why| error(401, "invalid_id_token", why))
     }
 
     /// A new session for the ID token's identity, as a `Set-Cookie` value.
@@ -287,7 +341,11 @@ impl SignIn {
     ) -> Result<String, Reply> {
         let s = &self.settings;
         let client_id = claim_text(claims.get(&s.client_id_claim)).ok_or_else(|| {
-            error(401, "invalid_id_token", format!("the ID token has no {} claim", s.client_id_claim))
+            error(
+                401,
+                "invalid_id_token",
+                format!("the ID token has no {} claim", s.client_id_claim),
+            )
         })?;
         let headers = s
             .claims_to_headers
@@ -299,17 +357,24 @@ impl SignIn {
             scopes: s.scopes.clone(),
             headers,
         };
-        let (id, _) = service
-            .create(new)
-            .await
-            .map_err(|e| error(503, "unavailable", format!("the session store cannot be written: {e}")))?;
+        let (id, _) = service.create(new).await.map_err(|e| {
+            error(
+                503,
+                "unavailable",
+                format!("the session store cannot be written: {e}"),
+            )
+        })?;
         let max_age = service.config().ttl.as_secs();
         Ok(self.cookie(&id, max_age))
     }
 
     /// Host-only (no `Domain`), `HttpOnly`, `SameSite=Lax`, `Secure` unless loopback HTTP.
     fn cookie(&self, value: &str, max_age: u64) -> String {
-        let secure = if self.settings.secure_cookie() { "; Secure" } else { "" };
+        let secure = if self.settings.secure_cookie() {
+            "; Secure"
+        } else {
+            ""
+        };
         format!(
             "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
             self.settings.cookie
@@ -327,7 +392,11 @@ impl SignIn {
         });
         if let Some(id) = id {
             if let Err(e) = service.revoke(&id).await {
-                return error(503, "unavailable", format!("the session may still be live: {e}"));
+                return error(
+                    503,
+                    "unavailable",
+                    format!("the session may still be live: {e}"),
+                );
             }
         }
         redirect("/", Some(self.cookie("", 0)))
@@ -402,7 +471,9 @@ pub fn parse_query(q: &str) -> BTreeMap<String, String> {
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn decode(s: &str) -> String {

@@ -92,7 +92,9 @@ async fn a_created_session_is_found_by_its_id(s: impl SessionStorage) {
     let service = SessionService::new(s, None, config());
     let (id, made) = service.create(alice()).await.unwrap();
     assert_eq!(id.len(), 43, "32 random bytes, base64url");
-    assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     let expires = made.expires_at_s;
     assert!((now_s() + 86_399..=now_s() + 86_400).contains(&expires));
     let found = service.lookup(&id).await.unwrap().unwrap();
@@ -111,7 +113,10 @@ async fn a_created_session_is_found_by_its_id(s: impl SessionStorage) {
 
 async fn an_unknown_id_is_no_session(s: impl SessionStorage) {
     let service = SessionService::new(s, None, config());
-    assert_eq!(service.lookup("no-such-session-id-at-all").await.unwrap(), None);
+    assert_eq!(
+        service.lookup("no-such-session-id-at-all").await.unwrap(),
+        None
+    );
 }
 
 async fn a_revoked_session_is_gone(s: impl SessionStorage) {
@@ -128,8 +133,13 @@ async fn an_expired_session_is_gone(s: impl SessionStorage) {
         expires_at_s: now_s() - 1,
         ..Default::default()
     };
-    s.put(&id_hash("expired-session-id-0001"), &gone).await.unwrap();
-    assert_eq!(s.get(&id_hash("expired-session-id-0001")).await.unwrap(), None);
+    s.put(&id_hash("expired-session-id-0001"), &gone)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&id_hash("expired-session-id-0001")).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -164,7 +174,10 @@ async fn redis_down_is_a_503_never_a_session() {
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.body["error"], "unavailable");
     let detail = r.body["detail"].as_str().unwrap();
-    assert!(detail.starts_with("the session store cannot be read: "), "{detail}");
+    assert!(
+        detail.starts_with("the session store cannot be read: "),
+        "{detail}"
+    );
 }
 
 async fn lookup(service: &SessionService, id: &str) -> Reply {
@@ -183,7 +196,13 @@ async fn post(service: &SessionService, path: &str, auth: Option<&str>, body: &s
 async fn http_answers_are_exact() {
     let service = SessionService::new(memory(), None, config());
     let bearer = format!("Bearer {TOKEN}");
-    let made = post(&service, CREATE_PATH, Some(&bearer), r#"{"client_id":"alice","scopes":["a"]}"#).await;
+    let made = post(
+        &service,
+        CREATE_PATH,
+        Some(&bearer),
+        r#"{"client_id":"alice","scopes":["a"]}"#,
+    )
+    .await;
     assert_eq!(made.status, 201, "{made:?}");
     let id = made.body["id"].as_str().unwrap().to_string();
     let found = lookup(&service, &id).await;
@@ -194,34 +213,83 @@ async fn http_answers_are_exact() {
     let unknown = lookup(&service, "forged-session-id-forged-session-id").await;
     assert_eq!(
         (unknown.status, unknown.body),
-        (404, json!({"error": "unknown_session", "detail": "no such session (unknown, expired or revoked)"}))
+        (
+            404,
+            json!({"error": "unknown_session", "detail": "no such session (unknown, expired or revoked)"})
+        )
     );
     let none = route(&service, &Method::GET, LOOKUP_PATH, |_: &str| None, b"").await;
     assert_eq!(
         (none.status, none.body),
-        (400, json!({"error": "bad_request", "detail": "missing x-nexus-session-id header"}))
+        (
+            400,
+            json!({"error": "bad_request", "detail": "missing x-nexus-session-id header"})
+        )
     );
     let no_token = post(&service, CREATE_PATH, None, r#"{"client_id":"x"}"#).await;
     assert_eq!(
         (no_token.status, no_token.body),
-        (401, json!({"error": "unauthorized", "detail": "missing bearer token (Authorization: Bearer <token>)"}))
+        (
+            401,
+            json!({"error": "unauthorized", "detail": "missing bearer token (Authorization: Bearer <token>)"})
+        )
     );
-    let wrong = post(&service, REVOKE_PATH, Some("Bearer nope"), &format!(r#"{{"id":"{id}"}}"#)).await;
-    assert_eq!((wrong.status, wrong.body["detail"].clone()), (401, json!("wrong bearer token")));
+    let wrong = post(
+        &service,
+        REVOKE_PATH,
+        Some("Bearer nope"),
+        &format!(r#"{{"id":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.body["detail"].clone()),
+        (401, json!("wrong bearer token"))
+    );
     let bad = post(&service, CREATE_PATH, Some(&bearer), r#"{"client":"x"}"#).await;
     assert_eq!(bad.status, 400);
-    assert!(bad.body["detail"].as_str().unwrap().starts_with("unknown field `client`"), "{bad:?}");
+    assert!(
+        bad.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown field `client`"),
+        "{bad:?}"
+    );
     let empty = post(&service, CREATE_PATH, Some(&bearer), r#"{"client_id":""}"#).await;
-    assert_eq!(empty.body, json!({"error": "bad_request", "detail": "client_id must not be empty"}));
+    assert_eq!(
+        empty.body,
+        json!({"error": "bad_request", "detail": "client_id must not be empty"})
+    );
     let get_create = route(&service, &Method::GET, CREATE_PATH, |_: &str| None, b"").await;
     assert_eq!(get_create.status, 405);
 
-    let revoked = post(&service, REVOKE_PATH, Some(&bearer), &format!(r#"{{"id":"{id}"}}"#)).await;
-    assert_eq!((revoked.status, revoked.body), (200, json!({"revoked": true})));
+    let revoked = post(
+        &service,
+        REVOKE_PATH,
+        Some(&bearer),
+        &format!(r#"{{"id":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        (revoked.status, revoked.body),
+        (200, json!({"revoked": true}))
+    );
     assert_eq!(lookup(&service, &id).await.status, 404);
 
-    let no_admin = SessionService::new(memory(), None, Config { admin_token: None, ..config() });
-    let refused = post(&no_admin, CREATE_PATH, Some(&bearer), r#"{"client_id":"x"}"#).await;
+    let no_admin = SessionService::new(
+        memory(),
+        None,
+        Config {
+            admin_token: None,
+            ..config()
+        },
+    );
+    let refused = post(
+        &no_admin,
+        CREATE_PATH,
+        Some(&bearer),
+        r#"{"client_id":"x"}"#,
+    )
+    .await;
     assert_eq!(refused.status, 401);
 }
 
@@ -241,5 +309,8 @@ async fn a_revocation_reaches_the_coherency_event_stream() {
         panic!("expected an invalidation, got {ev:?}");
     };
     assert_eq!(inv.keys, vec![revocation_key(&id_hash(&id))]);
-    assert!(!inv.keys[0].contains(&id), "the event names the hash, never the id");
+    assert!(
+        !inv.keys[0].contains(&id),
+        "the event names the hash, never the id"
+    );
 }

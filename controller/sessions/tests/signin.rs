@@ -67,7 +67,11 @@ impl Provider {
         let code = format!("code-{}", N.fetch_add(1, Ordering::Relaxed));
         self.codes.lock().unwrap().insert(
             code.clone(),
-            (authorize["code_challenge"].clone(), authorize["nonce"].clone(), false),
+            (
+                authorize["code_challenge"].clone(),
+                authorize["nonce"].clone(),
+                false,
+            ),
         );
         code
     }
@@ -87,9 +91,12 @@ async fn answer(
     key: &SigningKey,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/.well-known/openid-configuration" => json_response(200, json!({
+        "/.well-known/openid-configuration" => json_response(
+            200,
+            json!({
             "issuer": iss, "authorization_endpoint": format!("{iss}/auth"),
-            "token_endpoint": format!("{iss}/token"), "jwks_uri": format!("{iss}/jwks")})),
+            "token_endpoint": format!("{iss}/token"), "jwks_uri": format!("{iss}/jwks")}),
+        ),
         "/jwks" => json_response(200, serde_json::from_str(&testkit::jwks(&[key])).unwrap()),
         "/token" => {
             let auth = req.headers()["authorization"].to_str().unwrap().to_string();
@@ -117,9 +124,17 @@ async fn answer(
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
-            let claims = testkit::claims(iss, CLIENT, "user-1", now,
-                json!({"email": "alice@example.com", "nonce": nonce}));
-            json_response(200, json!({"id_token": key.token(&claims), "token_type": "Bearer"}))
+            let claims = testkit::claims(
+                iss,
+                CLIENT,
+                "user-1",
+                now,
+                json!({"email": "alice@example.com", "nonce": nonce}),
+            );
+            json_response(
+                200,
+                json!({"id_token": key.token(&claims), "token_type": "Bearer"}),
+            )
         }
         _ => json_response(404, json!({"error": "not_found"})),
     }
@@ -127,7 +142,9 @@ async fn answer(
 
 /// A clock the test moves (unix milliseconds).
 fn clock() -> (Arc<AtomicU64>, nexus_cache_service::storage::Clock) {
-    let now = Arc::new(AtomicU64::new(nexus_cache_service::storage::system_clock()()));
+    let now = Arc::new(AtomicU64::new(
+        nexus_cache_service::storage::system_clock()(),
+    ));
     let n = now.clone();
     (now, Arc::new(move || n.load(Ordering::Relaxed)))
 }
@@ -154,7 +171,11 @@ async fn get(s: &SessionService, target: &str, cookie: Option<&str>) -> Reply {
 }
 
 fn header<'r>(r: &'r Reply, name: &str) -> &'r str {
-    r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 /// Sign-in start: the provider's authorization request's parameters.
@@ -177,14 +198,27 @@ async fn the_code_flow_makes_a_session_and_logout_ends_it() {
     assert_eq!(auth["client_id"], CLIENT);
     assert_eq!(auth["code_challenge_method"], "S256");
     assert_eq!(auth["scope"], "openid email profile");
-    assert_eq!(auth["redirect_uri"], "http://127.0.0.1:8080/_nexus/callback");
+    assert_eq!(
+        auth["redirect_uri"],
+        "http://127.0.0.1:8080/_nexus/callback"
+    );
     assert_eq!(auth["state"].len(), 43);
     let code = p.consent(&auth);
-    let back = get(&s, &format!("/_nexus/callback?code={code}&state={}", auth["state"]), None).await;
+    let back = get(
+        &s,
+        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
+        None,
+    )
+    .await;
     assert_eq!(back.status, 302, "{back:?}");
     assert_eq!(header(&back, "location"), "/app/page?x=1");
     let cookie = header(&back, "set-cookie");
-    let id = cookie.strip_prefix("nexus-session=").unwrap().split(';').next().unwrap();
+    let id = cookie
+        .strip_prefix("nexus-session=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
     assert_eq!(
         cookie,
         format!("nexus-session={id}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"),
@@ -194,7 +228,12 @@ async fn the_code_flow_makes_a_session_and_logout_ends_it() {
     assert_eq!(session.client_id, "alice@example.com");
     assert_eq!(session.headers["x-nexus-email"], "alice@example.com");
 
-    let out = get(&s, "/_nexus/logout", Some(&format!("a=b; nexus-session={id}"))).await;
+    let out = get(
+        &s,
+        "/_nexus/logout",
+        Some(&format!("a=b; nexus-session={id}")),
+    )
+    .await;
     assert_eq!((out.status, header(&out, "location")), (302, "/"));
     assert_eq!(
         header(&out, "set-cookie"),
@@ -214,38 +253,91 @@ async fn bad_state_code_and_nonce_are_refused_exactly() {
     let s = service(&p, c).await;
     // Forged state.
     let r = get(&s, "/_nexus/callback?code=x&state=forged-state", None).await;
-    assert_eq!(refusal(&r), (400, json!({"error": "invalid_state", "detail": "unknown, expired or already used state"})));
+    assert_eq!(
+        refusal(&r),
+        (
+            400,
+            json!({"error": "invalid_state", "detail": "unknown, expired or already used state"})
+        )
+    );
     // Replayed state (and so a code used twice through it).
     let auth = start(&s, &p, "/").await;
     let code = p.consent(&auth);
     let target = format!("/_nexus/callback?code={code}&state={}", auth["state"]);
     assert_eq!(get(&s, &target, None).await.status, 302);
-    assert_eq!(refusal(&get(&s, &target, None).await).1["error"], "invalid_state");
+    assert_eq!(
+        refusal(&get(&s, &target, None).await).1["error"],
+        "invalid_state"
+    );
     // A code used twice under a fresh state: the provider refuses it.
     let fresh = start(&s, &p, "/").await;
-    let r = get(&s, &format!("/_nexus/callback?code={code}&state={}", fresh["state"]), None).await;
-    assert_eq!(refusal(&r), (401, json!({"error": "code_exchange_failed", "detail": "the provider refused the code (invalid_grant, status 400)"})));
+    let r = get(
+        &s,
+        &format!("/_nexus/callback?code={code}&state={}", fresh["state"]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        refusal(&r),
+        (
+            401,
+            json!({"error": "code_exchange_failed", "detail": "the provider refused the code (invalid_grant, status 400)"})
+        )
+    );
     // Expired state: past its 600 s.
     let late = start(&s, &p, "/").await;
     let late_code = p.consent(&late);
     now.fetch_add(601_000, Ordering::Relaxed);
-    let r = get(&s, &format!("/_nexus/callback?code={late_code}&state={}", late["state"]), None).await;
+    let r = get(
+        &s,
+        &format!("/_nexus/callback?code={late_code}&state={}", late["state"]),
+        None,
+    )
+    .await;
     assert_eq!(refusal(&r).1["error"], "invalid_state");
     // An ID token carrying another sign-in's nonce.
     let auth = start(&s, &p, "/").await;
     let code = p.consent(&auth);
     *p.forced_nonce.lock().unwrap() = Some("someone-elses-nonce".into());
-    let r = get(&s, &format!("/_nexus/callback?code={code}&state={}", auth["state"]), None).await;
-    assert_eq!(refusal(&r), (401, json!({"error": "invalid_id_token", "detail": "the ID token's nonce is not this sign-in's"})));
+    let r = get(
+        &s,
+        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        refusal(&r),
+        (
+            401,
+            json!({"error": "invalid_id_token", "detail": "the ID token's nonce is not this sign-in's"})
+        )
+    );
     // The provider said no; no state at all; an open redirect asked for.
     let r = get(&s, "/_nexus/callback?error=access_denied&state=x", None).await;
-    assert_eq!(refusal(&r), (401, json!({"error": "sign_in_refused", "detail": "the provider answered error=access_denied"})));
+    assert_eq!(
+        refusal(&r),
+        (
+            401,
+            json!({"error": "sign_in_refused", "detail": "the provider answered error=access_denied"})
+        )
+    );
     let r = get(&s, "/_nexus/callback?code=x", None).await;
-    assert_eq!(refusal(&r), (400, json!({"error": "invalid_state", "detail": "the callback carries no state"})));
+    assert_eq!(
+        refusal(&r),
+        (
+            400,
+            json!({"error": "invalid_state", "detail": "the callback carries no state"})
+        )
+    );
     let auth = start(&s, &p, "https%3A%2F%2Fevil.example%2F").await;
     *p.forced_nonce.lock().unwrap() = None;
     let code = p.consent(&auth);
-    let r = get(&s, &format!("/_nexus/callback?code={code}&state={}", auth["state"]), None).await;
+    let r = get(
+        &s,
+        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
+        None,
+    )
+    .await;
     assert_eq!(header(&r, "location"), "/");
 }
 
@@ -263,5 +355,8 @@ async fn an_unreachable_provider_is_a_502() {
     assert_eq!(r.status, 502);
     assert_eq!(r.body["error"], "provider_unavailable");
     let detail = r.body["detail"].as_str().unwrap();
-    assert!(detail.starts_with("http://127.0.0.1:9/.well-known/openid-configuration: "), "{detail}");
+    assert!(
+        detail.starts_with("http://127.0.0.1:9/.well-known/openid-configuration: "),
+        "{detail}"
+    );
 }

@@ -77,7 +77,8 @@ impl Auth {
             Err(fail) if fail.wants_sign_in() && rule.req.accepts_session() => {
                 match self.sign_in_redirect(&pairs) {
                     Some(redirect) => {
-                        env.metrics.increment("nexus_auth.denied.sign_in_redirect", 1);
+                        env.metrics
+                            .increment("nexus_auth.denied.sign_in_redirect", 1);
                         Outcome::Respond(redirect)
                     }
                     None => self.deny(fail, &rule.name, env),

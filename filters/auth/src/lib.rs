@@ -24,9 +24,9 @@ pub mod ecdsa;
 pub mod ed25519;
 pub mod jwks;
 mod remote_jwks;
+pub mod rsa;
 mod session;
 mod session_feed;
-pub mod rsa;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod token;

@@ -189,7 +189,9 @@ impl Auth {
             return false;
         };
         let before = s.pending.borrow().len();
-        s.pending.borrow_mut().retain(|_, (_, deadline)| *deadline > now_s);
+        s.pending
+            .borrow_mut()
+            .retain(|_, (_, deadline)| *deadline > now_s);
         s.pending.borrow().len() != before
     }
 
@@ -208,15 +210,21 @@ impl Auth {
             else {
                 continue;
             };
-            if s.last_answer.borrow().as_ref().is_some_and(|(h, _)| *h == hash) {
+            if s.last_answer
+                .borrow()
+                .as_ref()
+                .is_some_and(|(h, _)| *h == hash)
+            {
                 *s.last_answer.borrow_mut() = None;
             }
             if cache::remove(env.shared, &s.prefix, s.entries, &hash) {
                 dropped += 1;
             }
         }
-        env.metrics
-            .increment("nexus_auth.session.revoked", i64::try_from(dropped).unwrap_or(0));
+        env.metrics.increment(
+            "nexus_auth.session.revoked",
+            i64::try_from(dropped).unwrap_or(0),
+        );
         dropped
     }
 
@@ -228,7 +236,10 @@ impl Auth {
             return None;
         }
         let back = pairs.get(":path").unwrap_or("/");
-        let location = format!("{path}?rd={}", nexus_filter_core::text::percent_encode(back, b"/"));
+        let location = format!(
+            "{path}?rd={}",
+            nexus_filter_core::text::percent_encode(back, b"/")
+        );
         let mut r = LocalResponse::json_error(
             302,
             "sign_in_required",

@@ -65,7 +65,10 @@ pub enum FeedAction {
     Nothing,
     /// Open `Subscribe` on this cluster and send this (an encoded `SubscribeRequest`, ending
     /// the request side).
-    Open { cluster: String, request: Vec<u8> },
+    Open {
+        cluster: String,
+        request: Vec<u8>,
+    },
 }
 
 impl Auth {

@@ -749,7 +749,12 @@ mod tests {
         .unwrap();
         let s = cfg.sessions.as_ref().unwrap();
         assert_eq!(
-            (s.cookie.as_str(), s.timeout_ms, s.cache_ttl_s, s.cache_entries),
+            (
+                s.cookie.as_str(),
+                s.timeout_ms,
+                s.cache_ttl_s,
+                s.cache_entries
+            ),
             ("nexus-session", 500, 5, 4096)
         );
         let back = serde_json::to_vec(&cfg).unwrap();

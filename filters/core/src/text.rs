@@ -20,7 +20,10 @@ mod tests {
 
     #[test]
     fn encodes_all_but_unreserved_and_kept_bytes() {
-        assert_eq!(percent_encode("/a b?c=é&d~", b"/"), "/a%20b%3Fc%3D%C3%A9%26d~");
+        assert_eq!(
+            percent_encode("/a b?c=é&d~", b"/"),
+            "/a%20b%3Fc%3D%C3%A9%26d~"
+        );
         assert_eq!(percent_encode("a/b", b""), "a%2Fb");
     }
 }

@@ -53,7 +53,10 @@ fn a_live_session_is_looked_up_once_and_sets_the_identity() {
         method: "session".into(),
     };
     assert_eq!(out, Outcome::Continue(Some(id.clone())));
-    assert_eq!(m.get(HEADER_CLIENT_ID).as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        m.get(HEADER_CLIENT_ID).as_deref(),
+        Some("alice@example.com")
+    );
     assert_eq!(m.get(HEADER_AUTH_METHOD).as_deref(), Some("session"));
     assert_eq!(m.get("x-nexus-email").as_deref(), Some("alice@example.com"));
     // Only the configured headers: a session cannot set arbitrary request headers.
@@ -83,7 +86,12 @@ fn a_revoked_session_is_asked_for_again_at_once() {
     looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
     let key = revocation_key(&testkit::sha256_hex(SID));
     let other = revocation_key(&testkit::sha256_hex("someone-elses-session-id"));
-    let keys = [key.as_str(), other.as_str(), "/lake/tables", "nexus-session:zz"];
+    let keys = [
+        key.as_str(),
+        other.as_str(),
+        "/lake/tables",
+        "nexus-session:zz",
+    ];
     assert_eq!(a.revoke_sessions(keys, &h.env()), 1);
     let (out, _) = looked_up(&a, &h, Some(404), br#"{"error":"unknown_session"}"#);
     assert_denied(
@@ -136,9 +144,18 @@ fn a_session_lacking_a_scope_is_403() {
 #[test]
 fn a_tampered_cookie_is_refused_without_a_lookup() {
     let (a, h) = (session_auth(), H::new());
-    for bad in ["short", "has spaces in it but is long", "dot.dot.dot.dot.dot.dot.dot"] {
+    for bad in [
+        "short",
+        "has spaces in it but is long",
+        "dot.dot.dot.dot.dot.dot.dot",
+    ] {
         let c = format!("nexus-session={bad}");
-        let (out, _) = get(&a, &h, "/app/x", &[("cookie", &c), ("accept", "application/json")]);
+        let (out, _) = get(
+            &a,
+            &h,
+            "/app/x",
+            &[("cookie", &c), ("accept", "application/json")],
+        );
         let (status, body, _) = denied(&out);
         assert_eq!(status, 401, "{bad}");
         assert_eq!(
@@ -152,10 +169,26 @@ fn a_tampered_cookie_is_refused_without_a_lookup() {
 #[test]
 fn an_unreachable_store_is_503_never_a_pass() {
     let cases: [(Option<u32>, &[u8], &str); 4] = [
-        (Some(503), br#"{"error":"unavailable"}"#, "the sessions service answered status 503"),
-        (None, b"", "the sessions service did not answer within 500 ms"),
-        (Some(200), b"<html>oops</html>", "the sessions service answered garbage"),
-        (Some(200), br#"{"client_id":7}"#, "the sessions service answered garbage"),
+        (
+            Some(503),
+            br#"{"error":"unavailable"}"#,
+            "the sessions service answered status 503",
+        ),
+        (
+            None,
+            b"",
+            "the sessions service did not answer within 500 ms",
+        ),
+        (
+            Some(200),
+            b"<html>oops</html>",
+            "the sessions service answered garbage",
+        ),
+        (
+            Some(200),
+            br#"{"client_id":7}"#,
+            "the sessions service answered garbage",
+        ),
     ];
     for (status, body, detail) in cases {
         let (a, h) = (session_auth(), H::new());
@@ -209,7 +242,9 @@ fn browsers_are_sent_to_sign_in_and_api_clients_get_401() {
         "location".into(),
         "/_nexus/sign-in?rd=/app/x%3Fa%3D1%26b%3D%C3%A9".into()
     )));
-    assert!(r.headers.contains(&("cache-control".into(), "no-store".into())));
+    assert!(r
+        .headers
+        .contains(&("cache-control".into(), "no-store".into())));
     // An unknown session sends a browser to sign in again too.
     looked_up(&a, &h, Some(404), b"");
     let c = cookie();
@@ -217,7 +252,12 @@ fn browsers_are_sent_to_sign_in_and_api_clients_get_401() {
     assert_eq!(denied(&out).0, 302);
     // API clients: JSON.
     let (out, _) = get(&a, &h, "/app/x", &[("accept", "application/json")]);
-    assert_denied(&out, 401, "missing_credentials", "rule app requires credentials");
+    assert_denied(
+        &out,
+        401,
+        "missing_credentials",
+        "rule app requires credentials",
+    );
 }
 
 #[test]
@@ -257,7 +297,10 @@ mod revocation_feed {
         assert!(!request.is_empty());
         a.revocation_feed_opened(Some(900), 0);
         assert_eq!(a.revocation_feed_tick(10), FeedAction::Nothing);
-        assert_eq!(a.revocation_feed_message(900, &hello(), &h.env()), Some(false));
+        assert_eq!(
+            a.revocation_feed_message(900, &hello(), &h.env()),
+            Some(false)
+        );
     }
 
     fn lookups(h: &H) -> usize {
@@ -279,13 +322,19 @@ mod revocation_feed {
         live(&a, &h);
         looked_up(&a, &h, Some(200), &identity_json(NOW + 3600));
         let c = cookie();
-        assert!(matches!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Continue(Some(_))));
+        assert!(matches!(
+            get(&a, &h, "/app/x", &[("cookie", &c)]).0,
+            Outcome::Continue(Some(_))
+        ));
         assert_eq!(lookups(&h), 1);
         let revoked = event(event::Kind::Invalidation(Invalidation {
             keys: vec![revocation_key(&testkit::sha256_hex(SID))],
             ..Default::default()
         }));
-        assert_eq!(a.revocation_feed_message(900, &revoked, &h.env()), Some(false));
+        assert_eq!(
+            a.revocation_feed_message(900, &revoked, &h.env()),
+            Some(false)
+        );
         assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
         assert_eq!(lookups(&h), 2);
         assert_eq!(h.metrics.value("nexus_auth.session.revoked"), 1);
@@ -308,7 +357,10 @@ mod revocation_feed {
         assert!(!a.revocation_feed_closed(900, 1_000), "already closed");
         assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
         assert_eq!(a.revocation_feed_tick(1_050), FeedAction::Nothing);
-        assert!(matches!(a.revocation_feed_tick(1_100), FeedAction::Open { .. }));
+        assert!(matches!(
+            a.revocation_feed_tick(1_100),
+            FeedAction::Open { .. }
+        ));
         a.revocation_feed_opened(Some(901), 1_100);
         a.revocation_feed_message(901, &hello(), &h.env());
         assert_eq!(h.metrics.value("nexus_auth.session.table_cleared"), 3);
@@ -319,7 +371,10 @@ mod revocation_feed {
     fn garbage_on_the_stream_asks_to_resubscribe_and_other_streams_are_not_ours() {
         let (a, h) = (feed_auth(), H::new());
         live(&a, &h);
-        assert_eq!(a.revocation_feed_message(900, b"\xff\xff\xff", &h.env()), Some(true));
+        assert_eq!(
+            a.revocation_feed_message(900, b"\xff\xff\xff", &h.env()),
+            Some(true)
+        );
         assert_eq!(a.revocation_feed_message(77, &hello(), &h.env()), None);
         assert!(!a.revocation_feed_closed(77, 0));
         assert_eq!(session_auth().revocation_feed_tick(0), FeedAction::Nothing);
