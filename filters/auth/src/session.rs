@@ -10,7 +10,7 @@
 //! A request whose session is being looked up waits ([`Fail::Waiting`]) and is re-decided
 //! when the answer arrives.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use nexus_config::auth::{Sessions, TokenSource};
@@ -45,8 +45,11 @@ pub(crate) struct SessionStore {
     pub(crate) prefix: String,
     /// The revocation stream, when configured.
     pub(crate) feed: Option<Feed>,
-    /// Callout token → (SHA-256 of the id, deadline in unix seconds).
-    pending: RefCell<BTreeMap<u32, ([u8; 32], u64)>>,
+    /// Callout token → (SHA-256 of the id, deadline in unix seconds, `revocations` when sent).
+    pending: RefCell<BTreeMap<u32, ([u8; 32], u64, u64)>>,
+    /// Revocation events this worker has applied. An answer to a lookup sent before the
+    /// latest one may predate that revocation: it decides its own requests but is not kept.
+    pub(crate) revocations: Cell<u64>,
     /// The answer of the last callout, for the requests re-decided right after it (its slot
     /// may already hold another session).
     pub(crate) last_answer: RefCell<Option<([u8; 32], Entry)>>,
@@ -69,6 +72,7 @@ impl SessionStore {
             prefix: format!("{prefix}sess."),
             feed: s.revocations_cluster.as_deref().map(Feed::new),
             pending: RefCell::new(BTreeMap::new()),
+            revocations: Cell::new(0),
             last_answer: RefCell::new(None),
         }
     }
@@ -105,7 +109,10 @@ impl SessionStore {
         match crate::remote_jwks::get_json(env, target, LOOKUP_PATH, lookup, self.timeout_ms) {
             Ok(token) => {
                 let deadline = now_s + self.timeout_ms.div_ceil(1000) + 2;
-                self.pending.borrow_mut().insert(token, (hash, deadline));
+                let seen = self.revocations.get();
+                self.pending
+                    .borrow_mut()
+                    .insert(token, (hash, deadline, seen));
                 env.metrics.increment("nexus_auth.session.lookups", 1);
                 Fail::Waiting
             }
@@ -166,7 +173,7 @@ impl Auth {
         let Some(s) = &self.sessions else {
             return false;
         };
-        let Some((hash, _)) = s.pending.borrow_mut().remove(&token) else {
+        let Some((hash, _, seen)) = s.pending.borrow_mut().remove(&token) else {
             return false;
         };
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
@@ -177,7 +184,9 @@ impl Auth {
             env.log
                 .log(Level::Warn, &format!("nexus-auth: session lookup: {why}"));
         }
-        cache::put(env.shared, &s.prefix, s.entries, &hash, &entry);
+        if seen == s.revocations.get() {
+            cache::put(env.shared, &s.prefix, s.entries, &hash, &entry);
+        }
         *s.last_answer.borrow_mut() = Some((hash, entry));
         true
     }
@@ -191,7 +200,7 @@ impl Auth {
         let before = s.pending.borrow().len();
         s.pending
             .borrow_mut()
-            .retain(|_, (_, deadline)| *deadline > now_s);
+            .retain(|_, (_, deadline, _)| *deadline > now_s);
         s.pending.borrow().len() != before
     }
 
@@ -201,6 +210,7 @@ impl Auth {
         let Some(s) = &self.sessions else {
             return 0;
         };
+        s.revocations.set(s.revocations.get() + 1);
         let mut dropped = 0;
         for key in keys {
             let Some(hash) = key
@@ -270,7 +280,7 @@ impl Check<'_> {
         let trusted = self.auth.sessions_trusted();
         match s.answer(&hash, self.env, self.now_s, trusted, !self.may_fetch) {
             Some(entry) => self.decide(s, &entry, scopes),
-            None if s.pending.borrow().values().any(|(h, _)| *h == hash) => Err(Fail::Waiting),
+            None if s.pending.borrow().values().any(|(h, _, _)| *h == hash) => Err(Fail::Waiting),
             None if self.may_fetch => Err(s.dispatch(id, hash, self.env, self.now_s)),
             None => Err(unavailable("the sessions service gave no answer".into())),
         }

@@ -160,6 +160,7 @@ impl Auth {
 
 impl crate::session::SessionStore {
     pub(crate) fn clear(&self, env: &Env) {
+        self.revocations.set(self.revocations.get() + 1);
         *self.last_answer.borrow_mut() = None;
         cache::clear(env.shared, &self.prefix, self.entries);
     }

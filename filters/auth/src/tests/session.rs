@@ -368,6 +368,29 @@ mod revocation_feed {
     }
 
     #[test]
+    fn an_answer_to_a_lookup_sent_before_a_revocation_is_not_kept() {
+        let (a, h) = (feed_auth(), H::new());
+        live(&a, &h);
+        let c = cookie();
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        // The revocation arrives while the lookup (which may have read the store before it)
+        // is on the wire.
+        let revoked = event(event::Kind::Invalidation(Invalidation {
+            keys: vec![revocation_key(&testkit::sha256_hex(SID))],
+            ..Default::default()
+        }));
+        a.revocation_feed_message(900, &revoked, &h.env());
+        let body = identity_json(NOW + 3600);
+        assert!(a.on_http_call_response(last_call(&h), Some(200), &body, &h.env()));
+        let mut m = MemHeaders::new(&[(":method", "GET"), (":path", "/app/x"), ("cookie", &c)]);
+        let waited = a.on_request_headers(&mut m, &h.env(), false);
+        assert!(matches!(waited, Outcome::Continue(Some(_))), "{waited:?}");
+        // Not kept: the next request asks again.
+        assert_eq!(get(&a, &h, "/app/x", &[("cookie", &c)]).0, Outcome::Pause);
+        assert_eq!(lookups(&h), 2);
+    }
+
+    #[test]
     fn garbage_on_the_stream_asks_to_resubscribe_and_other_streams_are_not_ours() {
         let (a, h) = (feed_auth(), H::new());
         live(&a, &h);
