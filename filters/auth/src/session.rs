@@ -31,6 +31,16 @@ const UNAVAILABLE: u16 = 2;
 /// Answers larger than this are garbage (an identity is a few hundred bytes).
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
+/// A lookup on the wire.
+struct Lookup {
+    /// SHA-256 of the session id.
+    hash: [u8; 32],
+    /// Unix seconds after which it is given up.
+    deadline_s: u64,
+    /// [`SessionStore::revocations`] when it was sent.
+    revocations: u64,
+}
+
 /// A compiled `sessions` section and this worker's lookups in flight.
 pub(crate) struct SessionStore {
     cookie: TokenSource,
@@ -45,8 +55,8 @@ pub(crate) struct SessionStore {
     pub(crate) prefix: String,
     /// The revocation stream, when configured.
     pub(crate) feed: Option<Feed>,
-    /// Callout token → (SHA-256 of the id, deadline in unix seconds, `revocations` when sent).
-    pending: RefCell<BTreeMap<u32, ([u8; 32], u64, u64)>>,
+    /// This worker's lookups in flight, by callout token.
+    pending: RefCell<BTreeMap<u32, Lookup>>,
     /// Revocation events this worker has applied. An answer to a lookup sent before the
     /// latest one may predate that revocation: it decides its own requests but is not kept.
     pub(crate) revocations: Cell<u64>,
@@ -109,10 +119,12 @@ impl SessionStore {
         match crate::remote_jwks::get_json(env, target, LOOKUP_PATH, lookup, self.timeout_ms) {
             Ok(token) => {
                 let deadline = now_s + self.timeout_ms.div_ceil(1000) + 2;
-                let seen = self.revocations.get();
-                self.pending
-                    .borrow_mut()
-                    .insert(token, (hash, deadline, seen));
+                let lookup = Lookup {
+                    hash,
+                    deadline_s: deadline,
+                    revocations: self.revocations.get(),
+                };
+                self.pending.borrow_mut().insert(token, lookup);
                 env.metrics.increment("nexus_auth.session.lookups", 1);
                 Fail::Waiting
             }
@@ -173,7 +185,12 @@ impl Auth {
         let Some(s) = &self.sessions else {
             return false;
         };
-        let Some((hash, _, seen)) = s.pending.borrow_mut().remove(&token) else {
+        let Some(Lookup {
+            hash,
+            revocations: seen,
+            ..
+        }) = s.pending.borrow_mut().remove(&token)
+        else {
             return false;
         };
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
@@ -198,9 +215,7 @@ impl Auth {
             return false;
         };
         let before = s.pending.borrow().len();
-        s.pending
-            .borrow_mut()
-            .retain(|_, (_, deadline, _)| *deadline > now_s);
+        s.pending.borrow_mut().retain(|_, l| l.deadline_s > now_s);
         s.pending.borrow().len() != before
     }
 
@@ -280,7 +295,7 @@ impl Check<'_> {
         let trusted = self.auth.sessions_trusted();
         match s.answer(&hash, self.env, self.now_s, trusted, !self.may_fetch) {
             Some(entry) => self.decide(s, &entry, scopes),
-            None if s.pending.borrow().values().any(|(h, _, _)| *h == hash) => Err(Fail::Waiting),
+            None if s.pending.borrow().values().any(|l| l.hash == hash) => Err(Fail::Waiting),
             None if self.may_fetch => Err(s.dispatch(id, hash, self.env, self.now_s)),
             None => Err(unavailable("the sessions service gave no answer".into())),
         }
