@@ -207,10 +207,15 @@ fn redis_down_is_a_503_never_a_pass() {
             json!({"error": "sessions_unavailable", "detail": "the sessions service answered status 503"})
         )
     );
-    // The session this Envoy already knew: refused too once its cache bound has passed.
-    let (r, _) = until_refused(&e, &known, Duration::from_secs(CACHE_TTL_S + 2));
+    // The session this Envoy already knew passes from its table until the table's bound
+    // (`cache_ttl_s`), then is refused too; the unconfirmed session never passed.
+    let (r, passed) = until_refused(&e, &known, Duration::from_secs(CACHE_TTL_S + 2));
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(api.requests().len(), 1);
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1 + passed as usize);
+    assert!(seen
+        .iter()
+        .all(|q| q.header("x-nexus-client-id") == Some("bob")));
 }
 
 #[test]
