@@ -204,12 +204,7 @@ async fn the_code_flow_makes_a_session_and_logout_ends_it() {
     );
     assert_eq!(auth["state"].len(), 43);
     let code = p.consent(&auth);
-    let back = get(
-        &s,
-        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
-        None,
-    )
-    .await;
+    let back = callback(&s, &code, &auth).await;
     assert_eq!(back.status, 302, "{back:?}");
     assert_eq!(header(&back, "location"), "/app/page?x=1");
     let cookie = header(&back, "set-cookie");
@@ -242,8 +237,21 @@ async fn the_code_flow_makes_a_session_and_logout_ends_it() {
     assert_eq!(s.lookup(id).await.unwrap(), None);
 }
 
+/// The browser back at the callback with `code` for the sign-in `auth` started.
+async fn callback(s: &SessionService, code: &str, auth: &BTreeMap<String, String>) -> Reply {
+    let target = format!("/_nexus/callback?code={code}&state={}", auth["state"]);
+    get(s, &target, None).await
+}
+
 fn refusal(r: &Reply) -> (u16, Value) {
     (r.status, r.body.clone())
+}
+
+fn assert_refused(r: &Reply, status: u16, error: &str, detail: &str) {
+    assert_eq!(
+        refusal(r),
+        (status, json!({"error": error, "detail": detail}))
+    );
 }
 
 #[tokio::test]
@@ -253,12 +261,11 @@ async fn bad_state_code_and_nonce_are_refused_exactly() {
     let s = service(&p, c).await;
     // Forged state.
     let r = get(&s, "/_nexus/callback?code=x&state=forged-state", None).await;
-    assert_eq!(
-        refusal(&r),
-        (
-            400,
-            json!({"error": "invalid_state", "detail": "unknown, expired or already used state"})
-        )
+    assert_refused(
+        &r,
+        400,
+        "invalid_state",
+        "unknown, expired or already used state",
     );
     // Replayed state (and so a code used twice through it).
     let auth = start(&s, &p, "/").await;
@@ -271,73 +278,44 @@ async fn bad_state_code_and_nonce_are_refused_exactly() {
     );
     // A code used twice under a fresh state: the provider refuses it.
     let fresh = start(&s, &p, "/").await;
-    let r = get(
-        &s,
-        &format!("/_nexus/callback?code={code}&state={}", fresh["state"]),
-        None,
-    )
-    .await;
-    assert_eq!(
-        refusal(&r),
-        (
-            401,
-            json!({"error": "code_exchange_failed", "detail": "the provider refused the code (invalid_grant, status 400)"})
-        )
+    let r = callback(&s, &code, &fresh).await;
+    assert_refused(
+        &r,
+        401,
+        "code_exchange_failed",
+        "the provider refused the code (invalid_grant, status 400)",
     );
     // Expired state: past its 600 s.
     let late = start(&s, &p, "/").await;
     let late_code = p.consent(&late);
     now.fetch_add(601_000, Ordering::Relaxed);
-    let r = get(
-        &s,
-        &format!("/_nexus/callback?code={late_code}&state={}", late["state"]),
-        None,
-    )
-    .await;
+    let r = callback(&s, &late_code, &late).await;
     assert_eq!(refusal(&r).1["error"], "invalid_state");
     // An ID token carrying another sign-in's nonce.
     let auth = start(&s, &p, "/").await;
     let code = p.consent(&auth);
     *p.forced_nonce.lock().unwrap() = Some("someone-elses-nonce".into());
-    let r = get(
-        &s,
-        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
-        None,
-    )
-    .await;
-    assert_eq!(
-        refusal(&r),
-        (
-            401,
-            json!({"error": "invalid_id_token", "detail": "the ID token's nonce is not this sign-in's"})
-        )
+    let r = callback(&s, &code, &auth).await;
+    assert_refused(
+        &r,
+        401,
+        "invalid_id_token",
+        "the ID token's nonce is not this sign-in's",
     );
     // The provider said no; no state at all; an open redirect asked for.
     let r = get(&s, "/_nexus/callback?error=access_denied&state=x", None).await;
-    assert_eq!(
-        refusal(&r),
-        (
-            401,
-            json!({"error": "sign_in_refused", "detail": "the provider answered error=access_denied"})
-        )
+    assert_refused(
+        &r,
+        401,
+        "sign_in_refused",
+        "the provider answered error=access_denied",
     );
     let r = get(&s, "/_nexus/callback?code=x", None).await;
-    assert_eq!(
-        refusal(&r),
-        (
-            400,
-            json!({"error": "invalid_state", "detail": "the callback carries no state"})
-        )
-    );
+    assert_refused(&r, 400, "invalid_state", "the callback carries no state");
     let auth = start(&s, &p, "https%3A%2F%2Fevil.example%2F").await;
     *p.forced_nonce.lock().unwrap() = None;
     let code = p.consent(&auth);
-    let r = get(
-        &s,
-        &format!("/_nexus/callback?code={code}&state={}", auth["state"]),
-        None,
-    )
-    .await;
+    let r = callback(&s, &code, &auth).await;
     assert_eq!(header(&r, "location"), "/");
 }
 
