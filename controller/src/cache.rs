@@ -1,6 +1,9 @@
 //! The cache-coherency service (`nexus.cache.v1`) inside `nexus controller`. Every replica
 //! serves it, leader or not: entries and events are shared through Redis (memory keeps both on
 //! one replica). `POST /cache/invalidate` is routed on the controller's HTTP server.
+//!
+//! The sessions service starts with it, on the same Redis: its revocations are published as
+//! cache invalidations, so every proxy hears them on the stream it already follows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +52,8 @@ pub async fn start(options: Options, state: &State) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.addr).await?;
     tracing::info!(addr = %options.addr, backend = %cache.describe(), "serving the cache-coherency service");
     let _ = state.cache.set(Arc::clone(&cache));
+    let sessions = crate::sessions::build(options.redis_url.as_deref(), Arc::clone(&cache))?;
+    let _ = state.sessions.set(sessions);
     tokio::spawn(async move {
         if let Err(e) = server::serve_grpc(cache, listener, std::future::pending()).await {
             tracing::error!(error = %e, "cache service stopped");
@@ -108,6 +113,15 @@ mod tests {
         assert!(resp.ends_with(r#"{"removed":0}"#), "{resp}");
         let resp = post(http, "Bearer nope", r#"{"tags":["x"]}"#).await;
         assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+        // The sessions service started with it, on the same server.
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /sessions/v1/lookup HTTP/1.1\r\nHost: t\r\nx-nexus-session-id: nope-nope-nope-nope\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        assert!(resp.contains(r#""error":"unknown_session""#), "{resp}");
         let metrics = crate::server::handle(&state, "/metrics").await;
         let body = http_body_util::BodyExt::collect(metrics.into_body())
             .await

@@ -311,6 +311,29 @@ pub struct AuthSpec {
     /// Requirement of rules that set no `auth`; without it such rules allow everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_requirement: Option<AuthRequirement>,
+    /// Sign-in sessions: a session cookie checked against the sessions service every Nexus
+    /// controller replica hosts (sessions in Redis, absolute ttl 86400 s by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsSpec {
+    /// Cookie carrying the opaque session id (default `nexus-session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Longest time a proxy trusts a session without asking the sessions service again, in
+    /// seconds (default 5): the bound on a revocation missed by a proxy's event stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_seconds: Option<u64>,
+    /// Where a browser (`Accept: text/html`) without a valid session is redirected (302);
+    /// API clients get 401 JSON. Unset: 401 for everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in_path: Option<String>,
+    /// Request headers a session may set (claims mapped at sign-in); clients cannot send them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -372,7 +395,7 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Exactly one of `allow`, `jwt`, `apiKey`, `anyOf`.
+/// Exactly one of `allow`, `jwt`, `apiKey`, `session`, `anyOf`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthRequirement {
@@ -382,7 +405,10 @@ pub struct AuthRequirement {
     pub jwt: Option<JwtRequirementSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKeyRequirementSpec>,
-    /// Any one of these (each exactly one of `jwt`, `apiKey`).
+    /// A sign-in session (`spec.auth.sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRequirementSpec>,
+    /// Any one of these (each exactly one of `jwt`, `apiKey`, `session`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any_of: Vec<SimpleRequirement>,
 }
@@ -394,6 +420,16 @@ pub struct SimpleRequirement {
     pub jwt: Option<JwtRequirementSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKeyRequirementSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRequirementSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRequirementSpec {
+    /// Every scope listed must be among the session's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

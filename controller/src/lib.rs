@@ -16,6 +16,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod render;
 pub mod server;
+pub mod sessions;
 pub mod standalone;
 pub mod status;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! One small HTTP server: `/health/{live,ready,startup}` (JSON per component), `/metrics`
 //! (Prometheus), `/modules/<sha256>.wasm` (the filter modules EnvoyFilters fetch) and, when the
-//! cache service runs, `POST /cache/invalidate`.
+//! cache service runs, `POST /cache/invalidate` and the sessions service's `/sessions/v1/*`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -102,6 +102,8 @@ pub struct State {
     modules: Mutex<BTreeMap<String, PathBuf>>,
     /// The cache service, once started: `POST /cache/invalidate` and its metrics.
     pub cache: std::sync::OnceLock<Arc<nexus_cache_service::CacheService>>,
+    /// The sessions service, once started: `/sessions/v1/*` (the auth filters' lookups).
+    pub sessions: std::sync::OnceLock<Arc<nexus_sessions_service::SessionService>>,
 }
 
 impl State {
@@ -297,7 +299,13 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
                 async move {
                     let cache_invalidation = req.method() == hyper::Method::POST
                         && req.uri().path() == nexus_cache_service::http::PATH;
-                    let resp = if req.method() == hyper::Method::GET {
+                    let sessions = state
+                        .sessions
+                        .get()
+                        .filter(|_| nexus_sessions_service::http::serves(req.uri().path()));
+                    let resp = if let Some(sessions) = sessions {
+                        nexus_sessions_service::http::handle(sessions, req).await
+                    } else if req.method() == hyper::Method::GET {
                         handle(&state, req.uri().path()).await
                     } else if let (true, Some(cache)) = (cache_invalidation, state.cache.get()) {
                         nexus_cache_service::http::handle(cache, req).await

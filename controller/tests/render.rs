@@ -574,3 +574,53 @@ fn a_sidecar_target_cannot_reach_into_another_namespace() {
     assert_eq!(problems[0].path, "$.spec.target.namespace");
     assert_eq!(problems[0].reason.as_str(), "InvalidSpec");
 }
+
+#[test]
+fn sessions_render_to_the_controllers_services_and_bad_ones_are_refused_with_paths() {
+    let (yaml, problems) = render_file(&fixtures().join("sessions.yaml"));
+    assert!(
+        problems.contains("default/portal: accepted (2 rules)"),
+        "{problems}"
+    );
+    for expected in [
+        "default/no-sessions: InvalidSpec $.spec.auth.sessions.cookie: \"bad cookie\" is not a cookie name",
+        "default/no-sessions: InvalidSpec $.spec.rules[0].auth: give exactly one of allow, jwt, apiKey, session, anyOf",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    assert!(
+        !yaml.contains("nexus.datapunk.io/route: no-sessions"),
+        "{yaml}"
+    );
+    let inputs = input::read_files(&[fixtures().join("sessions.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let objs = plan::render_all(&routes, &inputs.secrets, &settings())
+        .unwrap()
+        .0;
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let auth: AuthConfig = nexus_config::parse(&filter_config(ef, "auth")).unwrap();
+    let s = auth.sessions.unwrap();
+    assert_eq!(
+        s.cluster,
+        "outbound|8080||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    assert_eq!(
+        s.revocations_cluster.as_deref(),
+        Some("outbound|8083||nexus-controller.nexus-system.svc.cluster.local")
+    );
+    assert_eq!(
+        (s.cookie.as_str(), s.cache_ttl_s, s.sign_in_path.as_deref()),
+        ("nexus-session", 10, Some("/_nexus/sign-in"))
+    );
+    assert_eq!(s.headers, ["x-nexus-email"]);
+    let reqs: Vec<String> = auth
+        .rules
+        .iter()
+        .map(|r| serde_json::to_string(&r.requirement).unwrap())
+        .collect();
+    assert!(reqs.contains(&r#"{"session":{}}"#.to_string()), "{reqs:?}");
+    assert!(
+        reqs.contains(&r#"{"any_of":[{"session":{"scopes":["lake"]}}]}"#.to_string()),
+        "{reqs:?}"
+    );
+}

@@ -20,6 +20,7 @@ pub mod envoy;
 pub mod jwks;
 pub mod load;
 pub mod ratelimit_service;
+pub mod sessions_service;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -103,7 +103,7 @@ pub async fn invalidate(cache: &CacheService, authorization: Option<&str>, body:
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).
-fn bearer(header: &str) -> Option<&str> {
+pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -167,6 +167,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with(listener, shutdown, move |req| {
+        let cache = cache.clone();
+        async move { handle(&cache, req).await }
+    })
+    .await
+}
+
+/// Serves HTTP/1 on `listener` until `shutdown` completes, each request answered by
+/// `handler` (the cache's and the sessions service's endpoints, served on their own).
+pub async fn serve_with<H, F>(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -179,11 +197,11 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let cache = cache.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let cache = cache.clone();
-                async move { Ok::<_, Infallible>(handle(&cache, req).await) }
+                let answer = handler(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

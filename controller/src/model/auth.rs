@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use nexus_config::auth::{self, AuthConfig};
 use nexus_config::Validate;
 
-use crate::crd::{ApiKeysSpec, AuthSpec, JwtProviderSpec, TokenLocation};
+use crate::crd::{ApiKeysSpec, AuthSpec, JwtProviderSpec, SessionsSpec, TokenLocation};
 
 use super::problem::Ctx;
 use super::secrets::{self, SecretLookup};
@@ -55,6 +55,7 @@ pub(super) struct RouteAuth {
     /// Provider names as the route spells them (unprefixed).
     pub(super) providers: BTreeSet<String>,
     pub(super) has_keys: bool,
+    pub(super) has_sessions: bool,
     /// The requirement of rules that set none: `defaultRequirement`, else allow.
     pub(super) default: auth::Requirement,
 }
@@ -85,11 +86,15 @@ pub(super) fn compile(
     if let Some(keys) = &spec.api_keys {
         config.api_keys = Some(api_keys(cx, keys, secrets));
     }
+    if let Some(s) = &spec.sessions {
+        config.sessions = Some(sessions(cx, s));
+    }
     let mut out = RouteAuth {
         config,
         route: route.to_string(),
         providers,
         has_keys: spec.api_keys.is_some(),
+        has_sessions: spec.sessions.is_some(),
         default: auth::Requirement::Allow,
     };
     if let Some(r) = &spec.default_requirement {
@@ -211,6 +216,34 @@ fn api_keys(cx: &mut Ctx, keys: &ApiKeysSpec, secrets: &dyn SecretLookup) -> aut
     errors.retain(|e| e.path.ends_with(".header"));
     cx.take_config_errors(errors);
     api_keys
+}
+
+/// The cluster every rendering replaces with the sessions service's (see
+/// `render::ServiceClusters`).
+pub const SESSIONS_CLUSTER_PLACEHOLDER: &str = "nexus-sessions";
+
+/// `spec.auth.sessions`, checked by the filter's own validation (paths in CRD spelling).
+fn sessions(cx: &mut Ctx, s: &SessionsSpec) -> auth::Sessions {
+    let mut out = auth::Sessions::with_cluster(SESSIONS_CLUSTER_PLACEHOLDER);
+    if let Some(c) = &s.cookie {
+        out.cookie = c.clone();
+    }
+    if let Some(t) = s.cache_seconds {
+        out.cache_ttl_s = t;
+    }
+    out.sign_in_path = s.sign_in_path.clone();
+    out.headers = s.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let at = "$.spec.auth.sessions";
+    let mut errors = Vec::new();
+    out.validate(at, &mut errors);
+    for e in &mut errors {
+        e.path = e
+            .path
+            .replace(".cache_ttl_s", ".cacheSeconds")
+            .replace(".sign_in_path", ".signInPath");
+    }
+    cx.take_config_errors(errors);
+    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 use nexus_config::auth;
 
-use crate::crd::{ApiKeyRequirementSpec, AuthRequirement, JwtRequirementSpec};
+use crate::crd::{
+    ApiKeyRequirementSpec, AuthRequirement, JwtRequirementSpec, SessionRequirementSpec,
+};
 
 use super::auth::{provider_key, RouteAuth};
 use super::problem::Ctx;
@@ -33,13 +35,14 @@ impl RouteAuth {
             r.allow.is_some(),
             r.jwt.is_some(),
             r.api_key.is_some(),
+            r.session.is_some(),
             !r.any_of.is_empty(),
         ]
         .iter()
         .filter(|g| **g)
         .count();
         if given != 1 {
-            cx.bad(at, "give exactly one of allow, jwt, apiKey, anyOf");
+            cx.bad(at, "give exactly one of allow, jwt, apiKey, session, anyOf");
             return auth::Requirement::AnyOf(Vec::new());
         }
         if let Some(allow) = r.allow {
@@ -55,29 +58,41 @@ impl RouteAuth {
             let mut list = Vec::new();
             for (k, s) in r.any_of.iter().enumerate() {
                 let here = format!("{at}.anyOf[{k}]");
-                match self.simple(cx, &s.jwt, &s.api_key, &here) {
+                match self.simple(cx, &s.jwt, &s.api_key, &s.session, &here) {
                     Some(req) => list.push(req),
-                    None => cx.bad(here, "give exactly one of jwt, apiKey"),
+                    None => cx.bad(here, "give exactly one of jwt, apiKey, session"),
                 }
             }
             return auth::Requirement::AnyOf(list);
         }
-        self.simple(cx, &r.jwt, &r.api_key, at)
+        self.simple(cx, &r.jwt, &r.api_key, &r.session, at)
             .unwrap_or(auth::Requirement::Allow)
     }
 
-    /// A JWT (from the named providers, or any of the route's) or an API key; `None` unless
-    /// exactly one is given.
+    /// A JWT (from the named providers, or any of the route's), an API key or a session;
+    /// `None` unless exactly one is given.
     fn simple(
         &self,
         cx: &mut Ctx,
         jwt: &Option<JwtRequirementSpec>,
         key: &Option<ApiKeyRequirementSpec>,
+        session: &Option<SessionRequirementSpec>,
         at: &str,
     ) -> Option<auth::Requirement> {
-        match (jwt, key) {
-            (Some(j), None) => Some(self.jwt(cx, j, at)),
-            (None, Some(k)) => {
+        match (jwt, key, session) {
+            (Some(j), None, None) => Some(self.jwt(cx, j, at)),
+            (None, None, Some(s)) => {
+                if !self.has_sessions {
+                    cx.bad(
+                        format!("{at}.session"),
+                        "no spec.auth.sessions to check sessions against",
+                    );
+                }
+                Some(auth::Requirement::Session(auth::SessionRequirement {
+                    scopes: s.scopes.clone(),
+                }))
+            }
+            (None, Some(k), None) => {
                 if !self.has_keys {
                     cx.bad(
                         format!("{at}.apiKey"),

@@ -18,6 +18,20 @@ pub struct GroupConfigs {
     pub cache: CacheConfig,
 }
 
+/// One filter, one session cookie: the oldest route's settings hold, and the headers sessions
+/// may set are every route's.
+fn merge_sessions(auth: &mut AuthConfig, route: Option<&nexus_config::auth::Sessions>) {
+    let Some(route) = route else {
+        return;
+    };
+    let merged = auth.sessions.get_or_insert_with(|| route.clone());
+    for h in &route.headers {
+        if !merged.headers.contains(h) {
+            merged.headers.push(h.clone());
+        }
+    }
+}
+
 pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfigs {
     let mut router = RouterConfig::default();
     let mut auth = crate::model::auth_defaults();
@@ -66,6 +80,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
             }
         }
         auth.rules.extend(r.auth.rules.iter().cloned());
+        merge_sessions(&mut auth, r.auth.sessions.as_ref());
         ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
         for rule in &r.rules {
             if let Some(c) = &rule.cache {
@@ -106,6 +121,8 @@ pub struct ServiceClusters {
     pub cache: String,
     /// The cache filter's writer id (its puts' tie-breaker); `None`: one per worker.
     pub cache_writer: Option<String>,
+    /// HTTP/1 cluster of the sessions service (the controller's HTTP port).
+    pub sessions: String,
 }
 
 /// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
@@ -126,9 +143,15 @@ pub fn filter_configurations(
         response_headers: true,
         over_limit_cache: true,
     };
+    let mut auth = cfg.auth.clone();
+    if let Some(s) = &mut auth.sessions {
+        s.cluster = services.sessions.clone();
+        // Revocations ride the cache service's event stream.
+        s.revocations_cluster = Some(services.cache.clone());
+    }
     let mut out = vec![
         ("router", serde_json::to_string(&cfg.router)?),
-        ("auth", serde_json::to_string(&cfg.auth)?),
+        ("auth", serde_json::to_string(&auth)?),
         ("ratelimit", serde_json::to_string(&ratelimit)?),
     ];
     if !cfg.cache.rules.is_empty() {

@@ -4,7 +4,9 @@ use serde_json::{json, Value};
 
 use super::RATELIMIT_PORT;
 use super::{filter_configurations, group_configs, meta, object, ServiceClusters, Settings};
-use super::{CACHE_PORT, FIELD_MANAGER, LABEL_GROUP, LABEL_GROUP_NAMESPACE, LABEL_MANAGED_BY};
+use super::{
+    CACHE_PORT, FIELD_MANAGER, HTTP_PORT, LABEL_GROUP, LABEL_GROUP_NAMESPACE, LABEL_MANAGED_BY,
+};
 use crate::crd::TargetKind;
 use crate::model::{CompiledRoute, GroupKey};
 use crate::objects::{Kind, Object};
@@ -58,6 +60,10 @@ pub fn render_group(
             settings.controller_namespace
         ),
         cache_writer: None,
+        sessions: format!(
+            "outbound|{HTTP_PORT}||nexus-controller.{}.svc.cluster.local",
+            settings.controller_namespace
+        ),
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();

@@ -51,6 +51,9 @@ mod tests {
 pub const RATELIMIT_PORT: u16 = 8081;
 /// Port of the cache-coherency service (`nexus.cache.v1`) on the `nexus-controller` Service.
 pub const CACHE_PORT: u16 = 8083;
+/// Port of the HTTP server (health, metrics, `/sessions/v1/*`) on the `nexus-controller`
+/// Service.
+pub const HTTP_PORT: u16 = 8080;
 
 /// Where the module server is and which module builds to reference.
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use nexus_config::contract;
 /// Envoy clusters of the services the nexus process runs.
 pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
 pub const CACHE_CLUSTER: &str = "nexus-cache";
+pub const SESSIONS_CLUSTER: &str = "nexus-sessions";
 const LISTENER: &str = "nexus";
 
 /// Where the things Envoy connects to are.
@@ -33,6 +34,8 @@ pub struct Endpoints {
     pub ratelimit: SocketAddr,
     /// The cache-coherency service (nexus.cache.v1).
     pub cache: SocketAddr,
+    /// The sessions service (`/sessions/v1/*` on the HTTP server).
+    pub sessions: SocketAddr,
     /// Envoy's access log (JSON lines), as an Envoy user would expect one.
     pub access_log: PathBuf,
 }
@@ -99,6 +102,7 @@ pub fn render(
         ratelimit: RATELIMIT_CLUSTER.to_string(),
         cache: CACHE_CLUSTER.to_string(),
         cache_writer: Some("nexus-up".to_string()),
+        sessions: SESSIONS_CLUSTER.to_string(),
     };
     let mut http_filters = Vec::new();
     for (filter, configuration) in render::filter_configurations(&configs, &services)? {
@@ -170,6 +174,11 @@ pub fn render(
         let mut c = cluster(name, &addr.ip().to_string(), addr.port(), None);
         c["typed_extension_protocol_options"] = protocol_options(true, None);
         clusters.insert(name.to_string(), c);
+    }
+    if configs.auth.sessions.is_some() {
+        let addr = endpoints.sessions;
+        let c = cluster(SESSIONS_CLUSTER, &addr.ip().to_string(), addr.port(), None);
+        clusters.insert(SESSIONS_CLUSTER.to_string(), c);
     }
 
     Ok(Resources {
@@ -420,6 +429,7 @@ mod tests {
         let (routes, gateway) = example();
         let refs: Vec<&CompiledRoute> = routes.iter().collect();
         let endpoints = Endpoints {
+            sessions: "127.0.0.1:8090".parse().unwrap(),
             upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
             ratelimit: "127.0.0.1:9100".parse().unwrap(),
             cache: "127.0.0.1:9101".parse().unwrap(),

@@ -595,6 +595,7 @@ impl Xds {
             upstreams: upstreams.addresses(&config.gateway),
             ratelimit: services.ratelimit,
             cache: services.cache,
+            sessions: config.gateway.http,
             access_log: self.staging.join("access.log"),
         };
         envoy::render(

@@ -3,8 +3,10 @@
 
 use std::cell::RefCell;
 
-use nexus_auth::{Auth, Env, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID};
-use nexus_filter_core::{Level, Log};
+use nexus_auth::{
+    Auth, Env, FeedAction, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID,
+};
+use nexus_filter_core::{Clock, Level, Log};
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
     apply, parse_config, resume_request, set_property, Action, Filter, HostCallouts, HostClock,
@@ -28,7 +30,7 @@ const TICK_MS: u32 = 1000;
 struct AuthFilter {
     auth: Auth,
     metrics: HostMetrics,
-    /// HTTP contexts paused until a JWKS fetch on this worker completes. A request reset while
+    /// HTTP contexts paused until a JWKS fetch or session lookup on this worker completes. A request reset while
     /// waiting stays listed until the next resume, where its context no longer exists.
     waiting: RefCell<Vec<u32>>,
 }
@@ -69,6 +71,32 @@ impl AuthFilter {
     }
 }
 
+fn now_ms() -> u64 {
+    HostClock.now_unix_nanos() / 1_000_000
+}
+
+impl AuthFilter {
+    /// Opens the revocation stream (the cache service's `Subscribe`) when it is due.
+    fn follow_revocations(&self) {
+        let FeedAction::Open { cluster, request } = self.auth.revocation_feed_tick(now_ms()) else {
+            return;
+        };
+        let opened = hostcalls::grpc_server_stream(
+            &cluster,
+            nexus_proto::CACHE_SERVICE,
+            nexus_proto::CACHE_SUBSCRIBE,
+            &request,
+        );
+        if let Err(status) = &opened {
+            HostLog.log(
+                Level::Warn,
+                &format!("nexus-auth: cannot follow revocations on cluster {cluster}: {status}"),
+            );
+        }
+        self.auth.revocation_feed_opened(opened.ok(), now_ms());
+    }
+}
+
 /// The identity as Envoy properties (filter state `wasm.nexus.client_id`, ...), if configured.
 fn publish(auth: &Auth, identity: Option<&Identity>) {
     if !auth.publishes_filter_state() {
@@ -83,7 +111,7 @@ fn publish(auth: &Auth, identity: Option<&Identity>) {
 impl Filter for AuthFilter {
     fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
         let auth = parse_config("nexus-auth", config, Auth::from_json)?;
-        if auth.has_remote_jwks() {
+        if auth.needs_ticks() {
             if let Err(s) = hostcalls::set_tick_period_ms(TICK_MS) {
                 HostLog.log(Level::Warn, &format!("nexus-auth: no ticks: {s}"));
             }
@@ -99,9 +127,28 @@ impl Filter for AuthFilter {
         if self.with_env(|auth, env| auth.on_tick(env)) {
             self.resume_waiting();
         }
+        self.follow_revocations();
     }
 
-    /// Feeds a JWKS answer to the filter, then re-decides every waiting request.
+    fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
+        let drop = self.with_env(|auth, env| auth.revocation_feed_message(token, message, env));
+        if drop == Some(true) {
+            // Envoy reports no close for a stream we cancel: account for it here.
+            let _ = hostcalls::grpc_cancel(token);
+            self.auth.revocation_feed_closed(token, now_ms());
+        }
+    }
+
+    fn on_grpc_close(&self, _context: u32, token: u32, status: u32, _message: &str) {
+        if self.auth.revocation_feed_closed(token, now_ms()) {
+            HostLog.log(
+                Level::Info,
+                &format!("nexus-auth: revocation stream closed (gRPC status {status}); sessions are asked for until it is back"),
+            );
+        }
+    }
+
+    /// Feeds a JWKS or session answer to the filter, then re-decides every waiting request.
     fn on_http_call_response(&self, token: u32, status: Option<u32>, body: &[u8]) {
         self.with_env(|auth, env| auth.on_http_call_response(token, status, body, env));
         self.resume_waiting();

@@ -52,3 +52,23 @@ pub fn put(shared: &dyn SharedData, prefix: &str, entries: u32, hash: &[u8; 32],
     // Best effort: a failed write only costs a later verification.
     let _ = shared.set(&slot(prefix, hash, entries), &value, None);
 }
+
+/// Drops the entry of `hash`, if its slot holds it (a revocation).
+pub fn remove(shared: &dyn SharedData, prefix: &str, entries: u32, hash: &[u8; 32]) -> bool {
+    let key = slot(prefix, hash, entries);
+    match shared.get(&key) {
+        Some((value, cas)) if value.len() >= 32 && value[..32] == hash[..] => {
+            // An empty value is a miss for `get`; a lost race means the slot changed anyway.
+            shared.set(&key, b"", Some(cas)).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Empties every slot (the table may hold sessions whose revocation was missed).
+pub fn clear(shared: &dyn SharedData, prefix: &str, entries: u32) {
+    for n in 0..entries.max(1) {
+        // Best effort, like `put`: a slot that cannot be written is one more lookup to come.
+        let _ = shared.set(&format!("{prefix}tok.{n}"), b"", None);
+    }
+}

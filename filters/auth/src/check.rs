@@ -8,15 +8,15 @@ use ring::digest;
 use serde_json::{Map, Value};
 
 use crate::compile::Req;
-use crate::deny::{worse, Fail};
+use crate::deny::{worse, Challenge, Fail};
 use crate::{token, Auth, Env, Identity, Outcome, HEADER_AUTH_METHOD, HEADER_CLIENT_ID};
 
 /// What a met requirement grants.
 pub(crate) struct Granted {
-    identity: Identity,
-    headers: Vec<(String, String)>,
+    pub(crate) identity: Identity,
+    pub(crate) headers: Vec<(String, String)>,
     /// Where the credential came from, to remove it before the upstream sees it.
-    strip: Vec<Strip>,
+    pub(crate) strip: Vec<Strip>,
 }
 
 pub(crate) enum Strip {
@@ -74,6 +74,16 @@ impl Auth {
                 Outcome::Continue(None)
             }
             Ok(Some(granted)) => self.admit(headers, granted, env),
+            Err(fail) if fail.wants_sign_in() && rule.req.accepts_session() => {
+                match self.sign_in_redirect(&pairs) {
+                    Some(redirect) => {
+                        env.metrics
+                            .increment("nexus_auth.denied.sign_in_redirect", 1);
+                        Outcome::Respond(redirect)
+                    }
+                    None => self.deny(fail, &rule.name, env),
+                }
+            }
             Err(fail) => self.deny(fail, &rule.name, env),
         }
     }
@@ -94,10 +104,10 @@ impl Auth {
 
     /// Forwards an authenticated request: the credential removed, the identity headers set.
     fn admit(&self, headers: &mut impl HeaderMap, granted: Granted, env: &Env) -> Outcome {
-        let metric = if granted.identity.method == "api_key" {
-            "nexus_auth.allowed.api_key"
-        } else {
-            "nexus_auth.allowed.jwt"
+        let metric = match granted.identity.method.as_str() {
+            "api_key" => "nexus_auth.allowed.api_key",
+            "session" => "nexus_auth.allowed.session",
+            _ => "nexus_auth.allowed.jwt",
         };
         env.metrics.increment(metric, 1);
         for s in &granted.strip {
@@ -122,6 +132,7 @@ impl Check<'_> {
         match req {
             Req::Allow => Ok(None),
             Req::ApiKey { scopes } => self.api_key(scopes).map(Some),
+            Req::Session { scopes } => self.session(scopes).map(Some),
             Req::Jwt {
                 providers,
                 claims,
@@ -162,14 +173,14 @@ impl Check<'_> {
             return Err(Fail::Invalid {
                 error: "invalid_api_key",
                 detail: format!("the {} header carries no known key", a.api_key_header),
-                bearer: false,
+                challenge: Challenge::ApiKey,
             });
         };
         if let Some(missing) = scopes.iter().find(|s| !key.scopes.contains(s)) {
             return Err(Fail::Forbidden {
                 error: "insufficient_scope",
                 detail: format!("API key of {} lacks scope {missing}", key.client_id),
-                bearer: false,
+                challenge: Challenge::ApiKey,
             });
         }
         Ok(Granted {
@@ -263,7 +274,7 @@ impl Check<'_> {
                 return Err(Fail::Forbidden {
                     error: "claim_mismatch",
                     detail: format!("claim {name} must be {want:?}"),
-                    bearer: true,
+                    challenge: Challenge::Bearer,
                 });
             }
         }
@@ -271,7 +282,7 @@ impl Check<'_> {
             return Err(Fail::Forbidden {
                 error: "insufficient_scope",
                 detail: format!("token lacks scope {s}"),
-                bearer: true,
+                challenge: Challenge::Bearer,
             });
         }
         let provider = &self.auth.providers[p];

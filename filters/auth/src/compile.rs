@@ -12,6 +12,7 @@ use ring::digest;
 
 use crate::jwks::KeySet;
 use crate::remote_jwks::{Remote, WorkerKeys};
+use crate::session::SessionStore;
 use crate::verify::RingVerifier;
 use crate::{Auth, LocalCache, HEADER_AUTH_METHOD, HEADER_CLIENT_ID};
 
@@ -26,7 +27,21 @@ pub(crate) enum Req {
     ApiKey {
         scopes: Vec<String>,
     },
+    Session {
+        scopes: Vec<String>,
+    },
     AnyOf(Vec<Req>),
+}
+
+impl Req {
+    /// Whether a session would meet this requirement (a browser is then sent to sign in).
+    pub(crate) fn accepts_session(&self) -> bool {
+        match self {
+            Req::Session { .. } => true,
+            Req::AnyOf(list) => list.iter().any(Req::accepts_session),
+            _ => false,
+        }
+    }
 }
 
 pub(crate) struct Rule {
@@ -88,6 +103,13 @@ impl Auth {
         if let Some(h) = &config.identity.payload_header {
             owned_headers.push(h.clone());
         }
+        let sessions = config
+            .sessions
+            .as_ref()
+            .map(|s| SessionStore::new(s, prefix));
+        if let Some(s) = &sessions {
+            owned_headers.extend(s.headers.iter().cloned());
+        }
         let rules = rules(config, &mut needed, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -118,6 +140,7 @@ impl Auth {
             keys: RefCell::new(keys),
             pending: RefCell::new(BTreeMap::new()),
             local: RefCell::new(LocalCache::default()),
+            sessions,
         })
     }
 }
@@ -233,6 +256,9 @@ fn compile_req(r: &Requirement, names: &[&String], needed: &mut Vec<String>) -> 
         Requirement::ApiKey(k) => Req::ApiKey {
             scopes: k.scopes.clone(),
         },
+        Requirement::Session(s) => Req::Session {
+            scopes: s.scopes.clone(),
+        },
         Requirement::Jwt(j) => {
             let providers = if j.providers.is_empty() {
                 (0..names.len()).collect()
@@ -263,7 +289,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -11,16 +11,28 @@ pub(crate) enum Fail {
     Invalid {
         error: &'static str,
         detail: String,
-        /// A bearer token failed (else an API key): picks the `www-authenticate` challenge.
-        bearer: bool,
+        /// Which credential failed: picks the `www-authenticate` challenge.
+        challenge: Challenge,
     },
     Forbidden {
         error: &'static str,
         detail: String,
-        bearer: bool,
+        challenge: Challenge,
     },
-    Unavailable(String),
+    /// 503: what would decide cannot be had (`jwks_unavailable`, `sessions_unavailable`).
+    Unavailable {
+        error: &'static str,
+        detail: String,
+    },
     Waiting,
+}
+
+/// The kind of credential a failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Challenge {
+    Bearer,
+    ApiKey,
+    Session,
 }
 
 impl Fail {
@@ -29,7 +41,7 @@ impl Fail {
             Fail::Missing => 1,
             Fail::Invalid { .. } => 2,
             Fail::Forbidden { .. } => 3,
-            Fail::Unavailable(_) => 4,
+            Fail::Unavailable { .. } => 4,
             Fail::Waiting => 5,
         }
     }
@@ -37,7 +49,23 @@ impl Fail {
         Fail::Invalid {
             error: "invalid_token",
             detail: detail.into(),
-            bearer: true,
+            challenge: Challenge::Bearer,
+        }
+    }
+
+    pub(crate) fn jwks_unavailable(detail: impl Into<String>) -> Self {
+        Fail::Unavailable {
+            error: "jwks_unavailable",
+            detail: detail.into(),
+        }
+    }
+
+    /// A failure a browser is better served by signing in again.
+    pub(crate) fn wants_sign_in(&self) -> bool {
+        match self {
+            Fail::Missing => true,
+            Fail::Invalid { challenge, .. } => *challenge == Challenge::Session,
+            _ => false,
         }
     }
 }
@@ -69,32 +97,32 @@ impl Auth {
             Fail::Invalid {
                 error,
                 detail,
-                bearer,
+                challenge,
             } => {
                 env.metrics
                     .increment(&format!("nexus_auth.denied.{error}"), 1);
                 let r = LocalResponse::json_error(401, error, &detail);
-                if bearer {
-                    r.with_header(
+                match challenge {
+                    Challenge::Bearer => r.with_header(
                         "www-authenticate",
                         &bearer_challenge("invalid_token", &detail),
-                    )
-                } else {
-                    r.with_header(
+                    ),
+                    Challenge::ApiKey => r.with_header(
                         "www-authenticate",
                         &format!("ApiKey header=\"{}\"", self.api_key_header),
-                    )
+                    ),
+                    Challenge::Session => r,
                 }
             }
             Fail::Forbidden {
                 error,
                 detail,
-                bearer,
+                challenge,
             } => {
                 env.metrics
                     .increment(&format!("nexus_auth.denied.{error}"), 1);
                 let r = LocalResponse::json_error(403, error, &detail);
-                if bearer {
+                if challenge == Challenge::Bearer {
                     r.with_header(
                         "www-authenticate",
                         &bearer_challenge("insufficient_scope", &detail),
@@ -103,10 +131,10 @@ impl Auth {
                     r
                 }
             }
-            Fail::Unavailable(detail) => {
+            Fail::Unavailable { error, detail } => {
                 env.metrics
-                    .increment("nexus_auth.denied.jwks_unavailable", 1);
-                LocalResponse::json_error(503, "jwks_unavailable", &detail)
+                    .increment(&format!("nexus_auth.denied.{error}"), 1);
+                LocalResponse::json_error(503, error, &detail)
             }
         };
         Outcome::Respond(resp)

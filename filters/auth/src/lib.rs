@@ -25,6 +25,8 @@ pub mod ed25519;
 pub mod jwks;
 mod remote_jwks;
 pub mod rsa;
+mod session;
+mod session_feed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod token;
@@ -39,6 +41,8 @@ use nexus_config::auth::{IdentityOut, NoMatchAction};
 use nexus_filter_core::fasthash::{self, FxBuild};
 use nexus_filter_core::{Callouts, Clock, LocalResponse, Log, Metrics, SharedData};
 use serde_json::{Map, Value};
+
+pub use session_feed::FeedAction;
 
 use compile::{ApiKey, Provider, Rule};
 use remote_jwks::WorkerKeys;
@@ -63,7 +67,7 @@ pub struct Env<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub client_id: String,
-    /// `jwt:<provider>` or `api_key`.
+    /// `jwt:<provider>`, `api_key` or `session`.
     pub method: String,
 }
 
@@ -105,6 +109,8 @@ pub struct Auth {
     /// This worker's copy of recently verified tokens, keyed by the token itself: a reused
     /// token costs a hash-map lookup, not a SHA-256, a shared-data copy and a JSON parse.
     local: RefCell<LocalCache>,
+    /// Sign-in sessions, when configured.
+    sessions: Option<session::SessionStore>,
 }
 
 /// Keyed by [`local_key`]; the entry keeps the token, compared in full on every hit, so a
@@ -143,6 +149,12 @@ impl Auth {
     /// Whether any provider fetches its keys (the adapter then asks for ticks).
     pub fn has_remote_jwks(&self) -> bool {
         self.providers.iter().any(|p| p.remote.is_some())
+    }
+
+    /// Whether the adapter should ask for ticks: remote keys to refresh, or session lookups
+    /// whose deadlines must be watched.
+    pub fn needs_ticks(&self) -> bool {
+        self.has_remote_jwks() || self.sessions.is_some()
     }
 }
 

@@ -56,7 +56,7 @@ impl Auth {
     /// then re-decide the requests waiting.
     pub fn on_tick(&self, env: &Env) -> bool {
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
-        let expired = self.give_up_overdue(env, now_s);
+        let expired = self.give_up_overdue(env, now_s) | self.give_up_session_lookups(now_s);
         let mut synced = false;
         for (i, p) in self.providers.iter().enumerate() {
             let Some(remote) = &p.remote else { continue };
@@ -104,7 +104,7 @@ impl Auth {
     }
 
     /// Feeds the answer of an HTTP callout (`status` None: failed or timed out). Returns false
-    /// if the token is not one of this worker's JWKS fetches.
+    /// if the token is not one of this worker's JWKS fetches or session lookups.
     pub fn on_http_call_response(
         &self,
         token: u32,
@@ -112,6 +112,9 @@ impl Auth {
         body: &[u8],
         env: &Env,
     ) -> bool {
+        if self.on_session_answer(token, status, body, env) {
+            return true;
+        }
         let Some((i, _)) = self.pending.borrow_mut().remove(&token) else {
             return false;
         };
@@ -251,17 +254,8 @@ impl Auth {
         let Some(remote) = &p.remote else {
             return false;
         };
-        let headers = [
-            (":method", "GET"),
-            (":path", remote.path.as_str()),
-            (":authority", remote.authority.as_str()),
-            ("accept", "application/json"),
-            ("user-agent", "nexus-auth"),
-        ];
-        match env
-            .callouts
-            .dispatch_http_call(&remote.cluster, &headers, b"", remote.timeout_ms)
-        {
+        let target = (remote.cluster.as_str(), remote.authority.as_str());
+        match get_json(env, target, &remote.path, None, remote.timeout_ms) {
             Ok(token) => {
                 let deadline = now_s + remote.timeout_ms.div_ceil(1000) + 2;
                 self.pending.borrow_mut().insert(token, (i, deadline));
@@ -282,4 +276,24 @@ impl Auth {
             }
         }
     }
+}
+
+/// A `GET` callout for JSON to `(cluster, authority)`, with one extra header if given.
+pub(crate) fn get_json(
+    env: &Env,
+    (cluster, authority): (&str, &str),
+    path: &str,
+    extra: Option<(&str, &str)>,
+    timeout_ms: u64,
+) -> Result<u32, nexus_filter_core::host::CalloutError> {
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+        ("accept", "application/json"),
+        ("user-agent", "nexus-auth"),
+    ];
+    headers.extend(extra);
+    env.callouts
+        .dispatch_http_call(cluster, &headers, b"", timeout_ms)
 }

@@ -14,6 +14,8 @@ use crate::jwks::KeyMaterial;
 use crate::testkit::{self, SigningKey, ALGS};
 use crate::verify::{Alg, RingVerifier};
 
+mod session;
+
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://id.example.com";
 

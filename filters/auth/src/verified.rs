@@ -247,7 +247,7 @@ impl Check<'_> {
                 "unknown kid {}",
                 kid.unwrap_or_default()
             ))),
-            None => Err(Fail::Unavailable(format!(
+            None => Err(Fail::jwks_unavailable(format!(
                 "no signing keys for provider {} (JWKS fetch failed)",
                 a.providers[p].name
             ))),

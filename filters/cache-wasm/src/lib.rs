@@ -180,12 +180,12 @@ impl Filter for CacheFilter {
         let TickAction::Open(request) = sub.on_tick(now) else {
             return;
         };
-        let opened = hostcalls::grpc_stream(
+        let opened = hostcalls::grpc_server_stream(
             &service.cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_SUBSCRIBE,
-        )
-        .and_then(|token| hostcalls::grpc_send(token, &request, true).map(|()| token));
+            &request,
+        );
         if let Err(status) = &opened {
             HostLog.log(
                 Level::Warn,

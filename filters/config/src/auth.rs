@@ -57,10 +57,91 @@ pub struct AuthConfig {
     /// tokens can make the filter fetch.
     #[serde(default = "default_refetch_interval")]
     pub jwks_refetch_min_interval_ms: u64,
+    /// Sign-in sessions, looked up in the sessions service (required by `session` rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Sessions>,
 }
 
 fn default_refetch_interval() -> u64 {
     10_000
+}
+
+/// Where a request's session cookie is checked: the sessions service the controller binary
+/// hosts (`GET /sessions/v1/lookup` on its HTTP port), with a bounded per-proxy cache.
+///
+/// A session the service cannot confirm (it or Redis is down, it does not answer in time) is
+/// refused with 503 `sessions_unavailable`: an unconfirmed session never passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    /// The cookie carrying the opaque session id.
+    #[serde(default = "default_session_cookie")]
+    pub cookie: String,
+    /// Envoy cluster of the sessions service.
+    pub cluster: String,
+    /// `:authority` of lookups.
+    #[serde(default = "default_sessions_authority")]
+    pub authority: String,
+    /// Lookup timeout in milliseconds.
+    #[serde(default = "default_session_timeout")]
+    pub timeout_ms: u64,
+    /// Sessions this proxy keeps (a direct-mapped table in shared data: a session landing in
+    /// an occupied slot evicts the one there).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u32,
+    /// Longest time this proxy trusts a session without asking the service again, in
+    /// seconds: the bound on how long a revoked session can still pass here.
+    #[serde(default = "default_session_cache_ttl")]
+    pub cache_ttl_s: u64,
+    /// Where a browser (`Accept` naming `text/html`) without a valid session is redirected
+    /// (302, with `rd=<the request path>`); API clients get 401 JSON. None: 401 for everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in_path: Option<String>,
+    /// Headers a session may set for the upstream (its identity's claims mapped at sign-in);
+    /// removed from every incoming request first, so a client cannot forge them. A session's
+    /// other headers are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// gRPC cluster of the cache-coherency service, whose event stream carries revocations
+    /// (`nexus_config::session::revocation_key`): a revoked session leaves this proxy's table
+    /// as soon as the event arrives. While the stream is not live the table is not trusted
+    /// (every request asks the service); when it is live again the table is emptied. None:
+    /// revocations reach this proxy only through `cache_ttl_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocations_cluster: Option<String>,
+}
+
+impl Sessions {
+    /// The defaults, looking sessions up through `cluster`.
+    pub fn with_cluster(cluster: &str) -> Self {
+        Self {
+            cookie: default_session_cookie(),
+            cluster: cluster.to_string(),
+            authority: default_sessions_authority(),
+            timeout_ms: default_session_timeout(),
+            cache_entries: default_cache_entries(),
+            cache_ttl_s: default_session_cache_ttl(),
+            sign_in_path: None,
+            headers: Vec::new(),
+            revocations_cluster: None,
+        }
+    }
+}
+
+fn default_session_cookie() -> String {
+    "nexus-session".to_string()
+}
+
+fn default_sessions_authority() -> String {
+    "nexus-sessions".to_string()
+}
+
+fn default_session_timeout() -> u64 {
+    500
+}
+
+fn default_session_cache_ttl() -> u64 {
+    5
 }
 
 /// Verified tokens, keyed by the SHA-256 of the token, kept until the token's `exp` or `ttl_s`,
@@ -269,6 +350,8 @@ pub enum Requirement {
     Jwt(JwtRequirement),
     /// A configured API key.
     ApiKey(ApiKeyRequirement),
+    /// A sign-in session (the `sessions` cookie), confirmed by the sessions service.
+    Session(SessionRequirement),
     /// Any one of these (not empty).
     AnyOf(Vec<Requirement>),
     /// Nothing: the request passes unauthenticated.
@@ -285,6 +368,14 @@ pub struct JwtRequirement {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub required_claims: BTreeMap<String, String>,
     /// Every scope listed must be in the token's `scope` (space separated) or `scp` (array).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequirement {
+    /// Every scope listed must be among the session's scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
 }
@@ -316,6 +407,9 @@ impl Validate for AuthConfig {
         }
         if let Some(keys) = &self.api_keys {
             keys.validate(&format!("{path}.api_keys"), errors);
+        }
+        if let Some(sessions) = &self.sessions {
+            sessions.validate(&format!("{path}.sessions"), errors);
         }
         if self.identity.client_id_claim.is_empty() {
             errors.push(ConfigError::new(
@@ -383,6 +477,14 @@ impl AuthConfig {
                     errors.push(ConfigError::new(
                         format!("{at}.api_key"),
                         "an api_key requirement needs api_keys",
+                    ));
+                }
+            }
+            Requirement::Session(_) => {
+                if self.sessions.is_none() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.session"),
+                        "a session requirement needs sessions",
                     ));
                 }
             }
@@ -522,6 +624,56 @@ impl Validate for ApiKeys {
     }
 }
 
+impl Validate for Sessions {
+    fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
+        // RFC 6265 cookie-name: a token (no separators, no controls).
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if self.cookie.is_empty() || !self.cookie.bytes().all(token) {
+            errors.push(ConfigError::new(
+                format!("{at}.cookie"),
+                format!("{:?} is not a cookie name", self.cookie),
+            ));
+        }
+        if self.revocations_cluster.as_deref() == Some("") {
+            errors.push(ConfigError::new(
+                format!("{at}.revocations_cluster"),
+                "must not be empty",
+            ));
+        }
+        for (field, value) in [("cluster", &self.cluster), ("authority", &self.authority)] {
+            if value.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{at}.{field}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            errors.push(ConfigError::new(
+                format!("{at}.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.cache_entries) {
+            errors.push(ConfigError::new(
+                format!("{at}.cache_entries"),
+                "from 1 to 1048576",
+            ));
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            check_header(h, &format!("{at}.headers[{i}]"), errors);
+        }
+        if let Some(p) = &self.sign_in_path {
+            if !p.starts_with('/') || p.contains(['?', '#']) {
+                errors.push(ConfigError::new(
+                    format!("{at}.sign_in_path"),
+                    format!("{p:?} is not a path (starts with /, no query)"),
+                ));
+            }
+        }
+    }
+}
+
 /// Header names here are lower case (they are compared lower-cased).
 fn check_header(name: &str, at: &str, errors: &mut Vec<ConfigError>) {
     if name.is_empty()
@@ -586,5 +738,49 @@ mod tests {
             ]
         );
         assert!(err.to_string().contains("unknown provider \"nope\""));
+    }
+
+    #[test]
+    fn sessions_parse_with_defaults() {
+        let cfg: AuthConfig = parse(
+            br#"{"sessions":{"cluster":"nexus_sessions","sign_in_path":"/_nexus/sign-in"},
+                 "rules":[{"name":"app","requirement":{"session":{"scopes":["app"]}}}]}"#,
+        )
+        .unwrap();
+        let s = cfg.sessions.as_ref().unwrap();
+        assert_eq!(
+            (
+                s.cookie.as_str(),
+                s.timeout_ms,
+                s.cache_ttl_s,
+                s.cache_entries
+            ),
+            ("nexus-session", 500, 5, 4096)
+        );
+        let back = serde_json::to_vec(&cfg).unwrap();
+        assert_eq!(parse::<AuthConfig>(&back).unwrap(), cfg);
+    }
+
+    #[test]
+    fn bad_sessions_are_refused_with_paths() {
+        let err = parse::<AuthConfig>(
+            br#"{"sessions":{"cookie":"a b","cluster":"","timeout_ms":0,"sign_in_path":"x?y"},
+                 "rules":[{"name":"a","requirement":{"session":{}}}]}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$.sessions.cookie",
+                "$.sessions.cluster",
+                "$.sessions.timeout_ms",
+                "$.sessions.sign_in_path",
+            ]
+        );
+        let err = parse::<AuthConfig>(br#"{"rules":[{"name":"a","requirement":{"session":{}}}]}"#)
+            .unwrap_err();
+        assert_eq!(err.0[0].path, "$.rules[0].requirement.session");
+        assert_eq!(err.0[0].message, "a session requirement needs sessions");
     }
 }

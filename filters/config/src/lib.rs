@@ -13,6 +13,7 @@ pub mod guard;
 pub mod ratelimit;
 pub mod ratelimit_filter;
 pub mod router;
+pub mod session;
 
 pub use error::{ConfigError, ConfigErrors};
 

@@ -11,6 +11,7 @@ pub mod host;
 pub mod matcher;
 pub mod response;
 pub mod testing;
+pub mod text;
 
 pub use headers::HeaderList;
 pub use host::{Callouts, Clock, HeaderMap, Level, Log, Metrics, SharedData};

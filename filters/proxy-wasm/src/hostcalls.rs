@@ -547,6 +547,19 @@ pub fn decode_pairs(mut bytes: Vec<u8>) -> HeaderList {
     }
 }
 
+/// Opens a gRPC stream and sends its one request message, ending the request side (a
+/// server-streaming call such as the cache service's `Subscribe`).
+pub fn grpc_server_stream(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    request: &[u8],
+) -> Result<u32, Status> {
+    let token = grpc_stream(cluster, service, method)?;
+    grpc_send(token, request, true)?;
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

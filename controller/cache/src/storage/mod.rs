@@ -13,7 +13,7 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStorage;
-pub(crate) use self::redis::LazyConnection;
+pub use self::redis::LazyConnection;
 pub use self::redis::{RedisNamespace, RedisStorage};
 
 use std::cmp::Ordering;

@@ -203,14 +203,14 @@ impl RedisNamespace {
 
 /// A multiplexed connection made on first use, so the service starts (and answers
 /// UNAVAILABLE) while Redis is down; shared by the storage and the event bus's publisher.
-pub(crate) struct LazyConnection {
+pub struct LazyConnection {
     client: redis::Client,
     timeout: Duration,
     slot: Mutex<Option<ConnectionManager>>,
 }
 
 impl LazyConnection {
-    pub(crate) fn new(client: redis::Client, timeout: Duration) -> Self {
+    pub fn new(client: redis::Client, timeout: Duration) -> Self {
         Self {
             client,
             timeout,
@@ -218,7 +218,7 @@ impl LazyConnection {
         }
     }
 
-    pub(crate) async fn get(&self) -> Result<ConnectionManager, StorageError> {
+    pub async fn get(&self) -> Result<ConnectionManager, StorageError> {
         let mut slot = self.slot.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
