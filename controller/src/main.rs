@@ -133,6 +133,11 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
+    /// The audit log's tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the controller (leader-elected), health/metrics and the module server.
     Controller {
         #[command(flatten)]
@@ -176,6 +181,18 @@ enum Command {
         warm_url: Option<String>,
         #[command(flatten)]
         bus: BusArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a hash-chained audit log end to end; exit 1 naming the first broken record.
+    Verify {
+        file: PathBuf,
+        /// The head hash the log must end at (as the service last reported it): also catches
+        /// records cut off the end.
+        #[arg(long)]
+        head: Option<String>,
     },
 }
 
@@ -229,6 +246,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Audit {
+            command: AuditCommand::Verify { file, head },
+        } => match nexus_controller::audit::verify_file(&file, head.as_deref()) {
+            Ok(report) => {
+                println!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Validate { files } => {
             let inputs = input::read_files(&files)?;
             let routes: Vec<&crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();

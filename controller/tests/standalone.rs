@@ -379,6 +379,140 @@ fn datapunk_example_through_real_envoy() {
 }
 
 /// The `redis` component as `/health/ready` reports it, and the probe's status code.
+/// The example's cortex rule has a guard block: PII in a prompt is refused before it reaches
+/// the model, and what comes back is scrubbed (the demo upstream echoes the request headers).
+#[test]
+fn guard_blocks_pii_in_prompts_and_redacts_answers() {
+    let up = Up::start();
+    let alice = bearer(up.dir.path(), "alice");
+    let json = [
+        ("authorization", alice.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let prompt = br#"{"prompt": "charge card 4111 1111 1111 1111 for the run"}"#;
+    let r = client::request(up.port, "POST", "/cortex/v1/infer", &json, prompt).unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let v = r.json().unwrap();
+    assert_eq!(v["error"], "pii_detected");
+    assert_eq!(v["types"], serde_json::json!(["card"]));
+    assert!(!r.text().contains("4111"), "{}", r.text());
+    let clean = br#"{"prompt": "summarize the lake's tables"}"#;
+    let r = client::request(up.port, "POST", "/cortex/v1/infer", &json, clean).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = up.get(
+        "/cortex/v1/models",
+        &[
+            ("authorization", alice.as_str()),
+            ("x-contact", "alice@example.com"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
+    let echo = r
+        .json()
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    assert_eq!(echo["headers"]["x-contact"], "[REDACTED:email]");
+    assert_eq!(echo["headers"]["x-nexus-client-id"], "alice");
+    // Other routes have no guard: the same header comes back as sent.
+    let r = up.get(
+        "/stream/events",
+        &[
+            ("authorization", alice.as_str()),
+            ("x-contact", "alice@example.com"),
+        ],
+    );
+    assert_eq!(r.json().unwrap()["headers"]["x-contact"], "alice@example.com");
+
+    let r = up.get("/cortex/v1/models", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // The decisions are in the hash-chained audit log, with rule, types and caller.
+    let banner = up.wait_for_output("Audit log", Duration::from_secs(5));
+    let log = PathBuf::from(banner.rsplit("nexus audit verify ").next().unwrap().trim());
+    let records = wait_for_audit(&log, &["guard.blocked", "guard.redacted", "auth.deny"]);
+    let blocked = records
+        .iter()
+        .find(|e| e["record"]["event"] == "guard.blocked")
+        .unwrap_or_else(|| panic!("no guard.blocked in {records:?}"));
+    let r = &blocked["record"];
+    assert_eq!(r["rule"], "datapunk.cortex");
+    assert_eq!((r["direction"].as_str(), r["status"].as_u64()), (Some("request"), Some(422)));
+    assert_eq!(r["types"], serde_json::json!(["card"]));
+    assert_eq!((r["client"].as_str(), r["method"].as_str()), (Some("alice"), Some("POST")));
+    let redacted = records
+        .iter()
+        .find(|e| e["record"]["event"] == "guard.redacted")
+        .unwrap_or_else(|| panic!("no guard.redacted in {records:?}"));
+    assert_eq!(redacted["record"]["direction"], "response");
+    assert_eq!(redacted["record"]["types"], serde_json::json!(["email"]));
+    let allowed = records
+        .iter()
+        .find(|e| e["record"]["event"] == "auth.allow" && e["record"]["rule"] == "datapunk.cortex")
+        .unwrap_or_else(|| panic!("no auth.allow in {records:?}"));
+    assert_eq!(allowed["record"]["client"], "alice");
+    assert_eq!(allowed["record"]["auth_method"], "jwt:datapunk");
+    let denied = records
+        .iter()
+        .find(|e| e["record"]["event"] == "auth.deny")
+        .unwrap();
+    assert_eq!(denied["record"]["reason"], "missing_credentials");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("4111") && !text.contains("alice@example.com"),
+        "a PII value in the audit log:\n{text}"
+    );
+
+    // `nexus audit verify` passes, and names the record after one byte of it changes.
+    let verify = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .args(["audit", "verify"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&log);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains("chain intact"), "{out}");
+    let copy = up.dir.path().join("audit-copy.log");
+    let line = text.lines().position(|l| l.contains("guard.blocked")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[line] = lines[line].replacen("\"card\"", "\"cart\"", 1);
+    std::fs::write(&copy, lines.join("\n") + "\n").unwrap();
+    let bad = verify(&copy);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    let n = line + 1;
+    assert!(err.contains(&format!("broken at record {n} (line {n})")), "{err}");
+}
+
+/// The audit log's entries once it holds a record of each of `events` (the filters flush
+/// every second).
+fn wait_for_audit(log: &Path, events: &[&str]) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = text
+            .lines()
+            // The last line may be half written.
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if events
+            .iter()
+            .all(|ev| entries.iter().any(|e| e["record"]["event"] == *ev))
+        {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every one of {events:?} in {}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn readiness(up: &Up) -> (u16, serde_json::Value) {
     let (code, body) = http_get(up.http_port, "/health/ready");
     (code, serde_json::from_str(&body).unwrap_or_default())

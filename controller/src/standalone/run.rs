@@ -191,12 +191,16 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
     };
     let xds = Xds::new(state_dir.path())?;
+    let audit_log = state_dir.path().join("audit.log");
+    let (audit_addr, _) = crate::audit::start(&audit_log, free_local_addr()?).await?;
+    state.set("audit", true, format!("appending to {}", audit_log.display()));
     let mut upstreams = Upstreams::default();
     upstreams.ensure(&config).await?;
     let mut version = 1u64;
     let services = Services {
         ratelimit: ratelimit_addr,
         cache: cache_addr,
+        audit: audit_addr,
     };
     let res = xds.render(&config, &upstreams, &services, &modules, version)?;
     limiter.set_limits(nexus_ratelimit_service::Limits::new([res
@@ -282,6 +286,10 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     println!(
         "Invalidate cached responses everywhere: curl -X POST http://{}/cache/invalidate -H 'authorization: Bearer {cache_token}' -d '{{\"prefixes\":[\"/lake/\"]}}'",
         config.gateway.http
+    );
+    println!(
+        "Audit log (hash-chained guard decisions): {0}; check it: nexus audit verify {0}",
+        audit_log.display()
     );
     println!("Ctrl-C stops Envoy and Nexus.");
 
@@ -507,6 +515,7 @@ impl Xds {
             upstreams: upstreams.addresses(&config.gateway),
             ratelimit: services.ratelimit,
             cache: services.cache,
+            audit: services.audit,
             access_log: self.staging.join("access.log"),
         };
         envoy::render(
@@ -536,6 +545,8 @@ impl Xds {
 struct Services {
     ratelimit: SocketAddr,
     cache: SocketAddr,
+    /// The audit service (guard decisions into `<state dir>/audit.log`).
+    audit: SocketAddr,
 }
 
 /// 128 random bits, hex: the `POST /cache/invalidate` token when NEXUS_CACHE_TOKEN is unset.

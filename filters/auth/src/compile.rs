@@ -118,6 +118,7 @@ impl Auth {
             keys: RefCell::new(keys),
             pending: RefCell::new(BTreeMap::new()),
             local: RefCell::new(LocalCache::default()),
+            audit: config.audit.clone(),
         })
     }
 }

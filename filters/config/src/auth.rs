@@ -57,6 +57,10 @@ pub struct AuthConfig {
     /// tokens can make the filter fetch.
     #[serde(default = "default_refetch_interval")]
     pub jwks_refetch_min_interval_ms: u64,
+    /// Where each allow of an identified caller and each deny is recorded (one audit record
+    /// each, with the auth method and client, never the credential); none: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditSink>,
 }
 
 fn default_refetch_interval() -> u64 {
@@ -307,6 +311,9 @@ pub enum NoMatchAction {
 
 impl Validate for AuthConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if let Some(a) = &self.audit {
+            a.validate(&format!("{path}.audit"), errors);
+        }
         for (name, provider) in &self.providers {
             let at = format!("{path}.providers.{name}");
             if name.is_empty() {
