@@ -618,7 +618,12 @@ fn guard_is_rendered_after_auth_only_where_a_rule_guards() {
     // Envoy's default buffer limit already holds the default 1 MiB cap: no listener patch.
     assert_eq!(
         patch_names(ef("profiles")),
-        ["nexus.router", "nexus.auth", "nexus.guard", "nexus.ratelimit"]
+        [
+            "nexus.router",
+            "nexus.auth",
+            "nexus.guard",
+            "nexus.ratelimit"
+        ]
     );
     // A rejected route renders nothing; the problems name the guard block's own keys.
     assert!(!objs

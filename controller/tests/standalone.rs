@@ -422,7 +422,10 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
             ("x-contact", "alice@example.com"),
         ],
     );
-    assert_eq!(r.json().unwrap()["headers"]["x-contact"], "alice@example.com");
+    assert_eq!(
+        r.json().unwrap()["headers"]["x-contact"],
+        "alice@example.com"
+    );
 
     let r = up.get("/cortex/v1/models", &[]);
     assert_eq!(r.status, 401, "{}", r.text());
@@ -437,9 +440,15 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
         .unwrap_or_else(|| panic!("no guard.blocked in {records:?}"));
     let r = &blocked["record"];
     assert_eq!(r["rule"], "datapunk.cortex");
-    assert_eq!((r["direction"].as_str(), r["status"].as_u64()), (Some("request"), Some(422)));
+    assert_eq!(
+        (r["direction"].as_str(), r["status"].as_u64()),
+        (Some("request"), Some(422))
+    );
     assert_eq!(r["types"], serde_json::json!(["card"]));
-    assert_eq!((r["client"].as_str(), r["method"].as_str()), (Some("alice"), Some("POST")));
+    assert_eq!(
+        (r["client"].as_str(), r["method"].as_str()),
+        (Some("alice"), Some("POST"))
+    );
     let redacted = records
         .iter()
         .find(|e| e["record"]["event"] == "guard.redacted")
@@ -473,10 +482,17 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
     };
     let ok = verify(&log);
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(out.contains("chain intact"), "{out}");
     let copy = up.dir.path().join("audit-copy.log");
-    let line = text.lines().position(|l| l.contains("guard.blocked")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("guard.blocked"))
+        .unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[line] = lines[line].replacen("\"card\"", "\"cart\"", 1);
     std::fs::write(&copy, lines.join("\n") + "\n").unwrap();
@@ -484,7 +500,10 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{err}");
     let n = line + 1;
-    assert!(err.contains(&format!("broken at record {n} (line {n})")), "{err}");
+    assert!(
+        err.contains(&format!("broken at record {n} (line {n})")),
+        "{err}"
+    );
 }
 
 /// The audit log's entries once it holds a record of each of `events` (the filters flush

@@ -133,7 +133,10 @@ fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
             module: nexus_tests::filter_module("nexus_guard").unwrap(),
             config,
         }],
-        upstreams: vec![("api".into(), upstream.port()), ("audit".into(), audit_port)],
+        upstreams: vec![
+            ("api".into(), upstream.port()),
+            ("audit".into(), audit_port),
+        ],
         ..Default::default()
     })
     .unwrap();
@@ -149,17 +152,34 @@ fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
         assert!(std::time::Instant::now() < deadline, "{}", envoy.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(envoy.stat("wasmcustom.nexus_audit.dropped").unwrap().unwrap_or(0), 0);
-    assert_eq!(envoy.stat("wasmcustom.nexus_audit.sent").unwrap().unwrap_or(0), 0);
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.nexus_audit.dropped")
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.nexus_audit.sent")
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
 
     let service = Upstream::start_on("audit", audit_port).unwrap();
     assert_eq!(
-        envoy.wait_for_stat_settled("wasmcustom.nexus_audit.sent", 1).unwrap(),
+        envoy
+            .wait_for_stat_settled("wasmcustom.nexus_audit.sent", 1)
+            .unwrap(),
         1
     );
     let batches = service.requests();
     assert_eq!(batches.len(), 1, "{batches:?}");
-    assert_eq!((batches[0].method.as_str(), batches[0].path.as_str()), ("POST", "/audit/v1/records"));
+    assert_eq!(
+        (batches[0].method.as_str(), batches[0].path.as_str()),
+        ("POST", "/audit/v1/records")
+    );
     let text = String::from_utf8_lossy(&batches[0].body);
     let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(record["event"], "guard.blocked");

@@ -92,7 +92,11 @@ pub struct Broken {
 
 impl std::fmt::Display for Broken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "record {} (line {}): {}", self.seq, self.line, self.reason)
+        write!(
+            f,
+            "record {} (line {}): {}",
+            self.seq, self.line, self.reason
+        )
     }
 }
 
@@ -124,15 +128,19 @@ fn check_entry(head: &Head, bytes: &[u8]) -> Result<Head, String> {
             head.seq + 1
         ));
     }
-    let stated = entry.get("hash").and_then(Value::as_str).unwrap_or_default();
+    let stated = entry
+        .get("hash")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut unhashed = entry.clone();
     unhashed.remove("hash");
     let actual = hex(&Sha256::digest(
         canonical(&Value::Object(unhashed)).as_bytes(),
     ));
     if stated != actual {
-        return Err("its hash does not match its content: it was changed after it was written"
-            .to_string());
+        return Err(
+            "its hash does not match its content: it was changed after it was written".to_string(),
+        );
     }
     if entry.get("prev").and_then(Value::as_str) != Some(head.hash.as_str()) {
         return Err(format!(
@@ -180,8 +188,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
-        let v: Value = serde_json::from_str(r#"{"b": [ {"z": 1, "a": "x\"y"} ], "a": null}"#)
-            .unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"b": [ {"z": 1, "a": "x\"y"} ], "a": null}"#).unwrap();
         assert_eq!(canonical(&v), r#"{"a":null,"b":[{"a":"x\"y","z":1}]}"#);
     }
 

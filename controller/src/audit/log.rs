@@ -22,7 +22,10 @@ impl ChainedLog {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let head = match File::open(path) {
             Ok(f) => chain::verify(BufReader::new(f)).map_err(|b| {
-                anyhow::anyhow!("{}: the audit chain is broken at {b}; not extending it", path.display())
+                anyhow::anyhow!(
+                    "{}: the audit chain is broken at {b}; not extending it",
+                    path.display()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Head::genesis(),
             Err(e) => anyhow::bail!("opening {}: {e}", path.display()),
@@ -77,8 +80,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let mut log = ChainedLog::open(&path).unwrap();
-        log.append(vec![serde_json::json!({"n": 1}), serde_json::json!({"n": 2})])
-            .unwrap();
+        log.append(vec![
+            serde_json::json!({"n": 1}),
+            serde_json::json!({"n": 2}),
+        ])
+        .unwrap();
         drop(log);
         let mut log = ChainedLog::open(&path).unwrap();
         assert_eq!(log.head().seq, 2);

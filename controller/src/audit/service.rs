@@ -50,7 +50,10 @@ impl Audit {
         let head = log.append(records).map_err(|e| {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "appending to the audit log failed");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("appending failed: {e}"))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("appending failed: {e}"),
+            )
         })?;
         self.appended.fetch_add(n, Ordering::Relaxed);
         tracing::info!(appended = n, seq = head.seq, hash = %head.hash, "audit batch appended");
@@ -80,7 +83,10 @@ fn parse_batch(body: &[u8]) -> Result<Vec<Value>, (StatusCode, String)> {
 fn bad(line: usize, why: &str) -> (StatusCode, String) {
     (
         StatusCode::BAD_REQUEST,
-        format!("line {}: {why}; nothing of this batch was appended", line + 1),
+        format!(
+            "line {}: {why}; nothing of this batch was appended",
+            line + 1
+        ),
     )
 }
 
@@ -104,7 +110,10 @@ async fn handle(audit: Arc<Audit>, req: Request<Incoming>) -> Response<Full<Byte
             json!({ "error": "method_not_allowed", "detail": "POST a batch" }),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_BATCH_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BATCH_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             audit.refused.fetch_add(1, Ordering::Relaxed);
@@ -163,11 +172,12 @@ mod tests {
             .unwrap();
         assert_eq!(head["appended"], 2);
         assert_eq!(head["seq"], 2);
-        let (status, why) = audit
-            .append_batch(b"{\"event\":\"c\"}\n[1]\n")
-            .unwrap_err();
+        let (status, why) = audit.append_batch(b"{\"event\":\"c\"}\n[1]\n").unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(why, "line 2: not a JSON object; nothing of this batch was appended");
+        assert_eq!(
+            why,
+            "line 2: not a JSON object; nothing of this batch was appended"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         assert_eq!(audit.appended.load(Ordering::Relaxed), 2);
         assert_eq!(audit.refused.load(Ordering::Relaxed), 1);

@@ -32,7 +32,12 @@ impl GroupConfigs {
     /// a filter buffers beyond the listener's limit (413 for requests, 500 or a reset for
     /// responses) instead of letting the guard pass it on unscanned as documented.
     pub fn buffer_limit_bytes(&self) -> Option<u32> {
-        let scan = self.guard.rules.iter().map(|r| r.policy.max_scan_bytes).max()?;
+        let scan = self
+            .guard
+            .rules
+            .iter()
+            .map(|r| r.policy.max_scan_bytes)
+            .max()?;
         (scan > ENVOY_DEFAULT_BUFFER_LIMIT).then_some(scan)
     }
 }

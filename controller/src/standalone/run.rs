@@ -193,7 +193,11 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let xds = Xds::new(state_dir.path())?;
     let audit_log = state_dir.path().join("audit.log");
     let (audit_addr, _) = crate::audit::start(&audit_log, free_local_addr()?).await?;
-    state.set("audit", true, format!("appending to {}", audit_log.display()));
+    state.set(
+        "audit",
+        true,
+        format!("appending to {}", audit_log.display()),
+    );
     let mut upstreams = Upstreams::default();
     upstreams.ensure(&config).await?;
     let mut version = 1u64;

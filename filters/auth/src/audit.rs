@@ -61,15 +61,32 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&record(&allow, &meta(), 5).unwrap()).unwrap();
         assert_eq!(v["event"], "auth.allow");
-        assert_eq!((v["client"].as_str(), v["auth_method"].as_str()), (Some("alice"), Some("jwt:datapunk")));
-        assert_eq!((v["rule"].as_str(), v["method"].as_str()), (Some("datapunk.lake"), Some("GET")));
+        assert_eq!(
+            (v["client"].as_str(), v["auth_method"].as_str()),
+            (Some("alice"), Some("jwt:datapunk"))
+        );
+        assert_eq!(
+            (v["rule"].as_str(), v["method"].as_str()),
+            (Some("datapunk.lake"), Some("GET"))
+        );
 
-        let deny = Outcome::Respond(LocalResponse::json_error(401, "missing_credentials", "no token"));
+        let deny = Outcome::Respond(LocalResponse::json_error(
+            401,
+            "missing_credentials",
+            "no token",
+        ));
         let v: serde_json::Value =
             serde_json::from_str(&record(&deny, &meta(), 5).unwrap()).unwrap();
         assert_eq!(v["event"], "auth.deny");
-        assert_eq!((v["status"].as_u64(), v["reason"].as_str()), (Some(401), Some("missing_credentials")));
-        assert_eq!(v["client"], serde_json::Value::Null, "a client-sent id is not recorded");
+        assert_eq!(
+            (v["status"].as_u64(), v["reason"].as_str()),
+            (Some(401), Some("missing_credentials"))
+        );
+        assert_eq!(
+            v["client"],
+            serde_json::Value::Null,
+            "a client-sent id is not recorded"
+        );
 
         assert_eq!(record(&Outcome::Continue(None), &meta(), 5), None);
         assert_eq!(record(&Outcome::Pause, &meta(), 5), None);

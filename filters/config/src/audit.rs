@@ -86,11 +86,17 @@ impl AuditSink {
 impl Validate for AuditSink {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.cluster.is_empty() {
-            errors.push(ConfigError::new(format!("{path}.cluster"), "must not be empty"));
+            errors.push(ConfigError::new(
+                format!("{path}.cluster"),
+                "must not be empty",
+            ));
         }
         for (name, v) in [("max_batch", self.max_batch), ("flush_ms", self.flush_ms)] {
             if v == 0 {
-                errors.push(ConfigError::new(format!("{path}.{name}"), "must be at least 1"));
+                errors.push(ConfigError::new(
+                    format!("{path}.{name}"),
+                    "must be at least 1",
+                ));
             }
         }
         if self.capacity < self.max_batch {

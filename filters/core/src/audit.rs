@@ -212,6 +212,10 @@ mod tests {
         assert_eq!(m.value(DROPPED), 2);
         q.next_batch().unwrap();
         q.push("f".into(), &m);
-        assert_eq!(m.value(DROPPED), 3, "in-flight records count against capacity");
+        assert_eq!(
+            m.value(DROPPED),
+            3,
+            "in-flight records count against capacity"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use nexus_config::guard::GuardConfig;
-use nexus_filter_core::{HeaderMap, Level, Log};
 use nexus_filter_core::audit::RequestMeta;
+use nexus_filter_core::{HeaderMap, Level, Log};
 use nexus_guard::audit;
 use nexus_guard::{BodyStep, Exchange, Guard, HeadersStep};
 use nexus_proxy_wasm::audit::AuditSender;
@@ -151,7 +151,8 @@ impl Filter for GuardFilter {
     fn on_request_body(&self, context: u32, size: usize, end_of_stream: bool) -> Action {
         let read_body = || read(BufferType::RequestBody, size);
         let step = self.with_stream(context, |ex| {
-            self.guard.on_request_body(ex, size, end_of_stream, read_body, &self.metrics)
+            self.guard
+                .on_request_body(ex, size, end_of_stream, read_body, &self.metrics)
         });
         match step {
             None => Action::Continue,
@@ -162,7 +163,8 @@ impl Filter for GuardFilter {
     fn on_response_headers(&self, context: u32, end_of_stream: bool) -> Action {
         let step = self.with_stream(context, |ex| {
             let headers = HostHeaders::response().pairs();
-            self.guard.on_response_headers(ex, &headers, end_of_stream, &self.metrics)
+            self.guard
+                .on_response_headers(ex, &headers, end_of_stream, &self.metrics)
         });
         match step {
             None => Action::Continue,
@@ -173,7 +175,8 @@ impl Filter for GuardFilter {
     fn on_response_body(&self, context: u32, size: usize, end_of_stream: bool) -> Action {
         let read_body = || read(BufferType::ResponseBody, size);
         let step = self.with_stream(context, |ex| {
-            self.guard.on_response_body(ex, size, end_of_stream, read_body, &self.metrics)
+            self.guard
+                .on_response_body(ex, size, end_of_stream, read_body, &self.metrics)
         });
         match step {
             None => Action::Continue,

@@ -15,9 +15,22 @@ pub fn record(d: &Decision, meta: &RequestMeta, time_ms: u64) -> String {
         ("event", json!(format!("guard.{}", d.outcome.name()))),
         ("time_ms", json!(time_ms)),
         ("rule", json!(d.rule)),
-        ("direction", json!(match d.direction { Dir::Request => "request", Dir::Response => "response" })),
+        (
+            "direction",
+            json!(match d.direction {
+                Dir::Request => "request",
+                Dir::Response => "response",
+            }),
+        ),
         ("status", json!(d.status)),
-        ("reason", if d.reason.is_empty() { json!(null) } else { json!(d.reason) }),
+        (
+            "reason",
+            if d.reason.is_empty() {
+                json!(null)
+            } else {
+                json!(d.reason)
+            },
+        ),
         ("types", json!(d.types)),
     ] {
         r.insert(k.to_string(), v);
@@ -37,7 +50,10 @@ mod tests {
             (":method", "POST"),
             (":path", "/pay/alice@example.com"),
             ("x-request-id", "req-1"),
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("x-nexus-client-id", "alice"),
             ("x-nexus-auth-method", "jwt:datapunk"),
             ("authorization", "Bearer secret-token"),
@@ -64,7 +80,10 @@ mod tests {
                 "client": "alice", "auth_method": "jwt:datapunk",
             })
         );
-        assert!(!text.contains("example.com") && !text.contains("secret"), "{text}");
+        assert!(
+            !text.contains("example.com") && !text.contains("secret"),
+            "{text}"
+        );
         let anonymous = record(&d, &RequestMeta::default(), 1);
         assert!(anonymous.contains("\"client\":null"), "{anonymous}");
     }

@@ -461,7 +461,15 @@ fn request_end(
             return BodyStep::Respond(r.response(&p.name));
         }
     }
-    decide(&p.name, &p.request, Dir::Request, body, json, decisions, metrics)
+    decide(
+        &p.name,
+        &p.request,
+        Dir::Request,
+        body,
+        json,
+        decisions,
+        metrics,
+    )
 }
 
 /// Scans a whole body and applies the direction's action.
