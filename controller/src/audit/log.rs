@@ -51,23 +51,26 @@ impl ChainedLog {
     }
 
     /// Appends `records` as one write, synced to disk before it returns: a batch the service
-    /// acknowledged survives a crash. On an error the head stays where the file was.
-    pub fn append(&mut self, records: Vec<Value>) -> anyhow::Result<Head> {
+    /// acknowledged survives a crash. On an error the head stays where the file was. The new
+    /// head, and the lines written.
+    pub fn append(&mut self, records: Vec<Value>) -> anyhow::Result<(Head, Vec<String>)> {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut head = self.head.clone();
+        let mut lines = Vec::with_capacity(records.len());
         let mut text = String::new();
         for r in records {
             let (line, next) = chain::link(&head, time_ms, r);
             text.push_str(&line);
             text.push('\n');
+            lines.push(line);
             head = next;
         }
         self.file.write_all(text.as_bytes())?;
         self.file.sync_data()?;
         self.head = head.clone();
-        Ok(head)
+        Ok((head, lines))
     }
 }
 
@@ -88,7 +91,8 @@ mod tests {
         drop(log);
         let mut log = ChainedLog::open(&path).unwrap();
         assert_eq!(log.head().seq, 2);
-        let head = log.append(vec![serde_json::json!({"n": 3})]).unwrap();
+        let (head, lines) = log.append(vec![serde_json::json!({"n": 3})]).unwrap();
+        assert_eq!(lines.len(), 1);
         assert_eq!(head.seq, 3);
         let verified = chain::verify(BufReader::new(File::open(&path).unwrap())).unwrap();
         assert_eq!(verified, head);

@@ -3,6 +3,8 @@
 //! ([`chain`]: each entry carries the hash of the one before), and `nexus audit verify FILE`
 //! checks a log end to end, naming the first broken record.
 //!
+//! With a Redis, every entry is also copied to the stream `nexus:audit` ([`mirror`]).
+//!
 //! A chain shows changes, removals and reorderings anywhere before its last entry. Cutting
 //! entries off the end leaves a shorter valid chain: compare the head `verify` prints with
 //! the one the service last logged (`audit batch appended`, with `seq` and `hash`), or pass
@@ -10,6 +12,7 @@
 
 pub mod chain;
 pub mod log;
+pub mod mirror;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -19,9 +22,18 @@ use std::sync::Arc;
 pub use log::ChainedLog;
 pub use service::{Audit, RECORDS_PATH};
 
-/// Opens the log at `path` and serves it on `addr` (port 0: any); the bound address.
-pub async fn start(path: &Path, addr: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<Audit>)> {
-    let audit = Audit::new(ChainedLog::open(path)?);
+/// Opens the log at `path` and serves it on `addr` (port 0: any), copying each entry to the
+/// Redis stream [`mirror::STREAM`] when there is a Redis; the bound address.
+pub async fn start(
+    path: &Path,
+    addr: SocketAddr,
+    redis_url: Option<&str>,
+) -> anyhow::Result<(SocketAddr, Arc<Audit>)> {
+    let mirror = match redis_url {
+        Some(url) => Some(mirror::Mirror::start(url, mirror::STREAM)?),
+        None => None,
+    };
+    let audit = Audit::new(ChainedLog::open(path)?, mirror);
     let bound = service::serve(addr, audit.clone()).await?;
     Ok((bound, audit))
 }

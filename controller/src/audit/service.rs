@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::log::ChainedLog;
+use super::mirror::Mirror;
 
 /// Where filters post their batches.
 pub const RECORDS_PATH: &str = "/audit/v1/records";
@@ -25,6 +26,8 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// The running service's state.
 pub struct Audit {
     log: Mutex<ChainedLog>,
+    /// The Redis stream copy, if any.
+    pub mirror: Option<Mirror>,
     /// Records appended since start.
     pub appended: AtomicU64,
     /// Batches refused (malformed, or the disk failed).
@@ -32,9 +35,10 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn new(log: ChainedLog) -> Arc<Self> {
+    pub fn new(log: ChainedLog, mirror: Option<Mirror>) -> Arc<Self> {
         Arc::new(Self {
             log: Mutex::new(log),
+            mirror,
             appended: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -47,7 +51,7 @@ impl Audit {
         })?;
         let n = records.len() as u64;
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let head = log.append(records).map_err(|e| {
+        let (head, lines) = log.append(records).map_err(|e| {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "appending to the audit log failed");
             (
@@ -55,6 +59,11 @@ impl Audit {
                 format!("appending failed: {e}"),
             )
         })?;
+        // Under the log's lock: the copies queue in the order the entries were chained.
+        if let Some(m) = &self.mirror {
+            m.send(lines);
+        }
+        drop(log);
         self.appended.fetch_add(n, Ordering::Relaxed);
         tracing::info!(appended = n, seq = head.seq, hash = %head.hash, "audit batch appended");
         Ok(json!({ "appended": n, "seq": head.seq, "hash": head.hash }))
@@ -166,7 +175,7 @@ mod tests {
     fn a_batch_is_appended_whole_or_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let audit = Audit::new(ChainedLog::open(&path).unwrap());
+        let audit = Audit::new(ChainedLog::open(&path).unwrap(), None);
         let head = audit
             .append_batch(b"{\"event\":\"a\"}\n\n{\"event\":\"b\"}\n")
             .unwrap();

@@ -192,12 +192,14 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     };
     let xds = Xds::new(state_dir.path())?;
     let audit_log = state_dir.path().join("audit.log");
-    let (audit_addr, _) = crate::audit::start(&audit_log, free_local_addr()?).await?;
-    state.set(
-        "audit",
-        true,
-        format!("appending to {}", audit_log.display()),
-    );
+    let (audit_addr, _) =
+        crate::audit::start(&audit_log, free_local_addr()?, redis_url.as_deref()).await?;
+    let copy = match &redis_url {
+        Some(_) => format!(", copied to the Redis stream {}", crate::audit::mirror::STREAM),
+        None => String::new(),
+    };
+    let detail = format!("appending to {}{copy}", audit_log.display());
+    state.set("audit", true, detail);
     let mut upstreams = Upstreams::default();
     upstreams.ensure(&config).await?;
     let mut version = 1u64;
@@ -292,7 +294,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         config.gateway.http
     );
     println!(
-        "Audit log (hash-chained guard decisions): {0}; check it: nexus audit verify {0}",
+        "Audit log (hash-chained auth and guard decisions): {0}; check it: nexus audit verify {0}",
         audit_log.display()
     );
     println!("Ctrl-C stops Envoy and Nexus.");
@@ -549,7 +551,7 @@ impl Xds {
 struct Services {
     ratelimit: SocketAddr,
     cache: SocketAddr,
-    /// The audit service (guard decisions into `<state dir>/audit.log`).
+    /// The audit service (auth and guard decisions into `<state dir>/audit.log`).
     audit: SocketAddr,
 }
 
