@@ -460,7 +460,8 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
         .find(|e| e["record"]["event"] == "auth.allow" && e["record"]["rule"] == "datapunk.cortex")
         .unwrap_or_else(|| panic!("no auth.allow in {records:?}"));
     assert_eq!(allowed["record"]["client"], "alice");
-    assert_eq!(allowed["record"]["auth_method"], "jwt:datapunk");
+    // Provider names are `<route>.<provider>` in the filter configs.
+    assert_eq!(allowed["record"]["auth_method"], "jwt:datapunk.datapunk");
     let denied = records
         .iter()
         .find(|e| e["record"]["event"] == "auth.deny")
