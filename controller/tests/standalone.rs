@@ -32,8 +32,14 @@ impl Up {
 
     /// `nexus up` on a copy of the example, with `extra` flags (storage, health schedule).
     fn start_with(extra: &[&str]) -> Up {
+        Self::start_prepared(extra, |_| {})
+    }
+
+    /// Like [`Up::start_with`], after `prepare` changed the copy of the example.
+    fn start_prepared(extra: &[&str], prepare: impl FnOnce(&Path)) -> Up {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo_root().join("examples/datapunk"), dir.path());
+        prepare(dir.path());
         let port = free_port();
         let http_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexus"))
@@ -579,4 +585,172 @@ fn redis_outage_fails_readiness_after_three_failed_checks_and_recovers() {
     assert_eq!(back["failures_in_a_row"], 0, "{back}");
     // The outage's last error stays visible.
     assert!(!back["last_error"].as_str().unwrap().is_empty(), "{back}");
+}
+
+/// `openssl`, failing the test with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key and a certificate for 127.0.0.1 named `cn`, signed by the test CA in `dir`.
+fn issue(dir: &Path, cn: &str, key: &str, cert: &str) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-subj",
+            &subject,
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            cert,
+        ],
+    );
+}
+
+/// The subject of the certificate the listener serves.
+fn served_certificate(port: u16) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTPS request with curl, trusting only the test CA: the status, or the failure.
+fn https_get(port: u16, ca: &Path, path: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && code == "200" {
+        Ok(code)
+    } else {
+        Err(format!("{code} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// HTTPS on the listener; a certificate replaced on disk (moved into place, as a rotation
+/// does) is served without a restart and without a failed request under a request loop.
+#[test]
+fn tls_listener_picks_up_a_rotated_certificate_without_a_failed_request() {
+    let up = Up::start_prepared(&["--memory"], |dir| {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        openssl(
+            &tls,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-subj",
+                "/CN=nexus-test-ca",
+                "-days",
+                "2",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        issue(&tls, "nexus-v1", "key.pem", "cert.pem");
+        let gateway = std::fs::read_to_string(dir.join("gateway.yaml")).unwrap();
+        let gateway = gateway.replace(
+            "  demoUpstreams: true\n",
+            "  demoUpstreams: true\n  tls: {certFile: tls/cert.pem, keyFile: tls/key.pem, minVersion: TLSv1_2}\n",
+        );
+        std::fs::write(dir.join("gateway.yaml"), gateway).unwrap();
+    });
+    let tls = up.dir.path().join("tls");
+    let ca = tls.join("ca.pem");
+    assert_eq!(https_get(up.port, &ca, "/healthz"), Ok("200".to_string()));
+    assert!(served_certificate(up.port).contains("nexus-v1"));
+    // Plain HTTP is not served on a TLS listener.
+    assert!(!client::get(up.port, "/healthz", &[]).is_ok_and(|r| r.status == 200));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, ca, port) = (stop.clone(), ca.clone(), up.port);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(https_get(port, &ca, "/healthz"));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    issue(&tls, "nexus-v2", "key.new", "cert.new");
+    std::fs::rename(tls.join("key.new"), tls.join("key.pem")).unwrap();
+    std::fs::rename(tls.join("cert.new"), tls.join("cert.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !served_certificate(up.port).contains("nexus-v2") {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed during the rotation: {failures:?}"
+    );
+    assert!(seen.len() > 2, "{} requests", seen.len());
+    eprintln!(
+        "certificate rotation: {} HTTPS requests during it, 0 failed",
+        seen.len()
+    );
 }

@@ -47,7 +47,10 @@ impl Mirror {
         let n = lines.len() as u64;
         if self.tx.try_send(lines).is_err() {
             self.failures.fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(entries = n, "audit entries not copied to Redis: too many waiting");
+            tracing::warn!(
+                entries = n,
+                "audit entries not copied to Redis: too many waiting"
+            );
         }
     }
 }
@@ -107,7 +110,11 @@ mod tests {
         };
         let client = redis::Client::open(REDIS).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&stream)
+            .query_async(&mut c)
+            .await
+            .unwrap();
         assert_eq!(got, ["{\"seq\":1}", "{\"seq\":2}", "{\"seq\":3}"]);
         assert_eq!(mirror.failures.load(Ordering::Relaxed), 0);
 

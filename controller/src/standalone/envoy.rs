@@ -38,6 +38,8 @@ pub struct Endpoints {
     pub audit: SocketAddr,
     /// Envoy's access log (JSON lines), as an Envoy user would expect one.
     pub access_log: PathBuf,
+    /// The SDS file the listener's TLS secrets are read from (with a `tls` block).
+    pub sds: PathBuf,
 }
 
 /// The standalone routes' group: one gateway, every route.
@@ -53,6 +55,8 @@ pub fn group() -> GroupKey {
 pub struct Resources {
     pub listeners: Value,
     pub clusters: Value,
+    /// The SDS file's contents, with a `tls` block.
+    pub secrets: Option<Value>,
     pub configs: GroupConfigs,
 }
 
@@ -142,6 +146,9 @@ pub fn render(
     if let Some(bytes) = configs.buffer_limit_bytes() {
         listener["per_connection_buffer_limit_bytes"] = json!(bytes);
     }
+    if let Some(tls) = &gateway.tls {
+        listener["filter_chains"][0]["transport_socket"] = tls.transport_socket(&endpoints.sds);
+    }
 
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for r in routes {
@@ -201,6 +208,7 @@ pub fn render(
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             clusters.into_values().collect(),
         ),
+        secrets: gateway.tls.as_ref().map(|t| t.secrets(version)),
         configs,
     })
 }
@@ -446,6 +454,7 @@ mod tests {
             cache: "127.0.0.1:9101".parse().unwrap(),
             audit: "127.0.0.1:9102".parse().unwrap(),
             access_log: PathBuf::from("/s/access.log"),
+            sds: PathBuf::from("/s/sds/sds.json"),
         };
         let modules = FILTERS
             .iter()

@@ -195,7 +195,10 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let (audit_addr, _) =
         crate::audit::start(&audit_log, free_local_addr()?, redis_url.as_deref()).await?;
     let copy = match &redis_url {
-        Some(_) => format!(", copied to the Redis stream {}", crate::audit::mirror::STREAM),
+        Some(_) => format!(
+            ", copied to the Redis stream {}",
+            crate::audit::mirror::STREAM
+        ),
         None => String::new(),
     };
     let detail = format!("appending to {}{copy}", audit_log.display());
@@ -455,6 +458,11 @@ async fn wait_for_cache_subscribers(state: &server::State, streams: u32) {
 /// Fetches every `cache.warm` path through Envoy, as a local client would (`Host` = the
 /// listener), so the first caller finds it cached.
 async fn warm(config: &Config) {
+    if config.gateway.tls.is_some() {
+        // The warmer speaks plain HTTP only; say so rather than count failures.
+        tracing::info!("cache paths are not warmed on a TLS listener");
+        return;
+    }
     let mut addr = config.gateway.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -495,16 +503,21 @@ struct Xds {
     staging: PathBuf,
     lds: PathBuf,
     cds: PathBuf,
+    /// In a directory of its own: Envoy re-reads it when a file is moved in there.
+    sds: PathBuf,
 }
 
 impl Xds {
     fn new(state: &Path) -> Result<Self> {
         let watched = state.join("xds");
         std::fs::create_dir_all(&watched)?;
+        let sds = state.join("sds");
+        std::fs::create_dir_all(&sds)?;
         Ok(Self {
             staging: state.to_path_buf(),
             lds: watched.join("lds.json"),
             cds: watched.join("cds.json"),
+            sds: sds.join("sds.json"),
         })
     }
 
@@ -523,6 +536,7 @@ impl Xds {
             cache: services.cache,
             audit: services.audit,
             access_log: self.staging.join("access.log"),
+            sds: self.sds.clone(),
         };
         envoy::render(
             &routes,
@@ -534,6 +548,10 @@ impl Xds {
     }
 
     fn write(&self, res: &envoy::Resources) -> Result<()> {
+        // Secrets before the listener that names them.
+        if let Some(secrets) = &res.secrets {
+            self.write_one(&self.sds, secrets)?;
+        }
         self.write_one(&self.cds, &res.clusters)?;
         self.write_one(&self.lds, &res.listeners)
     }
@@ -740,7 +758,12 @@ fn banner(
     state: &Path,
     upstreams: &Upstreams,
 ) {
-    let url = format!("http://{}", config.gateway.listen);
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}", config.gateway.listen);
     println!(
         "Nexus is up: {url}  (Envoy admin http://{admin}, Nexus http://{}/health/ready)",
         config.gateway.http
