@@ -63,3 +63,34 @@ pub fn verify_file(path: &Path, head: Option<&str>) -> anyhow::Result<String> {
         got.hash
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_reports_the_head_and_catches_records_cut_off_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = ChainedLog::open(&path).unwrap();
+        let (first, _) = log.append(vec![serde_json::json!({"n": 1})]).unwrap();
+        let (second, _) = log.append(vec![serde_json::json!({"n": 2})]).unwrap();
+        let report = verify_file(&path, Some(&second.hash)).unwrap();
+        assert!(
+            report.ends_with(&format!("2 records, chain intact; head {}", second.hash)),
+            "{report}"
+        );
+        // The last record cut off: still a valid chain, but not the head the service reported.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{}\n", text.lines().next().unwrap())).unwrap();
+        assert!(verify_file(&path, None).is_ok());
+        let e = verify_file(&path, Some(&second.hash))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("ends at record 1 with hash {}", first.hash)),
+            "{e}"
+        );
+        assert!(e.contains("records were cut off the end"), "{e}");
+    }
+}
