@@ -364,7 +364,21 @@ fn datapunk_example_through_real_envoy() {
     );
 
     // Every log line (stderr) is one JSON object in the format every Nexus process shares,
-    // the refused edit's problem included.
+    // the refused edit's problem included (stderr is read apart from stdout: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("NOT applied"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refused-change line in the log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = up.log.lock().unwrap().clone();
     let lines: Vec<_> = log
         .iter()
@@ -384,7 +398,6 @@ fn datapunk_example_through_real_envoy() {
     );
 }
 
-/// The `redis` component as `/health/ready` reports it, and the probe's status code.
 /// The example's cortex rule has a guard block: PII in a prompt is refused before it reaches
 /// the model, and what comes back is scrubbed (the demo upstream echoes the request headers).
 #[test]
@@ -435,11 +448,27 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
 
     let r = up.get("/cortex/v1/models", &[]);
     assert_eq!(r.status, 401, "{}", r.text());
+    // Three of alice's 5 per minute on cortex are used: the third from here is refused.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            up.get("/cortex/v1/models", &[("authorization", alice.as_str())])
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
 
     // The decisions are in the hash-chained audit log, with rule, types and caller.
     let banner = up.wait_for_output("Audit log", Duration::from_secs(5));
     let log = PathBuf::from(banner.rsplit("nexus audit verify ").next().unwrap().trim());
-    let records = wait_for_audit(&log, &["guard.blocked", "guard.redacted", "auth.deny"]);
+    let records = wait_for_audit(
+        &log,
+        &[
+            "guard.blocked",
+            "guard.redacted",
+            "auth.deny",
+            "ratelimit.deny",
+        ],
+    );
     let blocked = records
         .iter()
         .find(|e| e["record"]["event"] == "guard.blocked")
@@ -473,6 +502,13 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
         .find(|e| e["record"]["event"] == "auth.deny")
         .unwrap();
     assert_eq!(denied["record"]["reason"], "missing_credentials");
+    let limited = records
+        .iter()
+        .find(|e| e["record"]["event"] == "ratelimit.deny")
+        .unwrap();
+    assert_eq!(limited["record"]["rule"], "datapunk.cortex");
+    assert_eq!(limited["record"]["client"], "alice");
+    assert_eq!(limited["record"]["status"], 429);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         !text.contains("4111") && !text.contains("alice@example.com"),
@@ -539,6 +575,7 @@ fn wait_for_audit(log: &Path, events: &[&str]) -> Vec<serde_json::Value> {
     }
 }
 
+/// The `redis` component as `/health/ready` reports it, and the probe's status code.
 fn readiness(up: &Up) -> (u16, serde_json::Value) {
     let (code, body) = http_get(up.http_port, "/health/ready");
     (code, serde_json::from_str(&body).unwrap_or_default())

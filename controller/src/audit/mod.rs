@@ -1,5 +1,5 @@
-//! The audit log: filters send one record per decision that matters (a guard refusal or
-//! finding, ...) in batches; this service appends them to a hash-chained file
+//! The audit log: filters send one record per decision that matters (an auth allow or deny,
+//! a rate-limit denial, a guard refusal or finding) in batches; this service appends them to a hash-chained file
 //! ([`chain`]: each entry carries the hash of the one before), and `nexus audit verify FILE`
 //! checks a log end to end, naming the first broken record.
 //!

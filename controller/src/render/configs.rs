@@ -144,8 +144,9 @@ pub struct ServiceClusters {
     pub cache: String,
     /// The cache filter's writer id (its puts' tie-breaker); `None`: one per worker.
     pub cache_writer: Option<String>,
-    /// Cluster of the audit service auth and guard send their decisions to; `None`: they only
-    /// count them (the controller does not host an audit service in a cluster yet).
+    /// Cluster of the audit service auth, ratelimit and guard send their decisions to;
+    /// `None`: they only count them (the controller does not host an audit service in a
+    /// cluster yet).
     pub audit: Option<String>,
 }
 
@@ -167,6 +168,7 @@ pub fn filter_configurations(
         failure_mode_by_route: Default::default(),
         response_headers: true,
         over_limit_cache: true,
+        audit: services.audit.clone().map(AuditSink::new),
     };
     let auth = AuthConfig {
         audit: services.audit.clone().map(AuditSink::new),

@@ -297,7 +297,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         config.gateway.http
     );
     println!(
-        "Audit log (hash-chained auth and guard decisions): {0}; check it: nexus audit verify {0}",
+        "Audit log (hash-chained auth, rate-limit and guard decisions): {0}; check it: nexus audit verify {0}",
         audit_log.display()
     );
     println!("Ctrl-C stops Envoy and Nexus.");
@@ -569,7 +569,7 @@ impl Xds {
 struct Services {
     ratelimit: SocketAddr,
     cache: SocketAddr,
-    /// The audit service (auth and guard decisions into `<state dir>/audit.log`).
+    /// The audit service (auth, rate-limit and guard decisions into `<state dir>/audit.log`).
     audit: SocketAddr,
 }
 

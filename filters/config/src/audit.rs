@@ -26,10 +26,11 @@ pub struct AuditSink {
     /// Per batch request.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// A batch is sent when this many records wait, or at the next flush tick.
+    /// Records per batch.
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
-    /// How often waiting records are sent.
+    /// How often waiting records are sent (a full batch waiting goes at once when the
+    /// service took the one before).
     #[serde(default = "default_flush_ms")]
     pub flush_ms: u32,
     /// Records held per worker (waiting plus in flight); beyond it new records are dropped

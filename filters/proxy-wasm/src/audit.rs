@@ -1,6 +1,10 @@
 //! Sends a filter's audit records ([`nexus_filter_core::audit::AuditQueue`]) to the audit
-//! service with HTTP callouts from the root context: a batch when one is full, the rest at
-//! each tick (`flush_ms`), one batch in flight at a time.
+//! service with HTTP callouts, one batch in flight at a time: at each tick (`flush_ms`), and
+//! the next batch as soon as the service took one.
+//!
+//! Callouts start only in the root context (a tick, or the answer to a tick's callout), never
+//! from a request's callbacks: Envoy cancels a stream context's callouts when its request
+//! ends, and a batch whose answer never comes would stop the queue.
 
 use std::cell::{Cell, RefCell};
 
@@ -30,19 +34,12 @@ impl AuditSender {
         }
     }
 
-    /// Queues a record (a JSON object); sends at once when a whole batch waits.
+    /// Queues a record (a JSON object) for the next send.
     pub fn push(&self, record: String, metrics: &impl Metrics) {
-        let full = {
-            let mut q = self.queue.borrow_mut();
-            q.push(record, metrics);
-            q.full_batch_waiting()
-        };
-        if full {
-            self.flush(metrics);
-        }
+        self.queue.borrow_mut().push(record, metrics);
     }
 
-    /// Sends the next batch, if none is in flight and records wait.
+    /// Sends the next batch, if none is in flight and records wait. Root context only (a tick).
     pub fn flush(&self, metrics: &impl Metrics) {
         if self.in_flight.get().is_some() {
             return;
@@ -84,6 +81,11 @@ impl AuditSender {
             );
         }
         self.queue.borrow_mut().sent(ok, metrics);
+        // Still in the root context: keep up with a busy proxy without waiting for a tick.
+        // After a failure the next tick retries, so a service that is down is not hammered.
+        if ok && self.queue.borrow().full_batch_waiting() {
+            self.flush(metrics);
+        }
         true
     }
 }
