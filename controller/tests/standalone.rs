@@ -136,6 +136,24 @@ impl Drop for Up {
     }
 }
 
+/// Lets a request loop run 300 ms more, stops it and returns what it saw, failing the test on
+/// any failed request.
+fn stop_loop(
+    stop: &AtomicBool,
+    load: std::thread::JoinHandle<Vec<Result<String, String>>>,
+    during: &str,
+) -> Vec<Result<String, String>> {
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed during the {during}: {failures:?}"
+    );
+    seen
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target: PathBuf = to.join(e.file_name());
@@ -324,14 +342,7 @@ fn datapunk_example_through_real_envoy() {
         assert!(Instant::now() < deadline, "the 2 s timeout never arrived");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().unwrap();
-    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "failed during the switch: {failures:?}"
-    );
+    let seen = stop_loop(&stop, load, "switch");
     let before = seen.iter().filter(|r| r.as_deref() == Ok("5000")).count();
     let after = seen.iter().filter(|r| r.as_deref() == Ok("2000")).count();
     assert!(
@@ -777,14 +788,7 @@ fn tls_listener_picks_up_a_rotated_certificate_without_a_failed_request() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().unwrap();
-    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "failed during the rotation: {failures:?}"
-    );
+    let seen = stop_loop(&stop, load, "rotation");
     assert!(seen.len() > 2, "{} requests", seen.len());
     eprintln!(
         "certificate rotation: {} HTTPS requests during it, 0 failed",
