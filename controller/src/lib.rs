@@ -3,6 +3,7 @@
 //! The pure core ([`model`], [`render`], [`plan`], [`objects`], the conditions in [`status`])
 //! needs no API server; [`controller`], [`leader`] and [`server`] are the runtime around it.
 
+pub mod audit;
 pub mod cache;
 pub mod controller;
 pub mod crd;

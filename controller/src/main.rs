@@ -117,6 +117,11 @@ enum Command {
     /// Run Nexus without a cluster: NexusRoutes (and Secrets, a NexusGateway) from DIR, real
     /// Envoy with the filters, the Nexus services in-process; edits to DIR apply live.
     Up(UpArgs),
+    /// The audit log's tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the controller (leader-elected), health/metrics and the module server.
     Controller(ControllerArgs),
 }
@@ -202,6 +207,18 @@ struct ControllerArgs {
     bus: BusArgs,
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a hash-chained audit log end to end; exit 1 naming the first broken record.
+    Verify {
+        file: PathBuf,
+        /// The head hash the log must end at (as the service last reported it): also catches
+        /// records cut off the end.
+        #[arg(long)]
+        head: Option<String>,
+    },
+}
+
 fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         controller_namespace: r.controller_namespace.clone(),
@@ -245,6 +262,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render { files, render } => render_files(&files, &render),
         Command::Validate { files } => validate_files(&files),
         Command::Up(args) => up(args),
+        Command::Audit {
+            command: AuditCommand::Verify { file, head },
+        } => match nexus_controller::audit::verify_file(&file, head.as_deref()) {
+            Ok(report) => {
+                println!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Controller(args) => controller(args),
     }
 }

@@ -950,7 +950,7 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
         ready["components"]["redis"]["status"], "disabled",
         "{ready}"
     );
-    assert_eq!(ready["components"]["modules"]["count"], 4, "{ready}");
+    assert_eq!(ready["components"]["modules"]["count"], 5, "{ready}");
     assert_eq!(ready["leader"], true, "{ready}");
     let ef = Api::<DynamicObject>::namespaced_with(
         client.clone(),

@@ -624,3 +624,111 @@ fn sessions_render_to_the_controllers_services_and_bad_ones_are_refused_with_pat
         "{reqs:?}"
     );
 }
+
+fn patch_names(ef: &Value) -> Vec<String> {
+    ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| match p["applyTo"].as_str().unwrap() {
+            "HTTP_FILTER" => p["patch"]["value"]["name"].as_str().unwrap().to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn guard_is_rendered_after_auth_only_where_a_rule_guards() {
+    let objs = objects("guard.yaml");
+    let ef = |app: &str| {
+        objs.iter()
+            .find(|o| {
+                o["kind"] == "EnvoyFilter"
+                    && (o["spec"]["workloadSelector"]["labels"]["app"] == app
+                        || o["spec"]["workloadSelector"]["labels"]["istio"] == app)
+            })
+            .unwrap_or_else(|| panic!("no EnvoyFilter for {app}"))
+    };
+    // The gateway's 4 MiB scan cap raises its listeners' buffer limit; the guard runs after auth.
+    let gateway = ef("ingressgateway");
+    assert_eq!(
+        patch_names(gateway),
+        [
+            "nexus.router",
+            "nexus.auth",
+            "nexus.guard",
+            "nexus.ratelimit",
+            "LISTENER"
+        ]
+    );
+    let listener = gateway["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "LISTENER")
+        .unwrap();
+    assert_eq!(listener["match"]["context"], "GATEWAY");
+    assert_eq!(listener["patch"]["operation"], "MERGE");
+    assert_eq!(
+        listener["patch"]["value"]["per_connection_buffer_limit_bytes"],
+        4_194_304
+    );
+    // Only the rule with a guard block is guarded, keyed on the router's decision.
+    let guard: nexus_config::guard::GuardConfig =
+        nexus_config::parse(&filter_config(gateway, "guard")).unwrap();
+    assert_eq!(guard.rules.len(), 1);
+    assert_eq!(guard.rules[0].name, "payments.pay");
+    assert_eq!(guard.rules[0].matcher.headers[0].name, "x-nexus-rule");
+    assert_eq!(
+        guard.rules[0].matcher.headers[0].exact.as_deref(),
+        Some("payments.pay")
+    );
+    assert_eq!(
+        guard.rules[0].policy.request.action,
+        nexus_config::guard::PiiAction::Block
+    );
+    assert_eq!(guard.default, None, "unmatched requests are not looked at");
+    // Envoy's default buffer limit already holds the default 1 MiB cap: no listener patch.
+    assert_eq!(
+        patch_names(ef("profiles")),
+        [
+            "nexus.router",
+            "nexus.auth",
+            "nexus.guard",
+            "nexus.ratelimit"
+        ]
+    );
+    // A rejected route renders nothing; the problems name the guard block's own keys.
+    assert!(!objs
+        .iter()
+        .any(|o| o["spec"]["workloadSelector"]["labels"]["app"] == "bad"));
+    let (_, problems) = render_file(&fixtures().join("cases/guard.yaml"));
+    for expected in [
+        "shop/bad-guard: InvalidSpec $.spec.rules[0].guard.max_scan_bytes: 99999999 is above 16777216",
+        "shop/bad-guard: InvalidSpec $.spec.rules[0].guard.methods[0]: \"post\" is not an upper-case method",
+        "shop/bad-guard: InvalidSpec $.spec.rules[0].guard.request.fields.allow[0]: \"id\" is in both allow and deny",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+}
+
+#[test]
+fn a_misspelt_guard_key_is_refused_with_its_name() {
+    let text = r#"
+apiVersion: nexus.datapunk.io/v1alpha1
+kind: NexusRoute
+metadata: { name: typo, namespace: shop }
+spec:
+  target: { kind: Sidecar, selector: { app: typo } }
+  rules:
+    - name: pay
+      category: data_operations
+      guard: { max_scan_byte: 1024 }
+"#;
+    let mut inputs = input::Inputs::default();
+    input::read_str(Path::new("typo.yaml"), text, &mut inputs);
+    assert!(inputs.routes.is_empty());
+    let (file, error) = &inputs.errors[0];
+    assert_eq!(file, Path::new("typo.yaml"));
+    assert!(error.contains("max_scan_byte"), "{error}");
+}

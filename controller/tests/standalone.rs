@@ -136,6 +136,24 @@ impl Drop for Up {
     }
 }
 
+/// Lets a request loop run 300 ms more, stops it and returns what it saw, failing the test on
+/// any failed request.
+fn stop_loop(
+    stop: &AtomicBool,
+    load: std::thread::JoinHandle<Vec<Result<String, String>>>,
+    during: &str,
+) -> Vec<Result<String, String>> {
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed during the {during}: {failures:?}"
+    );
+    seen
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target: PathBuf = to.join(e.file_name());
@@ -324,14 +342,7 @@ fn datapunk_example_through_real_envoy() {
         assert!(Instant::now() < deadline, "the 2 s timeout never arrived");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().unwrap();
-    let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "failed during the switch: {failures:?}"
-    );
+    let seen = stop_loop(&stop, load, "switch");
     let before = seen.iter().filter(|r| r.as_deref() == Ok("5000")).count();
     let after = seen.iter().filter(|r| r.as_deref() == Ok("2000")).count();
     assert!(
@@ -364,7 +375,21 @@ fn datapunk_example_through_real_envoy() {
     );
 
     // Every log line (stderr) is one JSON object in the format every Nexus process shares,
-    // the refused edit's problem included.
+    // the refused edit's problem included (stderr is read apart from stdout: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("NOT applied"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refused-change line in the log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = up.log.lock().unwrap().clone();
     let lines: Vec<_> = log
         .iter()
@@ -382,6 +407,183 @@ fn datapunk_example_through_real_envoy() {
             .contains("rules[2].timeout"),
         "{refused:?}"
     );
+}
+
+/// The example's cortex rule has a guard block: PII in a prompt is refused before it reaches
+/// the model, and what comes back is scrubbed (the demo upstream echoes the request headers).
+#[test]
+fn guard_blocks_pii_in_prompts_and_redacts_answers() {
+    let up = Up::start();
+    let alice = bearer(up.dir.path(), "alice");
+    let json = [
+        ("authorization", alice.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let prompt = br#"{"prompt": "charge card 4111 1111 1111 1111 for the run"}"#;
+    let r = client::request(up.port, "POST", "/cortex/v1/infer", &json, prompt).unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let v = r.json().unwrap();
+    assert_eq!(v["error"], "pii_detected");
+    assert_eq!(v["types"], serde_json::json!(["card"]));
+    assert!(!r.text().contains("4111"), "{}", r.text());
+    let clean = br#"{"prompt": "summarize the lake's tables"}"#;
+    let r = client::request(up.port, "POST", "/cortex/v1/infer", &json, clean).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = up.get(
+        "/cortex/v1/models",
+        &[
+            ("authorization", alice.as_str()),
+            ("x-contact", "alice@example.com"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-length"), None, "{:?}", r.headers);
+    let echo = r
+        .json()
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    assert_eq!(echo["headers"]["x-contact"], "[REDACTED:email]");
+    assert_eq!(echo["headers"]["x-nexus-client-id"], "alice");
+    // Other routes have no guard: the same header comes back as sent.
+    let r = up.get(
+        "/stream/events",
+        &[
+            ("authorization", alice.as_str()),
+            ("x-contact", "alice@example.com"),
+        ],
+    );
+    assert_eq!(
+        r.json().unwrap()["headers"]["x-contact"],
+        "alice@example.com"
+    );
+
+    let r = up.get("/cortex/v1/models", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    // Three of alice's 5 per minute on cortex are used: the third from here is refused.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            up.get("/cortex/v1/models", &[("authorization", alice.as_str())])
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // The decisions are in the hash-chained audit log, with rule, types and caller.
+    let banner = up.wait_for_output("Audit log", Duration::from_secs(5));
+    let log = PathBuf::from(banner.rsplit("nexus audit verify ").next().unwrap().trim());
+    let records = wait_for_audit(
+        &log,
+        &[
+            "guard.blocked",
+            "guard.redacted",
+            "auth.deny",
+            "ratelimit.deny",
+        ],
+    );
+    let blocked = records
+        .iter()
+        .find(|e| e["record"]["event"] == "guard.blocked")
+        .unwrap_or_else(|| panic!("no guard.blocked in {records:?}"));
+    let r = &blocked["record"];
+    assert_eq!(r["rule"], "datapunk.cortex");
+    assert_eq!(
+        (r["direction"].as_str(), r["status"].as_u64()),
+        (Some("request"), Some(422))
+    );
+    assert_eq!(r["types"], serde_json::json!(["card"]));
+    assert_eq!(
+        (r["client"].as_str(), r["method"].as_str()),
+        (Some("alice"), Some("POST"))
+    );
+    let redacted = records
+        .iter()
+        .find(|e| e["record"]["event"] == "guard.redacted")
+        .unwrap_or_else(|| panic!("no guard.redacted in {records:?}"));
+    assert_eq!(redacted["record"]["direction"], "response");
+    assert_eq!(redacted["record"]["types"], serde_json::json!(["email"]));
+    let allowed = records
+        .iter()
+        .find(|e| e["record"]["event"] == "auth.allow" && e["record"]["rule"] == "datapunk.cortex")
+        .unwrap_or_else(|| panic!("no auth.allow in {records:?}"));
+    assert_eq!(allowed["record"]["client"], "alice");
+    // Provider names are `<route>.<provider>` in the filter configs.
+    assert_eq!(allowed["record"]["auth_method"], "jwt:datapunk.datapunk");
+    let denied = records
+        .iter()
+        .find(|e| e["record"]["event"] == "auth.deny")
+        .unwrap();
+    assert_eq!(denied["record"]["reason"], "missing_credentials");
+    let limited = records
+        .iter()
+        .find(|e| e["record"]["event"] == "ratelimit.deny")
+        .unwrap();
+    assert_eq!(limited["record"]["rule"], "datapunk.cortex");
+    assert_eq!(limited["record"]["client"], "alice");
+    assert_eq!(limited["record"]["status"], 429);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("4111") && !text.contains("alice@example.com"),
+        "a PII value in the audit log:\n{text}"
+    );
+
+    // `nexus audit verify` passes, and names the record after one byte of it changes.
+    let verify = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_nexus"))
+            .args(["audit", "verify"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&log);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("chain intact"), "{out}");
+    let copy = up.dir.path().join("audit-copy.log");
+    let line = text
+        .lines()
+        .position(|l| l.contains("guard.blocked"))
+        .unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[line] = lines[line].replacen("\"card\"", "\"cart\"", 1);
+    std::fs::write(&copy, lines.join("\n") + "\n").unwrap();
+    let bad = verify(&copy);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    let n = line + 1;
+    assert!(
+        err.contains(&format!("broken at record {n} (line {n})")),
+        "{err}"
+    );
+}
+
+/// The audit log's entries once it holds a record of each of `events` (the filters flush
+/// every second).
+fn wait_for_audit(log: &Path, events: &[&str]) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = text
+            .lines()
+            // The last line may be half written.
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if events
+            .iter()
+            .all(|ev| entries.iter().any(|e| e["record"]["event"] == *ev))
+        {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every one of {events:?} in {}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The `redis` component as `/health/ready` reports it, and the probe's status code.
@@ -544,5 +746,166 @@ fn idempotent_requests_are_retried_and_posts_are_not() {
         lake.count("POST /lake/not-retried"),
         1,
         "a POST is not repeated after the upstream saw it"
+    );
+}
+
+/// `openssl`, failing the test with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key and a certificate for 127.0.0.1 named `cn`, signed by the test CA in `dir`.
+fn issue(dir: &Path, cn: &str, key: &str, cert: &str) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-subj",
+            &subject,
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            cert,
+        ],
+    );
+}
+
+/// The subject of the certificate the listener serves.
+fn served_certificate(port: u16) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTPS request with curl, trusting only the test CA: the status, or the failure.
+fn https_get(port: u16, ca: &Path, path: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && code == "200" {
+        Ok(code)
+    } else {
+        Err(format!("{code} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// HTTPS on the listener; a certificate replaced on disk (moved into place, as a rotation
+/// does) is served without a restart and without a failed request under a request loop.
+#[test]
+fn tls_listener_picks_up_a_rotated_certificate_without_a_failed_request() {
+    let up = Up::start_prepared(&["--memory"], |dir| {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        openssl(
+            &tls,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-subj",
+                "/CN=nexus-test-ca",
+                "-days",
+                "2",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        issue(&tls, "nexus-v1", "key.pem", "cert.pem");
+        let gateway = std::fs::read_to_string(dir.join("gateway.yaml")).unwrap();
+        let gateway = gateway.replace(
+            "  demoUpstreams: true\n",
+            "  demoUpstreams: true\n  tls: {certFile: tls/cert.pem, keyFile: tls/key.pem, minVersion: TLSv1_2}\n",
+        );
+        std::fs::write(dir.join("gateway.yaml"), gateway).unwrap();
+    });
+    let tls = up.dir.path().join("tls");
+    let ca = tls.join("ca.pem");
+    assert_eq!(https_get(up.port, &ca, "/healthz"), Ok("200".to_string()));
+    assert!(served_certificate(up.port).contains("nexus-v1"));
+    // Plain HTTP is not served on a TLS listener.
+    assert!(!client::get(up.port, "/healthz", &[]).is_ok_and(|r| r.status == 200));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, ca, port) = (stop.clone(), ca.clone(), up.port);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(https_get(port, &ca, "/healthz"));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    issue(&tls, "nexus-v2", "key.new", "cert.new");
+    std::fs::rename(tls.join("key.new"), tls.join("key.pem")).unwrap();
+    std::fs::rename(tls.join("cert.new"), tls.join("cert.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !served_certificate(up.port).contains("nexus-v2") {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = stop_loop(&stop, load, "rotation");
+    assert!(seen.len() > 2, "{} requests", seen.len());
+    eprintln!(
+        "certificate rotation: {} HTTPS requests during it, 0 failed",
+        seen.len()
     );
 }

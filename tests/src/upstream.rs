@@ -44,12 +44,17 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(name: &str) -> Result<Self> {
+        Self::start_on(name, 0)
+    }
+
+    /// On a given port (0: the kernel's choice), e.g. one a proxy was already told about.
+    pub fn start_on(name: &str, port: u16) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
         let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .block_on(TcpListener::bind(("127.0.0.1", port)))
             .context("binding upstream")?;
         let addr = listener.local_addr()?;
         let recorded = Arc::new(Mutex::new(Vec::new()));

@@ -2,11 +2,13 @@
 //! a response body redacted (valid JSON, framed right: the upstream's `content-length` is
 //! removed and Envoy sends the new body chunked), a chunked response
 //! redacted, a body over the scan cap passed unchanged and counted in Envoy's stats, and a
-//! path Envoy leaves ambiguous refused.
+//! path Envoy leaves ambiguous refused; audit records kept while the audit service is down,
+//! counted, and delivered when it comes back.
 
 use nexus_tests::body_upstream::{BodyUpstream, PII_JSON};
 use nexus_tests::client;
 use nexus_tests::envoy::{Envoy, EnvoyConfig, WasmFilter};
+use nexus_tests::upstream::Upstream;
 
 const CONFIG: &str = r#"{"rules": [{"name": "api", "match": {"path": {"prefix": "/"}},
   "policy": {"max_scan_bytes": 8192,
@@ -107,4 +109,80 @@ fn ambiguous_path_is_refused(envoy: &Envoy, upstream: &BodyUpstream) {
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert_eq!(resp.json().unwrap()["error"], "encoded_slash");
     assert_eq!(upstream.served(), before);
+}
+
+/// With `on_unavailable: buffer`, a record waits (each failed send counted) while the audit
+/// service is down, and is delivered, in a batch of JSON lines, once it is up.
+#[test]
+fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
+    let upstream = BodyUpstream::start().unwrap();
+    let audit_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = CONFIG.replacen(
+        r#"{"rules": ["#,
+        r#"{"audit": {"cluster": "audit", "flush_ms": 100, "timeout_ms": 500},
+            "rules": ["#,
+        1,
+    );
+    let envoy = Envoy::start(&EnvoyConfig {
+        filters: vec![WasmFilter {
+            name: "nexus-guard".into(),
+            module: nexus_tests::filter_module("nexus_guard").unwrap(),
+            config,
+        }],
+        upstreams: vec![
+            ("api".into(), upstream.port()),
+            ("audit".into(), audit_port),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let json = [UPSTREAM, ("content-type", "application/json")];
+    let body = br#"{"card": "4111-1111-1111-1111"}"#;
+    let resp = client::request(envoy.port, "POST", "/pay", &json, body).unwrap();
+    assert_eq!(resp.status, 422, "{}", resp.text());
+
+    // Retried at every tick: the count keeps growing while the service is down.
+    let failures = "wasmcustom.nexus_audit.send_failures";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while envoy.stat(failures).unwrap().unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", envoy.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.nexus_audit.dropped")
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.nexus_audit.sent")
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+
+    let service = Upstream::start_on("audit", audit_port).unwrap();
+    assert_eq!(
+        envoy
+            .wait_for_stat_settled("wasmcustom.nexus_audit.sent", 1)
+            .unwrap(),
+        1
+    );
+    let batches = service.requests();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(
+        (batches[0].method.as_str(), batches[0].path.as_str()),
+        ("POST", "/audit/v1/records")
+    );
+    let text = String::from_utf8_lossy(&batches[0].body);
+    let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(record["event"], "guard.blocked");
+    assert_eq!(record["types"], serde_json::json!(["card"]));
+    assert!(!text.contains("4111"), "{text}");
 }

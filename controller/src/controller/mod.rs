@@ -326,7 +326,7 @@ mod tests {
             handler(args.clone()).unwrap(),
             "shop/orders: reconcile queued"
         );
-        assert_eq!(commands.0.try_next().unwrap(), Some(args));
+        assert_eq!(commands.0.try_recv().unwrap(), args);
         drop(commands);
         let stopped = handler(ReconcileArgs::default()).unwrap_err();
         assert!(stopped.contains("not running"), "{stopped}");

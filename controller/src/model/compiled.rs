@@ -23,6 +23,8 @@ pub struct CompiledRule {
     pub per_try_timeout_ms: Option<u64>,
     /// The rule's caching, if any (also for its REST fallback).
     pub cache: Option<RuleCache>,
+    /// The rule's guard policy, if any (also for its REST fallback).
+    pub guard: Option<nexus_config::guard::GuardPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@
 //!
 //! One module per part of the spec, in the order [`compile`] reads them: `target` (selector,
 //! hosts, gateways), `resilience` (default retries; circuit breaker and connection pool come
-//! last), `categories`, `auth` and `requirements`, `rules` (with `matching`, `upstream`, `cache`
-//! and `ratelimit`). Every step reports into one `problem::Ctx`, so all of a route's problems
+//! last), `categories`, `auth` and `requirements`, `rules` (with `matching`, `upstream`, `cache`,
+//! `guard` and `ratelimit`). Every step reports into one `problem::Ctx`, so all of a route's problems
 //! come back at once, in the order found. Around them: `compiled` (the output types),
 //! `conflicts` (which of two routes keeps a path), `secrets` (Secret lookup and API-key
 //! entries), `syntax` (durations, DNS labels).
@@ -18,6 +18,7 @@ mod cache;
 mod categories;
 mod compiled;
 mod conflicts;
+mod guard;
 mod matching;
 mod problem;
 mod ratelimit;

@@ -15,7 +15,7 @@ use super::compiled::CompiledRule;
 use super::problem::Ctx;
 use super::syntax::is_dns_label;
 use super::upstream::{self, Tokens};
-use super::{cache, matching, ratelimit, resilience};
+use super::{cache, guard, matching, ratelimit, resilience};
 
 /// What rules inherit from the route.
 pub(super) struct Inherited<'a> {
@@ -117,6 +117,10 @@ fn compile_rule(
         .cache
         .as_ref()
         .and_then(|c| cache::compile(cx, c, &format!("{at}.cache")));
+    let guard = r
+        .guard
+        .as_ref()
+        .and_then(|g| guard::compile(cx, g, &format!("{at}.guard")));
     let rule = CompiledRule {
         name: name.clone(),
         router: router::RouteRule {
@@ -132,6 +136,7 @@ fn compile_rule(
         retry,
         per_try_timeout_ms: per_try,
         cache,
+        guard,
     };
     let fallback = r
         .rest_fallback
@@ -141,7 +146,7 @@ fn compile_rule(
 }
 
 /// The `.rest` twin of a gRPC rule: REST requests under `pathPrefix` go to the fallback
-/// upstream, with the gRPC rule's methods, headers, timeout, retries and cache.
+/// upstream, with the gRPC rule's methods, headers, timeout, retries, cache and guard.
 fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str) -> CompiledRule {
     if grpc.router.matcher.grpc_service.is_none() {
         cx.bad(at, "restFallback needs match.grpcService");
@@ -174,5 +179,6 @@ fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str)
         retry: grpc.retry.clone(),
         per_try_timeout_ms: grpc.per_try_timeout_ms,
         cache: grpc.cache.clone(),
+        guard: grpc.guard.clone(),
     }
 }

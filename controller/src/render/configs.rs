@@ -1,8 +1,10 @@
 //! A group's routes merged into each filter's configuration.
 
+use nexus_config::audit::AuditSink;
 use nexus_config::auth::AuthConfig;
 use nexus_config::cache::{CacheConfig, CacheRule, CacheService};
 use nexus_config::contract;
+use nexus_config::guard::{GuardConfig, GuardRule};
 use nexus_config::ratelimit::RateLimitConfig;
 use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig, RateLimitService};
 use nexus_config::router::{HeaderMatch, NoMatch, RequestMatch, RouterConfig};
@@ -16,6 +18,43 @@ pub struct GroupConfigs {
     pub ratelimit: RateLimitConfig,
     /// Rules only for router rules that cache; the service is filled in per target.
     pub cache: CacheConfig,
+    /// Rules only for router rules with a `guard` block.
+    pub guard: GuardConfig,
+}
+
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB), which also bounds what a
+/// filter may buffer of one HTTP/1 request or response body.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+impl GroupConfigs {
+    /// The listener buffer limit the guard needs, if it needs more than Envoy's default: it
+    /// buffers a body it may redact or block up to `max_scan_bytes`, and Envoy refuses a body
+    /// a filter buffers beyond the listener's limit (413 for requests, 500 or a reset for
+    /// responses) instead of letting the guard pass it on unscanned as documented.
+    pub fn buffer_limit_bytes(&self) -> Option<u32> {
+        let scan = self
+            .guard
+            .rules
+            .iter()
+            .map(|r| r.policy.max_scan_bytes)
+            .max()?;
+        (scan > ENVOY_DEFAULT_BUFFER_LIMIT).then_some(scan)
+    }
+}
+
+/// A filter rule keyed on the router's decision (`x-nexus-rule`), so routing and the later
+/// filters never disagree about which rule a request matched.
+fn rule_match(rule: &str) -> RequestMatch {
+    RequestMatch {
+        headers: vec![HeaderMatch {
+            name: contract::RULE.to_string(),
+            present: None,
+            exact: Some(rule.to_string()),
+            prefix: None,
+            regex: None,
+        }],
+        ..Default::default()
+    }
 }
 
 /// One filter, one session cookie: the oldest route's settings hold, and the headers sessions
@@ -40,6 +79,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         descriptors: Vec::new(),
     };
     let mut cache = CacheConfig::default();
+    let mut guard = GuardConfig::default();
     for r in routes {
         for rule in &r.rules {
             router
@@ -84,20 +124,17 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
         for rule in &r.rules {
             if let Some(c) = &rule.cache {
-                // Keyed on the router's decision, so cache and routing never disagree.
                 cache.rules.push(CacheRule {
                     name: rule.name.clone(),
-                    matcher: RequestMatch {
-                        headers: vec![HeaderMatch {
-                            name: contract::RULE.to_string(),
-                            present: None,
-                            exact: Some(rule.name.clone()),
-                            prefix: None,
-                            regex: None,
-                        }],
-                        ..Default::default()
-                    },
+                    matcher: rule_match(&rule.name),
                     policy: c.policy.clone(),
+                });
+            }
+            if let Some(g) = &rule.guard {
+                guard.rules.push(GuardRule {
+                    name: rule.name.clone(),
+                    matcher: rule_match(&rule.name),
+                    policy: g.clone(),
                 });
             }
         }
@@ -110,6 +147,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         auth,
         ratelimit,
         cache,
+        guard,
     }
 }
 
@@ -123,11 +161,16 @@ pub struct ServiceClusters {
     pub cache_writer: Option<String>,
     /// HTTP/1 cluster of the sessions service (the controller's HTTP port).
     pub sessions: String,
+    /// Cluster of the audit service auth, ratelimit and guard send their decisions to;
+    /// `None`: they only count them (the controller does not host an audit service in a
+    /// cluster yet).
+    pub audit: Option<String>,
 }
 
 /// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
-/// the EnvoyFilter and the standalone Envoy configuration load. The cache filter is left out
-/// when no rule caches: it would cost every request for nothing.
+/// the EnvoyFilter and the standalone Envoy configuration load. The guard and cache filters
+/// are left out when no rule has a `guard` or `cache` block: they would cost every request
+/// for nothing.
 pub fn filter_configurations(
     cfg: &GroupConfigs,
     services: &ServiceClusters,
@@ -142,8 +185,12 @@ pub fn filter_configurations(
         failure_mode_by_route: Default::default(),
         response_headers: true,
         over_limit_cache: true,
+        audit: services.audit.clone().map(AuditSink::new),
     };
-    let mut auth = cfg.auth.clone();
+    let mut auth = AuthConfig {
+        audit: services.audit.clone().map(AuditSink::new),
+        ..cfg.auth.clone()
+    };
     if let Some(s) = &mut auth.sessions {
         s.cluster = services.sessions.clone();
         // Revocations ride the cache service's event stream.
@@ -152,8 +199,15 @@ pub fn filter_configurations(
     let mut out = vec![
         ("router", serde_json::to_string(&cfg.router)?),
         ("auth", serde_json::to_string(&auth)?),
-        ("ratelimit", serde_json::to_string(&ratelimit)?),
     ];
+    if !cfg.guard.rules.is_empty() {
+        let guard = GuardConfig {
+            audit: services.audit.clone().map(AuditSink::new),
+            ..cfg.guard.clone()
+        };
+        out.push(("guard", serde_json::to_string(&guard)?));
+    }
+    out.push(("ratelimit", serde_json::to_string(&ratelimit)?));
     if !cfg.cache.rules.is_empty() {
         let cache = CacheConfig {
             service: Some(CacheService::new(services.cache.clone())),

@@ -64,6 +64,7 @@ pub fn render_group(
             "outbound|{HTTP_PORT}||nexus-controller.{}.svc.cluster.local",
             settings.controller_namespace
         ),
+        audit: None,
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();
@@ -75,6 +76,9 @@ pub fn render_group(
             fail_open,
             settings,
         )?);
+    }
+    if let Some(bytes) = cfg.buffer_limit_bytes() {
+        patches.push(buffer_limit_patch(group.kind, bytes));
     }
     let [(_, ef_ns, ef_name), (_, cm_ns, cm_name)] =
         group_object_names(&group.namespace, &name, settings);
@@ -94,6 +98,27 @@ pub fn render_group(
     Ok(vec![envoy_filter, config_map])
 }
 
+fn patch_context(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Gateway => "GATEWAY",
+        TargetKind::Sidecar => "SIDECAR_INBOUND",
+    }
+}
+
+/// Raises the workloads' listener buffer limit (Istio's `LISTENER` + `MERGE` patch) to what the
+/// guard buffers: Envoy refuses a body a filter buffers beyond the listener's
+/// `per_connection_buffer_limit_bytes` (1 MiB unless set).
+fn buffer_limit_patch(kind: TargetKind, bytes: u32) -> Value {
+    json!({
+        "applyTo": "LISTENER",
+        "match": { "context": patch_context(kind) },
+        "patch": {
+            "operation": "MERGE",
+            "value": { "per_connection_buffer_limit_bytes": bytes },
+        },
+    })
+}
+
 /// The EnvoyFilter patch that inserts one Nexus filter before Envoy's router, its code
 /// fetched from the controller's module server by sha256.
 fn wasm_patch(
@@ -103,10 +128,7 @@ fn wasm_patch(
     fail_open: bool,
     settings: &Settings,
 ) -> anyhow::Result<Value> {
-    let context = match kind {
-        TargetKind::Gateway => "GATEWAY",
-        TargetKind::Sidecar => "SIDECAR_INBOUND",
-    };
+    let context = patch_context(kind);
     let sha = settings
         .modules
         .get(filter)

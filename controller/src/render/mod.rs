@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use crate::model::CompiledRoute;
 use crate::objects::{Kind, Object};
 
-pub use configs::{filter_configurations, group_configs, GroupConfigs, ServiceClusters};
+pub use configs::{
+    filter_configurations, group_configs, GroupConfigs, ServiceClusters, ENVOY_DEFAULT_BUFFER_LIMIT,
+};
 pub use group::{group_object_names, render_group};
 pub use route::render_route;
 
@@ -32,9 +34,9 @@ pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";
 pub const LABEL_GROUP_NAMESPACE: &str = "nexus.datapunk.io/group-namespace";
 pub const LABEL_ROUTE: &str = "nexus.datapunk.io/route";
 /// The filters the controller and `nexus up` render, in `nexus_config::contract::FILTER_ORDER`
-/// (see there for why that order). nexus-guard is built and tested but not rendered yet: it
-/// joins when the NexusRoute gets its `guard` block (a test keeps this list in that order).
-pub const FILTERS: [&str; 4] = ["router", "auth", "ratelimit", "cache"];
+/// (see there for why that order; a test keeps this list in it). Guard and cache only where
+/// some rule of the group has a `guard` or `cache` block.
+pub const FILTERS: [&str; 5] = ["router", "auth", "guard", "ratelimit", "cache"];
 
 #[cfg(test)]
 mod tests {

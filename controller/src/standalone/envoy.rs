@@ -24,6 +24,7 @@ use nexus_config::contract;
 pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
 pub const CACHE_CLUSTER: &str = "nexus-cache";
 pub const SESSIONS_CLUSTER: &str = "nexus-sessions";
+pub const AUDIT_CLUSTER: &str = "nexus-audit";
 const LISTENER: &str = "nexus";
 
 /// Where the things Envoy connects to are.
@@ -36,8 +37,12 @@ pub struct Endpoints {
     pub cache: SocketAddr,
     /// The sessions service (`/sessions/v1/*` on the HTTP server).
     pub sessions: SocketAddr,
+    /// The audit service (HTTP/1.1, `POST /audit/v1/records`).
+    pub audit: SocketAddr,
     /// Envoy's access log (JSON lines), as an Envoy user would expect one.
     pub access_log: PathBuf,
+    /// The SDS file the listener's TLS secrets are read from (with a `tls` block).
+    pub sds: PathBuf,
 }
 
 /// The standalone routes' group: one gateway, every route.
@@ -53,6 +58,8 @@ pub fn group() -> GroupKey {
 pub struct Resources {
     pub listeners: Value,
     pub clusters: Value,
+    /// The SDS file's contents, with a `tls` block.
+    pub secrets: Option<Value>,
     pub configs: GroupConfigs,
 }
 
@@ -103,6 +110,7 @@ pub fn render(
         cache: CACHE_CLUSTER.to_string(),
         cache_writer: Some("nexus-up".to_string()),
         sessions: SESSIONS_CLUSTER.to_string(),
+        audit: Some(AUDIT_CLUSTER.to_string()),
     };
     let mut http_filters = Vec::new();
     for (filter, configuration) in render::filter_configurations(&configs, &services)? {
@@ -116,7 +124,7 @@ pub fn render(
         "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
     }));
 
-    let listener = json!({
+    let mut listener = json!({
         "name": LISTENER,
         "address": { "socket_address": {
             "address": gateway.listen.ip().to_string(),
@@ -137,6 +145,14 @@ pub fn render(
             },
         }]}],
     });
+    // The guard buffers bodies up to `max_scan_bytes`; Envoy refuses what a filter buffers
+    // beyond this limit.
+    if let Some(bytes) = configs.buffer_limit_bytes() {
+        listener["per_connection_buffer_limit_bytes"] = json!(bytes);
+    }
+    if let Some(tls) = &gateway.tls {
+        listener["filter_chains"][0]["transport_socket"] = tls.transport_socket(&endpoints.sds);
+    }
 
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for r in routes {
@@ -180,6 +196,15 @@ pub fn render(
         let c = cluster(SESSIONS_CLUSTER, &addr.ip().to_string(), addr.port(), None);
         clusters.insert(SESSIONS_CLUSTER.to_string(), c);
     }
+    clusters.insert(
+        AUDIT_CLUSTER.to_string(),
+        cluster(
+            AUDIT_CLUSTER,
+            &endpoints.audit.ip().to_string(),
+            endpoints.audit.port(),
+            None,
+        ),
+    );
 
     Ok(Resources {
         listeners: discovery_response(
@@ -192,6 +217,7 @@ pub fn render(
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             clusters.into_values().collect(),
         ),
+        secrets: gateway.tls.as_ref().map(|t| t.secrets(version)),
         configs,
     })
 }
@@ -427,19 +453,25 @@ mod tests {
 
     fn rendered() -> Resources {
         let (routes, gateway) = example();
+        render_example(&routes, &gateway)
+    }
+
+    fn render_example(routes: &[CompiledRoute], gateway: &GatewaySpec) -> Resources {
         let refs: Vec<&CompiledRoute> = routes.iter().collect();
         let endpoints = Endpoints {
             sessions: "127.0.0.1:8090".parse().unwrap(),
             upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
             ratelimit: "127.0.0.1:9100".parse().unwrap(),
             cache: "127.0.0.1:9101".parse().unwrap(),
+            audit: "127.0.0.1:9102".parse().unwrap(),
             access_log: PathBuf::from("/s/access.log"),
+            sds: PathBuf::from("/s/sds/sds.json"),
         };
         let modules = FILTERS
             .iter()
             .map(|f| (f.to_string(), PathBuf::from(format!("/m/nexus_{f}.wasm"))))
             .collect();
-        render(&refs, &gateway, &endpoints, &modules, "v1").unwrap()
+        render(&refs, gateway, &endpoints, &modules, "v1").unwrap()
     }
 
     #[test]
@@ -504,20 +536,21 @@ mod tests {
             [
                 "nexus.router",
                 "nexus.auth",
+                "nexus.guard",
                 "nexus.ratelimit",
                 "nexus.cache",
                 "envoy.filters.http.router"
             ]
         );
         let cache: Value = serde_json::from_str(
-            filters[3]["typed_config"]["config"]["configuration"]["value"]
+            filters[4]["typed_config"]["config"]["configuration"]["value"]
                 .as_str()
                 .unwrap(),
         )
         .unwrap();
         assert_eq!(cache["service"]["cluster"], CACHE_CLUSTER);
         assert_eq!(cache["writer"], "nexus-up");
-        let rl = &filters[2]["typed_config"]["config"];
+        let rl = &filters[3]["typed_config"]["config"];
         assert_eq!(
             rl["vm_config"]["code"]["local"]["filename"],
             "/m/nexus_ratelimit.wasm"
@@ -529,6 +562,25 @@ mod tests {
             rl["configuration"]["value"].as_str().unwrap().as_bytes(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_listener_buffers_what_the_guard_scans() {
+        // The example's guard keeps the default 1 MiB cap, which Envoy's default holds.
+        let listener = &rendered().listeners["resources"][0];
+        assert!(listener.get("per_connection_buffer_limit_bytes").is_none());
+        let (mut routes, gateway) = example();
+        let cortex = routes[0]
+            .rules
+            .iter_mut()
+            .find(|r| r.guard.is_some())
+            .unwrap();
+        cortex.guard.as_mut().unwrap().max_scan_bytes = 4 << 20;
+        let r = render_example(&routes, &gateway);
+        assert_eq!(
+            r.listeners["resources"][0]["per_connection_buffer_limit_bytes"],
+            4 << 20
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::tls::TlsSpec;
 use crate::input::{self, Inputs};
 
 /// `kind: NexusGateway`: the standalone gateway's own settings. Every field has a default, so
@@ -41,6 +42,10 @@ pub struct GatewaySpec {
     /// directory `nexus up` reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub welcome: Option<String>,
+    /// Serve HTTPS on `listen`: certificate and key files (re-read when replaced), minimum
+    /// version, optional client CA (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -66,6 +71,7 @@ impl Default for GatewaySpec {
             services: BTreeMap::new(),
             demo_upstreams: false,
             welcome: None,
+            tls: None,
         }
     }
 }
@@ -145,7 +151,10 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
     if inputs.routes.is_empty() && problems.is_empty() {
         problems.push(format!("{}: no NexusRoute found", dir.display()));
     }
-    let gateway = gateway.map(|(_, g)| g).unwrap_or_default();
+    let mut gateway = gateway.map(|(_, g)| g).unwrap_or_default();
+    if let Some(tls) = &mut gateway.tls {
+        tls.resolve(dir, &mut problems);
+    }
     for (name, addr) in &gateway.services {
         if split_host_port(addr).is_none() {
             problems.push(format!(

@@ -3,9 +3,11 @@
 //! the Nexus services in-process and real Envoy beside them, and applies edits to DIR live.
 //!
 //! [`gateway`] reads DIR, [`envoy`] renders (pure, unit-tested), [`run`] is the runtime,
-//! [`demo`] the echo upstreams for trying it with no services of your own.
+//! [`demo`] the echo upstreams for trying it with no services of your own, [`tls`] HTTPS on the
+//! listener.
 
 pub mod demo;
 pub mod envoy;
 pub mod gateway;
 pub mod run;
+pub mod tls;

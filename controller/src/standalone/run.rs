@@ -115,7 +115,6 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     let modules = envoy::modules_in(&opts.modules)?;
     let envoy_bin = find_envoy()?;
     ensure_ports_free(&config.gateway)?;
-    let mut nexus = Nexus::start(&opts, &config).await?;
     let state_dir = match &opts.state_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -123,6 +122,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         }
         None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
     };
+    let mut nexus = Nexus::start(&opts, &config, state_dir.path()).await?;
     let mut gateway = Gateway {
         xds: Xds::new(state_dir.path())?,
         upstreams: Upstreams::default(),
@@ -151,6 +151,10 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     println!(
         "Invalidate cached responses everywhere: curl -X POST http://{}/cache/invalidate -H 'authorization: Bearer {}' -d '{{\"prefixes\":[\"/lake/\"]}}'",
         config.gateway.http, nexus.cache_token
+    );
+    println!(
+        "Audit log (hash-chained auth, rate-limit and guard decisions): {0}; check it: nexus audit verify {0}",
+        nexus.audit_log.display()
     );
     println!("Ctrl-C stops Envoy and Nexus.");
     let code = follow(&dir, &opts, config, &nexus, &mut gateway, &mut envoy).await?;
@@ -246,12 +250,13 @@ fn reload(dir: &Path, opts: &Options, config: &Config, version: u64) -> Option<C
     }
 }
 
-/// The Nexus side of `nexus up`: the rate-limit and cache services, the event bus, and the
-/// health/metrics/modules server.
+/// The Nexus side of `nexus up`: the rate-limit, cache and audit services, the event bus,
+/// and the health/metrics/modules server.
 struct Nexus {
     limiter: SharedLimiter,
     state: Arc<server::State>,
     services: Services,
+    audit_log: PathBuf,
     cache_token: String,
     storage_note: String,
     events: Events,
@@ -259,7 +264,7 @@ struct Nexus {
 }
 
 impl Nexus {
-    async fn start(opts: &Options, config: &Config) -> Result<Nexus> {
+    async fn start(opts: &Options, config: &Config, state_dir: &Path) -> Result<Nexus> {
         let (redis_url, storage_note) = choose_storage(opts).await;
         let limiter = SharedLimiter::new(
             nexus_ratelimit_service::Limits::default(),
@@ -289,6 +294,8 @@ impl Nexus {
             replica: "nexus-up".to_string(),
         };
         crate::cache::start(cache, &state).await?;
+        let audit_log = state_dir.join("audit.log");
+        let audit = start_audit(&audit_log, redis_url.as_deref(), &state).await?;
         let (events, bus_check) = start_bus(opts, redis_url, &state, &limiter)?;
         let (serving, addr) = (state.clone(), config.gateway.http);
         tokio::spawn(async move {
@@ -299,11 +306,13 @@ impl Nexus {
         let services = Services {
             ratelimit: ratelimit_addr,
             cache: cache_addr,
+            audit,
         };
         Ok(Nexus {
             limiter,
             state,
             services,
+            audit_log,
             cache_token,
             storage_note,
             events,
@@ -455,6 +464,29 @@ impl Envoy {
     }
 }
 
+/// The audit service, appending to `log` (and copying to a Redis stream when there is a
+/// Redis); its address.
+async fn start_audit(
+    log: &Path,
+    redis_url: Option<&str>,
+    state: &server::State,
+) -> Result<SocketAddr> {
+    let (addr, _) = crate::audit::start(log, free_local_addr()?, redis_url).await?;
+    let copy = match redis_url {
+        Some(_) => format!(
+            ", copied to the Redis stream {}",
+            crate::audit::mirror::STREAM
+        ),
+        None => String::new(),
+    };
+    state.set(
+        "audit",
+        true,
+        format!("appending to {}{copy}", log.display()),
+    );
+    Ok(addr)
+}
+
 /// The bus when `--amqp-url` is set (a disabled handle otherwise) and its health check;
 /// commands act on this process's cache and rate-limit services.
 fn start_bus(
@@ -529,6 +561,11 @@ async fn wait_for_cache_subscribers(state: &server::State, streams: u32) {
 /// Fetches every `cache.warm` path through Envoy, as a local client would (`Host` = the
 /// listener), so the first caller finds it cached.
 async fn warm(config: &Config) {
+    if config.gateway.tls.is_some() {
+        // The warmer speaks plain HTTP only; say so rather than count failures.
+        tracing::info!("cache paths are not warmed on a TLS listener");
+        return;
+    }
     let mut addr = config.gateway.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -569,16 +606,21 @@ struct Xds {
     staging: PathBuf,
     lds: PathBuf,
     cds: PathBuf,
+    /// In a directory of its own: Envoy re-reads it when a file is moved in there.
+    sds: PathBuf,
 }
 
 impl Xds {
     fn new(state: &Path) -> Result<Self> {
         let watched = state.join("xds");
         std::fs::create_dir_all(&watched)?;
+        let sds = state.join("sds");
+        std::fs::create_dir_all(&sds)?;
         Ok(Self {
             staging: state.to_path_buf(),
             lds: watched.join("lds.json"),
             cds: watched.join("cds.json"),
+            sds: sds.join("sds.json"),
         })
     }
 
@@ -596,7 +638,9 @@ impl Xds {
             ratelimit: services.ratelimit,
             cache: services.cache,
             sessions: config.gateway.http,
+            audit: services.audit,
             access_log: self.staging.join("access.log"),
+            sds: self.sds.clone(),
         };
         envoy::render(
             &routes,
@@ -608,6 +652,10 @@ impl Xds {
     }
 
     fn write(&self, res: &envoy::Resources) -> Result<()> {
+        // Secrets before the listener that names them.
+        if let Some(secrets) = &res.secrets {
+            self.write_one(&self.sds, secrets)?;
+        }
         self.write_one(&self.cds, &res.clusters)?;
         self.write_one(&self.lds, &res.listeners)
     }
@@ -625,6 +673,8 @@ impl Xds {
 struct Services {
     ratelimit: SocketAddr,
     cache: SocketAddr,
+    /// The audit service (auth, rate-limit and guard decisions into `<state dir>/audit.log`).
+    audit: SocketAddr,
 }
 
 /// 128 random bits, hex: the `POST /cache/invalidate` token when NEXUS_CACHE_TOKEN is unset.
@@ -812,7 +862,12 @@ fn banner(
     state: &Path,
     upstreams: &Upstreams,
 ) {
-    let url = format!("http://{}", config.gateway.listen);
+    let scheme = if config.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}", config.gateway.listen);
     println!(
         "Nexus is up: {url}  (Envoy admin http://{admin}, Nexus http://{}/health/ready)",
         config.gateway.http

@@ -110,7 +110,7 @@ where
 pub fn module_dir() -> tempfile::TempDir {
     use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
-    for f in ["auth", "router", "ratelimit", "cache"] {
+    for f in ["auth", "router", "guard", "ratelimit", "cache"] {
         let bytes = format!("\0asm\x01\0\0\0nexus-test-{f}").into_bytes();
         std::fs::write(dir.path().join(format!("nexus_{f}.wasm")), &bytes).unwrap();
         let hex: String = Sha256::digest(&bytes)

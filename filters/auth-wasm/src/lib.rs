@@ -1,12 +1,14 @@
 //! nexus-auth, wired to proxy-wasm. All decisions are made in the `nexus-auth` crate; this
-//! adapter only moves bytes: headers, callouts, ticks, properties.
+//! adapter only moves bytes: headers, callouts, ticks, properties, audit records.
 
 use std::cell::RefCell;
 
 use nexus_auth::{
     Auth, Env, FeedAction, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID,
 };
-use nexus_filter_core::{Clock, Level, Log};
+use nexus_filter_core::audit::RequestMeta;
+use nexus_filter_core::{Clock, HeaderMap, Level, Log};
+use nexus_proxy_wasm::audit::AuditSender;
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
     apply, parse_config, resume_request, set_property, Action, Filter, HostCallouts, HostClock,
@@ -33,9 +35,25 @@ struct AuthFilter {
     /// HTTP contexts paused until a JWKS fetch or session lookup on this worker completes. A request reset while
     /// waiting stays listed until the next resume, where its context no longer exists.
     waiting: RefCell<Vec<u32>>,
+    audit: Option<AuditSender>,
 }
 
 impl AuthFilter {
+    /// Queues the record of a decision, with an audit sink configured.
+    fn audit(&self, outcome: &Outcome) {
+        let Some(sender) = &self.audit else {
+            return;
+        };
+        if matches!(outcome, Outcome::Pause | Outcome::Continue(None)) {
+            return;
+        }
+        let meta = RequestMeta::from_headers(&HostHeaders::request().pairs());
+        let time_ms = hostcalls::now_unix_nanos() / 1_000_000;
+        if let Some(record) = nexus_auth::audit::record(outcome, &meta, time_ms) {
+            sender.push(record, &self.metrics);
+        }
+    }
+
     fn with_env<R>(&self, f: impl FnOnce(&Auth, &Env) -> R) -> R {
         let env = Env {
             clock: &HostClock,
@@ -57,6 +75,7 @@ impl AuthFilter {
             let outcome = self.with_env(|auth, env| {
                 auth.on_request_headers(&mut HostHeaders::request(), env, false)
             });
+            self.audit(&outcome);
             match outcome {
                 Outcome::Pause => self.waiting.borrow_mut().push(ctx),
                 Outcome::Continue(identity) => {
@@ -116,14 +135,20 @@ impl Filter for AuthFilter {
                 HostLog.log(Level::Warn, &format!("nexus-auth: no ticks: {s}"));
             }
         }
+        // Both tick at 1 s unless the sink says otherwise; its period then applies to both.
+        let audit = auth.audit_sink().cloned().map(AuditSender::start);
         Some(Self {
             auth,
             metrics: HostMetrics::default(),
             waiting: RefCell::new(Vec::new()),
+            audit,
         })
     }
 
     fn on_tick(&self) {
+        if let Some(sender) = &self.audit {
+            sender.flush(&self.metrics);
+        }
         if self.with_env(|auth, env| auth.on_tick(env)) {
             self.resume_waiting();
         }
@@ -150,6 +175,11 @@ impl Filter for AuthFilter {
 
     /// Feeds a JWKS or session answer to the filter, then re-decides every waiting request.
     fn on_http_call_response(&self, token: u32, status: Option<u32>, body: &[u8]) {
+        if let Some(sender) = &self.audit {
+            if sender.on_http_call_response(token, status, &self.metrics) {
+                return;
+            }
+        }
         self.with_env(|auth, env| auth.on_http_call_response(token, status, body, env));
         self.resume_waiting();
     }
@@ -157,6 +187,7 @@ impl Filter for AuthFilter {
     fn on_request_headers(&self, context: u32) -> Action {
         let outcome = self
             .with_env(|auth, env| auth.on_request_headers(&mut HostHeaders::request(), env, true));
+        self.audit(&outcome);
         match outcome {
             Outcome::Continue(identity) => {
                 publish(&self.auth, identity.as_ref());

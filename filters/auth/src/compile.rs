@@ -141,6 +141,7 @@ impl Auth {
             pending: RefCell::new(BTreeMap::new()),
             local: RefCell::new(LocalCache::default()),
             sessions,
+            audit: config.audit.clone(),
         })
     }
 }

@@ -16,6 +16,7 @@
 //! `verified` (a token's claims: cached, or verified with the provider's keys), `remote_jwks`
 //! (fetching and sharing remote keys), `deny` (why a request failed, as a response).
 
+pub mod audit;
 mod cache;
 mod check;
 mod compile;
@@ -111,6 +112,8 @@ pub struct Auth {
     local: RefCell<LocalCache>,
     /// Sign-in sessions, when configured.
     sessions: Option<session::SessionStore>,
+    /// Where the adapter sends audit records, if anywhere.
+    audit: Option<nexus_config::audit::AuditSink>,
 }
 
 /// Keyed by [`local_key`]; the entry keeps the token, compared in full on every hit, so a
@@ -144,6 +147,11 @@ impl Auth {
     /// ([`PROPERTY_CLIENT_ID`], [`PROPERTY_AUTH_METHOD`]).
     pub fn publishes_filter_state(&self) -> bool {
         self.identity.filter_state
+    }
+
+    /// The audit sink the adapter sends [`audit::record`]s to, if configured.
+    pub fn audit_sink(&self) -> Option<&nexus_config::audit::AuditSink> {
+        self.audit.as_ref()
     }
 
     /// Whether any provider fetches its keys (the adapter then asks for ticks).

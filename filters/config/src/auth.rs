@@ -60,6 +60,10 @@ pub struct AuthConfig {
     /// Sign-in sessions, looked up in the sessions service (required by `session` rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<Sessions>,
+    /// Where each allow of an identified caller and each deny is recorded (one audit record
+    /// each, with the auth method and client, never the credential); none: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditSink>,
 }
 
 fn default_refetch_interval() -> u64 {
@@ -398,6 +402,9 @@ pub enum NoMatchAction {
 
 impl Validate for AuthConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if let Some(a) = &self.audit {
+            a.validate(&format!("{path}.audit"), errors);
+        }
         for (name, provider) in &self.providers {
             let at = format!("{path}.providers.{name}");
             if name.is_empty() {

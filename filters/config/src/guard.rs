@@ -35,6 +35,9 @@ pub struct GuardConfig {
     /// The policy of requests no rule matches; none: they are not looked at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<GuardPolicy>,
+    /// Where refusals and findings are recorded (one audit record each); none: only counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditSink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -227,6 +230,9 @@ impl Validate for GuardConfig {
         }
         if let Some(d) = &self.default {
             d.validate(&format!("{path}.default"), errors);
+        }
+        if let Some(a) = &self.audit {
+            a.validate(&format!("{path}.audit"), errors);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! JSON Schema published for users comes from `schemars`. Nothing here depends on proxy-wasm,
 //! so it builds natively and for `wasm32-unknown-unknown` alike.
 
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod contract;

@@ -52,6 +52,10 @@ pub struct RateLimitFilterConfig {
     /// must see that at once.
     #[serde(default = "crate::yes")]
     pub over_limit_cache: bool,
+    /// Where each denial (429) is recorded (one audit record, with the rule and client);
+    /// none: denials are only counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditSink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -85,6 +89,9 @@ pub const VALUE_SOURCES: [&str; 5] = ["route", "client_id", "category", "method"
 impl Validate for RateLimitFilterConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         self.limits.validate(&format!("{path}.limits"), errors);
+        if let Some(a) = &self.audit {
+            a.validate(&format!("{path}.audit"), errors);
+        }
         for (i, top) in self.limits.descriptors.iter().enumerate() {
             let at = format!("{path}.limits.descriptors[{i}]");
             if top.key != crate::ratelimit::ROUTE_KEY {

@@ -5,6 +5,7 @@
 //! in memory for native unit tests. A filter decides every request with an [`Action`]: go on,
 //! or answer locally with a [`LocalResponse`] (a JSON error body for every refusal).
 
+pub mod audit;
 pub mod fasthash;
 pub mod headers;
 pub mod host;

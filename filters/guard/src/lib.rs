@@ -22,6 +22,7 @@
 // Indexing panics; the filter must not. Tests may index.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+pub mod audit;
 pub mod detectors;
 pub mod json;
 pub mod metrics;
@@ -87,12 +88,49 @@ struct Body {
     received: usize,
 }
 
+/// A decision the audit log records: the rule, what happened and the finding types, never
+/// their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The guard rule (the router rule it is keyed on), `default` for the default policy.
+    pub rule: String,
+    pub direction: Dir,
+    pub outcome: Outcome,
+    /// The status of a refusal (`refused`, `blocked`).
+    pub status: Option<u16>,
+    /// A refusal's error code (`url_too_long`, `pii_detected`); empty for findings.
+    pub reason: &'static str,
+    pub types: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sanitization refused the request (400/405/413/415).
+    Refused,
+    /// PII refused the exchange (`block`).
+    Blocked,
+    Redacted,
+    Detected,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Refused => "refused",
+            Outcome::Blocked => "blocked",
+            Outcome::Redacted => "redacted",
+            Outcome::Detected => "detected",
+        }
+    }
+}
+
 /// One request's state between callbacks.
 #[derive(Debug, Default)]
 pub struct Exchange {
     policy: Option<usize>,
     request: Body,
     response: Body,
+    decisions: Vec<Decision>,
 }
 
 impl Exchange {
@@ -100,6 +138,22 @@ impl Exchange {
     pub fn active(&self) -> bool {
         self.policy.is_some()
     }
+
+    /// The decisions made since the last call, for the audit log.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+}
+
+fn refused(decisions: &mut Vec<Decision>, rule: &str, r: Refusal) {
+    decisions.push(Decision {
+        rule: rule.to_string(),
+        direction: Dir::Request,
+        outcome: Outcome::Refused,
+        status: Some(r.status()),
+        reason: r.rule(),
+        types: Vec::new(),
+    });
 }
 
 /// A configured guard, shared by every request on a worker.
@@ -136,6 +190,7 @@ impl Guard {
         };
         if let Err(r) = sanitize::check_headers(&p.config, headers, !end_of_stream) {
             metrics.increment(r.metric(), 1);
+            refused(&mut ex.decisions, &p.name, r);
             return HeadersStep::Respond(r.response(&p.name));
         }
         if end_of_stream {
@@ -217,11 +272,15 @@ impl Guard {
         if max_body > 0 && total > max_body {
             let r = Refusal::BodyTooLarge;
             metrics.increment(r.metric(), 1);
+            refused(&mut ex.decisions, &p.name, r);
             return BodyStep::Respond(r.response(&p.name));
         }
-        let at_end = |body: &[u8], json: bool| request_end(p, body, json, metrics);
+        let at_end = |body: &[u8], json: bool, decisions: &mut Vec<Decision>| {
+            request_end(p, body, json, decisions, metrics)
+        };
         on_body(
             &mut ex.request,
+            &mut ex.decisions,
             p,
             &p.request,
             Dir::Request,
@@ -244,10 +303,13 @@ impl Guard {
         let Some(p) = ex.policy.and_then(|i| self.policies.get(i)) else {
             return BodyStep::Continue;
         };
-        let at_end =
-            |body: &[u8], json: bool| decide(&p.response, Dir::Response, body, json, metrics);
+        let at_end = |body: &[u8], json: bool, decisions: &mut Vec<Decision>| {
+            let d = &p.response;
+            decide(&p.name, d, Dir::Response, body, json, decisions, metrics)
+        };
         on_body(
             &mut ex.response,
+            &mut ex.decisions,
             p,
             &p.response,
             Dir::Response,
@@ -306,13 +368,14 @@ fn start_body(
 #[allow(clippy::too_many_arguments)]
 fn on_body(
     body: &mut Body,
+    decisions: &mut Vec<Decision>,
     p: &Policy,
     d: &Direction,
     dir: Dir,
     size: usize,
     eos: bool,
     read: impl FnOnce() -> Vec<u8>,
-    at_end: impl FnOnce(&[u8], bool) -> BodyStep,
+    at_end: impl FnOnce(&[u8], bool, &mut Vec<Decision>) -> BodyStep,
     metrics: &impl Metrics,
 ) -> BodyStep {
     let cap = p.max_scan();
@@ -332,6 +395,9 @@ fn on_body(
             if eos {
                 scanner.finish(&d.scan);
                 metrics::count_findings(dir, scanner, metrics);
+                if scanner.total() > 0 {
+                    decisions.push(finding(&p.name, dir, Outcome::Detected, scanner, None));
+                }
             }
             BodyStep::Continue
         }
@@ -346,13 +412,41 @@ fn on_body(
                 return BodyStep::Pause;
             }
             body.mode = Mode::Skip;
-            at_end(&read(), json)
+            at_end(&read(), json, decisions)
         }
     }
 }
 
+/// A PII decision: the types found, never the values.
+fn finding(
+    rule: &str,
+    dir: Dir,
+    outcome: Outcome,
+    s: &Scanner,
+    refusal: Option<&LocalResponse>,
+) -> Decision {
+    Decision {
+        rule: rule.to_string(),
+        direction: dir,
+        outcome,
+        status: refusal.map(|r| r.status),
+        reason: match (refusal, dir) {
+            (None, _) => "",
+            (Some(_), Dir::Request) => "pii_detected",
+            (Some(_), Dir::Response) => "pii_in_response",
+        },
+        types: s.kinds().iter().map(|k| k.name()).collect(),
+    }
+}
+
 /// The whole request body: JSON checks first, then the PII action.
-fn request_end(p: &Policy, body: &[u8], json: bool, metrics: &impl Metrics) -> BodyStep {
+fn request_end(
+    p: &Policy,
+    body: &[u8],
+    json: bool,
+    decisions: &mut Vec<Decision>,
+    metrics: &impl Metrics,
+) -> BodyStep {
     let limits = &p.config.limits;
     if json && (limits.max_json_depth > 0 || limits.max_json_fields > 0) {
         if let Err(e) = json::check(body, limits.max_json_depth, limits.max_json_fields) {
@@ -363,14 +457,31 @@ fn request_end(p: &Policy, body: &[u8], json: bool, metrics: &impl Metrics) -> B
                 json::JsonRefusal::Invalid => Refusal::InvalidJson,
             };
             metrics.increment(r.metric(), 1);
+            refused(decisions, &p.name, r);
             return BodyStep::Respond(r.response(&p.name));
         }
     }
-    decide(&p.request, Dir::Request, body, json, metrics)
+    decide(
+        &p.name,
+        &p.request,
+        Dir::Request,
+        body,
+        json,
+        decisions,
+        metrics,
+    )
 }
 
 /// Scans a whole body and applies the direction's action.
-fn decide(d: &Direction, dir: Dir, body: &[u8], json: bool, metrics: &impl Metrics) -> BodyStep {
+fn decide(
+    rule: &str,
+    d: &Direction,
+    dir: Dir,
+    body: &[u8],
+    json: bool,
+    decisions: &mut Vec<Decision>,
+    metrics: &impl Metrics,
+) -> BodyStep {
     if d.action == PiiAction::Off {
         return BodyStep::Continue;
     }
@@ -383,17 +494,22 @@ fn decide(d: &Direction, dir: Dir, body: &[u8], json: bool, metrics: &impl Metri
     match d.action {
         PiiAction::Redact => {
             metrics.increment(metrics::redacted(dir), 1);
+            decisions.push(finding(rule, dir, Outcome::Redacted, &s, None));
             BodyStep::Replace(redact::redact(body, &s.findings))
         }
         PiiAction::Block => {
             metrics.increment(metrics::blocked(dir), 1);
             let resp = blocked(dir, &s.kinds());
+            decisions.push(finding(rule, dir, Outcome::Blocked, &s, Some(&resp)));
             match dir {
                 Dir::Request => BodyStep::Respond(resp),
                 Dir::Response => BodyStep::ReplaceResponse(resp),
             }
         }
-        _ => BodyStep::Continue,
+        _ => {
+            decisions.push(finding(rule, dir, Outcome::Detected, &s, None));
+            BodyStep::Continue
+        }
     }
 }
 

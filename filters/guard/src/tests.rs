@@ -527,3 +527,49 @@ fn unmatched_requests_are_not_looked_at() {
     );
     assert!(!ex.active());
 }
+
+#[test]
+fn each_decision_is_kept_for_the_audit_log_with_types_never_values() {
+    let guard = Guard::from_json(CONFIG.as_bytes()).unwrap();
+    let m = MemMetrics::default();
+    // A blocked request.
+    let mut ex = Exchange::default();
+    let h = headers("POST", "/block/x", &[("content-type", "application/json")]);
+    guard.on_request_headers(&mut ex, &h, false, &m);
+    let body = br#"{"card": "4111 1111 1111 1111", "mail": "a@example.com"}"#;
+    guard.on_request_body(&mut ex, body.len(), true, || body.to_vec(), &m);
+    let d = ex.take_decisions();
+    assert_eq!(
+        d,
+        [Decision {
+            rule: "block".into(),
+            direction: Dir::Request,
+            outcome: Outcome::Blocked,
+            status: Some(422),
+            reason: "pii_detected",
+            types: vec!["email", "card"],
+        }]
+    );
+    assert!(ex.take_decisions().is_empty(), "taken once");
+    // A sanitization refusal.
+    let mut ex = Exchange::default();
+    let h = headers("GET", "/block/a%2Fb", &[]);
+    guard.on_request_headers(&mut ex, &h, true, &m);
+    let d = ex.take_decisions();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].outcome, d[0].status), (Outcome::Refused, Some(400)));
+    assert_eq!(d[0].reason, "encoded_slash");
+    // A streamed detection; a clean body decides nothing.
+    for (text, n) in [(&b"call +1 415 555 2671"[..], 1), (b"nothing here", 0)] {
+        let mut ex = Exchange::default();
+        let h = headers("POST", "/detect/x", &[("content-type", "text/plain")]);
+        guard.on_request_headers(&mut ex, &h, false, &m);
+        guard.on_request_body(&mut ex, text.len(), true, || text.to_vec(), &m);
+        let d = ex.take_decisions();
+        assert_eq!(d.len(), n);
+        if n == 1 {
+            assert_eq!(d[0].outcome, Outcome::Detected);
+            assert_eq!(d[0].types, ["phone"]);
+        }
+    }
+}

@@ -185,6 +185,7 @@ fn the_guard_survives_random_exchanges() {
         let guard = Guard::new(&GuardConfig {
             rules: vec![],
             default: Some(policy),
+            audit: None,
         })
         .unwrap();
         let body = random_bytes(&mut r);

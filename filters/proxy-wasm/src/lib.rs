@@ -4,6 +4,7 @@
 //! Everything here is a direct translation; filter decisions live in the host-agnostic crates.
 //! Hostcall failures never panic: a failed read is "absent", a failed write is logged.
 
+pub mod audit;
 pub mod dispatch;
 pub mod hostcalls;
 pub mod paused;

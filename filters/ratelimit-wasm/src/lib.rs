@@ -1,10 +1,13 @@
 //! nexus-ratelimit, wired to proxy-wasm: dispatches the gRPC call the core asks for, pauses the
-//! request until it answers, and adds the core's headers to the response.
+//! request until it answers, adds the core's headers to the response and, with an `audit` sink,
+//! sends a record of each denial.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use nexus_filter_core::audit::RequestMeta;
 use nexus_filter_core::{Clock, HeaderMap};
+use nexus_proxy_wasm::audit::AuditSender;
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
     apply, parse_config, resume_request, Action, Answered, Filter, HostClock, HostHeaders, HostLog,
@@ -24,6 +27,7 @@ struct RateLimitFilter {
     calls: PausedCalls<Pending>,
     /// Allowed requests whose response gets these headers (`RateLimit`, ...), by context.
     response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
+    audit: Option<AuditSender>,
 }
 
 fn now_us() -> u64 {
@@ -43,7 +47,15 @@ impl RateLimitFilter {
                 }
                 Action::Continue
             }
-            Step::Deny(resp) => apply(nexus_filter_core::Action::Respond(resp)),
+            Step::Deny(resp) => {
+                if let Some(sender) = &self.audit {
+                    let meta = RequestMeta::from_headers(&HostHeaders::request().pairs());
+                    let time_ms = now_us() / 1000;
+                    let record = nexus_ratelimit::audit::record(&resp, &meta, time_ms);
+                    sender.push(record, &self.metrics);
+                }
+                apply(nexus_filter_core::Action::Respond(resp))
+            }
             // The core never asks for a second call from a service answer.
             Step::CallService { .. } => Action::Continue,
         }
@@ -76,12 +88,27 @@ impl RateLimitFilter {
 
 impl Filter for RateLimitFilter {
     fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
+        let limiter = parse_config("nexus-ratelimit", config, RateLimiter::from_json)?;
+        let audit = limiter.audit_sink().cloned().map(AuditSender::start);
         Some(Self {
-            limiter: parse_config("nexus-ratelimit", config, RateLimiter::from_json)?,
+            limiter,
             metrics: HostMetrics::default(),
             calls: PausedCalls::default(),
             response_headers: RefCell::new(HashMap::new()),
+            audit,
         })
+    }
+
+    fn on_tick(&self) {
+        if let Some(sender) = &self.audit {
+            sender.flush(&self.metrics);
+        }
+    }
+
+    fn on_http_call_response(&self, token: u32, status: Option<u32>, _body: &[u8]) {
+        if let Some(sender) = &self.audit {
+            sender.on_http_call_response(token, status, &self.metrics);
+        }
     }
 
     fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {

@@ -5,6 +5,7 @@
 //! [`RateLimiter::on_service_response`]). Local limits live in token buckets in shared data,
 //! so every worker of one Envoy draws from the same bucket.
 
+pub mod audit;
 mod bucket;
 mod descriptors;
 mod overlimit;
@@ -76,6 +77,11 @@ impl RateLimiter {
 
     pub fn service(&self) -> Option<&nexus_config::ratelimit_filter::RateLimitService> {
         self.config.service.as_ref()
+    }
+
+    /// Where the adapter sends [`audit::record`]s of denials, if configured.
+    pub fn audit_sink(&self) -> Option<&nexus_config::audit::AuditSink> {
+        self.config.audit.as_ref()
     }
 
     pub fn on_request(
