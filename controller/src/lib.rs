@@ -3,6 +3,7 @@
 //! The pure core ([`model`], [`render`], [`plan`], [`objects`], the conditions in [`status`])
 //! needs no API server; [`controller`], [`leader`] and [`server`] are the runtime around it.
 
+pub mod access_log;
 pub mod cache;
 pub mod controller;
 pub mod crd;
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod policy;
 pub mod ratelimit;
 pub mod render;
+pub mod request_metrics;
 pub mod server;
 pub mod standalone;
 pub mod status;

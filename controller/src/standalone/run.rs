@@ -191,6 +191,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
     };
     let xds = Xds::new(state_dir.path())?;
+    let requests = crate::request_metrics::start(&state, xds.access_log(), &config.routes);
     let mut upstreams = Upstreams::default();
     upstreams.ensure(&config).await?;
     let mut version = 1u64;
@@ -325,6 +326,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
                         tracing::info!("applied version {version}: {} route(s), {} rule(s)",
                             next.routes.len(), next.routes.iter().map(|r| r.rules.len()).sum::<usize>());
                         announce(&events, &config.routes, &next, version);
+                        requests.declare(crate::request_metrics::categories(&next.routes).iter().map(String::as_str));
                         warm(&next).await;
                         config = next;
                     }
@@ -507,7 +509,7 @@ impl Xds {
             upstreams: upstreams.addresses(&config.gateway),
             ratelimit: services.ratelimit,
             cache: services.cache,
-            access_log: self.staging.join("access.log"),
+            access_log: self.access_log(),
         };
         envoy::render(
             &routes,
@@ -516,6 +518,11 @@ impl Xds {
             modules,
             &version.to_string(),
         )
+    }
+
+    /// Envoy's access log (JSON lines), beside the xDS files.
+    fn access_log(&self) -> PathBuf {
+        self.staging.join("access.log")
     }
 
     fn write(&self, res: &envoy::Resources) -> Result<()> {
