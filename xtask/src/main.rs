@@ -25,7 +25,9 @@ commands:
   bench events    events/s published with confirms (Nexus's publisher vs a plain lapin loop);
                   command round trip p50/p99, on the machine's RabbitMQ
   bench guard     nexus-guard's added Envoy CPU per request (1 KiB, 64 KiB, 1 MiB JSON bodies,
-                  detect and redact vs no guard) and detect MB/s, native and in wasm";
+                  detect and redact vs no guard) and detect MB/s, native and in wasm
+  bench metrics   the Datapunk request metrics' cost: Envoy CPU per request with `nexus up`'s
+                  access log vs none, and Nexus's CPU per counted line";
 
 fn main() {
     if let Err(e) = run() {
@@ -91,6 +93,15 @@ fn run() -> Result<()> {
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["bench", "-p", "nexus-events", "--bench", "events", "--"])
+                .args(&args[2..]);
+            status(&mut cmd)?;
+        }
+        Some("bench") if args.get(1).map(String::as_str) == Some("metrics") => {
+            nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk])?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
+                .args(["bench", "-p", "nexus-controller", "--bench", "metrics", "--"])
                 .args(&args[2..]);
             status(&mut cmd)?;
         }
