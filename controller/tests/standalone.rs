@@ -540,6 +540,44 @@ fn prometheus_scrapes_the_datapunk_metrics_after_a_known_request_mix() {
     );
     // Health as gauges: Envoy's component is up.
     prom.wait_value(r#"nexus_component_up{component="envoy"}"#, |v| v == 1.0, within);
+
+    // Logs: the access log names the request id the upstream received as `correlation_id`,
+    // in the JSON-log vocabulary; Envoy's own log lines are Nexus JSON lines.
+    let r = up.get("/stream/events", &alice);
+    let id = r.json().unwrap()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state_dir = state_dir(&up);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let log = std::fs::read_to_string(state_dir.join("access.log")).unwrap_or_default();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["correlation_id"] == id.as_str());
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no access-log line for {id}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(line["service"], "envoy", "{line}");
+    assert_eq!(line["category"], "stream_processing", "{line}");
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap();
+    let lines: Vec<_> = envoy_log
+        .lines()
+        .map(|l| nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert!(!lines.is_empty(), "Envoy logged nothing");
+    assert!(lines.iter().all(|l| l["service"] == "envoy"), "{envoy_log}");
+}
+
+/// `Envoy config and logs (envoy.log, access.log): DIR`: where `nexus up` keeps them.
+fn state_dir(up: &Up) -> PathBuf {
+    let banner = up.wait_for_output("Envoy config and logs", Duration::from_secs(5));
+    PathBuf::from(banner.rsplit(": ").next().unwrap().trim())
 }
 
 #[test]

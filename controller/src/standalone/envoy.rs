@@ -25,6 +25,11 @@ pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
 pub const CACHE_CLUSTER: &str = "nexus-cache";
 const LISTENER: &str = "nexus";
 
+/// Envoy's own log (`--log-format`) in the JSON-lines vocabulary of every Nexus process
+/// (`nexus_telemetry`): `%j` is the message JSON-escaped; `trace_id` is null, as in a Nexus
+/// line outside a request. The filters' lines are Envoy's, `target` `wasm`.
+pub const LOG_FORMAT: &str = r#"{"timestamp":"%Y-%m-%dT%T.%f%z","level":"%l","service":"envoy","trace_id":null,"target":"%n","message":"%j"}"#;
+
 /// Where the things Envoy connects to are.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
