@@ -85,8 +85,11 @@ impl Entry {
 pub fn spawn_follow(path: PathBuf, metrics: Arc<RequestMetrics>, every: Duration) {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = follow(&path, &metrics, every).await {
-                tracing::warn!(file = %path.display(), "access log not readable: {e}");
+            match follow(&path, &metrics, every).await {
+                // Not yet: Envoy creates it when it starts.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %path.display(), "access log not readable: {e}"),
+                Ok(()) => {}
             }
             tokio::time::sleep(every).await;
         }
@@ -131,8 +134,10 @@ mod tests {
 
     #[test]
     fn numbers_as_strings_read_the_same_and_garbage_is_none() {
-        let e = Entry::parse(r#"{"method":"POST","status":"504","duration_ms":"30001","response_flags":"UT"}"#)
-            .unwrap();
+        let e = Entry::parse(
+            r#"{"method":"POST","status":"504","duration_ms":"30001","response_flags":"UT"}"#,
+        )
+        .unwrap();
         assert_eq!((e.status, e.duration_ms), (504, 30001));
         assert_eq!(Entry::parse("{\"method\":\"GET\""), None);
         assert_eq!(Entry::parse(r#"{"method":"GET"}"#), None, "no status");

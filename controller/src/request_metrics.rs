@@ -210,19 +210,48 @@ impl RequestMetrics {
         };
         let mut s = String::new();
         render_durations(&mut s, &c.durations);
-        header(&mut s, "error_rate_total", "counter", "Requests answered with an error, by category and reason.");
+        header(
+            &mut s,
+            "error_rate_total",
+            "counter",
+            "Requests answered with an error, by category and reason.",
+        );
         for ((cat, reason), v) in &c.errors {
-            let _ = writeln!(s, "error_rate_total{{category=\"{}\",reason=\"{}\"}} {v}", esc(cat), reason.as_str());
+            let _ = writeln!(
+                s,
+                "error_rate_total{{category=\"{}\",reason=\"{}\"}} {v}",
+                esc(cat),
+                reason.as_str()
+            );
         }
-        header(&mut s, "cache_hits_total", "counter", "Responses served from the Nexus cache, by category and layer.");
+        header(
+            &mut s,
+            "cache_hits_total",
+            "counter",
+            "Responses served from the Nexus cache, by category and layer.",
+        );
         for ((cat, layer), v) in &c.cache_hits {
-            let _ = writeln!(s, "cache_hits_total{{category=\"{}\",layer=\"{layer}\"}} {v}", esc(cat));
+            let _ = writeln!(
+                s,
+                "cache_hits_total{{category=\"{}\",layer=\"{layer}\"}} {v}",
+                esc(cat)
+            );
         }
-        header(&mut s, "cache_misses_total", "counter", "Cacheable requests the Nexus cache did not hold, by category.");
+        header(
+            &mut s,
+            "cache_misses_total",
+            "counter",
+            "Cacheable requests the Nexus cache did not hold, by category.",
+        );
         for (cat, v) in &c.cache_misses {
             let _ = writeln!(s, "cache_misses_total{{category=\"{}\"}} {v}", esc(cat));
         }
-        header(&mut s, "access_log_unparsed_total", "counter", "Access-log lines that were not Nexus's JSON format.");
+        header(
+            &mut s,
+            "access_log_unparsed_total",
+            "counter",
+            "Access-log lines that were not Nexus's JSON format.",
+        );
         let _ = writeln!(s, "access_log_unparsed_total {}", c.unparsed);
         s
     }
@@ -230,7 +259,12 @@ impl RequestMetrics {
 
 fn render_durations(s: &mut String, durations: &BTreeMap<DurationLabels, Histogram>) {
     let name = "request_duration_seconds";
-    header(s, name, "histogram", "Request duration as Envoy measured it (first byte in to last byte out).");
+    header(
+        s,
+        name,
+        "histogram",
+        "Request duration as Envoy measured it (first byte in to last byte out).",
+    );
     for (l, h) in durations {
         let labels = format!(
             "category=\"{}\",upstream=\"{}\",rule=\"{}\",method_class=\"{}\",status_class=\"{}\"",
@@ -257,7 +291,9 @@ fn header(s: &mut String, name: &str, kind: &str, help: &str) {
 
 /// A label value in the exposition format: backslash, quote and newline escaped.
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The categories of `routes` (their rules' and default categories), for
@@ -312,16 +348,37 @@ mod tests {
     fn reasons_follow_status_details_and_envoy_response_flags() {
         let cases = [
             (entry(200, "via_upstream", ""), None),
-            (entry(401, "nexus_missing_credentials", ""), Some(Reason::AuthDenied)),
-            (entry(403, "nexus_insufficient_scope", ""), Some(Reason::AuthDenied)),
+            (
+                entry(401, "nexus_missing_credentials", ""),
+                Some(Reason::AuthDenied),
+            ),
+            (
+                entry(403, "nexus_insufficient_scope", ""),
+                Some(Reason::AuthDenied),
+            ),
             (entry(403, "via_upstream", ""), Some(Reason::Other)),
-            (entry(429, "nexus_rate_limited", ""), Some(Reason::RateLimited)),
-            (entry(413, "nexus_body_too_large", ""), Some(Reason::GuardRefused)),
-            (entry(504, "upstream_response_timeout", "UT"), Some(Reason::Timeout)),
+            (
+                entry(429, "nexus_rate_limited", ""),
+                Some(Reason::RateLimited),
+            ),
+            (
+                entry(413, "nexus_body_too_large", ""),
+                Some(Reason::GuardRefused),
+            ),
+            (
+                entry(504, "upstream_response_timeout", "UT"),
+                Some(Reason::Timeout),
+            ),
             (entry(502, "via_upstream", ""), Some(Reason::Upstream5xx)),
-            (entry(503, "upstream_reset_before_response_started", "UF"), Some(Reason::UpstreamUnavailable)),
+            (
+                entry(503, "upstream_reset_before_response_started", "UF"),
+                Some(Reason::UpstreamUnavailable),
+            ),
             (entry(404, "nexus_no_route", ""), Some(Reason::NoRoute)),
-            (entry(503, "nexus_jwks_unavailable", ""), Some(Reason::Other)),
+            (
+                entry(503, "nexus_jwks_unavailable", ""),
+                Some(Reason::Other),
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(Reason::of(&e), want, "{e:?}");
@@ -338,13 +395,41 @@ mod tests {
         m.observe(&slow);
         let text = m.render();
         let read = r#"category="data_operations",upstream="lake",rule="lake",method_class="read",status_class="2xx""#;
-        assert!(text.contains(&format!("request_duration_seconds_bucket{{{read},le=\"0.01\"}} 0\n")), "{text}");
-        assert!(text.contains(&format!("request_duration_seconds_bucket{{{read},le=\"0.025\"}} 1\n")), "{text}");
-        assert!(text.contains(&format!("request_duration_seconds_sum{{{read}}} 0.012\n")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "request_duration_seconds_bucket{{{read},le=\"0.01\"}} 0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "request_duration_seconds_bucket{{{read},le=\"0.025\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("request_duration_seconds_sum{{{read}}} 0.012\n")),
+            "{text}"
+        );
         let write = read.replace("read", "write");
-        assert!(text.contains(&format!("request_duration_seconds_bucket{{{write},le=\"5\"}} 0\n")), "{text}");
-        assert!(text.contains(&format!("request_duration_seconds_bucket{{{write},le=\"10\"}} 1\n")), "{text}");
-        assert!(text.contains(&format!("request_duration_seconds_bucket{{{write},le=\"+Inf\"}} 1\n")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "request_duration_seconds_bucket{{{write},le=\"5\"}} 0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "request_duration_seconds_bucket{{{write},le=\"10\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "request_duration_seconds_bucket{{{write},le=\"+Inf\"}} 1\n"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

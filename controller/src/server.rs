@@ -177,10 +177,16 @@ impl State {
             .map(|c| c.clone())
             .unwrap_or_default();
         let name = "nexus_component_up";
-        let mut s = format!("# HELP {name} 1 if the health component is ok, 0 if down.\n# TYPE {name} gauge\n");
+        let mut s = format!(
+            "# HELP {name} 1 if the health component is ok, 0 if down.\n# TYPE {name} gauge\n"
+        );
         for (component, c) in comps.iter().filter(|(_, c)| c.status != Status::Disabled) {
             let up = u8::from(c.status == Status::Ok);
-            let _ = writeln!(s, "{name}{{component=\"{component}\",required=\"{}\"}} {up}", c.required);
+            let _ = writeln!(
+                s,
+                "{name}{{component=\"{component}\",required=\"{}\"}} {up}",
+                c.required
+            );
         }
         s
     }

@@ -101,7 +101,14 @@ fn run() -> Result<()> {
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
-                .args(["bench", "-p", "nexus-controller", "--bench", "metrics", "--"])
+                .args([
+                    "bench",
+                    "-p",
+                    "nexus-controller",
+                    "--bench",
+                    "metrics",
+                    "--",
+                ])
                 .args(&args[2..]);
             status(&mut cmd)?;
         }

@@ -235,7 +235,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
             "warning",
         ])
         .args(["--component-log-level", "wasm:info"])
-        .args(["--log-format", envoy::LOG_FORMAT])
+        .args(envoy::log_args())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

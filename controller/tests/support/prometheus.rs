@@ -50,7 +50,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -64,7 +67,11 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while nexus_tests::client::get(port, "/-/ready", &[]).map_or(true, |r| r.status != 200) {
-            assert!(Instant::now() < deadline, "Prometheus not ready: {}", p.log());
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus not ready: {}",
+                p.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         p
@@ -92,7 +99,10 @@ impl Prometheus {
     /// The single value of `expr` (None: no series, or NaN).
     pub fn value(&self, expr: &str) -> Option<f64> {
         let result = self.query(expr);
-        assert!(result.len() <= 1, "{expr}: more than one series: {result:?}");
+        assert!(
+            result.len() <= 1,
+            "{expr}: more than one series: {result:?}"
+        );
         let v: f64 = result.first()?["value"][1].as_str()?.parse().ok()?;
         (!v.is_nan()).then_some(v)
     }
@@ -106,7 +116,10 @@ impl Prometheus {
             if let Some(v) = v.filter(|v| want(*v)) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{expr} stayed {v:?} for {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{expr} stayed {v:?} for {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
