@@ -38,6 +38,8 @@ pub struct ChartValues {
     pub pod_disruption_budget: PodDisruptionBudget,
     pub autoscaling: Autoscaling,
     pub service_monitor: ServiceMonitor,
+    pub prometheus_rule: PrometheusRule,
+    pub grafana_dashboard: GrafanaDashboard,
     pub pod_annotations: BTreeMap<String, String>,
     pub pod_labels: BTreeMap<String, String>,
     /// Pod-level securityContext (the container's is fixed by the chart: non-root, read-only
@@ -291,6 +293,25 @@ pub struct ServiceMonitor {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub scrape_timeout: String,
     /// Extra labels (to match the Prometheus `serviceMonitorSelector`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The chart's recording rules and alerts (`files/prometheus-rules.yaml`) as a PrometheusRule.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusRule {
+    /// A Prometheus-operator PrometheusRule (monitoring.coreos.com/v1).
+    pub enabled: bool,
+    /// Extra labels (to match the Prometheus `ruleSelector`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The Nexus Grafana dashboard (`files/grafana-dashboard.json`) in a ConfigMap.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrafanaDashboard {
+    pub enabled: bool,
+    /// Labels Grafana's dashboard sidecar selects on (`grafana_dashboard: "1"` by default).
     pub labels: BTreeMap<String, String>,
 }
 

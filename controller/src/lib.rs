@@ -3,6 +3,7 @@
 //! The pure core ([`model`], [`render`], [`plan`], [`objects`], the conditions in [`status`])
 //! needs no API server; [`controller`], [`leader`] and [`server`] are the runtime around it.
 
+pub mod access_log;
 pub mod audit;
 pub mod cache;
 pub mod controller;
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod policy;
 pub mod ratelimit;
 pub mod render;
+pub mod request_metrics;
 pub mod server;
 pub mod sessions;
 pub mod standalone;

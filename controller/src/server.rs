@@ -104,6 +104,8 @@ pub struct State {
     pub cache: std::sync::OnceLock<Arc<nexus_cache_service::CacheService>>,
     /// The sessions service, once started: `/sessions/v1/*` (the auth filters' lookups).
     pub sessions: std::sync::OnceLock<Arc<nexus_sessions_service::SessionService>>,
+    /// The Datapunk request metrics, where an access log feeds them (`nexus up`).
+    pub requests: std::sync::OnceLock<Arc<crate::request_metrics::RequestMetrics>>,
 }
 
 impl State {
@@ -167,6 +169,30 @@ impl State {
     /// `live`: the process answers (always 200). `startup`: 200 once the servers run and the
     /// API server was reached. `ready` (and anything else): 200 unless startup is incomplete or
     /// a required component is down. The body always lists every component.
+    /// `nexus_component_up{component,required}`: 1 ok, 0 down, per checked component (a
+    /// disabled one has no series), so alerts see what `/health/ready` sees.
+    pub fn components_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let comps = self
+            .components
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let name = "nexus_component_up";
+        let mut s = format!(
+            "# HELP {name} 1 if the health component is ok, 0 if down.\n# TYPE {name} gauge\n"
+        );
+        for (component, c) in comps.iter().filter(|(_, c)| c.status != Status::Disabled) {
+            let up = u8::from(c.status == Status::Ok);
+            let _ = writeln!(
+                s,
+                "{name}{{component=\"{component}\",required=\"{}\"}} {up}",
+                c.required
+            );
+        }
+        s
+    }
+
     fn health(&self, probe: &str) -> (StatusCode, String) {
         let (code, body) = self.health_json(probe);
         (code, body.to_string())
@@ -258,6 +284,10 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
                 .render(state.is_leader.load(Ordering::Relaxed));
             if let Some(cache) = state.cache.get() {
                 text.push_str(&cache.metrics.render());
+            }
+            text.push_str(&state.components_metrics());
+            if let Some(requests) = state.requests.get() {
+                text.push_str(&requests.render());
             }
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
@@ -377,6 +407,21 @@ mod tests {
         assert_eq!(body["components"]["redis"]["required"], false);
         assert_eq!(body["leader"], false);
         assert_eq!(body["started"], true);
+    }
+
+    #[test]
+    fn components_are_gauges_for_alerts_and_disabled_ones_have_no_series() {
+        let dir = modules_dir(1);
+        let s = healthy(dir.path());
+        s.set_component("cache", Component::down("no listener").optional());
+        let text = s.components_metrics();
+        for line in [
+            "nexus_component_up{component=\"apiserver\",required=\"true\"} 1",
+            "nexus_component_up{component=\"cache\",required=\"false\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!text.contains("redis"), "{text}");
     }
 
     #[tokio::test]

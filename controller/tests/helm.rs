@@ -104,11 +104,15 @@ fn kinds(objs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-const FULL: [&str; 8] = [
+const FULL: [&str; 12] = [
     "--set",
     "autoscaling.enabled=true",
     "--set",
     "serviceMonitor.enabled=true",
+    "--set",
+    "prometheusRule.enabled=true",
+    "--set",
+    "grafanaDashboard.enabled=true",
     "--set",
     "redis.existingSecret=nexus-redis",
     "--set",
@@ -394,6 +398,17 @@ fn template_with_hpa_servicemonitor_and_redis() {
         hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
         80
     );
+    let rule = find(&objs, "PrometheusRule", "nexus-controller");
+    let rules_file: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart().join("files/prometheus-rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], rules_file["groups"]);
+    let dashboard = find(&objs, "ConfigMap", "nexus-controller-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["nexus.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "nexus-overview");
     let sm = find(&objs, "ServiceMonitor", "nexus-controller");
     assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");

