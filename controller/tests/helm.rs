@@ -692,6 +692,25 @@ fn impersonating_kubeconfig(base: &Path, out: &Path) {
     std::fs::write(out, serde_yaml::to_string(&kc).unwrap()).unwrap();
 }
 
+/// `helm install nexus` of the chart into NS (created), with `extra` arguments; its output.
+fn install(helm: &Helm, kubeconfig: &str, extra: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "install",
+        "nexus",
+        chart.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        NS,
+        "--create-namespace",
+        "--timeout",
+        "2m",
+    ];
+    args.extend_from_slice(extra);
+    helm.ok(&args)
+}
+
 /// Istio's CRDs (the fixture the controller tests use), served before this returns.
 async fn install_istio_crds(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -795,18 +814,7 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     let kubeconfig = env.kubeconfig.to_str().unwrap().to_string();
     let chart = chart();
     let start = Instant::now();
-    let out = helm.ok(&[
-        "install",
-        "nexus",
-        chart.to_str().unwrap(),
-        "--kubeconfig",
-        &kubeconfig,
-        "-n",
-        NS,
-        "--create-namespace",
-        "--timeout",
-        "2m",
-    ]);
+    let out = install(&helm, &kubeconfig, &[]);
     let install = start.elapsed();
     eprintln!("helm install took {install:?}");
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -1151,25 +1159,15 @@ async fn watch_namespaces_keeps_the_controller_inside_them_on_a_real_apiserver()
     let env = TestEnv::start();
     let helm = Helm::new();
     let kubeconfig = env.kubeconfig.to_str().unwrap().to_string();
-    let chart = chart();
     let client = env.client().await;
     for ns in ["apps", "other", "istio-system"] {
         create_namespace(&client, ns).await;
     }
-    helm.ok(&[
-        "install",
-        "nexus",
-        chart.to_str().unwrap(),
-        "--kubeconfig",
+    install(
+        &helm,
         &kubeconfig,
-        "-n",
-        NS,
-        "--create-namespace",
-        "--timeout",
-        "2m",
-        "--set",
-        "controller.watchNamespaces={apps}",
-    ]);
+        &["--set", "controller.watchNamespaces={apps}"],
+    );
     install_istio_crds(&client).await;
     let sa_kubeconfig = env.dir.path().join("sa-kubeconfig");
     impersonating_kubeconfig(&env.kubeconfig, &sa_kubeconfig);

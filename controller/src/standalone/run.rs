@@ -357,8 +357,12 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// The first configuration, written before Envoy starts.
-    async fn write_first(&mut self, config: &Config, nexus: &Nexus) -> Result<()> {
+    /// `config` as Envoy resources (demo upstreams started first) and rate limits.
+    async fn render(
+        &mut self,
+        config: &Config,
+        nexus: &Nexus,
+    ) -> Result<(envoy::Resources, nexus_ratelimit_service::Limits)> {
         self.upstreams.ensure(config).await?;
         let res = self.xds.render(
             config,
@@ -368,6 +372,12 @@ impl Gateway {
             self.version,
         )?;
         let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
+        Ok((res, limits))
+    }
+
+    /// The first configuration, written before Envoy starts.
+    async fn write_first(&mut self, config: &Config, nexus: &Nexus) -> Result<()> {
+        let (res, limits) = self.render(config, nexus).await?;
         nexus.limiter.set_limits(limits);
         self.xds.write(&res)
     }
@@ -405,15 +415,7 @@ impl Gateway {
     /// Clusters first (so routes never name a cluster Envoy lacks), then the listener; each
     /// confirmed through Envoy's update counters.
     async fn apply(&mut self, config: &Config, nexus: &Nexus, admin: SocketAddr) -> Result<()> {
-        self.upstreams.ensure(config).await?;
-        let res = self.xds.render(
-            config,
-            &self.upstreams,
-            &nexus.services,
-            &self.modules,
-            self.version,
-        )?;
-        let limits = nexus_ratelimit_service::Limits::new([res.configs.ratelimit.clone()])?;
+        let (res, limits) = self.render(config, nexus).await?;
         let cds = "cluster_manager.cds";
         let before = update_counts(admin, cds).await?;
         self.xds.write_one(&self.xds.cds, &res.clusters)?;
