@@ -405,6 +405,7 @@ fn start_bus(
         ..Default::default()
     };
     let started = nexus_events::bus::start(&options, services)?;
+    let _ = state.bus.set(started.stats.clone());
     checks.push(health::rabbitmq(started.stats, options.required));
     Ok(started.events)
 }

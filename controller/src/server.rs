@@ -106,6 +106,8 @@ pub struct State {
     pub sessions: std::sync::OnceLock<Arc<nexus_sessions_service::SessionService>>,
     /// The Datapunk request metrics, where an access log feeds them (`nexus up`).
     pub requests: std::sync::OnceLock<Arc<crate::request_metrics::RequestMetrics>>,
+    /// The event bus's counters, when it runs (`--amqp-url`): `nexus_events_*` in `/metrics`.
+    pub bus: std::sync::OnceLock<Arc<nexus_events::Stats>>,
 }
 
 impl State {
@@ -288,6 +290,9 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
             text.push_str(&state.components_metrics());
             if let Some(requests) = state.requests.get() {
                 text.push_str(&requests.render());
+            }
+            if let Some(bus) = state.bus.get() {
+                text.push_str(&bus.render());
             }
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

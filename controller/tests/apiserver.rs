@@ -15,6 +15,7 @@ use nexus_config::router::RouterConfig;
 use nexus_controller::controller::api_resource;
 use nexus_controller::crd::NexusRoute;
 use serde_json::{json, Value};
+use support::bus::AMQP;
 use support::*;
 
 const NS: &str = "apps";
@@ -520,6 +521,12 @@ async fn reconciles_routes_against_a_real_apiserver() {
         metrics.contains("nexus_controller_reconcile_duration_seconds_count"),
         "{metrics}"
     );
+    // The bus's counters are in /metrics too: route events were published.
+    let published = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nexus_events_published_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(published.is_some_and(|n| n > 0), "{metrics}");
     assert!(ctrl.reconciles() > 0);
     // JSON logs with the required keys.
     let logs = ctrl.logs();
@@ -597,83 +604,22 @@ async fn gateway_routes_attach_where_their_gateway_allows(client: &Client) {
     .await;
 }
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 /// Collects (type, generation) of the bus events about route `name` in [`NS`], from now until
-/// its `deleted` event, on the machine's RabbitMQ (`cargo xtask test` makes sure it runs).
+/// it is deleted.
 async fn route_events(name: &str) -> tokio::task::JoinHandle<Vec<(String, Option<i64>)>> {
-    use futures::StreamExt;
-    use lapin::options::{
-        BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    };
-    use lapin::types::FieldTable;
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must run on 127.0.0.1:5672 (cargo xtask test starts it)");
-    let ch = conn.create_channel().await.unwrap();
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        "service.events".into(),
-        lapin::ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let pattern = format!("nexus.route.*.{NS}.{name}");
-    ch.queue_bind(
-        queue.name().clone(),
-        "service.events".into(),
-        pattern.as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            consume,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let heard = support::bus::listen(&pattern, "nexus.route.deleted", WAIT * 3).await;
     tokio::spawn(async move {
-        let _keep = conn;
-        let mut heard = Vec::new();
-        let all = tokio::time::timeout(WAIT * 3, async {
-            while let Some(Ok(d)) = consumer.next().await {
-                let e: Value = serde_json::from_slice(&d.data).unwrap();
-                let kind = e["type"].as_str().unwrap().to_string();
-                heard.push((kind.clone(), e["data"]["generation"].as_i64()));
-                if kind == "nexus.route.deleted" {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(all.is_ok(), "no deleted event; heard {heard:?}");
+        let heard = heard.await.unwrap();
         heard
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["data"]["generation"].as_i64(),
+                )
+            })
+            .collect()
     })
 }
 

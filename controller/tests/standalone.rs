@@ -1105,3 +1105,33 @@ fn promtool_accepts_the_chart_rules_and_prometheus_parses_every_dashboard_query(
     let broken = prom.query_raw("sum by (category (rate(error_rate_total[5m]))");
     assert_eq!(broken["errorType"], "bad_data", "{broken}");
 }
+
+/// With `--amqp-url`, an edit `nexus up` refuses is announced on `service.events` as
+/// `nexus.route.rejected.<namespace>.<name>` with its reason, as the controller announces a
+/// route it does not accept.
+#[test]
+fn a_refused_edit_is_announced_on_the_event_bus() {
+    let deployment = format!("standalone-test-{}", std::process::id());
+    let up = Up::start_with(&[
+        "--memory",
+        "--amqp-url",
+        support::bus::AMQP,
+        "--deployment",
+        &deployment,
+    ]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let heard = runtime.block_on(support::bus::listen(
+        "nexus.route.rejected.default.datapunk",
+        "nexus.route.rejected",
+        Duration::from_secs(60),
+    ));
+    up.edit("routes.yaml", |t| {
+        t.replace("category: stream_processing", "category: streaming")
+    });
+    up.wait_for_output("NOT applied", Duration::from_secs(20));
+    let heard = runtime.block_on(heard).unwrap();
+    let rejected = heard.last().unwrap();
+    assert_eq!(rejected["data"]["namespace"], "default", "{rejected}");
+    assert_eq!(rejected["data"]["name"], "datapunk", "{rejected}");
+    assert_eq!(rejected["data"]["reason"], "InvalidSpec", "{rejected}");
+}

@@ -283,11 +283,11 @@ fn watch_inputs(
     scope: &WatchScope,
 ) -> Controller<NexusRoute> {
     let neighbours = store.clone();
-    let route_changes = scope
-        .watch::<NexusRoute>(client, &(), watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(triggers::plan_inputs, Default::default());
+    let route_changes = triggers::plan_changes(
+        scope
+            .watch::<NexusRoute>(client, &(), watcher::Config::default())
+            .default_backoff(),
+    );
     let for_secrets = store.clone();
     let secret_changes = scope
         .watch::<Secret>(client, &(), watcher::Config::default())

@@ -30,6 +30,33 @@ pub fn plan_inputs(route: &NexusRoute) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The routes whose plan inputs ([`plan_inputs`]) changed, and every deleted route. kube's
+/// `predicate_filter` would drop the final deletion (its inputs equal those of the update that
+/// set the deletion timestamp), yet that deletion is what its neighbours may have waited for:
+/// this stream is a separate watch from the controller's store, so a neighbour woken by the
+/// deletion timestamp may have planned from a store that did not show it yet.
+pub fn plan_changes(
+    events: impl Stream<Item = Result<watcher::Event<NexusRoute>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<NexusRoute, watcher::Error>> + Send {
+    events
+        .scan(std::collections::HashMap::new(), |seen, event| {
+            let out = match event {
+                Ok(watcher::Event::Delete(r)) => {
+                    seen.remove(&r.uid());
+                    Some(Ok(r))
+                }
+                Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                    let inputs = plan_inputs(&r);
+                    (seen.insert(r.uid(), inputs) != Some(inputs)).then_some(Ok(r))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(Some(out))
+        })
+        .filter_map(futures::future::ready)
+}
+
 /// Whether someone other than the controller wrote this object since the controller's
 /// last apply: a manager of its spec or metadata that is not [`FIELD_MANAGER`] whose write
 /// is not older than the controller's. The controller's own applies come back on the
@@ -255,6 +282,33 @@ mod tests {
         assert_eq!(named(Some("a"), None), ["a/x", "a/y"]);
         assert_eq!(named(None, None), ["a/x", "a/y", "b/x"]);
         assert!(named(Some("c"), None).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_routes_final_deletion_passes_though_its_inputs_did_not_change() {
+        let mut deleting = route("a", "x");
+        deleting.metadata.generation = Some(1);
+        let mut status_only = deleting.clone();
+        status_only.status = Some(Default::default());
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        let events = futures::stream::iter([
+            Ok(watcher::Event::Apply(status_only.clone())),
+            Ok(watcher::Event::Apply(status_only)),
+            Ok(watcher::Event::Apply(deleting.clone())),
+            Ok(watcher::Event::Delete(deleting)),
+        ]);
+        let passed: Vec<_> = plan_changes(events).collect().await;
+        let kinds: Vec<bool> = passed
+            .iter()
+            .map(|r| r.as_ref().unwrap().metadata.deletion_timestamp.is_some())
+            .collect();
+        assert_eq!(
+            kinds,
+            [false, true, true],
+            "first sight, deletion timestamp, deletion"
+        );
     }
 
     #[test]

@@ -47,22 +47,42 @@ struct Config {
     fingerprint: u64,
 }
 
-/// Reads and compiles DIR; every problem as `file: [route:] path (reason): message`.
-fn load(dir: &Path, opts: &Options) -> Result<Config, Vec<String>> {
+/// Why DIR was not applied: every problem as `file: [route:] path (reason): message`, and
+/// the routes refused, each with its first reason (`nexus.route.rejected` events).
+struct Refusal {
+    problems: Vec<String>,
+    rejected: Vec<(String, String, String)>,
+}
+
+impl From<Vec<String>> for Refusal {
+    fn from(problems: Vec<String>) -> Refusal {
+        Refusal {
+            problems,
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// Reads and compiles DIR.
+fn load(dir: &Path, opts: &Options) -> Result<Config, Refusal> {
     let fingerprint = fingerprint(dir);
     let Snapshot {
         mut gateway,
         inputs,
         mut problems,
-    } = gateway::read_dir(dir).map_err(|e| vec![e.to_string()])?;
+    } = gateway::read_dir(dir).map_err(|e| Refusal::from(vec![e.to_string()]))?;
     let routes: Vec<&crate::crd::NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
     let outcomes = crate::plan::outcomes(&routes, &inputs.secrets, &Default::default());
     let mut compiled = Vec::new();
+    let mut rejected = Vec::new();
     for (file, r) in &inputs.routes {
         let id = crate::plan::id(r);
         match outcomes.get(&id) {
             Some(Ok(c)) => compiled.push(c.clone()),
-            Some(Err(ps)) => problems.extend(ps.iter().map(|p| {
+            Some(Err(ps)) => problems.extend(ps.iter().enumerate().map(|(i, p)| {
+                if i == 0 {
+                    rejected.push((id.0.clone(), id.1.clone(), p.reason.as_str().to_string()));
+                }
                 format!(
                     "{}: NexusRoute {}: {} ({}): {}",
                     file.display(),
@@ -76,7 +96,7 @@ fn load(dir: &Path, opts: &Options) -> Result<Config, Vec<String>> {
         }
     }
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(Refusal { problems, rejected });
     }
     if let Some(l) = opts.listen {
         gateway.listen = l;
@@ -169,7 +189,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
 
 /// DIR compiled, or every problem logged and an error saying nothing started.
 fn load_or_explain(dir: &Path, opts: &Options) -> Result<Config> {
-    load(dir, opts).or_else(|problems| {
+    load(dir, opts).or_else(|Refusal { problems, .. }| {
         for p in &problems {
             tracing::error!(problem = %p, "nothing started");
         }
@@ -221,7 +241,7 @@ async fn follow(
                     continue;
                 }
                 current = fingerprint(dir);
-                let Some(next) = reload(dir, opts, &config, gateway.version) else {
+                let Some(next) = reload(dir, opts, &config, gateway.version, &nexus.events) else {
                     continue;
                 };
                 current = next.fingerprint;
@@ -233,8 +253,14 @@ async fn follow(
     }
 }
 
-/// DIR read again, or its problems logged as not applied.
-fn reload(dir: &Path, opts: &Options, config: &Config, version: u64) -> Option<Config> {
+/// DIR read again, or its problems logged as not applied and its refused routes announced.
+fn reload(
+    dir: &Path,
+    opts: &Options,
+    config: &Config,
+    version: u64,
+    events: &Events,
+) -> Option<Config> {
     match load(dir, opts) {
         Ok(next) => {
             if let Some(why) = needs_restart(&config.gateway, &next.gateway) {
@@ -244,9 +270,12 @@ fn reload(dir: &Path, opts: &Options, config: &Config, version: u64) -> Option<C
             }
             Some(next)
         }
-        Err(problems) => {
+        Err(Refusal { problems, rejected }) => {
             for p in problems {
                 tracing::warn!(problem = %p, "change in {} NOT applied (still serving version {version})", dir.display());
+            }
+            for (ns, name, reason) in rejected {
+                events.publish(Event::route_rejected(&ns, &name, None, &reason));
             }
             None
         }
@@ -516,6 +545,7 @@ fn start_bus(
         ..Default::default()
     };
     let bus = nexus_events::bus::start(&options, services)?;
+    let _ = state.bus.set(bus.stats.clone());
     let check = crate::health::rabbitmq(bus.stats, options.required);
     Ok((bus.events, Some(check)))
 }

@@ -2,6 +2,7 @@
 //! CRD from the checked-in YAML and permissive Istio CRDs; helpers to run the `nexus` binary.
 #![allow(dead_code)]
 
+pub mod bus;
 pub mod prometheus;
 
 use std::path::{Path, PathBuf};

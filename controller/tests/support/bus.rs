@@ -1,0 +1,88 @@
+//! Listening on the real RabbitMQ's `service.events` exchange, as a platform service would.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Collects the envelopes of events whose routing key matches `pattern`, from now until one
+/// of type `until` arrives (or `within` passes: the task then fails naming what it heard).
+pub async fn listen(
+    pattern: &str,
+    until: &'static str,
+    within: Duration,
+) -> tokio::task::JoinHandle<Vec<Value>> {
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (cargo xtask test starts it)");
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let topic = lapin::ExchangeKind::Topic;
+    ch.exchange_declare(
+        "service.events".into(),
+        topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = ch
+        .queue_declare("".into(), private, FieldTable::default())
+        .await
+        .unwrap();
+    let bind = QueueBindOptions::default();
+    ch.queue_bind(
+        queue.name().clone(),
+        "service.events".into(),
+        pattern.into(),
+        bind,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _keep = conn;
+        let mut heard = Vec::new();
+        let all = tokio::time::timeout(within, async {
+            while let Some(Ok(d)) = consumer.next().await {
+                let e: Value = serde_json::from_slice(&d.data).unwrap();
+                let done = e["type"] == until;
+                heard.push(e);
+                if done {
+                    break;
+                }
+            }
+        })
+        .await;
+        let types: Vec<&Value> = heard.iter().map(|e| &e["type"]).collect();
+        assert!(all.is_ok(), "no {until} event; heard {types:?}");
+        heard
+    })
+}
