@@ -400,6 +400,7 @@ fn start_bus(
     };
     let services = nexus_events::services::Services {
         cache: state.cache.get().cloned(),
+        sessions: state.sessions.get().cloned(),
         limiter,
         reconcile: Some(reconcile),
         ..Default::default()

@@ -12,7 +12,7 @@ use nexus_ratelimit_service::server::SharedLimiter;
 use serde_json::json;
 
 use crate::command::{Command, Handler, HandlerError, ReconcileArgs, ResetArgs};
-use crate::event::{CacheSelection, Event, FlushData};
+use crate::event::{CacheSelection, Event, FlushData, SessionData};
 use crate::publisher::Events;
 
 /// Reconciles the named routes (all when none is named) now; the answer's text goes in the
@@ -26,6 +26,9 @@ const RULE_KEY: &str = "route";
 #[derive(Clone, Default)]
 pub struct Services {
     pub cache: Option<Arc<CacheService>>,
+    /// The sessions service: `session.revoke` ends a session in its store and, through the
+    /// cache service's event stream, in every proxy's session table.
+    pub sessions: Option<Arc<nexus_sessions_service::SessionService>>,
     pub limiter: Option<SharedLimiter>,
     pub reconcile: Option<Reconcile>,
     /// Where `nexus.cache.invalidated` / `nexus.cache.flushed` go after a command took effect.
@@ -47,10 +50,7 @@ impl Handler for Services {
                     "this process does not reconcile routes (not the controller)",
                 )),
             },
-            // nexus-auth verifies tokens locally and keeps no revocation list to add to.
-            Command::SessionRevoke(_) => Err(refused(
-                "no session store: nexus-auth keeps no revocation list yet",
-            )),
+            Command::SessionRevoke(a) => self.revoke(&a.session).await,
         }
     }
 }
@@ -95,6 +95,21 @@ impl Services {
         self.cache()?.flush(reason.clone()).await.map_err(failure)?;
         self.announce(Event::CacheFlushed(FlushData { reason }));
         Ok(json!({ "flushed": true }))
+    }
+
+    async fn revoke(&self, session: &str) -> Result<serde_json::Value, HandlerError> {
+        let sessions = self
+            .sessions
+            .as_ref()
+            .ok_or_else(|| refused("this process runs no sessions service"))?;
+        let existed = sessions
+            .revoke(session)
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        self.announce(Event::SessionRevoked(SessionData {
+            session: session.to_string(),
+        }));
+        Ok(json!({ "revoked": existed }))
     }
 
     async fn reset(&self, a: &ResetArgs) -> Result<serde_json::Value, HandlerError> {

@@ -273,7 +273,7 @@ async fn cache_invalidate_and_flush_reach_every_proxy_stream_of_the_cache_servic
     .await;
     let dead = collect(&ch, &config.dead_queue(), 2).await;
     assert!(
-        reason(&dead[0]).contains("no session store"),
+        reason(&dead[0]).contains("runs no sessions service"),
         "{}",
         reason(&dead[0])
     );
@@ -374,5 +374,57 @@ async fn ratelimit_reset_clears_one_clients_counters_in_redis() {
     // Alice is allowed again; Bob, not reset, is still over his limit.
     assert_eq!(hit("alice").await, Code::Ok as i32);
     assert_eq!(hit("bob").await, Code::OverLimit as i32);
+    cleanup(&ch, &config).await;
+}
+
+/// `session.revoke` ends the session in the sessions service's store and publishes its
+/// revocation on the cache service's event stream, which every proxy's session table follows.
+#[tokio::test]
+async fn session_revoke_ends_the_session_and_tells_every_proxy() {
+    let cache = nexus_cache_service::server::build(
+        None,
+        &Default::default(),
+        nexus_cache_service::Config::default(),
+        std::time::Duration::from_millis(100),
+    )
+    .unwrap();
+    let mut stream = cache.subscribe();
+    stream.next().await.unwrap().unwrap();
+    let clock = nexus_cache_service::storage::system_clock();
+    let storage = nexus_sessions_service::storage::MemoryStorage::new(clock);
+    let sessions = Arc::new(nexus_sessions_service::SessionService::new(
+        storage,
+        Some(cache.clone()),
+        Default::default(),
+    ));
+    let new = nexus_sessions_service::NewSession {
+        client_id: "alice".into(),
+        scopes: vec![],
+        headers: Default::default(),
+    };
+    let (id, _) = sessions.create(new).await.unwrap();
+    let services = Services {
+        cache: Some(cache.clone()),
+        sessions: Some(sessions.clone()),
+        ..Default::default()
+    };
+    let (config, _stats) = start(Arc::new(services)).await;
+    let (_conn, ch) = connect(SHARED_AMQP).await;
+    let replies = reply_queue(&ch).await;
+    // Revoked twice: the second is acknowledged too, its answer saying nothing was left.
+    for correlation in ["r-1", "r-2"] {
+        let body = command("session.revoke", json!({ "session": id }));
+        let reply_to = Some((replies.as_str(), correlation));
+        send(&ch, &config, "session.revoke", &body, reply_to).await;
+    }
+    let answers: Vec<_> = collect(&ch, &replies, 2).await.iter().map(reply).collect();
+    assert_eq!(answers[0].data["ok"], true, "{answers:?}");
+    assert_eq!(answers[0].data["result"]["revoked"], true, "{answers:?}");
+    assert_eq!(answers[1].data["result"]["revoked"], false, "{answers:?}");
+    let key = nexus_config::session::revocation_key(&nexus_sessions_service::id_hash(&id));
+    match stream.next().await.unwrap().unwrap().kind {
+        Some(event::Kind::Invalidation(i)) => assert_eq!(i.keys, [key]),
+        other => panic!("expected the revocation, got {other:?}"),
+    }
     cleanup(&ch, &config).await;
 }

@@ -541,6 +541,7 @@ fn start_bus(
     options.redis_url = redis_url;
     let services = nexus_events::services::Services {
         cache: state.cache.get().cloned(),
+        sessions: state.sessions.get().cloned(),
         limiter: Some(limiter.clone()),
         ..Default::default()
     };
