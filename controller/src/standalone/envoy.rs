@@ -190,6 +190,30 @@ pub fn render(
         listener["filter_chains"][0]["transport_socket"] = tls.transport_socket(&endpoints.sds);
     }
 
+    let clusters = clusters_of(routes, &configs, endpoints);
+    Ok(Resources {
+        listeners: discovery_response(
+            version,
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+            vec![listener],
+        ),
+        clusters: discovery_response(
+            version,
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            clusters.into_values().collect(),
+        ),
+        secrets: gateway.tls.as_ref().map(|t| t.secrets(version)),
+        configs,
+    })
+}
+
+/// One cluster per upstream (with its outlier detection, pool limits and protocol), per remote
+/// JWKS host, and per Nexus service the filters call.
+fn clusters_of(
+    routes: &[&CompiledRoute],
+    configs: &render::GroupConfigs,
+    endpoints: &Endpoints,
+) -> BTreeMap<String, Value> {
     let mut clusters: BTreeMap<String, Value> = BTreeMap::new();
     for r in routes {
         for u in r.upstreams() {
@@ -241,21 +265,7 @@ pub fn render(
             None,
         ),
     );
-
-    Ok(Resources {
-        listeners: discovery_response(
-            version,
-            "type.googleapis.com/envoy.config.listener.v3.Listener",
-            vec![listener],
-        ),
-        clusters: discovery_response(
-            version,
-            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            clusters.into_values().collect(),
-        ),
-        secrets: gateway.tls.as_ref().map(|t| t.secrets(version)),
-        configs,
-    })
+    clusters
 }
 
 /// What the VirtualService would say, as Envoy routes: each rule by `x-nexus-rule` (with its
