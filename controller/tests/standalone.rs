@@ -1106,11 +1106,12 @@ fn promtool_accepts_the_chart_rules_and_prometheus_parses_every_dashboard_query(
     assert_eq!(broken["errorType"], "bad_data", "{broken}");
 }
 
-/// With `--amqp-url`, an edit `nexus up` refuses is announced on `service.events` as
+/// With `--amqp-url`, a `cache.invalidate` command on `service.commands` makes real Envoy's
+/// next request a miss, and an edit `nexus up` refuses is announced on `service.events` as
 /// `nexus.route.rejected.<namespace>.<name>` with its reason, as the controller announces a
 /// route it does not accept.
 #[test]
-fn a_refused_edit_is_announced_on_the_event_bus() {
+fn commands_and_refusals_travel_on_the_event_bus() {
     let deployment = format!("standalone-test-{}", std::process::id());
     let up = Up::start_with(&[
         "--memory",
@@ -1120,6 +1121,35 @@ fn a_refused_edit_is_announced_on_the_event_bus() {
         &deployment,
     ]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+    up.get("/lake/datasets", &alice);
+    let cached = up.get("/lake/datasets", &alice);
+    assert_eq!(
+        cached.header("x-nexus-cache"),
+        Some("hit-local"),
+        "{:?}",
+        cached.headers
+    );
+    // The command queue may still be binding right after start: send again until it lands.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'invalidated: loop {
+        let prefixes = serde_json::json!({ "prefixes": ["/lake/datasets"] });
+        runtime.block_on(support::bus::send_command("cache.invalidate", prefixes));
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let r = up.get("/lake/datasets", &alice);
+            if r.header("x-nexus-cache") != Some("hit-local") {
+                assert_eq!(r.header("x-nexus-cache"), Some("miss"), "{:?}", r.headers);
+                break 'invalidated;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never reached Envoy's cache"
+        );
+    }
     let heard = runtime.block_on(support::bus::listen(
         "nexus.route.rejected.default.datapunk",
         "nexus.route.rejected",

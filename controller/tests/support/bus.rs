@@ -86,3 +86,25 @@ pub async fn listen(
         heard
     })
 }
+
+/// Sends command `kind` (an envelope with `data`) to `service.commands`, as a platform service
+/// would; every deployment whose queue is bound to `kind` receives it.
+pub async fn send_command(kind: &str, data: Value) {
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (cargo xtask test starts it)");
+    let ch = conn.create_channel().await.unwrap();
+    let body =
+        serde_json::to_vec(&nexus_events::envelope::Envelope::new(kind, "test", data)).unwrap();
+    let publish = lapin::options::BasicPublishOptions::default();
+    ch.basic_publish(
+        "service.commands".into(),
+        kind.into(),
+        publish,
+        &body,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "sent".into()).await;
+}
