@@ -168,7 +168,7 @@ impl Bus for RedisBus {
         };
         let payload = event.encode_to_vec();
         tokio::time::timeout(self.timeout, async {
-            let mut conn = self.publisher.get().await?;
+            let mut conn = self.publisher.get().await.map_err(StorageError)?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)

@@ -13,8 +13,10 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStorage;
-pub use self::redis::LazyConnection;
 pub use self::redis::{RedisNamespace, RedisStorage};
+/// A Redis connection made on first use, so a service starts (and answers UNAVAILABLE) while
+/// Redis is down: one implementation for every Nexus service on Redis.
+pub use nexus_ratelimit_service::storage::LazyConnection;
 
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -26,10 +26,9 @@
 use std::time::Duration;
 
 use nexus_proto::cache::{Entry, Invalidation, PutRequest, PutResponse};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
+use redis::aio::ConnectionManager;
 
-use super::{Storage, StorageError, Watermark};
+use super::{LazyConnection, Storage, StorageError, Watermark};
 
 /// Byte-wise comparison (Lua's `<` on strings follows the server's locale) and the
 /// last-write-wins rule of [`super::newer`], over decimal timestamps of any length.
@@ -201,40 +200,6 @@ impl RedisNamespace {
     }
 }
 
-/// A multiplexed connection made on first use, so the service starts (and answers
-/// UNAVAILABLE) while Redis is down; shared by the storage and the event bus's publisher.
-pub struct LazyConnection {
-    client: redis::Client,
-    timeout: Duration,
-    slot: Mutex<Option<ConnectionManager>>,
-}
-
-impl LazyConnection {
-    pub fn new(client: redis::Client, timeout: Duration) -> Self {
-        Self {
-            client,
-            timeout,
-            slot: Mutex::new(None),
-        }
-    }
-
-    pub async fn get(&self) -> Result<ConnectionManager, StorageError> {
-        let mut slot = self.slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| StorageError(format!("redis connect: {e}")))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-}
-
 pub struct RedisStorage {
     client: redis::Client,
     entry_prefix: String,
@@ -271,7 +236,7 @@ impl RedisStorage {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StorageError> {
-        self.conn.get().await
+        self.conn.get().await.map_err(StorageError)
     }
 
     /// Runs `op` within the deadline.

@@ -35,7 +35,7 @@ impl RedisStorage {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StorageError> {
         let op = async {
-            let mut conn = self.conn.get().await?;
+            let mut conn = self.conn.get().await.map_err(StorageError)?;
             cmd.query_async::<T>(&mut conn)
                 .await
                 .map_err(|e| StorageError(format!("redis: {e}")))
