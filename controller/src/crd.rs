@@ -34,6 +34,7 @@ pub fn api_version() -> String {
     printcolumn = r#"{"name":"Rules","type":"integer","jsonPath":".status.rules"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Enforced","type":"string","jsonPath":".status.enforced"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -496,6 +497,10 @@ pub struct NexusRouteStatus {
     /// The EnvoyFilter (in this namespace) this route's filters were last rendered into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_filter: Option<String>,
+    /// Proxies running this route's current configuration, of those its selector matches
+    /// (`2/3`); the `Enforced` condition names the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

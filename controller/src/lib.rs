@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cache;
 pub mod controller;
 pub mod crd;
+pub mod enforcement;
 pub mod health;
 pub mod input;
 pub mod leader;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nexus_controller::policy::{AllowedRoutes, WatchScope};
 use nexus_controller::render::Settings;
-use nexus_controller::{chart, controller, crd, health, input, leader, plan, server, telemetry};
+use nexus_controller::{
+    chart, controller, crd, enforcement, health, input, leader, plan, server, telemetry,
+};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +58,10 @@ struct RenderArgs {
         value_name = "NS,NS"
     )]
     gateway_namespaces: Vec<String>,
+    /// How often every filter reports what it runs (the `Enforced` condition forgets a proxy
+    /// silent for three intervals).
+    #[arg(long, default_value_t = nexus_config::report::DEFAULT_INTERVAL_MS, value_name = "MS")]
+    proxy_report_interval_ms: u32,
 }
 
 /// The event bus (RabbitMQ): `service.events` and `service.commands`.
@@ -203,6 +209,12 @@ struct ControllerArgs {
     /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
     #[arg(long, env = "NEXUS_WARM_URL")]
     warm_url: Option<String>,
+    /// Take a proxy report's sender identity from `x-forwarded-client-cert`: only when this
+    /// replica runs with an Istio sidecar, which replaces what clients send (the chart sets
+    /// it when `controller.sidecar` is on). Otherwise a report counts only when it comes
+    /// from the reporting pod's own IP.
+    #[arg(long, env = "NEXUS_TRUST_XFCC")]
+    trust_xfcc: bool,
     #[command(flatten)]
     bus: BusArgs,
 }
@@ -230,6 +242,7 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
                 &r.watch_namespaces,
                 &r.gateway_namespaces,
             )),
+        report_interval_ms: r.proxy_report_interval_ms,
     })
 }
 
@@ -382,6 +395,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         cache,
         args.warm_url,
         bus,
+        args.trust_xfcc,
     ))
 }
 
@@ -456,8 +470,10 @@ async fn run_controller(
     cache: Option<nexus_controller::cache::Options>,
     warm_url: Option<String>,
     bus: Option<nexus_events::bus::BusOptions>,
+    trust_xfcc: bool,
 ) -> anyhow::Result<ExitCode> {
     let state = Arc::new(server::State::new(Some(modules_dir)));
+    state.trust_xfcc.store(trust_xfcc, Ordering::Relaxed);
     state.set("apiserver", false, "connecting");
     state.set("leader", true, "standby");
     tokio::spawn(server::serve(http_addr, state.clone()));
@@ -465,6 +481,11 @@ async fn run_controller(
         tokio::spawn(server::serve(modules_addr, state.clone()));
     }
     let client = kube::Client::try_default().await?;
+    // In a pod, proxies' reports reach only the leader (see nexus_controller::enforcement).
+    let own_pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
+    if let Some(pod) = &own_pod {
+        enforcement::leader_label(&client, &settings.controller_namespace, pod, false).await;
+    }
     let mut checks = vec![apiserver_check(client.clone())];
     state.set_component(
         "ratelimit",
@@ -534,6 +555,9 @@ async fn run_controller(
         .leader_transitions
         .fetch_add(1, Ordering::Relaxed);
     state.set("leader", true, format!("leader ({identity})"));
+    if let Some(pod) = &own_pod {
+        enforcement::leader_label(&client, &settings.controller_namespace, pod, true).await;
+    }
     let scope = settings.allowed_routes.scope.clone();
     let ctrl = tokio::spawn(controller::run(
         client.clone(),

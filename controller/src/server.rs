@@ -108,6 +108,11 @@ pub struct State {
     pub requests: std::sync::OnceLock<Arc<crate::request_metrics::RequestMetrics>>,
     /// The event bus's counters, when it runs (`--amqp-url`): `nexus_events_*` in `/metrics`.
     pub bus: std::sync::OnceLock<Arc<nexus_events::Stats>>,
+    /// What proxies say they run (`POST /proxies/v1/reports`), for the `Enforced` condition.
+    pub reports: Arc<crate::enforcement::reports::ProxyReports>,
+    /// Take the sender's mesh identity from `x-forwarded-client-cert` (only behind this
+    /// process's own sidecar, which overwrites what a client sent).
+    pub trust_xfcc: AtomicBool,
 }
 
 impl State {
@@ -315,12 +320,57 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
+/// `POST /proxies/v1/reports`: 204 when taken, 400 naming what is wrong, 503 when full.
+async fn take_report(
+    state: &State,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use crate::enforcement::reports::{xfcc_identity, Received, Refused, MAX_BODY};
+    use http_body_util::BodyExt;
+    let identity = req
+        .headers()
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| state.trust_xfcc.load(Ordering::Relaxed))
+        .and_then(xfcc_identity);
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let error = |code, msg: String| {
+        let body = serde_json::json!({ "error": msg }).to_string();
+        respond(code, "application/json", body)
+    };
+    let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a report is at most {MAX_BODY} bytes"),
+        );
+    };
+    let report = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a proxy report: {e}")),
+    };
+    let received = Received {
+        report,
+        peer,
+        identity,
+        at: std::time::Instant::now(),
+    };
+    match state.reports.record(received) {
+        Ok(()) => respond(StatusCode::NO_CONTENT, "application/json", Bytes::new()),
+        Err(Refused::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(Refused::Full) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many proxies reporting".to_string(),
+        ),
+    }
+}
+
 /// Serves until the process exits.
 pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http server listening");
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -338,8 +388,12 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
                         .sessions
                         .get()
                         .filter(|_| nexus_sessions_service::http::serves(req.uri().path()));
+                    let report = req.method() == hyper::Method::POST
+                        && req.uri().path() == nexus_config::report::REPORTS_PATH;
                     let resp = if let Some(sessions) = sessions {
                         nexus_sessions_service::http::handle(sessions, req).await
+                    } else if report {
+                        take_report(&state, peer.ip(), req).await
                     } else if req.method() == hyper::Method::GET {
                         handle(&state, req.uri().path()).await
                     } else if let (true, Some(cache)) = (cache_invalidation, state.cache.get()) {

@@ -25,11 +25,22 @@ pub fn compute(
 ) -> NexusRouteStatus {
     let before = route.status.clone().unwrap_or_default();
     let generation = route.metadata.generation;
+    // `Enforced` is the enforcement task's (crate::enforcement): kept while the route is
+    // programmed, gone when nothing of this generation was applied.
+    let programmed_ok = matches!(programmed, Some(Ok(())));
+    let enforced = before
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Enforced" && programmed_ok)
+        .cloned();
+    let mut conditions = conditions(&before.conditions, generation, outcome, programmed, now);
+    conditions.extend(enforced);
     NexusRouteStatus {
         observed_generation: generation,
         rules: outcome.as_ref().ok().map(|c| c.rule_count),
         envoy_filter: group.or(before.envoy_filter),
-        conditions: conditions(&before.conditions, generation, outcome, programmed, now),
+        enforced: before.enforced.filter(|_| programmed_ok),
+        conditions,
     }
 }
 
@@ -116,6 +127,11 @@ fn programmed_condition(programmed: Programmed) -> Verdict<'static> {
                 .to_string(),
         ),
     }
+}
+
+/// A condition's time stamp: RFC 3339, now.
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
 /// Writes `status` with server-side apply (the controller owns `.status` alone).

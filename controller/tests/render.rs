@@ -27,6 +27,7 @@ fn settings() -> Settings {
         module_port: 8082,
         modules: Settings::load_modules(&fixtures().join("modules")).unwrap(),
         allowed_routes: Default::default(),
+        report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
     }
 }
 

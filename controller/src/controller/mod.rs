@@ -215,6 +215,13 @@ pub async fn run(
         identity,
     );
     let ctx = Arc::new(ctx.with_events(events));
+    let enforcer = crate::enforcement::Enforcer {
+        client: client.clone(),
+        routes: ctx.routes.clone(),
+        reports: state.reports.clone(),
+        interval: Duration::from_millis(u64::from(ctx.settings.report_interval_ms.max(100))),
+    };
+    let enforcement = tokio::spawn(enforcer.run());
     let controller = Controller::for_stream(routes, route_store)
         .with_config(controller::Config::default().concurrency(32));
     let controller = watch_generated(controller, &client, &ctx.routes, &ctx.settings);
@@ -234,6 +241,7 @@ pub async fn run(
             }
         })
         .await;
+    enforcement.abort();
     Ok(())
 }
 

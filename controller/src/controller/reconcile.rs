@@ -194,7 +194,7 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         (false, _) => None,
     };
     let group = applied.is_ok().then(|| plan.group.name.clone());
-    let status = status::compute(&route, &plan.outcome, programmed, group, &now());
+    let status = status::compute(&route, &plan.outcome, programmed, group, &status::now());
     if status != before {
         status::write(&ctx.client, &route, &status).await?;
         status::publish_transitions(&ctx.recorder, &route, &before, &status).await;
@@ -268,8 +268,4 @@ async fn cleanup_route(route: &NexusRoute, ctx: &Context) -> Result<(), Error> {
     let deleted = Event::route(RouteStage::Deleted, &ns, &route.name_any(), generation);
     ctx.events.publish(deleted);
     Ok(())
-}
-
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now().to_string()
 }

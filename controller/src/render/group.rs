@@ -1,5 +1,6 @@
 //! The EnvoyFilter (and rate-limit ConfigMap) of one group of routes.
 
+use nexus_config::report::{ReportSink, VmConfiguration};
 use serde_json::{json, Value};
 
 use super::RATELIMIT_PORT;
@@ -98,6 +99,19 @@ pub fn render_group(
     Ok(vec![envoy_filter, config_map])
 }
 
+/// Every filter reports what it runs to the leader's HTTP port (the chart's
+/// `nexus-controller-leader` Service), naming the module Envoy checked against `sha`.
+fn vm_configuration(sha: &str, settings: &Settings) -> String {
+    let mut sink = ReportSink::to_cluster(format!(
+        "outbound|{HTTP_PORT}||nexus-controller-leader.{}.svc.cluster.local",
+        settings.controller_namespace
+    ));
+    sink.module_sha256 = Some(sha.to_string());
+    sink.interval_ms = settings.report_interval_ms;
+    let vm = VmConfiguration { report: Some(sink) };
+    serde_json::to_string(&vm).unwrap_or_default()
+}
+
 fn patch_context(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Gateway => "GATEWAY",
@@ -160,6 +174,10 @@ fn wasm_patch(
                         "vm_config": {
                             "vm_id": nexus_config::vm_id(&fname, configuration),
                             "runtime": "envoy.wasm.runtime.v8",
+                            "configuration": {
+                                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": vm_configuration(sha, settings),
+                            },
                             "code": { "remote": {
                                 "http_uri": {
                                     "uri": format!(

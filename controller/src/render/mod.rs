@@ -67,6 +67,8 @@ pub struct Settings {
     pub modules: BTreeMap<String, String>,
     /// Which route namespaces may attach to the gateways of which namespace.
     pub allowed_routes: crate::policy::AllowedRoutes,
+    /// How often every filter reports what it runs (`nexus_config::report`).
+    pub report_interval_ms: u32,
 }
 
 impl Settings {

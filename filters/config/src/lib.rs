@@ -13,6 +13,7 @@ mod error;
 pub mod guard;
 pub mod ratelimit;
 pub mod ratelimit_filter;
+pub mod report;
 pub mod router;
 pub mod session;
 

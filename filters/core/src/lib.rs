@@ -10,6 +10,7 @@ pub mod fasthash;
 pub mod headers;
 pub mod host;
 pub mod matcher;
+pub mod report;
 pub mod response;
 pub mod testing;
 pub mod text;

@@ -11,10 +11,18 @@
 //! `nexus_config::vm_id`); a second configuration arriving in the same VM is refused with an
 //! error saying so, rather than served with the wrong rules.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use nexus_config::report::{ReportSink, VmConfiguration};
+
 use crate::hostcalls::{self, BufferType, LogLevel};
+use crate::report::Reporter;
+use crate::HostMetrics;
+
+/// The root context's tick while it reports: reports are due every `interval_ms` (seconds),
+/// and the first as soon as a filter is configured.
+const REPORT_TICK_MS: u32 = 1000;
 
 /// What a stream callback tells Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,20 +71,56 @@ pub trait Filter: Sized + 'static {
     fn on_stream_end(&self, _context: u32) {}
 }
 
-/// The VM's root context and its filter.
+/// The VM's root context and its filter, and the report of what it runs
+/// ([`crate::report`]), which every filter gets from here.
 pub struct Root<F> {
     root: RefCell<Option<(u32, Rc<F>)>>,
+    /// From the VM configuration.
+    sink: RefCell<Option<ReportSink>>,
+    reporter: RefCell<Option<Reporter>>,
+    metrics: HostMetrics,
+    /// The filter's own tick period (0: none) and when its next tick is due: the root may
+    /// tick faster for reports, and the filter still ticks at its own period.
+    filter_tick_ms: Cell<u32>,
+    next_filter_tick_ms: Cell<u64>,
 }
 
 impl<F: Filter> Default for Root<F> {
     fn default() -> Self {
         Self {
             root: RefCell::new(None),
+            sink: RefCell::new(None),
+            reporter: RefCell::new(None),
+            metrics: HostMetrics::default(),
+            filter_tick_ms: Cell::new(0),
+            next_filter_tick_ms: Cell::new(0),
         }
     }
 }
 
 impl<F: Filter> Root<F> {
+    /// Reads the VM configuration ([`VmConfiguration`]); a malformed one fails the VM, as a
+    /// malformed plugin configuration fails the filter.
+    pub fn on_vm_start(&self, size: usize) -> bool {
+        let bytes = hostcalls::buffer(BufferType::VmConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if bytes.is_empty() {
+            return true;
+        }
+        match serde_json::from_slice::<VmConfiguration>(&bytes) {
+            Ok(vm) => {
+                *self.sink.borrow_mut() = vm.report;
+                true
+            }
+            Err(e) => {
+                hostcalls::log(LogLevel::Error, &format!("invalid VM configuration: {e}"));
+                false
+            }
+        }
+    }
+
     pub fn on_configure(&self, root: u32, config_size: usize) -> bool {
         if let Some((current, _)) = &*self.root.borrow() {
             if *current != root {
@@ -97,11 +141,54 @@ impl<F: Filter> Root<F> {
         // An absent configuration means "defaults", like an empty JSON object.
         let config: &[u8] = if config.is_empty() { b"{}" } else { &config };
         // A failed reconfiguration keeps the running filter.
+        // What `configure` sets is the filter's own tick period.
+        hostcalls::take_tick_period_ms();
         let Some(filter) = F::configure(root, config) else {
             return false;
         };
         *self.root.borrow_mut() = Some((root, Rc::new(filter)));
+        self.filter_tick_ms.set(hostcalls::take_tick_period_ms());
+        self.start_reports(config);
         true
+    }
+
+    /// A new report (the configuration changed) due at once, and ticks fast enough for it.
+    fn start_reports(&self, config: &[u8]) {
+        let Some(sink) = self.sink.borrow().clone() else {
+            return;
+        };
+        *self.reporter.borrow_mut() = Some(Reporter::new(sink, config));
+        let filter_tick = self.filter_tick_ms.get();
+        if filter_tick == 0 || filter_tick > REPORT_TICK_MS {
+            if let Err(s) = hostcalls::set_tick_period_ms(REPORT_TICK_MS) {
+                hostcalls::log(LogLevel::Warn, &format!("report: no ticks: {s}"));
+            }
+        }
+    }
+
+    /// The report if due, then the filter's tick if it asked for ticks and one is due.
+    pub fn on_tick(&self) {
+        let Some(filter) = self.filter() else {
+            return;
+        };
+        let now_ms = hostcalls::now_unix_nanos() / 1_000_000;
+        let reporting = match self.reporter.borrow_mut().as_mut() {
+            Some(r) => {
+                r.tick(now_ms, &self.metrics);
+                true
+            }
+            None => false,
+        };
+        if !reporting {
+            filter.on_tick();
+            return;
+        }
+        let period = u64::from(self.filter_tick_ms.get());
+        // Half a root tick of slack: a tick a few milliseconds early still counts.
+        if period > 0 && now_ms + u64::from(REPORT_TICK_MS) / 2 >= self.next_filter_tick_ms.get() {
+            self.next_filter_tick_ms.set(now_ms + period);
+            filter.on_tick();
+        }
     }
 
     /// The filter, for a callback of any context of this VM.
@@ -134,6 +221,12 @@ impl<F: Filter> Root<F> {
                 .flatten()
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
         };
+        let now_ms = hostcalls::now_unix_nanos() / 1_000_000;
+        if let Some(r) = self.reporter.borrow_mut().as_mut() {
+            if r.answered(token, status, now_ms, &self.metrics) {
+                return;
+            }
+        }
         let body = hostcalls::buffer(BufferType::HttpCallResponseBody, 0, body)
             .ok()
             .flatten()
@@ -179,7 +272,8 @@ pub fn unconfigured(callback: &str) {
 /// `response_trailers`, and
 /// `stream_end` (exports `proxy_on_delete`, for filters that keep per-stream state).
 ///
-/// Always exported: the ABI version, the allocator, configuration, ticks, and callout answers.
+/// Always exported: the ABI version, the allocator, VM start and configuration, ticks, and
+/// callout answers.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty, [$($callback:ident),* $(,)?]) => {
@@ -209,10 +303,13 @@ macro_rules! export_filter {
         }
 
         #[no_mangle]
+        pub extern "C" fn proxy_on_vm_start(_root: u32, size: usize) -> u32 {
+            u32::from(NEXUS_ROOT.with(|r| r.on_vm_start(size)))
+        }
+
+        #[no_mangle]
         pub extern "C" fn proxy_on_tick(_root: u32) {
-            if let Some(f) = nexus_filter("proxy_on_tick") {
-                $crate::dispatch::Filter::on_tick(&*f);
-            }
+            NEXUS_ROOT.with(|r| r.on_tick());
         }
 
         #[no_mangle]

@@ -64,6 +64,7 @@ pub enum BufferType {
     ResponseBody = 1,
     HttpCallResponseBody = 4,
     GrpcReceiveBuffer = 5,
+    VmConfiguration = 6,
     PluginConfiguration = 7,
 }
 
@@ -119,6 +120,12 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
@@ -241,9 +248,21 @@ pub fn now_unix_nanos() -> u64 {
     }
 }
 
+thread_local! {
+    static TICK_PERIOD_MS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
-    check(unsafe { proxy_set_tick_period_milliseconds(period) })
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })?;
+    TICK_PERIOD_MS.with(|t| t.set(period));
+    Ok(())
+}
+
+/// The tick period set in this VM since the last call (0: none set), so the root context
+/// knows which period a filter's `configure` asked for.
+pub fn take_tick_period_ms() -> u32 {
+    TICK_PERIOD_MS.with(|t| t.replace(0))
 }
 
 pub fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
@@ -287,6 +306,14 @@ pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
 pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
     // SAFETY: pointer and length of a live &str.
     check(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// The property at `path` (e.g. `["node", "id"]`); `Ok(None)` when Envoy has none.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    // A path is its segments separated by NULs.
+    let joined = path.join("\0");
+    // SAFETY: pointer and length of a live String, out-pointers to locals.
+    read(|d, s| unsafe { proxy_get_property(joined.as_ptr(), joined.len(), d, s) })
 }
 
 /// Sets property `name` (one path segment; Envoy keeps it as filter state `wasm.<name>`).

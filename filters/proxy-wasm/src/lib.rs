@@ -8,6 +8,7 @@ pub mod audit;
 pub mod dispatch;
 pub mod hostcalls;
 pub mod paused;
+pub mod report;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
