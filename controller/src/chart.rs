@@ -117,10 +117,26 @@ pub struct Controller {
     /// With `watchNamespaces`: where gateways run (`--gateway-namespaces`); a Role there lets
     /// the controller write gateway EnvoyFilters and nothing else (no Secrets).
     pub gateway_namespaces: Vec<String>,
+    pub proxy_reports: ProxyReports,
     /// Extra arguments to `nexus controller`.
     pub extra_args: Vec<String>,
     /// Extra container environment variables (Kubernetes `EnvVar` objects).
     pub extra_env: Vec<Map<String, Value>>,
+}
+
+/// What proxies report of the filters they run (`--proxy-report-interval-ms`,
+/// `--trust-xfcc`): the `Enforced` condition.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyReports {
+    /// Milliseconds between a filter's reports; a proxy silent for three intervals counts
+    /// as missing.
+    #[schemars(range(min = 100))]
+    pub interval_ms: u32,
+    /// Identify a reporting proxy by the mesh identity in `x-forwarded-client-cert`: only
+    /// when the controller pod runs an Istio sidecar, which overwrites that header. Off: a
+    /// report counts only when it comes from the reporting pod's own IP.
+    pub trust_forwarded_client_cert: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -63,4 +63,7 @@ verb): a ClusterRole's rules, or with watchNamespaces each listed namespace's Ro
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end }}

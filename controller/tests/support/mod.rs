@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod prometheus;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -133,6 +134,7 @@ pub fn module_dir() -> tempfile::TempDir {
 pub struct ControllerProcess {
     pub child: Child,
     pub http_port: u16,
+    pub modules_port: u16,
     pub identity: String,
     pub log: PathBuf,
 }
@@ -160,6 +162,7 @@ impl ControllerProcess {
         Self {
             child,
             http_port,
+            modules_port,
             identity: identity.to_string(),
             log,
         }
