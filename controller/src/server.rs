@@ -293,6 +293,7 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
                 text.push_str(&cache.metrics.render());
             }
             text.push_str(&state.components_metrics());
+            text.push_str(&state.reports.render());
             if let Some(requests) = state.requests.get() {
                 text.push_str(&requests.render());
             }
@@ -357,7 +358,10 @@ async fn take_report(
     };
     match state.reports.record(received) {
         Ok(()) => respond(StatusCode::NO_CONTENT, "application/json", Bytes::new()),
-        Err(Refused::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(Refused::Invalid(why)) => {
+            tracing::debug!(%peer, reason = %why, "proxy report refused");
+            error(StatusCode::BAD_REQUEST, why)
+        }
         Err(Refused::Full) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many proxies reporting".to_string(),

@@ -74,7 +74,7 @@ async fn enforced(routes: &Api<NexusRoute>) -> Option<(String, String, String, S
 /// Waits until the Enforced condition satisfies `ok`; panics with the last one (and the
 /// proxies' logs) otherwise.
 async fn wait_enforced(
-    routes: &Api<NexusRoute>,
+    (routes, ctrl): (&Api<NexusRoute>, &ControllerProcess),
     what: &str,
     ok: impl Fn(&(String, String, String, String)) -> bool,
     proxies: &[&PodProxy],
@@ -92,7 +92,16 @@ async fn wait_enforced(
         .iter()
         .map(|p| format!("{}:\n{}", p.node, p.logs()))
         .collect();
-    panic!("never {what}; last {last:?}\n{}", logs.join("\n"));
+    let (_, metrics) = ctrl.get("/metrics");
+    let reports: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("nexus_proxy_reports"))
+        .collect();
+    panic!(
+        "never {what}; last {last:?}\n{reports:?}\ncontroller:\n{}\n{}",
+        ctrl.logs(),
+        logs.join("\n")
+    );
 }
 
 async fn envoy_filter(client: &Client, name: &str) -> Value {
@@ -163,7 +172,7 @@ async fn proxies_confirm_what_they_enforce() {
 
     // No proxy runs yet: 0/2, both missing.
     let (status, reason, message, count) =
-        wait_enforced(&routes, "0/2", |e| e.3 == "0/2", &[]).await;
+        wait_enforced((&routes, &ctrl), "0/2", |e| e.3 == "0/2", &[]).await;
     let first = envoy_filter(&client, &group).await;
     let first_id = config_id(&expected_of(&first));
     assert_eq!(
@@ -186,7 +195,7 @@ async fn proxies_confirm_what_they_enforce() {
     );
 
     let a = PodProxy::start(env.dir.path(), "gw-a", "127.0.0.1", &first, &ports);
-    let (_, _, message, _) = wait_enforced(&routes, "1/2", |e| e.3 == "1/2", &[&a]).await;
+    let (_, _, message, _) = wait_enforced((&routes, &ctrl), "1/2", |e| e.3 == "1/2", &[&a]).await;
     assert!(message.ends_with("; missing: gw-b"), "{message}");
 
     // A report for gw-b sent from gw-a's address (the test process) proves nothing.
@@ -195,7 +204,7 @@ async fn proxies_confirm_what_they_enforce() {
         json!({ "filter": "nexus.router", "config_sha256": router_sha, "node_id": "gw-b" });
     assert_eq!(post_report(ctrl.http_port, &forged.to_string()), 204);
     let (_, _, message, count) = wait_enforced(
-        &routes,
+        (&routes, &ctrl),
         "gw-b unverified",
         |e| e.2.contains("unverified: gw-b"),
         &[&a],
@@ -211,7 +220,7 @@ async fn proxies_confirm_what_they_enforce() {
 
     let b = PodProxy::start(env.dir.path(), "gw-b", "127.0.0.2", &first, &ports);
     let (status, reason, message, _) =
-        wait_enforced(&routes, "2/2", |e| e.3 == "2/2", &[&a, &b]).await;
+        wait_enforced((&routes, &ctrl), "2/2", |e| e.3 == "2/2", &[&a, &b]).await;
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Enforced"));
     assert_eq!(message, format!("2/2 proxies run configuration {first_id}"));
 
@@ -235,7 +244,7 @@ async fn proxies_confirm_what_they_enforce() {
     drop(a);
     let a = PodProxy::start(env.dir.path(), "gw-a", "127.0.0.1", &second, &ports);
     let (status, reason, message, _) = wait_enforced(
-        &routes,
+        (&routes, &ctrl),
         "gw-b stale",
         |e| e.2.contains(&second_id) && e.2.contains("stale: gw-b"),
         &[&a, &b],
@@ -253,7 +262,7 @@ async fn proxies_confirm_what_they_enforce() {
     drop(b);
     let b = PodProxy::start(env.dir.path(), "gw-b", "127.0.0.2", &second, &ports);
     let (status, _, message, _) = wait_enforced(
-        &routes,
+        (&routes, &ctrl),
         "2/2 on the new configuration",
         |e| e.2 == format!("2/2 proxies run configuration {second_id}"),
         &[&a, &b],
@@ -263,7 +272,8 @@ async fn proxies_confirm_what_they_enforce() {
 
     // A proxy that stops reporting is missing after three intervals.
     drop(b);
-    let (_, _, message2, _) = wait_enforced(&routes, "gw-b missing", |e| e.3 == "1/2", &[&a]).await;
+    let (_, _, message2, _) =
+        wait_enforced((&routes, &ctrl), "gw-b missing", |e| e.3 == "1/2", &[&a]).await;
     assert!(
         message2.ends_with("; missing: gw-b"),
         "{message} → {message2}"

@@ -327,6 +327,8 @@ fn datapunk_example_through_real_envoy() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    // Envoy's filters report the configuration they run; nexus up confirms it.
+    let first = wait_enforced(&up, None);
     up.edit("routes.yaml", |t| {
         t.replace(
             "category: stream_processing\n",
@@ -334,6 +336,8 @@ fn datapunk_example_through_real_envoy() {
         )
     });
     up.wait_for_output("applied version 2", Duration::from_secs(20));
+    let second = wait_enforced(&up, Some(&first));
+    assert!(second.starts_with("1/1 proxies run configuration "), "{second}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.get("/stream/events", &alice).json().unwrap()["headers"]
         ["x-envoy-expected-rq-timeout-ms"]
@@ -583,6 +587,22 @@ fn wait_for_audit(log: &Path, events: &[&str]) -> Vec<serde_json::Value> {
             log.display()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `enforced` component's detail once it is ok (and differs from `not`): Envoy's filters
+/// run what `nexus up` applied.
+fn wait_enforced(up: &Up, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = readiness(up);
+        let enforced = &health["components"]["enforced"];
+        let detail = enforced["detail"].as_str().unwrap_or_default().to_string();
+        if enforced["status"] == "ok" && Some(detail.as_str()) != not {
+            return detail;
+        }
+        assert!(Instant::now() < deadline, "never enforced: {health}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -21,7 +21,10 @@ fn vm_config(interval_ms: u32) -> String {
 const FILTERS: [(&str, &str); 5] = [
     ("nexus_router", r#"{"rules":[]}"#),
     ("nexus_auth", r#"{"rules":[]}"#),
-    ("nexus_ratelimit", r#"{"domain":"d","rules":[]}"#),
+    (
+        "nexus_ratelimit",
+        r#"{"limits":{"domain":"d","descriptors":[]}}"#,
+    ),
     ("nexus_cache", r#"{"rules":[]}"#),
     ("nexus_guard", r#"{"rules":[]}"#),
 ];
@@ -32,7 +35,7 @@ fn host(module: &str, config: &str, vm: &str) -> Host {
         .vm_config(vm.as_bytes().to_vec())
         .plugin_config(config.as_bytes().to_vec())
         .property(&["plugin_name"], "nexus.x")
-        .property(&["node", "id"], "gw-7d9f")
+        .property(&["xds", "node", "id"], "gw-7d9f")
         .property(&["node", "metadata", "NAMESPACE"], "istio-system")
         .allow_cluster(CLUSTER)
         .build_from_file(module)
@@ -62,7 +65,10 @@ fn every_filter_reports_what_it_runs_at_its_first_tick() {
         };
         assert_eq!(call.cluster, CLUSTER);
         assert_eq!(
-            call.headers.get(":path").map(String::as_str),
+            call.headers
+                .iter()
+                .find(|(k, _)| k == ":path")
+                .map(|(_, v)| v.as_str()),
             Some(REPORTS_PATH)
         );
         let report: ProxyReport = serde_json::from_slice(&call.body).unwrap();
@@ -117,7 +123,7 @@ fn a_new_configuration_is_reported_at_once() {
     let token = host.http_calls()[0].token;
     host.respond_http_call(token, &[(":status", "204")], b"")
         .unwrap();
-    let changed = r#"{"rules":[{"name":"lake","match":{"path":{"prefix":"/lake/"}}}]}"#;
+    let changed = r#"{"rules":[{"name":"lake","category":"data_operations","match":{"path":{"prefix":"/lake/"}}}]}"#;
     assert!(host.reconfigure(changed.as_bytes().to_vec()).unwrap());
     host.tick().unwrap();
     let report: ProxyReport = serde_json::from_slice(&host.http_calls()[0].body).unwrap();
@@ -136,7 +142,13 @@ fn a_filter_keeps_its_own_tick_period_beside_reports() {
 #[test]
 fn a_malformed_vm_configuration_fails_the_vm_with_the_reason() {
     let mut host = host("nexus_router", FILTERS[0].1, r#"{"report":{"cluster":7}}"#);
-    assert!(!host.start().unwrap());
+    let refused = host.start().unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("proxy_on_vm_start returned false"),
+        "{refused}"
+    );
     assert!(host.logged("invalid VM configuration"), "{:?}", host.logs());
 }
 

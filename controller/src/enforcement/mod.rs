@@ -11,6 +11,7 @@
 //! replica that labelled its pod as leader ([`leader_label`]), and that is where filters send
 //! them. A replica that loses the lease exits, and clears its label when it starts again.
 
+pub mod local;
 pub mod reports;
 pub mod verdict;
 
@@ -140,16 +141,17 @@ pub fn expected_of(envoy_filter: &Value) -> Expected {
             let value = &p["patch"]["value"];
             let name = value["name"].as_str()?;
             let config = value["typed_config"]["config"]["configuration"]["value"].as_str()?;
-            Some((
-                name.to_string(),
-                verdict_hex(&Sha256::digest(config.as_bytes())),
-            ))
+            Some((name.to_string(), sha256_hex(config.as_bytes())))
         })
         .collect()
 }
 
-fn verdict_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of `bytes`, lower-case hex: what a filter reports of its configuration.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A pod that is meant to run (not being deleted, not finished), as [`verdict`] needs it.
@@ -243,10 +245,7 @@ mod tests {
         ]}});
         let e = expected_of(&ef);
         assert_eq!(e.len(), 1);
-        assert_eq!(
-            e["nexus.auth"],
-            verdict_hex(&Sha256::digest(b"{\"rules\":[]}"))
-        );
+        assert_eq!(e["nexus.auth"], sha256_hex(b"{\"rules\":[]}"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! from `x-forwarded-client-cert` when this process sits behind its own sidecar.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,8 @@ pub struct Received {
 pub struct ProxyReports {
     entries: Mutex<HashMap<(String, String), Received>>,
     changed: tokio::sync::Notify,
+    taken: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// Why a report was not taken.
@@ -42,6 +46,17 @@ impl ProxyReports {
     /// Keeps a report; wakes [`ProxyReports::changed`] when it says something new (a new
     /// proxy, or another configuration), not on every periodic repeat.
     pub fn record(&self, received: Received) -> Result<(), Refused> {
+        let result = self.keep(received);
+        let counter = if result.is_ok() {
+            &self.taken
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn keep(&self, received: Received) -> Result<(), Refused> {
         check(&received.report).map_err(Refused::Invalid)?;
         let key = (
             received.report.node_id.clone(),
@@ -71,6 +86,19 @@ impl ProxyReports {
         };
         entries.retain(|_, r| r.at.elapsed() <= max_age);
         entries.values().cloned().collect()
+    }
+
+    /// `nexus_proxy_reports_total{result="taken|refused"}` in Prometheus text.
+    pub fn render(&self) -> String {
+        let mut s = String::from(
+            "# HELP nexus_proxy_reports_total Proxy reports received, by outcome.\n\
+             # TYPE nexus_proxy_reports_total counter\n",
+        );
+        for (result, n) in [("taken", &self.taken), ("refused", &self.refused)] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(s, "nexus_proxy_reports_total{{result=\"{result}\"}} {n}");
+        }
+        s
     }
 
     /// Resolves when a report said something new since the last call.

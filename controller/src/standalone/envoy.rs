@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nexus_config::auth::Jwks;
+use nexus_config::report::{ReportSink, VmConfiguration};
 use serde_json::{json, Value};
 
 use crate::crd::Protocol;
@@ -77,6 +78,9 @@ pub struct Resources {
     /// The SDS file's contents, with a `tls` block.
     pub secrets: Option<Value>,
     pub configs: GroupConfigs,
+    /// Each Nexus filter's name and the sha256 of its configuration: what its reports must
+    /// say (`crate::enforcement::local`).
+    pub filters: crate::enforcement::verdict::Expected,
 }
 
 /// Envoy's bootstrap: admin on 127.0.0.1, listeners and clusters from `lds`/`cds`, which Envoy
@@ -89,7 +93,7 @@ pub fn bootstrap(admin_port: u16, lds: &Path, cds: &Path) -> Value {
         }, "resource_api_version": "V3" })
     };
     json!({
-        "node": { "id": "nexus-standalone", "cluster": "nexus" },
+        "node": { "id": crate::enforcement::local::NODE, "cluster": "nexus" },
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
         "dynamic_resources": { "lds_config": watched(lds), "cds_config": watched(cds) },
         "stats_config": { "stats_tags": filter_stat_tags() },
@@ -149,11 +153,14 @@ pub fn render(
         audit: Some(AUDIT_CLUSTER.to_string()),
     };
     let mut http_filters = Vec::new();
+    let mut filters = crate::enforcement::verdict::Expected::new();
     for (filter, configuration) in render::filter_configurations(&configs, &services)? {
         let module = modules
             .get(filter)
             .ok_or_else(|| anyhow::anyhow!("no module for the {filter} filter"))?;
         http_filters.push(wasm_filter(filter, module, &configuration));
+        let sha = crate::enforcement::sha256_hex(configuration.as_bytes());
+        filters.insert(format!("nexus.{filter}"), sha);
     }
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -204,6 +211,7 @@ pub fn render(
         ),
         secrets: gateway.tls.as_ref().map(|t| t.secrets(version)),
         configs,
+        filters,
     })
 }
 
@@ -356,6 +364,13 @@ fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
                     "vm_id": nexus_config::vm_id(&name, configuration),
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": { "local": { "filename": module.display().to_string() } },
+                    // Reports of what the filter runs go to `nexus up`'s HTTP server.
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": serde_json::to_string(&VmConfiguration {
+                            report: Some(ReportSink::to_cluster(SESSIONS_CLUSTER)),
+                        }).unwrap_or_default(),
+                    },
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",

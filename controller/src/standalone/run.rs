@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nexus_config::report::DEFAULT_INTERVAL_MS;
 use nexus_events::{Event, Events, RouteStage};
 use nexus_ratelimit_service::server::SharedLimiter;
 
+use crate::enforcement::local::LocalEnforcement;
 use crate::model::CompiledRoute;
 use crate::server;
 use crate::standalone::demo;
@@ -293,6 +295,8 @@ struct Nexus {
     storage_note: String,
     events: Events,
     bus_check: Option<crate::health::Check>,
+    /// Envoy's reports against what was applied: the `enforced` health component.
+    enforced: Arc<LocalEnforcement>,
 }
 
 impl Nexus {
@@ -340,6 +344,9 @@ impl Nexus {
             cache: cache_addr,
             audit,
         };
+        let enforced = Arc::new(LocalEnforcement::default());
+        let interval = Duration::from_millis(u64::from(DEFAULT_INTERVAL_MS));
+        tokio::spawn(enforced.clone().follow(state.clone(), interval));
         Ok(Nexus {
             limiter,
             state,
@@ -349,6 +356,7 @@ impl Nexus {
             storage_note,
             events,
             bus_check,
+            enforced,
         })
     }
 
@@ -408,7 +416,9 @@ impl Gateway {
     async fn write_first(&mut self, config: &Config, nexus: &Nexus) -> Result<()> {
         let (res, limits) = self.render(config, nexus).await?;
         nexus.limiter.set_limits(limits);
-        self.xds.write(&res)
+        self.xds.write(&res)?;
+        nexus.enforced.expect(res.filters);
+        Ok(())
     }
 
     /// Applies `next` to the running Envoy; whether it now serves it.
@@ -454,7 +464,9 @@ impl Gateway {
         let lds = "listener_manager.lds";
         let before = update_counts(admin, lds).await?;
         self.xds.write_one(&self.xds.lds, &res.listeners)?;
-        confirm(admin, lds, before).await
+        confirm(admin, lds, before).await?;
+        nexus.enforced.expect(res.filters);
+        Ok(())
     }
 }
 

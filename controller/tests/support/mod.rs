@@ -154,7 +154,7 @@ impl ControllerProcess {
             .args(["--identity", identity])
             .args(lease_args)
             .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,nexus_controller::server=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -42,7 +42,7 @@ impl PodProxy {
             .arg("-c")
             .arg(&file)
             .args(["--base-id", &free_port().to_string()])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:debug"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

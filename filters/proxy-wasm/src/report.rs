@@ -24,9 +24,9 @@ impl Reporter {
             filter: text(&["plugin_name"]).unwrap_or_default(),
             config_sha256: hex(&Sha256::digest(config)),
             module_sha256: sink.module_sha256.clone(),
-            node_id: text(&["node", "id"]).unwrap_or_default(),
-            pod: text(&["node", "metadata", "NAME"]),
-            namespace: text(&["node", "metadata", "NAMESPACE"]),
+            node_id: node(&["id"]).unwrap_or_default(),
+            pod: node(&["metadata", "NAME"]),
+            namespace: node(&["metadata", "NAMESPACE"]),
         };
         Self {
             schedule: ReportSchedule::new(&sink),
@@ -73,6 +73,13 @@ impl Reporter {
     ) -> bool {
         self.schedule.answered(token, status, now_ms, metrics)
     }
+}
+
+/// A field of Envoy's node: `xds.node` (the attribute Envoy documents), else the older
+/// wasm-only `node`.
+fn node(field: &[&str]) -> Option<String> {
+    let path = |root: &[&'static str]| -> Vec<&str> { root.iter().chain(field).copied().collect() };
+    text(&path(&["xds", "node"])).or_else(|| text(&path(&["node"])))
 }
 
 fn text(path: &[&str]) -> Option<String> {
