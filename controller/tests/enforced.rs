@@ -246,7 +246,7 @@ async fn proxies_confirm_what_they_enforce() {
     let (status, reason, message, _) = wait_enforced(
         (&routes, &ctrl),
         "gw-b stale",
-        |e| e.2.contains(&second_id) && e.2.contains("stale: gw-b"),
+        |e| e.3 == "1/2" && e.2.contains(&second_id) && e.2.contains("stale: gw-b"),
         &[&a, &b],
     )
     .await;
