@@ -337,7 +337,10 @@ fn datapunk_example_through_real_envoy() {
     });
     up.wait_for_output("applied version 2", Duration::from_secs(20));
     let second = wait_enforced(&up, Some(&first));
-    assert!(second.starts_with("1/1 proxies run configuration "), "{second}");
+    assert!(
+        second.starts_with("1/1 proxies run configuration "),
+        "{second}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.get("/stream/events", &alice).json().unwrap()["headers"]
         ["x-envoy-expected-rq-timeout-ms"]

@@ -26,6 +26,8 @@ pub const RATELIMIT_CLUSTER: &str = "nexus-ratelimit";
 pub const CACHE_CLUSTER: &str = "nexus-cache";
 pub const SESSIONS_CLUSTER: &str = "nexus-sessions";
 pub const AUDIT_CLUSTER: &str = "nexus-audit";
+/// `nexus up`'s HTTP server, where every filter reports what it runs.
+pub const REPORTS_CLUSTER: &str = "nexus-reports";
 const LISTENER: &str = "nexus";
 
 /// Envoy's own log (`--log-format`) in the JSON-lines vocabulary of every Nexus process
@@ -52,7 +54,7 @@ pub struct Endpoints {
     pub ratelimit: SocketAddr,
     /// The cache-coherency service (nexus.cache.v1).
     pub cache: SocketAddr,
-    /// The sessions service (`/sessions/v1/*` on the HTTP server).
+    /// `nexus up`'s HTTP server: the sessions service (`/sessions/v1/*`) and proxy reports.
     pub sessions: SocketAddr,
     /// The audit service (HTTP/1.1, `POST /audit/v1/records`).
     pub audit: SocketAddr,
@@ -264,6 +266,9 @@ fn clusters_of(
         let c = cluster(SESSIONS_CLUSTER, &addr.ip().to_string(), addr.port(), None);
         clusters.insert(SESSIONS_CLUSTER.to_string(), c);
     }
+    let http = endpoints.sessions;
+    let reports = cluster(REPORTS_CLUSTER, &http.ip().to_string(), http.port(), None);
+    clusters.insert(REPORTS_CLUSTER.to_string(), reports);
     clusters.insert(
         AUDIT_CLUSTER.to_string(),
         cluster(
@@ -368,7 +373,7 @@ fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": serde_json::to_string(&VmConfiguration {
-                            report: Some(ReportSink::to_cluster(SESSIONS_CLUSTER)),
+                            report: Some(ReportSink::to_cluster(REPORTS_CLUSTER)),
                         }).unwrap_or_default(),
                     },
                 },
