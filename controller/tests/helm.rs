@@ -346,12 +346,19 @@ fn template_defaults() {
                 crud
             ),
             ("events.k8s.io", &["events"], &["create", "patch"]),
+            ("", &["pods"], &["list"]),
         ])
     );
-    // Rate-limit ConfigMaps: the release namespace only.
+    // Rate-limit ConfigMaps, and the replica's own pod label: the release namespace only.
     let cm_role = find(&objs, "Role", "nexus-controller");
     assert_eq!(cm_role["metadata"]["namespace"], NS);
-    assert_eq!(rules(cm_role), expand(&[("", &["configmaps"], crud)]));
+    assert_eq!(
+        rules(cm_role),
+        expand(&[
+            ("", &["configmaps"], crud),
+            ("", &["pods"], &["get", "patch"])
+        ])
+    );
     let role = find(&objs, "Role", "nexus-controller-leader-election");
     assert_eq!(role["metadata"]["namespace"], NS);
     assert_eq!(
@@ -587,6 +594,18 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         "cache coherency is gRPC"
     );
     assert!(rendered.contains(&format!("http://nexus-controller.{ns}.svc:8082/modules/")));
+    // Proxies report to the leader alone: the leader Service, HTTP, selecting the label the
+    // lease holder puts on its pod.
+    let leader = find(&objs, "Service", "nexus-controller-leader");
+    assert_eq!(
+        leader["spec"]["selector"]["nexus.datapunk.io/leader"],
+        "true"
+    );
+    assert_eq!(leader["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(leader["spec"]["ports"][0]["name"], "http-reports");
+    assert!(rendered.contains(&format!(
+        "outbound|8080||nexus-controller-leader.{ns}.svc.cluster.local"
+    )));
 
     // And those Istio objects are valid for Istio.
     let dir = tempfile::tempdir().unwrap();
@@ -906,10 +925,10 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     let log = env.dir.path().join("controller.log");
     let mut child = spawn_controller(&sa_kubeconfig, modules.path(), http_port, &log, &[]);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    // The impersonation is real: the ServiceAccount may not list Pods.
+    // The impersonation is real: the ServiceAccount may not list Deployments.
     let sa_client = client_for(&sa_kubeconfig).await;
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(sa_client);
-    let denied = pods.list(&Default::default()).await.unwrap_err();
+    let deployments: Api<Deployment> = Api::all(sa_client);
+    let denied = deployments.list(&Default::default()).await.unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
 
     let routes: Api<NexusRoute> = Api::namespaced(client.clone(), apps);
@@ -928,6 +947,15 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
     routes.create(&PostParams::default(), &route).await.unwrap();
     let programmed = wait_programmed(&routes, "shop", &mut child, &logs).await;
     eprintln!("programmed under the chart's RBAC after {programmed:?}");
+    // No pod matches the route's selector: nothing enforces it, and status says so.
+    wait_for(Duration::from_secs(30), || {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get("shop").await.unwrap();
+            r.status.and_then(|s| s.enforced).as_deref() == Some("0/0")
+        }
+    })
+    .await;
     // What a user sees (the CRD's printer columns), with the real kubectl.
     let kubectl = nexus_toolenv::helm::kubectl().unwrap();
     let get = Command::new(&kubectl)
@@ -946,19 +974,21 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
             "RULES",
             "ACCEPTED",
             "PROGRAMMED",
+            "ENFORCED",
             "AGE"
         ]
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
-        &row[..6],
+        &row[..7],
         [
             "apps",
             "shop",
             "[\"shop.apps.svc.cluster.local\"]",
             "1",
             "True",
-            "True"
+            "True",
+            "0/0"
         ]
     );
 
@@ -1134,7 +1164,8 @@ fn watch_namespaces_turns_the_cluster_role_into_roles() {
     assert_eq!(
         gateway["rules"],
         json!([{ "apiGroups": ["networking.istio.io"], "resources": ["envoyfilters"],
-                 "verbs": ["get", "list", "watch", "create", "patch", "delete"] }])
+                 "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
+               { "apiGroups": [""], "resources": ["pods"], "verbs": ["list"] }])
     );
     let args = container(&objs)["args"].clone();
     let args: Vec<&str> = args

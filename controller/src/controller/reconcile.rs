@@ -197,6 +197,8 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
     let status = status::compute(&route, &plan.outcome, programmed, group, &status::now());
     if status != before {
         status::write(&ctx.client, &route, &status).await?;
+        // A newly programmed generation: which proxies run it is worth asking now.
+        ctx.state.reports.wake();
         status::publish_transitions(&ctx.recorder, &route, &before, &status).await;
         let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
         for event in status::bus_events(&ns, &name, &before, &status) {

@@ -101,6 +101,12 @@ impl ProxyReports {
         s
     }
 
+    /// Makes [`ProxyReports::changed`] resolve: something other than a report (a route
+    /// programmed) calls for an evaluation.
+    pub fn wake(&self) {
+        self.changed.notify_one();
+    }
+
     /// Resolves when a report said something new since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await
