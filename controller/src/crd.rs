@@ -310,8 +310,11 @@ pub struct ConnectionPool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
+    /// JWT providers (`issuer` and `jwksUri` or `jwks`) and providers of opaque OAuth2
+    /// tokens (`introspection` or `github`), checked by the sessions service with the client
+    /// secret it reads from a Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub providers: Vec<JwtProviderSpec>,
+    pub providers: Vec<ProviderSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<ApiKeysSpec>,
     /// Requirement of rules that set no `auth`; without it such rules allow everyone.
@@ -342,32 +345,88 @@ pub struct SessionsSpec {
     pub headers: Vec<String>,
 }
 
+/// A JWT provider (`issuer` with `jwksUri` or `jwks`), or a provider of opaque OAuth2 tokens
+/// (exactly one of `introspection`, `github`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct JwtProviderSpec {
-    /// Referred to by `jwt.providers` of requirements.
+pub struct ProviderSpec {
+    /// Referred to by `jwt.providers` and `oauth2.providers` of requirements.
     pub name: String,
+    /// The `iss` of a JWT provider's tokens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub issuer: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// Exactly one of `jwksUri`, `jwks` (inline JWKS JSON).
+    /// Exactly one of `jwksUri`, `jwks` (inline JWKS JSON), for a JWT provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
+    /// Opaque tokens checked by RFC 7662 token introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionSpec>,
+    /// Opaque GitHub tokens checked with GitHub's token API (`POST
+    /// /applications/{clientId}/token`); the identity is the user's `login`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubSpec>,
+    /// Opaque tokens: seconds a proxy trusts an active token without asking again (default
+    /// 60; never past the token's expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_seconds: Option<u64>,
+    /// Opaque tokens: seconds an inactive token is remembered as such (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_cache_seconds: Option<u64>,
     /// Seconds between JWKS refreshes (default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_refresh_seconds: Option<u64>,
     /// Where the token is; defaults to `Authorization: Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_location: Option<TokenLocation>,
-    /// Claim → request header for the upstream.
+    /// Claim → request header for the upstream. Opaque tokens' claims are the introspection
+    /// answer's (`sub`, `client_id`, `username`, ...), GitHub's `login`, `user_id` and
+    /// `app_client_id`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims_to_headers: BTreeMap<String, String>,
     /// Pass the verified token on to the upstream (default false: the header or query
     /// parameter it came in is removed, as Envoy's `jwt_authn` does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forward: bool,
+}
+
+/// An RFC 7662 introspection endpoint and the client credentials it takes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectionSpec {
+    /// `https://id.example.com/oauth2/introspect`.
+    pub endpoint: String,
+    pub client_id: String,
+    /// The client secret: a key of a Secret in the route's namespace (read by the sessions
+    /// service, never rendered).
+    pub client_secret_ref: SecretKeyRef,
+    /// The answer's claim naming the client (`x-nexus-client-id`); default `sub`, then
+    /// `client_id` for a token without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_claim: Option<String>,
+}
+
+/// A GitHub OAuth App or GitHub App whose user tokens are checked.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GithubSpec {
+    pub client_id: String,
+    /// The app's client secret: a key of a Secret in the route's namespace.
+    pub client_secret_ref: SecretKeyRef,
+    /// GitHub's REST API root (default `https://api.github.com`; GitHub Enterprise Server:
+    /// `https://HOST/api/v3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+/// One key of a Secret in the route's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
 }
 
 /// At most one of `header`, `query`, `cookie`; none means the `Authorization: Bearer` header.
@@ -401,7 +460,7 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// Exactly one of `allow`, `jwt`, `apiKey`, `session`, `anyOf`.
+/// Exactly one of `allow`, `jwt`, `apiKey`, `session`, `oauth2`, `anyOf`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthRequirement {
@@ -414,7 +473,10 @@ pub struct AuthRequirement {
     /// A sign-in session (`spec.auth.sessions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRequirementSpec>,
-    /// Any one of these (each exactly one of `jwt`, `apiKey`, `session`).
+    /// An opaque OAuth2 token of an `introspection` or `github` provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2RequirementSpec>,
+    /// Any one of these (each exactly one of `jwt`, `apiKey`, `session`, `oauth2`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any_of: Vec<SimpleRequirement>,
 }
@@ -428,6 +490,19 @@ pub struct SimpleRequirement {
     pub api_key: Option<ApiKeyRequirementSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRequirementSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2RequirementSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2RequirementSpec {
+    /// Names from `auth.providers` (`introspection` or `github` ones); empty accepts any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// Every scope listed must be among the token's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -585,7 +585,7 @@ fn sessions_render_to_the_controllers_services_and_bad_ones_are_refused_with_pat
     );
     for expected in [
         "default/no-sessions: InvalidSpec $.spec.auth.sessions.cookie: \"bad cookie\" is not a cookie name",
-        "default/no-sessions: InvalidSpec $.spec.rules[0].auth: give exactly one of allow, jwt, apiKey, session, anyOf",
+        "default/no-sessions: InvalidSpec $.spec.rules[0].auth: give exactly one of allow, jwt, apiKey, session, oauth2, anyOf",
     ] {
         assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
     }
@@ -622,6 +622,73 @@ fn sessions_render_to_the_controllers_services_and_bad_ones_are_refused_with_pat
     assert!(reqs.contains(&r#"{"session":{}}"#.to_string()), "{reqs:?}");
     assert!(
         reqs.contains(&r#"{"any_of":[{"session":{"scopes":["lake"]}}]}"#.to_string()),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn opaque_token_providers_render_without_their_secrets() {
+    let file = fixtures().join("oauth2.yaml");
+    let (yaml, problems) = render_file(&file);
+    assert!(
+        problems.contains("default/api: accepted (2 rules)"),
+        "{problems}"
+    );
+    for expected in [
+        "default/broken: InvalidSecret $.spec.auth.providers[0].github.clientSecretRef: Secret default/oauth-clients has no key \"nope\"",
+        "default/broken: InvalidSpec $.spec.rules[0].auth.oauth2.providers[0]: unknown opaque-token provider \"gitlab\" (known: github)",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    let inputs = input::read_files(&[file]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let (objs, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings()).unwrap();
+    // The secrets reach the sessions service (in the compiled route), never an object.
+    let compiled = outcomes[&("default".to_string(), "api".to_string())]
+        .as_ref()
+        .unwrap();
+    let github = &compiled.introspection["default.api.github"];
+    assert_eq!(github.client_secret, "gh-app-secret-0c5e7f2a91d84b36");
+    assert_eq!(github.cache_ttl.as_secs(), 120);
+    assert_eq!(
+        compiled.introspection["default.api.corp"].client_secret,
+        "corp-introspection-secret-77ad91"
+    );
+    let rendered = serde_json::to_string(&objs).unwrap() + &yaml;
+    for secret in [
+        "gh-app-secret-0c5e7f2a91d84b36",
+        "corp-introspection-secret-77ad91",
+    ] {
+        assert!(!rendered.contains(secret), "{secret} rendered");
+    }
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let auth: AuthConfig = nexus_config::parse(&filter_config(ef, "auth")).unwrap();
+    let i = auth.introspection.unwrap();
+    assert_eq!(
+        i.cluster,
+        "outbound|8080||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    let names: Vec<&str> = i.providers.keys().map(String::as_str).collect();
+    assert_eq!(names, ["default.api.corp", "default.api.github"]);
+    let gh = &i.providers["default.api.github"];
+    assert_eq!((gh.cache_ttl_s, gh.negative_cache_ttl_s), (120, 5));
+    assert_eq!(gh.headers, ["x-nexus-github-login"]);
+    let reqs: Vec<String> = auth
+        .rules
+        .iter()
+        .map(|r| serde_json::to_string(&r.requirement).unwrap())
+        .collect();
+    assert!(
+        reqs.contains(
+            &r#"{"oauth2":{"providers":["default.api.github"],"scopes":["repo"]}}"#.to_string()
+        ),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.contains(
+            &r#"{"any_of":[{"oauth2":{"providers":["default.api.corp","default.api.github"]}}]}"#
+                .to_string()
+        ),
         "{reqs:?}"
     );
 }

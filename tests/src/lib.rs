@@ -12,6 +12,7 @@
 //! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 //! - [`body_upstream`]: an upstream answering JSON bodies of chosen sizes, with PII, chunked.
+//! - [`oauth_providers`]: GitHub's token check and an RFC 7662 endpoint, answering locally.
 
 pub mod body_upstream;
 pub mod cache_service;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod envoy;
 pub mod jwks;
 pub mod load;
+pub mod oauth_providers;
 pub mod ratelimit_service;
 pub mod sessions_service;
 pub mod upstream;

@@ -6,6 +6,9 @@
 //!   `{"client_id": "...", "scopes": [...], "headers": {...}}`: 201 `{"id", "expires_at_s"}`.
 //! - `POST /sessions/v1/revoke` with the admin token and `{"id": "..."}`: 200
 //!   `{"revoked": true|false}` once the store and every proxy's event stream have it.
+//! - `GET /sessions/v1/introspect/<provider>` with `x-nexus-token: <token>` (the filters'
+//!   call): 200 the token's identity, 404 `inactive_token`, 503 `introspection_unavailable`
+//!   naming what the provider did (see [`crate::introspect`]).
 //!
 //! 400 names what is wrong with a body, 401 a missing or wrong token, 503 a store that cannot
 //! be reached (never a guess).
@@ -15,10 +18,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use nexus_cache_service::http::bearer;
-use nexus_config::session::{LOOKUP_HEADER, LOOKUP_PATH};
+use nexus_config::session::{INTROSPECT_PATH_PREFIX, LOOKUP_HEADER, LOOKUP_PATH, TOKEN_HEADER};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::introspect::Verdict;
 use crate::{NewSession, SessionService};
 
 pub const CREATE_PATH: &str = "/sessions/v1/sessions";
@@ -68,6 +72,16 @@ pub async fn route(
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path.starts_with("/_nexus/") {
         return browser(service, method, path, query, header("cookie")).await;
+    }
+    if let Some(provider) = path.strip_prefix(INTROSPECT_PATH_PREFIX) {
+        return match method {
+            &Method::GET => introspect(service, provider, header(TOKEN_HEADER)).await,
+            _ => error(
+                405,
+                "method_not_allowed",
+                format!("{method} is not served on {path}"),
+            ),
+        };
     }
     match (method, path) {
         (&Method::GET, LOOKUP_PATH) => lookup(service, header(LOOKUP_HEADER)).await,
@@ -138,6 +152,21 @@ async fn lookup(service: &SessionService, id: Option<String>) -> Reply {
             "unavailable",
             format!("the session store cannot be read: {e}"),
         ),
+    }
+}
+
+async fn introspect(service: &SessionService, provider: &str, token: Option<String>) -> Reply {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return error(400, "bad_request", format!("missing {TOKEN_HEADER} header"));
+    };
+    match service.introspector().introspect(provider, &token).await {
+        Verdict::Active(identity) => reply(200, json!(identity)),
+        Verdict::Inactive => error(
+            404,
+            "inactive_token",
+            format!("provider {provider} says the token is not active"),
+        ),
+        Verdict::Unavailable(why) => error(503, "introspection_unavailable", why),
     }
 }
 

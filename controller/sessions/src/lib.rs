@@ -8,12 +8,14 @@
 //!   [`revocation_key`] through the cache service, so every proxy following the coherency
 //!   event stream drops its copy (the filter's own table lives at most `cache_ttl_s`).
 //! - [`http`]: the lookup the filters call, and the admin calls (create, revoke).
+//! - [`introspect`]: opaque OAuth2 tokens checked for the filters (RFC 7662, `github`).
 //!
 //! The contract with the filter (paths, headers, the identity's JSON) is
 //! `nexus_config::session`.
 
 pub mod http;
 mod id_token;
+pub mod introspect;
 mod oidc_http;
 pub mod signin;
 pub mod storage;
@@ -71,6 +73,7 @@ pub struct SessionService {
     clock: Clock,
     random: SystemRandom,
     sign_in: Option<signin::SignIn>,
+    introspector: introspect::Introspector,
 }
 
 impl SessionService {
@@ -92,6 +95,7 @@ impl SessionService {
             storage: Box::new(storage),
             cache,
             config,
+            introspector: introspect::Introspector::new(clock.clone()),
             clock,
             random: SystemRandom::new(),
             sign_in: None,
@@ -107,6 +111,11 @@ impl SessionService {
 
     pub fn sign_in(&self) -> Option<&signin::SignIn> {
         self.sign_in.as_ref()
+    }
+
+    /// The providers of opaque tokens and their verdicts.
+    pub fn introspector(&self) -> &introspect::Introspector {
+        &self.introspector
     }
 
     pub fn config(&self) -> &Config {

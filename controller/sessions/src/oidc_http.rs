@@ -1,5 +1,6 @@
-//! The HTTP(S) client sign-in talks to the provider with (discovery, token endpoint, JWKS):
-//! every call bounded by [`TIMEOUT`], bodies bounded by [`MAX_BODY`].
+//! The HTTP(S) client the service talks to providers with (discovery, token endpoint, JWKS,
+//! token introspection): every call bounded by a timeout ([`TIMEOUT`] unless given), bodies
+//! bounded by [`MAX_BODY`].
 
 use std::time::Duration;
 
@@ -12,6 +13,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 1 << 20;
 
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// A `POST`'s body and credentials.
+pub struct Post<'a> {
+    pub content_type: &'static str,
+    pub body: String,
+    pub authorization: &'a str,
+}
 
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
@@ -45,19 +53,44 @@ impl HttpClient {
         form: &str,
         authorization: &str,
     ) -> Result<(u16, Bytes), String> {
+        let post = Post {
+            content_type: "application/x-www-form-urlencoded",
+            body: form.to_string(),
+            authorization,
+        };
+        self.post(url, post, TIMEOUT).await
+    }
+
+    /// Status and body of a `POST`, within `timeout`.
+    pub async fn post(
+        &self,
+        url: &str,
+        post: Post<'_>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
         let req = hyper::Request::post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-type", post.content_type)
             .header("accept", "application/json")
-            .header("authorization", authorization)
-            .body(Full::new(Bytes::from(form.to_string())))
+            .header("authorization", post.authorization)
+            .header("user-agent", "nexus-sessions")
+            .body(Full::new(Bytes::from(post.body)))
             .map_err(|e| format!("{url}: {e}"))?;
-        self.send(url, req).await
+        self.send_within(url, req, timeout).await
     }
 
     async fn send(
         &self,
         url: &str,
         req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(u16, Bytes), String> {
+        self.send_within(url, req, TIMEOUT).await
+    }
+
+    async fn send_within(
+        &self,
+        url: &str,
+        req: hyper::Request<Full<Bytes>>,
+        timeout: Duration,
     ) -> Result<(u16, Bytes), String> {
         let call = async {
             let resp = self
@@ -73,8 +106,8 @@ impl HttpClient {
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(TIMEOUT, call)
+        tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| format!("{url} did not answer within {TIMEOUT:?}"))?
+            .map_err(|_| format!("{url} did not answer within {timeout:?}"))?
     }
 }

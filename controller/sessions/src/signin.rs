@@ -279,14 +279,13 @@ impl SignIn {
             ("redirect_uri", &s.redirect_uri),
             ("code_verifier", verifier),
         ]);
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            form_encode(&s.client_id),
-            form_encode(&s.client_secret)
-        ));
         let (status, answer) = self
             .http
-            .post_form(&d.token_endpoint, &body, &format!("Basic {basic}"))
+            .post_form(
+                &d.token_endpoint,
+                &body,
+                &basic_auth(&s.client_id, &s.client_secret),
+            )
             .await
             .map_err(|e| unreachable(&e))?;
         let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
@@ -438,7 +437,16 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn claim_text(v: Option<&Value>) -> Option<String> {
+/// `Basic` credentials of a client (RFC 6749 §2.3.1: id and secret form-encoded first).
+pub(crate) fn basic_auth(client_id: &str, secret: &str) -> String {
+    let pair = format!("{}:{}", form_encode(client_id), form_encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+pub(crate) fn claim_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

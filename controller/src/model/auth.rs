@@ -1,12 +1,17 @@
 //! The route's authentication: JWT providers and API keys become the auth filter's
-//! [`AuthConfig`]; [`RouteAuth`] then gives each rule its requirement (see `requirements.rs`).
+//! [`AuthConfig`]; providers of opaque tokens become the filter's `introspection` and the
+//! sessions service's [`ProviderSettings`] (with the client secret, which the filter never
+//! gets); [`RouteAuth`] then gives each rule its requirement (see `requirements.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use nexus_config::auth::{self, AuthConfig};
 use nexus_config::Validate;
 
-use crate::crd::{ApiKeysSpec, AuthSpec, JwtProviderSpec, SessionsSpec, TokenLocation};
+use nexus_sessions_service::introspect::{Kind, ProviderSettings};
+
+use crate::crd::{ApiKeysSpec, AuthSpec, ProviderSpec, SessionsSpec, TokenLocation};
 
 use super::problem::Ctx;
 use super::secrets::{self, SecretLookup};
@@ -47,13 +52,24 @@ pub(super) fn provider_key(route: &str, provider: &str) -> String {
     format!("{route}.{provider}")
 }
 
+/// An opaque-token provider's name in the filter and the sessions service:
+/// `<namespace>.<route>.<provider>` (the service is shared by every namespace's routes).
+pub fn introspection_key(namespace: &str, route: &str, provider: &str) -> String {
+    format!("{namespace}.{route}.{provider}")
+}
+
 /// A route's auth config so far (rules are added as they compile), and what rule requirements
 /// are checked against.
 pub(super) struct RouteAuth {
     pub(super) config: AuthConfig,
     pub(super) route: String,
-    /// Provider names as the route spells them (unprefixed).
+    /// JWT provider names as the route spells them (unprefixed).
     pub(super) providers: BTreeSet<String>,
+    pub(super) namespace: String,
+    /// Opaque-token provider names as the route spells them.
+    pub(super) opaque: BTreeSet<String>,
+    /// What the sessions service needs to check them, by [`introspection_key`].
+    pub(super) introspection: BTreeMap<String, ProviderSettings>,
     pub(super) has_keys: bool,
     pub(super) has_sessions: bool,
     /// The requirement of rules that set none: `defaultRequirement`, else allow.
@@ -69,20 +85,29 @@ pub(super) fn compile(
 ) -> RouteAuth {
     let spec = spec.cloned().unwrap_or_default();
     let mut config = auth_defaults();
+    let mut names = BTreeSet::new();
     let mut providers = BTreeSet::new();
+    let mut opaque = Opaque::default();
     for (i, p) in spec.providers.iter().enumerate() {
         let at = format!("$.spec.auth.providers[{i}]");
-        if p.name.is_empty() || !providers.insert(p.name.clone()) {
+        if p.name.is_empty() || !names.insert(p.name.clone()) {
             cx.bad(
                 format!("{at}.name"),
                 format!("provider name {:?} is empty or not unique", p.name),
             );
         }
-        let provider = provider(cx, p, &at);
-        config
-            .providers
-            .insert(provider_key(route, &p.name), provider);
+        if p.introspection.is_some() || p.github.is_some() {
+            let key = introspection_key(cx.ns, route, &p.name);
+            opaque.add(cx, p, key, &at, secrets);
+        } else {
+            providers.insert(p.name.clone());
+            let provider = provider(cx, p, &at);
+            config
+                .providers
+                .insert(provider_key(route, &p.name), provider);
+        }
     }
+    config.introspection = opaque.filter;
     if let Some(keys) = &spec.api_keys {
         config.api_keys = Some(api_keys(cx, keys, secrets));
     }
@@ -93,6 +118,9 @@ pub(super) fn compile(
         config,
         route: route.to_string(),
         providers,
+        namespace: cx.ns.to_string(),
+        opaque: opaque.names,
+        introspection: opaque.service,
         has_keys: spec.api_keys.is_some(),
         has_sessions: spec.sessions.is_some(),
         default: auth::Requirement::Allow,
@@ -103,8 +131,101 @@ pub(super) fn compile(
     out
 }
 
+/// The route's opaque-token providers: what the filter gets, and what the service gets.
+#[derive(Default)]
+struct Opaque {
+    names: BTreeSet<String>,
+    filter: Option<auth::Introspection>,
+    service: BTreeMap<String, ProviderSettings>,
+}
+
+impl Opaque {
+    fn add(
+        &mut self,
+        cx: &mut Ctx,
+        p: &ProviderSpec,
+        key: String,
+        at: &str,
+        secrets: &dyn SecretLookup,
+    ) {
+        self.names.insert(p.name.clone());
+        let jwt_fields = !p.issuer.is_empty() || p.jwks_uri.is_some() || p.jwks.is_some();
+        if jwt_fields || (p.introspection.is_some() && p.github.is_some()) {
+            cx.bad(
+                at,
+                "give issuer with jwksUri or jwks (a JWT provider), or exactly one of introspection, github",
+            );
+        }
+        let mut filter_side = auth::IntrospectedProvider::bearer();
+        filter_side.token_sources = token_sources(cx, p.token_location.as_ref(), at);
+        filter_side.forward = p.forward;
+        filter_side.headers = p
+            .claims_to_headers
+            .values()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let mut service = match (&p.introspection, &p.github) {
+            (Some(i), _) => {
+                let secret = secrets::secret_value(
+                    cx,
+                    secrets,
+                    &i.client_secret_ref,
+                    &format!("{at}.introspection.clientSecretRef"),
+                );
+                let mut s = ProviderSettings::rfc7662(&i.endpoint, &i.client_id, &secret);
+                if let Some(c) = &i.client_id_claim {
+                    s.client_id_claim = c.clone();
+                }
+                if !(i.endpoint.starts_with("https://") || i.endpoint.starts_with("http://")) {
+                    cx.bad(
+                        format!("{at}.introspection.endpoint"),
+                        format!("{:?} is not an http(s) URI", i.endpoint),
+                    );
+                }
+                s
+            }
+            (None, Some(g)) => {
+                let secret = secrets::secret_value(
+                    cx,
+                    secrets,
+                    &g.client_secret_ref,
+                    &format!("{at}.github.clientSecretRef"),
+                );
+                let mut s = ProviderSettings::github(&g.client_id, &secret);
+                if let Some(api) = &g.api_url {
+                    s.kind = Kind::Github { api: api.clone() };
+                }
+                s
+            }
+            (None, None) => return,
+        };
+        if let Some(t) = p.cache_seconds {
+            filter_side.cache_ttl_s = t;
+            service.cache_ttl = Duration::from_secs(t);
+        }
+        if let Some(t) = p.negative_cache_seconds {
+            filter_side.negative_cache_ttl_s = t;
+            service.negative_ttl = Duration::from_secs(t);
+        }
+        service.claims_to_headers = p
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| (claim.clone(), header.to_ascii_lowercase()))
+            .collect();
+        let filter = self.filter.get_or_insert_with(|| auth::Introspection {
+            cluster: SESSIONS_CLUSTER_PLACEHOLDER.to_string(),
+            authority: auth::Sessions::with_cluster("").authority,
+            timeout_ms: 3_000,
+            cache_entries: 4096,
+            providers: BTreeMap::new(),
+        });
+        filter.providers.insert(key.clone(), filter_side);
+        self.service.insert(key, service);
+    }
+}
+
 /// One JWT provider, checked by the auth filter's own validation (paths in CRD spelling).
-fn provider(cx: &mut Ctx, p: &JwtProviderSpec, at: &str) -> auth::JwtProvider {
+fn provider(cx: &mut Ctx, p: &ProviderSpec, at: &str) -> auth::JwtProvider {
     let provider = auth::JwtProvider {
         issuer: p.issuer.clone(),
         audiences: p.audiences.clone(),
@@ -142,7 +263,7 @@ fn provider(cx: &mut Ctx, p: &JwtProviderSpec, at: &str) -> auth::JwtProvider {
 
 /// `jwksUri` (fetched through Istio's outbound cluster for its host) or inline `jwks`; an
 /// empty inline document stands in for a reported problem.
-fn jwks(cx: &mut Ctx, p: &JwtProviderSpec, at: &str) -> auth::Jwks {
+fn jwks(cx: &mut Ctx, p: &ProviderSpec, at: &str) -> auth::Jwks {
     match (&p.jwks_uri, &p.jwks) {
         (Some(uri), None) => match istio_cluster_for(uri) {
             Some(cluster) => auth::Jwks::Remote(auth::RemoteJwks {

@@ -40,6 +40,10 @@ pub struct CompiledRoute {
     /// Category name, upstream and timeout (ms) of `defaultCategory`, if set.
     pub default_upstream: Option<(String, ResolvedUpstream, u64)>,
     pub auth: AuthConfig,
+    /// What the sessions service needs to check the route's opaque tokens (client secrets
+    /// included: never rendered), by the provider's name in `auth.introspection`.
+    pub introspection:
+        std::collections::BTreeMap<String, nexus_sessions_service::introspect::ProviderSettings>,
     pub rate_limits: Vec<nexus_config::ratelimit::Descriptor>,
     pub outlier: Outlier,
     pub pool: ConnectionPool,

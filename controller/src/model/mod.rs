@@ -96,6 +96,7 @@ pub fn compile(
         gateways: spec.gateways.clone(),
         rules,
         default_upstream,
+        introspection: auth.introspection,
         auth: auth.config,
         rate_limits,
         outlier,

@@ -1,12 +1,11 @@
-//! What a request must present for a rule: allow, a JWT, an API key, or any of several.
+//! What a request must present for a rule: allow, a JWT, an API key, a session, an opaque
+//! OAuth2 token, or any of several.
 
 use nexus_config::auth;
 
-use crate::crd::{
-    ApiKeyRequirementSpec, AuthRequirement, JwtRequirementSpec, SessionRequirementSpec,
-};
+use crate::crd::{AuthRequirement, JwtRequirementSpec, OAuth2RequirementSpec, SimpleRequirement};
 
-use super::auth::{provider_key, RouteAuth};
+use super::auth::{introspection_key, provider_key, RouteAuth};
 use super::problem::Ctx;
 
 impl RouteAuth {
@@ -36,13 +35,17 @@ impl RouteAuth {
             r.jwt.is_some(),
             r.api_key.is_some(),
             r.session.is_some(),
+            r.oauth2.is_some(),
             !r.any_of.is_empty(),
         ]
         .iter()
         .filter(|g| **g)
         .count();
         if given != 1 {
-            cx.bad(at, "give exactly one of allow, jwt, apiKey, session, anyOf");
+            cx.bad(
+                at,
+                "give exactly one of allow, jwt, apiKey, session, oauth2, anyOf",
+            );
             return auth::Requirement::AnyOf(Vec::new());
         }
         if let Some(allow) = r.allow {
@@ -58,30 +61,30 @@ impl RouteAuth {
             let mut list = Vec::new();
             for (k, s) in r.any_of.iter().enumerate() {
                 let here = format!("{at}.anyOf[{k}]");
-                match self.simple(cx, &s.jwt, &s.api_key, &s.session, &here) {
+                match self.simple(cx, s, &here) {
                     Some(req) => list.push(req),
-                    None => cx.bad(here, "give exactly one of jwt, apiKey, session"),
+                    None => cx.bad(here, "give exactly one of jwt, apiKey, session, oauth2"),
                 }
             }
             return auth::Requirement::AnyOf(list);
         }
-        self.simple(cx, &r.jwt, &r.api_key, &r.session, at)
+        let single = SimpleRequirement {
+            jwt: r.jwt.clone(),
+            api_key: r.api_key.clone(),
+            session: r.session.clone(),
+            oauth2: r.oauth2.clone(),
+        };
+        self.simple(cx, &single, at)
             .unwrap_or(auth::Requirement::Allow)
     }
 
-    /// A JWT (from the named providers, or any of the route's), an API key or a session;
-    /// `None` unless exactly one is given.
-    fn simple(
-        &self,
-        cx: &mut Ctx,
-        jwt: &Option<JwtRequirementSpec>,
-        key: &Option<ApiKeyRequirementSpec>,
-        session: &Option<SessionRequirementSpec>,
-        at: &str,
-    ) -> Option<auth::Requirement> {
-        match (jwt, key, session) {
-            (Some(j), None, None) => Some(self.jwt(cx, j, at)),
-            (None, None, Some(s)) => {
+    /// A JWT (from the named providers, or any of the route's), an API key, a session or an
+    /// opaque token; `None` unless exactly one is given.
+    fn simple(&self, cx: &mut Ctx, r: &SimpleRequirement, at: &str) -> Option<auth::Requirement> {
+        match (&r.jwt, &r.api_key, &r.session, &r.oauth2) {
+            (Some(j), None, None, None) => Some(self.jwt(cx, j, at)),
+            (None, None, None, Some(o)) => Some(self.oauth2(cx, o, at)),
+            (None, None, Some(s), None) => {
                 if !self.has_sessions {
                     cx.bad(
                         format!("{at}.session"),
@@ -92,7 +95,7 @@ impl RouteAuth {
                     scopes: s.scopes.clone(),
                 }))
             }
-            (None, Some(k), None) => {
+            (None, Some(k), None, None) => {
                 if !self.has_keys {
                     cx.bad(
                         format!("{at}.apiKey"),
@@ -105,6 +108,40 @@ impl RouteAuth {
             }
             _ => None,
         }
+    }
+
+    fn oauth2(&self, cx: &mut Ctx, o: &OAuth2RequirementSpec, at: &str) -> auth::Requirement {
+        if self.opaque.is_empty() {
+            cx.bad(
+                format!("{at}.oauth2"),
+                "no introspection or github providers in spec.auth.providers",
+            );
+        }
+        for (k, p) in o.providers.iter().enumerate() {
+            if !self.opaque.contains(p) {
+                let known: Vec<&str> = self.opaque.iter().map(String::as_str).collect();
+                cx.bad(
+                    format!("{at}.oauth2.providers[{k}]"),
+                    format!(
+                        "unknown opaque-token provider {p:?} (known: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        // None named: any of the route's (the filter would accept other routes').
+        let names: Vec<&String> = if o.providers.is_empty() {
+            self.opaque.iter().collect()
+        } else {
+            o.providers.iter().collect()
+        };
+        auth::Requirement::Oauth2(auth::OAuth2Requirement {
+            providers: names
+                .iter()
+                .map(|p| introspection_key(&self.namespace, &self.route, p))
+                .collect(),
+            scopes: o.scopes.clone(),
+        })
     }
 
     fn jwt(&self, cx: &mut Ctx, j: &JwtRequirementSpec, at: &str) -> auth::Requirement {

@@ -63,6 +63,43 @@ pub(super) fn api_keys(
     list
 }
 
+/// The value of `reference` (a key of a Secret in the route's namespace) as text, trimmed; a
+/// missing Secret, key or non-UTF-8 value is a `ResolvedRefs` problem at `at` (naming the
+/// Secret and key, never a value).
+pub(super) fn secret_value(
+    cx: &mut Ctx,
+    secrets: &dyn SecretLookup,
+    reference: &crate::crd::SecretKeyRef,
+    at: &str,
+) -> String {
+    let ns = cx.ns;
+    let (name, key) = (&reference.name, &reference.key);
+    let value = secrets.get(ns, name).map(|data| data.get(key).cloned());
+    let problem = match value {
+        Some(Some(v)) => match String::from_utf8(v) {
+            Ok(text) if !text.trim().is_empty() => return text.trim().to_string(),
+            _ => (
+                Reason::InvalidSecret,
+                format!("Secret {ns}/{name} key {key:?} is not non-empty UTF-8 text"),
+            ),
+        },
+        Some(None) => (
+            Reason::InvalidSecret,
+            format!("Secret {ns}/{name} has no key {key:?}"),
+        ),
+        None => (
+            Reason::SecretNotFound,
+            format!("Secret {ns}/{name} not found"),
+        ),
+    };
+    cx.problems.push(Problem {
+        reason: problem.0,
+        path: at.to_string(),
+        message: problem.1,
+    });
+    String::new()
+}
+
 /// One entry: the key is the lower-case hex SHA-256 of the API key, the value a [`SecretEntry`].
 fn api_key(k: &str, v: &[u8]) -> Option<auth::ApiKey> {
     let ok_hash = k.len() == 64

@@ -71,6 +71,21 @@ fn merge_sessions(auth: &mut AuthConfig, route: Option<&nexus_config::auth::Sess
     }
 }
 
+/// One filter, one introspection section: every route's providers (their names are unique
+/// per namespace and route).
+fn merge_introspection(auth: &mut AuthConfig, route: Option<&nexus_config::auth::Introspection>) {
+    let Some(route) = route else {
+        return;
+    };
+    let merged = auth.introspection.get_or_insert_with(|| route.clone());
+    for (k, v) in &route.providers {
+        merged
+            .providers
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
+    }
+}
+
 pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfigs {
     let mut router = RouterConfig::default();
     let mut auth = crate::model::auth_defaults();
@@ -121,6 +136,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         }
         auth.rules.extend(r.auth.rules.iter().cloned());
         merge_sessions(&mut auth, r.auth.sessions.as_ref());
+        merge_introspection(&mut auth, r.auth.introspection.as_ref());
         ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
         for rule in &r.rules {
             if let Some(c) = &rule.cache {
@@ -195,6 +211,9 @@ pub fn filter_configurations(
         s.cluster = services.sessions.clone();
         // Revocations ride the cache service's event stream.
         s.revocations_cluster = Some(services.cache.clone());
+    }
+    if let Some(i) = &mut auth.introspection {
+        i.cluster = services.sessions.clone();
     }
     let mut out = vec![
         ("router", serde_json::to_string(&cfg.router)?),

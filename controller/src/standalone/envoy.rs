@@ -261,7 +261,7 @@ fn clusters_of(
         c["typed_extension_protocol_options"] = protocol_options(true, None);
         clusters.insert(name.to_string(), c);
     }
-    if configs.auth.sessions.is_some() {
+    if configs.auth.sessions.is_some() || configs.auth.introspection.is_some() {
         let addr = endpoints.sessions;
         let c = cluster(SESSIONS_CLUSTER, &addr.ip().to_string(), addr.port(), None);
         clusters.insert(SESSIONS_CLUSTER.to_string(), c);

@@ -300,6 +300,19 @@ struct Nexus {
 }
 
 impl Nexus {
+    /// Hands the routes' opaque-token providers (client secrets from DIR's Secrets) to the
+    /// sessions service, which checks tokens for the filters.
+    fn serve_introspection(&self, config: &Config) {
+        if let Some(sessions) = self.state.sessions.get() {
+            let providers = config
+                .routes
+                .iter()
+                .flat_map(|r| r.introspection.clone())
+                .collect();
+            sessions.introspector().set_providers(providers);
+        }
+    }
+
     async fn start(opts: &Options, config: &Config, state_dir: &Path) -> Result<Nexus> {
         let (redis_url, storage_note) = choose_storage(opts).await;
         let limiter = SharedLimiter::new(
@@ -401,6 +414,7 @@ impl Gateway {
         nexus: &Nexus,
     ) -> Result<(envoy::Resources, nexus_ratelimit_service::Limits)> {
         self.upstreams.ensure(config).await?;
+        nexus.serve_introspection(config);
         let res = self.xds.render(
             config,
             &self.upstreams,

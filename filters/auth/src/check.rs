@@ -107,6 +107,7 @@ impl Auth {
         let metric = match granted.identity.method.as_str() {
             "api_key" => "nexus_auth.allowed.api_key",
             "session" => "nexus_auth.allowed.session",
+            m if m.starts_with("oauth2:") => "nexus_auth.allowed.oauth2",
             _ => "nexus_auth.allowed.jwt",
         };
         env.metrics.increment(metric, 1);
@@ -133,6 +134,7 @@ impl Check<'_> {
             Req::Allow => Ok(None),
             Req::ApiKey { scopes } => self.api_key(scopes).map(Some),
             Req::Session { scopes } => self.session(scopes).map(Some),
+            Req::OAuth2 { providers, scopes } => self.oauth2(providers, scopes).map(Some),
             Req::Jwt {
                 providers,
                 claims,

@@ -30,6 +30,11 @@ pub(crate) enum Req {
     Session {
         scopes: Vec<String>,
     },
+    /// An opaque token of one of these [`Auth::introspected`] providers.
+    OAuth2 {
+        providers: Vec<usize>,
+        scopes: Vec<String>,
+    },
     AnyOf(Vec<Req>),
 }
 
@@ -110,6 +115,14 @@ impl Auth {
         if let Some(s) = &sessions {
             owned_headers.extend(s.headers.iter().cloned());
         }
+        let introspected = config
+            .introspection
+            .as_ref()
+            .map(|i| crate::oauth2::compile(i, prefix))
+            .unwrap_or_default();
+        for p in &introspected {
+            owned_headers.extend(p.headers.iter().cloned());
+        }
         let rules = rules(config, &mut needed, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -141,6 +154,7 @@ impl Auth {
             pending: RefCell::new(BTreeMap::new()),
             local: RefCell::new(LocalCache::default()),
             sessions,
+            introspected,
             audit: config.audit.clone(),
         })
     }
@@ -232,7 +246,14 @@ fn rules(
     needed: &mut Vec<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Rule> {
-    let names: Vec<&String> = config.providers.keys().collect();
+    let names = Names {
+        jwt: config.providers.keys().collect(),
+        oauth2: config
+            .introspection
+            .iter()
+            .flat_map(|i| i.providers.keys())
+            .collect(),
+    };
     let mut rules = Vec::new();
     for (i, rule) in config.rules.iter().enumerate() {
         let at = format!("$.rules[{i}]");
@@ -249,9 +270,24 @@ fn rules(
     rules
 }
 
-/// `names`: the providers in [`Auth::providers`] order. A JWT requirement naming no provider
-/// accepts every one.
-fn compile_req(r: &Requirement, names: &[&String], needed: &mut Vec<String>) -> Req {
+/// Provider names in [`Auth::providers`] and [`Auth::introspected`] order.
+struct Names<'a> {
+    jwt: Vec<&'a String>,
+    oauth2: Vec<&'a String>,
+}
+
+/// The indexes of `wanted` in `names`; none wanted accepts every one.
+fn indexes(names: &[&String], wanted: &[String]) -> Vec<usize> {
+    if wanted.is_empty() {
+        return (0..names.len()).collect();
+    }
+    wanted
+        .iter()
+        .filter_map(|p| names.iter().position(|n| *n == p))
+        .collect()
+}
+
+fn compile_req(r: &Requirement, names: &Names, needed: &mut Vec<String>) -> Req {
     match r {
         Requirement::Allow => Req::Allow,
         Requirement::ApiKey(k) => Req::ApiKey {
@@ -260,15 +296,12 @@ fn compile_req(r: &Requirement, names: &[&String], needed: &mut Vec<String>) -> 
         Requirement::Session(s) => Req::Session {
             scopes: s.scopes.clone(),
         },
+        Requirement::Oauth2(o) => Req::OAuth2 {
+            providers: indexes(&names.oauth2, &o.providers),
+            scopes: o.scopes.clone(),
+        },
         Requirement::Jwt(j) => {
-            let providers = if j.providers.is_empty() {
-                (0..names.len()).collect()
-            } else {
-                j.providers
-                    .iter()
-                    .filter_map(|p| names.iter().position(|n| *n == p))
-                    .collect()
-            };
+            let providers = indexes(&names.jwt, &j.providers);
             needed.extend(j.required_claims.keys().cloned());
             Req::Jwt {
                 providers,

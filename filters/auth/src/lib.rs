@@ -24,6 +24,8 @@ mod deny;
 pub mod ecdsa;
 pub mod ed25519;
 pub mod jwks;
+mod lookup;
+mod oauth2;
 mod remote_jwks;
 pub mod rsa;
 mod session;
@@ -68,7 +70,7 @@ pub struct Env<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub client_id: String,
-    /// `jwt:<provider>`, `api_key` or `session`.
+    /// `jwt:<provider>`, `oauth2:<provider>`, `api_key` or `session`.
     pub method: String,
 }
 
@@ -112,6 +114,8 @@ pub struct Auth {
     local: RefCell<LocalCache>,
     /// Sign-in sessions, when configured.
     sessions: Option<session::SessionStore>,
+    /// Providers of opaque OAuth2 tokens (checked by the sessions service), by index.
+    introspected: Vec<oauth2::Introspected>,
     /// Where the adapter sends audit records, if anywhere.
     audit: Option<nexus_config::audit::AuditSink>,
 }
@@ -159,10 +163,10 @@ impl Auth {
         self.providers.iter().any(|p| p.remote.is_some())
     }
 
-    /// Whether the adapter should ask for ticks: remote keys to refresh, or session lookups
-    /// whose deadlines must be watched.
+    /// Whether the adapter should ask for ticks: remote keys to refresh, or session lookups or
+    /// introspections whose deadlines must be watched.
     pub fn needs_ticks(&self) -> bool {
-        self.has_remote_jwks() || self.sessions.is_some()
+        self.has_remote_jwks() || self.sessions.is_some() || !self.introspected.is_empty()
     }
 }
 

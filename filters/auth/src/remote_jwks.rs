@@ -56,7 +56,9 @@ impl Auth {
     /// then re-decide the requests waiting.
     pub fn on_tick(&self, env: &Env) -> bool {
         let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
-        let expired = self.give_up_overdue(env, now_s) | self.give_up_session_lookups(now_s);
+        let expired = self.give_up_overdue(env, now_s)
+            | self.give_up_session_lookups(now_s)
+            | self.give_up_introspections(now_s);
         let mut synced = false;
         for (i, p) in self.providers.iter().enumerate() {
             let Some(remote) = &p.remote else { continue };
@@ -104,7 +106,7 @@ impl Auth {
     }
 
     /// Feeds the answer of an HTTP callout (`status` None: failed or timed out). Returns false
-    /// if the token is not one of this worker's JWKS fetches or session lookups.
+    /// if the token is not one of this worker's JWKS fetches, session lookups or introspections.
     pub fn on_http_call_response(
         &self,
         token: u32,
@@ -112,7 +114,9 @@ impl Auth {
         body: &[u8],
         env: &Env,
     ) -> bool {
-        if self.on_session_answer(token, status, body, env) {
+        if self.on_session_answer(token, status, body, env)
+            || self.on_token_answer(token, status, body, env)
+        {
             return true;
         }
         let Some((i, _)) = self.pending.borrow_mut().remove(&token) else {

@@ -1,68 +1,32 @@
 //! Sign-in sessions: the `session` requirement. The session cookie's id is looked up in the
 //! sessions service (an HTTP callout, see `nexus_config::session`), and the answer is kept in
-//! a bounded table in shared data (`cache`, slot prefix `<prefix>sess.`) for at most
-//! `cache_ttl_s`, so every worker of the proxy shares it. The table keeps the SHA-256 of the
-//! id, never the id.
+//! the proxy's bounded table for at most `cache_ttl_s` (see `lookup.rs`, slot prefix
+//! `<prefix>sess.`). The table keeps the SHA-256 of the id, never the id.
 //!
-//! An answer is one of: live (the identity, until `min(now + ttl, expires_at_s)`), unknown
-//! (401 `invalid_session`, cached like a live one: a random id never becomes valid), or
-//! unavailable (503 `sessions_unavailable`, cached one second so an outage is not a storm).
-//! A request whose session is being looked up waits ([`Fail::Waiting`]) and is re-decided
-//! when the answer arrives.
-
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+//! An unknown session is 401 `invalid_session`, remembered like a live one; a service that
+//! cannot confirm it is 503 `sessions_unavailable`.
 
 use nexus_config::auth::{Sessions, TokenSource};
 use nexus_config::session::{SessionIdentity, LOOKUP_HEADER, LOOKUP_PATH, REVOCATION_PREFIX};
-use nexus_filter_core::{HeaderList, Level, LocalResponse};
+use nexus_filter_core::{HeaderList, LocalResponse};
 use ring::digest;
 
-use crate::cache::{self, Entry};
+use crate::cache::Entry;
 use crate::check::{Check, Granted};
 use crate::deny::{Challenge, Fail};
+use crate::lookup::{Lookups, Settings, LIVE, UNKNOWN};
 use crate::session_feed::Feed;
 use crate::{Auth, Env, Identity};
 
-const LIVE: u16 = 0;
-const UNKNOWN: u16 = 1;
-const UNAVAILABLE: u16 = 2;
-
-/// Answers larger than this are garbage (an identity is a few hundred bytes).
-const MAX_ANSWER_BYTES: usize = 16 * 1024;
-
-/// A lookup on the wire.
-struct Lookup {
-    /// SHA-256 of the session id.
-    hash: [u8; 32],
-    /// Unix seconds after which it is given up.
-    deadline_s: u64,
-    /// [`SessionStore::revocations`] when it was sent.
-    revocations: u64,
-}
-
-/// A compiled `sessions` section and this worker's lookups in flight.
+/// A compiled `sessions` section and this worker's lookups.
 pub(crate) struct SessionStore {
     cookie: TokenSource,
     cookie_name: String,
-    cluster: String,
-    authority: String,
-    timeout_ms: u64,
-    pub(crate) entries: u32,
-    ttl_s: u64,
     sign_in_path: Option<String>,
     pub(crate) headers: Vec<String>,
-    pub(crate) prefix: String,
     /// The revocation stream, when configured.
     pub(crate) feed: Option<Feed>,
-    /// This worker's lookups in flight, by callout token.
-    pending: RefCell<BTreeMap<u32, Lookup>>,
-    /// Revocation events this worker has applied. An answer to a lookup sent before the
-    /// latest one may predate that revocation: it decides its own requests but is not kept.
-    pub(crate) revocations: Cell<u64>,
-    /// The answer of the last callout, for the requests re-decided right after it (its slot
-    /// may already hold another session).
-    pub(crate) last_answer: RefCell<Option<([u8; 32], Entry)>>,
+    pub(crate) lookups: Lookups,
 }
 
 impl SessionStore {
@@ -72,103 +36,21 @@ impl SessionStore {
                 name: s.cookie.clone(),
             },
             cookie_name: s.cookie.clone(),
-            cluster: s.cluster.clone(),
-            authority: s.authority.clone(),
-            timeout_ms: s.timeout_ms,
-            entries: s.cache_entries,
-            ttl_s: s.cache_ttl_s,
             sign_in_path: s.sign_in_path.clone(),
             headers: s.headers.clone(),
-            prefix: format!("{prefix}sess."),
             feed: s.revocations_cluster.as_deref().map(Feed::new),
-            pending: RefCell::new(BTreeMap::new()),
-            revocations: Cell::new(0),
-            last_answer: RefCell::new(None),
-        }
-    }
-
-    /// The answer for `hash`: for a request re-decided after a callout (`redeciding`), that
-    /// callout's; else the table's, if `trusted`.
-    fn answer(
-        &self,
-        hash: &[u8; 32],
-        env: &Env,
-        now_s: u64,
-        trusted: bool,
-        redeciding: bool,
-    ) -> Option<Entry> {
-        if let Some((h, e)) = self.last_answer.borrow().as_ref().filter(|_| redeciding) {
-            if h == hash && now_s < e.expires_s {
-                return Some(Entry {
-                    provider: e.provider,
-                    expires_s: e.expires_s,
-                    claims: e.claims.clone(),
-                });
-            }
-        }
-        if !trusted {
-            return None;
-        }
-        cache::get(env.shared, &self.prefix, self.entries, hash, now_s)
-    }
-
-    /// Sends the lookup of `id`; the request waits for it.
-    fn dispatch(&self, id: &str, hash: [u8; 32], env: &Env, now_s: u64) -> Fail {
-        let target = (self.cluster.as_str(), self.authority.as_str());
-        let lookup = Some((LOOKUP_HEADER, id));
-        match crate::remote_jwks::get_json(env, target, LOOKUP_PATH, lookup, self.timeout_ms) {
-            Ok(token) => {
-                let deadline = now_s + self.timeout_ms.div_ceil(1000) + 2;
-                let lookup = Lookup {
-                    hash,
-                    deadline_s: deadline,
-                    revocations: self.revocations.get(),
-                };
-                self.pending.borrow_mut().insert(token, lookup);
-                env.metrics.increment("nexus_auth.session.lookups", 1);
-                Fail::Waiting
-            }
-            Err(_) => {
-                env.metrics.increment("nexus_auth.session.lookup_failed", 1);
-                unavailable(format!(
-                    "cannot reach the sessions service (cluster {})",
-                    self.cluster
-                ))
-            }
-        }
-    }
-
-    /// The answer of a lookup callout, made an entry.
-    fn entry_of(&self, status: Option<u32>, body: &[u8], now_s: u64) -> Entry {
-        let down = |why: String| Entry {
-            provider: UNAVAILABLE,
-            expires_s: now_s + 1,
-            claims: why.into_bytes(),
-        };
-        let unknown = Entry {
-            provider: UNKNOWN,
-            expires_s: now_s + self.ttl_s,
-            claims: Vec::new(),
-        };
-        match status {
-            Some(200) if body.len() <= MAX_ANSWER_BYTES => {
-                match serde_json::from_slice::<SessionIdentity>(body) {
-                    Ok(id) if id.expires_at_s <= now_s => unknown,
-                    Ok(id) => Entry {
-                        provider: LIVE,
-                        expires_s: (now_s + self.ttl_s).min(id.expires_at_s),
-                        claims: body.to_vec(),
-                    },
-                    Err(e) => down(format!("the sessions service answered garbage ({e})")),
-                }
-            }
-            Some(200) => down("the sessions service answered garbage (too large)".into()),
-            Some(404) => unknown,
-            Some(s) => down(format!("the sessions service answered status {s}")),
-            None => down(format!(
-                "the sessions service did not answer within {} ms",
-                self.timeout_ms
-            )),
+            lookups: Lookups::new(Settings {
+                cluster: s.cluster.clone(),
+                authority: s.authority.clone(),
+                timeout_ms: s.timeout_ms,
+                entries: s.cache_entries,
+                ttl_s: s.cache_ttl_s,
+                negative_ttl_s: s.cache_ttl_s,
+                prefix: format!("{prefix}sess."),
+                metric: "nexus_auth.session",
+                label: "session lookup",
+                relay_detail: false,
+            }),
         }
     }
 }
@@ -182,41 +64,17 @@ impl Auth {
         body: &[u8],
         env: &Env,
     ) -> bool {
-        let Some(s) = &self.sessions else {
-            return false;
-        };
-        let Some(Lookup {
-            hash,
-            revocations: seen,
-            ..
-        }) = s.pending.borrow_mut().remove(&token)
-        else {
-            return false;
-        };
-        let now_s = env.clock.now_unix_nanos() / 1_000_000_000;
-        let entry = s.entry_of(status, body, now_s);
-        if entry.provider == UNAVAILABLE {
-            env.metrics.increment("nexus_auth.session.lookup_failed", 1);
-            let why = String::from_utf8_lossy(&entry.claims);
-            env.log
-                .log(Level::Warn, &format!("nexus-auth: session lookup: {why}"));
-        }
-        if seen == s.revocations.get() {
-            cache::put(env.shared, &s.prefix, s.entries, &hash, &entry);
-        }
-        *s.last_answer.borrow_mut() = Some((hash, entry));
-        true
+        self.sessions
+            .as_ref()
+            .is_some_and(|s| s.lookups.take(token, status, body, env))
     }
 
     /// Forgets lookups past their deadline (cancelled with the request that made them); true
     /// if there were any, so the requests waiting on them are re-decided (503).
     pub(crate) fn give_up_session_lookups(&self, now_s: u64) -> bool {
-        let Some(s) = &self.sessions else {
-            return false;
-        };
-        let before = s.pending.borrow().len();
-        s.pending.borrow_mut().retain(|_, l| l.deadline_s > now_s);
-        s.pending.borrow().len() != before
+        self.sessions
+            .as_ref()
+            .is_some_and(|s| s.lookups.give_up(now_s))
     }
 
     /// Drops the sessions named by revocation keys (`nexus-session:<sha256 hex>`) from this
@@ -225,7 +83,7 @@ impl Auth {
         let Some(s) = &self.sessions else {
             return 0;
         };
-        s.revocations.set(s.revocations.get() + 1);
+        s.lookups.revocations.set(s.lookups.revocations.get() + 1);
         let mut dropped = 0;
         for key in keys {
             let Some(hash) = key
@@ -235,14 +93,7 @@ impl Auth {
             else {
                 continue;
             };
-            if s.last_answer
-                .borrow()
-                .as_ref()
-                .is_some_and(|(h, _)| *h == hash)
-            {
-                *s.last_answer.borrow_mut() = None;
-            }
-            if cache::remove(env.shared, &s.prefix, s.entries, &hash) {
+            if s.lookups.forget(&hash, env) {
                 dropped += 1;
             }
         }
@@ -293,10 +144,15 @@ impl Check<'_> {
             .try_into()
             .map_err(|_| Fail::Missing)?;
         let trusted = self.auth.sessions_trusted();
-        match s.answer(&hash, self.env, self.now_s, trusted, !self.may_fetch) {
+        let l = &s.lookups;
+        match l.answer(&hash, self.env, self.now_s, trusted, !self.may_fetch) {
             Some(entry) => self.decide(s, &entry, scopes),
-            None if s.pending.borrow().values().any(|l| l.hash == hash) => Err(Fail::Waiting),
-            None if self.may_fetch => Err(s.dispatch(id, hash, self.env, self.now_s)),
+            None if l.in_flight(&hash) => Err(Fail::Waiting),
+            None if self.may_fetch => {
+                l.dispatch(LOOKUP_PATH, (LOOKUP_HEADER, id), hash, self.env, self.now_s)
+                    .map_err(unavailable)?;
+                Err(Fail::Waiting)
+            }
             None => Err(unavailable("the sessions service gave no answer".into())),
         }
     }

@@ -13,7 +13,7 @@ use nexus_filter_core::Level;
 use nexus_proto::cache::{event, Event, SubscribeRequest};
 use prost::Message;
 
-use crate::{cache, Auth, Env};
+use crate::{Auth, Env};
 
 const RECONNECT_INITIAL_MS: u64 = 100;
 const RECONNECT_MAX_MS: u64 = 5_000;
@@ -152,16 +152,8 @@ impl Auth {
 
     fn clear_sessions(&self, env: &Env) {
         if let Some(s) = &self.sessions {
-            s.clear(env);
+            s.lookups.clear(env);
             env.metrics.increment("nexus_auth.session.table_cleared", 1);
         }
-    }
-}
-
-impl crate::session::SessionStore {
-    pub(crate) fn clear(&self, env: &Env) {
-        self.revocations.set(self.revocations.get() + 1);
-        *self.last_answer.borrow_mut() = None;
-        cache::clear(env.shared, &self.prefix, self.entries);
     }
 }

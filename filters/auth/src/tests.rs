@@ -14,6 +14,7 @@ use crate::jwks::KeyMaterial;
 use crate::testkit::{self, SigningKey, ALGS};
 use crate::verify::{Alg, RingVerifier};
 
+mod oauth2;
 mod session;
 
 const NOW: u64 = 1_800_000_000;

@@ -60,6 +60,11 @@ pub struct AuthConfig {
     /// Sign-in sessions, looked up in the sessions service (required by `session` rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<Sessions>,
+    /// Opaque OAuth2 access tokens, checked by the sessions service (RFC 7662 introspection or
+    /// GitHub's token check), which holds the providers' client secrets: this filter never
+    /// does (required by `oauth2` rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
     /// Where each allow of an identified caller and each deny is recorded (one audit record
     /// each, with the auth method and client, never the credential); none: not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +135,81 @@ impl Sessions {
             revocations_cluster: None,
         }
     }
+}
+
+/// Where opaque tokens are checked: the sessions service (`POST
+/// /sessions/v1/introspect/<provider>`, see `nexus_config::session`), which asks the
+/// provider; answers are kept in a bounded table per proxy.
+///
+/// A token the service cannot confirm (it is down, the provider times out, answers 5xx or
+/// garbage) is refused with 503 `introspection_unavailable`: an unconfirmed token never
+/// passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// Envoy cluster of the sessions service.
+    pub cluster: String,
+    /// `:authority` of the calls.
+    #[serde(default = "default_sessions_authority")]
+    pub authority: String,
+    /// Call timeout in milliseconds; longer than the service's own call to the provider.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
+    /// Answers this proxy keeps, per provider (a direct-mapped table in shared data).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u32,
+    /// Provider name → where its tokens are; names are what `oauth2` rules refer to and what
+    /// the service knows the provider by.
+    pub providers: BTreeMap<String, IntrospectedProvider>,
+}
+
+/// One provider of opaque tokens, as the filter sees it (its endpoint and secret are the
+/// service's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectedProvider {
+    /// Where to look for the token, in order; defaults to the `Authorization: Bearer` header.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<TokenSource>,
+    /// Longest this proxy trusts an active token without asking again, in seconds (never past
+    /// the token's `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_s: u64,
+    /// How long an inactive token is remembered as such, in seconds.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_ttl_s: u64,
+    /// Headers this provider's identities may set (claims mapped by the service); removed from
+    /// every incoming request first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// Pass the token on to the upstream (default false: its header is removed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward: bool,
+}
+
+impl IntrospectedProvider {
+    /// A bearer-token provider with the defaults.
+    pub fn bearer() -> Self {
+        Self {
+            token_sources: default_token_sources(),
+            cache_ttl_s: default_introspection_ttl(),
+            negative_cache_ttl_s: default_negative_ttl(),
+            headers: Vec::new(),
+            forward: false,
+        }
+    }
+}
+
+fn default_introspection_timeout() -> u64 {
+    3_000
+}
+
+fn default_introspection_ttl() -> u64 {
+    60
+}
+
+fn default_negative_ttl() -> u64 {
+    5
 }
 
 fn default_session_cookie() -> String {
@@ -356,6 +436,9 @@ pub enum Requirement {
     ApiKey(ApiKeyRequirement),
     /// A sign-in session (the `sessions` cookie), confirmed by the sessions service.
     Session(SessionRequirement),
+    /// An opaque OAuth2 access token of an `introspection` provider, confirmed by the
+    /// sessions service.
+    Oauth2(OAuth2Requirement),
     /// Any one of these (not empty).
     AnyOf(Vec<Requirement>),
     /// Nothing: the request passes unauthenticated.
@@ -380,6 +463,17 @@ pub struct JwtRequirement {
 #[serde(deny_unknown_fields)]
 pub struct SessionRequirement {
     /// Every scope listed must be among the session's scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Requirement {
+    /// Names of `introspection.providers` accepted; empty accepts every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// Every scope listed must be among the token's (`scope`, space separated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
 }
@@ -417,6 +511,9 @@ impl Validate for AuthConfig {
         }
         if let Some(sessions) = &self.sessions {
             sessions.validate(&format!("{path}.sessions"), errors);
+        }
+        if let Some(i) = &self.introspection {
+            i.validate(&format!("{path}.introspection"), errors);
         }
         if self.identity.client_id_claim.is_empty() {
             errors.push(ConfigError::new(
@@ -495,6 +592,7 @@ impl AuthConfig {
                     ));
                 }
             }
+            Requirement::Oauth2(o) => self.check_oauth2(o, &format!("{at}.oauth2"), errors),
             Requirement::AnyOf(list) => {
                 if list.is_empty() {
                     errors.push(ConfigError::new(
@@ -506,6 +604,107 @@ impl AuthConfig {
                     self.check_requirement(r, &format!("{at}.any_of[{j}]"), errors);
                 }
             }
+        }
+    }
+}
+
+impl AuthConfig {
+    fn check_oauth2(&self, o: &OAuth2Requirement, at: &str, errors: &mut Vec<ConfigError>) {
+        let Some(i) = &self.introspection else {
+            errors.push(ConfigError::new(
+                at,
+                "an oauth2 requirement needs introspection",
+            ));
+            return;
+        };
+        for (j, p) in o.providers.iter().enumerate() {
+            if !i.providers.contains_key(p) {
+                let known: Vec<&str> = i.providers.keys().map(String::as_str).collect();
+                errors.push(ConfigError::new(
+                    format!("{at}.providers[{j}]"),
+                    format!("unknown provider {p:?} (known: {})", known.join(", ")),
+                ));
+            }
+        }
+    }
+}
+
+impl Validate for Introspection {
+    fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
+        for (field, value) in [("cluster", &self.cluster), ("authority", &self.authority)] {
+            if value.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{at}.{field}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            errors.push(ConfigError::new(
+                format!("{at}.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.cache_entries) {
+            errors.push(ConfigError::new(
+                format!("{at}.cache_entries"),
+                "from 1 to 1048576",
+            ));
+        }
+        if self.providers.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.providers"),
+                "must not be empty",
+            ));
+        }
+        for (name, p) in &self.providers {
+            let here = format!("{at}.providers.{name}");
+            if !provider_name(name) {
+                errors.push(ConfigError::new(
+                    &here,
+                    format!("{name:?} is not a provider name (letters, digits, - _ . only)"),
+                ));
+            }
+            check_token_sources(&p.token_sources, &format!("{here}.token_sources"), errors);
+            for (i, h) in p.headers.iter().enumerate() {
+                check_header(h, &format!("{here}.headers[{i}]"), errors);
+            }
+        }
+    }
+}
+
+/// Provider names travel in the service's path: keep them to unreserved URI characters.
+fn provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn check_token_sources(sources: &[TokenSource], at: &str, errors: &mut Vec<ConfigError>) {
+    if sources.is_empty() {
+        errors.push(ConfigError::new(at, "must not be empty"));
+    }
+    for (i, source) in sources.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        match source {
+            TokenSource::Bearer => {}
+            TokenSource::Header { name, .. } => {
+                check_header(name, &format!("{here}.header.name"), errors)
+            }
+            TokenSource::Query { param } if param.is_empty() => {
+                errors.push(ConfigError::new(
+                    format!("{here}.query.param"),
+                    "must not be empty",
+                ));
+            }
+            TokenSource::Cookie { name } if name.is_empty() => {
+                errors.push(ConfigError::new(
+                    format!("{here}.cookie.name"),
+                    "must not be empty",
+                ));
+            }
+            _ => {}
         }
     }
 }
@@ -558,34 +757,7 @@ impl Validate for JwtProvider {
                 }
             }
         }
-        if self.token_sources.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{at}.token_sources"),
-                "must not be empty",
-            ));
-        }
-        for (i, source) in self.token_sources.iter().enumerate() {
-            let here = format!("{at}.token_sources[{i}]");
-            match source {
-                TokenSource::Bearer => {}
-                TokenSource::Header { name, .. } => {
-                    check_header(name, &format!("{here}.header.name"), errors)
-                }
-                TokenSource::Query { param } if param.is_empty() => {
-                    errors.push(ConfigError::new(
-                        format!("{here}.query.param"),
-                        "must not be empty",
-                    ));
-                }
-                TokenSource::Cookie { name } if name.is_empty() => {
-                    errors.push(ConfigError::new(
-                        format!("{here}.cookie.name"),
-                        "must not be empty",
-                    ));
-                }
-                _ => {}
-            }
-        }
+        check_token_sources(&self.token_sources, &format!("{at}.token_sources"), errors);
         for (i, c) in self.claims_to_headers.iter().enumerate() {
             let here = format!("{at}.claims_to_headers[{i}]");
             if c.claim.is_empty() {

@@ -12,6 +12,16 @@
 //! Revoking a session publishes a cache-coherency invalidation (the event stream every proxy
 //! already follows) naming the key [`revocation_key`] of the session: the SHA-256 of its id,
 //! never the id itself.
+//!
+//! Opaque OAuth2 tokens are checked through the same service: `GET`
+//! [`INTROSPECT_PATH_PREFIX`]`<provider>` with the token in the [`TOKEN_HEADER`] header (the
+//! service holds the provider's endpoint and client secret, the filter never does). Answers:
+//!
+//! - 200 with a [`SessionIdentity`]: the token is active (`expires_at_s` is its `exp`, or the
+//!   time the service stops vouching for it);
+//! - 404 `{"error":"inactive_token",...}`: the provider says the token is not active;
+//! - 503 `{"error":"introspection_unavailable","detail":...}`: the provider or the service
+//!   could not say (timeout, 5xx, garbage, unknown provider), the detail says which.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +33,12 @@ pub const LOOKUP_PATH: &str = "/sessions/v1/lookup";
 
 /// Request header carrying the session id of a lookup.
 pub const LOOKUP_HEADER: &str = "x-nexus-session-id";
+
+/// Path prefix of token introspection; the provider's name follows.
+pub const INTROSPECT_PATH_PREFIX: &str = "/sessions/v1/introspect/";
+
+/// Request header carrying the token of an introspection.
+pub const TOKEN_HEADER: &str = "x-nexus-token";
 
 /// Prefix of the invalidation key that revokes a session in every proxy's cache.
 pub const REVOCATION_PREFIX: &str = "nexus-session:";
