@@ -116,9 +116,25 @@ pub fn parse_wrk(text: &str) -> LoadStats {
 pub fn numeric_options(
     defaults: &[(&str, u64)],
 ) -> Result<std::collections::BTreeMap<String, u64>> {
-    let mut out: std::collections::BTreeMap<String, u64> = defaults
+    Ok(options(defaults, &[])?.0)
+}
+
+/// Like [`numeric_options`], with `--name VALUE` options whose values are text (defaulting as
+/// in `text`), returned in a second map.
+pub fn options(
+    numeric: &[(&str, u64)],
+    text: &[(&str, &str)],
+) -> Result<(
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, String>,
+)> {
+    let mut numbers: std::collections::BTreeMap<String, u64> = numeric
         .iter()
         .map(|(k, v)| ((*k).to_string(), *v))
+        .collect();
+    let mut texts: std::collections::BTreeMap<String, String> = text
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
         .collect();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -126,16 +142,18 @@ pub fn numeric_options(
         if a == "--bench" {
             continue;
         }
-        let Some(slot) = out.get_mut(a.as_str()) else {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        if let Some(slot) = numbers.get_mut(a.as_str()) {
+            *slot = value()?
+                .parse()
+                .with_context(|| format!("{a} needs a number"))?;
+        } else if let Some(slot) = texts.get_mut(a.as_str()) {
+            *slot = value()?.clone();
+        } else {
             bail!("unknown option {a}");
-        };
-        *slot = it
-            .next()
-            .with_context(|| format!("{a} needs a value"))?
-            .parse()
-            .with_context(|| format!("{a} needs a number"))?;
+        }
     }
-    Ok(out)
+    Ok((numbers, texts))
 }
 
 /// `wrk` prints `812.00us`, `1.23ms`, `2.01s`.
