@@ -128,6 +128,18 @@ pub fn options(
     std::collections::BTreeMap<String, u64>,
     std::collections::BTreeMap<String, String>,
 )> {
+    options_from(std::env::args().skip(1), numeric, text)
+}
+
+/// [`options`] from the given arguments (without the program name).
+fn options_from(
+    args: impl Iterator<Item = String>,
+    numeric: &[(&str, u64)],
+    text: &[(&str, &str)],
+) -> Result<(
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, String>,
+)> {
     let mut numbers: std::collections::BTreeMap<String, u64> = numeric
         .iter()
         .map(|(k, v)| ((*k).to_string(), *v))
@@ -136,7 +148,7 @@ pub fn options(
         .iter()
         .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
         .collect();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = args.collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--bench" {
@@ -246,7 +258,33 @@ fn ensure_tool(program: &str, package: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn parsed(args: &[&str]) -> Result<(BTreeMap<String, u64>, BTreeMap<String, String>)> {
+        options_from(
+            args.iter().map(|a| a.to_string()),
+            &[("--runs", 2), ("--instructions", 0)],
+            &[("--algs", "RS256,ES256"), ("--rows", "all")],
+        )
+    }
+
+    #[test]
+    fn options_take_numbers_and_text_with_defaults() {
+        let (n, t) = parsed(&["--bench", "--instructions", "1000", "--algs", "EdDSA"]).unwrap();
+        assert_eq!((n["--instructions"], n["--runs"]), (1000, 2));
+        assert_eq!(
+            (t["--algs"].as_str(), t["--rows"].as_str()),
+            ("EdDSA", "all")
+        );
+        assert!(parsed(&["--runs", "two"]).is_err(), "a number is required");
+        assert!(parsed(&["--rows"]).is_err(), "a value is required");
+        assert!(
+            parsed(&["--fresh", "3"]).is_err(),
+            "unknown options are refused"
+        );
+    }
 
     #[test]
     fn parses_wrk_latency_output() {
