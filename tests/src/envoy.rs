@@ -41,6 +41,9 @@ pub struct EnvoyConfig {
     pub launcher: Vec<String>,
     /// Access loggers of the listener (Envoy `access_log` entries, as JSON); for comparisons.
     pub access_log: Vec<Value>,
+    /// How long Envoy may take to become ready, in seconds; 0: 60. Under valgrind, V8 compiling
+    /// a filter module on a busy machine can take minutes.
+    pub ready_within_s: u64,
 }
 
 impl EnvoyConfig {
@@ -178,10 +181,19 @@ impl Envoy {
         Ok((ticks(11)? + ticks(12)?) / 100.0)
     }
 
+    /// The process id of Envoy (or of its launcher, which valgrind replaces in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts Envoy and waits until it serves; on failure the error carries Envoy's log.
     pub fn start(config: &EnvoyConfig) -> Result<Self> {
         let (mut child, dir) = spawn(config)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready_within = match config.ready_within_s {
+            0 => 60,
+            s => s,
+        };
+        let deadline = Instant::now() + Duration::from_secs(ready_within);
         let log = dir.path().join("envoy.log");
         let admin_port = loop {
             if let Some(status) = child.try_wait()? {
@@ -197,7 +209,10 @@ impl Envoy {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("envoy was not ready within 60 s:\n{}", tail(&log));
+                bail!(
+                    "envoy was not ready within {ready_within} s:\n{}",
+                    tail(&log)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };

@@ -116,26 +116,56 @@ pub fn parse_wrk(text: &str) -> LoadStats {
 pub fn numeric_options(
     defaults: &[(&str, u64)],
 ) -> Result<std::collections::BTreeMap<String, u64>> {
-    let mut out: std::collections::BTreeMap<String, u64> = defaults
+    Ok(options(defaults, &[])?.0)
+}
+
+/// Like [`numeric_options`], with `--name VALUE` options whose values are text (defaulting as
+/// in `text`), returned in a second map.
+pub fn options(
+    numeric: &[(&str, u64)],
+    text: &[(&str, &str)],
+) -> Result<(
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, String>,
+)> {
+    options_from(std::env::args().skip(1), numeric, text)
+}
+
+/// [`options`] from the given arguments (without the program name).
+fn options_from(
+    args: impl Iterator<Item = String>,
+    numeric: &[(&str, u64)],
+    text: &[(&str, &str)],
+) -> Result<(
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, String>,
+)> {
+    let mut numbers: std::collections::BTreeMap<String, u64> = numeric
         .iter()
         .map(|(k, v)| ((*k).to_string(), *v))
         .collect();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut texts: std::collections::BTreeMap<String, String> = text
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    let args: Vec<String> = args.collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--bench" {
             continue;
         }
-        let Some(slot) = out.get_mut(a.as_str()) else {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        if let Some(slot) = numbers.get_mut(a.as_str()) {
+            *slot = value()?
+                .parse()
+                .with_context(|| format!("{a} needs a number"))?;
+        } else if let Some(slot) = texts.get_mut(a.as_str()) {
+            *slot = value()?.clone();
+        } else {
             bail!("unknown option {a}");
-        };
-        *slot = it
-            .next()
-            .with_context(|| format!("{a} needs a value"))?
-            .parse()
-            .with_context(|| format!("{a} needs a number"))?;
+        }
     }
-    Ok(out)
+    Ok((numbers, texts))
 }
 
 /// `wrk` prints `812.00us`, `1.23ms`, `2.01s`.
@@ -228,7 +258,33 @@ fn ensure_tool(program: &str, package: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn parsed(args: &[&str]) -> Result<(BTreeMap<String, u64>, BTreeMap<String, String>)> {
+        options_from(
+            args.iter().map(|a| a.to_string()),
+            &[("--runs", 2), ("--instructions", 0)],
+            &[("--algs", "RS256,ES256"), ("--rows", "all")],
+        )
+    }
+
+    #[test]
+    fn options_take_numbers_and_text_with_defaults() {
+        let (n, t) = parsed(&["--bench", "--instructions", "1000", "--algs", "EdDSA"]).unwrap();
+        assert_eq!((n["--instructions"], n["--runs"]), (1000, 2));
+        assert_eq!(
+            (t["--algs"].as_str(), t["--rows"].as_str()),
+            ("EdDSA", "all")
+        );
+        assert!(parsed(&["--runs", "two"]).is_err(), "a number is required");
+        assert!(parsed(&["--rows"]).is_err(), "a value is required");
+        assert!(
+            parsed(&["--fresh", "3"]).is_err(),
+            "unknown options are refused"
+        );
+    }
 
     #[test]
     fn parses_wrk_latency_output() {

@@ -21,6 +21,8 @@ mod cache;
 mod check;
 mod compile;
 mod deny;
+#[cfg(any(test, feature = "testkit"))]
+pub mod differential;
 pub mod ecdsa;
 pub mod ed25519;
 pub mod jwks;

@@ -438,7 +438,7 @@ pub fn from_be<const L: usize>(be: &[u8]) -> Option<Limbs<L>> {
     Some(out)
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testkit"))]
 pub fn to_be<const L: usize>(a: &Limbs<L>) -> Vec<u8> {
     a.iter().rev().flat_map(|x| x.to_be_bytes()).collect()
 }

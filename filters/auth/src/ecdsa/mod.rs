@@ -264,6 +264,16 @@ impl PublicKey {
     }
 }
 
+/// The group order n and the field prime p of `curve`, big-endian: edge values for tests that
+/// alter signatures ([`crate::differential`]).
+#[cfg(any(test, feature = "testkit"))]
+pub fn order_and_prime(curve: CurveId) -> (Vec<u8>, Vec<u8>) {
+    match curve {
+        CurveId::P256 => (field::to_be(&P256::N.m), field::to_be(&P256::P.m)),
+        CurveId::P384 => (field::to_be(&P384::N.m), field::to_be(&P384::P.m)),
+    }
+}
+
 fn parse_point<C: Curve<L>, const L: usize>(point: &[u8]) -> Option<Affine<L>> {
     let (&tag, xy) = point.split_first()?;
     if tag != 4 || xy.len() != 8 * L {

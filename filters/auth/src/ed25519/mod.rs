@@ -163,6 +163,17 @@ impl PublicKey {
     }
 }
 
+/// The group order L, little-endian: an edge value for tests that alter signatures
+/// ([`crate::differential`]).
+#[cfg(any(test, feature = "testkit"))]
+pub fn order_le() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, limb) in out.chunks_exact_mut(8).zip(L) {
+        chunk.copy_from_slice(&limb.to_le_bytes());
+    }
+    out
+}
+
 /// Whether a little-endian 32-byte scalar is below L.
 fn below_l(s: &[u8; 32]) -> bool {
     let limbs = to_u64s(s);
