@@ -545,6 +545,21 @@ pub struct RateLimitSpec {
     /// Count, never reject.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// What this limit does while the rate-limit service cannot answer: `localFallback`
+    /// (the default: each proxy enforces the limit alone), `open` (admit, counted in
+    /// `nexus_ratelimit_degraded{mode="fail_open"}`) or `closed` (answer 500
+    /// `rate_limit_unavailable`, as Envoy's ratelimit filter does with `failure_mode_deny`).
+    /// A request is refused when any of its limits fails closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<LimitFailureMode>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LimitFailureMode {
+    Open,
+    Closed,
+    LocalFallback,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use nexus_config::auth::AuthConfig;
 use nexus_config::ratelimit::RateLimitConfig;
-use nexus_config::ratelimit_filter::RateLimitFilterConfig;
+use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig};
 use nexus_config::router::RouterConfig;
 use nexus_controller::crd::NexusRoute;
 use nexus_controller::render::Settings;
@@ -223,6 +223,16 @@ fn envoy_filter_configs_parse_with_the_filters_own_types() {
     assert!(auth.providers.contains_key("api.corp"));
     let rl_filter: RateLimitFilterConfig =
         nexus_config::parse(&filter_config(ef, "ratelimit")).unwrap();
+    // Each limit's failureMode, by router rule and the key it counts by; the rest fall back.
+    let modes = &rl_filter.failure_mode_by_limit;
+    assert_eq!(
+        modes.keys().collect::<Vec<_>>(),
+        ["api.lake-query"],
+        "{modes:?}"
+    );
+    assert_eq!(modes["api.lake-query"]["client_id"], FailureMode::FailOpen);
+    assert_eq!(modes["api.lake-query"]["route"], FailureMode::FailClosed);
+    assert_eq!(rl_filter.failure_mode, FailureMode::LocalFallback);
     let rl = rl_filter.limits;
     assert_eq!(rl.descriptors.len(), 2);
     assert_eq!(

@@ -44,7 +44,7 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "ratio service-on-Redis / redis INCR: {:.2}x",
+        "ratio service-on-Redis / redis INCR: {:.2}x (target >= 0.5x)",
         redis.rps / incr.0
     );
 
@@ -177,6 +177,7 @@ fn over_limit_rows(lake: &Upstream, allowed_local: LoadStats) -> Result<()> {
             s.rps / allowed_local.rps
         );
     }
+    println!("target: over limit with the cache >= 1.00x of the allowed local client");
     Ok(())
 }
 

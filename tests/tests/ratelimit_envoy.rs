@@ -167,7 +167,8 @@ fn failure_modes_when_the_service_is_killed() {
     let mut rls = RateLimitServer::start(LIMITS_JSON, Backend::Memory).unwrap();
     let config = global_config(
         r#", "failure_mode": "fail_open",
-           "failure_mode_by_route": {"stream": "fail_closed", "cortex": "local_fallback"}"#,
+           "failure_mode_by_route": {"stream": "fail_closed", "cortex": "fail_closed"},
+           "failure_mode_by_limit": {"cortex": {"client_id": "local_fallback"}}"#,
     );
     let e = envoy(&ups, config, 1, Some(rls.port));
     for path in ["/lake/t", "/stream/t", "/cortex/t"] {
@@ -183,11 +184,12 @@ fn failure_modes_when_the_service_is_killed() {
 
     // fail_open: everything passes, and is counted.
     assert_eq!(statuses(e.port, "/lake/t", "t", 5), [200; 5]);
-    // fail_closed: a decided 503 with a JSON body.
+    // fail_closed: a decided 500 with a JSON body (Envoy's failure_mode_deny status).
     let closed = client::get(e.port, "/stream/t", &[]).unwrap();
-    assert_eq!(closed.status, 503);
+    assert_eq!(closed.status, 500);
     assert_eq!(closed.json().unwrap()["error"], "rate_limit_unavailable");
-    // local_fallback: the same limit (3/min per client), enforced by this Envoy alone.
+    // local_fallback, the limit's own mode over its route's: the same limit (3/min per
+    // client), enforced by this Envoy alone.
     assert_eq!(
         statuses(e.port, "/cortex/t", "t", 5),
         [200, 200, 200, 429, 429]

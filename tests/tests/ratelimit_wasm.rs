@@ -130,7 +130,7 @@ fn global_mode_pauses_on_the_rls_call_and_follows_its_verdict() {
 
 #[test]
 fn each_failure_mode_decides_when_the_service_fails() {
-    // fail_closed: 503 JSON
+    // fail_closed: 500 JSON
     let mut host = global("fail_closed");
     let mut http = host.http_context().unwrap();
     http.request_headers(&REQUEST, true).unwrap();
@@ -138,7 +138,7 @@ fn each_failure_mode_decides_when_the_service_fails() {
     http.grpc_close(token, 14, "upstream connect error")
         .unwrap();
     let resp = http.local_response().unwrap();
-    assert_eq!(resp.status, 503);
+    assert_eq!(resp.status, 500);
     assert!(String::from_utf8_lossy(&resp.body).contains("rate_limit_unavailable"));
     assert_eq!(host.metric("nexus_ratelimit.degraded.fail_closed"), Some(1));
 

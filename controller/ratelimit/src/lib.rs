@@ -7,8 +7,10 @@
 //! - [`storage`]: where counters live, behind one trait: [`storage::MemoryStorage`] and
 //!   [`storage::RedisStorage`].
 //! - [`service`]: decisions for whole requests, and the tonic service.
+//! - [`config_dir`]: `--config-dir` followed while the service runs.
 
 pub mod algorithm;
+pub mod config_dir;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -90,23 +90,7 @@ impl Limits {
 
     /// [`Limits::load_dir`]; `merge_domains` is envoyproxy/ratelimit's `MERGE_DOMAIN_CONFIG`.
     pub fn load_dir_with(dir: &Path, merge_domains: bool) -> Result<Self> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading rate-limit config dir {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        entries.sort();
-        let mut files = Vec::new();
-        for path in entries {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            files.push((path.display().to_string(), text));
-        }
-        Self::from_files(&files, merge_domains)
+        Self::from_files(&read_dir(dir)?, merge_domains)
     }
 
     /// Loads `(file name, contents)` pairs in envoyproxy/ratelimit's format and with its
@@ -198,6 +182,29 @@ impl Limits {
             .metadata
             .as_ref()
     }
+}
+
+/// `(path, contents)` of every `*.yaml`, `*.yml` and `*.json` file in `dir`, in name order.
+/// Symbolic links are followed, so a Kubernetes ConfigMap volume (files linked through
+/// `..data`, which is swapped atomically on update) reads as its current version.
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading rate-limit config dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    entries.sort();
+    let mut files = Vec::new();
+    for path in entries {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        files.push((path.display().to_string(), text));
+    }
+    Ok(files)
 }
 
 /// One domain's configuration Nexus rendered, from YAML (JSON is YAML too), validated with JSON

@@ -3,8 +3,10 @@
 //!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...]
 //!                   [--algorithm fixed-window|gcra] [--unknown-domain allow|deny|error]
 //!                   [--merge-domain-config] [--response-dynamic-metadata]
+//!                   [--config-poll-ms 1000]
 //!
-//! `--config-dir` holds files in envoyproxy/ratelimit's format, read as it reads them;
+//! `--config-dir` holds files in envoyproxy/ratelimit's format, read as it reads them, and is
+//! followed while the service runs (read again every `--config-poll-ms`; see `config_dir`);
 //! `--merge-domain-config` is its `MERGE_DOMAIN_CONFIG=true` (a domain may span files),
 //! `--response-dynamic-metadata` its `RESPONSE_DYNAMIC_METADATA=true`.
 
@@ -13,8 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nexus_ratelimit_service::config_dir::ConfigDir;
 use nexus_ratelimit_service::server::SharedLimiter;
-use nexus_ratelimit_service::{Algorithm, Limits, UnknownDomain};
+use nexus_ratelimit_service::{Algorithm, UnknownDomain};
 
 struct Args {
     config_dir: PathBuf,
@@ -25,6 +28,7 @@ struct Args {
     redis_timeout: Duration,
     merge_domain_config: bool,
     response_dynamic_metadata: bool,
+    config_poll: Duration,
 }
 
 fn parse_args() -> Result<Args> {
@@ -37,6 +41,7 @@ fn parse_args() -> Result<Args> {
         redis_timeout: Duration::from_millis(100),
         merge_domain_config: false,
         response_dynamic_metadata: false,
+        config_poll: Duration::from_secs(1),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,8 +57,12 @@ fn parse_args() -> Result<Args> {
             "--redis-timeout-ms" => args.redis_timeout = Duration::from_millis(value()?.parse()?),
             "--merge-domain-config" => args.merge_domain_config = true,
             "--response-dynamic-metadata" => args.response_dynamic_metadata = true,
+            "--config-poll-ms" => args.config_poll = Duration::from_millis(value()?.parse()?),
             other => bail!("unknown flag {other}"),
         }
+    }
+    if args.config_poll.is_zero() {
+        bail!("--config-poll-ms must be at least 1");
     }
     Ok(args)
 }
@@ -73,7 +82,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn serve() -> Result<()> {
     let args = parse_args()?;
-    let limits = Limits::load_dir_with(&args.config_dir, args.merge_domain_config)?;
+    let (config_dir, limits) = ConfigDir::open(args.config_dir, args.merge_domain_config)?;
     for warning in limits.warnings() {
         tracing::warn!("{warning}");
     }
@@ -93,6 +102,7 @@ async fn serve() -> Result<()> {
         args.algorithm,
         domains
     );
+    tokio::spawn(config_dir.follow(limiter.clone(), args.config_poll));
     limiter
         .serve(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;

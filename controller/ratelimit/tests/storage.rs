@@ -193,3 +193,27 @@ async fn redis_ping_answers_when_up_and_fails_fast_when_down() {
     assert!(start.elapsed() < std::time::Duration::from_secs(2), "{err}");
     assert!(err.to_string().contains("redis"), "{err}");
 }
+
+/// GCRA decisions are pipelined as `EVALSHA`: a Redis that forgot the script (restarted, or
+/// `SCRIPT FLUSH`ed) gets it loaded again, and the call still decides.
+#[tokio::test]
+async fn gcra_loads_its_script_again_when_redis_forgot_it() {
+    let redis = nexus_ratelimit_service::testkit::PrivateRedis::start();
+    let s = nexus_ratelimit_service::storage::RedisStorage::new(
+        &redis.url(),
+        "nexus-test:",
+        std::time::Duration::from_secs(2),
+    )
+    .unwrap();
+    let c = counter("script", 3, 60 * SEC);
+    let remaining = |d: Vec<nexus_ratelimit_service::algorithm::Decision>| d[0].remaining;
+    let first = s.check_and_update(Algorithm::Gcra, std::slice::from_ref(&c), 1, T0);
+    assert_eq!(remaining(first.await.unwrap()), 2);
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&flushed.stdout).trim(), "OK");
+    let second = s.check_and_update(Algorithm::Gcra, std::slice::from_ref(&c), 1, T0);
+    assert_eq!(remaining(second.await.unwrap()), 1);
+}

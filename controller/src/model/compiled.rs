@@ -2,6 +2,8 @@
 //! from which every rendered object is made.
 
 use nexus_config::auth::AuthConfig;
+use nexus_config::ratelimit::Descriptor;
+use nexus_config::ratelimit_filter::FailureModesByLimit;
 use nexus_config::router::{self, RetryPolicy};
 
 use crate::crd::ConnectionPool;
@@ -27,6 +29,14 @@ pub struct CompiledRule {
     pub guard: Option<nexus_config::guard::GuardPolicy>,
 }
 
+/// A route's rate limits: one descriptor per router rule that limits, and the failure modes
+/// its limits set (by router rule, then descriptor key).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteLimits {
+    pub descriptors: Vec<Descriptor>,
+    pub failure_modes: FailureModesByLimit,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledRoute {
     pub namespace: String,
@@ -44,7 +54,7 @@ pub struct CompiledRoute {
     /// included: never rendered), by the provider's name in `auth.introspection`.
     pub introspection:
         std::collections::BTreeMap<String, nexus_sessions_service::introspect::ProviderSettings>,
-    pub rate_limits: Vec<nexus_config::ratelimit::Descriptor>,
+    pub rate_limits: RouteLimits,
     pub outlier: Outlier,
     pub pool: ConnectionPool,
     pub fail_open: bool,

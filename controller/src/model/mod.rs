@@ -33,7 +33,7 @@ mod upstream;
 pub use auth::{auth_defaults, istio_cluster_for};
 pub use cache::RuleCache;
 pub use categories::SEED_PORT;
-pub use compiled::{CompiledRoute, CompiledRule};
+pub use compiled::{CompiledRoute, CompiledRule, RouteLimits};
 pub use conflicts::{age_key, conflicts, created};
 pub use problem::{Problem, Reason};
 pub use resilience::{

@@ -1,24 +1,34 @@
 //! A rule's rate limits as one rate-limit-service descriptor: the route-wide limit on the
-//! rule's own entry, per-client and per-header limits nested under it.
+//! rule's own entry, per-client and per-header limits nested under it; and the failure modes
+//! the filter applies to them while the service cannot answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nexus_config::ratelimit::{
     Descriptor, RateLimit, Unit, CLIENT_KEY, HEADER_KEY_PREFIX, ROUTE_KEY,
 };
+use nexus_config::ratelimit_filter::FailureMode;
 
-use crate::crd::{RateLimitBy, RateLimitSpec, RateUnit};
+use crate::crd::{LimitFailureMode, RateLimitBy, RateLimitSpec, RateUnit};
 
 use super::problem::Ctx;
 
-/// The descriptor of rule `rule` (its full name, the `x-nexus-rule` value), or none without
+/// One rule's limits.
+pub(super) struct RuleLimits {
+    pub descriptor: Descriptor,
+    /// Descriptor key (`route` for the rule's own limit) → the mode its limit set; limits
+    /// without `failureMode` keep the filter's default (local fallback).
+    pub failure_modes: BTreeMap<String, FailureMode>,
+}
+
+/// The limits of rule `rule` (its full name, the `x-nexus-rule` value), or none without
 /// limits. `at` is the rule's JSON path.
 pub(super) fn descriptor(
     cx: &mut Ctx,
     limits: &[RateLimitSpec],
     at: &str,
     rule: &str,
-) -> Option<Descriptor> {
+) -> Option<RuleLimits> {
     if limits.is_empty() {
         return None;
     }
@@ -31,6 +41,7 @@ pub(super) fn descriptor(
         ..Default::default()
     };
     let mut seen = BTreeSet::new();
+    let mut failure_modes = BTreeMap::new();
     for (k, l) in limits.iter().enumerate() {
         let here = format!("{at}.rateLimits[{k}]");
         if l.requests == 0 {
@@ -45,6 +56,10 @@ pub(super) fn descriptor(
                 "one limit per rule for each of Route, Client and each header",
             );
             continue;
+        }
+        if let Some(mode) = failure_mode(cx, l, &here) {
+            let counted_by = key.clone().unwrap_or_else(|| ROUTE_KEY.to_string());
+            failure_modes.insert(counted_by, mode);
         }
         match key {
             None => {
@@ -61,7 +76,27 @@ pub(super) fn descriptor(
             }),
         }
     }
-    Some(top)
+    Some(RuleLimits {
+        descriptor: top,
+        failure_modes,
+    })
+}
+
+/// The filter's mode for a limit's `failureMode`, if set (a shadow limit never refuses, so
+/// `closed` there is refused as a contradiction).
+fn failure_mode(cx: &mut Ctx, l: &RateLimitSpec, here: &str) -> Option<FailureMode> {
+    let mode = match l.failure_mode? {
+        LimitFailureMode::Open => FailureMode::FailOpen,
+        LimitFailureMode::Closed => FailureMode::FailClosed,
+        LimitFailureMode::LocalFallback => FailureMode::LocalFallback,
+    };
+    if l.shadow && mode == FailureMode::FailClosed {
+        cx.bad(
+            format!("{here}.failureMode"),
+            "a shadow limit never refuses a request, so it cannot fail closed",
+        );
+    }
+    Some(mode)
 }
 
 /// The nested descriptor key a limit counts by: `Some(None)` for the route itself, `None` if

@@ -11,7 +11,7 @@ use crate::crd::{RestFallback, Rule};
 
 use super::auth::RouteAuth;
 use super::categories::Category;
-use super::compiled::CompiledRule;
+use super::compiled::{CompiledRule, RouteLimits};
 use super::problem::Ctx;
 use super::syntax::is_dns_label;
 use super::upstream::{self, Tokens};
@@ -33,9 +33,9 @@ pub(super) fn compile(
     rules: &[Rule],
     inherited: &Inherited,
     auth: &mut RouteAuth,
-) -> (Vec<CompiledRule>, Vec<Descriptor>) {
+) -> (Vec<CompiledRule>, RouteLimits) {
     let mut compiled = Vec::new();
-    let mut descriptors = Vec::new();
+    let mut limits = RouteLimits::default();
     let mut names = BTreeSet::new();
     let mut tokens = Tokens::default();
     for (i, r) in rules.iter().enumerate() {
@@ -56,17 +56,22 @@ pub(super) fn compile(
             });
         }
         // One descriptor per router rule: the REST fallback counts apart from its gRPC rule.
-        if let Some(d) = ratelimit::descriptor(cx, &r.rate_limits, &at, &these[0].name) {
+        if let Some(l) = ratelimit::descriptor(cx, &r.rate_limits, &at, &these[0].name) {
             for c in &these {
-                descriptors.push(Descriptor {
+                limits.descriptors.push(Descriptor {
                     value: Some(c.name.clone()),
-                    ..d.clone()
+                    ..l.descriptor.clone()
                 });
+                if !l.failure_modes.is_empty() {
+                    limits
+                        .failure_modes
+                        .insert(c.name.clone(), l.failure_modes.clone());
+                }
             }
         }
         compiled.extend(these);
     }
-    (compiled, descriptors)
+    (compiled, limits)
 }
 
 /// Rule names are DNS labels, unique in the route.

@@ -6,7 +6,9 @@ use nexus_config::cache::{CacheConfig, CacheRule, CacheService};
 use nexus_config::contract;
 use nexus_config::guard::{GuardConfig, GuardRule};
 use nexus_config::ratelimit::RateLimitConfig;
-use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig, RateLimitService};
+use nexus_config::ratelimit_filter::{
+    FailureMode, FailureModesByLimit, RateLimitFilterConfig, RateLimitService,
+};
 use nexus_config::router::{HeaderMatch, NoMatch, RequestMatch, RouterConfig};
 
 use crate::model::{CompiledRoute, GroupKey};
@@ -16,6 +18,8 @@ pub struct GroupConfigs {
     pub router: RouterConfig,
     pub auth: AuthConfig,
     pub ratelimit: RateLimitConfig,
+    /// The failure modes rate limits set (`failureMode`), by router rule then descriptor key.
+    pub ratelimit_failure_modes: FailureModesByLimit,
     /// Rules only for router rules that cache; the service is filled in per target.
     pub cache: CacheConfig,
     /// Rules only for router rules with a `guard` block.
@@ -93,6 +97,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         domain: format!("nexus.{}.{}", group.namespace, group.name()),
         descriptors: Vec::new(),
     };
+    let mut ratelimit_failure_modes = FailureModesByLimit::new();
     let mut cache = CacheConfig::default();
     let mut guard = GuardConfig::default();
     for r in routes {
@@ -137,7 +142,10 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         auth.rules.extend(r.auth.rules.iter().cloned());
         merge_sessions(&mut auth, r.auth.sessions.as_ref());
         merge_introspection(&mut auth, r.auth.introspection.as_ref());
-        ratelimit.descriptors.extend(r.rate_limits.iter().cloned());
+        ratelimit
+            .descriptors
+            .extend(r.rate_limits.descriptors.iter().cloned());
+        ratelimit_failure_modes.extend(r.rate_limits.failure_modes.clone());
         for rule in &r.rules {
             if let Some(c) = &rule.cache {
                 cache.rules.push(CacheRule {
@@ -162,6 +170,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         router,
         auth,
         ratelimit,
+        ratelimit_failure_modes,
         cache,
         guard,
     }
@@ -199,6 +208,7 @@ pub fn filter_configurations(
         }),
         failure_mode: FailureMode::LocalFallback,
         failure_mode_by_route: Default::default(),
+        failure_mode_by_limit: cfg.ratelimit_failure_modes.clone(),
         response_headers: true,
         over_limit_cache: true,
         audit: services.audit.clone().map(AuditSink::new),

@@ -163,12 +163,8 @@ pub fn parse_line(line: &str) -> Result<serde_json::Map<String, Value>, String> 
     }
 }
 
-/// Reads a child process's log lines (its stderr) until `enough` says so or `within` passes.
-pub fn read_lines(
-    stderr: impl std::io::Read + Send + 'static,
-    enough: impl Fn(&[String]) -> bool,
-    within: std::time::Duration,
-) -> Vec<String> {
+/// A child process's log lines (its stderr) as they come, read on a thread of their own.
+pub fn lines_of(stderr: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead as _;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -181,6 +177,16 @@ pub fn read_lines(
             }
         }
     });
+    rx
+}
+
+/// Reads a child process's log lines (its stderr) until `enough` says so or `within` passes.
+pub fn read_lines(
+    stderr: impl std::io::Read + Send + 'static,
+    enough: impl Fn(&[String]) -> bool,
+    within: std::time::Duration,
+) -> Vec<String> {
+    let rx = lines_of(stderr);
     let deadline = std::time::Instant::now() + within;
     let mut lines = Vec::new();
     while !enough(&lines) {

@@ -37,6 +37,13 @@ pub struct RateLimitFilterConfig {
     /// Per router rule overrides of `failure_mode`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_mode_by_route: BTreeMap<String, FailureMode>,
+    /// Per limit overrides of both: by router rule, then by the descriptor key the limit
+    /// counts by (`route` for the rule's own limit, `client_id`, `header.x-tenant`, ...).
+    /// When the service fails, each of a request's limits applies its own mode: one
+    /// `fail_closed` limit refuses the request, the `local_fallback` ones are enforced
+    /// locally, the `fail_open` ones are skipped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_mode_by_limit: FailureModesByLimit,
     /// Add `RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) to allowed responses.
     #[serde(default = "crate::yes")]
     pub response_headers: bool,
@@ -67,16 +74,35 @@ pub struct RateLimitService {
     pub timeout_ms: u64,
 }
 
+/// Router rule → descriptor key of one of its limits → that limit's failure mode.
+pub type FailureModesByLimit = BTreeMap<String, BTreeMap<String, FailureMode>>;
+
+/// What a limit does while the service cannot answer; each is counted per request in
+/// `nexus_ratelimit.degraded.<mode>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
-    /// Let the request through (counted in `nexus_ratelimit.degraded.fail_open`).
+    /// Let the request through.
     FailOpen,
-    /// Answer 503 `rate_limit_unavailable`.
+    /// Answer 500 `rate_limit_unavailable`, as Envoy's own ratelimit filter does with
+    /// `failure_mode_deny` (its default `status_on_error`), so dashboards and alerts
+    /// built for it keep their meaning. A shadow-mode limit never refuses: there it acts as
+    /// `local_fallback`.
     FailClosed,
     /// Enforce the same limits locally (per Envoy) until the service answers again.
     #[default]
     LocalFallback,
+}
+
+impl FailureMode {
+    /// The name in configurations and in the `nexus_ratelimit.degraded.<mode>` counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureMode::FailOpen => "fail_open",
+            FailureMode::FailClosed => "fail_closed",
+            FailureMode::LocalFallback => "local_fallback",
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -104,12 +130,7 @@ impl Validate for RateLimitFilterConfig {
                 ));
             }
             for (j, child) in top.descriptors.iter().enumerate() {
-                let known = VALUE_SOURCES.contains(&child.key.as_str())
-                    || child
-                        .key
-                        .strip_prefix(crate::ratelimit::HEADER_KEY_PREFIX)
-                        .is_some_and(|h| !h.is_empty());
-                if !known {
+                if !fillable(&child.key) {
                     errors.push(ConfigError::new(
                         format!("{at}.descriptors[{j}].key"),
                         format!(
@@ -127,6 +148,17 @@ impl Validate for RateLimitFilterConfig {
                 }
             }
         }
+        for (rule, modes) in &self.failure_mode_by_limit {
+            for key in modes.keys().filter(|k| !fillable(k)) {
+                errors.push(ConfigError::new(
+                    format!("{path}.failure_mode_by_limit.{rule}.{key}"),
+                    format!(
+                        "no limit counts by {key:?} (known: {}, header.<name>)",
+                        VALUE_SOURCES.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(service) = &self.service {
             if service.cluster.is_empty() {
                 errors.push(ConfigError::new(
@@ -142,6 +174,14 @@ impl Validate for RateLimitFilterConfig {
             }
         }
     }
+}
+
+/// Whether the filter can fill a descriptor key from a request.
+fn fillable(key: &str) -> bool {
+    VALUE_SOURCES.contains(&key)
+        || key
+            .strip_prefix(crate::ratelimit::HEADER_KEY_PREFIX)
+            .is_some_and(|h| !h.is_empty())
 }
 
 #[cfg(test)]
@@ -170,7 +210,8 @@ mod tests {
                   {"key": "route", "value": "lake", "descriptors": [
                      {"key": "user_agent"},
                      {"key": "client_id", "descriptors": [{"key": "path"}]}]}]},
-                 "service": {"cluster": "", "timeout_ms": 0}}"#,
+                 "service": {"cluster": "", "timeout_ms": 0},
+                 "failure_mode_by_limit": {"lake": {"client_id": "fail_open", "user_agent": "fail_closed"}}}"#,
         )
         .unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
@@ -180,6 +221,7 @@ mod tests {
                 "$.limits.descriptors[0].key",
                 "$.limits.descriptors[1].descriptors[0].key",
                 "$.limits.descriptors[1].descriptors[1].descriptors",
+                "$.failure_mode_by_limit.lake.user_agent",
                 "$.service.cluster",
                 "$.service.timeout_ms",
             ]

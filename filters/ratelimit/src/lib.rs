@@ -155,40 +155,91 @@ impl RateLimiter {
             }
             Err(ServiceFailure::Dispatch(msg)) => format!("service call not dispatched: {msg}"),
         };
+        self.on_service_failure(pending, &failure, shared, metrics, log, now_us)
+    }
+
+    /// The service did not decide: each limit of the request applies its failure mode. One
+    /// `fail_closed` limit refuses the request; otherwise the `local_fallback` limits are
+    /// enforced locally and the `fail_open` ones skipped. Each mode applied is counted once
+    /// per request.
+    fn on_service_failure(
+        &self,
+        pending: &Pending,
+        failure: &str,
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        log: &impl Log,
+        now_us: u64,
+    ) -> Step {
+        let modes: Vec<FailureMode> = pending
+            .limited
+            .iter()
+            .map(|l| self.failure_mode_of(&pending.route, l))
+            .collect();
+        let applied: Vec<FailureMode> = if modes.contains(&FailureMode::FailClosed) {
+            vec![FailureMode::FailClosed]
+        } else {
+            [FailureMode::FailOpen, FailureMode::LocalFallback]
+                .into_iter()
+                .filter(|m| modes.contains(m))
+                .collect()
+        };
+        for mode in &applied {
+            metrics.increment(&format!("nexus_ratelimit.degraded.{}", mode.name()), 1);
+        }
+        self.log_degraded(failure, &applied, log, now_us);
+        if applied.contains(&FailureMode::FailClosed) {
+            return Step::Deny(LocalResponse::json_error(
+                500,
+                "rate_limit_unavailable",
+                "the rate-limit service did not answer and a limit of this route fails closed",
+            ));
+        }
+        let fallback: Vec<Limited> = pending
+            .limited
+            .iter()
+            .zip(&modes)
+            .filter(|(_, m)| **m == FailureMode::LocalFallback)
+            .map(|(l, _)| l.clone())
+            .collect();
+        if fallback.is_empty() {
+            return Step::Allow(Vec::new());
+        }
+        self.enforce_locally(&pending.route, &fallback, shared, metrics, now_us)
+    }
+
+    /// A limit's own failure mode, else its route's, else the filter's. A shadow-mode limit
+    /// never refuses, so `fail_closed` falls back to local counting there.
+    fn failure_mode_of(&self, route: &str, l: &Limited) -> FailureMode {
         let mode = self
             .config
-            .failure_mode_by_route
-            .get(&pending.route)
+            .failure_mode_by_limit
+            .get(route)
+            .and_then(|by_key| by_key.get(l.policy_name()))
+            .or_else(|| self.config.failure_mode_by_route.get(route))
             .copied()
             .unwrap_or(self.config.failure_mode);
-        let mode_name = match mode {
-            FailureMode::FailOpen => "fail_open",
-            FailureMode::FailClosed => "fail_closed",
-            FailureMode::LocalFallback => "local_fallback",
-        };
-        metrics.increment(&format!("nexus_ratelimit.degraded.{mode_name}"), 1);
-        if now_us.saturating_sub(self.last_degraded_log_us.get()) >= DEGRADED_LOG_INTERVAL_US
-            || self.last_degraded_log_us.get() == 0
-        {
-            self.last_degraded_log_us.set(now_us.max(1));
-            log.log(
-                Level::Warn,
-                &format!(
-                    "nexus-ratelimit: {failure}; applying {mode_name} (logged once per minute)"
-                ),
-            );
-        }
         match mode {
-            FailureMode::FailOpen => Step::Allow(Vec::new()),
-            FailureMode::FailClosed => Step::Deny(LocalResponse::json_error(
-                503,
-                "rate_limit_unavailable",
-                "the rate-limit service did not answer and this route fails closed",
-            )),
-            FailureMode::LocalFallback => {
-                self.enforce_locally(&pending.route, &pending.limited, shared, metrics, now_us)
-            }
+            FailureMode::FailClosed if l.shadow_mode => FailureMode::LocalFallback,
+            mode => mode,
         }
+    }
+
+    /// Once a minute at most, however many requests degrade.
+    fn log_degraded(&self, failure: &str, applied: &[FailureMode], log: &impl Log, now_us: u64) {
+        let last = self.last_degraded_log_us.get();
+        if last != 0 && now_us.saturating_sub(last) < DEGRADED_LOG_INTERVAL_US {
+            return;
+        }
+        self.last_degraded_log_us.set(now_us.max(1));
+        let names: Vec<&str> = applied.iter().map(|m| m.name()).collect();
+        log.log(
+            Level::Warn,
+            &format!(
+                "nexus-ratelimit: {failure}; applying {} (logged once per minute)",
+                names.join(", ")
+            ),
+        );
     }
 
     fn enforce_locally(

@@ -230,70 +230,6 @@ fn service_verdicts_become_responses() {
 }
 
 #[test]
-fn fail_open_allows_and_is_counted_and_logged_once() {
-    let rl = RateLimiter::from_json(service_config("fail_open").as_bytes()).unwrap();
-    let e = env();
-    let (_, pending) = call(&rl, &e, "alice");
-    for _ in 0..5 {
-        let step = rl.on_service_response(
-            &pending,
-            Err(ServiceFailure::Status(14, "unavailable".into())),
-            &e.shared,
-            &e.metrics,
-            &e.log,
-            T0,
-        );
-        assert_eq!(step, Step::Allow(Vec::new()));
-    }
-    assert_eq!(e.metrics.value("nexus_ratelimit.degraded.fail_open"), 5);
-    let logs = e.log.0.borrow();
-    assert_eq!(logs.len(), 1, "{logs:?}");
-    assert!(logs[0].1.contains("gRPC status 14"), "{}", logs[0].1);
-}
-
-#[test]
-fn fail_closed_answers_503_json() {
-    let rl = RateLimiter::from_json(service_config("fail_closed").as_bytes()).unwrap();
-    let e = env();
-    let (_, pending) = call(&rl, &e, "alice");
-    let Step::Deny(resp) = rl.on_service_response(
-        &pending,
-        Err(ServiceFailure::Dispatch("cluster not found".into())),
-        &e.shared,
-        &e.metrics,
-        &e.log,
-        T0,
-    ) else {
-        panic!("fail_closed must deny")
-    };
-    assert_eq!(resp.status, 503);
-    assert!(String::from_utf8(resp.body)
-        .unwrap()
-        .contains("\"error\":\"rate_limit_unavailable\""));
-}
-
-#[test]
-fn local_fallback_enforces_the_same_limits_locally() {
-    let rl = RateLimiter::from_json(service_config("local_fallback").as_bytes()).unwrap();
-    let e = env();
-    let (_, pending) = call(&rl, &e, "alice");
-    let garbage: &[u8] = &[0xff, 0xff, 0xff];
-    let steps: Vec<bool> = (0..3)
-        .map(|_| {
-            matches!(
-                rl.on_service_response(&pending, Ok(garbage), &e.shared, &e.metrics, &e.log, T0),
-                Step::Allow(_)
-            )
-        })
-        .collect();
-    assert_eq!(steps, [true, true, false]);
-    assert_eq!(
-        e.metrics.value("nexus_ratelimit.degraded.local_fallback"),
-        3
-    );
-}
-
-#[test]
 fn bucket_cas_keeps_workers_consistent() {
     // Two "workers" reading the same token, one writing first: the other must re-read.
     let shared = MemSharedData::default();
@@ -449,4 +385,5 @@ fn quota_mode_denies_locally_only_when_every_quota_bucket_is_empty() {
     assert_eq!(resp.status, 429);
 }
 
+mod failure_modes;
 mod over_limit_cache;

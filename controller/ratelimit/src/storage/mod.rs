@@ -1,5 +1,6 @@
 //! Counter storage behind one trait, one module per backend.
 
+mod batch;
 mod memory;
 mod redis;
 

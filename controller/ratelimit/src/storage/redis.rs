@@ -1,16 +1,19 @@
 //! Counters in Redis, shared by every replica of the service.
 //!
-//! Fixed window: one MULTI/EXEC pipeline of `INCRBY` + `PEXPIRE` per counter (one round trip for
-//! the whole request). GCRA: a Lua script per counter, pipelined, which applies
-//! [`crate::algorithm::gcra`]'s arithmetic atomically. Every operation has a deadline: when Redis
-//! is down or slow the service answers UNAVAILABLE quickly and the proxy's failure mode
-//! decides; the connection manager reconnects by itself when Redis returns.
+//! Fixed window: `INCRBY` + `PEXPIRE` per counter. GCRA: a Lua script per counter, which
+//! applies [`crate::algorithm::gcra`]'s arithmetic atomically. Every counter of a call, and the
+//! counters of every call made meanwhile, go in one pipeline ([`super::batch`]). Every call has
+//! a deadline: when Redis is down or slow the service answers UNAVAILABLE quickly and the
+//! proxy's failure mode decides; the connection manager reconnects by itself when Redis
+//! returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
+use super::batch::{Batcher, Op, Reply};
 use super::{Storage, StorageError};
 use crate::algorithm::{self, Algorithm, Counter, Decision};
 
@@ -74,8 +77,8 @@ pub struct RedisStorage {
     prefix: String,
     timeout: Duration,
     /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
-    conn: LazyConnection,
-    gcra: redis::Script,
+    conn: Arc<LazyConnection>,
+    batch: Batcher,
 }
 
 impl RedisStorage {
@@ -84,11 +87,11 @@ impl RedisStorage {
         let client = redis::Client::open(url)
             .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
-            conn: LazyConnection::new(client.clone(), timeout),
+            conn: Arc::new(LazyConnection::new(client.clone(), timeout)),
             client,
             prefix: prefix.to_string(),
             timeout,
-            gcra: redis::Script::new(GCRA_SCRIPT),
+            batch: Batcher::new(GCRA_SCRIPT),
         })
     }
 
@@ -118,54 +121,82 @@ impl RedisStorage {
         hits: u32,
         now_us: u64,
     ) -> Result<Vec<Decision>, StorageError> {
-        let mut conn = self.connection().await?;
         match algorithm {
-            Algorithm::FixedWindow => {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                let mut ends = Vec::with_capacity(counters.len());
-                for counter in counters {
-                    let (key, end) = algorithm::window_key(counter, now_us);
-                    let ttl_ms = (end - now_us) / 1000 + 1000;
-                    pipe.incr(format!("{}{key}", self.prefix), hits)
-                        .cmd("PEXPIRE")
-                        .arg(format!("{}{key}", self.prefix))
-                        .arg(ttl_ms)
-                        .ignore();
-                    ends.push(end);
-                }
-                let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
-                Ok(counters
-                    .iter()
-                    .zip(counts.iter().zip(ends))
-                    .map(|(c, (count, end))| algorithm::fixed_window(c, *count, end, now_us))
-                    .collect())
-            }
-            Algorithm::Gcra => {
-                let mut decisions = Vec::with_capacity(counters.len());
-                for counter in counters {
-                    let (ok, tat): (u8, u64) = self
-                        .gcra
-                        .key(format!("{}{}", self.prefix, counter.key))
-                        .arg(now_us)
-                        .arg(algorithm::gcra_interval(counter))
-                        .arg(counter.window_us)
-                        .arg(hits)
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(redis_error)?;
-                    // Recompute the decision from the TAT Redis kept, exactly as memory does.
-                    let stored = if ok == 1 {
-                        tat.saturating_sub(algorithm::gcra_interval(counter) * u64::from(hits))
-                    } else {
-                        tat
-                    };
-                    decisions.push(algorithm::gcra(counter, stored, hits, now_us).0);
-                }
-                Ok(decisions)
-            }
+            Algorithm::FixedWindow => self.fixed_window(counters, hits, now_us).await,
+            Algorithm::Gcra => self.gcra(counters, hits, now_us).await,
         }
     }
+
+    async fn fixed_window(
+        &self,
+        counters: &[Counter],
+        hits: u32,
+        now_us: u64,
+    ) -> Result<Vec<Decision>, StorageError> {
+        let (ops, ends): (Vec<Op>, Vec<u64>) = counters
+            .iter()
+            .map(|counter| {
+                let (key, end) = algorithm::window_key(counter, now_us);
+                let op = Op::Incr {
+                    key: format!("{}{key}", self.prefix),
+                    hits,
+                    ttl_ms: (end - now_us) / 1000 + 1000,
+                };
+                (op, end)
+            })
+            .unzip();
+        let replies = self.batch.run(&self.conn, ops).await?;
+        counters
+            .iter()
+            .zip(replies.into_iter().zip(ends))
+            .map(|(c, (reply, end))| match reply {
+                Reply::Count(count) => Ok(algorithm::fixed_window(c, count, end, now_us)),
+                Reply::Gcra(..) => Err(unexpected()),
+            })
+            .collect()
+    }
+
+    async fn gcra(
+        &self,
+        counters: &[Counter],
+        hits: u32,
+        now_us: u64,
+    ) -> Result<Vec<Decision>, StorageError> {
+        let ops = counters
+            .iter()
+            .map(|counter| Op::Gcra {
+                key: format!("{}{}", self.prefix, counter.key),
+                args: [
+                    now_us,
+                    algorithm::gcra_interval(counter),
+                    counter.window_us,
+                    u64::from(hits),
+                ],
+            })
+            .collect();
+        let replies = self.batch.run(&self.conn, ops).await?;
+        counters
+            .iter()
+            .zip(replies)
+            .map(|(counter, reply)| {
+                let Reply::Gcra(ok, tat) = reply else {
+                    return Err(unexpected());
+                };
+                // Recompute the decision from the TAT Redis kept, exactly as memory does.
+                let interval = algorithm::gcra_interval(counter);
+                let stored = if ok == 1 {
+                    tat.saturating_sub(interval * u64::from(hits))
+                } else {
+                    tat
+                };
+                Ok(algorithm::gcra(counter, stored, hits, now_us).0)
+            })
+            .collect()
+    }
+}
+
+fn unexpected() -> StorageError {
+    StorageError("redis answered another kind of operation".into())
 }
 
 impl RedisStorage {
