@@ -526,6 +526,13 @@ async fn run_controller(
     if let Some(options) = cache {
         nexus_controller::cache::start(options, &state).await?;
     }
+    if let Some(sessions) = state.sessions.get() {
+        tokio::spawn(nexus_controller::sessions::follow_providers(
+            client.clone(),
+            settings.allowed_routes.scope.clone(),
+            sessions.clone(),
+        ));
+    }
     // Every replica serves commands; the leader's reconciler publishes route events.
     let leader = state.clone();
     let (reconcile, commands) =

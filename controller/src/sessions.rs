@@ -78,3 +78,62 @@ fn sign_in_settings() -> anyhow::Result<Option<OidcSettings>> {
         .to_string();
     Ok(Some(settings))
 }
+
+/// Every replica's sessions service checks opaque tokens for the filters that reach it (the
+/// Service balances over replicas), and a standby reconciles nothing: so each replica follows
+/// the routes and Secrets in its scope and compiles the providers itself.
+pub async fn follow_providers(
+    client: kube::Client,
+    scope: crate::policy::WatchScope,
+    sessions: Arc<SessionService>,
+) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+    let (routes, route_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let config = watcher::Config::default();
+    let route_events = reflector(
+        route_writer,
+        scope.watch::<crate::crd::NexusRoute>(&client, &(), config.clone()),
+    )
+    .default_backoff()
+    .map(|_| ());
+    let secret_events = reflector(secret_writer, scope.watch::<Secret>(&client, &(), config))
+        .default_backoff()
+        .map(|_| ());
+    let mut events = std::pin::pin!(futures::stream::select(route_events, secret_events));
+    while events.next().await.is_some() {
+        // A burst (the initial lists, an edit of many routes) becomes one recompile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while futures::FutureExt::now_or_never(events.next())
+            .flatten()
+            .is_some()
+        {}
+        let lookup = crate::controller::Secrets::from_store(&secrets);
+        let providers = providers_of(&routes.state(), &lookup);
+        tracing::debug!(providers = providers.len(), "opaque-token providers");
+        sessions.introspector().set_providers(providers);
+    }
+}
+
+/// The opaque-token providers of every valid route that declares one, by their rendered key.
+pub fn providers_of(
+    routes: &[Arc<crate::crd::NexusRoute>],
+    secrets: &dyn crate::model::SecretLookup,
+) -> std::collections::BTreeMap<String, nexus_sessions_service::introspect::ProviderSettings> {
+    let declares = |r: &crate::crd::NexusRoute| {
+        r.spec.auth.as_ref().is_some_and(|a| {
+            a.providers
+                .iter()
+                .any(|p| p.introspection.is_some() || p.github.is_some())
+        })
+    };
+    routes
+        .iter()
+        .filter(|r| declares(r))
+        .filter_map(|r| crate::model::compile(r, secrets).ok())
+        .flat_map(|c| c.introspection)
+        .collect()
+}

@@ -664,6 +664,19 @@ fn opaque_token_providers_render_without_their_secrets() {
         compiled.introspection["default.api.corp"].client_secret,
         "corp-introspection-secret-77ad91"
     );
+    // Every replica's sessions service compiles the same providers from routes and Secrets
+    // (a standby reconciles nothing); the invalid route gives none.
+    let all: Vec<std::sync::Arc<NexusRoute>> = routes
+        .iter()
+        .map(|r| std::sync::Arc::new((*r).clone()))
+        .collect();
+    let followed = nexus_controller::sessions::providers_of(&all, &inputs.secrets);
+    let keys: Vec<&str> = followed.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["default.api.corp", "default.api.github"]);
+    assert_eq!(
+        followed["default.api.github"].client_secret,
+        "gh-app-secret-0c5e7f2a91d84b36"
+    );
     let rendered = serde_json::to_string(&objs).unwrap() + &yaml;
     for secret in [
         "gh-app-secret-0c5e7f2a91d84b36",

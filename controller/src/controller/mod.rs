@@ -32,7 +32,7 @@ use crate::server::State;
 use nexus_events::command::ReconcileArgs;
 use nexus_events::services::Reconcile;
 
-pub use reconcile::{reconcile, FINALIZER};
+pub use reconcile::{reconcile, Secrets, FINALIZER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -27,9 +27,19 @@ use crate::status;
 pub const FINALIZER: &str = "nexus.datapunk.io/cleanup";
 
 /// Secrets from the reflector, with fresh reads for the route being reconciled.
-struct Secrets<'a> {
+pub struct Secrets<'a> {
     store: &'a Store<Secret>,
     fresh: BTreeMap<(String, String), Option<SecretData>>,
+}
+
+impl<'a> Secrets<'a> {
+    /// What the reflector holds, nothing read afresh.
+    pub fn from_store(store: &'a Store<Secret>) -> Self {
+        Self {
+            store,
+            fresh: BTreeMap::new(),
+        }
+    }
 }
 
 impl SecretLookup for Secrets<'_> {
