@@ -9,20 +9,22 @@ use nexus_filter_core::report::{body, hex, ReportSchedule};
 use nexus_filter_core::{Level, Log, Metrics};
 use sha2::{Digest, Sha256};
 
-use crate::{hostcalls, HostLog};
+use crate::{hostcalls, HostLog, HostSharedData};
 
 pub struct Reporter {
     sink: ReportSink,
     body: Vec<u8>,
+    config_sha: String,
     schedule: ReportSchedule,
 }
 
 impl Reporter {
     /// The report of a filter configured with `config` (hashed as received).
     pub fn new(sink: ReportSink, config: &[u8]) -> Self {
+        let config_sha = hex(&Sha256::digest(config));
         let report = ProxyReport {
             filter: text(&["plugin_name"]).unwrap_or_default(),
-            config_sha256: hex(&Sha256::digest(config)),
+            config_sha256: config_sha.clone(),
             module_sha256: sink.module_sha256.clone(),
             node_id: node(&["id"]).unwrap_or_default(),
             pod: node(&["metadata", "NAME"]),
@@ -31,13 +33,18 @@ impl Reporter {
         Self {
             schedule: ReportSchedule::new(&sink),
             body: body(&report),
+            config_sha,
             sink,
         }
     }
 
     /// Sends the report if one is due.
     pub fn tick(&mut self, now_ms: u64, metrics: &impl Metrics) {
-        if !self.schedule.due(now_ms) {
+        if !self.schedule.due(now_ms)
+            || !self
+                .schedule
+                .claim(now_ms, &HostSharedData, &self.config_sha)
+        {
             return;
         }
         let headers = [
@@ -58,7 +65,7 @@ impl Reporter {
                     Level::Warn,
                     &format!("report: no callout to cluster {}: {s}", self.sink.cluster),
                 );
-                self.schedule.not_sent(now_ms, metrics);
+                self.schedule.not_sent(now_ms, &HostSharedData, metrics);
             }
         }
     }
@@ -71,7 +78,8 @@ impl Reporter {
         now_ms: u64,
         metrics: &impl Metrics,
     ) -> bool {
-        self.schedule.answered(token, status, now_ms, metrics)
+        self.schedule
+            .answered(token, status, now_ms, (&HostSharedData, metrics))
     }
 }
 
