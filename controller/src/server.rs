@@ -397,7 +397,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<()> {
                     let resp = if let Some(sessions) = sessions {
                         nexus_sessions_service::http::handle(sessions, req).await
                     } else if report {
-                        take_report(&state, peer.ip(), req).await
+                        take_report(&state, peer.ip().to_canonical(), req).await
                     } else if req.method() == hyper::Method::GET {
                         handle(&state, req.uri().path()).await
                     } else if let (true, Some(cache)) = (cache_invalidation, state.cache.get()) {

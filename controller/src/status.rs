@@ -140,13 +140,35 @@ pub async fn write(
     route: &NexusRoute,
     status: &NexusRouteStatus,
 ) -> Result<(), kube::Error> {
+    apply_status(client, route, status, None).await
+}
+
+/// [`write`], only if the route is still at the resourceVersion of `route` (409 otherwise).
+pub async fn write_over(
+    client: &Client,
+    route: &NexusRoute,
+    status: &NexusRouteStatus,
+) -> Result<(), kube::Error> {
+    apply_status(client, route, status, route.resource_version()).await
+}
+
+async fn apply_status(
+    client: &Client,
+    route: &NexusRoute,
+    status: &NexusRouteStatus,
+    resource_version: Option<String>,
+) -> Result<(), kube::Error> {
     let api: Api<NexusRoute> =
         Api::namespaced(client.clone(), &route.namespace().unwrap_or_default());
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": crate::crd::api_version(),
         "kind": "NexusRoute",
         "status": status,
     });
+    if let Some(rv) = resource_version {
+        // A precondition of the apply: the API server answers 409 if the object moved on.
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(&route.name_any(), &params, &Patch::Apply(&patch))
         .await?;

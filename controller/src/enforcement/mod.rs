@@ -53,23 +53,34 @@ impl Enforcer {
                 () = self.reports.changed() => tokio::time::sleep(Duration::from_millis(200)).await,
                 () = tokio::time::sleep(self.interval) => {}
             }
-            if let Err(e) = self.evaluate_all().await {
-                tracing::warn!(error = %e, "evaluating proxy reports failed");
+            self.evaluate_all().await;
+        }
+    }
+
+    /// Every group; one that fails (an API error) is logged and the others still count.
+    async fn evaluate_all(&self) {
+        let reports = self.reports.fresh(self.interval * INTERVALS_KEPT);
+        for (key, routes) in programmed_groups(&self.routes.state()) {
+            if let Err(e) = self.evaluate(&key, &routes, &reports).await {
+                tracing::warn!(error = %e, group = %key.name(), namespace = %key.namespace,
+                    "evaluating proxy reports failed");
             }
         }
     }
 
-    async fn evaluate_all(&self) -> Result<(), kube::Error> {
-        let reports = self.reports.fresh(self.interval * INTERVALS_KEPT);
-        for (key, routes) in programmed_groups(&self.routes.state()) {
-            let Some(expected) = self.expected(&key).await? else {
-                continue;
-            };
-            let pods = self.pods(&key).await?;
-            let enforcement = verdict::evaluate(&expected, &pods, &reports);
-            for route in routes {
-                self.write_if_changed(&route, &enforcement).await?;
-            }
+    async fn evaluate(
+        &self,
+        key: &GroupKey,
+        routes: &[Arc<NexusRoute>],
+        reports: &[reports::Received],
+    ) -> Result<(), kube::Error> {
+        let Some(expected) = self.expected(key).await? else {
+            return Ok(());
+        };
+        let pods = self.pods(key).await?;
+        let enforcement = verdict::evaluate(&expected, &pods, reports);
+        for route in routes {
+            self.write_if_changed(route, &enforcement).await?;
         }
         Ok(())
     }
@@ -110,10 +121,15 @@ impl Enforcer {
             enforcement,
             &crate::status::now(),
         );
-        if after != before {
-            crate::status::write(&self.client, route, &after).await?;
+        if after == before {
+            return Ok(());
         }
-        Ok(())
+        // Written only over the copy it was computed from: a reconcile that wrote status since
+        // (a new generation programmed) wins, and the next evaluation starts from its status.
+        match crate::status::write_over(&self.client, route, &after).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            other => other,
+        }
     }
 }
 
