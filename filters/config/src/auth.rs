@@ -629,28 +629,41 @@ impl AuthConfig {
     }
 }
 
+/// The sessions service's call settings, shared by sessions and opaque-token lookups: a
+/// cluster and authority, a timeout, and a bounded answer cache.
+fn check_service_call(
+    at: &str,
+    (cluster, authority): (&str, &str),
+    timeout_ms: u64,
+    cache_entries: u32,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (field, value) in [("cluster", cluster), ("authority", authority)] {
+        if value.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.{field}"),
+                "must not be empty",
+            ));
+        }
+    }
+    if timeout_ms == 0 {
+        errors.push(ConfigError::new(
+            format!("{at}.timeout_ms"),
+            "must be at least 1",
+        ));
+    }
+    if !(1..=1 << 20).contains(&cache_entries) {
+        errors.push(ConfigError::new(
+            format!("{at}.cache_entries"),
+            "from 1 to 1048576",
+        ));
+    }
+}
+
 impl Validate for Introspection {
     fn validate(&self, at: &str, errors: &mut Vec<ConfigError>) {
-        for (field, value) in [("cluster", &self.cluster), ("authority", &self.authority)] {
-            if value.is_empty() {
-                errors.push(ConfigError::new(
-                    format!("{at}.{field}"),
-                    "must not be empty",
-                ));
-            }
-        }
-        if self.timeout_ms == 0 {
-            errors.push(ConfigError::new(
-                format!("{at}.timeout_ms"),
-                "must be at least 1",
-            ));
-        }
-        if !(1..=1 << 20).contains(&self.cache_entries) {
-            errors.push(ConfigError::new(
-                format!("{at}.cache_entries"),
-                "from 1 to 1048576",
-            ));
-        }
+        let service = (self.cluster.as_str(), self.authority.as_str());
+        check_service_call(at, service, self.timeout_ms, self.cache_entries, errors);
         if self.providers.is_empty() {
             errors.push(ConfigError::new(
                 format!("{at}.providers"),
@@ -819,26 +832,8 @@ impl Validate for Sessions {
                 "must not be empty",
             ));
         }
-        for (field, value) in [("cluster", &self.cluster), ("authority", &self.authority)] {
-            if value.is_empty() {
-                errors.push(ConfigError::new(
-                    format!("{at}.{field}"),
-                    "must not be empty",
-                ));
-            }
-        }
-        if self.timeout_ms == 0 {
-            errors.push(ConfigError::new(
-                format!("{at}.timeout_ms"),
-                "must be at least 1",
-            ));
-        }
-        if !(1..=1 << 20).contains(&self.cache_entries) {
-            errors.push(ConfigError::new(
-                format!("{at}.cache_entries"),
-                "from 1 to 1048576",
-            ));
-        }
+        let service = (self.cluster.as_str(), self.authority.as_str());
+        check_service_call(at, service, self.timeout_ms, self.cache_entries, errors);
         for (i, h) in self.headers.iter().enumerate() {
             check_header(h, &format!("{at}.headers[{i}]"), errors);
         }
