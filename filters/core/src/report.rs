@@ -70,6 +70,11 @@ impl ReportSchedule {
         true
     }
 
+    /// Whether callout `token` is the report in flight.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.in_flight == Some(token)
+    }
+
     /// A report went out with callout `token`.
     pub fn sent(&mut self, token: u32) {
         self.in_flight = Some(token);
@@ -91,7 +96,7 @@ impl ReportSchedule {
         now_ms: u64,
         (shared, metrics): (&impl SharedData, &impl Metrics),
     ) -> bool {
-        if self.in_flight != Some(token) {
+        if !self.awaits(token) {
             return false;
         }
         self.in_flight = None;

@@ -221,9 +221,8 @@ impl<F: Filter> Root<F> {
                 .flatten()
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
         };
-        let now_ms = hostcalls::now_unix_nanos() / 1_000_000;
         if let Some(r) = self.reporter.borrow_mut().as_mut() {
-            if r.answered(token, status, now_ms, &self.metrics) {
+            if r.answered(token, status, &self.metrics) {
                 return;
             }
         }

@@ -70,14 +70,13 @@ impl Reporter {
         }
     }
 
-    /// The answer to a callout; false if it was not a report's.
-    pub fn answered(
-        &mut self,
-        token: u32,
-        status: Option<u32>,
-        now_ms: u64,
-        metrics: &impl Metrics,
-    ) -> bool {
+    /// The answer to a callout; false if it was not a report's. The clock is read only for a
+    /// report's answer: most answers are requests' callouts.
+    pub fn answered(&mut self, token: u32, status: Option<u32>, metrics: &impl Metrics) -> bool {
+        if !self.schedule.awaits(token) {
+            return false;
+        }
+        let now_ms = hostcalls::now_unix_nanos() / 1_000_000;
         self.schedule
             .answered(token, status, now_ms, (&HostSharedData, metrics))
     }
