@@ -369,6 +369,10 @@ pub struct ProviderSpec {
     /// /applications/{clientId}/token`); the identity is the user's `login`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubSpec>,
+    /// Browser sign-in with this OpenID provider (`issuer`, keys and endpoints found by
+    /// discovery): needs `auth.sessions`; at most one provider of a route signs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_in: Option<SignInSpec>,
     /// Opaque tokens: seconds a proxy trusts an active token without asking again (default
     /// 60; never past the token's expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -405,6 +409,26 @@ pub struct IntrospectionSpec {
     pub client_secret_ref: SecretKeyRef,
     /// The answer's claim naming the client (`x-nexus-client-id`); default `sub`, then
     /// `client_id` for a token without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_claim: Option<String>,
+}
+
+/// The OAuth client a provider signs browsers in with (authorization code, PKCE, `state`,
+/// `nonce`), run by the sessions service, which alone reads the secret. Google:
+/// `issuer: https://accounts.google.com`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignInSpec {
+    pub client_id: String,
+    /// The client secret: a key of a Secret in the route's namespace.
+    pub client_secret_ref: SecretKeyRef,
+    /// The callback as browsers reach it, registered at the provider
+    /// (`https://portal.example.com/_nexus/callback`; the path must be `/_nexus/callback`).
+    pub redirect_uri: String,
+    /// Default `openid email profile`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The ID-token claim naming the client (`x-nexus-client-id`); default `email`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id_claim: Option<String>,
 }

@@ -249,13 +249,14 @@ pub fn reconcile(
     compiler: &Compiler,
     secrets: &dyn SecretLookup,
     previous_group: Option<&str>,
+    settings: &Settings,
 ) -> Plan {
     let outcome = snapshot.outcome(route, compiler, secrets);
     let route_objects = match (
         outcome.as_ref(),
         route.metadata.deletion_timestamp.is_none(),
     ) {
-        (Ok(c), true) => render::render_route(c),
+        (Ok(c), true) => render::render_route(c, settings),
         _ => Vec::new(),
     };
     let key = model::group_key(route);
@@ -326,7 +327,7 @@ pub fn render_all(
     let mut objects = Vec::new();
     for c in outs.values().flatten() {
         groups.entry(c.group.clone()).or_default().push(c);
-        objects.extend(render::render_route(c));
+        objects.extend(render::render_route(c, settings));
     }
     for (g, mut members) in groups {
         members.sort_by(|a, b| {

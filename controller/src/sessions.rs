@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_cache_service::CacheService;
-use nexus_sessions_service::signin::OidcSettings;
 use nexus_sessions_service::storage::{MemoryStorage, RedisStorage};
 use nexus_sessions_service::{Config, SessionService};
 
 /// `NEXUS_SESSION_TTL_SECONDS` overrides the absolute session lifetime (default 86400).
-/// `NEXUS_SIGN_IN_CONFIG` names a JSON file of `nexus_sessions_service::signin::OidcSettings`
-/// (issuer, client id, redirect URI, ...) and `NEXUS_SIGN_IN_CLIENT_SECRET_FILE` the file
-/// holding the client secret (a mounted Secret in a cluster): browser sign-in is then on.
+/// Browser sign-in is on when a route's provider has `signIn` ([`follow_providers`], or
+/// `nexus up`'s routes).
 pub fn build(
     redis_url: Option<&str>,
     cache: Arc<CacheService>,
@@ -48,35 +46,8 @@ pub fn build(
             config,
         ),
     };
-    let service = match sign_in_settings()? {
-        Some(settings) => {
-            tracing::info!(issuer = %settings.issuer, client_id = %settings.client_id, "browser sign-in on");
-            service.with_sign_in(settings)?
-        }
-        None => service,
-    };
     tracing::info!(backend = %service.describe(), ttl_s = service.config().ttl.as_secs(), "serving the sessions service (absolute expiry)");
     Ok(Arc::new(service))
-}
-
-/// The sign-in provider from `NEXUS_SIGN_IN_CONFIG` and its secret from
-/// `NEXUS_SIGN_IN_CLIENT_SECRET_FILE` (never from the environment itself, nor logged).
-fn sign_in_settings() -> anyhow::Result<Option<OidcSettings>> {
-    let Ok(path) = std::env::var("NEXUS_SIGN_IN_CONFIG") else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("NEXUS_SIGN_IN_CONFIG={path}: {e}"))?;
-    let mut settings: OidcSettings = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("NEXUS_SIGN_IN_CONFIG={path}: {e}"))?;
-    let secret_path = std::env::var("NEXUS_SIGN_IN_CLIENT_SECRET_FILE").map_err(|_| {
-        anyhow::anyhow!("NEXUS_SIGN_IN_CONFIG is set: NEXUS_SIGN_IN_CLIENT_SECRET_FILE must name the client secret's file")
-    })?;
-    settings.client_secret = std::fs::read_to_string(&secret_path)
-        .map_err(|e| anyhow::anyhow!("NEXUS_SIGN_IN_CLIENT_SECRET_FILE={secret_path}: {e}"))?
-        .trim()
-        .to_string();
-    Ok(Some(settings))
 }
 
 /// Every replica's sessions service checks opaque tokens for the filters that reach it (the
@@ -112,10 +83,49 @@ pub async fn follow_providers(
             .is_some()
         {}
         let lookup = crate::controller::Secrets::from_store(&secrets);
-        let providers = providers_of(&routes.state(), &lookup);
+        let compiled = compile_declaring(&routes.state(), &lookup);
+        let providers: std::collections::BTreeMap<_, _> = compiled
+            .iter()
+            .flat_map(|c| c.introspection.clone())
+            .collect();
         tracing::debug!(providers = providers.len(), "opaque-token providers");
         sessions.introspector().set_providers(providers);
+        if let Err(e) = sessions.set_sign_in(sign_in_of(&compiled)) {
+            tracing::error!(error = %e, "browser sign-in is off");
+        }
     }
+}
+
+/// Every valid route that declares a provider the sessions service serves (opaque tokens,
+/// sign-in), compiled, oldest first (the merge order of the filters' configuration).
+pub fn compile_declaring(
+    routes: &[Arc<crate::crd::NexusRoute>],
+    secrets: &dyn crate::model::SecretLookup,
+) -> Vec<crate::model::CompiledRoute> {
+    let declares = |r: &crate::crd::NexusRoute| {
+        r.spec.auth.as_ref().is_some_and(|a| {
+            a.providers
+                .iter()
+                .any(|p| p.introspection.is_some() || p.github.is_some() || p.sign_in.is_some())
+        })
+    };
+    let mut out: Vec<_> = routes
+        .iter()
+        .filter(|r| declares(r))
+        .filter_map(|r| crate::model::compile(r, secrets).ok())
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    out
+}
+
+/// The provider browsers sign in with: one per sessions service, the oldest route's (as the
+/// session cookie's settings are).
+pub fn sign_in_of(
+    compiled: &[crate::model::CompiledRoute],
+) -> Option<nexus_sessions_service::signin::OidcSettings> {
+    compiled.iter().find_map(|c| c.sign_in.clone())
 }
 
 /// The opaque-token providers of every valid route that declares one, by their rendered key.
@@ -123,17 +133,8 @@ pub fn providers_of(
     routes: &[Arc<crate::crd::NexusRoute>],
     secrets: &dyn crate::model::SecretLookup,
 ) -> std::collections::BTreeMap<String, nexus_sessions_service::introspect::ProviderSettings> {
-    let declares = |r: &crate::crd::NexusRoute| {
-        r.spec.auth.as_ref().is_some_and(|a| {
-            a.providers
-                .iter()
-                .any(|p| p.introspection.is_some() || p.github.is_some())
-        })
-    };
-    routes
-        .iter()
-        .filter(|r| declares(r))
-        .filter_map(|r| crate::model::compile(r, secrets).ok())
+    compile_declaring(routes, secrets)
+        .into_iter()
         .flat_map(|c| c.introspection)
         .collect()
 }

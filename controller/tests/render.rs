@@ -823,3 +823,74 @@ spec:
     assert_eq!(file, Path::new("typo.yaml"));
     assert!(error.contains("max_scan_byte"), "{error}");
 }
+
+#[test]
+fn sign_in_routes_nexus_paths_to_the_sessions_service_past_the_filters() {
+    let file = root().join("tests/fixtures/cases/sign-in.yaml");
+    let (yaml, problems) = render_file(&file);
+    assert!(
+        problems.contains("default/portal: accepted (1 rules)"),
+        "{problems}"
+    );
+    for expected in [
+        "default/no-sessions: InvalidSpec $.spec.auth.providers[0].signIn.redirectUri: \"https://other.example.com/callback\" must be an http(s) URI whose path is /_nexus/callback",
+        "default/no-sessions: InvalidSpec $.spec.auth.sessions: a provider with signIn needs sessions (the cookie it sets)",
+        "default/in-sidecar: InvalidSpec $.spec.target.kind: browser sign-in (a provider's signIn) needs kind Gateway",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    assert!(
+        !yaml.contains("GOCSPX-google-secret-5d1f0e9a"),
+        "the secret was rendered"
+    );
+
+    let inputs = input::read_files(&[file]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let (objs, outcomes) = plan::render_all(&routes, &inputs.secrets, &settings()).unwrap();
+    // The sessions service gets the provider with its secret and the route's cookie.
+    let portal = outcomes[&("default".to_string(), "portal".to_string())]
+        .as_ref()
+        .unwrap();
+    let s = portal.sign_in.as_ref().unwrap();
+    assert_eq!(s.issuer, "https://accounts.google.com");
+    assert_eq!(s.client_secret, "GOCSPX-google-secret-5d1f0e9a");
+    assert_eq!(
+        (s.cookie.as_str(), s.client_id_claim.as_str()),
+        ("nexus-session", "email")
+    );
+    assert_eq!(s.claims_to_headers["email"], "x-nexus-email");
+
+    // The VirtualService sends /_nexus/ to the controller before any rule.
+    let vs = objs.iter().find(|o| o["kind"] == "VirtualService").unwrap();
+    let first = &vs["spec"]["http"][0];
+    assert_eq!(first["name"], "portal.nexus-sign-in");
+    assert_eq!(first["match"][0]["uri"]["prefix"], "/_nexus/");
+    assert_eq!(
+        first["route"][0]["destination"]["host"],
+        "nexus-controller.nexus-system.svc.cluster.local"
+    );
+    // ... and the EnvoyFilter turns every Nexus filter off on that route.
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let patch = ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "HTTP_ROUTE")
+        .unwrap();
+    assert_eq!(
+        patch["match"]["routeConfiguration"]["vhost"]["route"]["name"],
+        "portal.nexus-sign-in"
+    );
+    let off = patch["patch"]["value"]["typed_per_filter_config"]
+        .as_object()
+        .unwrap();
+    let mut names: Vec<&str> = off.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["nexus.auth", "nexus.ratelimit", "nexus.router"]);
+    assert_eq!(off["nexus.auth"]["disabled"], true);
+    // Browsers without a session go to the sign-in start; the email header is the session's.
+    let auth: AuthConfig = nexus_config::parse(&filter_config(ef, "auth")).unwrap();
+    let sessions = auth.sessions.unwrap();
+    assert_eq!(sessions.sign_in_path.as_deref(), Some("/_nexus/sign-in"));
+    assert_eq!(sessions.headers, ["x-nexus-email"]);
+}

@@ -20,11 +20,7 @@ fn cached() -> PathBuf {
 
 fn installed(dir: &Path) -> bool {
     dir.join("node_modules/@kubernetes-models/istio").is_dir()
-        && same_file(&sources().join("package.json"), &dir.join("package.json"))
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+        && crate::same_file(&sources().join("package.json"), &dir.join("package.json"))
 }
 
 /// The directory with the schemas installed; never installs.
@@ -67,7 +63,7 @@ pub fn validate(files: &[PathBuf]) -> Result<String> {
     // ES modules resolve imports next to the script, so it runs from the install directory.
     let script = dir.join("validate.mjs");
     let source = sources().join("validate.mjs");
-    if !same_file(&source, &script) {
+    if !crate::same_file(&source, &script) {
         let _lock = crate::lock(&dir)?;
         crate::install_file(&source, &script, 0o644)?;
     }

@@ -11,6 +11,8 @@
 //! | Istio's CRD schemas | npm `@kubernetes-models/istio` | `istio-validate/` |
 //! | wrk, valgrind (benches) | Debian | the system |
 //! | prometheus + promtool | Debian `prometheus` | the system |
+//! | Chromium + ChromeDriver | Debian `chromium`, `chromium-driver` | the system |
+//! | an OpenID provider | npm `oidc-provider` | `oidc-provider/` |
 //!
 //! The cache is `$NEXUS_CACHE_DIR`, else `$XDG_CACHE_HOME/nexus`, else `~/.cache/nexus`.
 //! Ecosystem conventions win over the cache: `ENVOY_BIN` or an `envoy` on `PATH`, and
@@ -22,6 +24,7 @@
 //! never install anything, so a test that lacks a tool fails and names the command.
 
 pub mod apt;
+pub mod browser;
 pub mod envoy;
 pub mod helm;
 pub mod istio;
@@ -46,24 +49,30 @@ pub enum Tool {
     Wrk,
     Valgrind,
     Prometheus,
+    Chromium,
+    OidcProvider,
 }
 
 impl Tool {
     /// What `cargo xtask test` needs.
-    pub const TESTS: [Tool; 5] = [
+    pub const TESTS: [Tool; 7] = [
         Tool::Envoy,
         Tool::KubeApiServer,
         Tool::Helm,
         Tool::IstioSchemas,
         Tool::Prometheus,
+        Tool::Chromium,
+        Tool::OidcProvider,
     ];
     /// Everything, for `cargo xtask setup`.
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 9] = [
         Tool::Envoy,
         Tool::KubeApiServer,
         Tool::Helm,
         Tool::IstioSchemas,
         Tool::Prometheus,
+        Tool::Chromium,
+        Tool::OidcProvider,
         Tool::Wrk,
         Tool::Valgrind,
     ];
@@ -77,6 +86,8 @@ impl Tool {
             Tool::Wrk => "wrk",
             Tool::Valgrind => "valgrind",
             Tool::Prometheus => "prometheus + promtool",
+            Tool::Chromium => "chromium + chromedriver",
+            Tool::OidcProvider => "OpenID provider (npm oidc-provider)",
         }
     }
 
@@ -91,6 +102,12 @@ impl Tool {
             Tool::Valgrind => apt::on_path("valgrind").then(|| "valgrind".to_string()),
             Tool::Prometheus => (prometheus::server().is_ok() && prometheus::promtool().is_ok())
                 .then(|| prometheus::PACKAGE.to_string()),
+            Tool::Chromium => browser::chromium()
+                .ok()
+                .map(|(b, _)| b.display().to_string()),
+            Tool::OidcProvider => browser::oidc_provider()
+                .ok()
+                .map(|p| p.display().to_string()),
         }
     }
 
@@ -103,6 +120,8 @@ impl Tool {
             Tool::Wrk => apt::ensure(&["wrk"]),
             Tool::Valgrind => apt::ensure(&["valgrind"]),
             Tool::Prometheus => prometheus::install(),
+            Tool::Chromium => browser::install_chromium(),
+            Tool::OidcProvider => browser::install_oidc_provider(step),
         }
     }
 }
@@ -147,6 +166,10 @@ fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
 
 /// An exclusive lock on `dir/.lock`, held until the returned file is dropped: two clones (or
 /// two parallel tests) installing the same tool wait for each other instead of racing.
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+}
+
 pub(crate) fn lock(dir: &Path) -> Result<File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(".lock");

@@ -32,6 +32,8 @@ pub const REVOKE_PATH: &str = "/sessions/v1/revoke";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Browser sign-in (see [`crate::signin`]), when a provider is configured.
+/// Every browser endpoint is under it: the gateway routes it to this service.
+pub const BROWSER_PREFIX: &str = "/_nexus/";
 pub const SIGN_IN_PATH: &str = "/_nexus/sign-in";
 pub const CALLBACK_PATH: &str = "/_nexus/callback";
 pub const LOGOUT_PATH: &str = "/_nexus/logout";

@@ -72,7 +72,9 @@ pub struct SessionService {
     config: Config,
     clock: Clock,
     random: SystemRandom,
-    sign_in: Option<signin::SignIn>,
+    /// Replaced whole when the routes name another provider (`set_sign_in`); sign-ins in
+    /// progress survive, their `state` lives in the store.
+    sign_in: std::sync::RwLock<Option<Arc<signin::SignIn>>>,
     introspector: introspect::Introspector,
 }
 
@@ -98,19 +100,33 @@ impl SessionService {
             introspector: introspect::Introspector::new(clock.clone()),
             clock,
             random: SystemRandom::new(),
-            sign_in: None,
+            sign_in: std::sync::RwLock::new(None),
         }
     }
 
     /// Signs browsers in with this OpenID provider (`/_nexus/sign-in`, `/_nexus/callback`,
     /// `/_nexus/logout`).
-    pub fn with_sign_in(mut self, settings: signin::OidcSettings) -> anyhow::Result<Self> {
-        self.sign_in = Some(signin::SignIn::new(settings)?);
+    pub fn with_sign_in(self, settings: signin::OidcSettings) -> anyhow::Result<Self> {
+        self.set_sign_in(Some(settings))?;
         Ok(self)
     }
 
-    pub fn sign_in(&self) -> Option<&signin::SignIn> {
-        self.sign_in.as_ref()
+    /// The provider browsers sign in with from now on (`None`: sign-in answers 404). The same
+    /// settings again change nothing.
+    pub fn set_sign_in(&self, settings: Option<signin::OidcSettings>) -> anyhow::Result<()> {
+        let current = self.sign_in();
+        if current.as_ref().map(|s| s.settings()) == settings.as_ref() {
+            return Ok(());
+        }
+        let next = settings.map(signin::SignIn::new).transpose()?.map(Arc::new);
+        if let Ok(mut slot) = self.sign_in.write() {
+            *slot = next;
+        }
+        Ok(())
+    }
+
+    pub fn sign_in(&self) -> Option<Arc<signin::SignIn>> {
+        self.sign_in.read().ok().and_then(|s| s.clone())
     }
 
     /// The providers of opaque tokens and their verdicts.

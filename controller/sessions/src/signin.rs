@@ -133,6 +133,10 @@ impl SignIn {
         })
     }
 
+    pub fn settings(&self) -> &OidcSettings {
+        &self.settings
+    }
+
     fn random(&self) -> Result<String, Reply> {
         let mut b = [0u8; 32];
         self.random

@@ -182,7 +182,14 @@ fn plan_now(
         .collect();
     routes.push(route);
     let snapshot = Snapshot::new(routes, &ctx.settings.allowed_routes);
-    let plan = plan::reconcile(route, &snapshot, &ctx.compiler, secrets, previous_group);
+    let plan = plan::reconcile(
+        route,
+        &snapshot,
+        &ctx.compiler,
+        secrets,
+        previous_group,
+        &ctx.settings,
+    );
     let micros = started.elapsed().as_micros() as u64;
     ctx.state
         .metrics

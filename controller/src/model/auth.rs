@@ -10,11 +10,13 @@ use nexus_config::auth::{self, AuthConfig};
 use nexus_config::Validate;
 
 use nexus_sessions_service::introspect::{Kind, ProviderSettings};
+use nexus_sessions_service::signin::OidcSettings;
 
 use crate::crd::{ApiKeysSpec, AuthSpec, ProviderSpec, SessionsSpec, TokenLocation};
 
 use super::problem::Ctx;
 use super::secrets::{self, SecretLookup};
+use super::sign_in;
 
 /// JWKS refresh period when `jwksRefreshSeconds` is not given.
 const DEFAULT_JWKS_REFRESH_S: u64 = 600;
@@ -72,6 +74,8 @@ pub(super) struct RouteAuth {
     pub(super) introspection: BTreeMap<String, ProviderSettings>,
     pub(super) has_keys: bool,
     pub(super) has_sessions: bool,
+    /// The provider browsers sign in with, for the sessions service (client secret included).
+    pub(super) sign_in: Option<OidcSettings>,
     /// The requirement of rules that set none: `defaultRequirement`, else allow.
     pub(super) default: auth::Requirement,
 }
@@ -88,6 +92,7 @@ pub(super) fn compile(
     let mut names = BTreeSet::new();
     let mut providers = BTreeSet::new();
     let mut opaque = Opaque::default();
+    let mut sign_in = None;
     for (i, p) in spec.providers.iter().enumerate() {
         let at = format!("$.spec.auth.providers[{i}]");
         if p.name.is_empty() || !names.insert(p.name.clone()) {
@@ -95,6 +100,20 @@ pub(super) fn compile(
                 format!("{at}.name"),
                 format!("provider name {:?} is empty or not unique", p.name),
             );
+        }
+        if let Some(s) = &p.sign_in {
+            let cookie = spec.sessions.as_ref().and_then(|s| s.cookie.clone());
+            let cookie = cookie.unwrap_or_else(|| auth::Sessions::with_cluster("").cookie);
+            let settings = sign_in::compile(cx, p, s, &cookie, &at, secrets);
+            if sign_in.replace(settings).is_some() {
+                cx.bad(
+                    format!("{at}.signIn"),
+                    "only one provider of a route signs in",
+                );
+            }
+            if p.jwks_uri.is_none() && p.jwks.is_none() {
+                continue; // Not also a JWT provider: its keys serve the sign-in alone.
+            }
         }
         if p.introspection.is_some() || p.github.is_some() {
             let key = introspection_key(cx.ns, route, &p.name);
@@ -112,7 +131,12 @@ pub(super) fn compile(
         config.api_keys = Some(api_keys(cx, keys, secrets));
     }
     if let Some(s) = &spec.sessions {
-        config.sessions = Some(sessions(cx, s));
+        config.sessions = Some(sessions(cx, s, sign_in.as_ref()));
+    } else if sign_in.is_some() {
+        cx.bad(
+            "$.spec.auth.sessions",
+            "a provider with signIn needs sessions (the cookie it sets)",
+        );
     }
     let mut out = RouteAuth {
         config,
@@ -124,6 +148,7 @@ pub(super) fn compile(
         has_keys: spec.api_keys.is_some(),
         has_sessions: spec.sessions.is_some(),
         default: auth::Requirement::Allow,
+        sign_in,
     };
     if let Some(r) = &spec.default_requirement {
         out.default = out.requirement(cx, r, "$.spec.auth.defaultRequirement");
@@ -344,7 +369,9 @@ fn api_keys(cx: &mut Ctx, keys: &ApiKeysSpec, secrets: &dyn SecretLookup) -> aut
 pub const SESSIONS_CLUSTER_PLACEHOLDER: &str = "nexus-sessions";
 
 /// `spec.auth.sessions`, checked by the filter's own validation (paths in CRD spelling).
-fn sessions(cx: &mut Ctx, s: &SessionsSpec) -> auth::Sessions {
+/// `spec.auth.sessions`; with sign-in on, browsers go to its start unless `signInPath` says
+/// otherwise, and the headers its claims set are the session's (clients cannot send them).
+fn sessions(cx: &mut Ctx, s: &SessionsSpec, sign_in: Option<&OidcSettings>) -> auth::Sessions {
     let mut out = auth::Sessions::with_cluster(SESSIONS_CLUSTER_PLACEHOLDER);
     if let Some(c) = &s.cookie {
         out.cookie = c.clone();
@@ -354,6 +381,15 @@ fn sessions(cx: &mut Ctx, s: &SessionsSpec) -> auth::Sessions {
     }
     out.sign_in_path = s.sign_in_path.clone();
     out.headers = s.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    if let Some(settings) = sign_in {
+        out.sign_in_path
+            .get_or_insert_with(|| sign_in::DEFAULT_SIGN_IN_PATH.to_string());
+        for h in settings.claims_to_headers.values() {
+            if !out.headers.contains(h) {
+                out.headers.push(h.clone());
+            }
+        }
+    }
     let at = "$.spec.auth.sessions";
     let mut errors = Vec::new();
     out.validate(at, &mut errors);

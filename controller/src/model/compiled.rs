@@ -54,6 +54,9 @@ pub struct CompiledRoute {
     /// included: never rendered), by the provider's name in `auth.introspection`.
     pub introspection:
         std::collections::BTreeMap<String, nexus_sessions_service::introspect::ProviderSettings>,
+    /// The provider browsers sign in with (client secret included: never rendered); the
+    /// gateway then routes `/_nexus/*` to the sessions service.
+    pub sign_in: Option<nexus_sessions_service::signin::OidcSettings>,
     pub rate_limits: RouteLimits,
     pub outlier: Outlier,
     pub pool: ConnectionPool,

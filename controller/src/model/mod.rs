@@ -26,6 +26,7 @@ mod requirements;
 mod resilience;
 mod rules;
 mod secrets;
+mod sign_in;
 mod syntax;
 mod target;
 mod upstream;
@@ -65,6 +66,14 @@ pub fn compile(
     let retry = resilience::default_retry(&mut cx, spec.retries.as_ref());
     let categories = categories::compile(&mut cx, &spec.categories);
     let mut auth = auth::compile(&mut cx, spec.auth.as_ref(), &name, secrets);
+    if auth.sign_in.is_some() && spec.target.kind == crate::crd::TargetKind::Sidecar {
+        // Browsers arrive through a gateway; a sidecar's inbound routes are not where the
+        // sign-in endpoints could be routed.
+        cx.bad(
+            "$.spec.target.kind",
+            "browser sign-in (a provider's signIn) needs kind Gateway",
+        );
+    }
     let inherited = rules::Inherited {
         route: &name,
         categories: &categories,
@@ -97,6 +106,7 @@ pub fn compile(
         rules,
         default_upstream,
         introspection: auth.introspection,
+        sign_in: auth.sign_in,
         auth: auth.config,
         rate_limits,
         outlier,

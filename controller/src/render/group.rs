@@ -69,7 +69,12 @@ pub fn render_group(
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();
-    for (filter, configuration) in filter_configurations(&cfg, &services)? {
+    let filters = filter_configurations(&cfg, &services)?;
+    let names: Vec<String> = filters.iter().map(|(f, _)| format!("nexus.{f}")).collect();
+    for r in routes.iter().filter(|r| r.sign_in.is_some()) {
+        patches.push(sign_in_route_patch(group.kind, r, &names));
+    }
+    for (filter, configuration) in filters {
         patches.push(wasm_patch(
             group.kind,
             filter,
@@ -117,6 +122,24 @@ fn patch_context(kind: TargetKind) -> &'static str {
         TargetKind::Gateway => "GATEWAY",
         TargetKind::Sidecar => "SIDECAR_INBOUND",
     }
+}
+
+/// Turns the Nexus filters off on the route's sign-in endpoints (see
+/// [`super::route::sign_in_route_name`]): they are the sessions service's, not an API.
+fn sign_in_route_patch(kind: TargetKind, r: &CompiledRoute, filters: &[String]) -> Value {
+    json!({
+        "applyTo": "HTTP_ROUTE",
+        "match": {
+            "context": patch_context(kind),
+            "routeConfiguration": { "vhost": { "route": {
+                "name": super::route::sign_in_route_name(&r.name),
+            }}},
+        },
+        "patch": {
+            "operation": "MERGE",
+            "value": { "typed_per_filter_config": super::filters_disabled(filters.iter().map(String::as_str)) },
+        },
+    })
 }
 
 /// Raises the workloads' listener buffer limit (Istio's `LISTENER` + `MERGE` patch) to what the

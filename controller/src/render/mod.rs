@@ -27,6 +27,21 @@ pub use configs::{
 pub use group::{group_object_names, render_group};
 pub use route::render_route;
 
+/// Envoy's per-route `typed_per_filter_config` turning off each named Nexus filter
+/// (`FilterConfig.disabled`) on a route: the sign-in endpoints are the sessions service's own,
+/// which checks what they carry itself, not an API the filters guard.
+pub fn filters_disabled<'a>(names: impl Iterator<Item = &'a str>) -> Value {
+    let off = json!({
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "disabled": true,
+    });
+    let map: serde_json::Map<String, Value> = names
+        .filter(|n| n.starts_with("nexus."))
+        .map(|n| (n.to_string(), off.clone()))
+        .collect();
+    Value::Object(map)
+}
+
 pub const FIELD_MANAGER: &str = "nexus-controller";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_GROUP: &str = "nexus.datapunk.io/group";

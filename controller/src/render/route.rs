@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use nexus_config::contract;
 use serde_json::{json, Value};
 
-use super::{meta, object, owner_ref, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_ROUTE};
+use super::{
+    meta, object, owner_ref, Settings, FIELD_MANAGER, HTTP_PORT, LABEL_MANAGED_BY, LABEL_ROUTE,
+};
 use crate::crd::{Protocol, TargetKind};
 use crate::model::{duration_text, CompiledRoute, ResolvedUpstream};
 use crate::objects::{Kind, Object};
@@ -24,10 +26,13 @@ fn destination(u: &ResolvedUpstream) -> Value {
 }
 
 /// VirtualService + DestinationRules of one accepted route.
-pub fn render_route(r: &CompiledRoute) -> Vec<Object> {
+pub fn render_route(r: &CompiledRoute, settings: &Settings) -> Vec<Object> {
     let labels = json!({ LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_ROUTE: r.name });
     let owners = vec![owner_ref(r, true)];
     let mut http = Vec::new();
+    if r.sign_in.is_some() {
+        http.push(sign_in_route(r, settings));
+    }
     for rule in &r.rules {
         let mut retries = json!({
             "attempts": rule.retry.max_retries,
@@ -99,6 +104,26 @@ pub fn render_route(r: &CompiledRoute) -> Vec<Object> {
         ));
     }
     out
+}
+
+/// The Envoy route name of a route's sign-in endpoints (Istio names an Envoy route after its
+/// VirtualService HTTP route): the group's EnvoyFilter turns the Nexus filters off on it.
+pub fn sign_in_route_name(route: &str) -> String {
+    format!("{route}.nexus-sign-in")
+}
+
+/// Browsers' `/_nexus/*` (sign-in, callback, logout) to the controller's sessions service,
+/// first, so the router filter's headers never decide it.
+fn sign_in_route(r: &CompiledRoute, settings: &Settings) -> Value {
+    json!({
+        "name": sign_in_route_name(&r.name),
+        "match": [{ "uri": { "prefix": nexus_sessions_service::http::BROWSER_PREFIX } }],
+        "route": [{ "destination": {
+            "host": format!("nexus-controller.{}.svc.cluster.local", settings.controller_namespace),
+            "port": { "number": HTTP_PORT },
+        }}],
+        "timeout": "30s",
+    })
 }
 
 /// Outlier detection and connection pool of one upstream's DestinationRule.

@@ -184,7 +184,7 @@ pub fn render(
                 "use_remote_address": true,
                 "access_log": [access_log(&endpoints.access_log)],
                 "route_config": { "name": LISTENER, "virtual_hosts": [{
-                    "name": "nexus", "domains": ["*"], "routes": routes_of(routes),
+                    "name": "nexus", "domains": ["*"], "routes": virtual_host_routes(routes, &http_filters),
                 }]},
                 "http_filters": http_filters,
             },
@@ -279,6 +279,23 @@ fn clusters_of(
         ),
     );
     clusters
+}
+
+/// With a sign-in provider, browsers' `/_nexus/*` (sign-in, callback, logout) goes to the
+/// sessions service first, past the Nexus filters; then the routes' own.
+fn virtual_host_routes(routes: &[&CompiledRoute], http_filters: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if routes.iter().any(|r| r.sign_in.is_some()) {
+        let names = http_filters.iter().filter_map(|f| f["name"].as_str());
+        out.push(json!({
+            "name": "nexus-sign-in",
+            "match": { "prefix": nexus_sessions_service::http::BROWSER_PREFIX },
+            "route": { "cluster": SESSIONS_CLUSTER, "timeout": "30s" },
+            "typed_per_filter_config": crate::render::filters_disabled(names),
+        }));
+    }
+    out.extend(routes_of(routes));
+    out
 }
 
 /// What the VirtualService would say, as Envoy routes: each rule by `x-nexus-rule` (with its

@@ -300,8 +300,8 @@ struct Nexus {
 }
 
 impl Nexus {
-    /// Hands the routes' opaque-token providers (client secrets from DIR's Secrets) to the
-    /// sessions service, which checks tokens for the filters.
+    /// Hands the routes' opaque-token providers and sign-in provider (client secrets from
+    /// DIR's Secrets) to the sessions service, which checks tokens and signs browsers in.
     fn serve_introspection(&self, config: &Config) {
         if let Some(sessions) = self.state.sessions.get() {
             let providers = config
@@ -310,6 +310,11 @@ impl Nexus {
                 .flat_map(|r| r.introspection.clone())
                 .collect();
             sessions.introspector().set_providers(providers);
+            // One sign-in provider per gateway: the oldest route's, as with the cookie.
+            let sign_in = config.routes.iter().find_map(|r| r.sign_in.clone());
+            if let Err(e) = sessions.set_sign_in(sign_in) {
+                tracing::error!(error = %e, "browser sign-in is off");
+            }
         }
     }
 
