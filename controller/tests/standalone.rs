@@ -1188,3 +1188,159 @@ fn commands_and_refusals_travel_on_the_event_bus() {
     assert_eq!(rejected["data"]["name"], "datapunk", "{rejected}");
     assert_eq!(rejected["data"]["reason"], "InvalidSpec", "{rejected}");
 }
+
+/// The example's portal, signed in by a real browser (headless Chromium over WebDriver) at a
+/// real, certified OpenID provider (npm `oidc-provider`, standing in for Google), through
+/// Envoy: page → provider login → consent → back with a session cookie → page served with the
+/// identity → logout → the old session refused → the provider asked again.
+#[test]
+fn a_browser_signs_in_at_an_openid_provider_and_out_again() {
+    use nexus_tests::browser::{Browser, OidcProvider};
+    let provider_port = free_port();
+    let issuer = format!("http://127.0.0.1:{provider_port}");
+    let up = Up::start_prepared(&["--memory"], |dir| {
+        let p = dir.join("routes.yaml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("http://127.0.0.1:9400", &issuer)).unwrap();
+    });
+    // The callback is on the listener this run was given.
+    let callback = format!("http://127.0.0.1:{}/_nexus/callback", up.port);
+    up.edit("routes.yaml", |t| {
+        t.replace("http://127.0.0.1:8080/_nexus/callback", &callback)
+    });
+    let provider = OidcProvider::start(
+        provider_port,
+        "datapunk-portal",
+        "datapunk-portal-dev-secret",
+        &callback,
+    )
+    .unwrap();
+    let html = [("accept", "text/html")];
+    let encoded = callback.replace(':', "%3A").replace('/', "%2F");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = up.get("/_nexus/sign-in?rd=/portal/home", &html);
+        if r.status == 302 && r.header("location").is_some_and(|l| l.contains(&encoded)) {
+            assert!(r
+                .header("location")
+                .unwrap()
+                .starts_with(&format!("{issuer}/auth?")));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sign-in never used {callback}: {} {:?}",
+            r.status,
+            r.headers
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An API client without a session is refused with JSON, not redirected.
+    let r = up.get("/portal/home", &[("accept", "application/json")]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"], "missing_credentials");
+
+    let browser = Browser::start().unwrap();
+    let page = format!("http://127.0.0.1:{}/portal/home", up.port);
+    browser.goto(&page).unwrap();
+    // The provider's own login page (the library's development interactions).
+    let login = browser
+        .find("input[name=login]", Duration::from_secs(15))
+        .unwrap();
+    assert!(
+        browser.url().unwrap().starts_with(&issuer),
+        "{}",
+        browser.url().unwrap()
+    );
+    browser.type_into(&login, "alice").unwrap();
+    let password = browser
+        .find("input[name=password]", Duration::from_secs(5))
+        .unwrap();
+    browser.type_into(&password, "any password").unwrap();
+    let submit = browser
+        .find("button[type=submit]", Duration::from_secs(5))
+        .unwrap();
+    browser.click(&submit).unwrap();
+    // Consent, then back to the page with a session.
+    browser
+        .wait_url(
+            |u| u.starts_with(&issuer) && u.contains("/interaction/"),
+            Duration::from_secs(15),
+        )
+        .unwrap();
+    let consent = browser
+        .find("button[type=submit]", Duration::from_secs(15))
+        .unwrap();
+    browser.click(&consent).unwrap();
+    browser
+        .wait_url(|u| u == page, Duration::from_secs(15))
+        .unwrap();
+    let echo: serde_json::Value = serde_json::from_str(&browser.text().unwrap()).unwrap();
+    assert_eq!(echo["service"], "portal", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-nexus-client-id"], "alice@example.com",
+        "{echo}"
+    );
+    assert_eq!(echo["headers"]["x-nexus-auth-method"], "session", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-nexus-email"], "alice@example.com",
+        "{echo}"
+    );
+    assert_eq!(echo["headers"]["x-nexus-name"], "alice", "{echo}");
+    let session = browser
+        .cookies()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _, _)| name == "nexus-session")
+        .expect("no nexus-session cookie");
+    assert!(session.2, "the session cookie is not HttpOnly");
+    assert_eq!(provider.authorizations(), 1);
+    // The same cookie works for any client, and the upstream never sees it as a credential
+    // it must trust: the identity headers come from the session.
+    let cookie = format!("nexus-session={}", session.1);
+    let r = up.get(
+        "/portal/home",
+        &[
+            ("cookie", &cookie),
+            ("x-nexus-email", "mallory@example.com"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json().unwrap()["headers"]["x-nexus-email"],
+        "alice@example.com"
+    );
+
+    // Logout ends the session everywhere and clears the cookie.
+    browser
+        .goto(&format!("http://127.0.0.1:{}/_nexus/logout", up.port))
+        .unwrap();
+    assert!(
+        !browser
+            .cookies()
+            .unwrap()
+            .iter()
+            .any(|(n, _, _)| n == "nexus-session"),
+        "the cookie survived logout"
+    );
+    let r = up.get(
+        "/portal/home",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"], "invalid_session");
+    // The page sends the browser to the provider again; it remembers alice, so she is back
+    // at once with a new session.
+    browser.goto(&page).unwrap();
+    browser
+        .wait_url(|u| u == page, Duration::from_secs(15))
+        .unwrap();
+    assert_eq!(provider.authorizations(), 2);
+    let again = browser
+        .cookies()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _, _)| name == "nexus-session")
+        .expect("no new session cookie");
+    assert_ne!(again.1, session.1, "the revoked session came back");
+}

@@ -13,8 +13,10 @@
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
 //! - [`body_upstream`]: an upstream answering JSON bodies of chosen sizes, with PII, chunked.
 //! - [`oauth_providers`]: GitHub's token check and an RFC 7662 endpoint, answering locally.
+//! - [`browser`]: headless Chromium over WebDriver, and a certified OpenID provider.
 
 pub mod body_upstream;
+pub mod browser;
 pub mod cache_service;
 pub mod client;
 pub mod envoy;

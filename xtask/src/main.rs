@@ -18,6 +18,9 @@ commands:
   test            setup (what tests need), build-filters, then cargo test --workspace
   run [DIR]       build-filters, then `nexus up DIR` (default examples/datapunk): real Envoy on
                   127.0.0.1:8080 with the filters, the Nexus services and demo upstreams
+  oidc-provider   a local OpenID provider (npm oidc-provider) on 127.0.0.1:9400 with the
+                  example portal's client: sign in at http://127.0.0.1:8080/portal/ while
+                  `run` serves (any login name, any password)
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
   bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
@@ -26,6 +29,8 @@ commands:
                   command round trip p50/p99, on the machine's RabbitMQ
   bench guard     nexus-guard's added Envoy CPU per request (1 KiB, 64 KiB, 1 MiB JSON bodies,
                   detect and redact vs no guard) and detect MB/s, native and in wasm
+  bench session   nexus-auth with a session cookie vs the same filter with a reused JWT vs no
+                  filter: Envoy CPU per request (issue #18's target: session <= 1.2x JWT)
   bench metrics   the Datapunk request metrics' cost: Envoy CPU per request with `nexus up`'s
                   access log vs none, and Nexus's CPU per counted line";
 
@@ -87,6 +92,19 @@ fn run() -> Result<()> {
                 .args(flags);
             status(&mut cmd)?;
         }
+        Some("oidc-provider") => {
+            nexus_toolenv::setup(&[Tool::OidcProvider])?;
+            let script = nexus_toolenv::browser::oidc_provider()?;
+            // The client `examples/datapunk` declares (routes.yaml, portal-oidc.yaml).
+            let mut cmd = Command::new("node");
+            cmd.arg(&script)
+                .current_dir(script.parent().unwrap_or(&root))
+                .env("PORT", "9400")
+                .env("CLIENT_ID", "datapunk-portal")
+                .env("CLIENT_SECRET", "datapunk-portal-dev-secret")
+                .env("REDIRECT_URI", "http://127.0.0.1:8080/_nexus/callback");
+            status(&mut cmd)?;
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("events") => {
             let _redis = nexus_toolenv::redis::ensure_running()?;
             let _rabbitmq = nexus_toolenv::rabbitmq::ensure_running()?;
@@ -99,7 +117,7 @@ fn run() -> Result<()> {
         Some("bench")
             if matches!(
                 args.get(1).map(String::as_str),
-                Some("auth" | "ratelimit" | "cache" | "guard" | "metrics")
+                Some("auth" | "ratelimit" | "cache" | "guard" | "metrics" | "session")
             ) =>
         {
             nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk, Tool::Valgrind])?;
