@@ -444,6 +444,11 @@ pub struct GithubSpec {
     /// `https://HOST/api/v3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    /// Also read the user's organizations and teams (tokens need `read:org`): scopes
+    /// `org:<login>` and `team:<org>/<team-slug>` (so `oauth2.scopes` admits members alone),
+    /// claims `orgs` and `teams` for `claimsToHeaders`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memberships: bool,
 }
 
 /// One key of a Secret in the route's namespace.

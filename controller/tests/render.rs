@@ -474,7 +474,12 @@ fn a_gateway_routes_envoy_filter_lives_where_the_gateway_runs() {
     // Istio applies a selector-scoped EnvoyFilter only to workloads in its own namespace:
     // the datapunk example's routes live in `default`, its ingress gateway in istio-system.
     let dir = root().join("../examples/datapunk");
-    let inputs = input::read_files(&[dir.join("routes.yaml"), dir.join("api-keys.yaml")]).unwrap();
+    let inputs = input::read_files(&[
+        dir.join("routes.yaml"),
+        dir.join("api-keys.yaml"),
+        dir.join("portal-oidc.yaml"),
+    ])
+    .unwrap();
     let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
     assert!(routes
         .iter()

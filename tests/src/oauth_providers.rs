@@ -19,9 +19,9 @@ pub const NOW_MS: u64 = 1_800_000_000_000;
 /// What a provider was asked: path, `Authorization`, body.
 pub type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
-/// A local HTTP server answering `answer(path, body)` = (status, body, delay in ms), recording
-/// every request; its URL (`http://127.0.0.1:PORT`).
-pub async fn serve(answer: fn(&str, &str) -> (u16, String, u64)) -> (String, Seen) {
+/// A local HTTP server answering `answer(path, authorization, body)` = (status, body, delay in
+/// ms), recording every request; its URL (`http://127.0.0.1:PORT`).
+pub async fn serve(answer: fn(&str, &str, &str) -> (u16, String, u64)) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let seen: Seen = Arc::default();
@@ -40,7 +40,7 @@ pub async fn serve(answer: fn(&str, &str) -> (u16, String, u64)) -> (String, See
                     .unwrap_or_default();
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let body = String::from_utf8(body.to_vec()).unwrap();
-                let (status, text, delay_ms) = answer(&path, &body);
+                let (status, text, delay_ms) = answer(&path, &auth, &body);
                 s.lock().unwrap().push((path, auth, body));
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -55,8 +55,12 @@ pub async fn serve(answer: fn(&str, &str) -> (u16, String, u64)) -> (String, See
 /// GitHub's documented answers to `POST /applications/{client_id}/token` ("Check a token",
 /// docs.github.com/rest/apps/oauth-applications#check-a-token): the token's record for
 /// `gho_live` (octocat's, no expiry), `gho_hubot` (hubot's), `ghu_expiring` (expires 2027-01-16T08:00:00Z) and `ghu_expired`; 422
-/// for an empty token; 404 for any other.
-pub fn github(_path: &str, body: &str) -> (u16, String, u64) {
+/// for an empty token; 404 for any other. `GET /user/orgs` and `/user/teams` with the user's
+/// token answer [`github_memberships`].
+pub fn github(path: &str, authorization: &str, body: &str) -> (u16, String, u64) {
+    if path.starts_with("/user/") {
+        return github_memberships(path, authorization);
+    }
     let token = serde_json::from_str::<Value>(body).unwrap()["access_token"]
         .as_str()
         .unwrap()
@@ -89,10 +93,35 @@ pub fn github(_path: &str, body: &str) -> (u16, String, u64) {
     }
 }
 
+/// GitHub's "list organizations for the authenticated user" and "list teams for the
+/// authenticated user" answers (docs.github.com/rest/orgs/orgs, /rest/teams/teams), trimmed:
+/// octocat (`gho_live`) is in `datapunk` (team `lake-admins`) and `octo-org`; hubot
+/// (`gho_hubot`) in `octo-org` alone; any other token is 401.
+pub fn github_memberships(path: &str, authorization: &str) -> (u16, String, u64) {
+    let org = |login: &str| json!({"login": login, "id": 1, "url": format!("https://api.github.com/orgs/{login}")});
+    let team = |org_login: &str, slug: &str| {
+        json!({"id": 1, "name": slug, "slug": slug, "permission": "admin",
+               "organization": org(org_login)})
+    };
+    let (orgs, teams) = match authorization {
+        "Bearer gho_live" => (
+            json!([org("datapunk"), org("octo-org")]),
+            json!([team("datapunk", "lake-admins")]),
+        ),
+        "Bearer gho_hubot" => (json!([org("octo-org")]), json!([])),
+        _ => return (401, json!({"message": "Bad credentials"}).to_string(), 0),
+    };
+    match path {
+        "/user/orgs" => (200, orgs.to_string(), 0),
+        "/user/teams" => (200, teams.to_string(), 0),
+        _ => (404, json!({"message": "Not Found"}).to_string(), 0),
+    }
+}
+
 /// An RFC 7662 introspection endpoint; the token names the behaviour: `active-user`,
 /// `active-machine` (no `sub`, no `exp`), `inactive`, `server-error` (500), `garbage`,
 /// `no-active` (no `active` member), `slow` (answers after 1.5 s).
-pub fn rfc7662(_path: &str, body: &str) -> (u16, String, u64) {
+pub fn rfc7662(_path: &str, _authorization: &str, body: &str) -> (u16, String, u64) {
     let token = body
         .split('&')
         .find_map(|p| p.strip_prefix("token="))

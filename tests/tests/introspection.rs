@@ -44,7 +44,10 @@ async fn introspect(s: &SessionService, provider: &str, token: &str) -> Reply {
 async fn github_service() -> (SessionService, Seen, Arc<AtomicU64>) {
     let (url, seen) = provider(github).await;
     let mut p = ProviderSettings::github(APP_ID, APP_SECRET);
-    p.kind = nexus_sessions_service::introspect::Kind::Github { api: url };
+    p.kind = nexus_sessions_service::introspect::Kind::Github {
+        api: url,
+        memberships: false,
+    };
     p.claims_to_headers = [("login".to_string(), "x-nexus-github-login".to_string())].into();
     let (s, now) = service([("github".to_string(), p)].into());
     (s, seen, now)
@@ -213,5 +216,62 @@ async fn a_provider_that_fails_is_503_with_what_it_did_and_never_kept() {
             400,
             json!({"error": "bad_request", "detail": "missing x-nexus-token header"})
         )
+    );
+}
+
+#[tokio::test]
+async fn github_memberships_become_scopes_and_claims_read_with_the_users_token() {
+    let (url, seen) = provider(github).await;
+    let mut p = ProviderSettings::github(APP_ID, APP_SECRET);
+    p.kind = nexus_sessions_service::introspect::Kind::Github {
+        api: url,
+        memberships: true,
+    };
+    p.claims_to_headers = [
+        ("orgs".to_string(), "x-nexus-github-orgs".to_string()),
+        ("teams".to_string(), "x-nexus-github-teams".to_string()),
+    ]
+    .into();
+    let (s, _) = service([("github".to_string(), p)].into());
+    let r = introspect(&s, "github", "gho_live").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["scopes"],
+        json!([
+            "repo",
+            "read:org",
+            "org:datapunk",
+            "org:octo-org",
+            "team:datapunk/lake-admins"
+        ])
+    );
+    assert_eq!(
+        r.body["headers"],
+        json!({"x-nexus-github-orgs": "datapunk,octo-org", "x-nexus-github-teams": "datapunk/lake-admins"})
+    );
+    // The memberships are asked with the user's own token, not the app's credentials.
+    let asked: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(path, auth, _)| (path.clone(), auth.clone()))
+        .collect();
+    assert_eq!(
+        asked[1],
+        ("/user/orgs".to_string(), "Bearer gho_live".to_string())
+    );
+    assert_eq!(
+        asked[2],
+        ("/user/teams".to_string(), "Bearer gho_live".to_string())
+    );
+    // hubot is in no team: `oauth2: {scopes: [team:datapunk/lake-admins]}` refuses him (403).
+    let r = introspect(&s, "github", "gho_hubot").await;
+    assert_eq!(
+        r.body["scopes"],
+        json!(["repo", "read:org", "org:octo-org"])
+    );
+    assert_eq!(
+        r.body["headers"],
+        json!({"x-nexus-github-orgs": "octo-org", "x-nexus-github-teams": ""})
     );
 }

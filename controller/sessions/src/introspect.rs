@@ -37,8 +37,9 @@ pub const GITHUB_API: &str = "https://api.github.com";
 pub enum Kind {
     /// RFC 7662 token introspection at this endpoint.
     Rfc7662 { endpoint: String },
-    /// GitHub's token check at this API root ([`GITHUB_API`]; a test server in tests).
-    Github { api: String },
+    /// GitHub's token check at this API root ([`GITHUB_API`]; a test server in tests); with
+    /// `memberships`, also the user's organizations and teams ([`memberships`]).
+    Github { api: String, memberships: bool },
 }
 
 /// One provider of opaque tokens. `Debug` leaves the secret out.
@@ -79,6 +80,7 @@ impl ProviderSettings {
         Self {
             kind: Kind::Github {
                 api: GITHUB_API.into(),
+                memberships: false,
             },
             client_id: client_id.into(),
             client_secret: client_secret.into(),
@@ -174,7 +176,12 @@ impl Introspector {
         }
         let verdict = match &p.kind {
             Kind::Rfc7662 { endpoint } => self.rfc7662(&p, endpoint, token).await,
-            Kind::Github { api } => self.github(&p, api, token).await,
+            Kind::Github { api, memberships } => match self.github(&p, api, token).await {
+                Ok(Verdict::Active(identity)) if *memberships => {
+                    self.with_memberships(&p, api, token, identity).await
+                }
+                other => other,
+            },
         };
         let verdict = match verdict {
             Ok(v) => v,
@@ -319,6 +326,36 @@ impl Introspector {
         Ok(self.identity(p, client_id, scopes, exp, &claims))
     }
 
+    /// The identity with the user's GitHub organizations and teams (the token needs
+    /// `read:org`): claims `orgs` and `teams` (`org/slug`), comma-separated for
+    /// `claimsToHeaders`, and scopes `org:<login>` and `team:<org>/<slug>`, so an `oauth2`
+    /// requirement's `scopes` admits the members of an organization or team alone (403 for
+    /// others), as oauth2-proxy's `--github-org`/`--github-team` do.
+    async fn with_memberships(
+        &self,
+        p: &ProviderSettings,
+        api: &str,
+        token: &str,
+        mut identity: SessionIdentity,
+    ) -> Result<Verdict, String> {
+        let (orgs, teams) = memberships(self.http()?, p, api, token).await?;
+        let Some((orgs, teams)) = orgs.zip(teams) else {
+            return Ok(Verdict::Inactive); // revoked between the two calls
+        };
+        identity
+            .scopes
+            .extend(orgs.iter().map(|o| format!("org:{o}")));
+        identity
+            .scopes
+            .extend(teams.iter().map(|t| format!("team:{t}")));
+        for (claim, values) in [("orgs", &orgs), ("teams", &teams)] {
+            if let Some(header) = p.claims_to_headers.get(claim) {
+                identity.headers.insert(header.clone(), values.join(","));
+            }
+        }
+        Ok(Verdict::Active(identity))
+    }
+
     /// The identity of an active token: vouched for until its `exp`, or for `cache_ttl` when
     /// it has none; an `exp` already past makes it inactive.
     fn identity(
@@ -398,6 +435,53 @@ pub fn rfc3339_seconds(t: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `GET /user/orgs` and `GET /user/teams` with the user's token: organization logins and
+/// `org/slug` team names (None for a token GitHub no longer accepts). A token without
+/// `read:org` sees public organizations and no teams (GitHub answers 403 or 404 for teams):
+/// that is no membership, not an outage.
+async fn memberships(
+    http: &HttpClient,
+    p: &ProviderSettings,
+    api: &str,
+    token: &str,
+) -> Result<(Option<Vec<String>>, Option<Vec<String>>), String> {
+    let bearer = format!("Bearer {token}");
+    let mut lists = Vec::new();
+    for (path, name) in [
+        ("/user/orgs", org_login as fn(&Value) -> Option<String>),
+        ("/user/teams", team_name),
+    ] {
+        let url = format!("{}{path}?per_page=100", api.trim_end_matches('/'));
+        let (status, body) = http.get_authorized(&url, &bearer, p.timeout).await?;
+        let list = match status {
+            200 => match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Array(items)) => Some(items.iter().filter_map(name).collect()),
+                _ => return Err(format!("{url} answered something other than a JSON array")),
+            },
+            401 => None,
+            403 | 404 => Some(Vec::new()),
+            s => return Err(format!("{url} answered status {s}")),
+        };
+        lists.push(list);
+    }
+    let teams = lists.pop().flatten();
+    let orgs = lists.pop().flatten();
+    Ok((orgs, teams))
+}
+
+fn org_login(org: &Value) -> Option<String> {
+    org.get("login").and_then(Value::as_str).map(String::from)
+}
+
+fn team_name(team: &Value) -> Option<String> {
+    let slug = team.get("slug").and_then(Value::as_str)?;
+    let org = team
+        .get("organization")?
+        .get("login")
+        .and_then(Value::as_str)?;
+    Some(format!("{org}/{slug}"))
 }
 
 #[cfg(test)]

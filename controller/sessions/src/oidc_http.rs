@@ -46,6 +46,22 @@ impl HttpClient {
         self.send(url, req).await
     }
 
+    /// Status and body of `GET url` with an `Authorization` header, within `timeout`.
+    pub async fn get_authorized(
+        &self,
+        url: &str,
+        authorization: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let req = hyper::Request::get(url)
+            .header("accept", "application/json")
+            .header("authorization", authorization)
+            .header("user-agent", "nexus-sessions")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("{url}: {e}"))?;
+        self.send_within(url, req, timeout).await
+    }
+
     /// Status and body of a form `POST` with an `Authorization` header.
     pub async fn post_form(
         &self,

@@ -217,9 +217,12 @@ impl Opaque {
                     &format!("{at}.github.clientSecretRef"),
                 );
                 let mut s = ProviderSettings::github(&g.client_id, &secret);
-                if let Some(api) = &g.api_url {
-                    s.kind = Kind::Github { api: api.clone() };
-                }
+                let api = g.api_url.clone();
+                s.kind = Kind::Github {
+                    api: api
+                        .unwrap_or_else(|| nexus_sessions_service::introspect::GITHUB_API.into()),
+                    memberships: g.memberships,
+                };
                 s
             }
             (None, None) => return,
