@@ -29,6 +29,7 @@ pub mod envoy;
 pub mod helm;
 pub mod istio;
 pub mod kube;
+pub mod npm;
 pub mod progress;
 pub mod prometheus;
 pub mod rabbitmq;
