@@ -79,7 +79,10 @@ fn a_github_token_is_checked_once_and_its_user_is_the_client() {
     let (github_url, asked) = runtime.block_on(oauth_providers::serve(oauth_providers::github));
     let sessions = SessionsServer::start(REDIS, None, None).unwrap();
     let mut github = ProviderSettings::github(APP_ID, APP_SECRET);
-    github.kind = Kind::Github { api: github_url };
+    github.kind = Kind::Github {
+        api: github_url,
+        memberships: false,
+    };
     github.claims_to_headers = BTreeMap::from([("login".into(), "x-nexus-github-login".into())]);
     sessions
         .service
