@@ -352,6 +352,12 @@ pub struct SessionsSpec {
 pub struct ProviderSpec {
     /// Referred to by `jwt.providers` and `oauth2.providers` of requirements.
     pub name: String,
+    /// A well-known provider's settings, filled in where the provider leaves them out:
+    /// `google` is issuer `https://accounts.google.com` with keys from
+    /// `https://www.googleapis.com/oauth2/v3/certs` (what Google's discovery names), so its ID
+    /// tokens are verified as any JWT and, with `signIn`, browsers sign in with Google.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ProviderPreset>,
     /// The `iss` of a JWT provider's tokens.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub issuer: String,
@@ -395,6 +401,37 @@ pub struct ProviderSpec {
     /// parameter it came in is removed, as Envoy's `jwt_authn` does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forward: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ProviderPreset {
+    Google,
+}
+
+impl ProviderPreset {
+    /// `(issuer, jwksUri)` of the preset.
+    pub fn endpoints(self) -> (&'static str, &'static str) {
+        match self {
+            ProviderPreset::Google => (
+                "https://accounts.google.com",
+                "https://www.googleapis.com/oauth2/v3/certs",
+            ),
+        }
+    }
+
+    /// `p` with what the preset fills in where `p` leaves it out.
+    pub fn apply(self, p: &ProviderSpec) -> ProviderSpec {
+        let (issuer, jwks_uri) = self.endpoints();
+        let mut out = p.clone();
+        if out.issuer.is_empty() {
+            out.issuer = issuer.to_string();
+        }
+        if out.jwks_uri.is_none() && out.jwks.is_none() {
+            out.jwks_uri = Some(jwks_uri.to_string());
+        }
+        out
+    }
 }
 
 /// An RFC 7662 introspection endpoint and the client credentials it takes.

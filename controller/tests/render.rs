@@ -898,4 +898,12 @@ fn sign_in_routes_nexus_paths_to_the_sessions_service_past_the_filters() {
     let sessions = auth.sessions.unwrap();
     assert_eq!(sessions.sign_in_path.as_deref(), Some("/_nexus/sign-in"));
     assert_eq!(sessions.headers, ["x-nexus-email"]);
+    // The `google` preset also makes it a JWT provider with Google's keys.
+    let google = &auth.providers["portal.google"];
+    assert_eq!(google.issuer, "https://accounts.google.com");
+    let nexus_config::auth::Jwks::Remote(keys) = &google.jwks else {
+        panic!("{:?}", google.jwks)
+    };
+    assert_eq!(keys.uri, "https://www.googleapis.com/oauth2/v3/certs");
+    assert_eq!(keys.cluster, "outbound|443||www.googleapis.com");
 }

@@ -93,7 +93,9 @@ pub(super) fn compile(
     let mut providers = BTreeSet::new();
     let mut opaque = Opaque::default();
     let mut sign_in = None;
-    for (i, p) in spec.providers.iter().enumerate() {
+    for (i, given) in spec.providers.iter().enumerate() {
+        let preset = given.preset.map(|preset| preset.apply(given));
+        let p = preset.as_ref().unwrap_or(given);
         let at = format!("$.spec.auth.providers[{i}]");
         if p.name.is_empty() || !names.insert(p.name.clone()) {
             cx.bad(
