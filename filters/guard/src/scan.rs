@@ -114,15 +114,14 @@ impl Scanner {
     pub fn feed(&mut self, config: &ScanConfig, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some((&b, tail)) = rest.split_first() {
-            // Fast path: runs of plain text are copied whole, not byte by byte.
-            let bulk = if self.json {
-                self.in_string && self.escape == 0
-            } else {
-                true
-            };
-            if bulk {
-                let stop = if self.json { json_stop } else { text_stop };
-                let n = rest.iter().position(|b| stop(*b)).unwrap_or(rest.len());
+            // Fast path: runs of plain bytes (a string's text, a number, a line of text) are
+            // found with one table lookup per byte and copied whole.
+            let stop = self.bulk_stop();
+            if stop != 0 {
+                let n = rest
+                    .iter()
+                    .position(|b| stops(*b) & stop != 0)
+                    .unwrap_or(rest.len());
                 if let Some((run, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
                     self.push_run(config, run);
                     rest = after;
@@ -136,6 +135,17 @@ impl Scanner {
             }
             self.offset += 1;
             rest = tail;
+        }
+    }
+
+    /// The [`STOPS`] bit of the bytes that end a plain run in the current state, or 0 where
+    /// each byte is handled alone (in an escape; after a string, until `:` or the next value).
+    fn bulk_stop(&self) -> u8 {
+        match (self.json, self.in_string) {
+            (false, _) => TEXT_STOP,
+            (true, true) if self.escape == 0 => STRING_STOP,
+            (true, false) if !self.pending => VALUE_STOP,
+            _ => 0,
         }
     }
 
@@ -345,12 +355,36 @@ impl Scanner {
 
 /// Bytes that end a text segment.
 fn text_stop(b: u8) -> bool {
-    matches!(b, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0)
+    stops(b) & TEXT_STOP != 0
 }
 
-/// Bytes that end the plain run of a JSON string.
-fn json_stop(b: u8) -> bool {
-    b == b'"' || b == b'\\'
+/// [`STOPS`] bits: the byte ends a text segment; the plain run of a JSON string; a JSON
+/// number or literal (structure, whitespace, a quote).
+const TEXT_STOP: u8 = 1;
+const STRING_STOP: u8 = 2;
+const VALUE_STOP: u8 = 4;
+
+static STOPS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0) {
+            t[b] |= TEXT_STOP;
+        }
+        if matches!(c, b'"' | b'\\') {
+            t[b] |= STRING_STOP;
+        }
+        if matches!(c, b'"' | b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
+            t[b] |= VALUE_STOP;
+        }
+        b += 1;
+    }
+    t
+};
+
+fn stops(b: u8) -> u8 {
+    STOPS.get(usize::from(b)).copied().unwrap_or(0)
 }
 
 /// Scans a whole body at once.

@@ -162,34 +162,65 @@ pub(crate) fn before(seg: &[u8], start: usize) -> &[u8] {
     seg.get(start.saturating_sub(32)..start).unwrap_or(&[])
 }
 
+/// What a byte can start: most bytes start nothing, and [`detect`] skips them in a tight
+/// loop over this table instead of dispatching on every byte.
+const NOTHING: u8 = 0;
+const AT_SIGN: u8 = 1;
+const NUMBER: u8 = 2;
+/// Needs a word boundary before it: a JWT, an API-key prefix or an IBAN.
+const TOKEN: u8 = 3;
+const COLON: u8 = 4;
+
+static STARTS: [u8; 256] = {
+    let mut t = [NOTHING; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b'@' => AT_SIGN,
+            b'0'..=b'9' | b'+' | b'(' => NUMBER,
+            b'A'..=b'Z' | b'e' | b'g' | b's' | b'r' | b'x' => TOKEN,
+            b':' => COLON,
+            _ => NOTHING,
+        };
+        b += 1;
+    }
+    t
+};
+
+fn starts(b: u8) -> u8 {
+    STARTS.get(usize::from(b)).copied().unwrap_or(NOTHING)
+}
+
 /// Runs the enabled detectors over `seg`, appending non-overlapping hits in order.
 pub fn detect(seg: &[u8], ctx: &Context, out: &mut Vec<Hit>) {
     let first = out.len();
     let mut i = 0;
     let mut last_end = 0;
-    while i < seg.len() {
-        let b = at(seg, i);
-        let hit = match b {
-            b'@' if ctx.on(Kind::Email) => email::find(seg, i, last_end),
-            b'0'..=b'9' | b'+' | b'(' if boundary_before(seg, i) => {
-                match numeric::find(seg, i, ctx) {
-                    Ok(hit) => Some(hit),
-                    Err(skip) => {
-                        i = skip.max(i + 1);
-                        continue;
-                    }
+    loop {
+        let Some(skipped) = seg
+            .get(i..)
+            .and_then(|rest| rest.iter().position(|b| starts(*b) != NOTHING))
+        else {
+            break;
+        };
+        i += skipped;
+        let hit = match starts(at(seg, i)) {
+            AT_SIGN if ctx.on(Kind::Email) => email::find(seg, i, last_end),
+            NUMBER if boundary_before(seg, i) => match numeric::find(seg, i, ctx) {
+                Ok(hit) => Some(hit),
+                Err(skip) => {
+                    i = skip.max(i + 1);
+                    continue;
                 }
-            }
-            b'A'..=b'Z' | b'e' | b'g' | b's' | b'r' | b'x' if boundary_before(seg, i) => {
-                secret::find_token(seg, i, ctx).or_else(|| {
-                    if ctx.on(Kind::Iban) {
-                        iban::find(seg, i)
-                    } else {
-                        None
-                    }
-                })
-            }
-            b':' if ctx.on(Kind::Ip) => ip::find_v6(seg, i, last_end),
+            },
+            TOKEN if boundary_before(seg, i) => secret::find_token(seg, i, ctx).or_else(|| {
+                if ctx.on(Kind::Iban) {
+                    iban::find(seg, i)
+                } else {
+                    None
+                }
+            }),
+            COLON if ctx.on(Kind::Ip) => ip::find_v6(seg, i, last_end),
             _ => None,
         };
         match hit {
