@@ -72,6 +72,9 @@ pub struct Scanner {
     /// Field names seen and whether they are credential-like: bodies repeat their field
     /// names (arrays of records), so each is judged once.
     judged: Vec<(Vec<u8>, bool)>,
+    /// Where in `judged` the next field name is looked for first: records repeat their
+    /// fields in the same order, so that guess is nearly always right.
+    next_judged: usize,
     hits: Vec<Hit>,
 }
 
@@ -93,6 +96,7 @@ impl Scanner {
             key: Vec::new(),
             credential: false,
             judged: Vec::new(),
+            next_judged: 0,
             hits: Vec::new(),
         }
     }
@@ -264,12 +268,17 @@ impl Scanner {
     }
 
     fn judge_key(&mut self) -> bool {
-        if let Some((_, c)) = self.judged.iter().find(|(k, _)| *k == self.key) {
-            return *c;
+        let n = self.judged.len();
+        let (head, tail) = self.judged.split_at(self.next_judged.min(n));
+        if let Some(i) = tail.iter().chain(head).position(|(k, _)| *k == self.key) {
+            let i = (i + self.next_judged) % n;
+            self.next_judged = i + 1;
+            return self.judged.get(i).is_some_and(|(_, c)| *c);
         }
         let c = key_is_credential(&self.key);
-        if self.judged.len() < JUDGED_MAX {
+        if n < JUDGED_MAX {
             self.judged.push((self.key.clone(), c));
+            self.next_judged = n + 1;
         }
         c
     }
