@@ -122,10 +122,13 @@ impl Scanner {
             // found with one table lookup per byte and copied whole.
             let stop = self.bulk_stop();
             if stop != 0 {
-                let n = rest
-                    .iter()
-                    .position(|b| stops(*b) & stop != 0)
-                    .unwrap_or(rest.len());
+                let n = if stop == STRING_STOP {
+                    quote_or_backslash(rest)
+                } else {
+                    rest.iter()
+                        .position(|b| stops(*b) & stop != 0)
+                        .unwrap_or(rest.len())
+                };
                 if let Some((run, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
                     self.push_run(config, run);
                     rest = after;
@@ -391,6 +394,30 @@ static STOPS: [u8; 256] = {
     }
     t
 };
+
+/// The index of the first `"` or `\` in `s` (its length if none), eight bytes at a time:
+/// the text of JSON strings is most of a JSON body.
+fn quote_or_backslash(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero: its high bit is set in `zero(x)`; the lowest set bit is exact.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let x = u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or([0; 8]));
+        let found = zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = words.remainder();
+    at + tail
+        .iter()
+        .position(|b| matches!(b, b'"' | b'\\'))
+        .unwrap_or(tail.len())
+}
 
 fn stops(b: u8) -> u8 {
     STOPS.get(usize::from(b)).copied().unwrap_or(0)
