@@ -13,6 +13,9 @@ use crate::detectors::{detect, key_is_credential, Context, Hit, Kind};
 pub const SEGMENT_MAX: usize = 8192;
 /// Longer than any finding but a pathological JWT.
 pub const OVERLAP: usize = 2048;
+/// No finding is shorter: `a@b.cd`, `::abcd` (an IPv4 address has 7 bytes, a phone number
+/// 8 digits, every other kind more).
+const SHORTEST_FINDING: usize = 6;
 /// Field names are compared in their first bytes only.
 const KEY_MAX: usize = 64;
 /// Distinct field names whose judgement is remembered per body.
@@ -316,7 +319,12 @@ impl Scanner {
             return;
         }
         self.hits.clear();
-        if config.denied(&self.key) && whole {
+        let denied = whole && config.denied(&self.key);
+        if !denied && self.seg.len() < SHORTEST_FINDING {
+            // Most values of a JSON body (small numbers, flags, short words) end here.
+            return;
+        }
+        if denied {
             let len = self.seg.len();
             self.hits.push(Hit {
                 kind: Kind::Field,
