@@ -121,6 +121,24 @@ impl Scanner {
     pub fn feed(&mut self, config: &ScanConfig, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some((&b, tail)) = rest.split_first() {
+            if self.json && !self.in_string && !self.pending && self.seg.is_empty() {
+                // Between values, with nothing held, structure and whitespace only end
+                // segments that do not exist: skip them, forgetting the key at `{` and `}`.
+                let n = rest
+                    .iter()
+                    .position(|b| stops(*b) & STRUCTURE == 0)
+                    .unwrap_or(rest.len());
+                if let Some((skipped, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
+                    if skipped.iter().any(|b| matches!(b, b'{' | b'}')) {
+                        self.key.clear();
+                        self.credential = false;
+                    }
+                    self.reported = 0;
+                    self.offset += n;
+                    rest = after;
+                    continue;
+                }
+            }
             // Fast path: runs of plain bytes (a string's text, a number, a line of text) are
             // found with one table lookup per byte and copied whole.
             let stop = self.bulk_stop();
@@ -132,6 +150,12 @@ impl Scanner {
                         .position(|b| stops(*b) & stop != 0)
                         .unwrap_or(rest.len())
                 };
+                if n > 0 && n < SEGMENT_MAX && self.seg.is_empty() {
+                    if let Some(after) = self.in_place(config, stop, rest, n) {
+                        rest = after;
+                        continue;
+                    }
+                }
                 if let Some((run, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
                     self.push_run(config, run);
                     rest = after;
@@ -146,6 +170,45 @@ impl Scanner {
             self.offset += 1;
             rest = tail;
         }
+    }
+
+    /// A run of `n` plain bytes at the start of `rest` that is a whole segment, ended in this
+    /// chunk: handled where it lies instead of copied (most segments of a body are). What
+    /// follows it, or None where the general path must take it: the segment held until the
+    /// next chunk says whether a string was a key.
+    fn in_place<'c>(
+        &mut self,
+        config: &ScanConfig,
+        stop: u8,
+        rest: &'c [u8],
+        n: usize,
+    ) -> Option<&'c [u8]> {
+        let (run, after) = rest.split_at_checked(n)?;
+        let &end = after.first()?;
+        if stop != STRING_STOP {
+            // A number or literal, or a line of text: its stop byte flushes nothing more.
+            self.seg_start = self.offset;
+            self.scan(config, run, stop == TEXT_STOP, n, true);
+            self.reported = 0;
+            self.offset += n;
+            return Some(after);
+        }
+        if end != b'"' {
+            return None; // an escape follows: the string goes on
+        }
+        let after_quote = after.get(1..)?;
+        // A key if the next byte that is not whitespace is `:`.
+        let next = after_quote.iter().find(|b| !b.is_ascii_whitespace())?;
+        self.seg_start = self.offset;
+        if *next == b':' {
+            self.set_key(run);
+        } else {
+            self.scan(config, run, true, n, true);
+        }
+        self.reported = 0;
+        self.in_string = false;
+        self.offset += n + 1;
+        Some(after_quote)
     }
 
     /// The [`STOPS`] bit of the bytes that end a plain run in the current state, or 0 where
@@ -265,19 +328,26 @@ impl Scanner {
     }
 
     fn take_key(&mut self) {
-        self.key.clear();
-        self.key
-            .extend(self.seg.iter().take(KEY_MAX).map(u8::to_ascii_lowercase));
-        self.credential = self.judge_key();
+        let seg = std::mem::take(&mut self.seg);
+        self.set_key(&seg);
+        self.seg = seg;
         self.seg.clear();
         self.reported = 0;
+    }
+
+    fn set_key(&mut self, name: &[u8]) {
+        self.key.clear();
+        self.key
+            .extend(name.iter().take(KEY_MAX).map(u8::to_ascii_lowercase));
+        self.credential = self.judge_key();
     }
 
     fn judge_key(&mut self) -> bool {
         let n = self.judged.len();
         let (head, tail) = self.judged.split_at(self.next_judged.min(n));
         if let Some(i) = tail.iter().chain(head).position(|(k, _)| *k == self.key) {
-            let i = (i + self.next_judged) % n;
+            let i = i + self.next_judged;
+            let i = if i >= n { i - n } else { i };
             self.next_judged = i + 1;
             return self.judged.get(i).is_some_and(|(_, c)| *c);
         }
@@ -293,7 +363,9 @@ impl Scanner {
     fn flush(&mut self, config: &ScanConfig, in_string: bool) {
         let in_string = in_string || !self.json;
         if !self.seg.is_empty() {
-            self.scan(config, in_string, self.seg.len(), true);
+            let seg = std::mem::take(&mut self.seg);
+            self.scan(config, &seg, in_string, seg.len(), true);
+            self.seg = seg;
         }
         self.seg.clear();
         self.reported = 0;
@@ -307,25 +379,27 @@ impl Scanner {
             return;
         }
         let cut = self.seg.len().saturating_sub(OVERLAP);
-        self.scan(config, true, cut, false);
+        let seg = std::mem::take(&mut self.seg);
+        self.scan(config, &seg, true, cut, false);
+        self.seg = seg;
         self.seg.drain(..cut);
         self.seg_start += cut;
         self.reported = self.seg_start;
     }
 
     /// Scans `seg`, reporting hits that start before `cut` and after what was reported.
-    fn scan(&mut self, config: &ScanConfig, in_string: bool, cut: usize, whole: bool) {
+    fn scan(&mut self, config: &ScanConfig, seg: &[u8], in_string: bool, cut: usize, whole: bool) {
         if config.allowed(&self.key) {
             return;
         }
         self.hits.clear();
         let denied = whole && config.denied(&self.key);
-        if !denied && self.seg.len() < SHORTEST_FINDING {
+        if !denied && seg.len() < SHORTEST_FINDING {
             // Most values of a JSON body (small numbers, flags, short words) end here.
             return;
         }
         if denied {
-            let len = self.seg.len();
+            let len = seg.len();
             self.hits.push(Hit {
                 kind: Kind::Field,
                 start: 0,
@@ -337,9 +411,9 @@ impl Scanner {
                 enabled: config.enabled,
                 credential: self.credential,
             };
-            detect(&self.seg, &ctx, &mut self.hits);
+            detect(seg, &ctx, &mut self.hits);
         }
-        let (seg_start, reported, seg_len) = (self.seg_start, self.reported, self.seg.len());
+        let (seg_start, reported, seg_len) = (self.seg_start, self.reported, seg.len());
         for i in 0..self.hits.len() {
             let Some(h) = self.hits.get(i).copied() else {
                 break;
@@ -379,10 +453,12 @@ fn text_stop(b: u8) -> bool {
 }
 
 /// [`STOPS`] bits: the byte ends a text segment; the plain run of a JSON string; a JSON
-/// number or literal (structure, whitespace, a quote).
+/// number or literal (structure, whitespace, a quote); it is structure or whitespace.
 const TEXT_STOP: u8 = 1;
 const STRING_STOP: u8 = 2;
 const VALUE_STOP: u8 = 4;
+/// JSON structure or whitespace: `,:[]{}`, space, tab, CR, LF, form feed.
+const STRUCTURE: u8 = 8;
 
 static STOPS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -397,6 +473,9 @@ static STOPS: [u8; 256] = {
         }
         if matches!(c, b'"' | b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
             t[b] |= VALUE_STOP;
+        }
+        if matches!(c, b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
+            t[b] |= STRUCTURE;
         }
         b += 1;
     }
