@@ -121,24 +121,6 @@ impl Scanner {
     pub fn feed(&mut self, config: &ScanConfig, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some((&b, tail)) = rest.split_first() {
-            if self.json && !self.in_string && !self.pending && self.seg.is_empty() {
-                // Between values, with nothing held, structure and whitespace only end
-                // segments that do not exist: skip them, forgetting the key at `{` and `}`.
-                let n = rest
-                    .iter()
-                    .position(|b| stops(*b) & STRUCTURE == 0)
-                    .unwrap_or(rest.len());
-                if let Some((skipped, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
-                    if skipped.iter().any(|b| matches!(b, b'{' | b'}')) {
-                        self.key.clear();
-                        self.credential = false;
-                    }
-                    self.reported = 0;
-                    self.offset += n;
-                    rest = after;
-                    continue;
-                }
-            }
             // Fast path: runs of plain bytes (a string's text, a number, a line of text) are
             // found with one table lookup per byte and copied whole.
             let stop = self.bulk_stop();
@@ -453,12 +435,10 @@ fn text_stop(b: u8) -> bool {
 }
 
 /// [`STOPS`] bits: the byte ends a text segment; the plain run of a JSON string; a JSON
-/// number or literal (structure, whitespace, a quote); it is structure or whitespace.
+/// number or literal (structure, whitespace, a quote).
 const TEXT_STOP: u8 = 1;
 const STRING_STOP: u8 = 2;
 const VALUE_STOP: u8 = 4;
-/// JSON structure or whitespace: `,:[]{}`, space, tab, CR, LF, form feed.
-const STRUCTURE: u8 = 8;
 
 static STOPS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -473,9 +453,6 @@ static STOPS: [u8; 256] = {
         }
         if matches!(c, b'"' | b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
             t[b] |= VALUE_STOP;
-        }
-        if matches!(c, b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
-            t[b] |= STRUCTURE;
         }
         b += 1;
     }
