@@ -186,3 +186,90 @@ fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
     assert_eq!(record["types"], serde_json::json!(["card"]));
     assert!(!text.contains("4111"), "{text}");
 }
+
+/// With `on_unavailable: refuse`, a guarded request is answered 503 `audit_unavailable`
+/// (counted, never reaching the upstream) from the first batch the audit service does not
+/// take; once the service takes the retried batch, requests go through again and the records
+/// kept meanwhile are delivered.
+#[test]
+fn audit_refuse_fails_closed_while_the_service_is_down_and_recovers() {
+    let upstream = BodyUpstream::start().unwrap();
+    let audit_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = CONFIG.replacen(
+        r#"{"rules": ["#,
+        r#"{"audit": {"cluster": "audit", "flush_ms": 100, "timeout_ms": 500,
+                      "on_unavailable": "refuse"},
+            "rules": ["#,
+        1,
+    );
+    let envoy = Envoy::start(&EnvoyConfig {
+        filters: vec![WasmFilter {
+            name: "nexus-guard".into(),
+            module: nexus_tests::filter_module("nexus_guard").unwrap(),
+            config,
+        }],
+        upstreams: vec![
+            ("api".into(), upstream.port()),
+            ("audit".into(), audit_port),
+        ],
+        // One worker: each worker's queue learns of the outage from its own batches.
+        concurrency: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let stat = |name: &str| envoy.stat(name).unwrap().unwrap_or(0);
+    let json = [UPSTREAM, ("content-type", "application/json")];
+    let (pii, clean) = (
+        &br#"{"card": "4111-1111-1111-1111"}"#[..],
+        &br#"{"note": "nothing to see"}"#[..],
+    );
+    // Nothing has failed yet: the request is decided (blocked) and its record queued.
+    let resp = client::request(envoy.port, "POST", "/pay", &json, pii).unwrap();
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stat("wasmcustom.nexus_audit.send_failures") < 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", envoy.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // The service is down: guarded requests are refused before the upstream sees them.
+    let served = upstream.served();
+    for body in [clean, pii] {
+        let resp = client::request(envoy.port, "POST", "/pay", &json, body).unwrap();
+        assert_eq!(resp.status, 503, "{}", resp.text());
+        let v = resp.json().unwrap();
+        assert_eq!(v["error"], "audit_unavailable");
+        assert!(
+            v["detail"].as_str().unwrap().contains("did not take"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        upstream.served(),
+        served,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(stat("wasmcustom.nexus_audit.refused"), 2);
+    assert_eq!(stat("wasmcustom.nexus_audit.dropped"), 0);
+
+    // Back up: the kept record is delivered, and requests go through again.
+    let service = Upstream::start_on("audit", audit_port).unwrap();
+    assert_eq!(
+        envoy
+            .wait_for_stat_settled("wasmcustom.nexus_audit.sent", 1)
+            .unwrap(),
+        1
+    );
+    let resp = client::request(envoy.port, "POST", "/pay", &json, clean).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(upstream.served(), served + 1);
+    let batches = service.requests();
+    let text = String::from_utf8_lossy(&batches[0].body);
+    let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(record["event"], "guard.blocked");
+    assert_eq!(stat("wasmcustom.nexus_audit.refused"), 2);
+}

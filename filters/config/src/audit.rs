@@ -6,6 +6,10 @@
 //! audit: {cluster: nexus-audit, max_batch: 100, flush_ms: 1000, capacity: 10000,
 //!         on_unavailable: buffer}
 //! ```
+//!
+//! `on_unavailable` says what a proxy does while the service does not take records:
+//! `buffer` (keep them, up to `capacity`), `drop` (count them lost), or `refuse` (keep them
+//! and answer 503 to the requests whose decisions must be recorded: fail closed).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -51,6 +55,14 @@ pub enum OnUnavailable {
     Buffer,
     /// Dropped and counted (`nexus_audit.dropped`): no record waits on a service that is down.
     Drop,
+    /// Fail closed: kept as with `buffer`, and while records cannot be delivered (from a
+    /// batch the service did not take until it takes one, or while `capacity` is reached)
+    /// each request whose decision must be recorded is answered 503 `audit_unavailable`
+    /// before it reaches the upstream, and counted (`nexus_audit.refused`). This is Envoy's
+    /// `ext_authz` with `failure_mode_allow: false`, or auditd's `disk_full_action: halt`:
+    /// where an unrecorded decision is worse than a refused request, a dependency's outage
+    /// stops the traffic it must see rather than let it through unseen.
+    Refuse,
 }
 
 fn default_authority() -> String {
@@ -84,6 +96,20 @@ impl AuditSink {
     }
 }
 
+impl AuditSink {
+    /// For a filter that records allows but cannot fail closed on them (nexus-auth, for
+    /// now): `refuse` there would be a promise not kept, so it is a configuration error.
+    /// (nexus-ratelimit records only denials, which refuse the request anyway.)
+    pub fn refuse_unsupported(&self, path: &str, filter: &str, errors: &mut Vec<ConfigError>) {
+        if self.on_unavailable == OnUnavailable::Refuse {
+            errors.push(ConfigError::new(
+                format!("{path}.on_unavailable"),
+                format!("{filter} cannot refuse requests while the audit service is down (yet): use buffer or drop"),
+            ));
+        }
+    }
+}
+
 impl Validate for AuditSink {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.cluster.is_empty() {
@@ -106,5 +132,29 @@ impl Validate for AuditSink {
                 format!("{} is below max_batch ({})", self.capacity, self.max_batch),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::AuthConfig;
+    use crate::guard::GuardConfig;
+    use crate::parse;
+
+    #[test]
+    fn refuse_is_accepted_where_a_filter_can_fail_closed_and_refused_elsewhere() {
+        let audit = r#""audit": {"cluster": "nexus-audit", "on_unavailable": "refuse"}"#;
+        let guard = format!(r#"{{{audit}}}"#);
+        let g: GuardConfig = parse(guard.as_bytes()).unwrap();
+        assert_eq!(
+            g.audit.unwrap().on_unavailable,
+            super::OnUnavailable::Refuse
+        );
+        let auth = format!(r#"{{"rules": [], {audit}}}"#);
+        let err = parse::<AuthConfig>(auth.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("audit.on_unavailable"), "{err}");
+        assert!(err.contains("buffer or drop"), "{err}");
     }
 }

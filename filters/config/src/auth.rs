@@ -498,6 +498,7 @@ impl Validate for AuthConfig {
     fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if let Some(a) = &self.audit {
             a.validate(&format!("{path}.audit"), errors);
+            a.refuse_unsupported(&format!("{path}.audit"), "nexus-auth", errors);
         }
         for (name, provider) in &self.providers {
             let at = format!("{path}.providers.{name}");

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use nexus_config::audit::{AuditSink, OnUnavailable};
 use nexus_config::contract;
 
-use crate::{HeaderList, Metrics};
+use crate::{HeaderList, LocalResponse, Metrics};
 
 /// The request a record is about, from the headers Envoy and the earlier filters set. A
 /// record never holds the path (it can hold PII: `/users/alice@example.com`; the rule says
@@ -71,6 +71,33 @@ impl RequestMeta {
 pub const SENT: &str = "nexus_audit.sent";
 pub const SEND_FAILURES: &str = "nexus_audit.send_failures";
 pub const DROPPED: &str = "nexus_audit.dropped";
+/// Requests answered 503 because their decisions could not be recorded (`refuse`).
+pub const REFUSED: &str = "nexus_audit.refused";
+
+/// Why records cannot be delivered now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The service did not take the last batch (error, timeout, non-2xx).
+    ServiceDown,
+    /// `capacity` records wait already.
+    QueueFull,
+}
+
+impl Unavailable {
+    /// The 503 a request gets under `refuse`, naming the reason (and counted).
+    pub fn refusal(self, metrics: &impl Metrics) -> LocalResponse {
+        metrics.increment(REFUSED, 1);
+        let detail = match self {
+            Unavailable::ServiceDown => {
+                "the audit service did not take the last batch of records, and this request's decisions must be recorded"
+            }
+            Unavailable::QueueFull => {
+                "the audit queue is full, and this request's decisions must be recorded"
+            }
+        };
+        LocalResponse::json_error(503, "audit_unavailable", detail).with_header("retry-after", "1")
+    }
+}
 
 #[derive(Debug)]
 pub struct AuditQueue {
@@ -79,6 +106,8 @@ pub struct AuditQueue {
     capacity: usize,
     max_batch: usize,
     on_unavailable: OnUnavailable,
+    /// The last batch was not taken, and none since.
+    failing: bool,
 }
 
 impl AuditQueue {
@@ -89,6 +118,24 @@ impl AuditQueue {
             capacity: sink.capacity as usize,
             max_batch: (sink.max_batch as usize).max(1),
             on_unavailable: sink.on_unavailable,
+            failing: false,
+        }
+    }
+
+    /// Under `refuse`, why a request whose decisions must be recorded is to be refused now;
+    /// None when it may go on (always under `buffer` and `drop`). A service that goes down is
+    /// noticed at the first batch it does not take (within `flush_ms` + `timeout_ms` of the
+    /// first record after), and back up at the first it takes.
+    pub fn refusing(&self) -> Option<Unavailable> {
+        if self.on_unavailable != OnUnavailable::Refuse {
+            return None;
+        }
+        if self.failing {
+            Some(Unavailable::ServiceDown)
+        } else if self.len() >= self.capacity {
+            Some(Unavailable::QueueFull)
+        } else {
+            None
         }
     }
 
@@ -126,13 +173,14 @@ impl AuditQueue {
     pub fn sent(&mut self, ok: bool, metrics: &impl Metrics) {
         let batch = std::mem::take(&mut self.in_flight);
         let n = batch.len() as i64;
+        self.failing = !ok;
         if ok {
             metrics.increment(SENT, n);
             return;
         }
         metrics.increment(SEND_FAILURES, 1);
         match self.on_unavailable {
-            OnUnavailable::Buffer => {
+            OnUnavailable::Buffer | OnUnavailable::Refuse => {
                 for r in batch.into_iter().rev() {
                     self.waiting.push_front(r);
                 }
@@ -199,6 +247,64 @@ mod tests {
         q.sent(false, &m);
         assert_eq!((m.value(SEND_FAILURES), m.value(DROPPED)), (1, 1));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn refuse_fails_closed_from_a_batch_not_taken_until_one_is_taken() {
+        let m = MemMetrics::default();
+        let mut q = queue(10, 2, OnUnavailable::Refuse);
+        assert_eq!(q.refusing(), None, "nothing failed yet");
+        q.push("a".into(), &m);
+        q.next_batch().unwrap();
+        assert_eq!(q.refusing(), None, "a batch in flight is not a failure");
+        q.sent(false, &m);
+        assert_eq!(q.refusing(), Some(Unavailable::ServiceDown));
+        q.push("b".into(), &m);
+        assert_eq!(q.next_batch().unwrap(), b"a\nb\n", "kept, as with buffer");
+        assert_eq!(
+            q.refusing(),
+            Some(Unavailable::ServiceDown),
+            "while retrying"
+        );
+        q.sent(true, &m);
+        assert_eq!(q.refusing(), None);
+        assert_eq!((m.value(SENT), m.value(DROPPED)), (2, 0));
+
+        let r = Unavailable::ServiceDown.refusal(&m);
+        assert_eq!(r.status, 503);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["error"], "audit_unavailable");
+        assert!(body["detail"].as_str().unwrap().contains("did not take"));
+        assert_eq!(m.value(REFUSED), 1);
+    }
+
+    #[test]
+    fn refuse_fails_closed_while_the_queue_is_full_and_only_under_refuse() {
+        let m = MemMetrics::default();
+        let mut q = queue(2, 1, OnUnavailable::Refuse);
+        q.push("a".into(), &m);
+        assert_eq!(q.refusing(), None);
+        q.push("b".into(), &m);
+        assert_eq!(q.refusing(), Some(Unavailable::QueueFull));
+        q.next_batch().unwrap();
+        assert_eq!(
+            q.refusing(),
+            Some(Unavailable::QueueFull),
+            "in flight counts"
+        );
+        q.sent(true, &m);
+        assert_eq!(q.refusing(), None);
+        let body = Unavailable::QueueFull.refusal(&m).body;
+        assert!(String::from_utf8(body).unwrap().contains("queue is full"));
+
+        for mode in [OnUnavailable::Buffer, OnUnavailable::Drop] {
+            let mut q = queue(1, 1, mode);
+            q.push("a".into(), &m);
+            q.next_batch().unwrap();
+            q.sent(false, &m);
+            q.push("b".into(), &m);
+            assert_eq!(q.refusing(), None, "{mode:?} never refuses");
+        }
     }
 
     #[test]

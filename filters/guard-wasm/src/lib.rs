@@ -136,6 +136,8 @@ impl Filter for GuardFilter {
         let step = self
             .guard
             .on_request_headers(&mut ex, &headers, end_of_stream, &self.metrics);
+        let unavailable = self.audit.as_ref().and_then(AuditSender::refusing);
+        let step = nexus_guard::audit_gate(&mut ex, step, unavailable, &self.metrics);
         if ex.active() {
             let meta = match self.audit {
                 Some(_) => RequestMeta::from_headers(&headers),

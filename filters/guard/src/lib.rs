@@ -33,6 +33,7 @@ pub mod scan;
 
 use nexus_config::guard::{GuardConfig, PiiAction};
 use nexus_config::ConfigErrors;
+use nexus_filter_core::audit::Unavailable;
 use nexus_filter_core::{HeaderList, LocalResponse, Metrics};
 
 use detectors::Kind;
@@ -319,6 +320,28 @@ impl Guard {
             at_end,
             metrics,
         )
+    }
+}
+
+/// Fail closed on the audit log (`on_unavailable: refuse`): while records cannot be
+/// delivered (`unavailable`), a request a guard policy applies to is answered 503
+/// `audit_unavailable` (counted) instead of going on. Every such request may lead to a record
+/// (a refusal, or findings in either body, known only once the bodies pass), so all are
+/// refused, at the headers, before anything reaches the upstream. A refusal already decided
+/// stands: it names the broken rule, and nothing passes either way.
+pub fn audit_gate(
+    ex: &mut Exchange,
+    step: HeadersStep,
+    unavailable: Option<Unavailable>,
+    metrics: &impl Metrics,
+) -> HeadersStep {
+    match (unavailable, &step) {
+        (Some(why), HeadersStep::Continue | HeadersStep::ContinueUnsized) if ex.active() => {
+            // Nothing more happens to this request: its bodies are not looked at.
+            ex.policy = None;
+            HeadersStep::Respond(why.refusal(metrics))
+        }
+        _ => step,
     }
 }
 

@@ -13,6 +13,9 @@ use crate::detectors::{detect, key_is_credential, Context, Hit, Kind};
 pub const SEGMENT_MAX: usize = 8192;
 /// Longer than any finding but a pathological JWT.
 pub const OVERLAP: usize = 2048;
+/// No finding is shorter: `a@b.cd`, `::abcd` (an IPv4 address has 7 bytes, a phone number
+/// 8 digits, every other kind more).
+const SHORTEST_FINDING: usize = 6;
 /// Field names are compared in their first bytes only.
 const KEY_MAX: usize = 64;
 /// Distinct field names whose judgement is remembered per body.
@@ -72,6 +75,9 @@ pub struct Scanner {
     /// Field names seen and whether they are credential-like: bodies repeat their field
     /// names (arrays of records), so each is judged once.
     judged: Vec<(Vec<u8>, bool)>,
+    /// Where in `judged` the next field name is looked for first: records repeat their
+    /// fields in the same order, so that guess is nearly always right.
+    next_judged: usize,
     hits: Vec<Hit>,
 }
 
@@ -93,6 +99,7 @@ impl Scanner {
             key: Vec::new(),
             credential: false,
             judged: Vec::new(),
+            next_judged: 0,
             hits: Vec::new(),
         }
     }
@@ -114,15 +121,23 @@ impl Scanner {
     pub fn feed(&mut self, config: &ScanConfig, chunk: &[u8]) {
         let mut rest = chunk;
         while let Some((&b, tail)) = rest.split_first() {
-            // Fast path: runs of plain text are copied whole, not byte by byte.
-            let bulk = if self.json {
-                self.in_string && self.escape == 0
-            } else {
-                true
-            };
-            if bulk {
-                let stop = if self.json { json_stop } else { text_stop };
-                let n = rest.iter().position(|b| stop(*b)).unwrap_or(rest.len());
+            // Fast path: runs of plain bytes (a string's text, a number, a line of text) are
+            // found with one table lookup per byte and copied whole.
+            let stop = self.bulk_stop();
+            if stop != 0 {
+                let n = if stop == STRING_STOP {
+                    quote_or_backslash(rest)
+                } else {
+                    rest.iter()
+                        .position(|b| stops(*b) & stop != 0)
+                        .unwrap_or(rest.len())
+                };
+                if n > 0 && n < SEGMENT_MAX && self.seg.is_empty() {
+                    if let Some(after) = self.in_place(config, stop, rest, n) {
+                        rest = after;
+                        continue;
+                    }
+                }
                 if let Some((run, after)) = rest.split_at_checked(n).filter(|_| n > 0) {
                     self.push_run(config, run);
                     rest = after;
@@ -136,6 +151,56 @@ impl Scanner {
             }
             self.offset += 1;
             rest = tail;
+        }
+    }
+
+    /// A run of `n` plain bytes at the start of `rest` that is a whole segment, ended in this
+    /// chunk: handled where it lies instead of copied (most segments of a body are). What
+    /// follows it, or None where the general path must take it: the segment held until the
+    /// next chunk says whether a string was a key.
+    fn in_place<'c>(
+        &mut self,
+        config: &ScanConfig,
+        stop: u8,
+        rest: &'c [u8],
+        n: usize,
+    ) -> Option<&'c [u8]> {
+        let (run, after) = rest.split_at_checked(n)?;
+        let &end = after.first()?;
+        if stop != STRING_STOP {
+            // A number or literal, or a line of text: its stop byte flushes nothing more.
+            self.seg_start = self.offset;
+            self.scan(config, run, stop == TEXT_STOP, n, true);
+            self.reported = 0;
+            self.offset += n;
+            return Some(after);
+        }
+        if end != b'"' {
+            return None; // an escape follows: the string goes on
+        }
+        let after_quote = after.get(1..)?;
+        // A key if the next byte that is not whitespace is `:`.
+        let next = after_quote.iter().find(|b| !b.is_ascii_whitespace())?;
+        self.seg_start = self.offset;
+        if *next == b':' {
+            self.set_key(run);
+        } else {
+            self.scan(config, run, true, n, true);
+        }
+        self.reported = 0;
+        self.in_string = false;
+        self.offset += n + 1;
+        Some(after_quote)
+    }
+
+    /// The [`STOPS`] bit of the bytes that end a plain run in the current state, or 0 where
+    /// each byte is handled alone (in an escape; after a string, until `:` or the next value).
+    fn bulk_stop(&self) -> u8 {
+        match (self.json, self.in_string) {
+            (false, _) => TEXT_STOP,
+            (true, true) if self.escape == 0 => STRING_STOP,
+            (true, false) if !self.pending => VALUE_STOP,
+            _ => 0,
         }
     }
 
@@ -245,21 +310,33 @@ impl Scanner {
     }
 
     fn take_key(&mut self) {
-        self.key.clear();
-        self.key
-            .extend(self.seg.iter().take(KEY_MAX).map(u8::to_ascii_lowercase));
-        self.credential = self.judge_key();
+        let seg = std::mem::take(&mut self.seg);
+        self.set_key(&seg);
+        self.seg = seg;
         self.seg.clear();
         self.reported = 0;
     }
 
+    fn set_key(&mut self, name: &[u8]) {
+        self.key.clear();
+        self.key
+            .extend(name.iter().take(KEY_MAX).map(u8::to_ascii_lowercase));
+        self.credential = self.judge_key();
+    }
+
     fn judge_key(&mut self) -> bool {
-        if let Some((_, c)) = self.judged.iter().find(|(k, _)| *k == self.key) {
-            return *c;
+        let n = self.judged.len();
+        let (head, tail) = self.judged.split_at(self.next_judged.min(n));
+        if let Some(i) = tail.iter().chain(head).position(|(k, _)| *k == self.key) {
+            let i = i + self.next_judged;
+            let i = if i >= n { i - n } else { i };
+            self.next_judged = i + 1;
+            return self.judged.get(i).is_some_and(|(_, c)| *c);
         }
         let c = key_is_credential(&self.key);
-        if self.judged.len() < JUDGED_MAX {
+        if n < JUDGED_MAX {
             self.judged.push((self.key.clone(), c));
+            self.next_judged = n + 1;
         }
         c
     }
@@ -268,7 +345,9 @@ impl Scanner {
     fn flush(&mut self, config: &ScanConfig, in_string: bool) {
         let in_string = in_string || !self.json;
         if !self.seg.is_empty() {
-            self.scan(config, in_string, self.seg.len(), true);
+            let seg = std::mem::take(&mut self.seg);
+            self.scan(config, &seg, in_string, seg.len(), true);
+            self.seg = seg;
         }
         self.seg.clear();
         self.reported = 0;
@@ -282,20 +361,27 @@ impl Scanner {
             return;
         }
         let cut = self.seg.len().saturating_sub(OVERLAP);
-        self.scan(config, true, cut, false);
+        let seg = std::mem::take(&mut self.seg);
+        self.scan(config, &seg, true, cut, false);
+        self.seg = seg;
         self.seg.drain(..cut);
         self.seg_start += cut;
         self.reported = self.seg_start;
     }
 
     /// Scans `seg`, reporting hits that start before `cut` and after what was reported.
-    fn scan(&mut self, config: &ScanConfig, in_string: bool, cut: usize, whole: bool) {
+    fn scan(&mut self, config: &ScanConfig, seg: &[u8], in_string: bool, cut: usize, whole: bool) {
         if config.allowed(&self.key) {
             return;
         }
         self.hits.clear();
-        if config.denied(&self.key) && whole {
-            let len = self.seg.len();
+        let denied = whole && config.denied(&self.key);
+        if !denied && seg.len() < SHORTEST_FINDING {
+            // Most values of a JSON body (small numbers, flags, short words) end here.
+            return;
+        }
+        if denied {
+            let len = seg.len();
             self.hits.push(Hit {
                 kind: Kind::Field,
                 start: 0,
@@ -307,9 +393,9 @@ impl Scanner {
                 enabled: config.enabled,
                 credential: self.credential,
             };
-            detect(&self.seg, &ctx, &mut self.hits);
+            detect(seg, &ctx, &mut self.hits);
         }
-        let (seg_start, reported, seg_len) = (self.seg_start, self.reported, self.seg.len());
+        let (seg_start, reported, seg_len) = (self.seg_start, self.reported, seg.len());
         for i in 0..self.hits.len() {
             let Some(h) = self.hits.get(i).copied() else {
                 break;
@@ -345,12 +431,62 @@ impl Scanner {
 
 /// Bytes that end a text segment.
 fn text_stop(b: u8) -> bool {
-    matches!(b, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0)
+    stops(b) & TEXT_STOP != 0
 }
 
-/// Bytes that end the plain run of a JSON string.
-fn json_stop(b: u8) -> bool {
-    b == b'"' || b == b'\\'
+/// [`STOPS`] bits: the byte ends a text segment; the plain run of a JSON string; a JSON
+/// number or literal (structure, whitespace, a quote).
+const TEXT_STOP: u8 = 1;
+const STRING_STOP: u8 = 2;
+const VALUE_STOP: u8 = 4;
+
+// Built at compile time: an index out of range fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
+static STOPS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b'\n' | b'\r' | b'\t' | b'"' | b'<' | b'>' | 0) {
+            t[b] |= TEXT_STOP;
+        }
+        if matches!(c, b'"' | b'\\') {
+            t[b] |= STRING_STOP;
+        }
+        if matches!(c, b'"' | b',' | b'{' | b'}' | b'[' | b']' | b':') || c.is_ascii_whitespace() {
+            t[b] |= VALUE_STOP;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The index of the first `"` or `\` in `s` (its length if none), eight bytes at a time:
+/// the text of JSON strings is most of a JSON body.
+fn quote_or_backslash(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero: its high bit is set in `zero(x)`; the lowest set bit is exact.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let x = u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or([0; 8]));
+        let found = zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = words.remainder();
+    at + tail
+        .iter()
+        .position(|b| matches!(b, b'"' | b'\\'))
+        .unwrap_or(tail.len())
+}
+
+fn stops(b: u8) -> u8 {
+    STOPS.get(usize::from(b)).copied().unwrap_or(0)
 }
 
 /// Scans a whole body at once.

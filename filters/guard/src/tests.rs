@@ -573,3 +573,63 @@ fn each_decision_is_kept_for_the_audit_log_with_types_never_values() {
         }
     }
 }
+
+#[test]
+fn audit_refuse_answers_503_to_guarded_requests_while_records_cannot_be_delivered() {
+    use nexus_config::audit::{AuditSink, OnUnavailable};
+    use nexus_filter_core::audit::{AuditQueue, REFUSED};
+    let guard = Guard::from_json(CONFIG.as_bytes()).unwrap();
+    let m = MemMetrics::default();
+    let mut queue = AuditQueue::new(&AuditSink {
+        on_unavailable: OnUnavailable::Refuse,
+        ..AuditSink::new("audit")
+    });
+    let headers_step = |queue: &AuditQueue, path: &str, ex: &mut Exchange| {
+        let h = headers("POST", path, &[("content-type", "application/json")]);
+        let step = guard.on_request_headers(ex, &h, false, &m);
+        audit_gate(ex, step, queue.refusing(), &m)
+    };
+    // The service took everything so far: requests go on.
+    let mut ex = Exchange::default();
+    assert_eq!(
+        headers_step(&queue, "/block/x", &mut ex),
+        HeadersStep::Continue
+    );
+    // A batch it did not take: guarded requests are refused, before any body.
+    queue.push("{}".into(), &m);
+    queue.next_batch().unwrap();
+    queue.sent(false, &m);
+    let mut ex = Exchange::default();
+    let HeadersStep::Respond(r) = headers_step(&queue, "/block/x", &mut ex) else {
+        panic!("not refused");
+    };
+    assert_eq!(r.status, 503);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "audit_unavailable");
+    assert!(!ex.active(), "a refused request's bodies are not looked at");
+    assert_eq!(m.value(REFUSED), 1);
+    // A request no policy applies to records nothing: it goes on.
+    let mut ex = Exchange::default();
+    let h = headers("GET", "/elsewhere", &[]);
+    let step = guard.on_request_headers(&mut ex, &h, true, &m);
+    assert_eq!(
+        audit_gate(&mut ex, step, queue.refusing(), &m),
+        HeadersStep::Continue
+    );
+    // A refusal the guard decided stands, naming its rule.
+    let mut ex = Exchange::default();
+    let HeadersStep::Respond(r) = headers_step(&queue, "/block/a%2Fb", &mut ex) else {
+        panic!("not refused");
+    };
+    assert_eq!(r.status, 400);
+    assert_eq!(m.value(REFUSED), 1);
+    // The service takes the retried batch: requests go on again.
+    queue.next_batch().unwrap();
+    queue.sent(true, &m);
+    let mut ex = Exchange::default();
+    assert_eq!(
+        headers_step(&queue, "/block/x", &mut ex),
+        HeadersStep::Continue
+    );
+    assert!(ex.active());
+}

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 
 use nexus_config::audit::{AuditSink, RECORDS_PATH};
-use nexus_filter_core::audit::AuditQueue;
+use nexus_filter_core::audit::{AuditQueue, Unavailable};
 use nexus_filter_core::{Level, Log, Metrics};
 
 use crate::{hostcalls, HostLog};
@@ -37,6 +37,12 @@ impl AuditSender {
     /// Queues a record (a JSON object) for the next send.
     pub fn push(&self, record: String, metrics: &impl Metrics) {
         self.queue.borrow_mut().push(record, metrics);
+    }
+
+    /// Under `on_unavailable: refuse`, why a request whose decisions must be recorded is to
+    /// be refused now (see [`AuditQueue::refusing`]).
+    pub fn refusing(&self) -> Option<Unavailable> {
+        self.queue.borrow().refusing()
     }
 
     /// Sends the next batch, if none is in flight and records wait. Root context only (a tick).

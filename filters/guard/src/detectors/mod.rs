@@ -157,39 +157,83 @@ fn contains_word(hay: &[u8], w: &[u8]) -> bool {
     }) && hay.len() >= w.len()
 }
 
+/// The end of the word going on at `from`.
+fn word_end(seg: &[u8], from: usize) -> usize {
+    seg.get(from..)
+        .and_then(|rest| rest.iter().position(|b| class(*b) & WORD == 0))
+        .map_or(seg.len(), |n| from + n)
+}
+
 /// Up to 32 bytes before `start`: where "card", "order #" and the like are written.
 pub(crate) fn before(seg: &[u8], start: usize) -> &[u8] {
     seg.get(start.saturating_sub(32)..start).unwrap_or(&[])
 }
 
+/// What a byte can start, and whether it is a word byte ([`is_word`]): [`detect`] looks
+/// each byte up here instead of dispatching on it.
+const NOTHING: u8 = 0;
+const AT_SIGN: u8 = 1;
+const NUMBER: u8 = 2;
+/// A JWT, an API-key prefix or an IBAN.
+const TOKEN: u8 = 3;
+const COLON: u8 = 4;
+const STARTS_MASK: u8 = 7;
+const WORD: u8 = 8;
+
+// Built at compile time: an index out of range fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
+static CLASS: [u8; 256] = {
+    let mut t = [NOTHING; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'@' => AT_SIGN,
+            b'0'..=b'9' | b'+' | b'(' => NUMBER,
+            b'A'..=b'Z' | b'e' | b'g' | b's' | b'r' | b'x' => TOKEN,
+            b':' => COLON,
+            _ => NOTHING,
+        };
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            t[b] |= WORD;
+        }
+        b += 1;
+    }
+    t
+};
+
+fn class(b: u8) -> u8 {
+    CLASS.get(usize::from(b)).copied().unwrap_or(NOTHING)
+}
+
 /// Runs the enabled detectors over `seg`, appending non-overlapping hits in order.
+///
+/// Numbers and tokens start only at a word boundary, and `@` and `:` are no word bytes, so
+/// nothing starts inside a word: each word is looked at by its first byte, and the rest of it
+/// skipped whole.
 pub fn detect(seg: &[u8], ctx: &Context, out: &mut Vec<Hit>) {
     let first = out.len();
     let mut i = 0;
     let mut last_end = 0;
     while i < seg.len() {
-        let b = at(seg, i);
-        let hit = match b {
-            b'@' if ctx.on(Kind::Email) => email::find(seg, i, last_end),
-            b'0'..=b'9' | b'+' | b'(' if boundary_before(seg, i) => {
-                match numeric::find(seg, i, ctx) {
-                    Ok(hit) => Some(hit),
-                    Err(skip) => {
-                        i = skip.max(i + 1);
-                        continue;
-                    }
+        let c = class(at(seg, i));
+        let hit = match c & STARTS_MASK {
+            AT_SIGN if ctx.on(Kind::Email) => email::find(seg, i, last_end),
+            NUMBER if boundary_before(seg, i) => match numeric::find(seg, i, ctx) {
+                Ok(hit) => Some(hit),
+                Err(skip) => {
+                    i = skip.max(i + 1);
+                    continue;
                 }
-            }
-            b'A'..=b'Z' | b'e' | b'g' | b's' | b'r' | b'x' if boundary_before(seg, i) => {
-                secret::find_token(seg, i, ctx).or_else(|| {
-                    if ctx.on(Kind::Iban) {
-                        iban::find(seg, i)
-                    } else {
-                        None
-                    }
-                })
-            }
-            b':' if ctx.on(Kind::Ip) => ip::find_v6(seg, i, last_end),
+            },
+            TOKEN if boundary_before(seg, i) => secret::find_token(seg, i, ctx).or_else(|| {
+                if ctx.on(Kind::Iban) {
+                    iban::find(seg, i)
+                } else {
+                    None
+                }
+            }),
+            COLON if ctx.on(Kind::Ip) => ip::find_v6(seg, i, last_end),
             _ => None,
         };
         match hit {
@@ -198,6 +242,7 @@ pub fn detect(seg: &[u8], ctx: &Context, out: &mut Vec<Hit>) {
                 last_end = h.end;
                 out.push(h);
             }
+            None if c & WORD != 0 => i = word_end(seg, i + 1),
             None => i += 1,
         }
     }

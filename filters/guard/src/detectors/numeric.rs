@@ -85,7 +85,9 @@ pub fn find(seg: &[u8], start: usize, ctx: &Context) -> Result<Hit, usize> {
     let run = gather(seg, start);
     let skip = run.end.max(start + 1);
     // A run glued to letters (`A1234`, `v1.2.3.4b`) is an identifier.
-    if run.n_digits == 0 || !super::boundary_after(seg, run.end) || run.n_digits > 23 {
+    // Fewer than four digits is no address, SSN, card or phone: most numbers in a body
+    // (counts, amounts, small ids) end here.
+    if run.n_digits < 4 || !super::boundary_after(seg, run.end) || run.n_digits > 23 {
         return Err(skip);
     }
     let hit = |kind| Hit {

@@ -56,7 +56,10 @@ pub fn find_token(seg: &[u8], start: usize, ctx: &Context) -> Option<Hit> {
         return None;
     }
     let rest = seg.get(start..)?;
-    let pre = PREFIXES.iter().find(|p| rest.starts_with(p.prefix))?;
+    // Most words start with a letter no prefix starts with: compare that byte first.
+    let pre = PREFIXES
+        .iter()
+        .find(|p| p.prefix.first() == Some(&first) && rest.starts_with(p.prefix))?;
     let body_start = start + pre.prefix.len();
     let mut end = body_start;
     while end < seg.len() && end - body_start < pre.max {
