@@ -1,9 +1,8 @@
 //! Log lines about one request, carrying its ids as fields.
 //!
-//! Every Nexus log line names a request the same way (the vocabulary of `nexus-telemetry` and
-//! of Envoy's access log as Nexus renders it): [`CORRELATION_ID`] is `x-request-id`, which
-//! nexus-router keeps when valid or makes; [`TRACE_ID`] is the trace id of W3C `traceparent`,
-//! which nexus-router keeps when valid or makes too.
+//! Every Nexus log line names a request the same way (`nexus_config::contract`, the one
+//! vocabulary): [`CORRELATION_ID`] is `x-request-id`, which nexus-router keeps when valid or
+//! makes; [`TRACE_ID`] is the trace id of W3C `traceparent`, which it keeps or makes too.
 //!
 //! A filter can only hand Envoy a message string, so the fields travel in the message in
 //! Envoy's own tagged-log syntax, `[Tags: "correlation_id":"…","trace_id":"…"] routed`. Envoy
@@ -17,15 +16,12 @@
 
 use crate::host::{HeaderMap, Level, Log};
 
-/// The field naming a request across every Nexus log: the `x-request-id` it carries.
-pub const CORRELATION_ID: &str = "correlation_id";
-/// The field naming a request's trace: `traceparent`'s trace id (32 lower-case hex digits).
-pub const TRACE_ID: &str = "trace_id";
+pub use nexus_config::contract::{
+    LOG_CORRELATION_ID as CORRELATION_ID, LOG_TAGS_OPEN as TAGS_OPEN, LOG_TRACE_ID as TRACE_ID,
+};
+
 /// The level of the one line a filter logs per request.
 pub const REQUEST_LEVEL: Level = Level::Debug;
-
-/// What opens a tagged message (Envoy's `ENVOY_TAGGED_LOG` syntax).
-pub const TAGS_OPEN: &str = "[Tags: ";
 
 /// A request's ids, as its headers carry them after nexus-router.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
