@@ -12,9 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use nexus_config::contract;
-use nexus_proto::accesslog::access_log_service_server::{
-    AccessLogService, AccessLogServiceServer,
-};
+use nexus_proto::accesslog::access_log_service_server::{AccessLogService, AccessLogServiceServer};
 use nexus_proto::accesslog::stream_access_logs_message::LogEntries;
 use nexus_proto::accesslog::{
     HttpAccessLogEntry, RequestMethod, ResponseFlags, StreamAccessLogsMessage,
@@ -171,7 +169,10 @@ mod tests {
     fn http_entry(status: u32, details: &str, flags: ResponseFlags) -> HttpAccessLogEntry {
         let mut request = HttpRequestProperties {
             request_headers: [
-                (contract::CATEGORY.to_string(), "data_operations".to_string()),
+                (
+                    contract::CATEGORY.to_string(),
+                    "data_operations".to_string(),
+                ),
                 (contract::UPSTREAM.to_string(), "lake".to_string()),
                 (contract::RULE.to_string(), "lake".to_string()),
             ]
@@ -192,15 +193,19 @@ mod tests {
             response: Some(HttpResponseProperties {
                 response_code: Some(status),
                 response_code_details: details.to_string(),
-                response_headers: [(contract::CACHE_RESULT.to_string(), "miss".to_string())]
-                    .into(),
+                response_headers: [(contract::CACHE_RESULT.to_string(), "miss".to_string())].into(),
             }),
         }
     }
 
     #[test]
     fn an_http_entry_reads_as_the_file_access_logs_entry() {
-        let e = entry(&http_entry(401, "nexus_missing_credentials", Default::default())).unwrap();
+        let e = entry(&http_entry(
+            401,
+            "nexus_missing_credentials",
+            Default::default(),
+        ))
+        .unwrap();
         let line = r#"{"method":"POST","status":"401","details":"nexus_missing_credentials","response_flags":"-","duration_ms":"1250","category":"data_operations","upstream":"lake","rule":"lake","cache":"miss"}"#;
         assert_eq!(e, Entry::parse(line).unwrap());
     }

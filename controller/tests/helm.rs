@@ -560,7 +560,13 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
     // What the controller renders with this namespace (as the chart passes it).
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["render", "--controller-namespace", ns, "--access-log-port", "8084"])
+        .args([
+            "render",
+            "--controller-namespace",
+            ns,
+            "--access-log-port",
+            "8084",
+        ])
         .arg("--modules")
         .arg(fixtures.join("modules"))
         .arg("-f")

@@ -102,7 +102,10 @@ async fn a_gateways_requests_are_counted_on_the_controllers_metrics() {
     }
     // The mix: 5 reads and 3 writes of the lake, 2 more requests no rule matches.
     for _ in 0..5 {
-        assert_eq!(client::get(gw.port, "/lake/tables", &[]).unwrap().status, 200);
+        assert_eq!(
+            client::get(gw.port, "/lake/tables", &[]).unwrap().status,
+            200
+        );
     }
     for _ in 0..3 {
         let r = client::request(gw.port, "POST", "/lake/tables", &[], b"{}").unwrap();

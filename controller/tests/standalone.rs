@@ -1103,7 +1103,13 @@ fn every_log_line_is_json_and_one_request_is_followed_by_its_correlation_id() {
     assert_eq!(r.status, 200, "{}", r.text());
     let echoed = r.json().unwrap()["headers"].clone();
     let id = echoed["x-request-id"].as_str().unwrap().to_string();
-    let trace_id = echoed["traceparent"].as_str().unwrap().split('-').nth(1).unwrap().to_string();
+    let trace_id = echoed["traceparent"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_string();
     let denied = up.get("/lake/tables", &[]);
     assert_eq!(denied.status, 401);
 
@@ -1121,9 +1127,10 @@ fn every_log_line_is_json_and_one_request_is_followed_by_its_correlation_id() {
 
     // Envoy's log: the filters' lines for the request, with its ids as fields.
     let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap();
-    let lines: Vec<_> = envoy_log
+    let lines: Vec<serde_json::Value> = envoy_log
         .lines()
         .map(|l| nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .map(serde_json::Value::Object)
         .collect();
     let of_request = |filter: &str| {
         lines
@@ -1132,14 +1139,14 @@ fn every_log_line_is_json_and_one_request_is_followed_by_its_correlation_id() {
             .unwrap_or_else(|| panic!("no {filter} line for {id} in\n{envoy_log}"))
     };
     let routed = of_request("nexus.router");
-    assert_eq!(routed["message"], "routed", "{routed:?}");
-    assert_eq!(routed["trace_id"], trace_id.as_str(), "{routed:?}");
-    assert_eq!(routed["category"], "data_operations", "{routed:?}");
-    assert_eq!(routed["level"], "debug", "{routed:?}");
+    assert_eq!(routed["message"], "routed", "{routed}");
+    assert_eq!(routed["trace_id"], trace_id.as_str(), "{routed}");
+    assert_eq!(routed["category"], "data_operations", "{routed}");
+    assert_eq!(routed["level"], "debug", "{routed}");
     let allowed = of_request("nexus.auth");
-    assert_eq!(allowed["message"], "allowed", "{allowed:?}");
-    assert_eq!(allowed["trace_id"], trace_id.as_str(), "{allowed:?}");
-    assert_eq!(allowed["client_id"], "alice", "{allowed:?}");
+    assert_eq!(allowed["message"], "allowed", "{allowed}");
+    assert_eq!(allowed["trace_id"], trace_id.as_str(), "{allowed}");
+    assert_eq!(allowed["client_id"], "alice", "{allowed}");
     // The refused request has its own line, with its own id.
     assert!(
         lines.iter().any(|l| l["filter"] == "nexus.auth"

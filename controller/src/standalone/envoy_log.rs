@@ -4,9 +4,9 @@
 //!
 //! Envoy writes each line as JSON itself ([`super::envoy::LOG_FORMAT`]), lifting its own tagged
 //! lines' tags into fields (`%*`). It cannot do that for the filters: it lifts tags only when
-//! they open a message, and a filter's message always opens with `wasm log <root id> <vm id>: `.
+//! they open a message, and a filter's message always opens with `wasm log <plugin> <root id> <vm id>: `.
 //! So Envoy's stderr comes through here: a filter's line gets its tags as fields (its
-//! `correlation_id`, `trace_id`, ...), `filter` (the root id: `nexus.router`, ...) and the
+//! `correlation_id`, `trace_id`, ...), `filter` (the plugin name: `nexus.router`, ...) and the
 //! bare message; every other line is copied as it is, and one that is not JSON (nothing Envoy
 //! should write) is wrapped into a line of the format rather than breaking it.
 
@@ -37,7 +37,7 @@ pub fn normalize(line: &str) -> String {
     Value::Object(obj).to_string()
 }
 
-/// A filter's tagged message: its root id, its tags and the message after them.
+/// A filter's tagged message: its plugin name, its tags and the message after them.
 fn filter_line(message: &str) -> Option<(String, Map<String, Value>, &str)> {
     let after = message.strip_prefix(WASM_PREFIX)?;
     let (prefix, text) = after.split_once(": ")?;
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_filter_line_gets_its_tags_as_fields_and_its_bare_message() {
-        let message = r#"wasm log nexus.router nexus.router-1a2b: [Tags: \"correlation_id\":\"req-1\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"rule\":\"odd] name\"] routed"#;
+        let message = r#"wasm log nexus.router nexus.router nexus.router-1a2b: [Tags: \"correlation_id\":\"req-1\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"rule\":\"odd] name\"] routed"#;
         let line = format!("{ENVOY}\"{message}\"}}");
         let o = obj(&normalize(&line));
         assert_eq!(o["correlation_id"], "req-1");

@@ -158,8 +158,14 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         requests,
     };
     gateway.write_first(&config, &nexus).await?;
-    let mut envoy =
-        Envoy::start(&envoy_bin, &config.gateway, &gateway.xds, state_dir.path(), &opts.filter_log_level).await?;
+    let mut envoy = Envoy::start(
+        &envoy_bin,
+        &config.gateway,
+        &gateway.xds,
+        state_dir.path(),
+        &opts.filter_log_level,
+    )
+    .await?;
     nexus.serving(envoy.admin, &opts);
     announce(&nexus.events, &[], &config, gateway.version);
 

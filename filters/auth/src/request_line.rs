@@ -22,7 +22,10 @@ pub fn log_outcome(outcome: &Outcome, headers: &impl HeaderMap, log: &impl Log) 
         Outcome::Continue(None) => log_request(log, ids, "allowed", &[("method", "none")]),
         Outcome::Respond(resp) => {
             let status = resp.status.to_string();
-            let fields = [("status", status.as_str()), ("reason", resp.details.as_str())];
+            let fields = [
+                ("status", status.as_str()),
+                ("reason", resp.details.as_str()),
+            ];
             log_request(log, ids, "denied", &fields);
         }
         Outcome::Pause => {}
@@ -68,7 +71,10 @@ mod tests {
             "no token",
         )))
         .unwrap();
-        assert!(denied.starts_with(r#"[Tags: "correlation_id":"req-7","#), "{denied}");
+        assert!(
+            denied.starts_with(r#"[Tags: "correlation_id":"req-7","#),
+            "{denied}"
+        );
         assert!(
             denied.ends_with(r#""status":"401","reason":"nexus_missing_credentials"] denied"#),
             "{denied}"

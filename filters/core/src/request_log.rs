@@ -7,7 +7,7 @@
 //! A filter can only hand Envoy a message string, so the fields travel in the message in
 //! Envoy's own tagged-log syntax, `[Tags: "correlation_id":"…","trace_id":"…"] routed`. Envoy
 //! lifts such tags into fields (`%*` in its log format) only when they open the message, and a
-//! wasm line always opens with `wasm log <root id> <vm id>: `; so whoever writes Envoy's log
+//! wasm line always opens with `wasm log <plugin> <root id> <vm id>: `; so whoever writes Envoy's log
 //! as JSON lifts them after that prefix (`nexus up` does: `controller/src/standalone/envoy_log.rs`).
 //!
 //! Per-request lines are [`REQUEST_LEVEL`] (debug): at info, every request would log one line
@@ -141,7 +141,10 @@ mod tests {
             ids.trace_id.as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(RequestIds::from_headers(&MemHeaders::new(&[])), RequestIds::default());
+        assert_eq!(
+            RequestIds::from_headers(&MemHeaders::new(&[])),
+            RequestIds::default()
+        );
         assert_eq!(trace_id_of("garbage"), None);
         assert_eq!(trace_id_of("00-abc-00f067aa0ba902b7-01"), None);
     }

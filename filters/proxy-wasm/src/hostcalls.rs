@@ -247,12 +247,12 @@ pub fn log_level() -> LogLevel {
     // SAFETY: writes one u32.
     match unsafe { proxy_get_log_level(&mut level) } {
         0 => match level {
+            0 => LogLevel::Trace,
             1 => LogLevel::Debug,
             2 => LogLevel::Info,
             3 => LogLevel::Warn,
-            // 5 is critical: only errors and worse are written.
-            4 | 5 => LogLevel::Error,
-            _ => LogLevel::Trace,
+            // 4 error, 5 critical, 6 off: at most errors are written.
+            _ => LogLevel::Error,
         },
         _ => LogLevel::Trace,
     }

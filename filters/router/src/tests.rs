@@ -306,11 +306,19 @@ fn a_routed_request_logs_its_ids_and_decision_in_one_line() {
     let router = Router::from_json(DATAPUNK.as_bytes()).unwrap();
     let log = MemLog::default();
     let mut h = MemHeaders::new(&get("/lake/tables"));
-    router.on_request_headers(&mut h, &mut IdGenerator::new(3), &MemMetrics::default(), &log);
+    router.on_request_headers(
+        &mut h,
+        &mut IdGenerator::new(3),
+        &MemMetrics::default(),
+        &log,
+    );
     let (tags, message) = request_line(&log);
     assert_eq!(message, "routed");
     // The ids it made are the ones the upstream receives.
-    assert_eq!(tags["correlation_id"], h.get("x-request-id").unwrap().as_str());
+    assert_eq!(
+        tags["correlation_id"],
+        h.get("x-request-id").unwrap().as_str()
+    );
     let tp = h.get("traceparent").unwrap();
     assert_eq!(tags["trace_id"], tp.split('-').nth(1).unwrap());
     assert_eq!(tags["category"], "data_operations");
@@ -323,8 +331,12 @@ fn a_routed_request_logs_its_ids_and_decision_in_one_line() {
     let mut headers = get("/nowhere");
     headers.extend([("x-request-id", "client-42"), ("traceparent", tp)]);
     let mut h = MemHeaders::new(&headers);
-    let action =
-        router.on_request_headers(&mut h, &mut IdGenerator::new(3), &MemMetrics::default(), &log);
+    let action = router.on_request_headers(
+        &mut h,
+        &mut IdGenerator::new(3),
+        &MemMetrics::default(),
+        &log,
+    );
     assert!(matches!(action, Action::Respond(_)));
     let (tags, message) = request_line(&log);
     assert_eq!(message, "no route");
