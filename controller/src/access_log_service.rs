@@ -144,11 +144,18 @@ impl AccessLogService for Service {
         &self,
         request: Request<Streaming<StreamAccessLogsMessage>>,
     ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let peer = request.remote_addr();
         let mut stream = request.into_inner();
-        while let Some(message) = stream.message().await? {
-            self.count(&message);
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => self.count(&message),
+                Ok(None) => return Ok(Response::new(StreamAccessLogsResponse {})),
+                Err(status) => {
+                    tracing::warn!(?peer, %status, "an access log stream failed");
+                    return Err(status);
+                }
+            }
         }
-        Ok(Response::new(StreamAccessLogsResponse {}))
     }
 }
 

@@ -101,15 +101,14 @@ async fn a_gateways_requests_are_counted_on_the_controllers_metrics() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The mix: 5 reads and 3 writes of the lake, 2 more requests no rule matches.
+    let host = [("host", "api.example.com")];
     for _ in 0..5 {
-        assert_eq!(
-            client::get(gw.port, "/lake/tables", &[]).unwrap().status,
-            200
-        );
+        let r = client::get(gw.port, "/lake/tables", &host).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
     }
     for _ in 0..3 {
-        let r = client::request(gw.port, "POST", "/lake/tables", &[], b"{}").unwrap();
-        assert_eq!(r.status, 200);
+        let r = client::request(gw.port, "POST", "/lake/tables", &host, b"{}").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
     }
     for _ in 0..2 {
         assert_eq!(client::get(gw.port, "/nowhere", &[]).unwrap().status, 404);
@@ -119,7 +118,7 @@ async fn a_gateways_requests_are_counted_on_the_controllers_metrics() {
     let lake = |class| {
         [
             r#"category="data_operations""#,
-            r#"rule="lake""#,
+            r#"rule="lake.lake""#,
             class,
             r#"status_class="2xx""#,
         ]

@@ -142,6 +142,10 @@ fn buffer_limit_patch(kind: TargetKind, bytes: u32) -> Value {
 /// `x-nexus-*` headers the metrics are labelled by ([`crate::access_log_service`]).
 fn access_log_patch(kind: TargetKind, port: u16, settings: &Settings) -> Value {
     use crate::access_log_service::{LOG_NAME, REQUEST_HEADERS, RESPONSE_HEADERS};
+    let service = format!(
+        "nexus-controller.{}.svc.cluster.local",
+        settings.controller_namespace
+    );
     json!({
         "applyTo": "NETWORK_FILTER",
         "match": {
@@ -161,10 +165,12 @@ fn access_log_patch(kind: TargetKind, port: u16, settings: &Settings) -> Value {
                         "common_config": {
                             "log_name": LOG_NAME,
                             "transport_api_version": "V3",
-                            "grpc_service": { "envoy_grpc": { "cluster_name": format!(
-                                "outbound|{port}||nexus-controller.{}.svc.cluster.local",
-                                settings.controller_namespace
-                            )}},
+                            // The authority defaults to the cluster name, whose `|` an
+                            // HTTP/2 server refuses as malformed: name the Service instead.
+                            "grpc_service": { "envoy_grpc": {
+                                "cluster_name": format!("outbound|{port}||{service}"),
+                                "authority": format!("{service}:{port}"),
+                            }},
                             // Entries are batched: sent at 16 KiB or every second.
                             "buffer_flush_interval": "1s",
                         },
