@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "envoy/service/ratelimit/v3/rls.proto",
+        "envoy/service/accesslog/v3/als.proto",
         "nexus/cache/v1/cache.proto",
     ];
     for p in protos {

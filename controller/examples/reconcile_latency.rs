@@ -169,6 +169,7 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         modules: Settings::load_modules(&root.join("tests/fixtures/modules")).unwrap(),
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
+        access_log_port: None,
     };
     let state = Arc::new(State::new(None));
     let (_, commands) = controller::reconcile_commands(Arc::new(|| true));

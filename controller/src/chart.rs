@@ -31,6 +31,7 @@ pub struct ChartValues {
     pub redis: Redis,
     pub events: Events,
     pub cache: Cache,
+    pub access_log: AccessLog,
     pub ports: Ports,
     pub service: Service,
     pub resources: Resources,
@@ -198,6 +199,16 @@ pub struct Cache {
     pub warm_url: String,
 }
 
+/// Gateways' access log, streamed to the controller (`envoy.access_loggers.http_grpc`): the
+/// request metrics on `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// Pass `--access-log-port=<ports.accessLog>`: rendered EnvoyFilters stream each request's
+    /// entry to the controller, which counts it.
+    pub enabled: bool,
+}
+
 /// Container ports; the Service `nexus-controller` exposes them under the same numbers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -214,6 +225,9 @@ pub struct Ports {
     /// Cache-coherency gRPC service (`grpc-cache`).
     #[schemars(range(min = 1))]
     pub cache: u16,
+    /// Access log gRPC service (`grpc-access-log`), when `accessLog.enabled`.
+    #[schemars(range(min = 1))]
+    pub access_log: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -4,6 +4,7 @@
 //! needs no API server; [`controller`], [`leader`] and [`server`] are the runtime around it.
 
 pub mod access_log;
+pub mod access_log_service;
 pub mod audit;
 pub mod cache;
 pub mod controller;

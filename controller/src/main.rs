@@ -62,6 +62,11 @@ struct RenderArgs {
     /// silent for three intervals).
     #[arg(long, default_value_t = nexus_config::report::DEFAULT_INTERVAL_MS, value_name = "MS")]
     proxy_report_interval_ms: u32,
+    /// Gateways stream their access log (`envoy.access_loggers.http_grpc`) to the controller
+    /// on this port of its Service, which the controller serves on every replica: the request
+    /// metrics (`request_duration_seconds`, `error_rate_total`, cache hits) on `/metrics`.
+    #[arg(long, value_name = "PORT")]
+    access_log_port: Option<u16>,
 }
 
 /// The event bus (RabbitMQ): `service.events` and `service.commands`.
@@ -164,6 +169,10 @@ struct UpArgs {
     /// has 3 s and a component is down after 3 failures in a row.
     #[arg(long, default_value_t = 5000)]
     health_interval_ms: u64,
+    /// The level of the filters' lines in Envoy's log (Envoy's `wasm` logger). `debug` adds
+    /// one line per request and filter, with its `correlation_id` and `trace_id`.
+    #[arg(long, default_value = "info", value_parser = ["trace", "debug", "info", "warning", "error", "off"])]
+    filter_log_level: String,
     #[command(flatten)]
     bus: BusArgs,
 }
@@ -243,6 +252,7 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
                 &r.gateway_namespaces,
             )),
         report_interval_ms: r.proxy_report_interval_ms,
+        access_log_port: r.access_log_port,
     })
 }
 
@@ -345,6 +355,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             interval: Duration::from_millis(args.health_interval_ms.max(50)),
             ..Default::default()
         },
+        filter_log_level: args.filter_log_level,
         bus,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -525,6 +536,16 @@ async fn run_controller(
     }
     if let Some(options) = cache {
         nexus_controller::cache::start(options, &state).await?;
+    }
+    if let Some(port) = settings.access_log_port {
+        let metrics = state.requests.get_or_init(Default::default).clone();
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        tracing::info!(%addr, "serving the access log service (request metrics)");
+        tokio::spawn(async move {
+            if let Err(e) = nexus_controller::access_log_service::serve(addr, metrics).await {
+                tracing::error!(error = %e, "access log service stopped");
+            }
+        });
     }
     if let Some(sessions) = state.sessions.get() {
         tokio::spawn(nexus_controller::sessions::follow_providers(

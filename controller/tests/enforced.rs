@@ -160,6 +160,7 @@ async fn proxies_confirm_what_they_enforce() {
     let ports = ControllerPorts {
         http: ctrl.http_port,
         modules: ctrl.modules_port,
+        access_log: None,
     };
     let routes: Api<NexusRoute> = Api::namespaced(client.clone(), NS);
     let lake: NexusRoute = serde_json::from_value(json!({

@@ -224,7 +224,8 @@ fn template_defaults() {
             ("http", 8080),
             ("ratelimit", 8081),
             ("modules", 8082),
-            ("cache", 8083)
+            ("cache", 8083),
+            ("access-log", 8084)
         ]
         .map(|(n, p)| (n.to_string(), p))
     );
@@ -246,6 +247,7 @@ fn template_defaults() {
         "--modules-addr=0.0.0.0:8082",
         "--ratelimit-addr=0.0.0.0:8081",
         "--modules=/opt/nexus/modules",
+        "--access-log-port=8084",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
@@ -284,6 +286,7 @@ fn template_defaults() {
             ("grpc-ratelimit", 8081, "ratelimit"),
             ("http-modules", 8082, "modules"),
             ("grpc-cache", 8083, "cache"),
+            ("grpc-access-log", 8084, "access-log"),
         ]
         .map(|(n, p, t)| (n.to_string(), p, t.to_string()))
     );
@@ -557,7 +560,14 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
     // What the controller renders with this namespace (as the chart passes it).
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let out = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["render", "--controller-namespace", ns, "--modules"])
+        .args([
+            "render",
+            "--controller-namespace",
+            ns,
+            "--access-log-port",
+            "8084",
+        ])
+        .arg("--modules")
         .arg(fixtures.join("modules"))
         .arg("-f")
         .arg(fixtures.join("cases/gateway-full.yaml"))
@@ -576,7 +586,7 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         assert_eq!(&c[2], host, "the controller points at another Service");
         used.insert(c[1].parse::<u64>().unwrap());
     }
-    assert_eq!(used, BTreeSet::from([8081, 8082, 8083]), "{rendered}");
+    assert_eq!(used, BTreeSet::from([8081, 8082, 8083, 8084]), "{rendered}");
     let name_of = |port: u64| {
         port_names
             .iter()
@@ -593,6 +603,7 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         name_of(8083).starts_with("grpc-"),
         "cache coherency is gRPC"
     );
+    assert!(name_of(8084).starts_with("grpc-"), "the access log is gRPC");
     assert!(rendered.contains(&format!("http://nexus-controller.{ns}.svc:8082/modules/")));
     // Proxies report to the leader alone: the leader Service, HTTP, selecting the label the
     // lease holder puts on its pod.
@@ -872,7 +883,8 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
             "http-metrics",
             "grpc-ratelimit",
             "http-modules",
-            "grpc-cache"
+            "grpc-cache",
+            "grpc-access-log"
         ]
     );
     Api::<ClusterRole>::all(client.clone())

@@ -28,6 +28,7 @@ fn settings() -> Settings {
         modules: Settings::load_modules(&fixtures().join("modules")).unwrap(),
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
+        access_log_port: None,
     }
 }
 
@@ -906,4 +907,63 @@ fn sign_in_routes_nexus_paths_to_the_sessions_service_past_the_filters() {
     };
     assert_eq!(keys.uri, "https://www.googleapis.com/oauth2/v3/certs");
     assert_eq!(keys.cluster, "outbound|443||www.googleapis.com");
+}
+
+/// With `--access-log-port`, a group's EnvoyFilter appends the controller's gRPC access log to
+/// its HTTP connection managers (a `NETWORK_FILTER` MERGE Istio accepts), with the headers the
+/// request metrics are labelled by.
+#[test]
+fn the_access_log_patch_streams_to_the_controller_and_passes_istio_validate() {
+    let objects = gateway_full_with(Some(8084));
+    let ef = objects
+        .iter()
+        .find(|o| o["kind"] == "EnvoyFilter")
+        .expect("an EnvoyFilter");
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let patch = patches
+        .iter()
+        .find(|p| p["applyTo"] == "NETWORK_FILTER")
+        .unwrap_or_else(|| panic!("no access-log patch in {ef}"));
+    assert_eq!(patch["patch"]["operation"], "MERGE");
+    assert_eq!(
+        patch["match"]["listener"]["filterChain"]["filter"]["name"],
+        "envoy.filters.network.http_connection_manager"
+    );
+    let log = &patch["patch"]["value"]["typed_config"]["access_log"][0];
+    assert_eq!(log["name"], "envoy.access_loggers.http_grpc");
+    let config = &log["typed_config"];
+    assert_eq!(
+        config["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+        "outbound|8084||nexus-controller.nexus-system.svc.cluster.local"
+    );
+    assert_eq!(
+        config["additional_request_headers_to_log"],
+        serde_json::json!(["x-nexus-category", "x-nexus-upstream", "x-nexus-rule"])
+    );
+    assert_eq!(
+        config["additional_response_headers_to_log"],
+        serde_json::json!(["x-nexus-cache"])
+    );
+    // Without the port, nothing is patched.
+    let plain = serde_json::to_string(&gateway_full_with(None)).unwrap();
+    assert!(!plain.contains("http_grpc"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoyfilter.yaml");
+    std::fs::write(&file, serde_yaml::to_string(ef).unwrap()).unwrap();
+    let report = nexus_toolenv::istio::validate(&[file]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(report.contains("ok   EnvoyFilter/"), "{report}");
+}
+
+/// The objects of `cases/gateway-full.yaml`, rendered with `access_log_port`.
+fn gateway_full_with(access_log_port: Option<u16>) -> Vec<Value> {
+    let inputs = input::read_files(&[fixtures().join("cases/gateway-full.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let settings = Settings {
+        access_log_port,
+        ..settings()
+    };
+    plan::render_all(&routes, &inputs.secrets, &settings)
+        .unwrap()
+        .0
 }

@@ -1058,22 +1058,7 @@ fn prometheus_scrapes_the_datapunk_metrics_after_a_known_request_mix() {
         .unwrap()
         .to_string();
     let state_dir = state_dir(&up);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let line = loop {
-        let log = std::fs::read_to_string(state_dir.join("access.log")).unwrap_or_default();
-        let found = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["correlation_id"] == id.as_str());
-        if let Some(line) = found {
-            break line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access-log line for {id}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let line = access_log_line(&state_dir, &id);
     assert_eq!(line["service"], "envoy", "{line}");
     assert_eq!(line["category"], "stream_processing", "{line}");
     assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
@@ -1084,6 +1069,99 @@ fn prometheus_scrapes_the_datapunk_metrics_after_a_known_request_mix() {
         .collect();
     assert!(!lines.is_empty(), "Envoy logged nothing");
     assert!(lines.iter().all(|l| l["service"] == "envoy"), "{envoy_log}");
+}
+
+/// The access-log line of the request with `correlation_id`, once Envoy flushed it.
+fn access_log_line(state_dir: &Path, correlation_id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(state_dir.join("access.log")).unwrap_or_default();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["correlation_id"] == correlation_id);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line for {correlation_id}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every line of every log in a `nexus up` run (its own, Envoy's, the access log) is one JSON
+/// object with the required fields, and one request's correlation id is a field of the
+/// router's line, auth's line and the access-log line for it (with the filters' debug lines
+/// on, as `--filter-log-level debug` turns them on).
+#[test]
+fn every_log_line_is_json_and_one_request_is_followed_by_its_correlation_id() {
+    let up = Up::start_with(&["--memory", "--filter-log-level", "debug"]);
+    let alice = bearer(up.dir.path(), "alice");
+    let r = up.get("/lake/tables", &[("authorization", alice.as_str())]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echoed = r.json().unwrap()["headers"].clone();
+    let id = echoed["x-request-id"].as_str().unwrap().to_string();
+    let trace_id = echoed["traceparent"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let denied = up.get("/lake/tables", &[]);
+    assert_eq!(denied.status, 401);
+
+    let state_dir = state_dir(&up);
+    let access = access_log_line(&state_dir, &id);
+    assert_eq!(access["status"], 200, "{access}");
+    let access_log = std::fs::read_to_string(state_dir.join("access.log")).unwrap();
+    for line in access_log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for field in ["timestamp", "service", "correlation_id", "trace_id"] {
+            assert!(v.get(field).is_some(), "no {field} in {line}");
+        }
+    }
+
+    // Envoy's log: the filters' lines for the request, with its ids as fields.
+    let envoy_log = std::fs::read_to_string(state_dir.join("envoy.log")).unwrap();
+    let lines: Vec<serde_json::Value> = envoy_log
+        .lines()
+        .map(|l| nexus_telemetry::parse_line(l).unwrap_or_else(|e| panic!("{e}")))
+        .map(serde_json::Value::Object)
+        .collect();
+    let of_request = |filter: &str| {
+        lines
+            .iter()
+            .find(|l| l["filter"] == filter && l["correlation_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {filter} line for {id} in\n{envoy_log}"))
+    };
+    let routed = of_request("nexus.router");
+    assert_eq!(routed["message"], "routed", "{routed}");
+    assert_eq!(routed["trace_id"], trace_id.as_str(), "{routed}");
+    assert_eq!(routed["category"], "data_operations", "{routed}");
+    assert_eq!(routed["level"], "debug", "{routed}");
+    let allowed = of_request("nexus.auth");
+    assert_eq!(allowed["message"], "allowed", "{allowed}");
+    assert_eq!(allowed["trace_id"], trace_id.as_str(), "{allowed}");
+    assert_eq!(allowed["client_id"], "alice", "{allowed}");
+    // The refused request has its own line, with its own id.
+    assert!(
+        lines.iter().any(|l| l["filter"] == "nexus.auth"
+            && l["message"] == "denied"
+            && l["reason"] == "nexus_missing_credentials"
+            && l["correlation_id"] != id.as_str()),
+        "{envoy_log}"
+    );
+
+    // nexus up's own log.
+    let log = up.log.lock().unwrap().clone();
+    assert!(!log.is_empty());
+    for line in &log {
+        nexus_telemetry::parse_line(line).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// `Envoy config and logs (envoy.log, access.log): DIR`: where `nexus up` keeps them.

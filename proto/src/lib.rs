@@ -17,6 +17,12 @@ pub mod ratelimit {
 pub const RATELIMIT_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const RATELIMIT_METHOD: &str = "ShouldRateLimit";
 
+/// `envoy.service.accesslog.v3`: Envoy's gRPC access log service (`envoy.access_loggers.http_grpc`
+/// streams each request's entry to it), trimmed to the fields the request metrics read.
+pub mod accesslog {
+    include!(concat!(env!("OUT_DIR"), "/envoy.service.accesslog.v3.rs"));
+}
+
 /// `nexus.cache.v1`: the cache-coherency service (shared cache on Redis, invalidation events).
 pub mod cache {
     include!(concat!(env!("OUT_DIR"), "/nexus.cache.v1.rs"));

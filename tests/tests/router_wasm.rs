@@ -159,3 +159,74 @@ fn fuel_per_request_callback() {
     assert_eq!(per_callback.len(), 3);
     assert!(per_callback.iter().all(|f| *f > 0));
 }
+
+/// One steady-state lake request through a router whose host logs at `level`: the hostcalls
+/// of its `on_request_headers`, what it logged and the fuel it took.
+fn request_at(level: LogLevel) -> (Vec<&'static str>, Vec<String>, u64) {
+    let module = nexus_tests::filter_module("nexus_router").unwrap();
+    let mut host = Host::builder()
+        .plugin_config(CONFIG.as_bytes().to_vec())
+        .log_level(level)
+        .build_from_file(module)
+        .unwrap();
+    assert!(host.start().unwrap());
+    let request = [(":method", "GET"), (":path", "/lake/tables")];
+    // The first request defines the metric; the second is the steady state.
+    let mut http = host.http_context().unwrap();
+    http.request_headers(&request, true).unwrap();
+    http.finish().unwrap();
+    let before = host.hostcall_log().len();
+    host.take_logs();
+    let mut http = host.http_context().unwrap();
+    http.request_headers(&request, true).unwrap();
+    http.finish().unwrap();
+    let calls = host.hostcall_log()[before..].to_vec();
+    let logs = host.take_logs().into_iter().map(|l| l.message).collect();
+    let fuel = host
+        .fuel_log()
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "proxy_on_request_headers")
+        .map_or(0, |(_, fuel)| *fuel);
+    (calls, logs, fuel)
+}
+
+/// The per-request log line costs one hostcall when Envoy's level hides it (the level is
+/// asked, nothing is read or formatted), and is one debug line with the ids when shown.
+#[test]
+fn the_request_line_costs_one_hostcall_when_off_and_carries_the_ids_when_on() {
+    let (quiet, quiet_logs, quiet_fuel) = request_at(LogLevel::Info);
+    assert!(quiet_logs.is_empty(), "{quiet_logs:?}");
+    assert_eq!(
+        quiet
+            .iter()
+            .filter(|c| **c == "proxy_get_log_level")
+            .count(),
+        1,
+        "{quiet:?}"
+    );
+    let (loud, loud_logs, loud_fuel) = request_at(LogLevel::Debug);
+    assert_eq!(loud_logs.len(), 1, "{loud_logs:?}");
+    let line = &loud_logs[0];
+    assert!(
+        line.starts_with(r#"[Tags: "correlation_id":""#) && line.ends_with("] routed"),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#""trace_id":""#) && line.contains(r#""rule":"lake""#),
+        "{line}"
+    );
+    // Logging adds the log call and nothing else: the ids are the ones the router set.
+    let mut extra = loud.clone();
+    for c in &quiet {
+        if let Some(i) = extra.iter().position(|x| x == c) {
+            extra.remove(i);
+        }
+    }
+    assert_eq!(extra, ["proxy_log"], "info: {quiet:?}\ndebug: {loud:?}");
+    println!(
+        "nexus-router per request, line off / on: {} / {} hostcalls, {quiet_fuel} / {loud_fuel} fuel",
+        quiet.len(),
+        loud.len()
+    );
+}

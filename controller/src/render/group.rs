@@ -86,6 +86,9 @@ pub fn render_group(
     if let Some(bytes) = cfg.buffer_limit_bytes() {
         patches.push(buffer_limit_patch(group.kind, bytes));
     }
+    if let Some(port) = settings.access_log_port {
+        patches.push(access_log_patch(group.kind, port, settings));
+    }
     let [(_, ef_ns, ef_name), (_, cm_ns, cm_name)] =
         group_object_names(&group.namespace, &name, settings);
     let envoy_filter = object(
@@ -152,6 +155,53 @@ fn buffer_limit_patch(kind: TargetKind, bytes: u32) -> Value {
         "patch": {
             "operation": "MERGE",
             "value": { "per_connection_buffer_limit_bytes": bytes },
+        },
+    })
+}
+
+/// Adds the controller's access log service to the workloads' HTTP connection managers
+/// (Istio's `NETWORK_FILTER` + `MERGE`: `access_log` is a repeated field, so the entry is
+/// appended to Istio's own access logs, which stay). Each request's entry carries the
+/// `x-nexus-*` headers the metrics are labelled by ([`crate::access_log_service`]).
+fn access_log_patch(kind: TargetKind, port: u16, settings: &Settings) -> Value {
+    use crate::access_log_service::{LOG_NAME, REQUEST_HEADERS, RESPONSE_HEADERS};
+    let service = format!(
+        "nexus-controller.{}.svc.cluster.local",
+        settings.controller_namespace
+    );
+    json!({
+        "applyTo": "NETWORK_FILTER",
+        "match": {
+            "context": patch_context(kind),
+            "listener": { "filterChain": { "filter": {
+                "name": "envoy.filters.network.http_connection_manager",
+            }}},
+        },
+        "patch": {
+            "operation": "MERGE",
+            "value": { "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "access_log": [{
+                    "name": "envoy.access_loggers.http_grpc",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                        "common_config": {
+                            "log_name": LOG_NAME,
+                            "transport_api_version": "V3",
+                            // The authority defaults to the cluster name, whose `|` an
+                            // HTTP/2 server refuses as malformed: name the Service instead.
+                            "grpc_service": { "envoy_grpc": {
+                                "cluster_name": format!("outbound|{port}||{service}"),
+                                "authority": format!("{service}:{port}"),
+                            }},
+                            // Entries are batched: sent at 16 KiB or every second.
+                            "buffer_flush_interval": "1s",
+                        },
+                        "additional_request_headers_to_log": REQUEST_HEADERS,
+                        "additional_response_headers_to_log": RESPONSE_HEADERS,
+                    },
+                }],
+            }},
         },
     })
 }

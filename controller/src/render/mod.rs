@@ -84,6 +84,9 @@ pub struct Settings {
     pub allowed_routes: crate::policy::AllowedRoutes,
     /// How often every filter reports what it runs (`nexus_config::report`).
     pub report_interval_ms: u32,
+    /// The port of the controller's access log service on the `nexus-controller` Service:
+    /// gateways stream their access log there ([`crate::access_log_service`]); none: not.
+    pub access_log_port: Option<u16>,
 }
 
 impl Settings {

@@ -30,10 +30,12 @@ pub const AUDIT_CLUSTER: &str = "nexus-audit";
 pub const REPORTS_CLUSTER: &str = "nexus-reports";
 const LISTENER: &str = "nexus";
 
-/// Envoy's own log (`--log-format`) in the JSON-lines vocabulary of every Nexus process
-/// (`nexus_telemetry`): `%j` is the message JSON-escaped; `trace_id` is null, as in a Nexus
-/// line outside a request. The filters' lines are Envoy's, `target` `wasm`.
-pub const LOG_FORMAT: &str = r#"{"timestamp":"%Y-%m-%dT%T.%f%z","level":"%l","service":"envoy","trace_id":null,"target":"%n","message":"%j"}"#;
+/// Envoy's own log (`--log-format`) in the JSON-lines vocabulary of every Nexus log
+/// (`nexus_config::contract`, `nexus_telemetry`): `%+` is the message JSON-escaped without the
+/// tags of Envoy's tagged lines, `%*` those tags as fields (`,"ConnectionId":"3"`); `trace_id`
+/// is null, as in a Nexus line outside a request. The filters' lines are Envoy's, `target`
+/// `wasm`; `nexus up` lifts their request fields ([`super::envoy_log`]).
+pub const LOG_FORMAT: &str = r#"{"timestamp":"%Y-%m-%dT%T.%f%z","level":"%l","service":"envoy","trace_id":null,"target":"%n","message":"%+"%*}"#;
 
 /// Envoy's logging flags: [`LOG_FORMAT`], and the access log flushed every second, because it
 /// feeds the request metrics (Envoy's default, 10 s, would make a dashboard trail by that).

@@ -19,6 +19,7 @@ use crate::model::CompiledRoute;
 use crate::server;
 use crate::standalone::demo;
 use crate::standalone::envoy::{self, Endpoints};
+use crate::standalone::envoy_log;
 use crate::standalone::gateway::{self, GatewaySpec, Snapshot};
 
 /// `nexus up` options (flags override the NexusGateway of DIR).
@@ -38,6 +39,8 @@ pub struct Options {
     pub poll: Duration,
     /// How components (Envoy, Redis) are re-checked.
     pub health: crate::health::Schedule,
+    /// Envoy's `wasm` logger level: `debug` logs one line per request and filter.
+    pub filter_log_level: String,
     /// The event bus (`--amqp-url`); its outbox goes to the Redis the counters use.
     pub bus: Option<nexus_events::bus::BusOptions>,
 }
@@ -155,8 +158,14 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
         requests,
     };
     gateway.write_first(&config, &nexus).await?;
-    let mut envoy =
-        Envoy::start(&envoy_bin, &config.gateway, &gateway.xds, state_dir.path()).await?;
+    let mut envoy = Envoy::start(
+        &envoy_bin,
+        &config.gateway,
+        &gateway.xds,
+        state_dir.path(),
+        &opts.filter_log_level,
+    )
+    .await?;
     nexus.serving(envoy.admin, &opts);
     announce(&nexus.events, &[], &config, gateway.version);
 
@@ -497,14 +506,21 @@ struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy on the bootstrap that points at `xds`, and waits until it is ready.
-    async fn start(bin: &Path, gateway: &GatewaySpec, xds: &Xds, state: &Path) -> Result<Envoy> {
+    /// Starts Envoy on the bootstrap that points at `xds`, its output written to `envoy.log`
+    /// through [`envoy_log`], and waits until it is ready.
+    async fn start(
+        bin: &Path,
+        gateway: &GatewaySpec,
+        xds: &Xds,
+        state: &Path,
+        filter_log_level: &str,
+    ) -> Result<Envoy> {
         let bootstrap = state.join("envoy.json");
         let config = envoy::bootstrap(gateway.admin_port, &xds.lds, &xds.cds);
         std::fs::write(&bootstrap, serde_json::to_vec_pretty(&config)?)?;
         let log_path = state.join("envoy.log");
         let admin_path = state.join("admin.txt");
-        let log = std::fs::File::create(&log_path)?;
+        let log = envoy_log::create(&log_path)?;
         let mut child = tokio::process::Command::new(bin)
             .arg("-c")
             .arg(&bootstrap)
@@ -512,14 +528,21 @@ impl Envoy {
             .arg(&admin_path)
             .args(["--concurrency", &gateway.concurrency.max(1).to_string()])
             .args(["--disable-hot-restart", "--drain-time-s", "15"])
-            .args(["-l", "warning", "--component-log-level", "wasm:info"])
+            .args(["-l", "warning", "--component-log-level"])
+            .arg(format!("wasm:{filter_log_level}"))
             .args(envoy::log_args())
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        if let Some(out) = child.stdout.take() {
+            envoy_log::spawn_copy(out, log.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            envoy_log::spawn_copy(err, log);
+        }
         match wait_ready(&mut child, &admin_path, &log_path).await {
             Ok(admin) => Ok(Envoy {
                 child,

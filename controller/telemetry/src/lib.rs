@@ -141,6 +141,20 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLayer {
     }
 }
 
+/// A line of this format written outside `tracing` (another program's output, wrapped), now,
+/// with a null `trace_id`.
+pub fn plain_line(service: &str, level: &str, target: &str, message: &str) -> String {
+    serde_json::json!({
+        "timestamp": jiff::Timestamp::now().to_string(),
+        "level": level,
+        "service": service,
+        "trace_id": null,
+        "target": target,
+        "message": message,
+    })
+    .to_string()
+}
+
 /// The fields every line has (`trace_id` may be null).
 pub const REQUIRED_FIELDS: [&str; 6] = [
     "timestamp",

@@ -1,8 +1,9 @@
 //! A real Envoy standing in for a gateway pod: node id = the pod's name, HTTP filters taken
 //! from an EnvoyFilter the controller wrote (its wasm patches, in order, before the router),
-//! and the mesh clusters those patches name pointed at loopback: the controller's HTTP port
-//! (reports), its module server (Envoy fetches each module by sha256, as in a mesh), anything
-//! else to a closed port. No istiod runs here; this is the part of its job the test needs.
+//! its HTTP connection manager merged with the EnvoyFilter's `NETWORK_FILTER` patches (the
+//! access log), and the mesh clusters those patches name pointed at loopback: the controller's
+//! HTTP port (reports), its module server (Envoy fetches each module by sha256, as in a mesh),
+//! its access log service when given, anything else to a closed port. No istiod runs here; this is the part of its job the test needs.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -15,6 +16,8 @@ use serde_json::{json, Value};
 pub struct ControllerPorts {
     pub http: u16,
     pub modules: u16,
+    /// `--access-log-port`, when the controller serves it.
+    pub access_log: Option<u16>,
 }
 
 /// A running Envoy; killed on drop.
@@ -22,6 +25,8 @@ pub struct PodProxy {
     child: Child,
     pub node: String,
     pub log: std::path::PathBuf,
+    /// The listener (every route answers 200 directly, after the filters).
+    pub port: u16,
 }
 
 impl PodProxy {
@@ -33,7 +38,8 @@ impl PodProxy {
         envoy_filter: &Value,
         ports: &ControllerPorts,
     ) -> Self {
-        let config = bootstrap(envoy_filter, node, source_ip, ports);
+        let port = free_port();
+        let config = bootstrap(envoy_filter, node, source_ip, ports, port);
         let file = dir.join(format!("{node}-{}.json", free_port()));
         std::fs::write(&file, config.to_string()).unwrap();
         let log = file.with_extension("log");
@@ -51,6 +57,7 @@ impl PodProxy {
             child,
             node: node.to_string(),
             log,
+            port,
         }
     }
 
@@ -73,7 +80,13 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
-fn bootstrap(ef: &Value, node: &str, source_ip: &str, ports: &ControllerPorts) -> Value {
+fn bootstrap(
+    ef: &Value,
+    node: &str,
+    source_ip: &str,
+    ports: &ControllerPorts,
+    listener_port: u16,
+) -> Value {
     let mut filters: Vec<Value> = ef["spec"]["configPatches"]
         .as_array()
         .unwrap()
@@ -85,6 +98,19 @@ fn bootstrap(ef: &Value, node: &str, source_ip: &str, ports: &ControllerPorts) -
         "name": "envoy.filters.http.router",
         "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
     }));
+    // Istio's MERGE of a repeated field appends: every patch's access logs, in order.
+    let access_log: Vec<Value> = ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["applyTo"] == "NETWORK_FILTER" && p["patch"]["operation"] == "MERGE")
+        .flat_map(|p| {
+            p["patch"]["value"]["typed_config"]["access_log"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
     let clusters: Vec<Value> = mesh_clusters(ef)
         .into_iter()
         .map(|name| cluster(&name, source_ip, ports))
@@ -96,7 +122,7 @@ fn bootstrap(ef: &Value, node: &str, source_ip: &str, ports: &ControllerPorts) -
         "static_resources": {
             "listeners": [{
                 "name": "gateway",
-                "address": { "socket_address": { "address": "127.0.0.1", "port_value": free_port() } },
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": listener_port } },
                 "filter_chains": [{ "filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
@@ -106,6 +132,7 @@ fn bootstrap(ef: &Value, node: &str, source_ip: &str, ports: &ControllerPorts) -
                             "routes": [{ "match": { "prefix": "/" },
                                          "direct_response": { "status": 200 } }] }] },
                         "http_filters": filters,
+                        "access_log": access_log,
                     },
                 }]}],
             }],
@@ -131,6 +158,9 @@ fn cluster(name: &str, source_ip: &str, ports: &ControllerPorts) -> Value {
     let port = match name.split('|').nth(1) {
         Some("8080") => ports.http,
         Some("8082") => ports.modules,
+        Some(p) if ports.access_log.is_some_and(|a| a.to_string() == p) => {
+            ports.access_log.unwrap_or(1)
+        }
         _ => 1,
     };
     let mut c = json!({

@@ -39,6 +39,12 @@ struct AuthFilter {
 }
 
 impl AuthFilter {
+    /// The request's log line (when Envoy logs its level), then its audit record.
+    fn record(&self, outcome: &Outcome) {
+        nexus_auth::request_line::log_outcome(outcome, &HostHeaders::request(), &HostLog);
+        self.audit(outcome);
+    }
+
     /// Queues the record of a decision, with an audit sink configured.
     fn audit(&self, outcome: &Outcome) {
         let Some(sender) = &self.audit else {
@@ -75,7 +81,7 @@ impl AuthFilter {
             let outcome = self.with_env(|auth, env| {
                 auth.on_request_headers(&mut HostHeaders::request(), env, false)
             });
-            self.audit(&outcome);
+            self.record(&outcome);
             match outcome {
                 Outcome::Pause => self.waiting.borrow_mut().push(ctx),
                 Outcome::Continue(identity) => {
@@ -187,7 +193,7 @@ impl Filter for AuthFilter {
     fn on_request_headers(&self, context: u32) -> Action {
         let outcome = self
             .with_env(|auth, env| auth.on_request_headers(&mut HostHeaders::request(), env, true));
-        self.audit(&outcome);
+        self.record(&outcome);
         match outcome {
             Outcome::Continue(identity) => {
                 publish(&self.auth, identity.as_ref());

@@ -29,6 +29,7 @@ pub mod jwks;
 mod lookup;
 mod oauth2;
 mod remote_jwks;
+pub mod request_line;
 pub mod rsa;
 mod session;
 mod session_feed;

@@ -20,6 +20,17 @@
 /// scanned, and what the guard counts or refuses carries the caller's identity.
 pub const FILTER_ORDER: [&str; 5] = ["router", "auth", "guard", "ratelimit", "cache"];
 
+/// The log field naming a request in every Nexus log: the filters' lines, Envoy's log and
+/// access log as Nexus renders them, and the Nexus processes' lines (`nexus-telemetry`). Its
+/// value is the request's `x-request-id`, which nexus-router keeps when valid or makes.
+pub const LOG_CORRELATION_ID: &str = "correlation_id";
+/// The log field naming a request's trace: the trace id of its W3C `traceparent`, which
+/// nexus-router keeps when valid or makes (null outside a request).
+pub const LOG_TRACE_ID: &str = "trace_id";
+/// What opens a filter's log message that carries fields: Envoy's tagged-log syntax,
+/// `[Tags: "correlation_id":"…","trace_id":"…"] routed` (the tags are JSON object members).
+pub const LOG_TAGS_OPEN: &str = "[Tags: ";
+
 /// Every header below starts with this; nexus-router strips client-sent ones.
 pub const PREFIX: &str = "x-nexus-";
 

@@ -36,6 +36,10 @@ pub enum Level {
 
 pub trait Log {
     fn log(&self, level: Level, message: &str);
+    /// Whether a line at `level` would be written: callers skip building lines that would not.
+    fn enabled(&self, _level: Level) -> bool {
+        true
+    }
 }
 
 /// Data shared by every worker of one VM (Envoy's shared data), with compare-and-swap.

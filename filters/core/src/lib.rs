@@ -11,6 +11,7 @@ pub mod headers;
 pub mod host;
 pub mod matcher;
 pub mod report;
+pub mod request_log;
 pub mod response;
 pub mod testing;
 pub mod text;

@@ -75,7 +75,7 @@ pub enum MetricType {
     Histogram = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum LogLevel {
     Trace = 0,
@@ -88,6 +88,7 @@ pub enum LogLevel {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_log_level(level: *mut u32) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
@@ -237,6 +238,24 @@ fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec
 pub fn log(level: LogLevel, message: &str) {
     // SAFETY: pointer and length of a live &str. Nothing sensible to do if logging fails.
     let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// The lowest level the host writes (`Trace` if it cannot say: logging too much beats losing
+/// lines). Envoy answers with the `wasm` logger's level, which `/logging` can change at runtime.
+pub fn log_level() -> LogLevel {
+    let mut level = 0u32;
+    // SAFETY: writes one u32.
+    match unsafe { proxy_get_log_level(&mut level) } {
+        0 => match level {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            // 4 error, 5 critical, 6 off: at most errors are written.
+            _ => LogLevel::Error,
+        },
+        _ => LogLevel::Trace,
+    }
 }
 
 pub fn now_unix_nanos() -> u64 {

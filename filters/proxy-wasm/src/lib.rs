@@ -76,14 +76,21 @@ pub struct HostLog;
 
 impl Log for HostLog {
     fn log(&self, level: Level, message: &str) {
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        hostcalls::log(level, message);
+        hostcalls::log(abi_level(level), message);
+    }
+    /// One hostcall: asked per line, not cached, so a level changed at runtime applies at once.
+    fn enabled(&self, level: Level) -> bool {
+        abi_level(level) >= hostcalls::log_level()
+    }
+}
+
+fn abi_level(level: Level) -> LogLevel {
+    match level {
+        Level::Trace => LogLevel::Trace,
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
     }
 }
 

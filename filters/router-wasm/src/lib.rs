@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 
 use nexus_filter_core::{Clock, IdGenerator};
-use nexus_proxy_wasm::{apply, parse_config, Action, Filter, HostClock, HostHeaders, HostMetrics};
+use nexus_proxy_wasm::{
+    apply, parse_config, Action, Filter, HostClock, HostHeaders, HostLog, HostMetrics,
+};
 use nexus_router::Router;
 
 nexus_proxy_wasm::export_filter!(RouterFilter, [request_headers]);
@@ -33,6 +35,7 @@ impl Filter for RouterFilter {
             &mut HostHeaders::request(),
             &mut self.ids.borrow_mut(),
             &self.metrics,
+            &HostLog,
         );
         apply(decision)
     }

@@ -9,7 +9,8 @@ mod correlation;
 
 use nexus_config::router::{NoMatch, RetryPolicy, RouterConfig};
 use nexus_config::ConfigErrors;
-use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Metrics};
+use nexus_filter_core::request_log::{self, RequestIds};
+use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Log, Metrics};
 
 pub use correlation::{is_valid_request_id, is_valid_traceparent};
 use nexus_filter_core::matcher::{CompiledMatch, RequestView};
@@ -110,12 +111,14 @@ impl Router {
         })
     }
 
-    /// Decides one request from its headers, rewriting them in place.
+    /// Decides one request from its headers, rewriting them in place; logs one line about it
+    /// (at the request level, see [`request_log`]).
     pub fn on_request_headers(
         &self,
         headers: &mut impl HeaderMap,
         ids: &mut IdGenerator,
         metrics: &impl Metrics,
+        log: &impl Log,
     ) -> Action {
         let pairs = headers.pairs();
         // Strip first: nothing a client sends under our prefix is trusted or matched on.
@@ -132,7 +135,13 @@ impl Router {
             metrics.increment("nexus_router.spoofed_headers_removed", stripped);
         }
         let view = RequestView::new(&pairs, &self.strip_prefix);
-        self.correlate(headers, &view, ids);
+        let (made_id, made_traceparent) = self.correlate(headers, &view, ids);
+        let request_ids = || {
+            RequestIds::new(
+                made_id.as_deref().or(view.header("x-request-id")),
+                made_traceparent.as_deref().or(view.header("traceparent")),
+            )
+        };
 
         let decision = self
             .rules
@@ -142,6 +151,8 @@ impl Router {
             .or(self.fallback.as_ref());
         let Some(d) = decision else {
             metrics.increment("nexus_router.no_route", 1);
+            let path = view.path_only();
+            request_log::log_request(log, request_ids, "no route", &[("path", path)]);
             let detail = format!("no route matches {} {}", view.method, view.path_only());
             return Action::Respond(LocalResponse::json_error(404, "no_route", &detail));
         };
@@ -163,22 +174,40 @@ impl Router {
             headers.set(HEADER_RETRY_ON, retry_on);
         }
         metrics.increment(&d.metric, 1);
+        let fields = [
+            ("category", d.category.as_str()),
+            ("upstream", d.upstream.as_str()),
+            ("rule", d.rule.as_str()),
+        ];
+        request_log::log_request(log, request_ids, "routed", &fields);
         Action::Continue
     }
 
-    fn correlate(&self, headers: &mut impl HeaderMap, view: &RequestView, ids: &mut IdGenerator) {
+    /// Keeps valid ids, makes the others; returns the `x-request-id` and `traceparent` it made.
+    fn correlate(
+        &self,
+        headers: &mut impl HeaderMap,
+        view: &RequestView,
+        ids: &mut IdGenerator,
+    ) -> (Option<String>, Option<String>) {
+        let mut made = (None, None);
         if self.correlation.request_id
             && !view.header("x-request-id").is_some_and(is_valid_request_id)
         {
-            headers.set("x-request-id", &correlation::uuid_v4(ids));
+            let id = correlation::uuid_v4(ids);
+            headers.set("x-request-id", &id);
+            made.0 = Some(id);
         }
         if self.correlation.traceparent
             && !view.header("traceparent").is_some_and(is_valid_traceparent)
         {
-            headers.set("traceparent", &correlation::new_traceparent(ids));
+            let traceparent = correlation::new_traceparent(ids);
+            headers.set("traceparent", &traceparent);
             // tracestate belongs to the trace it came with; a new trace starts without it.
             headers.remove("tracestate");
+            made.1 = Some(traceparent);
         }
+        made
     }
 }
 

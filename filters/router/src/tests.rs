@@ -1,5 +1,5 @@
 use super::*;
-use nexus_filter_core::testing::{MemHeaders, MemMetrics};
+use nexus_filter_core::testing::{MemHeaders, MemLog, MemMetrics};
 
 const DATAPUNK: &str = r#"{
   "rules": [
@@ -20,7 +20,8 @@ fn route(config: &str, headers: &[(&str, &str)]) -> (Action, MemHeaders, MemMetr
     let router = Router::from_json(config.as_bytes()).unwrap();
     let mut h = MemHeaders::new(headers);
     let metrics = MemMetrics::default();
-    let action = router.on_request_headers(&mut h, &mut IdGenerator::new(7), &metrics);
+    let log = MemLog::default();
+    let action = router.on_request_headers(&mut h, &mut IdGenerator::new(7), &metrics, &log);
     (action, h, metrics)
 }
 
@@ -241,7 +242,7 @@ fn generated_ids_differ_between_requests() {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..100 {
         let mut h = MemHeaders::new(&get("/lake/x"));
-        router.on_request_headers(&mut h, &mut ids, &metrics);
+        router.on_request_headers(&mut h, &mut ids, &metrics, &MemLog::default());
         assert!(seen.insert(h.get("x-request-id").unwrap()));
     }
 }
@@ -284,4 +285,62 @@ fn invalid_config_reports_every_problem() {
         text.contains("$.rules[0].match.path.regex: invalid regex"),
         "{text}"
     );
+}
+
+/// The tags of a request line, as a log reader lifts them, and its message.
+fn request_line(log: &MemLog) -> (serde_json::Value, String) {
+    let lines = log.0.borrow();
+    assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+    let (level, line) = &lines[0];
+    assert_eq!(*level, nexus_filter_core::Level::Debug);
+    let rest = line.strip_prefix("[Tags: ").unwrap();
+    let (tags, message) = rest.split_once("] ").unwrap();
+    (
+        serde_json::from_str(&format!("{{{tags}}}")).unwrap(),
+        message.to_string(),
+    )
+}
+
+#[test]
+fn a_routed_request_logs_its_ids_and_decision_in_one_line() {
+    let router = Router::from_json(DATAPUNK.as_bytes()).unwrap();
+    let log = MemLog::default();
+    let mut h = MemHeaders::new(&get("/lake/tables"));
+    router.on_request_headers(
+        &mut h,
+        &mut IdGenerator::new(3),
+        &MemMetrics::default(),
+        &log,
+    );
+    let (tags, message) = request_line(&log);
+    assert_eq!(message, "routed");
+    // The ids it made are the ones the upstream receives.
+    assert_eq!(
+        tags["correlation_id"],
+        h.get("x-request-id").unwrap().as_str()
+    );
+    let tp = h.get("traceparent").unwrap();
+    assert_eq!(tags["trace_id"], tp.split('-').nth(1).unwrap());
+    assert_eq!(tags["category"], "data_operations");
+    assert_eq!(tags["rule"], "lake");
+    assert_eq!(tags["upstream"], "lake");
+
+    // Ids a client sent, valid, are kept and logged.
+    let log = MemLog::default();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = get("/nowhere");
+    headers.extend([("x-request-id", "client-42"), ("traceparent", tp)]);
+    let mut h = MemHeaders::new(&headers);
+    let action = router.on_request_headers(
+        &mut h,
+        &mut IdGenerator::new(3),
+        &MemMetrics::default(),
+        &log,
+    );
+    assert!(matches!(action, Action::Respond(_)));
+    let (tags, message) = request_line(&log);
+    assert_eq!(message, "no route");
+    assert_eq!(tags["correlation_id"], "client-42");
+    assert_eq!(tags["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(tags["path"], "/nowhere");
 }
