@@ -300,3 +300,35 @@ fn an_over_limit_client_stops_costing_service_calls() {
     assert_eq!(statuses(e.port, "/lake/t", "wayne", 1), [200]);
     assert_eq!(service_calls(), 5);
 }
+
+/// In a mesh the service's cluster is Istio's `outbound|<port>||<host>`, and Envoy's gRPC
+/// client sends a cluster's name as `:authority` unless told otherwise: a `|` that the
+/// service's HTTP/2 server refuses as malformed. The filter names the Service as authority.
+#[test]
+fn the_global_service_is_reached_through_an_istio_named_cluster() {
+    const ISTIO: &str = "outbound|8081||nexus-controller.nexus-system.svc.cluster.local";
+    let ups = upstreams();
+    let rls = RateLimitServer::start(LIMITS_JSON, Backend::Memory).unwrap();
+    let envoy = Envoy::start(&EnvoyConfig {
+        filters: vec![
+            WasmFilter {
+                name: "nexus-router".into(),
+                module: nexus_tests::filter_module("nexus_router").unwrap(),
+                config: ROUTES.into(),
+            },
+            WasmFilter {
+                name: "nexus-ratelimit".into(),
+                module: nexus_tests::filter_module("nexus_ratelimit").unwrap(),
+                config: format!(
+                    r#"{{"limits": {LIMITS_JSON}, "service": {{"cluster": "{ISTIO}", "timeout_ms": 500}}, "failure_mode": "fail_closed"}}"#
+                ),
+            },
+        ],
+        upstreams: ups.0.iter().map(|u| (u.name.clone(), u.port())).collect(),
+        grpc_clusters: vec![(ISTIO.to_string(), rls.port)],
+        ..Default::default()
+    })
+    .unwrap();
+    let got = statuses(envoy.port, "/lake/t", "umbrella", 5);
+    assert_eq!(got, [200, 200, 200, 429, 429], "{}", envoy.log());
+}

@@ -427,11 +427,12 @@ pub fn grpc_call(
     timeout_ms: u64,
 ) -> Result<u32, Status> {
     let mut token = 0u32;
+    let target = crate::grpc_target::grpc_target(cluster);
     // SAFETY: pointers and lengths of live buffers, out-pointer to a local.
     check(unsafe {
         proxy_grpc_call(
-            cluster.as_ptr(),
-            cluster.len(),
+            target.as_ptr(),
+            target.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),
@@ -449,11 +450,12 @@ pub fn grpc_call(
 
 pub fn grpc_stream(cluster: &str, service: &str, method: &str) -> Result<u32, Status> {
     let mut token = 0u32;
+    let target = crate::grpc_target::grpc_target(cluster);
     // SAFETY: pointers and lengths of live buffers, out-pointer to a local.
     check(unsafe {
         proxy_grpc_stream(
-            cluster.as_ptr(),
-            cluster.len(),
+            target.as_ptr(),
+            target.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),
