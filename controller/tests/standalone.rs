@@ -1208,7 +1208,10 @@ fn envoy_counter(up: &Up, name: &str) -> u64 {
 fn wait_counter(up: &Up, name: &str, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while envoy_counter(up, name) < at_least {
-        assert!(Instant::now() < deadline, "Envoy's {name} never reached {at_least}");
+        assert!(
+            Instant::now() < deadline,
+            "Envoy's {name} never reached {at_least}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -1248,7 +1251,10 @@ fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
         up.http_port,
         "POST",
         "/sessions/v1/sessions",
-        &[("authorization", &admin), ("content-type", "application/json")],
+        &[
+            ("authorization", &admin),
+            ("content-type", "application/json"),
+        ],
         br#"{"client_id": "carol@example.com"}"#,
     )
     .unwrap();
@@ -1259,7 +1265,10 @@ fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
     for _ in 0..2 {
         let r = up.get("/portal/home", &with_session);
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json().unwrap()["headers"]["x-nexus-client-id"], "carol@example.com");
+        assert_eq!(
+            r.json().unwrap()["headers"]["x-nexus-client-id"],
+            "carol@example.com"
+        );
     }
     let answer = runtime.block_on(support::bus::command(
         &deployment,
@@ -1290,7 +1299,10 @@ fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
     while envoy_counter(&up, "nexus_ratelimit.over_limit_local") == 0 {
         assert_eq!(up.get("/cortex/v1/models", &alice).status, 429);
         refused += 1;
-        assert!(Instant::now() < deadline, "the proxy never refused alice itself");
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never refused alice itself"
+        );
     }
     // The refusals the service made (not those the proxy made from its over-limit cache)
     // arrive as summaries from this deployment, counted per rule and client.
@@ -1307,7 +1319,11 @@ fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
             .sum()
     };
     while summed() < by_service {
-        assert!(Instant::now() < deadline, "summaries: {:?}", summaries.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "summaries: {:?}",
+            summaries.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(summed(), by_service);
@@ -1317,7 +1333,10 @@ fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
         serde_json::json!({ "client": client_id, "rule": rule }),
     ));
     assert_eq!(answer["ok"], true, "{answer}");
-    assert!(answer["result"]["deleted"].as_u64().unwrap() >= 1, "{answer}");
+    assert!(
+        answer["result"]["deleted"].as_u64().unwrap() >= 1,
+        "{answer}"
+    );
     assert_eq!(answer["result"]["proxies_told"], true, "{answer}");
     wait_counter(&up, "nexus_ratelimit.over_limit_forgotten", 1);
     let again = up.get("/cortex/v1/models", &alice);
@@ -1364,12 +1383,18 @@ fn with_rabbitmq_unreachable_envoy_serves_every_request_and_events_wait_in_the_o
         let rabbitmq = &health["components"]["rabbitmq"];
         if rabbitmq["status"] == "down" {
             assert!(
-                !rabbitmq["last_error"].as_str().unwrap_or_default().is_empty(),
+                !rabbitmq["last_error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty(),
                 "{health}"
             );
             break;
         }
-        assert!(Instant::now() < deadline, "rabbitmq never reported down: {health}");
+        assert!(
+            Instant::now() < deadline,
+            "rabbitmq never reported down: {health}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // config.applied, route.programmed, then the refusals' summary: at least three events,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::consumer::{self, ConsumerConfig};
-use crate::over_limit::OverLimit;
 use crate::outbox::{MemoryOutbox, Outbox, RedisOutbox};
+use crate::over_limit::OverLimit;
 use crate::publisher::{Events, PublisherConfig};
 use crate::services::Services;
 use crate::stats::Stats;

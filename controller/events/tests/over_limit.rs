@@ -55,7 +55,11 @@ async fn refused(limiter: &SharedLimiter, client: &str) -> bool {
     let SharedLimiter::Memory(rl) = limiter else {
         panic!("memory storage")
     };
-    rl.should_rate_limit(&call(client)).await.unwrap().overall_code == Code::OverLimit as i32
+    rl.should_rate_limit(&call(client))
+        .await
+        .unwrap()
+        .overall_code
+        == Code::OverLimit as i32
 }
 
 #[tokio::test]

@@ -183,7 +183,11 @@ pub async fn command(deployment: &str, kind: &str, data: Value) -> Value {
                 let reply: Value = serde_json::from_slice(&d.data).unwrap();
                 let mine = d.properties.correlation_id().as_ref().map(|c| c.as_str())
                     == Some(correlation.as_str());
-                if mine && reply["source"].as_str().is_some_and(|s| s.starts_with(&ours)) {
+                if mine
+                    && reply["source"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with(&ours))
+                {
                     return Some(reply["data"].clone());
                 }
             }

@@ -612,14 +612,19 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn reset_keys_round_trip_and_other_keys_are_not_resets() {
         let both = pairs(&[("route", "cortex"), ("client_id", "alice@example.com")]);
         let key = reset_key(&both);
-        assert_eq!(key, "nexus-ratelimit:|route=cortex|client_id=alice@example.com");
+        assert_eq!(
+            key,
+            "nexus-ratelimit:|route=cortex|client_id=alice@example.com"
+        );
         assert_eq!(parse_reset_key(&key), Some(both));
         assert_eq!(
             parse_reset_key("nexus-ratelimit:|client_id=a=b"),
@@ -641,7 +646,10 @@ mod tests {
     fn a_reset_matches_filter_keys_and_service_keys_by_whole_values() {
         let alice = pairs(&[("client_id", "alice")]);
         assert!(key_matches("nexus|route=lake|client_id=alice", &alice));
-        assert!(key_matches("nexus|route=lake|client_id=alice:5s:1000", &alice));
+        assert!(key_matches(
+            "nexus|route=lake|client_id=alice:5s:1000",
+            &alice
+        ));
         assert!(!key_matches("nexus|route=lake|client_id=alice2", &alice));
         assert!(!key_matches("nexus|route=lake", &alice));
         let lake = pairs(&[("route", "lake")]);

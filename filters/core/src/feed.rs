@@ -116,7 +116,11 @@ mod tests {
         f.opened(Some(9), 1_300);
         f.confirmed(9);
         f.closed(9, 2_000);
-        assert_eq!(f.due(2_100), Some("nexus-cache"), "a confirmation resets it");
+        assert_eq!(
+            f.due(2_100),
+            Some("nexus-cache"),
+            "a confirmation resets it"
+        );
     }
 
     #[test]

@@ -146,9 +146,13 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
-        let feed =
-            self.limiter
-                .reset_feed_message(token, message, &HostSharedData, &self.metrics, &HostLog);
+        let feed = self.limiter.reset_feed_message(
+            token,
+            message,
+            &HostSharedData,
+            &self.metrics,
+            &HostLog,
+        );
         match feed {
             FeedMessage::NotOurs => self.answered(token, Ok(message)),
             FeedMessage::Applied => {}

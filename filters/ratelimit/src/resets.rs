@@ -22,7 +22,10 @@ pub enum FeedAction {
     Nothing,
     /// Open `Subscribe` on this cluster and send this (an encoded `SubscribeRequest`, ending
     /// the request side).
-    Open { cluster: String, request: Vec<u8> },
+    Open {
+        cluster: String,
+        request: Vec<u8>,
+    },
 }
 
 /// What a message of the reset stream asks of the adapter.

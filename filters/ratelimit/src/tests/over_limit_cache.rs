@@ -34,7 +34,14 @@ pub(super) fn client_over(client_status: DescriptorStatus) -> Vec<u8> {
 }
 
 /// Sends `client`'s request at `now` to the service, which answers `answer`.
-pub(super) fn over_at(rl: &RateLimiter, e: &Env, client: &str, now: u64, answer: &[u8], calls: &mut u32) {
+pub(super) fn over_at(
+    rl: &RateLimiter,
+    e: &Env,
+    client: &str,
+    now: u64,
+    answer: &[u8],
+    calls: &mut u32,
+) {
     let Step::CallService { pending, .. } = ask(rl, e, client, now, calls) else {
         panic!("{client} must be sent to the service at {now}")
     };

@@ -75,7 +75,10 @@ fn a_client_reset_clears_that_client_at_once_and_no_one_else() {
     }
     let keys = ["nexus-session:00ff", "nexus-ratelimit:|client_id=alice"];
     assert_eq!(deliver(&rl, &e, &invalidation(&keys)), FeedMessage::Applied);
-    assert!(asks_service(&rl, &e, "alice", &mut calls), "alice was reset");
+    assert!(
+        asks_service(&rl, &e, "alice", &mut calls),
+        "alice was reset"
+    );
     assert!(!asks_service(&rl, &e, "bob", &mut calls), "bob was not");
     assert_eq!(e.metrics.value("nexus_ratelimit.resets"), 1);
     assert_eq!(e.metrics.value("nexus_ratelimit.over_limit_forgotten"), 1);
