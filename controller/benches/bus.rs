@@ -3,7 +3,8 @@
 //!
 //! Two `nexus up examples/datapunk` (real Envoy, the real filters, in-memory services), one
 //! publishing to the machine's RabbitMQ, one pointed at a port nothing listens on (its events
-//! wait in the outbox and it keeps reconnecting). `wrk` measures, alternately on each, two
+//! wait in the outbox and it keeps reconnecting). `wrk` measures, on each in turn (round 1 bus
+//! up first, round 2 bus down first), two
 //! paths: `/lake/datasets` (authenticated, served from the proxy's cache) and
 //! `/cortex/v1/models` for a client over its limit (every request refused, the service's
 //! refusals counted for the over-limit summaries). Reported: p50/p99 per path and the ratio
@@ -113,10 +114,15 @@ fn main() -> Result<()> {
         ("/lake/datasets", "allowed, cached"),
         ("/cortex/v1/models", "over its limit, 429"),
     ] {
-        // Alternated twice: a shared machine's speed drifts between rounds.
+        // Twice, in both orders: a shared machine's speed drifts between measurements.
         for round in 1..=2 {
-            let up = measure(&bus_up, path, &auth, seconds, connections)?;
-            let down = measure(&bus_down, path, &auth, seconds, connections)?;
+            let (up, down) = if round == 1 {
+                let up = measure(&bus_up, path, &auth, seconds, connections)?;
+                (up, measure(&bus_down, path, &auth, seconds, connections)?)
+            } else {
+                let down = measure(&bus_down, path, &auth, seconds, connections)?;
+                (measure(&bus_up, path, &auth, seconds, connections)?, down)
+            };
             println!(
                 "  {path} ({what}) round {round}: bus up p50 {:.3} ms p99 {:.3} ms ({:.0} req/s) | bus down p50 {:.3} ms p99 {:.3} ms ({:.0} req/s) | down/up p50 {:.2}x p99 {:.2}x",
                 up.p50_ms,
