@@ -1226,10 +1226,17 @@ fn up_on_the_bus(deployment: &str, amqp: &str, extra: &[&str]) -> Up {
         let text = std::fs::read_to_string(&routes).unwrap();
         let limited = "{by: Client, requests: 5, per: Minute}";
         assert!(text.contains(limited));
-        let text = text
-            .replace(limited, "{by: Client, requests: 2, per: Hour}")
-            .replace("    defaultRequirement:", "    sessions: {}\n    defaultRequirement:")
-            + "  - name: portal\n    match: {path: {prefix: /portal/}}\n    category: data_operations\n    auth: {session: {}}\n";
+        let mut text = text.replace(limited, "{by: Client, requests: 2, per: Hour}");
+        // Sessions and a session-only `portal` rule, unless the example has them already.
+        if !text.contains("\n    sessions:") {
+            text = text.replace(
+                "    defaultRequirement:",
+                "    sessions: {}\n    defaultRequirement:",
+            );
+        }
+        if !text.contains("- name: portal\n    match:") {
+            text += "  - name: portal\n    match: {path: {prefix: /portal/}}\n    category: data_operations\n    auth: {session: {}}\n";
+        }
         std::fs::write(&routes, text).unwrap();
     })
 }
