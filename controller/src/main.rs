@@ -86,6 +86,10 @@ struct BusArgs {
     /// counted in health and metrics.
     #[arg(long, default_value_t = 100_000)]
     events_outbox_capacity: usize,
+    /// How often the rate-limit service's refusals go out as `nexus.ratelimit.over_limit.<rule>`
+    /// summaries (one per rule and client refused in the interval, with the count).
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    events_over_limit_interval_ms: u64,
 }
 
 impl BusArgs {
@@ -102,6 +106,7 @@ impl BusArgs {
             outbox_capacity: self.events_outbox_capacity,
             consume_commands: true,
             required: self.amqp_required,
+            over_limit_interval: Duration::from_millis(self.events_over_limit_interval_ms.max(1)),
         })
     }
 }

@@ -46,6 +46,7 @@ impl Up {
             .arg("up")
             .arg(dir.path())
             .env("NEXUS_CACHE_TOKEN", CACHE_TOKEN)
+            .env("NEXUS_SESSIONS_TOKEN", SESSIONS_TOKEN)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http", &format!("127.0.0.1:{http_port}")])
             .args(["--admin-port", "0", "--poll-ms", "100"])
@@ -1421,4 +1422,236 @@ fn a_browser_signs_in_at_an_openid_provider_and_out_again() {
         .find(|(name, _, _)| name == "nexus-session")
         .expect("no new session cookie");
     assert_ne!(again.1, session.1, "the revoked session came back");
+}
+
+const SESSIONS_TOKEN: &str = "standalone-test-sessions-token";
+
+/// A counter of the Envoy `nexus up` runs (a filter's `wasmcustom.<name>`), summed over workers.
+fn envoy_counter(up: &Up, name: &str) -> u64 {
+    let admin = envoy_admin(up);
+    let port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    let (_, stats) = http_get(port, &format!("/stats?filter=^wasmcustom\\.{name}$"));
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("wasmcustom.{name}: ")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits until Envoy's counter `name` is at least `at_least` (counts, not time: the deadline
+/// only stops a broken test).
+fn wait_counter(up: &Up, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while envoy_counter(up, name) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy's {name} never reached {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `nexus up` on the bus as `deployment`, with a session-only rule (`/portal/`) and cortex
+/// limited to 2 requests per hour per client (so only a reset can let a client in again).
+fn up_on_the_bus(deployment: &str, amqp: &str, extra: &[&str]) -> Up {
+    let mut args = vec!["--memory", "--amqp-url", amqp, "--deployment", deployment];
+    args.extend_from_slice(extra);
+    Up::start_prepared(&args, |dir| {
+        let routes = dir.join("routes.yaml");
+        let text = std::fs::read_to_string(&routes).unwrap();
+        let limited = "{by: Client, requests: 5, per: Minute}";
+        assert!(text.contains(limited));
+        let mut text = text.replace(limited, "{by: Client, requests: 2, per: Hour}");
+        // Sessions and a session-only `portal` rule, unless the example has them already.
+        if !text.contains("\n    sessions:") {
+            text = text.replace(
+                "    defaultRequirement:",
+                "    sessions: {}\n    defaultRequirement:",
+            );
+        }
+        if !text.contains("- name: portal\n    match:") {
+            text += "  - name: portal\n    match: {path: {prefix: /portal/}}\n    category: data_operations\n    auth: {session: {}}\n";
+        }
+        std::fs::write(&routes, text).unwrap();
+    })
+}
+
+/// `session.revoke` and `ratelimit.reset` on `service.commands` change what real Envoy does:
+/// a revoked session's next request is refused (the auth filter's session table heard the
+/// revocation), and a client the proxy itself was refusing from its over-limit cache is
+/// allowed again at once, though its window has most of an hour to run.
+#[test]
+fn session_revoke_and_ratelimit_reset_change_what_real_envoy_does() {
+    let deployment = format!("standalone-commands-{}", std::process::id());
+    let interval = ["--events-over-limit-interval-ms", "200"];
+    let up = up_on_the_bus(&deployment, support::bus::AMQP, &interval);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // A session, confirmed by the sessions service and then served from the proxy's table.
+    let admin = format!("Bearer {SESSIONS_TOKEN}");
+    let created = client::request(
+        up.http_port,
+        "POST",
+        "/sessions/v1/sessions",
+        &[
+            ("authorization", &admin),
+            ("content-type", "application/json"),
+        ],
+        br#"{"client_id": "carol@example.com"}"#,
+    )
+    .unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json().unwrap()["id"].as_str().unwrap().to_string();
+    let cookie = format!("nexus-session={id}");
+    let with_session = [("cookie", cookie.as_str())];
+    for _ in 0..2 {
+        let r = up.get("/portal/home", &with_session);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json().unwrap()["headers"]["x-nexus-client-id"],
+            "carol@example.com"
+        );
+    }
+    let answer = runtime.block_on(support::bus::command(
+        &deployment,
+        "session.revoke",
+        serde_json::json!({ "session": id }),
+    ));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["result"]["revoked"], true, "{answer}");
+    wait_counter(&up, "nexus_auth.session.revoked", 1);
+    let refused = up.get("/portal/home", &with_session);
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.json().unwrap()["error"], "invalid_session");
+
+    // Alice's two requests an hour, then 429s: the service's, then the proxy's own.
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+    let first = up.get("/cortex/v1/models", &alice);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let echoed = first.json().unwrap();
+    let client_id = echoed["headers"]["x-nexus-client-id"].as_str().unwrap();
+    // The rule's full name (`<route>.<rule>`), as descriptors, resets and summaries name it.
+    let rule = echoed["headers"]["x-nexus-rule"].as_str().unwrap();
+    assert!(rule.ends_with(".cortex"), "{rule}");
+    let summaries = runtime.block_on(support::bus::record("nexus.ratelimit.over_limit.#"));
+    assert_eq!(up.get("/cortex/v1/models", &alice).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    while envoy_counter(&up, "nexus_ratelimit.over_limit_local") == 0 {
+        assert_eq!(up.get("/cortex/v1/models", &alice).status, 429);
+        refused += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never refused alice itself"
+        );
+    }
+    // The refusals the service made (not those the proxy made from its over-limit cache)
+    // arrive as summaries from this deployment, counted per rule and client.
+    let by_service = refused - envoy_counter(&up, "nexus_ratelimit.over_limit_local");
+    assert!(by_service >= 1);
+    let ours = format!("nexus://{deployment}/");
+    let summed = || -> u64 {
+        let heard = summaries.lock().unwrap();
+        heard
+            .iter()
+            .filter(|e| e["source"].as_str().is_some_and(|s| s.starts_with(&ours)))
+            .filter(|e| e["data"]["rule"] == rule && e["data"]["client"] == client_id)
+            .map(|e| e["data"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    while summed() < by_service {
+        assert!(
+            Instant::now() < deadline,
+            "summaries: {:?}",
+            summaries.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(summed(), by_service);
+    let answer = runtime.block_on(support::bus::command(
+        &deployment,
+        "ratelimit.reset",
+        serde_json::json!({ "client": client_id, "rule": rule }),
+    ));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(
+        answer["result"]["deleted"].as_u64().unwrap() >= 1,
+        "{answer}"
+    );
+    assert_eq!(answer["result"]["proxies_told"], true, "{answer}");
+    wait_counter(&up, "nexus_ratelimit.over_limit_forgotten", 1);
+    let again = up.get("/cortex/v1/models", &alice);
+    assert_eq!(again.status, 200, "alice was reset: {}", again.text());
+}
+
+/// A metric's value in `nexus up`'s `/metrics` (0 when absent).
+fn nexus_metric(up: &Up, name: &str) -> u64 {
+    let (_, text) = http_get(up.http_port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// With RabbitMQ unreachable (nothing listens on its port) Envoy serves every request as it
+/// would with the bus up: nothing on a request's path waits on the bus. What Nexus publishes
+/// meanwhile (the configuration it applied, the routes it programmed, the summary of the
+/// refusals below) waits in the outbox, counted, and nothing is published or dropped.
+#[test]
+fn with_rabbitmq_unreachable_envoy_serves_every_request_and_events_wait_in_the_outbox() {
+    let deployment = format!("standalone-bus-down-{}", std::process::id());
+    let nothing = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let fast = [
+        "--events-over-limit-interval-ms",
+        "200",
+        "--health-interval-ms",
+        "200",
+    ];
+    let up = up_on_the_bus(&deployment, &nothing, &fast);
+    let alice = bearer(up.dir.path(), "alice");
+    let alice = [("authorization", alice.as_str())];
+    for i in 0..100 {
+        let r = up.get(&format!("/lake/datasets/{}", i % 10), &alice);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let cortex: Vec<u16> = (0..10)
+        .map(|_| up.get("/cortex/v1/models", &alice).status)
+        .collect();
+    assert_eq!(cortex, [200, 200, 429, 429, 429, 429, 429, 429, 429, 429]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = readiness(&up);
+        let rabbitmq = &health["components"]["rabbitmq"];
+        if rabbitmq["status"] == "down" {
+            assert!(
+                !rabbitmq["last_error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{health}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rabbitmq never reported down: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // config.applied, route.programmed, then the refusals' summary: at least three events,
+    // every one of them in the outbox.
+    loop {
+        let enqueued = nexus_metric(&up, "nexus_events_enqueued_total");
+        let in_outbox = nexus_metric(&up, "nexus_events_outbox_depth");
+        if enqueued >= 3 && in_outbox == enqueued {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{in_outbox} of {enqueued} events in the outbox"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(nexus_metric(&up, "nexus_events_published_total"), 0);
+    assert_eq!(nexus_metric(&up, "nexus_events_overflow_total"), 0);
 }

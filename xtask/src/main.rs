@@ -26,7 +26,8 @@ commands:
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
                   nexus-cache hit-local vs the upstream round trip, with wrk
   bench events    events/s published with confirms (Nexus's publisher vs a plain lapin loop);
-                  command round trip p50/p99, on the machine's RabbitMQ
+                  command round trip p50/p99, on the machine's RabbitMQ; then requests via
+                  Envoy (nexus up) with RabbitMQ up vs unreachable, p50/p99 and their ratio
   bench guard     nexus-guard's added Envoy CPU per request (1 KiB, 64 KiB, 1 MiB JSON bodies,
                   detect and redact vs no guard) and detect MB/s, native and in wasm
   bench session   nexus-auth with a session cookie vs the same filter with a reused JWT vs no
@@ -111,6 +112,15 @@ fn run() -> Result<()> {
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["bench", "-p", "nexus-events", "--bench", "events", "--"])
+                .args(&args[2..]);
+            status(&mut cmd)?;
+            // Then requests through real Envoy with the bus up and down.
+            nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk])?;
+            wasm::build_filters(&root)?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .env("ENVOY_BIN", nexus_toolenv::envoy::locate()?)
+                .args(["bench", "-p", "nexus-controller", "--bench", "bus", "--"])
                 .args(&args[2..]);
             status(&mut cmd)?;
         }

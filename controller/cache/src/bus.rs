@@ -28,7 +28,8 @@ const LOCAL_BACKLOG: usize = 4096;
 
 #[tonic::async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Sends an `Invalidation` or `Update` to every replica's subscribers (this one's included).
+    /// Sends an `Invalidation`, `Flush` or `Update` to every replica's subscribers (this one's
+    /// included).
     async fn publish(&self, event: &Event) -> Result<(), StorageError>;
 
     /// This replica's feed of events. A receiver that falls more than its backlog behind gets
@@ -158,11 +159,12 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, event: &Event) -> Result<(), StorageError> {
         let channel = match &event.kind {
-            Some(event::Kind::Invalidation(_)) => &self.invalidate_channel,
+            // A flush (the `cache.flush` command) is the widest invalidation: same channel.
+            Some(event::Kind::Invalidation(_) | event::Kind::Flush(_)) => &self.invalidate_channel,
             Some(event::Kind::Update(_)) => &self.update_channel,
             _ => {
                 return Err(StorageError(
-                    "only invalidations and updates are published".into(),
+                    "only invalidations, flushes and updates are published".into(),
                 ))
             }
         };

@@ -87,6 +87,25 @@ async fn events_reach_the_subscribers_of_another_replica() {
     assert_eq!(e.writer, "proxy-a");
 }
 
+/// The `cache.flush` command: one replica's flush reaches every replica's subscribers.
+#[tokio::test]
+async fn a_flush_reaches_the_subscribers_of_another_replica() {
+    assert_shared_redis();
+    let ns = unique_namespace();
+    let a = redis_replica(SHARED_REDIS, &ns, "replica-a").await;
+    let mut b = grpc(redis_replica(SHARED_REDIS, &ns, "replica-b").await).await;
+    let mut at_b = subscribe(&mut b, "replica-b").await;
+    a.flush("deploy").await.unwrap();
+    // Skips the flush B's own (re)subscription may have sent.
+    loop {
+        match next(&mut at_b).await {
+            event::Kind::Flush(f) if f.reason == "deploy" => break,
+            event::Kind::Flush(_) => {}
+            other => panic!("expected the flush at B, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_undecodable_message_flushes_subscribers() {
     assert_shared_redis();

@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nexus_proto::ratelimit::RateLimitRequest;
+use nexus_ratelimit_service::server::SharedLimiter;
+
 use crate::event::{Event, OverLimitData};
 use crate::publisher::Events;
+use crate::services::{CLIENT_KEY, RULE_KEY};
 
 #[derive(Clone, Default)]
 pub struct OverLimit {
@@ -21,6 +25,28 @@ impl OverLimit {
         if let Ok(mut c) = self.counts.lock() {
             *c.entry((rule.to_string(), client.to_string())).or_insert(0) += 1;
         }
+    }
+
+    /// A call the rate-limit service refused: counted against the rule (its `route` entry)
+    /// and the client (its `client_id` entry; empty when no limit of the call counts by
+    /// client). Calls without a rule are not Nexus's (another Envoy filter's): not counted.
+    pub fn record_call(&self, req: &RateLimitRequest) {
+        let value = |key: &str| {
+            req.descriptors
+                .iter()
+                .flat_map(|d| &d.entries)
+                .find(|e| e.key == key)
+                .map(|e| e.value.as_str())
+        };
+        if let Some(rule) = value(RULE_KEY) {
+            self.record(rule, value(CLIENT_KEY).unwrap_or_default());
+        }
+    }
+
+    /// Counts every call `limiter` refuses from now on.
+    pub fn follow(&self, limiter: &SharedLimiter) {
+        let me = self.clone();
+        limiter.on_refusal(Arc::new(move |req| me.record_call(req)));
     }
 
     /// The summaries of the interval `[from, to]` (RFC 3339), and a fresh count.
@@ -97,6 +123,57 @@ mod tests {
         assert!(
             o.take("t1", "t2").is_empty(),
             "a new interval starts from zero"
+        );
+    }
+
+    fn call(entries: &[&[(&str, &str)]]) -> RateLimitRequest {
+        use nexus_proto::ratelimit::rate_limit_descriptor::Entry;
+        use nexus_proto::ratelimit::RateLimitDescriptor;
+        RateLimitRequest {
+            domain: "nexus".into(),
+            descriptors: entries
+                .iter()
+                .map(|d| RateLimitDescriptor {
+                    entries: d
+                        .iter()
+                        .map(|(k, v)| Entry {
+                            key: k.to_string(),
+                            value: v.to_string(),
+                        })
+                        .collect(),
+                    limit: None,
+                })
+                .collect(),
+            hits_addend: 1,
+        }
+    }
+
+    #[test]
+    fn a_refused_call_counts_once_for_its_rule_and_client() {
+        let o = OverLimit::default();
+        // The filter's usual call: the rule's own descriptor and the client's.
+        let both: &[&[(&str, &str)]] = &[
+            &[("route", "cortex")],
+            &[("route", "cortex"), ("client_id", "alice")],
+        ];
+        o.record_call(&call(both));
+        o.record_call(&call(both));
+        o.record_call(&call(&[&[("route", "lake"), ("header.x-tenant", "acme")]]));
+        o.record_call(&call(&[&[("generic_key", "not-nexus")]]));
+        let got: Vec<(String, String, u64)> = o
+            .take("t0", "t1")
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::OverLimit(d) => Some((d.rule, d.client, d.count)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cortex".to_string(), "alice".to_string(), 2),
+                ("lake".to_string(), String::new(), 1),
+            ]
         );
     }
 }

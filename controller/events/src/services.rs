@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use nexus_cache_service::service::Failure;
 use nexus_cache_service::CacheService;
+use nexus_config::ratelimit::reset_key;
 use nexus_proto::cache::InvalidateRequest;
 use nexus_ratelimit_service::server::SharedLimiter;
 use serde_json::json;
@@ -20,8 +21,8 @@ use crate::publisher::Events;
 pub type Reconcile = Arc<dyn Fn(ReconcileArgs) -> Result<String, String> + Send + Sync>;
 
 /// The descriptor key the nexus-ratelimit filter puts the client in, and the rule in.
-const CLIENT_KEY: &str = "client_id";
-const RULE_KEY: &str = "route";
+pub(crate) const CLIENT_KEY: &str = "client_id";
+pub(crate) const RULE_KEY: &str = nexus_config::ratelimit::ROUTE_KEY;
 
 #[derive(Clone, Default)]
 pub struct Services {
@@ -128,6 +129,20 @@ impl Services {
             .reset(&entries)
             .await
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
-        Ok(json!({ "deleted": deleted }))
+        // Then every proxy forgets the 429s it remembered for those counters (their
+        // over-limit caches follow the cache service's event stream): only after the counters
+        // are gone, or a request in between would be refused and remembered again.
+        let proxies_told = match &self.cache {
+            Some(cache) => {
+                let req = InvalidateRequest {
+                    keys: vec![reset_key(&entries)],
+                    ..Default::default()
+                };
+                cache.invalidate(req).await.map_err(failure)?;
+                true
+            }
+            None => false,
+        };
+        Ok(json!({ "deleted": deleted, "proxies_told": proxies_told }))
     }
 }

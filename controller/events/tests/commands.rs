@@ -345,8 +345,18 @@ async fn ratelimit_reset_clears_one_clients_counters_in_redis() {
             "{client}"
         );
     }
+    let cache = nexus_cache_service::server::build(
+        None,
+        &Default::default(),
+        nexus_cache_service::Config::default(),
+        std::time::Duration::from_millis(100),
+    )
+    .unwrap();
+    let mut stream = cache.subscribe();
+    stream.next().await.unwrap().unwrap();
     let services = Services {
         limiter: Some(limiter),
+        cache: Some(cache),
         ..Default::default()
     };
     let (config, stats) = start(Arc::new(services)).await;
@@ -366,6 +376,15 @@ async fn ratelimit_reset_clears_one_clients_counters_in_redis() {
     .await;
     let answer = reply(&collect(&ch, &replies, 1).await[0]);
     assert_eq!(answer.data["result"]["deleted"], 1, "{answer:?}");
+    assert_eq!(answer.data["result"]["proxies_told"], true, "{answer:?}");
+    // Every proxy's over-limit cache hears it on the cache service's event stream.
+    match stream.next().await.unwrap().unwrap().kind {
+        Some(event::Kind::Invalidation(i)) => assert_eq!(
+            i.keys,
+            ["nexus-ratelimit:|route=cortex-infer|client_id=alice"]
+        ),
+        other => panic!("expected the reset, got {other:?}"),
+    }
     // The reply goes out just before the ack, and the count after it.
     eventually("one command counted", || {
         Stats::get(&stats.commands_handled) == 1

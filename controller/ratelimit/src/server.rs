@@ -47,6 +47,14 @@ impl SharedLimiter {
         })
     }
 
+    /// See [`RateLimiter::on_refusal`].
+    pub fn on_refusal(&self, refusals: crate::service::Refusals) -> bool {
+        match self {
+            Self::Memory(l) => l.on_refusal(refusals),
+            Self::Redis(l) => l.on_refusal(refusals),
+        }
+    }
+
     pub fn set_limits(&self, limits: Limits) {
         match self {
             Self::Memory(l) => l.set_limits(limits),

@@ -1,7 +1,7 @@
 //! Whole-request decisions, and the tonic service Envoy (and nexus-ratelimit) call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexus_config::ratelimit::Unit;
@@ -43,8 +43,13 @@ impl std::str::FromStr for UnknownDomain {
     }
 }
 
+/// Told of every call the service answers OVER_LIMIT (not shadow-mode overs, which are answered
+/// OK): the event bus's over-limit summaries. Runs on the call's path, so it must only count.
+pub type Refusals = Arc<dyn Fn(&RateLimitRequest) + Send + Sync>;
+
 pub struct RateLimiter<S> {
     limits: RwLock<Arc<Limits>>,
+    refusals: OnceLock<Refusals>,
     storage: S,
     algorithm: Algorithm,
     unknown_domain: UnknownDomain,
@@ -62,6 +67,7 @@ impl<S: Storage> RateLimiter<S> {
     ) -> Self {
         Self {
             limits: RwLock::new(Arc::new(limits)),
+            refusals: OnceLock::new(),
             storage,
             algorithm,
             unknown_domain,
@@ -76,6 +82,12 @@ impl<S: Storage> RateLimiter<S> {
     /// descriptor that was not over limit, merged).
     pub fn set_response_dynamic_metadata(&self, on: bool) {
         self.response_dynamic_metadata.store(on, Ordering::Relaxed);
+    }
+
+    /// Tells `refusals` of every call answered OVER_LIMIT from now on. Once: a second one is
+    /// ignored (false).
+    pub fn on_refusal(&self, refusals: Refusals) -> bool {
+        self.refusals.set(refusals).is_ok()
     }
 
     /// Replaces the limits; calls in flight finish with the old ones.
@@ -279,6 +291,11 @@ impl<S: Storage> RateLimiter<S> {
         } else {
             Code::Ok
         };
+        if overall == Code::OverLimit {
+            if let Some(tell) = self.refusals.get() {
+                tell(req);
+            }
+        }
         let dynamic_metadata = self
             .response_dynamic_metadata
             .load(Ordering::Relaxed)

@@ -211,6 +211,9 @@ pub fn filter_configurations(
         failure_mode_by_limit: cfg.ratelimit_failure_modes.clone(),
         response_headers: true,
         over_limit_cache: true,
+        // `ratelimit.reset`s ride the cache service's event stream, as session revocations
+        // do; a filter without limits remembers nothing to clear.
+        resets_cluster: (!cfg.ratelimit.descriptors.is_empty()).then(|| services.cache.clone()),
         audit: services.audit.clone().map(AuditSink::new),
     };
     let mut auth = AuthConfig {

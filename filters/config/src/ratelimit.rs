@@ -57,6 +57,52 @@ pub const CLIENT_KEY: &str = "client_id";
 /// Prefix of descriptor keys carrying a request header's value (`header.x-tenant`).
 pub const HEADER_KEY_PREFIX: &str = "header.";
 
+/// Prefix of the cache-coherency invalidation key that carries a `ratelimit.reset` to every
+/// proxy (the stream nexus-auth follows for session revocations): see [`reset_key`].
+pub const RESET_PREFIX: &str = "nexus-ratelimit:";
+
+/// The invalidation key announcing that the counters of every descriptor carrying all of
+/// `entries` were reset: [`RESET_PREFIX`] then `|k=v` per entry, as in counter keys
+/// (`nexus-ratelimit:|route=cortex|client_id=alice`).
+pub fn reset_key(entries: &[(String, String)]) -> String {
+    let mut key = RESET_PREFIX.to_string();
+    for (k, v) in entries {
+        key.push('|');
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+    key
+}
+
+/// The entries of a [`reset_key`]; `None` when `key` is not one (another invalidation on the
+/// same stream) or names no entry.
+pub fn parse_reset_key(key: &str) -> Option<Vec<(String, String)>> {
+    let rest = key.strip_prefix(RESET_PREFIX)?.strip_prefix('|')?;
+    rest.split('|')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// True when the counter key (`domain|k=v|k=v`, possibly followed by the service's
+/// `:limit[:window]`) carries every `k=v` of `entries`. A value ends at the next `|` or `:`,
+/// so `client_id=al` does not match `client_id=alice`. The rate-limit service deletes its
+/// counters on a `ratelimit.reset` by this test, and the filter its over-limit entries.
+pub fn key_matches(key: &str, entries: &[(String, String)]) -> bool {
+    entries.iter().all(|(k, v)| {
+        let needle = format!("|{k}={v}");
+        key.match_indices(&needle).any(|(at, _)| {
+            matches!(
+                key.as_bytes().get(at + needle.len()),
+                Some(b'|' | b':') | None
+            )
+        })
+    })
+}
+
 /// One rate-limit domain: a tree of descriptors, each optionally limited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -563,6 +609,52 @@ mod tests {
                 "$.descriptors[1]"
             ]
         );
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reset_keys_round_trip_and_other_keys_are_not_resets() {
+        let both = pairs(&[("route", "cortex"), ("client_id", "alice@example.com")]);
+        let key = reset_key(&both);
+        assert_eq!(
+            key,
+            "nexus-ratelimit:|route=cortex|client_id=alice@example.com"
+        );
+        assert_eq!(parse_reset_key(&key), Some(both));
+        assert_eq!(
+            parse_reset_key("nexus-ratelimit:|client_id=a=b"),
+            Some(pairs(&[("client_id", "a=b")]))
+        );
+        for other in [
+            "nexus-session:ab12",
+            "/lake/datasets#0f",
+            "nexus-ratelimit:",
+            "nexus-ratelimit:|",
+            "nexus-ratelimit:|=alice",
+            "nexus-ratelimit:|client_id",
+        ] {
+            assert_eq!(parse_reset_key(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_reset_matches_filter_keys_and_service_keys_by_whole_values() {
+        let alice = pairs(&[("client_id", "alice")]);
+        assert!(key_matches("nexus|route=lake|client_id=alice", &alice));
+        assert!(key_matches(
+            "nexus|route=lake|client_id=alice:5s:1000",
+            &alice
+        ));
+        assert!(!key_matches("nexus|route=lake|client_id=alice2", &alice));
+        assert!(!key_matches("nexus|route=lake", &alice));
+        let lake = pairs(&[("route", "lake")]);
+        assert!(key_matches("nexus|route=lake", &lake));
+        assert!(!key_matches("nexus|route=lakehouse|client_id=alice", &lake));
     }
 }
 

@@ -54,11 +54,20 @@ pub struct RateLimitFilterConfig {
     /// cache: a client over its limit is refused until the window resets either way, so asking
     /// the service again only spends a network round trip per abusive request. The cache holds
     /// a fixed number of entries in shared data (see the filter's `OVER_LIMIT_CACHE_SLOTS`);
-    /// shadow-mode and quota-mode limits are never cached. Turn it off when something other
-    /// than the window resets a counter early (an operator clearing Redis, say) and clients
-    /// must see that at once.
+    /// shadow-mode and quota-mode limits are never cached. A `ratelimit.reset` clears its
+    /// entries through `resets_cluster`; turn the cache off when something else resets
+    /// counters early (an operator clearing Redis, say) and clients must see that at once.
     #[serde(default = "crate::yes")]
     pub over_limit_cache: bool,
+    /// Envoy cluster (HTTP/2) of the cache-coherency service, whose `Subscribe` stream carries
+    /// `ratelimit.reset`s to every proxy (invalidation keys made by
+    /// [`crate::ratelimit::reset_key`]): each clears the over-limit entries it matches at once,
+    /// so a reset client is allowed again without waiting for its window to end. While the
+    /// stream is not live the over-limit cache is not used (every request asks the service),
+    /// and it is emptied when the stream is back. None: resets reach the service's counters
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_cluster: Option<String>,
     /// Where each denial (429) is recorded (one audit record, with the rule and client);
     /// none: denials are only counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +167,12 @@ impl Validate for RateLimitFilterConfig {
                     ),
                 ));
             }
+        }
+        if self.resets_cluster.as_deref() == Some("") {
+            errors.push(ConfigError::new(
+                format!("{path}.resets_cluster"),
+                "must not be empty",
+            ));
         }
         if let Some(service) = &self.service {
             if service.cluster.is_empty() {

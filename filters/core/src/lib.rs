@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod fasthash;
+pub mod feed;
 pub mod headers;
 pub mod host;
 pub mod matcher;

@@ -6,14 +6,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use nexus_filter_core::audit::RequestMeta;
-use nexus_filter_core::{Clock, HeaderMap};
+use nexus_filter_core::{Clock, HeaderMap, Level, Log};
 use nexus_proxy_wasm::audit::AuditSender;
 use nexus_proxy_wasm::hostcalls;
 use nexus_proxy_wasm::{
     apply, parse_config, resume_request, Action, Answered, Filter, HostClock, HostHeaders, HostLog,
     HostMetrics, HostSharedData, PausedCalls,
 };
-use nexus_ratelimit::{Pending, RateLimiter, ServiceFailure, Step};
+use nexus_ratelimit::{FeedAction, FeedMessage, Pending, RateLimiter, ServiceFailure, Step};
 
 nexus_proxy_wasm::export_filter!(
     RateLimitFilter,
@@ -30,8 +30,15 @@ struct RateLimitFilter {
     audit: Option<AuditSender>,
 }
 
+/// How often the root context checks the reset stream (reopening it after a break).
+const TICK_MS: u32 = 1000;
+
 fn now_us() -> u64 {
     HostClock.now_unix_nanos() / 1_000
+}
+
+fn now_ms() -> u64 {
+    now_us() / 1_000
 }
 
 impl RateLimitFilter {
@@ -73,6 +80,26 @@ impl RateLimitFilter {
         }
     }
 
+    /// Opens the reset stream (the cache service's `Subscribe`) when it is due.
+    fn follow_resets(&self) {
+        let FeedAction::Open { cluster, request } = self.limiter.reset_feed_tick(now_ms()) else {
+            return;
+        };
+        let opened = hostcalls::grpc_server_stream(
+            &cluster,
+            nexus_proto::CACHE_SERVICE,
+            nexus_proto::CACHE_SUBSCRIBE,
+            &request,
+        );
+        if let Err(status) = &opened {
+            HostLog.log(
+                Level::Warn,
+                &format!("nexus-ratelimit: cannot follow resets on cluster {cluster}: {status}"),
+            );
+        }
+        self.limiter.reset_feed_opened(opened.ok(), now_ms());
+    }
+
     /// The core's decision once the service answered or could not be asked.
     fn decide(&self, pending: &Pending, answer: Result<&[u8], ServiceFailure>) -> Step {
         self.limiter.on_service_response(
@@ -89,6 +116,12 @@ impl RateLimitFilter {
 impl Filter for RateLimitFilter {
     fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
         let limiter = parse_config("nexus-ratelimit", config, RateLimiter::from_json)?;
+        if limiter.needs_ticks() {
+            if let Err(s) = hostcalls::set_tick_period_ms(TICK_MS) {
+                HostLog.log(Level::Warn, &format!("nexus-ratelimit: no ticks: {s}"));
+            }
+        }
+        // Both tick at 1 s unless the audit sink says otherwise; its period then applies.
         let audit = limiter.audit_sink().cloned().map(AuditSender::start);
         Some(Self {
             limiter,
@@ -103,6 +136,7 @@ impl Filter for RateLimitFilter {
         if let Some(sender) = &self.audit {
             sender.flush(&self.metrics);
         }
+        self.follow_resets();
     }
 
     fn on_http_call_response(&self, token: u32, status: Option<u32>, _body: &[u8]) {
@@ -112,10 +146,32 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
-        self.answered(token, Ok(message));
+        let feed = self.limiter.reset_feed_message(
+            token,
+            message,
+            &HostSharedData,
+            &self.metrics,
+            &HostLog,
+        );
+        match feed {
+            FeedMessage::NotOurs => self.answered(token, Ok(message)),
+            FeedMessage::Applied => {}
+            FeedMessage::Drop => {
+                // Envoy reports no close for a stream we cancel: account for it here.
+                let _ = hostcalls::grpc_cancel(token);
+                self.limiter.reset_feed_closed(token, now_ms());
+            }
+        }
     }
 
     fn on_grpc_close(&self, _context: u32, token: u32, status: u32, message: &str) {
+        if self.limiter.reset_feed_closed(token, now_ms()) {
+            HostLog.log(
+                Level::Info,
+                &format!("nexus-ratelimit: reset stream closed (gRPC status {status}); over-limit answers are asked for until it is back"),
+            );
+            return;
+        }
         self.answered(
             token,
             Err(ServiceFailure::Status(status, message.to_string())),

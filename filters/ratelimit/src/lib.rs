@@ -9,12 +9,14 @@ pub mod audit;
 mod bucket;
 mod descriptors;
 mod overlimit;
+mod resets;
 
 use std::cell::Cell;
 
 use nexus_config::ratelimit::Unit;
 use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig};
 use nexus_config::ConfigErrors;
+use nexus_filter_core::feed::Feed;
 use nexus_filter_core::{HeaderMap, Level, LocalResponse, Log, Metrics, SharedData};
 use nexus_proto::ratelimit::rate_limit_descriptor::Entry;
 use nexus_proto::ratelimit::rate_limit_response::Code;
@@ -24,6 +26,7 @@ use prost::Message;
 pub use bucket::BucketState;
 pub use descriptors::Limited;
 pub use overlimit::SLOTS as OVER_LIMIT_CACHE_SLOTS;
+pub use resets::{FeedAction, FeedMessage};
 
 /// One minute between log lines about the same degradation, however many requests degrade.
 const DEGRADED_LOG_INTERVAL_US: u64 = 60_000_000;
@@ -31,6 +34,8 @@ const DEGRADED_LOG_INTERVAL_US: u64 = 60_000_000;
 pub struct RateLimiter {
     config: RateLimitFilterConfig,
     last_degraded_log_us: Cell<u64>,
+    /// The reset stream (`resets_cluster`), if configured.
+    feed: Option<Feed>,
 }
 
 /// What to do with a request.
@@ -70,6 +75,7 @@ impl RateLimiter {
 
     pub fn new(config: RateLimitFilterConfig) -> Self {
         Self {
+            feed: config.resets_cluster.as_deref().map(Feed::new),
             config,
             last_degraded_log_us: Cell::new(0),
         }
@@ -316,7 +322,7 @@ impl RateLimiter {
         metrics: &impl Metrics,
         now_us: u64,
     ) -> Option<Step> {
-        if !self.config.over_limit_cache {
+        if !self.config.over_limit_cache || !self.over_limit_cache_trusted() {
             return None;
         }
         // The remembered descriptor whose window ends last is the one a client must wait for,

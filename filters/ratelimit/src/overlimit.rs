@@ -69,3 +69,24 @@ pub fn window_end_us(status: &DescriptorStatus, now_us: u64) -> Option<u64> {
     let now_s = now_us / 1_000_000;
     Some((now_s / unit_s + 1) * unit_s * 1_000_000)
 }
+
+/// Forgets every remembered entry whose counter key `matches` (a `ratelimit.reset`, or all of
+/// them when resets may have been missed); returns how many were forgotten. Visits every slot:
+/// resets are rare, and a slot only knows its key. A slot rewritten meanwhile (compare and
+/// swap) holds a newer answer of the service, given after the reset: it stays.
+pub fn forget(shared: &impl SharedData, matches: impl Fn(&str) -> bool) -> u64 {
+    let mut forgotten = 0;
+    for n in 0..SLOTS {
+        let slot = format!("{PREFIX}{n}");
+        let Some((bytes, cas)) = shared.get(&slot) else {
+            continue;
+        };
+        let Some(key) = bytes.get(8..).and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        if matches(key) && shared.set(&slot, &[], Some(cas)).is_ok() {
+            forgotten += 1;
+        }
+    }
+    forgotten
+}

@@ -45,20 +45,9 @@ pub trait Storage: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// True when the counter key (`domain|k=v|k=v:limit[:window]`, without the storage prefix)
-/// carries every `k=v` of `entries`. A value ends at the next `|` or `:`, so `client_id=al`
-/// does not match `client_id=alice`.
-pub fn key_matches(key: &str, entries: &[(String, String)]) -> bool {
-    entries.iter().all(|(k, v)| {
-        let needle = format!("|{k}={v}");
-        key.match_indices(&needle).any(|(at, _)| {
-            matches!(
-                key.as_bytes().get(at + needle.len()),
-                Some(b'|' | b':') | None
-            )
-        })
-    })
-}
+/// See [`nexus_config::ratelimit::key_matches`]: the filter's over-limit cache clears its
+/// entries on a `ratelimit.reset` with the same test.
+pub use nexus_config::ratelimit::key_matches;
 
 #[cfg(test)]
 mod tests {

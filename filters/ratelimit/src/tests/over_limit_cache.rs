@@ -4,7 +4,7 @@
 use super::*;
 
 /// A service-mode filter; `extra` is appended to the config object.
-fn global(extra: &str) -> RateLimiter {
+pub(super) fn global(extra: &str) -> RateLimiter {
     RateLimiter::from_json(
         config(&format!(
             r#", "service": {{"cluster": "rls", "timeout_ms": 20}}, "failure_mode": "fail_open"{extra}"#
@@ -15,7 +15,7 @@ fn global(extra: &str) -> RateLimiter {
 }
 
 /// One request of `client` at `now`: counts the service calls it makes in `calls`.
-fn ask(rl: &RateLimiter, e: &Env, client: &str, now: u64, calls: &mut u32) -> Step {
+pub(super) fn ask(rl: &RateLimiter, e: &Env, client: &str, now: u64, calls: &mut u32) -> Step {
     let step = rl.on_request(&request(Some(client)), &e.shared, &e.metrics, now);
     if matches!(step, Step::CallService { .. }) {
         *calls += 1;
@@ -24,7 +24,7 @@ fn ask(rl: &RateLimiter, e: &Env, client: &str, now: u64, calls: &mut u32) -> St
 }
 
 /// The service's answer for a `lake` request: the route descriptor OK, the client's over.
-fn client_over(client_status: DescriptorStatus) -> Vec<u8> {
+pub(super) fn client_over(client_status: DescriptorStatus) -> Vec<u8> {
     RateLimitResponse {
         overall_code: Code::OverLimit as i32,
         statuses: vec![status(Code::Ok, 100, 90, 40), client_status],
@@ -34,7 +34,14 @@ fn client_over(client_status: DescriptorStatus) -> Vec<u8> {
 }
 
 /// Sends `client`'s request at `now` to the service, which answers `answer`.
-fn over_at(rl: &RateLimiter, e: &Env, client: &str, now: u64, answer: &[u8], calls: &mut u32) {
+pub(super) fn over_at(
+    rl: &RateLimiter,
+    e: &Env,
+    client: &str,
+    now: u64,
+    answer: &[u8],
+    calls: &mut u32,
+) {
     let Step::CallService { pending, .. } = ask(rl, e, client, now, calls) else {
         panic!("{client} must be sent to the service at {now}")
     };
