@@ -15,8 +15,8 @@ use crate::cache::Entry;
 use crate::check::{Check, Granted};
 use crate::deny::{Challenge, Fail};
 use crate::lookup::{Lookups, Settings, LIVE, UNKNOWN};
-use crate::session_feed::Feed;
 use crate::{Auth, Env, Identity};
+use nexus_filter_core::feed::Feed;
 
 /// A compiled `sessions` section and this worker's lookups.
 pub(crate) struct SessionStore {

@@ -7,69 +7,14 @@
 //! after a break, and a `Flush`, empty the table: revocations published in the gap were
 //! missed. Every worker follows its own stream; applying an event twice is harmless.
 
-use std::cell::Cell;
-
 use nexus_filter_core::Level;
 use nexus_proto::cache::{event, Event, SubscribeRequest};
 use prost::Message;
 
 use crate::{Auth, Env};
 
-const RECONNECT_INITIAL_MS: u64 = 100;
-const RECONNECT_MAX_MS: u64 = 5_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// No stream; open one at `at_ms` or later.
-    Waiting { at_ms: u64 },
-    /// A stream is open; `live` once its `Hello` arrived.
-    Open { token: u32, live: bool },
-}
-
-pub(crate) struct Feed {
-    pub(crate) cluster: String,
-    state: Cell<State>,
-    backoff_ms: Cell<u64>,
-}
-
-impl Feed {
-    pub(crate) fn new(cluster: &str) -> Self {
-        Self {
-            cluster: cluster.to_string(),
-            state: Cell::new(State::Waiting { at_ms: 0 }),
-            backoff_ms: Cell::new(RECONNECT_INITIAL_MS),
-        }
-    }
-
-    pub(crate) fn live(&self) -> bool {
-        matches!(self.state.get(), State::Open { live: true, .. })
-    }
-
-    fn is_stream(&self, token: u32) -> bool {
-        matches!(self.state.get(), State::Open { token: t, .. } if t == token)
-    }
-
-    fn broken(&self, now_ms: u64) {
-        let backoff = self.backoff_ms.get();
-        self.state.set(State::Waiting {
-            at_ms: now_ms.saturating_add(backoff),
-        });
-        self.backoff_ms
-            .set(backoff.saturating_mul(2).min(RECONNECT_MAX_MS));
-    }
-}
-
-/// What the adapter should do for the revocation stream on a tick.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedAction {
-    Nothing,
-    /// Open `Subscribe` on this cluster and send this (an encoded `SubscribeRequest`, ending
-    /// the request side).
-    Open {
-        cluster: String,
-        request: Vec<u8>,
-    },
-}
+use nexus_filter_core::feed::Feed;
+pub use nexus_filter_core::feed::FeedAction;
 
 impl Auth {
     fn feed(&self) -> Option<&Feed> {
@@ -83,41 +28,27 @@ impl Auth {
     }
 
     pub fn revocation_feed_tick(&self, now_ms: u64) -> FeedAction {
-        let Some(feed) = self.feed() else {
-            return FeedAction::Nothing;
+        let request = || {
+            SubscribeRequest {
+                subscriber: "nexus-auth".into(),
+            }
+            .encode_to_vec()
         };
-        match feed.state.get() {
-            State::Waiting { at_ms } if now_ms >= at_ms => FeedAction::Open {
-                cluster: feed.cluster.clone(),
-                request: SubscribeRequest {
-                    subscriber: "nexus-auth".into(),
-                }
-                .encode_to_vec(),
-            },
-            _ => FeedAction::Nothing,
-        }
+        self.feed()
+            .map_or(FeedAction::Nothing, |f| f.tick(now_ms, request))
     }
 
     /// The adapter opened the stream (`Some(token)`) or could not.
     pub fn revocation_feed_opened(&self, token: Option<u32>, now_ms: u64) {
         if let Some(feed) = self.feed() {
-            match token {
-                Some(token) => feed.state.set(State::Open { token, live: false }),
-                None => feed.broken(now_ms),
-            }
+            feed.opened(token, now_ms);
         }
     }
 
     /// The stream `token` ended: reconnect later, distrust the table meanwhile. False if
     /// `token` is not the revocation stream.
     pub fn revocation_feed_closed(&self, token: u32, now_ms: u64) -> bool {
-        match self.feed() {
-            Some(feed) if feed.is_stream(token) => {
-                feed.broken(now_ms);
-                true
-            }
-            _ => false,
-        }
+        self.feed().is_some_and(|f| f.closed(token, now_ms))
     }
 
     /// One message of the stream `token`. `Some(true)`: undecodable, the adapter should drop
@@ -137,8 +68,7 @@ impl Auth {
         };
         match kind {
             event::Kind::Hello(_) => {
-                feed.state.set(State::Open { token, live: true });
-                feed.backoff_ms.set(RECONNECT_INITIAL_MS);
+                feed.confirmed(token);
                 self.clear_sessions(env);
             }
             event::Kind::Invalidation(inv) => {

@@ -20,6 +20,18 @@ enum State {
     Open { token: u32, live: bool },
 }
 
+/// What the adapter should do for a feed on a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedAction {
+    Nothing,
+    /// Open the stream on this cluster and send this (the encoded request, ending the request
+    /// side).
+    Open {
+        cluster: String,
+        request: Vec<u8>,
+    },
+}
+
 #[derive(Debug)]
 pub struct Feed {
     cluster: String,
@@ -42,6 +54,17 @@ impl Feed {
         match self.state.get() {
             State::Waiting { at_ms } if now_ms >= at_ms => Some(&self.cluster),
             _ => None,
+        }
+    }
+
+    /// [`FeedAction::Open`] with `request()` when the stream is due at `now_ms`.
+    pub fn tick(&self, now_ms: u64, request: impl FnOnce() -> Vec<u8>) -> FeedAction {
+        match self.due(now_ms) {
+            Some(cluster) => FeedAction::Open {
+                cluster: cluster.to_string(),
+                request: request(),
+            },
+            None => FeedAction::Nothing,
         }
     }
 

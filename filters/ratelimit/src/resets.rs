@@ -16,17 +16,7 @@ use prost::Message;
 
 use crate::{overlimit, RateLimiter};
 
-/// What the adapter should do for the reset stream on a tick.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedAction {
-    Nothing,
-    /// Open `Subscribe` on this cluster and send this (an encoded `SubscribeRequest`, ending
-    /// the request side).
-    Open {
-        cluster: String,
-        request: Vec<u8>,
-    },
-}
+pub use nexus_filter_core::feed::FeedAction;
 
 /// What a message of the reset stream asks of the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,16 +40,15 @@ impl RateLimiter {
     }
 
     pub fn reset_feed_tick(&self, now_ms: u64) -> FeedAction {
-        match self.feed.as_ref().and_then(|f| f.due(now_ms)) {
-            Some(cluster) => FeedAction::Open {
-                cluster: cluster.to_string(),
-                request: SubscribeRequest {
-                    subscriber: "nexus-ratelimit".into(),
-                }
-                .encode_to_vec(),
-            },
-            None => FeedAction::Nothing,
-        }
+        let request = || {
+            SubscribeRequest {
+                subscriber: "nexus-ratelimit".into(),
+            }
+            .encode_to_vec()
+        };
+        self.feed
+            .as_ref()
+            .map_or(FeedAction::Nothing, |f| f.tick(now_ms, request))
     }
 
     /// The adapter opened the stream (`Some(token)`) or could not.
