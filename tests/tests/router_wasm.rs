@@ -230,3 +230,51 @@ fn the_request_line_costs_one_hostcall_when_off_and_carries_the_ids_when_on() {
         loud.len()
     );
 }
+
+/// With the root ticking (reports on, as in the mesh and `nexus up`), Envoy's level is read at
+/// each tick, not per request: a request asks nothing, and a level changed at runtime applies
+/// from the next tick.
+#[test]
+fn with_reports_on_the_level_is_read_per_tick_not_per_request() {
+    const SINK: &str = "outbound|8080||nexus-controller-leader.nexus-system.svc.cluster.local";
+    let vm = format!(
+        r#"{{"report":{{"cluster":"{SINK}","module_sha256":"{}","interval_ms":10000}}}}"#,
+        "ab".repeat(32)
+    );
+    let module = nexus_tests::filter_module("nexus_router").unwrap();
+    let mut host = Host::builder()
+        .vm_config(vm.into_bytes())
+        .plugin_config(CONFIG.as_bytes().to_vec())
+        .allow_cluster(SINK)
+        .log_level(LogLevel::Info)
+        .build_from_file(module)
+        .unwrap();
+    assert!(host.start().unwrap());
+    host.tick().unwrap();
+    let request = [(":method", "GET"), (":path", "/lake/tables")];
+    let one = |host: &mut Host| {
+        let before = host.hostcall_log().len();
+        host.take_logs();
+        let mut http = host.http_context().unwrap();
+        http.request_headers(&request, true).unwrap();
+        http.finish().unwrap();
+        let asked = host.hostcall_log()[before..]
+            .iter()
+            .filter(|c| **c == "proxy_get_log_level")
+            .count();
+        (asked, host.take_logs().len())
+    };
+    assert_eq!(one(&mut host), (0, 0), "info: no level read, no line");
+    host.set_log_level(LogLevel::Debug);
+    assert_eq!(
+        one(&mut host),
+        (0, 0),
+        "until the next tick the level read at the last holds"
+    );
+    host.tick().unwrap();
+    assert_eq!(
+        one(&mut host),
+        (0, 1),
+        "debug from the next tick: the request's line"
+    );
+}

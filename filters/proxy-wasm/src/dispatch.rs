@@ -172,6 +172,7 @@ impl<F: Filter> Root<F> {
             return;
         };
         let now_ms = hostcalls::now_unix_nanos() / 1_000_000;
+        crate::refresh_log_level();
         let reporting = match self.reporter.borrow_mut().as_mut() {
             Some(r) => {
                 r.tick(now_ms, &self.metrics);

@@ -11,7 +11,7 @@ pub mod hostcalls;
 pub mod paused;
 pub mod report;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 pub use dispatch::{Action, Filter};
@@ -79,10 +79,26 @@ impl Log for HostLog {
     fn log(&self, level: Level, message: &str) {
         hostcalls::log(abi_level(level), message);
     }
-    /// One hostcall: asked per line, not cached, so a level changed at runtime applies at once.
+    /// No hostcall where the root ticks (it reads the level at every tick: a level changed at
+    /// runtime applies within a tick, 1 s with reports on); one per check otherwise.
     fn enabled(&self, level: Level) -> bool {
-        abi_level(level) >= hostcalls::log_level()
+        let current = LOG_LEVEL
+            .with(Cell::get)
+            .unwrap_or_else(hostcalls::log_level);
+        abi_level(level) >= current
     }
+}
+
+thread_local! {
+    /// Envoy's log level as the root last read it ([`refresh_log_level`]); `None` until then.
+    /// The per-request log lines ask it once per request per filter, so a read on the root's
+    /// schedule keeps a hostcall off every request's path.
+    static LOG_LEVEL: Cell<Option<LogLevel>> = const { Cell::new(None) };
+}
+
+/// Reads Envoy's log level for [`HostLog::enabled`] (called by the root on its ticks).
+pub fn refresh_log_level() {
+    LOG_LEVEL.with(|l| l.set(Some(hostcalls::log_level())));
 }
 
 fn abi_level(level: Level) -> LogLevel {

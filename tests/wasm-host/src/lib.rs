@@ -624,6 +624,11 @@ impl Host {
 
     // ---- time and ticks
 
+    /// What `proxy_get_log_level` answers from now on (Envoy's `/logging?level=` at runtime).
+    pub fn set_log_level(&mut self, level: LogLevel) {
+        self.store.data_mut().log_level = level;
+    }
+
     /// Set the host clock.
     pub fn set_time(&mut self, t: SystemTime) {
         self.store.data_mut().time_nanos = nanos_since_epoch(t);
