@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod dispatch;
+pub mod feed;
 mod grpc_target;
 pub mod hostcalls;
 pub mod paused;
