@@ -3,7 +3,9 @@
 
 use std::cell::RefCell;
 
-use nexus_auth::{Auth, Env, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID};
+use nexus_auth::{
+    Auth, Env, FeedAction, Identity, Outcome, PROPERTY_AUTH_METHOD, PROPERTY_CLIENT_ID,
+};
 use nexus_filter_core::audit::RequestMeta;
 use nexus_filter_core::{Clock, HeaderMap, Level, Log};
 use nexus_proxy_wasm::audit::AuditSender;
@@ -101,15 +103,22 @@ fn now_ms() -> u64 {
 impl AuthFilter {
     /// Opens the revocation stream (the cache service's `Subscribe`) when it is due.
     fn follow_revocations(&self) {
-        let opened = nexus_proxy_wasm::feed::open(
-            self.auth.revocation_feed_tick(now_ms()),
+        let FeedAction::Open { cluster, request } = self.auth.revocation_feed_tick(now_ms()) else {
+            return;
+        };
+        let opened = hostcalls::grpc_server_stream(
+            &cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_SUBSCRIBE,
-            "nexus-auth: following revocations",
+            &request,
         );
-        if let Some(token) = opened {
-            self.auth.revocation_feed_opened(token, now_ms());
+        if let Err(status) = &opened {
+            HostLog.log(
+                Level::Warn,
+                &format!("nexus-auth: cannot follow revocations on cluster {cluster}: {status}"),
+            );
         }
+        self.auth.revocation_feed_opened(opened.ok(), now_ms());
     }
 }
 

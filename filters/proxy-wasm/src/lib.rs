@@ -6,7 +6,6 @@
 
 pub mod audit;
 pub mod dispatch;
-pub mod feed;
 mod grpc_target;
 pub mod hostcalls;
 pub mod paused;

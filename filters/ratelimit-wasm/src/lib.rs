@@ -13,7 +13,7 @@ use nexus_proxy_wasm::{
     apply, parse_config, resume_request, Action, Answered, Filter, HostClock, HostHeaders, HostLog,
     HostMetrics, HostSharedData, PausedCalls,
 };
-use nexus_ratelimit::{FeedMessage, Pending, RateLimiter, ServiceFailure, Step};
+use nexus_ratelimit::{FeedAction, FeedMessage, Pending, RateLimiter, ServiceFailure, Step};
 
 nexus_proxy_wasm::export_filter!(
     RateLimitFilter,
@@ -82,15 +82,22 @@ impl RateLimitFilter {
 
     /// Opens the reset stream (the cache service's `Subscribe`) when it is due.
     fn follow_resets(&self) {
-        let opened = nexus_proxy_wasm::feed::open(
-            self.limiter.reset_feed_tick(now_ms()),
+        let FeedAction::Open { cluster, request } = self.limiter.reset_feed_tick(now_ms()) else {
+            return;
+        };
+        let opened = hostcalls::grpc_server_stream(
+            &cluster,
             nexus_proto::CACHE_SERVICE,
             nexus_proto::CACHE_SUBSCRIBE,
-            "nexus-ratelimit: following resets",
+            &request,
         );
-        if let Some(token) = opened {
-            self.limiter.reset_feed_opened(token, now_ms());
+        if let Err(status) = &opened {
+            HostLog.log(
+                Level::Warn,
+                &format!("nexus-ratelimit: cannot follow resets on cluster {cluster}: {status}"),
+            );
         }
+        self.limiter.reset_feed_opened(opened.ok(), now_ms());
     }
 
     /// The core's decision once the service answered or could not be asked.
