@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nexus_tests::load::{wrk, LoadStats};
+use nexus_toolenv::ports::free_port;
 
 const AMQP_UP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -28,12 +29,6 @@ fn root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A running `nexus up`, stopped (SIGTERM, so it stops its Envoy) on drop.

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::client;
+use nexus_toolenv::ports::free_port;
 
 /// One headless Chromium session.
 pub struct Browser {
@@ -266,10 +267,4 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

@@ -116,11 +116,7 @@ fn ambiguous_path_is_refused(envoy: &Envoy, upstream: &BodyUpstream) {
 #[test]
 fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
     let upstream = BodyUpstream::start().unwrap();
-    let audit_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let audit_port = nexus_toolenv::ports::free_port().unwrap();
     let config = CONFIG.replacen(
         r#"{"rules": ["#,
         r#"{"audit": {"cluster": "audit", "flush_ms": 100, "timeout_ms": 500},
@@ -194,11 +190,7 @@ fn audit_records_wait_for_a_service_that_is_down_and_are_counted() {
 #[test]
 fn audit_refuse_fails_closed_while_the_service_is_down_and_recovers() {
     let upstream = BodyUpstream::start().unwrap();
-    let audit_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let audit_port = nexus_toolenv::ports::free_port().unwrap();
     let config = CONFIG.replacen(
         r#"{"rules": ["#,
         r#"{"audit": {"cluster": "audit", "flush_ms": 100, "timeout_ms": 500,

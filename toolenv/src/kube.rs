@@ -9,7 +9,6 @@
 //! There is no controller-manager and no kubelet: Deployments never get Pods, owner-reference
 //! garbage collection does not run, and CRDs have no CEL rules (added in 1.25).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -456,21 +455,7 @@ fn make_pki(pki: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A free loopback TCP port.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A free port p with p+1 free too (etcd's client and peer ports).
-pub fn free_port_pair() -> Result<u16> {
-    for _ in 0..200 {
-        let p = free_port()?;
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return Ok(p);
-        }
-    }
-    bail!("no free pair of loopback ports")
-}
+pub use crate::ports::{free_port, free_port_pair};
 
 #[cfg(test)]
 mod tests {

@@ -30,6 +30,7 @@ pub mod helm;
 pub mod istio;
 pub mod kube;
 pub mod npm;
+pub mod ports;
 pub mod progress;
 pub mod prometheus;
 pub mod rabbitmq;

@@ -3,12 +3,13 @@
 //! free ports, in a temporary directory, that a fault test may stop (SIGKILL, like a crash)
 //! and start again with their data ([`PrivateNode`]): the shared one is never touched.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::ports::free_port;
 
 /// Debian's server script; run directly (not through the `/usr/sbin` wrapper, which `su`s to
 /// the rabbitmq user and reads the shared node's configuration).
@@ -23,10 +24,6 @@ pub struct PrivateNode {
     node: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl PrivateNode {

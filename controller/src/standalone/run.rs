@@ -882,8 +882,11 @@ fn ensure_free(what: &str, addr: SocketAddr) -> Result<()> {
         })
 }
 
+/// A loopback address for an internal service. The services bind later, in their own tasks,
+/// so a port must not be handed out twice (the kernel may repeat a just-released one).
 fn free_local_addr() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let port = nexus_toolenv::ports::free_port()?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 async fn wait_ready(

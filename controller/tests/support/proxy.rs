@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
+use super::free_port;
+
 /// Where the controller listens, for the clusters a rendered EnvoyFilter names.
 pub struct ControllerPorts {
     pub http: u16,
@@ -71,13 +73,6 @@ impl Drop for PodProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 fn bootstrap(
