@@ -967,3 +967,84 @@ fn gateway_full_with(access_log_port: Option<u16>) -> Vec<Value> {
         .unwrap()
         .0
 }
+
+/// gRPC primary, REST fallback in the mesh: the VirtualService keeps the rule's route, the
+/// DestinationRules carry the retry budget, and the group's EnvoyFilter adds the transcoding
+/// hop and the aggregate cluster and points the rule's route at it with a retry priority.
+#[test]
+fn grpc_failover_renders_a_hop_an_aggregate_cluster_and_a_route_merge() {
+    let objs = objects("grpc-failover.yaml");
+    let kind = |k: &'static str| objs.iter().filter(move |o| o["kind"] == k);
+    let vs = kind("VirtualService").next().unwrap();
+    let http = &vs["spec"]["http"][0];
+    assert_eq!(http["name"], "lake.tables");
+    assert_eq!(http["retries"]["perTryTimeout"], "2s");
+    for dr in kind("DestinationRule") {
+        assert_eq!(dr["spec"]["trafficPolicy"]["retryBudget"]["percent"], 25.0, "{dr}");
+    }
+    let hosts: Vec<&str> = kind("DestinationRule")
+        .map(|d| d["spec"]["host"].as_str().unwrap())
+        .collect();
+    assert!(hosts.contains(&"lake-rest.istio-system.svc.cluster.local"), "{hosts:?}");
+    let ef = kind("EnvoyFilter").next().unwrap();
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let by = |apply: &'static str| patches.iter().filter(move |p| p["applyTo"] == apply);
+    let hop = by("LISTENER")
+        .find(|p| p["patch"]["value"]["name"] == "transcode.lake.tables")
+        .unwrap();
+    assert_eq!(hop["patch"]["operation"], "ADD");
+    let hcm = &hop["patch"]["value"]["filter_chains"][0]["filters"][0]["typed_config"];
+    let transcoder = &hcm["http_filters"][0]["typed_config"];
+    assert_eq!(transcoder["services"][0], "datapunk.lake.v1.Lake");
+    assert!(transcoder["proto_descriptor_bin"].as_str().unwrap().len() > 100);
+    assert_eq!(
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        "outbound|9090||lake-grpc.istio-system.svc.cluster.local"
+    );
+    let agg = by("CLUSTER")
+        .find(|p| p["patch"]["value"]["name"] == "failover.lake.tables")
+        .unwrap();
+    assert_eq!(
+        agg["patch"]["value"]["cluster_type"]["typed_config"]["clusters"],
+        serde_json::json!([
+            "transcode.lake.tables",
+            "outbound|8080||lake-rest.istio-system.svc.cluster.local"
+        ])
+    );
+    let route = by("HTTP_ROUTE")
+        .find(|p| p["match"]["routeConfiguration"]["vhost"]["route"]["name"] == "lake.tables")
+        .unwrap();
+    let value = &route["patch"]["value"];
+    assert_eq!(value["route"]["cluster"], "failover.lake.tables");
+    assert_eq!(
+        value["route"]["retry_policy"]["retry_priority"]["name"],
+        "envoy.retry_priorities.previous_priorities"
+    );
+    assert_eq!(value["route"]["retry_policy"]["retriable_status_codes"][0], 503);
+    assert_eq!(
+        value["response_headers_to_add"][0]["header"]["value"],
+        "lake-rest"
+    );
+}
+
+#[test]
+fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures().join("cases/grpc-failover.yaml"))
+        .unwrap()
+        .replace("datapunk.lake.v1.Lake", "datapunk.lake.v1.Nope")
+        .replace("protocol: GRPC", "protocol: HTTP");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, text).unwrap();
+    let (_, problems) = render_file(&file);
+    let all = format!("{problems:?}");
+    assert!(
+        all.contains("$.spec.rules[0].grpcTranscoding.services[0]")
+            && all.contains("\"datapunk.lake.v1.Nope\" is not in the descriptor set built from proto/"),
+        "{all}"
+    );
+    assert!(
+        all.contains("grpcTranscoding needs an upstream with protocol GRPC"),
+        "{all}"
+    );
+}

@@ -83,6 +83,10 @@ pub fn render_group(
             settings,
         )?);
     }
+    patches.extend(super::transcoding::mesh_patches(
+        patch_context(group.kind),
+        routes,
+    ));
     if let Some(bytes) = cfg.buffer_limit_bytes() {
         patches.push(buffer_limit_patch(group.kind, bytes));
     }

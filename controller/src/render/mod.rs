@@ -12,6 +12,7 @@
 mod configs;
 mod group;
 mod route;
+pub mod transcoding;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,18 @@ pub fn filters_disabled<'a>(names: impl Iterator<Item = &'a str>) -> Value {
         .map(|n| (n.to_string(), off.clone()))
         .collect();
     Value::Object(map)
+}
+
+/// A route's circuit breaker as Envoy's cluster `outlier_detection` (where Istio does not
+/// render it: `nexus up`'s clusters, the transcoding hops).
+pub fn envoy_outlier_detection(o: &crate::model::Outlier) -> Value {
+    let d = |ms: u64| format!("{}.{:03}s", ms / 1000, ms % 1000);
+    json!({
+        "consecutive_5xx": o.consecutive_errors,
+        "interval": d(o.interval_ms),
+        "base_ejection_time": d(o.base_ejection_ms),
+        "max_ejection_percent": o.max_ejection_percent,
+    })
 }
 
 pub const FIELD_MANAGER: &str = "nexus-controller";

@@ -30,8 +30,10 @@ pub struct GatewaySpec {
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     /// Where each upstream Service (by name, as in a rule's `upstream.service` or a seed
-    /// category: `lake`, `stream`, `cortex`, `forge`) is reached: `host:port`. A Service not
-    /// listed is resolved as `<service>:<port>` by DNS, unless `demoUpstreams` is on.
+    /// category: `lake`, `stream`, `cortex`, `forge`) is reached: `host:port`, or several
+    /// comma-separated (`127.0.0.1:9001,127.0.0.1:9002`: endpoints of one cluster, balanced
+    /// round robin, each ejected on its own by the circuit breaker). A Service not listed is
+    /// resolved as `<service>:<port>` by DNS, unless `demoUpstreams` is on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, String>,
     /// Start a small echo server for every Service not listed in `services`: it answers with
@@ -156,9 +158,9 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
         tls.resolve(dir, &mut problems);
     }
     for (name, addr) in &gateway.services {
-        if split_host_port(addr).is_none() {
+        if split_hosts(addr).is_none() {
             problems.push(format!(
-                "NexusGateway: $.spec.services.{name}: {addr:?} is not host:port"
+                "NexusGateway: $.spec.services.{name}: {addr:?} is not host:port[,host:port...]"
             ));
         }
     }
@@ -167,6 +169,11 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
         inputs,
         problems,
     })
+}
+
+/// `host:port[,host:port...]` split, or none if any of them is not `host:port`.
+pub fn split_hosts(addrs: &str) -> Option<Vec<(String, u16)>> {
+    addrs.split(',').map(|a| split_host_port(a.trim())).collect()
 }
 
 /// `host:port` (IPv6 in brackets) split, or none.
@@ -246,8 +253,15 @@ spec:
         let s = read_dir(dir.path()).unwrap();
         assert_eq!(
             s.problems,
-            vec!["NexusGateway: $.spec.services.lake: \"lake.internal\" is not host:port"]
+            vec![
+                "NexusGateway: $.spec.services.lake: \"lake.internal\" is not host:port[,host:port...]"
+            ]
         );
+        assert_eq!(
+            split_hosts("127.0.0.1:1, 127.0.0.1:2"),
+            Some(vec![("127.0.0.1".into(), 1), ("127.0.0.1".into(), 2)])
+        );
+        assert_eq!(split_hosts("127.0.0.1:1,nope"), None);
         assert_eq!(split_host_port("[::1]:9000"), Some(("::1".into(), 9000)));
     }
 }

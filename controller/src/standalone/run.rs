@@ -808,15 +808,15 @@ impl Upstreams {
         Ok(())
     }
 
-    fn addresses(&self, gateway: &GatewaySpec) -> BTreeMap<String, (String, u16)> {
-        let mut out: BTreeMap<String, (String, u16)> = self
+    fn addresses(&self, gateway: &GatewaySpec) -> BTreeMap<String, Vec<(String, u16)>> {
+        let mut out: BTreeMap<String, Vec<(String, u16)>> = self
             .demo
             .iter()
-            .map(|(k, a)| (k.clone(), (a.ip().to_string(), a.port())))
+            .map(|(k, a)| (k.clone(), vec![(a.ip().to_string(), a.port())]))
             .collect();
         for (k, v) in &gateway.services {
-            if let Some(hp) = gateway::split_host_port(v) {
-                out.insert(k.clone(), hp);
+            if let Some(hosts) = gateway::split_hosts(v) {
+                out.insert(k.clone(), hosts);
             }
         }
         out
