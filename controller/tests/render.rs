@@ -1037,7 +1037,7 @@ fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, text).unwrap();
     let (_, problems) = render_file(&file);
-    let all = format!("{problems:?}");
+    let all = problems;
     assert!(
         all.contains("$.spec.rules[0].grpcTranscoding.services[0]")
             && all.contains("\"datapunk.lake.v1.Nope\" is not in the descriptor set built from proto/"),
