@@ -980,12 +980,18 @@ fn grpc_failover_renders_a_hop_an_aggregate_cluster_and_a_route_merge() {
     assert_eq!(http["name"], "lake.tables");
     assert_eq!(http["retries"]["perTryTimeout"], "2s");
     for dr in kind("DestinationRule") {
-        assert_eq!(dr["spec"]["trafficPolicy"]["retryBudget"]["percent"], 25.0, "{dr}");
+        assert_eq!(
+            dr["spec"]["trafficPolicy"]["retryBudget"]["percent"], 25.0,
+            "{dr}"
+        );
     }
     let hosts: Vec<&str> = kind("DestinationRule")
         .map(|d| d["spec"]["host"].as_str().unwrap())
         .collect();
-    assert!(hosts.contains(&"lake-rest.istio-system.svc.cluster.local"), "{hosts:?}");
+    assert!(
+        hosts.contains(&"lake-rest.istio-system.svc.cluster.local"),
+        "{hosts:?}"
+    );
     let ef = kind("EnvoyFilter").next().unwrap();
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
     let by = |apply: &'static str| patches.iter().filter(move |p| p["applyTo"] == apply);
@@ -1020,7 +1026,10 @@ fn grpc_failover_renders_a_hop_an_aggregate_cluster_and_a_route_merge() {
         value["route"]["retry_policy"]["retry_priority"]["name"],
         "envoy.retry_priorities.previous_priorities"
     );
-    assert_eq!(value["route"]["retry_policy"]["retriable_status_codes"][0], 503);
+    assert_eq!(
+        value["route"]["retry_policy"]["retriable_status_codes"][0],
+        503
+    );
     assert_eq!(
         value["response_headers_to_add"][0]["header"]["value"],
         "lake-rest"
@@ -1040,7 +1049,9 @@ fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
     let all = problems;
     assert!(
         all.contains("$.spec.rules[0].grpcTranscoding.services[0]")
-            && all.contains("\"datapunk.lake.v1.Nope\" is not in the descriptor set built from proto/"),
+            && all.contains(
+                "\"datapunk.lake.v1.Nope\" is not in the descriptor set built from proto/"
+            ),
         "{all}"
     );
     assert!(

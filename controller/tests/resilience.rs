@@ -88,8 +88,19 @@ impl Up {
 
     fn wait_for_output(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(90);
-        while !self.output.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            let failed = self.output.lock().unwrap().iter().any(|l| l.contains("nothing started"));
+        while !self
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            let failed = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("nothing started"));
             assert!(
                 Instant::now() < deadline && !failed,
                 "no {needle:?} from nexus up; output:\n{}",
@@ -132,8 +143,8 @@ impl Up {
     fn access_log(&self, path: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let log = std::fs::read_to_string(self.state.path().join("access.log"))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.state.path().join("access.log")).unwrap_or_default();
             let found = log
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -141,7 +152,10 @@ impl Up {
             if let Some(line) = found {
                 return line;
             }
-            assert!(Instant::now() < deadline, "no access-log line for {path}:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line for {path}:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -215,16 +229,33 @@ fn retries_follow_the_method_the_opt_in_and_the_per_try_timeout() {
     let up = Up::start(&lake_on(&[&lake]), RETRY_RULES);
 
     let r = up.get("/lake/a", &[("x-test-id", "get"), ("x-fail", "2")]);
-    assert_eq!((r.status, r.header("x-try")), (200, Some("3")), "{}", r.text());
-    assert_eq!(lake.tries("get"), 3, "two 503s retried, the third try answered");
+    assert_eq!(
+        (r.status, r.header("x-try")),
+        (200, Some("3")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        lake.tries("get"),
+        3,
+        "two 503s retried, the third try answered"
+    );
 
     let r = up.post("/lake/a", &[("x-test-id", "post"), ("x-fail", "2")]);
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(lake.tries("post"), 1, "a POST the upstream saw is not repeated");
+    assert_eq!(
+        lake.tries("post"),
+        1,
+        "a POST the upstream saw is not repeated"
+    );
 
     let r = up.post("/dedup/a", &[("x-test-id", "opt-in"), ("x-fail", "2")]);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(lake.tries("opt-in"), 3, "nonIdempotent: true retries a POST");
+    assert_eq!(
+        lake.tries("opt-in"),
+        3,
+        "nonIdempotent: true retries a POST"
+    );
 
     // All 4 tries fail: 1 + attempts(3), then the client gets the last 503.
     let r = up.get("/lake/a", &[("x-test-id", "exhausted"), ("x-fail", "9")]);
@@ -237,11 +268,26 @@ fn retries_follow_the_method_the_opt_in_and_the_per_try_timeout() {
         &[("x-test-id", "broken"), ("x-break-after-headers", "1")],
     );
     assert!(broken.starts_with("HTTP/1.1 200"), "{broken}");
-    assert!(broken.ends_with("start"), "the client got the part sent: {broken}");
-    assert_eq!(lake.tries("broken"), 1, "no retry once the response started");
+    assert!(
+        broken.ends_with("start"),
+        "the client got the part sent: {broken}"
+    );
+    assert_eq!(
+        lake.tries("broken"),
+        1,
+        "no retry once the response started"
+    );
 
-    let r = up.get("/slow/a", &[("x-test-id", "slow"), ("x-slow-first-ms", "2000")]);
-    assert_eq!((r.status, r.header("x-try")), (200, Some("2")), "{}", r.text());
+    let r = up.get(
+        "/slow/a",
+        &[("x-test-id", "slow"), ("x-slow-first-ms", "2000")],
+    );
+    assert_eq!(
+        (r.status, r.header("x-try")),
+        (200, Some("2")),
+        "{}",
+        r.text()
+    );
     assert_eq!(lake.tries("slow"), 2, "the slow first try was abandoned");
     assert_eq!(up.stat("cluster.lake.upstream_rq_per_try_timeout"), 1);
 }
@@ -286,7 +332,10 @@ fn five_consecutive_5xx_eject_a_host_and_it_returns_after_the_ejection_time() {
     up.wait_stat("cluster.lake.outlier_detection.ejections_active", 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while bad.served() == 5 {
-        assert!(Instant::now() < deadline, "the ejected host never came back");
+        assert!(
+            Instant::now() < deadline,
+            "the ejected host never came back"
+        );
         assert_eq!(up.get("/lake/x", &[]).status, 200);
     }
     assert!(bad.served() > 5, "restored after the ejection time");
@@ -338,7 +387,8 @@ fn a_full_connection_pool_answers_503_with_the_overflow_flag() {
     assert_eq!(lake.tries("one") + lake.tries("two"), 2);
 }
 
-const FAILOVER_RULES: &str = "  circuitBreaker: {consecutiveErrors: 5, baseEjectionTime: 30s, interval: 100ms}
+const FAILOVER_RULES: &str =
+    "  circuitBreaker: {consecutiveErrors: 5, baseEjectionTime: 30s, interval: 100ms}
   rules:
   - name: tables
     match: {path: {prefix: /v1/lake/}}
@@ -369,13 +419,25 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served_by(&r).as_deref(), Some("lake-grpc"));
     let table = r.json().unwrap();
-    assert_eq!((table["name"].as_str(), table["served_by"].as_str()), (Some("orders"), Some("grpc")));
+    assert_eq!(
+        (table["name"].as_str(), table["served_by"].as_str()),
+        (Some("orders"), Some("grpc"))
+    );
     assert_eq!((grpc.calls(), rest_tries()), (1, 0));
 
     grpc.set_unavailable(true);
     let r = up.get(path, &[]);
-    assert_eq!((r.status, served_by(&r).as_deref()), (200, Some("lake-rest")), "{}", r.text());
-    assert_eq!((grpc.calls(), rest_tries()), (2, 1), "UNAVAILABLE, then REST");
+    assert_eq!(
+        (r.status, served_by(&r).as_deref()),
+        (200, Some("lake-rest")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        (grpc.calls(), rest_tries()),
+        (2, 1),
+        "UNAVAILABLE, then REST"
+    );
 
     grpc.set_unavailable(false);
     let r = up.get(path, &[]);
@@ -385,7 +447,12 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
     grpc.kill();
     for n in 1..=5 {
         let r = up.get(path, &[]);
-        assert_eq!((r.status, served_by(&r).as_deref()), (200, Some("lake-rest")), "{}", r.text());
+        assert_eq!(
+            (r.status, served_by(&r).as_deref()),
+            (200, Some("lake-rest")),
+            "{}",
+            r.text()
+        );
         assert_eq!(rest_tries(), 1 + n, "connect failure, then REST");
     }
     assert_eq!(grpc.calls(), 3);
@@ -397,5 +464,9 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
     let r = up.get(path, &[]);
     assert_eq!(served_by(&r).as_deref(), Some("lake-rest"));
     assert_eq!(rest_tries(), 7);
-    assert_eq!(up.stat(&format!("{hop}.upstream_rq_total")), tried, "the ejected hop is skipped");
+    assert_eq!(
+        up.stat(&format!("{hop}.upstream_rq_total")),
+        tried,
+        "the ejected hop is skipped"
+    );
 }

@@ -81,7 +81,9 @@ impl GrpcLake {
 
     /// Every call from now on gets `UNAVAILABLE` (`true`) or an answer (`false`).
     pub fn set_unavailable(&self, unavailable: bool) {
-        self.counters.unavailable.store(unavailable, Ordering::SeqCst);
+        self.counters
+            .unavailable
+            .store(unavailable, Ordering::SeqCst);
     }
 
     /// Stops serving and closes the port: connections to it are refused.

@@ -80,7 +80,11 @@ impl Misbehaving {
 
     /// Lets every held request (and any later one) answer.
     pub fn release(&self) {
-        *self.state.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self
+            .state
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = true;
         self.state.wake.notify_all();
     }
 }
@@ -195,10 +199,7 @@ fn hold(state: &State) {
     *state.held.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     let mut released = state.released.lock().unwrap_or_else(|e| e.into_inner());
     while !*released {
-        released = state
-            .wake
-            .wait(released)
-            .unwrap_or_else(|e| e.into_inner());
+        released = state.wake.wait(released).unwrap_or_else(|e| e.into_inner());
     }
     drop(released);
     *state.held.lock().unwrap_or_else(|e| e.into_inner()) -= 1;

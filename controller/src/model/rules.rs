@@ -47,7 +47,11 @@ pub(super) fn compile(
         for (c, path) in these.iter().zip(["upstream", "restFallback.upstream"]) {
             tokens.claim(cx, &c.upstream, format!("{at}.{path}"));
         }
-        if let Some(u) = these[0].transcoding.as_ref().and_then(|t| t.failover.as_ref()) {
+        if let Some(u) = these[0]
+            .transcoding
+            .as_ref()
+            .and_then(|t| t.failover.as_ref())
+        {
             tokens.claim(cx, u, format!("{at}.grpcTranscoding.restFailover"));
         }
         let requirement = auth.for_rule(cx, r.auth.as_ref(), &at);
@@ -216,7 +220,10 @@ fn transcoding(
         if !known.contains(s) {
             cx.bad(
                 format!("{at}.services[{i}]"),
-                format!("{s:?} is not in the descriptor set built from proto/ (known: {})", known.join(", ")),
+                format!(
+                    "{s:?} is not in the descriptor set built from proto/ (known: {})",
+                    known.join(", ")
+                ),
             );
         }
     }

@@ -173,7 +173,10 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
 
 /// `host:port[,host:port...]` split, or none if any of them is not `host:port`.
 pub fn split_hosts(addrs: &str) -> Option<Vec<(String, u16)>> {
-    addrs.split(',').map(|a| split_host_port(a.trim())).collect()
+    addrs
+        .split(',')
+        .map(|a| split_host_port(a.trim()))
+        .collect()
 }
 
 /// `host:port` (IPv6 in brackets) split, or none.
