@@ -6,7 +6,6 @@
 //! its access log service when given, anything else to a closed port. No istiod runs here; this is the part of its job the test needs.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
