@@ -1026,9 +1026,16 @@ fn grpc_failover_renders_a_hop_an_aggregate_cluster_and_a_route_merge() {
         value["route"]["retry_policy"]["retry_priority"]["name"],
         "envoy.retry_priorities.previous_priorities"
     );
+    let retry = &value["route"]["retry_policy"];
+    assert!(retry["retry_on"]
+        .as_str()
+        .unwrap()
+        .ends_with(",retriable-headers"));
+    assert_eq!(retry["retriable_headers"][0]["name"], "x-nexus-grpc-status");
+    assert_eq!(retry["retriable_headers"][0]["string_match"]["exact"], "14");
     assert_eq!(
-        value["route"]["retry_policy"]["retriable_status_codes"][0],
-        503
+        value["response_headers_to_remove"],
+        serde_json::json!(["x-nexus-grpc-status", "x-nexus-grpc-unreachable"])
     );
     assert_eq!(
         value["response_headers_to_add"][0]["header"]["value"],

@@ -439,13 +439,39 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
         "UNAVAILABLE, then REST"
     );
 
+    // A POST too: the gRPC upstream refused it, so the REST twin gets it.
+    let r = up.post("/v1/lake/tables", &[("x-test-id", "post-unavailable")]);
+    assert_eq!(
+        (r.status, served_by(&r).as_deref()),
+        (200, Some("lake-rest")),
+        "{}",
+        r.text()
+    );
+    assert_eq!((grpc.calls(), rest.tries("post-unavailable")), (3, 1));
+
     grpc.set_unavailable(false);
+    let r = up.post("/v1/lake/tables", &[("x-test-id", "post-grpc")]);
+    assert_eq!(
+        (r.status, served_by(&r).as_deref()),
+        (200, Some("lake-grpc")),
+        "{}",
+        r.text()
+    );
+    assert_eq!((grpc.calls(), rest.tries("post-grpc")), (4, 0));
     let r = up.get(path, &[]);
     assert_eq!(served_by(&r).as_deref(), Some("lake-grpc"), "{}", r.text());
-    assert_eq!((grpc.calls(), rest_tries()), (3, 1));
+    assert_eq!((grpc.calls(), rest_tries()), (5, 1));
 
     grpc.kill();
-    for n in 1..=5 {
+    let r = up.post("/v1/lake/tables", &[("x-test-id", "post-killed")]);
+    assert_eq!(
+        (r.status, served_by(&r).as_deref()),
+        (200, Some("lake-rest")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(rest.tries("post-killed"), 1, "connect failure, then REST");
+    for n in 1..=4 {
         let r = up.get(path, &[]);
         assert_eq!(
             (r.status, served_by(&r).as_deref()),
@@ -455,7 +481,7 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
         );
         assert_eq!(rest_tries(), 1 + n, "connect failure, then REST");
     }
-    assert_eq!(grpc.calls(), 3);
+    assert_eq!(grpc.calls(), 5);
     // Five 503s in a row from the hop (connect failures): it is ejected, and the aggregate
     // sends straight to REST without trying it.
     let hop = "cluster.transcode.resil.tables";
@@ -463,10 +489,17 @@ fn grpc_primary_fails_over_to_rest_when_unavailable_killed_or_ejected() {
     let tried = up.stat(&format!("{hop}.upstream_rq_total"));
     let r = up.get(path, &[]);
     assert_eq!(served_by(&r).as_deref(), Some("lake-rest"));
-    assert_eq!(rest_tries(), 7);
+    assert_eq!(rest_tries(), 6);
     assert_eq!(
         up.stat(&format!("{hop}.upstream_rq_total")),
         tried,
         "the ejected hop is skipped"
     );
+
+    // Only the gRPC side's failures fail over for every method: a POST the REST twin answers
+    // 503 reached it and is not repeated.
+    let r = up.post("/v1/lake/tables", &[("x-test-id", "post"), ("x-fail", "9")]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(rest.tries("post"), 1);
+    assert_eq!(r.header("x-nexus-grpc-status"), None);
 }

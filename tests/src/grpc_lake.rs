@@ -36,6 +36,20 @@ impl Lake for Service {
             served_by: "grpc".to_string(),
         }))
     }
+
+    async fn create_table(
+        &self,
+        request: tonic::Request<Table>,
+    ) -> Result<tonic::Response<Table>, tonic::Status> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        if self.0.unavailable.load(Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("draining"));
+        }
+        Ok(tonic::Response::new(Table {
+            served_by: "grpc".to_string(),
+            ..request.into_inner()
+        }))
+    }
 }
 
 pub struct GrpcLake {

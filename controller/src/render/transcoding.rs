@@ -6,10 +6,10 @@
 //! run on one try and not on the next of the same request. So the rule's route sends to an
 //! **aggregate cluster** of two priorities: first an internal listener ("hop") that runs the
 //! transcoder in front of the gRPC cluster, then the REST cluster. The route's retry policy
-//! moves a failed try to the next priority (`previous_priorities`): a connect failure in the
-//! hop or an `UNAVAILABLE` (which the transcoder turns into 503) is retried on the REST twin
-//! with the original request; and the hop's outlier detection ejects it after consecutive
-//! 5xx, after which the aggregate sends everything to REST without trying gRPC. A
+//! moves a failed try to the next priority (`previous_priorities`): a try the hop marks as
+//! gRPC `UNAVAILABLE` or unreachable is retried, for every method, on the REST twin with the
+//! original request; and the hop's outlier detection ejects it after consecutive 5xx, after
+//! which the aggregate sends everything to REST without trying gRPC. A
 //! `retry_priority` on the plain gRPC cluster alone could not fail over, and a route-level
 //! fallback does not exist in Envoy. The reverse bridge (gRPC clients → REST) was not chosen:
 //! the REST twin would receive protobuf, not the JSON REST clients and the twin speak.
@@ -24,6 +24,12 @@ use crate::model::{CompiledRoute, CompiledRule, ResolvedUpstream};
 
 /// The response header naming the upstream that answered a transcoded request.
 pub const SERVED_BY: &str = "x-nexus-served-by";
+/// What the hop tells the route about a failed try: the gRPC status it got (`14` is
+/// `UNAVAILABLE`), or that the gRPC upstream could not be reached. Only these tries fail over
+/// for every method: a 503 from the REST twin is retried by the rule's own policy (not for a
+/// POST), and the route removes both headers before the client sees an answer.
+const GRPC_STATUS: &str = "x-nexus-grpc-status";
+const GRPC_UNREACHABLE: &str = "x-nexus-grpc-unreachable";
 
 /// The internal listener (and its cluster) transcoding `rule`'s requests to gRPC.
 pub fn hop_name(rule: &str) -> String {
@@ -81,8 +87,16 @@ pub fn hop_listener(rule: &CompiledRule, grpc_cluster: &str) -> Option<Value> {
                     "routes": [{
                         "match": { "prefix": "/" },
                         "route": { "cluster": grpc_cluster, "timeout": format!("{}.{:03}s", rule.timeout_ms / 1000, rule.timeout_ms % 1000) },
-                        "response_headers_to_add": [served_by(&rule.upstream.token, "OVERWRITE_IF_EXISTS_OR_ADD")],
+                        "response_headers_to_add": [
+                            served_by(&rule.upstream.token, "OVERWRITE_IF_EXISTS_OR_ADD"),
+                            header(GRPC_STATUS, "%GRPC_STATUS(NUMBER)%", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                        ],
                     }],
+                }]},
+                // The hop's own 503s (connect failure, no healthy host, overflow).
+                "local_reply_config": { "mappers": [{
+                    "filter": { "response_flag_filter": { "flags": ["UF", "UH", "URX", "UO"] } },
+                    "headers_to_add": [header(GRPC_UNREACHABLE, "1", "OVERWRITE_IF_EXISTS_OR_ADD")],
                 }]},
                 "http_filters": [
                     transcoder_filter(&t.services),
@@ -125,16 +139,19 @@ pub fn aggregate_cluster(rule: &str, rest_cluster: &str) -> Value {
     })
 }
 
-/// What a failing-over rule's route adds: its retries move to the next priority, 503 (the
-/// hop's connect failure, the transcoded `UNAVAILABLE`) is retried for every method (the gRPC
-/// upstream did not take the request), and a REST answer is named in [`SERVED_BY`].
+/// What a failing-over rule's route adds: its retries move to the next priority; a try the
+/// hop marks as gRPC `UNAVAILABLE` or unreachable is retried for every method (the gRPC
+/// upstream did not take the request); a REST answer is named in [`SERVED_BY`].
 pub fn failover_route(rule: &CompiledRule, route: &mut Value, retry: &mut Value) {
     let Some(rest) = rule.transcoding.as_ref().and_then(|t| t.failover.as_ref()) else {
         return;
     };
     let retry_on = retry["retry_on"].as_str().unwrap_or_default().to_string();
-    retry["retry_on"] = json!(format!("{retry_on},retriable-status-codes"));
-    retry["retriable_status_codes"] = json!([503]);
+    retry["retry_on"] = json!(format!("{retry_on},retriable-headers"));
+    retry["retriable_headers"] = json!([
+        { "name": GRPC_STATUS, "string_match": { "exact": "14" } },
+        { "name": GRPC_UNREACHABLE, "present_match": true },
+    ]);
     if retry["num_retries"].as_u64().unwrap_or(0) == 0 {
         retry["num_retries"] = json!(1);
     }
@@ -146,10 +163,15 @@ pub fn failover_route(rule: &CompiledRule, route: &mut Value, retry: &mut Value)
         },
     });
     route["response_headers_to_add"] = json!([served_by(&rest.token, "ADD_IF_ABSENT")]);
+    route["response_headers_to_remove"] = json!([GRPC_STATUS, GRPC_UNREACHABLE]);
 }
 
 fn served_by(token: &str, action: &str) -> Value {
-    json!({ "header": { "key": SERVED_BY, "value": token }, "append_action": action })
+    header(SERVED_BY, token, action)
+}
+
+fn header(key: &str, value: &str, action: &str) -> Value {
+    json!({ "header": { "key": key, "value": value }, "append_action": action })
 }
 
 /// Istio's cluster name of an upstream Service port.

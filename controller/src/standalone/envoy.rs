@@ -680,6 +680,50 @@ mod tests {
     }
 
     #[test]
+    fn a_transcoding_rule_gets_a_hop_listener_and_an_aggregate_cluster() {
+        let (mut routes, gateway) = example();
+        let rule = &mut routes[0].rules[0];
+        rule.upstream.protocol = Protocol::GRPC;
+        let mut rest = rule.upstream.clone();
+        rest.token = "lake-rest".to_string();
+        rule.transcoding = Some(crate::model::Transcoding {
+            services: vec!["datapunk.lake.v1.Lake".to_string()],
+            failover: Some(rest),
+        });
+        let name = rule.name.clone();
+        let r = render_example(&routes, &gateway);
+        let listeners = r.listeners["resources"].as_array().unwrap();
+        let hop = listeners
+            .iter()
+            .find(|l| l["name"] == format!("transcode.{name}"))
+            .unwrap();
+        assert!(hop["internal_listener"].is_object());
+        let clusters = r.clusters["resources"].as_array().unwrap();
+        let agg = clusters
+            .iter()
+            .find(|c| c["name"] == format!("failover.{name}"))
+            .unwrap();
+        assert_eq!(
+            agg["cluster_type"]["typed_config"]["clusters"],
+            json!([format!("transcode.{name}"), "lake-rest"])
+        );
+        assert!(clusters.iter().any(|c| c["name"] == "lake-rest"));
+        let route = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(route["route"]["cluster"], format!("failover.{name}"));
+        let b = bootstrap(9901, Path::new("/s/lds.json"), Path::new("/s/cds.json"));
+        assert_eq!(
+            b["bootstrap_extensions"][0]["name"],
+            "envoy.bootstrap.internal_listener"
+        );
+    }
+
+    #[test]
     fn filters_run_in_order_with_local_modules_and_the_standalone_ratelimit_cluster() {
         let r = rendered();
         let filters = r.listeners["resources"][0]["filter_chains"][0]["filters"][0]["typed_config"]
