@@ -357,19 +357,20 @@ fn a_full_connection_pool_answers_503_with_the_overflow_flag() {
 ",
     );
     let port = up.port;
-    let held: Vec<_> = ["one", "two"]
-        .into_iter()
-        .map(|id| {
-            std::thread::spawn(move || {
-                client::get(port, "/lake/held", &[("x-test-id", id), ("x-hold", "1")]).unwrap()
-            })
+    let hold = |id: &'static str| {
+        std::thread::spawn(move || {
+            client::get(port, "/lake/held", &[("x-test-id", id), ("x-hold", "1")]).unwrap()
         })
-        .collect();
+    };
+    // One at a time: a second request arriving while the first one's connection is still
+    // being set up would itself be the pending request the limit refuses.
+    let mut held = vec![hold("one")];
     let deadline = Instant::now() + Duration::from_secs(20);
     while lake.held() < 1 {
         assert!(Instant::now() < deadline, "the first request never arrived");
         std::thread::sleep(Duration::from_millis(20));
     }
+    held.push(hold("two"));
     up.wait_stat("cluster.lake.upstream_rq_pending_active", 1);
 
     let r = up.get("/lake/third", &[("x-test-id", "third")]);
