@@ -968,3 +968,36 @@ fn gateway_full_with(access_log_port: Option<u16>) -> Vec<Value> {
         .unwrap()
         .0
 }
+
+/// `--audit-port`: auth, ratelimit (and guard, where a rule guards) send their records to the
+/// controller's Service on that port; without it they carry no sink and only count.
+#[test]
+fn an_audit_port_gives_the_deciding_filters_the_controllers_audit_sink() {
+    let inputs = input::read_files(&[fixtures().join("cases/gateway-full.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let render = |audit_port| {
+        let settings = Settings {
+            audit_port,
+            ..settings()
+        };
+        let objects = plan::render_all(&routes, &inputs.secrets, &settings)
+            .unwrap()
+            .0;
+        let ef = objects
+            .into_iter()
+            .find(|o| o["kind"] == "EnvoyFilter")
+            .unwrap();
+        ["auth", "ratelimit"].map(|f| {
+            let cfg: Value = serde_json::from_slice(&filter_config(&ef, f)).unwrap();
+            cfg["audit"].clone()
+        })
+    };
+    for sink in render(Some(8085)) {
+        assert_eq!(
+            sink["cluster"],
+            "outbound|8085||nexus-controller.nexus-system.svc.cluster.local"
+        );
+        assert_eq!(sink["on_unavailable"], "buffer");
+    }
+    assert_eq!(render(None), [Value::Null, Value::Null]);
+}
