@@ -29,6 +29,7 @@ fn settings() -> Settings {
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
+        audit_port: None,
     }
 }
 
@@ -1065,4 +1066,37 @@ fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
         all.contains("grpcTranscoding needs an upstream with protocol GRPC"),
         "{all}"
     );
+}
+
+/// `--audit-port`: auth, ratelimit (and guard, where a rule guards) send their records to the
+/// controller's Service on that port; without it they carry no sink and only count.
+#[test]
+fn an_audit_port_gives_the_deciding_filters_the_controllers_audit_sink() {
+    let inputs = input::read_files(&[fixtures().join("cases/gateway-full.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let render = |audit_port| {
+        let settings = Settings {
+            audit_port,
+            ..settings()
+        };
+        let objects = plan::render_all(&routes, &inputs.secrets, &settings)
+            .unwrap()
+            .0;
+        let ef = objects
+            .into_iter()
+            .find(|o| o["kind"] == "EnvoyFilter")
+            .unwrap();
+        ["auth", "ratelimit"].map(|f| {
+            let cfg: Value = serde_json::from_slice(&filter_config(&ef, f)).unwrap();
+            cfg["audit"].clone()
+        })
+    };
+    for sink in render(Some(8085)) {
+        assert_eq!(
+            sink["cluster"],
+            "outbound|8085||nexus-controller.nexus-system.svc.cluster.local"
+        );
+        assert_eq!(sink["on_unavailable"], "buffer");
+    }
+    assert_eq!(render(None), [Value::Null, Value::Null]);
 }

@@ -486,8 +486,23 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
             "guard.redacted",
             "auth.deny",
             "ratelimit.deny",
+            "config.applied",
         ],
     );
+    // The configuration serving is a record too, before any request's.
+    let applied = records
+        .iter()
+        .position(|e| e["record"]["event"] == "config.applied")
+        .unwrap();
+    let r = &records[applied]["record"];
+    assert_eq!(
+        (r["source"].as_str(), r["data"]["version"].as_u64()),
+        (Some("nexus-up"), Some(1))
+    );
+    assert!(r["data"]["routes"].as_u64() >= Some(1), "{r}");
+    assert!(records[..applied]
+        .iter()
+        .all(|e| e["record"]["source"] == "nexus-up"));
     let blocked = records
         .iter()
         .find(|e| e["record"]["event"] == "guard.blocked")
