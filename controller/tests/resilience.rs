@@ -292,6 +292,54 @@ fn retries_follow_the_method_the_opt_in_and_the_per_try_timeout() {
     assert_eq!(up.stat("cluster.lake.upstream_rq_per_try_timeout"), 1);
 }
 
+/// A retry budget: with one retry allowed at a time (`minRetryConcurrency: 1`, and 1% of a
+/// few requests is less), a second failing request is not retried while the first one's retry
+/// is in flight: the client gets its 503, the upstream saw it once, Envoy counts the overflow.
+#[test]
+fn a_retry_budget_caps_the_retries_in_flight() {
+    let lake = Misbehaving::start("lake");
+    let up = Up::start(
+        &lake_on(&[&lake]),
+        "  retryBudget: {percent: 1, minRetryConcurrency: 1}
+  rules:
+  - {name: lake, match: {path: {prefix: /lake/}}, category: data_operations}
+",
+    );
+    let port = up.port;
+    let first = std::thread::spawn(move || {
+        let headers = [
+            ("x-test-id", "first"),
+            ("x-fail", "1"),
+            ("x-hold-from-try", "2"),
+        ];
+        client::get(port, "/lake/a", &headers).unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lake.held() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first request's retry never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = up.get("/lake/a", &[("x-test-id", "second"), ("x-fail", "1")]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(lake.tries("second"), 1, "no budget left for its retry");
+    assert_eq!(up.stat("cluster.lake.upstream_rq_retry_overflow"), 1);
+
+    lake.release();
+    let r = first.join().unwrap();
+    assert_eq!(
+        (r.status, r.header("x-try")),
+        (200, Some("2")),
+        "{}",
+        r.text()
+    );
+    // With the budget free again, a failing request is retried as usual.
+    let r = up.get("/lake/a", &[("x-test-id", "third"), ("x-fail", "1")]);
+    assert_eq!((r.status, lake.tries("third")), (200, 2), "{}", r.text());
+}
+
 /// The circuit breaker: five 503s in a row from one of lake's two hosts eject it (for the
 /// configured 2 s here, 60 s by default) while the other serves everything, and it serves
 /// again once the ejection time has passed.

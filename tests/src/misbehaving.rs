@@ -7,6 +7,7 @@
 //! - `x-fail: N`: the first N tries of that key get `503`;
 //! - `x-slow-first-ms: N`: the first try of that key waits N ms before answering;
 //! - `x-hold: 1`: the answer waits until [`Misbehaving::release`];
+//! - `x-hold-from-try: N`: the same, for the Nth try of that key and later ones;
 //! - `x-break-after-headers: 1`: `200` headers and 5 of 100 body bytes, then the connection
 //!   closes (a response that started and broke).
 //!
@@ -167,7 +168,8 @@ fn serve(stream: TcpStream, state: &State, name: &str) {
     if n == 1 && head.number("x-slow-first-ms") > 0 {
         std::thread::sleep(Duration::from_millis(head.number("x-slow-first-ms")));
     }
-    if head.header("x-hold").is_some() {
+    let hold_from = head.number("x-hold-from-try");
+    if head.header("x-hold").is_some() || (hold_from > 0 && u64::from(n) >= hold_from) {
         hold(state);
     }
     state.served.fetch_add(1, Ordering::SeqCst);
