@@ -11,7 +11,7 @@ use nexus_config::router::RouterConfig;
 use nexus_controller::crd::NexusRoute;
 use nexus_controller::render::Settings;
 use nexus_controller::{crd, input, plan};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,6 +30,7 @@ fn settings() -> Settings {
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
         audit_port: None,
+        audit_on_unavailable: Default::default(),
     }
 }
 
@@ -1068,15 +1069,17 @@ fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
     );
 }
 
-/// `--audit-port`: auth, ratelimit (and guard, where a rule guards) send their records to the
-/// controller's Service on that port; without it they carry no sink and only count.
+/// `--audit-port`: auth, ratelimit and guard send their records to the controller's Service on
+/// that port, with the configured `onUnavailable` (`refuse` only where the filter can keep that
+/// promise: the guard); without it they carry no sink and only count.
 #[test]
 fn an_audit_port_gives_the_deciding_filters_the_controllers_audit_sink() {
-    let inputs = input::read_files(&[fixtures().join("cases/gateway-full.yaml")]).unwrap();
+    let inputs = input::read_files(&[fixtures().join("cases/guard.yaml")]).unwrap();
     let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
-    let render = |audit_port| {
+    let render = |audit_port, on_unavailable: &str| {
         let settings = Settings {
             audit_port,
+            audit_on_unavailable: serde_json::from_value(json!(on_unavailable)).unwrap(),
             ..settings()
         };
         let objects = plan::render_all(&routes, &inputs.secrets, &settings)
@@ -1084,19 +1087,31 @@ fn an_audit_port_gives_the_deciding_filters_the_controllers_audit_sink() {
             .0;
         let ef = objects
             .into_iter()
-            .find(|o| o["kind"] == "EnvoyFilter")
+            .find(|o| {
+                o["kind"] == "EnvoyFilter"
+                    && o["spec"]["workloadSelector"]["labels"]["istio"] == "ingressgateway"
+            })
             .unwrap();
-        ["auth", "ratelimit"].map(|f| {
+        ["auth", "ratelimit", "guard"].map(|f| {
             let cfg: Value = serde_json::from_slice(&filter_config(&ef, f)).unwrap();
             cfg["audit"].clone()
         })
     };
-    for sink in render(Some(8085)) {
-        assert_eq!(
-            sink["cluster"],
-            "outbound|8085||nexus-controller.nexus-system.svc.cluster.local"
-        );
-        assert_eq!(sink["on_unavailable"], "buffer");
-    }
-    assert_eq!(render(None), [Value::Null, Value::Null]);
+    let cluster = "outbound|8085||nexus-controller.nexus-system.svc.cluster.local";
+    let modes = |sinks: [Value; 3]| {
+        sinks.map(|s| {
+            assert_eq!(s["cluster"], cluster);
+            s["on_unavailable"].as_str().unwrap().to_string()
+        })
+    };
+    assert_eq!(modes(render(Some(8085), "buffer")), ["buffer"; 3]);
+    assert_eq!(modes(render(Some(8085), "drop")), ["drop"; 3]);
+    assert_eq!(
+        modes(render(Some(8085), "refuse")),
+        ["buffer", "buffer", "refuse"]
+    );
+    assert_eq!(
+        render(None, "refuse"),
+        [Value::Null, Value::Null, Value::Null]
+    );
 }

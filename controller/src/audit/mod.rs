@@ -62,9 +62,9 @@ pub async fn start_in_redis(
     redis_url: &str,
     stream: &str,
 ) -> anyhow::Result<(SocketAddr, Arc<Audit>)> {
-    let audit = Audit::new(service::Store::Redis(redis_chain::RedisChain::new(
-        redis_url, stream,
-    )?));
+    let audit = Audit::new(service::Store::Redis(Box::new(
+        redis_chain::RedisChain::new(redis_url, stream)?,
+    )));
     let bound = service::serve(addr, audit.clone()).await?;
     Ok((bound, audit))
 }

@@ -466,9 +466,9 @@ mod tests {
     async fn an_outage_refuses_batches_and_a_lost_chain_is_recorded_not_hidden() {
         let mut redis = nexus_ratelimit_service::testkit::PrivateRedis::start();
         let stream = stream("outage");
-        let audit = super::super::Audit::new(super::super::service::Store::Redis(
+        let audit = super::super::Audit::new(super::super::service::Store::Redis(Box::new(
             RedisChain::new(&redis.url(), &stream).unwrap(),
-        ));
+        )));
         let body =
             |n: u32| bytes::Bytes::from(format!("{{\"event\":\"auth.denied\",\"n\":{n}}}\n"));
         let head = audit.append_batch(body(1)).await.unwrap();

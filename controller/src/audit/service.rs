@@ -34,7 +34,7 @@ pub enum Store {
         mirror: Option<Mirror>,
     },
     /// A Redis stream every replica appends to (the controller in a cluster).
-    Redis(RedisChain),
+    Redis(Box<RedisChain>),
 }
 
 /// The running service's state.

@@ -71,6 +71,7 @@ pub fn render_group(
                 settings.controller_namespace
             )
         }),
+        audit_on_unavailable: settings.audit_on_unavailable,
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();

@@ -103,6 +103,9 @@ pub struct Settings {
     /// The port of the controller's audit service on the `nexus-controller` Service: the
     /// filters send their audit records there ([`crate::audit`]); none: they only count them.
     pub audit_port: Option<u16>,
+    /// What proxies do while the audit service does not take records (see
+    /// [`configs::ServiceClusters::audit_on_unavailable`]).
+    pub audit_on_unavailable: nexus_config::audit::OnUnavailable,
 }
 
 impl Settings {

@@ -160,6 +160,7 @@ pub fn render(
         cache_writer: Some("nexus-up".to_string()),
         sessions: SESSIONS_CLUSTER.to_string(),
         audit: Some(AUDIT_CLUSTER.to_string()),
+        audit_on_unavailable: gateway.audit.on_unavailable,
     };
     let mut http_filters = Vec::new();
     let mut filters = crate::enforcement::verdict::Expected::new();

@@ -48,6 +48,20 @@ pub struct GatewaySpec {
     /// version, optional client CA (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The audit log: what proxies do while its service does not take records.
+    #[serde(default)]
+    pub audit: AuditSpec,
+}
+
+/// The gateway's audit settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditSpec {
+    /// `buffer` (keep records, send them again; the default), `drop` (count them lost) or
+    /// `refuse` (nexus-guard answers 503 to the requests it guards until records are taken
+    /// again; auth and ratelimit buffer).
+    #[serde(default)]
+    pub on_unavailable: nexus_config::audit::OnUnavailable,
 }
 
 fn default_listen() -> SocketAddr {
@@ -74,6 +88,7 @@ impl Default for GatewaySpec {
             demo_upstreams: false,
             welcome: None,
             tls: None,
+            audit: AuditSpec::default(),
         }
     }
 }
@@ -266,5 +281,28 @@ spec:
         );
         assert_eq!(split_hosts("127.0.0.1:1,nope"), None);
         assert_eq!(split_host_port("[::1]:9000"), Some(("::1".into(), 9000)));
+    }
+
+    #[test]
+    fn the_audit_outage_mode_is_read_and_a_wrong_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "route.yaml", ROUTE);
+        let gateway = |mode: &str| {
+            let text = format!("kind: NexusGateway\nspec:\n  audit: {{onUnavailable: {mode}}}\n");
+            write(dir.path(), "gateway.yaml", &text);
+            read_dir(dir.path()).unwrap()
+        };
+        let s = gateway("refuse");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(
+            s.gateway.audit.on_unavailable,
+            nexus_config::audit::OnUnavailable::Refuse
+        );
+        let s = gateway("halt");
+        let all = s.problems.join("\n");
+        assert!(
+            all.contains("$.spec.audit.onUnavailable: unknown variant `halt`"),
+            "{all}"
+        );
     }
 }
