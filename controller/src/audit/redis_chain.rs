@@ -429,21 +429,12 @@ mod tests {
         for i in 0..3 {
             chain.append(batch("a", i)).await.unwrap();
         }
-        let client = redis::Client::open(REDIS).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut c)
+        let ids: Vec<String> = xrange(REDIS, &stream)
             .await
-            .unwrap();
-        let _: () = redis::cmd("XDEL")
-            .arg(&stream)
-            .arg(&ids[4].0)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        xdel(&stream, &[&ids[4]]).await;
         let e = chain.verify().await.err().unwrap();
         let report = crate::audit::verify_stream(REDIS, &stream, None)
             .await
@@ -501,6 +492,11 @@ mod tests {
     }
 
     async fn read_entries(url: &str, stream: &str) -> Vec<Value> {
+        xrange(url, stream).await.into_iter().map(|e| e.1).collect()
+    }
+
+    /// The stream's entries: id and the chained entry.
+    async fn xrange(url: &str, stream: &str) -> Vec<(String, Value)> {
         let client = redis::Client::open(url).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
@@ -512,8 +508,19 @@ mod tests {
             .unwrap();
         reply
             .into_iter()
-            .map(|(_, f)| serde_json::from_str(&f[0].1).unwrap())
+            .map(|(id, f)| (id, serde_json::from_str(&f[0].1).unwrap()))
             .collect()
+    }
+
+    async fn xdel(stream: &str, ids: &[&str]) {
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("XDEL")
+            .arg(stream)
+            .arg(ids)
+            .query_async(&mut c)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -521,22 +528,12 @@ mod tests {
         let stream = stream("head-removed");
         let chain = RedisChain::new(REDIS, &stream).unwrap();
         chain.append(batch("a", 0)).await.unwrap();
-        let client = redis::Client::open(REDIS).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut c)
+        let ids: Vec<String> = xrange(REDIS, &stream)
             .await
-            .unwrap();
-        let _: () = redis::cmd("XDEL")
-            .arg(&stream)
-            .arg(&ids[0].0)
-            .arg(&ids[1].0)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        xdel(&stream, &[&ids[0], &ids[1]]).await;
         let e = chain.verify().await.err().unwrap();
         cleanup(REDIS, &stream).await;
         assert_eq!(
