@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nexus_ratelimit_service::storage::LazyConnection;
-use redis::aio::ConnectionManager;
+use nexus_ratelimit_service::storage::RedisConnection;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("outbox: {0}")]
@@ -109,7 +109,6 @@ return n";
 
 /// A Redis list, connected lazily (the publisher starts while Redis is down).
 pub struct RedisOutbox {
-    client: redis::Client,
     key: String,
     capacity: usize,
     conn: LazyConnection,
@@ -120,11 +119,8 @@ pub struct RedisOutbox {
 impl RedisOutbox {
     /// `key` like `nexus:events:outbox:<deployment>`.
     pub fn new(url: &str, key: &str, capacity: usize) -> Result<Self, OutboxError> {
-        let client =
-            redis::Client::open(url).map_err(|e| OutboxError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
-            conn: LazyConnection::new(client.clone(), Duration::from_secs(2)),
-            client,
+            conn: LazyConnection::open(url, Duration::from_secs(2)).map_err(OutboxError)?,
             key: key.to_string(),
             capacity,
             push: redis::Script::new(PUSH),
@@ -132,7 +128,7 @@ impl RedisOutbox {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, OutboxError> {
+    async fn connection(&self) -> Result<RedisConnection, OutboxError> {
         self.conn.get().await.map_err(OutboxError)
     }
 }
@@ -185,9 +181,9 @@ impl Outbox for RedisOutbox {
 
     fn describe(&self) -> String {
         format!(
-            "redis list {} at {} (capacity {})",
+            "redis list {} in {} (capacity {})",
             self.key,
-            self.client.get_connection_info().addr(),
+            self.conn.target().describe(),
             self.capacity
         )
     }

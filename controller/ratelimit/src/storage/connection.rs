@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
@@ -159,6 +159,19 @@ impl RedisConnection {
             .await?;
         let nodes: String = redis::from_redis_value(nodes)?;
         Ok(nodes.lines().filter_map(serving_primary).map(Some).collect())
+    }
+
+    /// `cmd` on the primary serving `key`'s slot (a command whose keys are not arguments,
+    /// like `SCAN` for keys under one hash tag), or on the single Redis.
+    pub async fn query_at_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
+        match self {
+            Self::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(redis::from_redis_value(c.route_command(cmd.clone(), to).await?)?)
+            }
+            conn => cmd.query_async(conn).await,
+        }
     }
 
     /// `cmd` on `node` (a cluster's), or routed as usual (`None`).
