@@ -212,7 +212,14 @@ fn spawn_node(dir: &Path, port: u16) -> Result<Child> {
             r#"redis-server "$@" & node=$!; read _; kill -9 "$node"; wait "$node""#,
             "sh",
         ])
-        .args(["--port", &p, "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+        .args([
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+        ])
         .arg("--cluster-config-file")
         .arg(&conf)
         .args(["--cluster-node-timeout", &timeout])

@@ -40,7 +40,10 @@ fn a_killed_primary_fails_over_to_its_replica_with_its_data() {
     let promoted = cluster
         .wait_for_failover(killed, Duration::from_secs(30))
         .unwrap();
-    eprintln!("failover of slot {slot}: {primary} -> {promoted} in {:?}", at.elapsed());
+    eprintln!(
+        "failover of slot {slot}: {primary} -> {promoted} in {:?}",
+        at.elapsed()
+    );
     assert_ne!(promoted, primary);
     assert_eq!(cli(promoted, &["GET", "{failover}k"]), "kept");
     assert_eq!(cli(primary, &["PING"]), "", "the killed node is gone");

@@ -78,13 +78,21 @@ async fn invalidate_through(c: &mut CacheClient<Channel>, key: &str) -> u32 {
 }
 
 /// Events until one satisfies `wanted` (within 15 s); true if a `Flush` came first.
-async fn flushed_before(events: &mut Streaming<Event>, wanted: impl Fn(&event::Kind) -> bool) -> bool {
+async fn flushed_before(
+    events: &mut Streaming<Event>,
+    wanted: impl Fn(&event::Kind) -> bool,
+) -> bool {
     let mut flushed = false;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::time::timeout(left, events.message()).await;
-        let kind = msg.expect("no event within 15 s").unwrap().unwrap().kind.unwrap();
+        let kind = msg
+            .expect("no event within 15 s")
+            .unwrap()
+            .unwrap()
+            .kind
+            .unwrap();
         if wanted(&kind) {
             return flushed;
         }
@@ -105,7 +113,13 @@ async fn no_stale_entry_is_served_after_invalidations_around_a_primary_failover(
     let mut events = support::subscribe(&mut c, "replica-a").await;
     let fetched = now_ms();
     for key in ["/before", "/during", "/after"] {
-        assert!(c.put(put(key, b"v1", fetched)).await.unwrap().into_inner().stored);
+        assert!(
+            c.put(put(key, b"v1", fetched))
+                .await
+                .unwrap()
+                .into_inner()
+                .stored
+        );
         assert_eq!(get(&mut c, key).await.unwrap().as_deref(), Some(&b"v1"[..]));
     }
     // Acknowledged just before the crash: on a cluster, only once a replica has it.
@@ -116,24 +130,32 @@ async fn no_stale_entry_is_served_after_invalidations_around_a_primary_failover(
     let at = Instant::now();
     let failures = invalidate_through(&mut c, "/during").await;
     let acknowledged = at.elapsed();
-    let promoted = tokio::task::block_in_place(|| {
-        cluster.wait_for_failover(killed, Duration::from_secs(30))
-    })
-    .unwrap();
+    let promoted =
+        tokio::task::block_in_place(|| cluster.wait_for_failover(killed, Duration::from_secs(30)))
+            .unwrap();
     eprintln!(
         "failover {} -> {promoted} in {:?}; the invalidation during it failed {failures} times \
          and was acknowledged after {acknowledged:?}",
         killed.port,
         at.elapsed()
     );
-    assert!(failures > 0, "the invalidation did not happen during the failover");
+    assert!(
+        failures > 0,
+        "the invalidation did not happen during the failover"
+    );
 
     for key in ["/before", "/during"] {
         assert_eq!(get(&mut c, key).await.unwrap(), None, "{key} served stale");
         let stale = c.put(put(key, b"v1", fetched)).await.unwrap().into_inner();
-        assert!(!stale.stored, "{key}: a response fetched before its invalidation was stored");
+        assert!(
+            !stale.stored,
+            "{key}: a response fetched before its invalidation was stored"
+        );
     }
-    assert_eq!(get(&mut c, "/after").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(
+        get(&mut c, "/after").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
     // The feed broke with its node: subscribers flushed (whatever was lost meanwhile, the
     // "/during" event included, is covered), and events flow again from another node.
     c.invalidate(by_key("/after")).await.unwrap();

@@ -293,8 +293,14 @@ async fn a_cluster_primary_killed_mid_run_admits_at_most_the_limit_plus_its_repl
         after.0 + after.1
     );
     assert!(before.0 < u64::from(LIMIT), "the kill came after the limit");
-    assert!(after.2 > before.2, "no decision failed: the kill was not mid-run");
-    assert!(after.0 <= u64::from(LIMIT) + CALLERS as u64, "admitted {after:?}");
+    assert!(
+        after.2 > before.2,
+        "no decision failed: the kill was not mid-run"
+    );
+    assert!(
+        after.0 <= u64::from(LIMIT) + CALLERS as u64,
+        "admitted {after:?}"
+    );
     // Retries after the crash may count a hit twice (refusing early is the safe side); an
     // acknowledged hit the new primary does not count was lost with the old one.
     assert!(
@@ -329,7 +335,11 @@ impl Tally {
     async fn wait_for(&self, done: impl Fn(&Self) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !done(self) {
-            assert!(std::time::Instant::now() < deadline, "{:?}", self.snapshot());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                self.snapshot()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

@@ -279,7 +279,9 @@ impl RedisStorage {
         }
         let mut call = self.invalidate.prepare_invoke();
         call.key(self.anchor())
-            .arg(&self.entry_prefix).arg(&self.tag_prefix).arg(mode);
+            .arg(&self.entry_prefix)
+            .arg(&self.tag_prefix)
+            .arg(mode);
         for name in names {
             call.arg(name);
         }

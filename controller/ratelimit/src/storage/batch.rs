@@ -219,11 +219,7 @@ fn pipeline(gcra: &Gcra, ops: &[&Op], code: bool) -> redis::Pipeline {
                 } else {
                     ("EVALSHA", gcra.script.get_hash())
                 };
-                pipe.cmd(command)
-                    .arg(script)
-                    .arg(1)
-                    .arg(key)
-                    .arg(&args[..]);
+                pipe.cmd(command).arg(script).arg(1).arg(key).arg(&args[..]);
             }
         }
     }

@@ -24,7 +24,10 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 #[derive(Clone)]
 pub enum RedisTarget {
     Single(redis::Client),
-    Cluster { client: ClusterClient, seeds: Vec<String> },
+    /// `redis://` URLs of the seed nodes.
+    Cluster {
+        seeds: Vec<String>,
+    },
 }
 
 impl RedisTarget {
@@ -32,14 +35,13 @@ impl RedisTarget {
     /// `redis+cluster://[user:password@]host:port,host:port[/0]`.
     pub fn open(url: &str) -> Result<Self, String> {
         let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
-            let client =
-                redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
+            let client = redis::Client::open(url).map_err(|e| format!("redis url {url:?}: {e}"))?;
             return Ok(Self::Single(client));
         };
         let seeds = cluster_seeds(rest).map_err(|e| format!("redis url {url:?}: {e}"))?;
-        let client = ClusterClient::new(seeds.clone())
-            .map_err(|e| format!("redis url {url:?}: {e}"))?;
-        Ok(Self::Cluster { client, seeds })
+        // Checks every seed's URL now, not at the first connection.
+        ClusterClient::new(seeds.clone()).map_err(|e| format!("redis url {url:?}: {e}"))?;
+        Ok(Self::Cluster { seeds })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -158,17 +160,27 @@ impl RedisConnection {
             )
             .await?;
         let nodes: String = redis::from_redis_value(nodes)?;
-        Ok(nodes.lines().filter_map(serving_primary).map(Some).collect())
+        Ok(nodes
+            .lines()
+            .filter_map(serving_primary)
+            .map(Some)
+            .collect())
     }
 
     /// `cmd` on the primary serving `key`'s slot (a command whose keys are not arguments,
     /// like `SCAN` for keys under one hash tag), or on the single Redis.
-    pub async fn query_at_key<T: FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> RedisResult<T> {
+    pub async fn query_at_key<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        key: &str,
+    ) -> RedisResult<T> {
         match self {
             Self::Cluster(c) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                Ok(redis::from_redis_value(c.route_command(cmd.clone(), to).await?)?)
+                Ok(redis::from_redis_value(
+                    c.route_command(cmd.clone(), to).await?,
+                )?)
             }
             conn => cmd.query_async(conn).await,
         }
@@ -296,7 +308,10 @@ mod tests {
             t.seed_urls(),
             ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
         );
-        assert_eq!(t.describe(), "redis cluster at 127.0.0.1:7000,127.0.0.1:7001");
+        assert_eq!(
+            t.describe(),
+            "redis cluster at 127.0.0.1:7000,127.0.0.1:7001"
+        );
         let auth = cluster_seeds("u:p@a:1,b:2/0").unwrap();
         assert_eq!(auth, ["redis://u:p@a:1", "redis://u:p@b:2"]);
         assert_eq!(
@@ -312,9 +327,18 @@ mod tests {
             line("07c3 127.0.0.1:30004@40004 myself,master - 0 1 4 connected 0-5460"),
             Some(("127.0.0.1".into(), 30004))
         );
-        assert_eq!(line("07c3 127.0.0.1:30004@40004 master,fail - 0 1 4 connected 1"), None);
-        assert_eq!(line("e7d1 127.0.0.1:30005@40005 slave 07c3 0 1 4 connected"), None);
-        assert_eq!(line("e7d1 127.0.0.1:30005@40005 master - 0 1 4 connected"), None);
+        assert_eq!(
+            line("07c3 127.0.0.1:30004@40004 master,fail - 0 1 4 connected 1"),
+            None
+        );
+        assert_eq!(
+            line("e7d1 127.0.0.1:30005@40005 slave 07c3 0 1 4 connected"),
+            None
+        );
+        assert_eq!(
+            line("e7d1 127.0.0.1:30005@40005 master - 0 1 4 connected"),
+            None
+        );
     }
 
     #[test]

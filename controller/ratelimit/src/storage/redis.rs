@@ -255,20 +255,6 @@ fn redis_error(e: redis::RedisError) -> StorageError {
     StorageError(format!("redis: {e}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_counter_key_is_its_own_hash_tag() {
-        let key = tagged_key("nexus:rl:", "api|client_id=alice:5s");
-        assert_eq!(key, "nexus:rl:{api|client_id=alice:5s}");
-        assert_eq!(untagged(&key["nexus:rl:".len()..]), "api|client_id=alice:5s");
-        assert_eq!(untagged("{api|k=v:5s}:1800"), "api|k=v:5s:1800");
-        assert_eq!(untagged("api|k=v:5s"), "api|k=v:5s");
-    }
-}
-
 impl Storage for RedisStorage {
     async fn check_and_update(
         &self,
@@ -291,5 +277,22 @@ impl Storage for RedisStorage {
 
     fn describe(&self) -> String {
         self.conn.target().describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_key_is_its_own_hash_tag() {
+        let key = tagged_key("nexus:rl:", "api|client_id=alice:5s");
+        assert_eq!(key, "nexus:rl:{api|client_id=alice:5s}");
+        assert_eq!(
+            untagged(&key["nexus:rl:".len()..]),
+            "api|client_id=alice:5s"
+        );
+        assert_eq!(untagged("{api|k=v:5s}:1800"), "api|k=v:5s:1800");
+        assert_eq!(untagged("api|k=v:5s"), "api|k=v:5s");
     }
 }

@@ -52,7 +52,11 @@ impl ScriptCall<'_> {
         &self,
         conn: &mut RedisConnection,
     ) -> RedisResult<T> {
-        match self.command("EVALSHA", &self.script.hash).query_async(conn).await {
+        match self
+            .command("EVALSHA", &self.script.hash)
+            .query_async(conn)
+            .await
+        {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.command("EVAL", &self.script.code)
                     .query_async(conn)

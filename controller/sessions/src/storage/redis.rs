@@ -88,10 +88,6 @@ impl SessionStorage for RedisStorage {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} ({}*)",
-            self.conn.target().describe(),
-            self.prefix
-        )
+        format!("{} ({}*)", self.conn.target().describe(), self.prefix)
     }
 }
