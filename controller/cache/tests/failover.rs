@@ -9,7 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nexus_cache_service::storage::RedisNamespace;
+use nexus_cache_service::bus::{Bus, RedisBus};
+use nexus_cache_service::storage::{RedisNamespace, RedisStorage};
+use nexus_cache_service::CacheService;
 use nexus_proto::cache::cache_client::CacheClient;
 use nexus_proto::cache::{event, Event, GetRequest, InvalidateRequest, PutRequest};
 use nexus_toolenv::redis_cluster::RedisCluster;
@@ -104,11 +106,24 @@ fn invalidates(key: &'static str) -> impl Fn(&event::Kind) -> bool {
     move |k| matches!(k, event::Kind::Invalidation(i) if i.keys == [key])
 }
 
+/// A replica whose Redis calls give up after 300 ms, so calls made during the failover fail
+/// rather than wait it out.
+async fn replica(url: &str, ns: &RedisNamespace) -> std::sync::Arc<CacheService> {
+    let timeout = Duration::from_millis(300);
+    let cache = std::sync::Arc::new(CacheService::new(
+        RedisStorage::new(url, ns, timeout).unwrap(),
+        RedisBus::start(url, ns, timeout).unwrap(),
+        support::config("replica-a"),
+    ));
+    assert!(cache.bus().wait_live(Duration::from_secs(5)).await);
+    cache
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_entry_is_served_after_invalidations_around_a_primary_failover() {
     let mut cluster = RedisCluster::start().unwrap();
     let ns = namespace_on_first_seed(&cluster);
-    let cache = support::redis_replica(&cluster.url(), &ns, "replica-a").await;
+    let cache = replica(&cluster.url(), &ns).await;
     let mut c = support::grpc(cache).await;
     let mut events = support::subscribe(&mut c, "replica-a").await;
     let fetched = now_ms();

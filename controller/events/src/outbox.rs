@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nexus_ratelimit_service::storage::LazyConnection;
-use nexus_ratelimit_service::storage::RedisConnection;
+use nexus_ratelimit_service::storage::{LuaScript, RedisConnection};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("outbox: {0}")]
@@ -112,8 +112,8 @@ pub struct RedisOutbox {
     key: String,
     capacity: usize,
     conn: LazyConnection,
-    push: redis::Script,
-    remove: redis::Script,
+    push: LuaScript,
+    remove: LuaScript,
 }
 
 impl RedisOutbox {
@@ -123,8 +123,8 @@ impl RedisOutbox {
             conn: LazyConnection::open(url, Duration::from_secs(2)).map_err(OutboxError)?,
             key: key.to_string(),
             capacity,
-            push: redis::Script::new(PUSH),
-            remove: redis::Script::new(REMOVE_HEAD),
+            push: LuaScript::new(PUSH),
+            remove: LuaScript::new(REMOVE_HEAD),
         })
     }
 
@@ -141,8 +141,8 @@ fn redis_error(e: redis::RedisError) -> OutboxError {
 impl Outbox for RedisOutbox {
     async fn push(&self, lines: &[String]) -> Result<usize, OutboxError> {
         let mut conn = self.connection().await?;
-        let mut inv = self.push.key(&self.key);
-        inv.arg(self.capacity);
+        let mut inv = self.push.prepare_invoke();
+        inv.key(&self.key).arg(self.capacity);
         for l in lines {
             inv.arg(l);
         }
@@ -163,7 +163,8 @@ impl Outbox for RedisOutbox {
 
     async fn remove_head(&self, confirmed: &[String]) -> Result<usize, OutboxError> {
         let mut conn = self.connection().await?;
-        let mut inv = self.remove.key(&self.key);
+        let mut inv = self.remove.prepare_invoke();
+        inv.key(&self.key);
         for l in confirmed {
             inv.arg(l);
         }
