@@ -32,6 +32,7 @@ pub struct ChartValues {
     pub events: Events,
     pub cache: Cache,
     pub access_log: AccessLog,
+    pub audit: Audit,
     pub ports: Ports,
     pub service: Service,
     pub resources: Resources,
@@ -210,6 +211,20 @@ pub struct AccessLog {
     pub enabled: bool,
 }
 
+/// The audit service: proxies send their decisions (auth, rate limit, guard) to every replica,
+/// which appends them to one hash-chained log kept in Redis (`nexus audit verify --redis`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Audit {
+    /// Pass `--audit-port=<ports.audit>`: rendered filters send audit records to the
+    /// controller. Needs `redis.existingSecret` (the chain lives in Redis); off: proxies only
+    /// count their decisions.
+    pub enabled: bool,
+    /// The Redis stream holding the chain.
+    #[schemars(length(min = 1))]
+    pub stream: String,
+}
+
 /// Container ports; the Service `nexus-controller` exposes them under the same numbers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -229,6 +244,9 @@ pub struct Ports {
     /// Access log gRPC service (`grpc-access-log`), when `accessLog.enabled`.
     #[schemars(range(min = 1))]
     pub access_log: u16,
+    /// Audit service (`http-audit`), when `audit.enabled`.
+    #[schemars(range(min = 1))]
+    pub audit: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -67,6 +67,11 @@ struct RenderArgs {
     /// metrics (`request_duration_seconds`, `error_rate_total`, cache hits) on `/metrics`.
     #[arg(long, value_name = "PORT")]
     access_log_port: Option<u16>,
+    /// Filters send their audit records (auth, rate-limit and guard decisions) to the
+    /// controller on this port of its Service; every replica serves it and appends to one
+    /// hash-chained log in Redis (`--redis-url`, `--audit-stream`).
+    #[arg(long, value_name = "PORT")]
+    audit_port: Option<u16>,
 }
 
 /// The event bus (RabbitMQ): `service.events` and `service.commands`.
@@ -221,6 +226,9 @@ struct ControllerArgs {
     /// `redis+cluster://host1:port1,host2:port2`.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
+    /// With --audit-port: the Redis stream holding the audit chain.
+    #[arg(long, default_value = nexus_controller::audit::mirror::STREAM)]
+    audit_stream: String,
     /// The leader fetches routes' `cache.warm` paths through this gateway (e.g.
     /// `http://istio-ingressgateway.istio-system`) after they are programmed and every 20 s.
     #[arg(long, env = "NEXUS_WARM_URL")]
@@ -237,9 +245,17 @@ struct ControllerArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check a hash-chained audit log end to end; exit 1 naming the first broken record.
+    /// Check a hash-chained audit log end to end (a file, or with --redis the controller's
+    /// chain in a Redis stream); exit 1 naming the first broken record.
     Verify {
-        file: PathBuf,
+        #[arg(required_unless_present = "redis")]
+        file: Option<PathBuf>,
+        /// Check the chain in this Redis (`redis://host:6379`) instead of a file.
+        #[arg(long, conflicts_with = "file")]
+        redis: Option<String>,
+        /// With --redis: the stream holding the chain.
+        #[arg(long, default_value = nexus_controller::audit::mirror::STREAM)]
+        stream: String,
         /// The head hash the log must end at (as the service last reported it): also catches
         /// records cut off the end.
         #[arg(long)]
@@ -260,6 +276,7 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
             )),
         report_interval_ms: r.proxy_report_interval_ms,
         access_log_port: r.access_log_port,
+        audit_port: r.audit_port,
     })
 }
 
@@ -293,8 +310,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { files } => validate_files(&files),
         Command::Up(args) => up(args),
         Command::Audit {
-            command: AuditCommand::Verify { file, head },
-        } => match nexus_controller::audit::verify_file(&file, head.as_deref()) {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    redis,
+                    stream,
+                    head,
+                },
+        } => match verify_audit(file, redis, &stream, head.as_deref()) {
             Ok(report) => {
                 println!("{report}");
                 Ok(ExitCode::SUCCESS)
@@ -305,6 +328,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Controller(args) => controller(args),
+    }
+}
+
+/// `nexus audit verify`: a file, or the chain in a Redis stream.
+fn verify_audit(
+    file: Option<PathBuf>,
+    redis: Option<String>,
+    stream: &str,
+    head: Option<&str>,
+) -> anyhow::Result<String> {
+    match (file, redis) {
+        (Some(file), _) => nexus_controller::audit::verify_file(&file, head),
+        (None, Some(url)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(nexus_controller::audit::verify_stream(&url, stream, head)),
+        (None, None) => anyhow::bail!("name a file or --redis"),
     }
 }
 
@@ -371,6 +411,25 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(run::up(options))
 }
 
+/// The audit service of `--audit-port`: where it listens, and the Redis stream of its chain.
+struct AuditOptions {
+    addr: SocketAddr,
+    redis_url: String,
+    stream: String,
+}
+
+/// Serves the audit service on this replica; every replica appends to the one chain.
+async fn start_audit(options: AuditOptions, state: &server::State) -> anyhow::Result<()> {
+    let (addr, audit) =
+        nexus_controller::audit::start_in_redis(options.addr, &options.redis_url, &options.stream)
+            .await?;
+    tracing::info!(%addr, stream = %options.stream, "serving the audit service");
+    let detail = format!("on {addr}, chained in the Redis stream {}", options.stream);
+    state.set("audit", true, detail);
+    let _ = state.audit.set(audit);
+    Ok(())
+}
+
 /// `nexus controller`.
 fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
@@ -399,6 +458,17 @@ fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let ratelimit = args
         .ratelimit_addr
         .map(|addr| (addr, args.redis_url.clone()));
+    let audit = match (settings.audit_port, &args.redis_url) {
+        (None, _) => None,
+        (Some(port), Some(redis_url)) => Some(AuditOptions {
+            addr: SocketAddr::from(([0, 0, 0, 0], port)),
+            redis_url: redis_url.clone(),
+            stream: args.audit_stream.clone(),
+        }),
+        (Some(_), None) => {
+            anyhow::bail!("--audit-port needs --redis-url: the audit chain lives in Redis")
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -411,6 +481,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         identity,
         ratelimit,
         cache,
+        audit,
         args.warm_url,
         bus,
         args.trust_xfcc,
@@ -486,6 +557,7 @@ async fn run_controller(
     identity: String,
     ratelimit: Option<(SocketAddr, Option<String>)>,
     cache: Option<nexus_controller::cache::Options>,
+    audit: Option<AuditOptions>,
     warm_url: Option<String>,
     bus: Option<nexus_events::bus::BusOptions>,
     trust_xfcc: bool,
@@ -553,6 +625,9 @@ async fn run_controller(
                 tracing::error!(error = %e, "access log service stopped");
             }
         });
+    }
+    if let Some(options) = audit {
+        start_audit(options, &state).await?;
     }
     if let Some(sessions) = state.sessions.get() {
         tokio::spawn(nexus_controller::sessions::follow_providers(

@@ -108,6 +108,8 @@ pub struct State {
     pub requests: std::sync::OnceLock<Arc<crate::request_metrics::RequestMetrics>>,
     /// The event bus's counters, when it runs (`--amqp-url`): `nexus_events_*` in `/metrics`.
     pub bus: std::sync::OnceLock<Arc<nexus_events::Stats>>,
+    /// The audit service, when this process serves one: `nexus_audit_*` in `/metrics`.
+    pub audit: std::sync::OnceLock<Arc<crate::audit::Audit>>,
     /// What proxies say they run (`POST /proxies/v1/reports`), for the `Enforced` condition.
     pub reports: Arc<crate::enforcement::reports::ProxyReports>,
     /// Take the sender's mesh identity from `x-forwarded-client-cert` (only behind this
@@ -299,6 +301,9 @@ pub async fn handle(state: &State, path: &str) -> Response<Full<Bytes>> {
             }
             if let Some(bus) = state.bus.get() {
                 text.push_str(&bus.render());
+            }
+            if let Some(audit) = state.audit.get() {
+                text.push_str(&audit.render());
             }
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

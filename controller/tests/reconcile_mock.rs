@@ -128,6 +128,7 @@ fn context(client: Client, route: &NexusRoute) -> Arc<Context> {
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
+        audit_port: None,
     };
     let state = Arc::new(State::new(None));
     Arc::new(Context::new(

@@ -29,6 +29,7 @@ fn settings() -> Settings {
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
+        audit_port: None,
     }
 }
 

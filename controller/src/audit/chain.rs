@@ -83,7 +83,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The first entry that breaks the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
-    /// 1-based line of the file.
+    /// 1-based position among the entries checked (a file's line, a stream's entry).
     pub line: u64,
     /// The entry number expected there.
     pub seq: u64,
@@ -102,18 +102,84 @@ impl std::fmt::Display for Broken {
 
 /// Checks a whole log from its first line; the head on success.
 pub fn verify(reader: impl BufRead) -> Result<Head, Broken> {
-    let mut head = Head::genesis();
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line_no = i as u64 + 1;
-        let broken = |reason: String| Broken {
-            line: line_no,
-            seq: head.seq + 1,
-            reason,
-        };
-        let bytes = line.map_err(|e| broken(format!("unreadable: {e}")))?;
-        head = check_entry(&head, &bytes).map_err(broken)?;
+    let mut verifier = Verifier::from_genesis();
+    for line in reader.split(b'\n') {
+        match line {
+            Ok(bytes) => verifier.check(&bytes)?,
+            Err(e) => return Err(verifier.broken(format!("unreadable: {e}"))),
+        }
     }
-    Ok(head)
+    Ok(verifier.head)
+}
+
+/// Checks entries one at a time, in order: a file read line by line, or a Redis stream read
+/// page by page.
+pub struct Verifier {
+    head: Head,
+    /// Entries checked so far (the 1-based position of the next one is `checked + 1`).
+    checked: u64,
+    /// Whether the first entry may start past record 1 (a trimmed stream).
+    anchor_at_first: bool,
+}
+
+impl Verifier {
+    /// For a whole log: the first entry must be record 1, linked to [`GENESIS`].
+    pub fn from_genesis() -> Self {
+        Self {
+            head: Head::genesis(),
+            checked: 0,
+            anchor_at_first: false,
+        }
+    }
+
+    /// For a log whose oldest entries may have been trimmed (a Redis stream kept at `MAXLEN`):
+    /// the first entry present is taken as it claims to be (its `seq` and `prev`), and every
+    /// link after it is checked. What was trimmed cannot be checked; [`Verifier::first_seq`]
+    /// says where checking began.
+    pub fn from_first_entry() -> Self {
+        Self {
+            anchor_at_first: true,
+            ..Self::from_genesis()
+        }
+    }
+
+    /// Checks the next entry.
+    pub fn check(&mut self, bytes: &[u8]) -> Result<(), Broken> {
+        if self.anchor_at_first && self.checked == 0 {
+            if let Some(anchor) = claimed_predecessor(bytes) {
+                self.head = anchor;
+            }
+        }
+        self.head = check_entry(&self.head, bytes).map_err(|reason| self.broken(reason))?;
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// Where the chain stands after the entries checked.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The record number checking began at (1 unless the oldest entries were trimmed).
+    pub fn first_seq(&self) -> u64 {
+        self.head.seq + 1 - self.checked
+    }
+
+    fn broken(&self, reason: String) -> Broken {
+        Broken {
+            line: self.checked + 1,
+            seq: self.head.seq + 1,
+            reason,
+        }
+    }
+}
+
+/// The head an entry says came before it (`seq - 1`, `prev`), if it says.
+fn claimed_predecessor(bytes: &[u8]) -> Option<Head> {
+    let entry: Map<String, Value> = serde_json::from_slice(bytes).ok()?;
+    let seq = entry.get("seq")?.as_u64()?.checked_sub(1)?;
+    let hash = entry.get("prev")?.as_str()?.to_string();
+    Some(Head { seq, hash })
 }
 
 /// One entry against the head before it; the new head.
@@ -237,5 +303,25 @@ mod tests {
         let b = check(&lines).unwrap_err();
         assert_eq!((b.seq, b.line), (3, 3), "{b}");
         assert!(b.reason.contains("holds seq 4 where 3 was expected"), "{b}");
+    }
+
+    #[test]
+    fn a_trimmed_log_is_checked_from_its_first_entry_present() {
+        let lines = log(6);
+        let mut verifier = Verifier::from_first_entry();
+        for line in &lines[3..] {
+            verifier.check(line.as_bytes()).unwrap();
+        }
+        assert_eq!((verifier.first_seq(), verifier.head().seq), (4, 6));
+        // Trimmed or not, a gap after the first entry present is still named.
+        let mut verifier = Verifier::from_first_entry();
+        verifier.check(lines[2].as_bytes()).unwrap();
+        let b = verifier.check(lines[4].as_bytes()).unwrap_err();
+        assert_eq!((b.seq, b.line), (4, 2), "{b}");
+        // From genesis, the same first entry is a break.
+        let b = Verifier::from_genesis()
+            .check(lines[2].as_bytes())
+            .unwrap_err();
+        assert!(b.reason.contains("holds seq 3 where 1 was expected"), "{b}");
     }
 }

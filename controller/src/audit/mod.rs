@@ -13,6 +13,7 @@
 pub mod chain;
 pub mod log;
 pub mod mirror;
+pub mod redis_chain;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -33,9 +34,60 @@ pub async fn start(
         Some(url) => Some(mirror::Mirror::start(url, mirror::STREAM)?),
         None => None,
     };
-    let audit = Audit::new(ChainedLog::open(path)?, mirror);
+    let audit = Audit::file(ChainedLog::open(path)?, mirror);
     let bound = service::serve(addr, audit.clone()).await?;
     Ok((bound, audit))
+}
+
+/// Serves a chain kept in the Redis stream `stream` on `addr`: the controller in a cluster,
+/// where every replica appends to the one chain ([`redis_chain`]). The bound address.
+pub async fn start_in_redis(
+    addr: SocketAddr,
+    redis_url: &str,
+    stream: &str,
+) -> anyhow::Result<(SocketAddr, Arc<Audit>)> {
+    let audit = Audit::new(service::Store::Redis(Box::new(
+        redis_chain::RedisChain::new(redis_url, stream)?,
+    )));
+    let bound = service::serve(addr, audit.clone()).await?;
+    Ok((bound, audit))
+}
+
+/// `nexus audit verify --redis`: checks the chain in the stream `stream` from its oldest entry
+/// kept; the report or the first broken record.
+pub async fn verify_stream(
+    redis_url: &str,
+    stream: &str,
+    head: Option<&str>,
+) -> anyhow::Result<String> {
+    let chain = redis_chain::RedisChain::new(redis_url, stream)?;
+    let verifier = chain
+        .verify()
+        .await
+        .map_err(|e| anyhow::anyhow!("{stream}: broken at {e}"))?;
+    let got = verifier.head();
+    check_head(stream, got, head)?;
+    let trimmed = match verifier.first_seq() {
+        1 => String::new(),
+        first => format!(" (records before {first} were trimmed: checked from there)"),
+    };
+    Ok(format!(
+        "{stream}: {} records, chain intact{trimmed}; head {}",
+        got.seq, got.hash
+    ))
+}
+
+/// With `want`, the chain must end at that hash: entries cut off the end leave a shorter
+/// chain that is otherwise valid.
+fn check_head(name: &str, got: &chain::Head, want: Option<&str>) -> anyhow::Result<()> {
+    match want {
+        Some(want) if !got.hash.eq_ignore_ascii_case(want) => anyhow::bail!(
+            "{name}: the chain is intact but ends at record {} with hash {}, not at {want}: records were cut off the end",
+            got.seq,
+            got.hash
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `nexus audit verify`: checks `path` end to end; with `head`, also that the log ends at
@@ -46,16 +98,7 @@ pub fn verify_file(path: &Path, head: Option<&str>) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
     let got = chain::verify(std::io::BufReader::new(f))
         .map_err(|b| anyhow::anyhow!("{}: broken at {b}", path.display()))?;
-    if let Some(want) = head {
-        if !got.hash.eq_ignore_ascii_case(want) {
-            anyhow::bail!(
-                "{}: the chain is intact but ends at record {} with hash {}, not at {want}: records were cut off the end",
-                path.display(),
-                got.seq,
-                got.hash
-            );
-        }
-    }
+    check_head(&path.display().to_string(), &got, head)?;
     Ok(format!(
         "{}: {} records, chain intact; head {}",
         path.display(),

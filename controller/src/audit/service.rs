@@ -1,7 +1,8 @@
 //! The audit service: `POST /audit/v1/records` with one JSON object per line (what the
-//! filters batch), appended to the chained log in the order received. A batch is appended
-//! whole or refused whole (400 naming the line), and answered only once it is on disk, so a
-//! filter that got 200 may forget it.
+//! filters batch), appended to the chain in the order received. A batch is appended whole or
+//! refused whole (400 naming the line; 503 when the store failed), and answered only once it
+//! is stored (on disk for a file, in Redis for a [`RedisChain`]), so a filter that got 200 may
+//! forget it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,19 +16,31 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+use super::chain::Head;
 use super::log::ChainedLog;
 use super::mirror::Mirror;
+use super::redis_chain::RedisChain;
 
 /// Where filters post their batches.
 pub const RECORDS_PATH: &str = "/audit/v1/records";
 /// Larger batches are refused (413); the filters' batches are far smaller.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
+/// Where the chain is kept.
+pub enum Store {
+    /// A file (`nexus up`), each entry copied to a Redis stream when there is a Redis.
+    File {
+        log: Mutex<ChainedLog>,
+        mirror: Option<Mirror>,
+    },
+    /// A Redis stream every replica appends to (the controller in a cluster).
+    /// Boxed: the chain's connection and state outweigh a file's.
+    Redis(Box<RedisChain>),
+}
+
 /// The running service's state.
 pub struct Audit {
-    log: Mutex<ChainedLog>,
-    /// The Redis stream copy, if any.
-    pub mirror: Option<Mirror>,
+    pub store: Store,
     /// Records appended since start.
     pub appended: AtomicU64,
     /// Batches refused (malformed, or the disk failed).
@@ -35,38 +48,91 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn new(log: ChainedLog, mirror: Option<Mirror>) -> Arc<Self> {
+    pub fn new(store: Store) -> Arc<Self> {
         Arc::new(Self {
-            log: Mutex::new(log),
-            mirror,
+            store,
             appended: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
     }
 
+    /// A file store, copied to `mirror` when given.
+    pub fn file(log: ChainedLog, mirror: Option<Mirror>) -> Arc<Self> {
+        Self::new(Store::File {
+            log: Mutex::new(log),
+            mirror,
+        })
+    }
+
     /// Appends one batch (NDJSON); the new head as JSON, or the status and reason of a refusal.
-    pub fn append_batch(&self, body: &[u8]) -> Result<Value, (StatusCode, String)> {
-        let records = parse_batch(body).inspect_err(|_| {
+    pub async fn append_batch(
+        self: &Arc<Self>,
+        body: Bytes,
+    ) -> Result<Value, (StatusCode, String)> {
+        let records = parse_batch(&body).inspect_err(|_| {
             self.refused.fetch_add(1, Ordering::Relaxed);
         })?;
         let n = records.len() as u64;
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let (head, lines) = log.append(records).map_err(|e| {
+        let stored = match &self.store {
+            Store::File { .. } => {
+                let audit = self.clone();
+                tokio::task::spawn_blocking(move || audit.append_to_file(records))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Store::Redis(chain) => chain.append(records).await.map(|(head, _)| head),
+        };
+        let head = stored.map_err(|e| {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "appending to the audit log failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("appending failed: {e}"),
+                format!("appending failed: {e}; nothing of this batch was appended"),
             )
         })?;
-        // Under the log's lock: the copies queue in the order the entries were chained.
-        if let Some(m) = &self.mirror {
-            m.send(lines);
-        }
-        drop(log);
         self.appended.fetch_add(n, Ordering::Relaxed);
         tracing::info!(appended = n, seq = head.seq, hash = %head.hash, "audit batch appended");
         Ok(json!({ "appended": n, "seq": head.seq, "hash": head.hash }))
+    }
+
+    fn append_to_file(&self, records: Vec<Value>) -> Result<Head, String> {
+        let Store::File { log, mirror } = &self.store else {
+            return Err("not a file store".to_string());
+        };
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let (head, lines) = log.append(records).map_err(|e| e.to_string())?;
+        // Under the log's lock: the copies queue in the order the entries were chained.
+        if let Some(m) = mirror {
+            m.send(lines);
+        }
+        Ok(head)
+    }
+
+    /// `nexus_audit_*` in Prometheus text.
+    pub fn render(&self) -> String {
+        let (conflicts, losses) = match &self.store {
+            Store::Redis(chain) => (
+                chain.conflicts.load(Ordering::Relaxed),
+                chain.losses.load(Ordering::Relaxed),
+            ),
+            Store::File { .. } => (0, 0),
+        };
+        format!(
+            "# HELP nexus_audit_records_appended_total Audit records appended to the chain.\n\
+             # TYPE nexus_audit_records_appended_total counter\n\
+             nexus_audit_records_appended_total {}\n\
+             # HELP nexus_audit_batches_refused_total Audit batches refused (malformed, or the store failed).\n\
+             # TYPE nexus_audit_batches_refused_total counter\n\
+             nexus_audit_batches_refused_total {}\n\
+             # HELP nexus_audit_append_conflicts_total Appends linked again after another replica appended first.\n\
+             # TYPE nexus_audit_append_conflicts_total counter\n\
+             nexus_audit_append_conflicts_total {conflicts}\n\
+             # HELP nexus_audit_chain_losses_total Times the chain in Redis was behind the head this replica had seen.\n\
+             # TYPE nexus_audit_chain_losses_total counter\n\
+             nexus_audit_chain_losses_total {losses}\n",
+            self.appended.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -132,16 +198,11 @@ async fn handle(audit: Arc<Audit>, req: Request<Incoming>) -> Response<Full<Byte
             );
         }
     };
-    let result = tokio::task::spawn_blocking(move || audit.append_batch(&body)).await;
-    match result {
-        Ok(Ok(head)) => respond(StatusCode::OK, head),
-        Ok(Err((status, detail))) => respond(
+    match audit.append_batch(body).await {
+        Ok(head) => respond(StatusCode::OK, head),
+        Err((status, detail)) => respond(
             status,
             json!({ "error": "batch_refused", "detail": detail }),
-        ),
-        Err(e) => respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "error": "batch_refused", "detail": e.to_string() }),
         ),
     }
 }
@@ -171,17 +232,23 @@ pub async fn serve(addr: SocketAddr, audit: Arc<Audit>) -> anyhow::Result<Socket
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_batch_is_appended_whole_or_refused_whole() {
+    #[tokio::test]
+    async fn a_batch_is_appended_whole_or_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let audit = Audit::new(ChainedLog::open(&path).unwrap(), None);
+        let audit = Audit::file(ChainedLog::open(&path).unwrap(), None);
         let head = audit
-            .append_batch(b"{\"event\":\"a\"}\n\n{\"event\":\"b\"}\n")
+            .append_batch(Bytes::from_static(
+                b"{\"event\":\"a\"}\n\n{\"event\":\"b\"}\n",
+            ))
+            .await
             .unwrap();
         assert_eq!(head["appended"], 2);
         assert_eq!(head["seq"], 2);
-        let (status, why) = audit.append_batch(b"{\"event\":\"c\"}\n[1]\n").unwrap_err();
+        let (status, why) = audit
+            .append_batch(Bytes::from_static(b"{\"event\":\"c\"}\n[1]\n"))
+            .await
+            .unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             why,

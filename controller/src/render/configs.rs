@@ -187,8 +187,7 @@ pub struct ServiceClusters {
     /// HTTP/1 cluster of the sessions service (the controller's HTTP port).
     pub sessions: String,
     /// Cluster of the audit service auth, ratelimit and guard send their decisions to;
-    /// `None`: they only count them (the controller does not host an audit service in a
-    /// cluster yet).
+    /// `None`: they only count them (a cluster without `--audit-port`).
     pub audit: Option<String>,
 }
 

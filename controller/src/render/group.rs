@@ -65,7 +65,12 @@ pub fn render_group(
             "outbound|{HTTP_PORT}||nexus-controller.{}.svc.cluster.local",
             settings.controller_namespace
         ),
-        audit: None,
+        audit: settings.audit_port.map(|port| {
+            format!(
+                "outbound|{port}||nexus-controller.{}.svc.cluster.local",
+                settings.controller_namespace
+            )
+        }),
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();

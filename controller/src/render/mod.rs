@@ -87,6 +87,9 @@ pub struct Settings {
     /// The port of the controller's access log service on the `nexus-controller` Service:
     /// gateways stream their access log there ([`crate::access_log_service`]); none: not.
     pub access_log_port: Option<u16>,
+    /// The port of the controller's audit service on the `nexus-controller` Service: the
+    /// filters send their audit records there ([`crate::audit`]); none: they only count them.
+    pub audit_port: Option<u16>,
 }
 
 impl Settings {

@@ -564,7 +564,8 @@ async fn start_audit(
     redis_url: Option<&str>,
     state: &server::State,
 ) -> Result<SocketAddr> {
-    let (addr, _) = crate::audit::start(log, free_local_addr()?, redis_url).await?;
+    let (addr, audit) = crate::audit::start(log, free_local_addr()?, redis_url).await?;
+    let _ = state.audit.set(audit);
     let copy = match redis_url {
         Some(_) => format!(
             ", copied to the Redis stream {}",

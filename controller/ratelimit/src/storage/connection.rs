@@ -254,7 +254,8 @@ impl ConnectionLike for RedisConnection {
 /// shared; both kinds reconnect by themselves (a cluster connection also follows failovers).
 /// Every Nexus service that keeps state in Redis connects through this.
 pub struct LazyConnection {
-    target: RedisTarget,
+    /// Boxed: a `redis::Client` is large, and services keep this beside small state.
+    target: Box<RedisTarget>,
     timeout: Duration,
     slot: Mutex<Option<RedisConnection>>,
 }
@@ -267,7 +268,7 @@ impl LazyConnection {
     /// To a single Redis or a cluster.
     pub fn to(target: RedisTarget, timeout: Duration) -> Self {
         LazyConnection {
-            target,
+            target: Box::new(target),
             timeout,
             slot: Mutex::new(None),
         }
