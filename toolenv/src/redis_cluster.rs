@@ -86,21 +86,21 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Every live node: `cluster_state:ok`, and every replica's link to its primary up.
+    /// Every node says `cluster_state:ok`, and every primary has a replica that acknowledged
+    /// its whole replication stream (a replica "online" right after its first sync may not
+    /// have applied anything yet; a failover then would promote an empty copy).
     fn wait_ready(&self) -> Result<()> {
         wait_until(READY_WITHIN, || {
+            let mut caught_up = 0;
             for port in self.live_ports() {
                 if !cli(port, &["CLUSTER", "INFO"])?.contains("cluster_state:ok") {
                     return Ok(false);
                 }
-                let replication = cli(port, &["INFO", "replication"])?;
-                if replication.contains("role:slave")
-                    && !replication.contains("master_link_status:up")
-                {
-                    return Ok(false);
+                if replica_caught_up(&cli(port, &["INFO", "replication"])?) {
+                    caught_up += 1;
                 }
             }
-            Ok(true)
+            Ok(caught_up == PRIMARIES)
         })
         .context("the Redis Cluster did not become ready")
     }
@@ -256,6 +256,28 @@ fn cli(port: u16, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// True for a primary's `INFO replication` whose replica is online and has acknowledged the
+/// primary's offset (acknowledgements come every second).
+fn replica_caught_up(info: &str) -> bool {
+    let field = |line: &str, name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let offset = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("master_repl_offset:"));
+    let replica = info.lines().find(|l| l.starts_with("slave0:"));
+    match (offset, replica) {
+        (Some(offset), Some(replica)) => {
+            field(replica, "state=").as_deref() == Some("online")
+                && field(replica, "offset=").as_deref() == Some(offset.trim())
+                && offset.trim() != "0"
+        }
+        _ => false,
+    }
+}
+
 /// The port of a `CLUSTER NODES` line's node when it is a healthy primary serving `slot`.
 fn owner(line: &str, slot: u16) -> Option<u16> {
     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -287,6 +309,22 @@ fn wait_until(within: Duration, mut done: impl FnMut() -> Result<bool>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_is_caught_up_once_it_acknowledged_the_primary_offset() {
+        let info = |offset: &str| {
+            format!(
+                "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n\
+                 slave0:ip=127.0.0.1,port=38335,state=online,offset={offset},lag=0\r\n\
+                 master_repl_offset:82433\r\n"
+            )
+        };
+        assert!(replica_caught_up(&info("82433")));
+        assert!(!replica_caught_up(&info("0")));
+        assert!(!replica_caught_up(
+            "role:master\nconnected_slaves:0\nmaster_repl_offset:14\n"
+        ));
+    }
 
     #[test]
     fn owner_reads_cluster_nodes_lines() {
