@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nexus_cache_service::bus::{Bus, RedisBus};
+use nexus_cache_service::bus::RedisBus;
 use nexus_cache_service::storage::{RedisNamespace, RedisStorage};
 use nexus_cache_service::CacheService;
 use nexus_proto::cache::cache_client::CacheClient;
