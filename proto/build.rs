@@ -16,5 +16,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         .build_client(grpc)
         .compile_fds(fds)?;
+    transcoding(grpc)
+}
+
+/// The services the gateway transcodes REST to (Envoy's gRPC-JSON transcoder): their
+/// descriptor set with every import (the transcoder resolves `google.api.http` through it),
+/// written to `OUT_DIR/transcoding.bin`, and their Rust types.
+fn transcoding(grpc: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["datapunk/lake/v1/lake.proto"];
+    for p in protos
+        .iter()
+        .chain(&["google/api/http.proto", "google/api/annotations.proto"])
+    {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(protos)?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("transcoding.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(grpc)
+        .build_client(grpc)
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

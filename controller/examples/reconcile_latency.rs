@@ -170,6 +170,8 @@ async fn run(kubeconfig: PathBuf, root: PathBuf, n: usize) {
         allowed_routes: Default::default(),
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
+        audit_port: None,
+        audit_on_unavailable: Default::default(),
     };
     let state = Arc::new(State::new(None));
     let (_, commands) = controller::reconcile_commands(Arc::new(|| true));

@@ -223,6 +223,9 @@ pub struct Audit {
     /// The Redis stream holding the chain.
     #[schemars(length(min = 1))]
     pub stream: String,
+    /// What proxies do while the audit service does not take records: `buffer`, `drop`, or
+    /// `refuse` (nexus-guard answers 503 to the requests it guards; auth and ratelimit buffer).
+    pub on_unavailable: nexus_config::audit::OnUnavailable,
 }
 
 /// Container ports; the Service `nexus-controller` exposes them under the same numbers.

@@ -62,6 +62,12 @@ pub struct NexusRouteSpec {
     pub circuit_breaker: Option<CircuitBreaker>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    /// Caps retries to every upstream at a share of its active requests, so retries cannot
+    /// multiply the load on an upstream that is already failing (Envoy's `retry_budget`,
+    /// Istio's `trafficPolicy.retryBudget`). Unset: Envoy's fixed limit of 3 concurrent
+    /// retries per upstream applies (`connectionPool.maxRetries` changes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
     /// JWT providers, API keys and the default requirement of rules that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
@@ -118,6 +124,10 @@ pub struct Rule {
     /// For gRPC rules: requests under `pathPrefix` without a gRPC content type go here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest_fallback: Option<RestFallback>,
+    /// REST clients call this rule's gRPC `upstream` (protocol `GRPC`) through Envoy's
+    /// gRPC-JSON transcoder, optionally failing over to a REST twin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_transcoding: Option<GrpcTranscoding>,
     /// Overrides the category's timeout (`30s`, `500ms`, `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -251,6 +261,21 @@ pub struct RestFallback {
     pub upstream: Upstream,
 }
 
+/// gRPC primary, REST fallback: the rule's requests are REST (JSON), transcoded to its gRPC
+/// upstream by the `google.api.http` bindings of `services`; with `restFailover`, a request the
+/// gRPC upstream cannot take (connect failure, `UNAVAILABLE`, host ejected) goes, as the client
+/// sent it, to the REST upstream. `x-nexus-served-by` names the upstream that answered.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcTranscoding {
+    /// Fully qualified gRPC services (`datapunk.lake.v1.Lake`) of the descriptor set Nexus
+    /// builds from `proto/`.
+    pub services: Vec<String>,
+    /// The REST upstream serving the same operations at the same paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_failover: Option<Upstream>,
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CategorySpec {
@@ -305,6 +330,21 @@ pub struct ConnectionPool {
     pub http2_max_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// Retries outstanding at once to one upstream (Envoy's `max_retries`, default 3);
+    /// ignored by Envoy when a `retryBudget` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries allowed at once, as a percentage of the upstream's active and pending
+    /// requests (`20` = one retry per five requests in flight). `(0, 100]`.
+    pub percent: f64,
+    /// Retries always allowed at once, however few requests are active (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -72,6 +72,10 @@ struct RenderArgs {
     /// hash-chained log in Redis (`--redis-url`, `--audit-stream`).
     #[arg(long, value_name = "PORT")]
     audit_port: Option<u16>,
+    /// What proxies do while the audit service does not take records: `buffer`, `drop`, or
+    /// `refuse` (nexus-guard fails closed; auth and ratelimit buffer).
+    #[arg(long, default_value = "buffer", value_parser = ["buffer", "drop", "refuse"])]
+    audit_on_unavailable: String,
 }
 
 /// The event bus (RabbitMQ): `service.events` and `service.commands`.
@@ -277,6 +281,9 @@ fn settings(r: &RenderArgs) -> anyhow::Result<Settings> {
         report_interval_ms: r.proxy_report_interval_ms,
         access_log_port: r.access_log_port,
         audit_port: r.audit_port,
+        audit_on_unavailable: serde_json::from_value(serde_json::Value::String(
+            r.audit_on_unavailable.clone(),
+        ))?,
     })
 }
 

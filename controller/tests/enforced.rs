@@ -161,6 +161,7 @@ async fn proxies_confirm_what_they_enforce() {
         http: ctrl.http_port,
         modules: ctrl.modules_port,
         access_log: None,
+        audit: None,
     };
     let routes: Api<NexusRoute> = Api::namespaced(client.clone(), NS);
     let lake: NexusRoute = serde_json::from_value(json!({

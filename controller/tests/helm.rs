@@ -83,6 +83,16 @@ impl Helm {
         args.extend_from_slice(extra);
         parse_docs(&self.ok(&args))
     }
+
+    /// `helm template` that must fail → what helm said.
+    fn template_err(&self, extra: &[&str]) -> String {
+        let chart = chart();
+        let mut args = vec!["template", "nx", chart.to_str().unwrap(), "-n", NS];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(!out.status.success(), "helm {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
 }
 
 fn parse_docs(yaml: &str) -> Vec<Value> {
@@ -104,7 +114,7 @@ fn kinds(objs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-const FULL: [&str; 12] = [
+const FULL: [&str; 14] = [
     "--set",
     "autoscaling.enabled=true",
     "--set",
@@ -117,6 +127,8 @@ const FULL: [&str; 12] = [
     "redis.existingSecret=nexus-redis",
     "--set",
     "cache.warmUrl=http://istio-ingressgateway.istio-system",
+    "--set",
+    "audit.enabled=true",
 ];
 
 #[test]
@@ -225,7 +237,8 @@ fn template_defaults() {
             ("ratelimit", 8081),
             ("modules", 8082),
             ("cache", 8083),
-            ("access-log", 8084)
+            ("access-log", 8084),
+            ("audit", 8085)
         ]
         .map(|(n, p)| (n.to_string(), p))
     );
@@ -287,6 +300,7 @@ fn template_defaults() {
             ("http-modules", 8082, "modules"),
             ("grpc-cache", 8083, "cache"),
             ("grpc-access-log", 8084, "access-log"),
+            ("http-audit", 8085, "audit"),
         ]
         .map(|(n, p, t)| (n.to_string(), p, t.to_string()))
     );
@@ -427,6 +441,23 @@ fn template_with_hpa_servicemonitor_and_redis() {
         sm["spec"]["selector"]["matchLabels"],
         deploy["spec"]["selector"]["matchLabels"]
     );
+    let args = container(&objs)["args"].as_array().unwrap().clone();
+    for want in ["--audit-port=8085", "--audit-stream=nexus:audit"] {
+        assert!(args.contains(&json!(want)), "{want} missing from {args:?}");
+    }
+    assert!(
+        !Helm::new()
+            .template(&[])
+            .iter()
+            .any(|o| o.to_string().contains("--audit-port")),
+        "audit off by default"
+    );
+    // The chain lives in Redis: audit without one is refused with the reason.
+    let err = Helm::new().template_err(&["--set", "audit.enabled=true"]);
+    assert!(
+        err.contains("audit.enabled needs redis.existingSecret: the audit chain lives in Redis"),
+        "{err}"
+    );
     let redis = env_var(container(&objs), "REDIS_URL").unwrap();
     assert_eq!(
         redis["valueFrom"]["secretKeyRef"],
@@ -566,6 +597,8 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
             ns,
             "--access-log-port",
             "8084",
+            "--audit-port",
+            "8085",
         ])
         .arg("--modules")
         .arg(fixtures.join("modules"))
@@ -586,7 +619,11 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         assert_eq!(&c[2], host, "the controller points at another Service");
         used.insert(c[1].parse::<u64>().unwrap());
     }
-    assert_eq!(used, BTreeSet::from([8081, 8082, 8083, 8084]), "{rendered}");
+    assert_eq!(
+        used,
+        BTreeSet::from([8081, 8082, 8083, 8084, 8085]),
+        "{rendered}"
+    );
     let name_of = |port: u64| {
         port_names
             .iter()
@@ -604,6 +641,10 @@ fn istio_objects_the_controller_renders_match_the_chart_service() {
         "cache coherency is gRPC"
     );
     assert!(name_of(8084).starts_with("grpc-"), "the access log is gRPC");
+    assert!(
+        name_of(8085).starts_with("http-"),
+        "audit batches are HTTP POSTs"
+    );
     assert!(rendered.contains(&format!("http://nexus-controller.{ns}.svc:8082/modules/")));
     // Proxies report to the leader alone: the leader Service, HTTP, selecting the label the
     // lease holder puts on its pod.
@@ -884,7 +925,8 @@ async fn helm_install_into_a_real_apiserver_and_run_the_controller_with_the_char
             "grpc-ratelimit",
             "http-modules",
             "grpc-cache",
-            "grpc-access-log"
+            "grpc-access-log",
+            "http-audit"
         ]
     );
     Api::<ClusterRole>::all(client.clone())

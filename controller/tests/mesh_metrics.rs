@@ -80,6 +80,7 @@ async fn a_gateways_requests_are_counted_on_the_controllers_metrics() {
         http: ctrl.http_port,
         modules: ctrl.modules_port,
         access_log: Some(access_log),
+        audit: None,
     };
     let gw = PodProxy::start(env.dir.path(), "gw-a", "127.0.0.1", &envoy_filter, &ports);
 

@@ -129,6 +129,7 @@ fn context(client: Client, route: &NexusRoute) -> Arc<Context> {
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
         audit_port: None,
+        audit_on_unavailable: Default::default(),
     };
     let state = Arc::new(State::new(None));
     Arc::new(Context::new(

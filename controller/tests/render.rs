@@ -11,7 +11,7 @@ use nexus_config::router::RouterConfig;
 use nexus_controller::crd::NexusRoute;
 use nexus_controller::render::Settings;
 use nexus_controller::{crd, input, plan};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,6 +30,7 @@ fn settings() -> Settings {
         report_interval_ms: nexus_config::report::DEFAULT_INTERVAL_MS,
         access_log_port: None,
         audit_port: None,
+        audit_on_unavailable: Default::default(),
     }
 }
 
@@ -967,4 +968,150 @@ fn gateway_full_with(access_log_port: Option<u16>) -> Vec<Value> {
     plan::render_all(&routes, &inputs.secrets, &settings)
         .unwrap()
         .0
+}
+
+/// gRPC primary, REST fallback in the mesh: the VirtualService keeps the rule's route, the
+/// DestinationRules carry the retry budget, and the group's EnvoyFilter adds the transcoding
+/// hop and the aggregate cluster and points the rule's route at it with a retry priority.
+#[test]
+fn grpc_failover_renders_a_hop_an_aggregate_cluster_and_a_route_merge() {
+    let objs = objects("grpc-failover.yaml");
+    let kind = |k: &'static str| objs.iter().filter(move |o| o["kind"] == k);
+    let vs = kind("VirtualService").next().unwrap();
+    let http = &vs["spec"]["http"][0];
+    assert_eq!(http["name"], "lake.tables");
+    assert_eq!(http["retries"]["perTryTimeout"], "2s");
+    for dr in kind("DestinationRule") {
+        assert_eq!(
+            dr["spec"]["trafficPolicy"]["retryBudget"]["percent"], 25.0,
+            "{dr}"
+        );
+    }
+    let hosts: Vec<&str> = kind("DestinationRule")
+        .map(|d| d["spec"]["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        hosts.contains(&"lake-rest.istio-system.svc.cluster.local"),
+        "{hosts:?}"
+    );
+    let ef = kind("EnvoyFilter").next().unwrap();
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let by = |apply: &'static str| patches.iter().filter(move |p| p["applyTo"] == apply);
+    let hop = by("LISTENER")
+        .find(|p| p["patch"]["value"]["name"] == "transcode.lake.tables")
+        .unwrap();
+    assert_eq!(hop["patch"]["operation"], "ADD");
+    let hcm = &hop["patch"]["value"]["filter_chains"][0]["filters"][0]["typed_config"];
+    let transcoder = &hcm["http_filters"][0]["typed_config"];
+    assert_eq!(transcoder["services"][0], "datapunk.lake.v1.Lake");
+    assert!(transcoder["proto_descriptor_bin"].as_str().unwrap().len() > 100);
+    assert_eq!(
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        "outbound|9090||lake-grpc.istio-system.svc.cluster.local"
+    );
+    let agg = by("CLUSTER")
+        .find(|p| p["patch"]["value"]["name"] == "failover.lake.tables")
+        .unwrap();
+    assert_eq!(
+        agg["patch"]["value"]["cluster_type"]["typed_config"]["clusters"],
+        serde_json::json!([
+            "transcode.lake.tables",
+            "outbound|8080||lake-rest.istio-system.svc.cluster.local"
+        ])
+    );
+    let route = by("HTTP_ROUTE")
+        .find(|p| p["match"]["routeConfiguration"]["vhost"]["route"]["name"] == "lake.tables")
+        .unwrap();
+    let value = &route["patch"]["value"];
+    assert_eq!(value["route"]["cluster"], "failover.lake.tables");
+    assert_eq!(
+        value["route"]["retry_policy"]["retry_priority"]["name"],
+        "envoy.retry_priorities.previous_priorities"
+    );
+    let retry = &value["route"]["retry_policy"];
+    assert!(retry["retry_on"]
+        .as_str()
+        .unwrap()
+        .ends_with(",retriable-headers"));
+    assert_eq!(retry["retriable_headers"][0]["name"], "x-nexus-grpc-status");
+    assert_eq!(retry["retriable_headers"][0]["string_match"]["exact"], "14");
+    assert_eq!(
+        value["response_headers_to_remove"],
+        serde_json::json!(["x-nexus-grpc-status", "x-nexus-grpc-unreachable"])
+    );
+    assert_eq!(
+        value["response_headers_to_add"][0]["header"]["value"],
+        "lake-rest"
+    );
+}
+
+#[test]
+fn grpc_transcoding_refuses_unknown_services_and_non_grpc_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures().join("cases/grpc-failover.yaml"))
+        .unwrap()
+        .replace("datapunk.lake.v1.Lake", "datapunk.lake.v1.Nope")
+        .replace("protocol: GRPC", "protocol: HTTP");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, text).unwrap();
+    let (_, problems) = render_file(&file);
+    let all = problems;
+    assert!(
+        all.contains("$.spec.rules[0].grpcTranscoding.services[0]")
+            && all.contains(
+                "\"datapunk.lake.v1.Nope\" is not in the descriptor set built from proto/"
+            ),
+        "{all}"
+    );
+    assert!(
+        all.contains("grpcTranscoding needs an upstream with protocol GRPC"),
+        "{all}"
+    );
+}
+
+/// `--audit-port`: auth, ratelimit and guard send their records to the controller's Service on
+/// that port, with the configured `onUnavailable` (`refuse` only where the filter can keep that
+/// promise: the guard); without it they carry no sink and only count.
+#[test]
+fn an_audit_port_gives_the_deciding_filters_the_controllers_audit_sink() {
+    let inputs = input::read_files(&[fixtures().join("cases/guard.yaml")]).unwrap();
+    let routes: Vec<&NexusRoute> = inputs.routes.iter().map(|(_, r)| r).collect();
+    let render = |audit_port, on_unavailable: &str| {
+        let settings = Settings {
+            audit_port,
+            audit_on_unavailable: serde_json::from_value(json!(on_unavailable)).unwrap(),
+            ..settings()
+        };
+        let objects = plan::render_all(&routes, &inputs.secrets, &settings)
+            .unwrap()
+            .0;
+        let ef = objects
+            .into_iter()
+            .find(|o| {
+                o["kind"] == "EnvoyFilter"
+                    && o["spec"]["workloadSelector"]["labels"]["istio"] == "ingressgateway"
+            })
+            .unwrap();
+        ["auth", "ratelimit", "guard"].map(|f| {
+            let cfg: Value = serde_json::from_slice(&filter_config(&ef, f)).unwrap();
+            cfg["audit"].clone()
+        })
+    };
+    let cluster = "outbound|8085||nexus-controller.nexus-system.svc.cluster.local";
+    let modes = |sinks: [Value; 3]| {
+        sinks.map(|s| {
+            assert_eq!(s["cluster"], cluster);
+            s["on_unavailable"].as_str().unwrap().to_string()
+        })
+    };
+    assert_eq!(modes(render(Some(8085), "buffer")), ["buffer"; 3]);
+    assert_eq!(modes(render(Some(8085), "drop")), ["drop"; 3]);
+    assert_eq!(
+        modes(render(Some(8085), "refuse")),
+        ["buffer", "buffer", "refuse"]
+    );
+    assert_eq!(
+        render(None, "refuse"),
+        [Value::Null, Value::Null, Value::Null]
+    );
 }

@@ -486,8 +486,23 @@ fn guard_blocks_pii_in_prompts_and_redacts_answers() {
             "guard.redacted",
             "auth.deny",
             "ratelimit.deny",
+            "config.applied",
         ],
     );
+    // The configuration serving is a record too, before any request's.
+    let applied = records
+        .iter()
+        .position(|e| e["record"]["event"] == "config.applied")
+        .unwrap();
+    let r = &records[applied]["record"];
+    assert_eq!(
+        (r["source"].as_str(), r["data"]["version"].as_u64()),
+        (Some("nexus-up"), Some(1))
+    );
+    assert!(r["data"]["routes"].as_u64() >= Some(1), "{r}");
+    assert!(records[..applied]
+        .iter()
+        .all(|e| e["record"]["source"] == "nexus-up"));
     let blocked = records
         .iter()
         .find(|e| e["record"]["event"] == "guard.blocked")
@@ -992,14 +1007,18 @@ fn prometheus_scrapes_the_datapunk_metrics_after_a_known_request_mix() {
     };
     assert_eq!(cache_of("/lake/datasets"), "miss");
     assert_eq!(cache_of("/lake/datasets"), "hit-local");
+    // A scrape that holds all five of the first half: the 2xx series needs a sample here for
+    // rate() to see it grow (waiting for the 401s alone once left it to the second scrape,
+    // and histogram_quantile over rates of 0 is NaN).
+    let lake = r#"category="data_operations",upstream="lake",rule="datapunk.lake""#;
+    let count = format!(r#"sum(request_duration_seconds_count{{{lake}}})"#);
+    prom.wait_value(&count, |v| v == 5.0, within);
     prom.wait_value(denied, |v| v == 3.0, within);
     assert_eq!(cache_of("/lake/tables"), "miss");
     assert_eq!(cache_of("/lake/tables"), "hit-local");
     for f in ["a", "b", "c"] {
         assert_eq!(cache_of(&format!("/lake/files/{f}")), "miss");
     }
-    let lake = r#"category="data_operations",upstream="lake",rule="datapunk.lake""#;
-    let count = format!(r#"sum(request_duration_seconds_count{{{lake}}})"#);
     prom.wait_value(&count, |v| v == 10.0, within);
 
     // The Datapunk metrics as PromQL sees them.

@@ -34,3 +34,29 @@ pub const CACHE_GET: &str = "Get";
 pub const CACHE_PUT: &str = "Put";
 pub const CACHE_INVALIDATE: &str = "Invalidate";
 pub const CACHE_SUBSCRIBE: &str = "Subscribe";
+
+/// `datapunk.lake.v1`: the lake service's gRPC API, which the gateway also serves as REST.
+pub mod lake {
+    include!(concat!(env!("OUT_DIR"), "/datapunk.lake.v1.rs"));
+}
+
+/// The descriptor set (imports included) of the services the gateway can transcode REST to,
+/// built from `proto/` (Envoy's gRPC-JSON transcoder reads it).
+pub const TRANSCODING_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/transcoding.bin"));
+
+/// Fully qualified names of the services in [`TRANSCODING_DESCRIPTOR_SET`] (`datapunk.lake.v1.Lake`).
+pub fn transcodable_services() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(TRANSCODING_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .flat_map(|f| {
+            f.service
+                .iter()
+                .map(move |s| format!("{}.{}", f.package(), s.name()))
+        })
+        .collect()
+}

@@ -11,6 +11,9 @@
 //!   nexus-cache filter following one.
 //! - [`load`]: `wrk` runs for benchmarks, parsed.
 //! - [`jwks`]: a JWKS server whose keys tests rotate and which tests take down.
+//! - [`grpc_lake`]: a gRPC lake service that answers `UNAVAILABLE` on command and can be killed.
+//! - [`misbehaving`]: an upstream that fails, holds or breaks answers on command and counts
+//!   the tries it saw, per request id.
 //! - [`body_upstream`]: an upstream answering JSON bodies of chosen sizes, with PII, chunked.
 //! - [`oauth_providers`]: GitHub's token check and an RFC 7662 endpoint, answering locally.
 //! - [`browser`]: headless Chromium over WebDriver, and a certified OpenID provider.
@@ -20,8 +23,10 @@ pub mod browser;
 pub mod cache_service;
 pub mod client;
 pub mod envoy;
+pub mod grpc_lake;
 pub mod jwks;
 pub mod load;
+pub mod misbehaving;
 pub mod oauth_providers;
 pub mod ratelimit_service;
 pub mod sessions_service;

@@ -23,6 +23,22 @@ use std::sync::Arc;
 pub use log::ChainedLog;
 pub use service::{Audit, RECORDS_PATH};
 
+/// A configuration change applied (a route programmed, rejected or deleted; a configuration
+/// version serving), as the audit record `source` appends: the event bus's event, its type
+/// without the `nexus.` prefix (`route.programmed`, `config.applied`).
+pub fn config_record(event: &nexus_events::Event, source: &str) -> serde_json::Value {
+    let kind = event.kind();
+    serde_json::json!({
+        "source": source,
+        "event": kind.strip_prefix("nexus.").unwrap_or(&kind),
+        "subject": event.subject(),
+        "data": event.data(),
+        "time_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    })
+}
+
 /// Opens the log at `path` and serves it on `addr` (port 0: any), copying each entry to the
 /// Redis stream [`mirror::STREAM`] when there is a Redis; the bound address.
 pub async fn start(

@@ -36,19 +36,32 @@ const MAX_TRIES: u32 = 16;
 /// Entries read per `XRANGE` when verifying.
 const PAGE: usize = 1000;
 
-/// KEYS: stream, head. ARGV: expected head, new head, max length, entries... Answers
-/// `{1, new head}` when appended, `{0, current head}` when the head moved.
+/// KEYS: stream, head, turn. ARGV: expected head, new head, max length, this replica's id,
+/// entries... Answers `{1, new head}` when appended, `{0, current head}` when not.
+///
+/// The turn makes losing a race fair: a replica that lost claims the next turn (for
+/// `TURN_MS`), and until it has appended the others are refused too, so the head stays still
+/// for its retry. Without it a replica one round trip behind a busy one can lose every time.
 const APPEND: &str = r"
 local head = redis.call('GET', KEYS[2]) or ''
-if head ~= ARGV[1] then
+local turn = redis.call('GET', KEYS[3])
+if head ~= ARGV[1] or (turn and turn ~= ARGV[4]) then
+  if not turn or turn == ARGV[4] then
+    redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+  end
   return {0, head}
 end
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[i])
 end
 redis.call('SET', KEYS[2], ARGV[2])
+if turn then
+  redis.call('DEL', KEYS[3])
+end
 return {1, ARGV[2]}
 ";
+/// How long a replica that lost a race keeps the next turn (its retry is one round trip).
+const TURN_MS: u64 = 500;
 
 /// What this replica knows of the chain.
 struct Known {
@@ -63,6 +76,9 @@ pub struct RedisChain {
     conn: LazyConnection,
     stream: String,
     head_key: String,
+    turn_key: String,
+    /// Names this instance in the turn key.
+    id: String,
     script: LuaScript,
     /// Held across an append, so this replica's batches are chained in the order they arrived.
     known: tokio::sync::Mutex<Known>,
@@ -81,6 +97,8 @@ impl RedisChain {
                 .map_err(anyhow::Error::msg)?,
             stream: stream.to_string(),
             head_key: head_key(stream),
+            turn_key: format!("{{{stream}}}:turn"),
+            id: instance_id(),
             script: LuaScript::new(APPEND),
             known: tokio::sync::Mutex::new(Known {
                 head: None,
@@ -156,9 +174,12 @@ impl RedisChain {
         let mut call = self.script.prepare_invoke();
         call.key(&self.stream)
             .key(&self.head_key)
+            .key(&self.turn_key)
             .arg(encode(expected))
             .arg(encode(next))
-            .arg(MAX_LEN);
+            .arg(MAX_LEN)
+            .arg(&self.id)
+            .arg(TURN_MS);
         for line in lines {
             call.arg(line);
         }
@@ -209,9 +230,36 @@ impl RedisChain {
             }
             match page.last() {
                 Some((id, _)) if page.len() == PAGE => from = format!("({id}"),
-                _ => return Ok(verifier),
+                _ => break,
             }
         }
+        self.check_trimmed(&mut c, verifier.first_seq()).await?;
+        Ok(verifier)
+    }
+
+    /// A stream that starts past record 1 must have been trimmed, which `MAXLEN ~` does only
+    /// once it holds at least [`MAX_LEN`] entries: a shorter one had its oldest records removed.
+    async fn check_trimmed(
+        &self,
+        c: &mut nexus_ratelimit_service::storage::RedisConnection,
+        first_seq: u64,
+    ) -> Result<(), String> {
+        if first_seq <= 1 {
+            return Ok(());
+        }
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(c)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        if len < MAX_LEN {
+            return Err(format!(
+                "record 1 (line 1): the stream starts at record {first_seq} but holds {len} entries, \
+                 fewer than it keeps ({MAX_LEN}): records 1 to {} were removed, not trimmed",
+                first_seq - 1
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -222,6 +270,17 @@ fn chain_lost(seen: &Head, found: &Head) -> Value {
         "last_seen": { "seq": seen.seq, "hash": seen.hash },
         "found_seq": found.seq,
     })
+}
+
+/// Unique enough among the replicas appending to one chain: host, process, and time.
+fn instance_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{host}-{}-{nanos}-{n}", std::process::id())
 }
 
 /// The head key, hash-tagged to the stream's slot: a key without braces hashes whole, so
@@ -297,6 +356,7 @@ mod tests {
         let _: () = redis::cmd("DEL")
             .arg(stream)
             .arg(head_key(stream))
+            .arg(format!("{{{stream}}}:turn"))
             .query_async(&mut c)
             .await
             .unwrap();
@@ -455,5 +515,37 @@ mod tests {
             .into_iter()
             .map(|(_, f)| serde_json::from_str(&f[0].1).unwrap())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_oldest_entries_removed_from_a_short_stream_are_named_not_taken_for_trimming() {
+        let stream = stream("head-removed");
+        let chain = RedisChain::new(REDIS, &stream).unwrap();
+        chain.append(batch("a", 0)).await.unwrap();
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("XDEL")
+            .arg(&stream)
+            .arg(&ids[0].0)
+            .arg(&ids[1].0)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let e = chain.verify().await.err().unwrap();
+        cleanup(REDIS, &stream).await;
+        assert_eq!(
+            e,
+            format!(
+                "record 1 (line 1): the stream starts at record 3 but holds 1 entries, fewer than \
+                 it keeps ({MAX_LEN}): records 1 to 2 were removed, not trimmed"
+            )
+        );
     }
 }

@@ -34,7 +34,6 @@ pub enum Store {
         mirror: Option<Mirror>,
     },
     /// A Redis stream every replica appends to (the controller in a cluster).
-    /// Boxed: the chain's connection and state outweigh a file's.
     Redis(Box<RedisChain>),
 }
 
@@ -72,6 +71,25 @@ impl Audit {
         let records = parse_batch(&body).inspect_err(|_| {
             self.refused.fetch_add(1, Ordering::Relaxed);
         })?;
+        self.append_records(records).await
+    }
+
+    /// Appends this process's own records (configuration changes) without waiting: the
+    /// reconciler does not stall on Redis. A failure is logged and counted as a refused batch.
+    pub fn record(self: &Arc<Self>, records: Vec<Value>) {
+        if records.is_empty() {
+            return;
+        }
+        let audit = self.clone();
+        tokio::spawn(async move {
+            let _ = audit.append_records(records).await;
+        });
+    }
+
+    async fn append_records(
+        self: &Arc<Self>,
+        records: Vec<Value>,
+    ) -> Result<Value, (StatusCode, String)> {
         let n = records.len() as u64;
         let stored = match &self.store {
             Store::File { .. } => {

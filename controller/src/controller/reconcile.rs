@@ -218,9 +218,7 @@ async fn apply_route(route: Arc<NexusRoute>, ctx: &Context) -> Result<Action, Er
         ctx.state.reports.wake();
         status::publish_transitions(&ctx.recorder, &route, &before, &status).await;
         let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
-        for event in status::bus_events(&ns, &name, &before, &status) {
-            ctx.events.publish(event);
-        }
+        announce(ctx, status::bus_events(&ns, &name, &before, &status));
     }
     applied?;
     Ok(requeue(&plan))
@@ -285,6 +283,20 @@ async fn cleanup_route(route: &NexusRoute, ctx: &Context) -> Result<(), Error> {
     ctx.forget_route(&route.uid().unwrap_or_default());
     let generation = route.metadata.generation;
     let deleted = Event::route(RouteStage::Deleted, &ns, &route.name_any(), generation);
-    ctx.events.publish(deleted);
+    announce(ctx, vec![deleted]);
     Ok(())
+}
+
+/// Configuration changes applied: audit records (when this replica serves the audit service)
+/// and events on the bus. Neither waits.
+fn announce(ctx: &Context, events: Vec<Event>) {
+    if let Some(audit) = ctx.state.audit.get() {
+        let records = events
+            .iter()
+            .map(|e| crate::audit::config_record(e, "nexus-controller"));
+        audit.record(records.collect());
+    }
+    for event in events {
+        ctx.events.publish(event);
+    }
 }

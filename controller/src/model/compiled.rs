@@ -6,7 +6,7 @@ use nexus_config::ratelimit::Descriptor;
 use nexus_config::ratelimit_filter::FailureModesByLimit;
 use nexus_config::router::{self, RetryPolicy};
 
-use crate::crd::ConnectionPool;
+use crate::crd::{ConnectionPool, RetryBudget};
 
 use super::cache::RuleCache;
 use super::resilience::Outlier;
@@ -27,6 +27,15 @@ pub struct CompiledRule {
     pub cache: Option<RuleCache>,
     /// The rule's guard policy, if any (also for its REST fallback).
     pub guard: Option<nexus_config::guard::GuardPolicy>,
+    /// REST to the gRPC `upstream` through the transcoder, and the REST twin to fail over to.
+    pub transcoding: Option<Transcoding>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcoding {
+    /// gRPC services whose `google.api.http` bindings are served.
+    pub services: Vec<String>,
+    pub failover: Option<ResolvedUpstream>,
 }
 
 /// A route's rate limits: one descriptor per router rule that limits, and the failure modes
@@ -60,17 +69,22 @@ pub struct CompiledRoute {
     pub rate_limits: RouteLimits,
     pub outlier: Outlier,
     pub pool: ConnectionPool,
+    pub retry_budget: Option<RetryBudget>,
     pub fail_open: bool,
     /// Number of CRD rules.
     pub rule_count: u32,
 }
 
 impl CompiledRoute {
-    /// Every upstream the route sends to: each rule's, then the default category's.
+    /// Every upstream the route sends to: each rule's (and its REST failover), then the
+    /// default category's.
     pub fn upstreams(&self) -> impl Iterator<Item = &ResolvedUpstream> {
         self.rules
             .iter()
-            .map(|rule| &rule.upstream)
+            .flat_map(|rule| {
+                let failover = rule.transcoding.as_ref().and_then(|t| t.failover.as_ref());
+                std::iter::once(&rule.upstream).chain(failover)
+            })
             .chain(self.default_upstream.iter().map(|(_, u, _)| u))
     }
 }

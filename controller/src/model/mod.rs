@@ -34,7 +34,7 @@ mod upstream;
 pub use auth::{auth_defaults, istio_cluster_for};
 pub use cache::RuleCache;
 pub use categories::SEED_PORT;
-pub use compiled::{CompiledRoute, CompiledRule, RouteLimits};
+pub use compiled::{CompiledRoute, CompiledRule, RouteLimits, Transcoding};
 pub use conflicts::{age_key, conflicts, created};
 pub use problem::{Problem, Reason};
 pub use resilience::{
@@ -85,6 +85,7 @@ pub fn compile(
         categories::default_upstream(&mut cx, spec.default_category.as_ref(), &categories);
     let outlier = resilience::outlier(&mut cx, spec.circuit_breaker.as_ref());
     let pool = resilience::pool(&mut cx, spec.connection_pool.as_ref());
+    let retry_budget = resilience::retry_budget(&mut cx, spec.retry_budget.as_ref());
 
     // Whatever the CRD-level checks missed, the filters' own validation catches.
     if cx.problems.is_empty() {
@@ -111,6 +112,7 @@ pub fn compile(
         rate_limits,
         outlier,
         pool,
+        retry_budget,
         fail_open: spec.failure_policy == Some(FailurePolicy::FailOpen),
         rule_count: spec.rules.len() as u32,
     })

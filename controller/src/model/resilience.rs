@@ -3,7 +3,7 @@
 use nexus_config::router::RetryPolicy;
 use nexus_config::Validate;
 
-use crate::crd::{CircuitBreaker, ConnectionPool, Retries};
+use crate::crd::{CircuitBreaker, ConnectionPool, Retries, RetryBudget};
 
 use super::problem::Ctx;
 
@@ -105,4 +105,13 @@ pub(super) fn pool(cx: &mut Ctx, pool: Option<&ConnectionPool>) -> ConnectionPoo
         cx.duration(&Some(t.clone()), "$.spec.connectionPool.connectTimeout");
     }
     pool
+}
+
+/// `spec.retryBudget` as given, once its percentage is one Envoy accepts.
+pub(super) fn retry_budget(cx: &mut Ctx, budget: Option<&RetryBudget>) -> Option<RetryBudget> {
+    let b = budget?;
+    if !(b.percent > 0.0 && b.percent <= 100.0) {
+        cx.bad("$.spec.retryBudget.percent", "must be in (0, 100]");
+    }
+    Some(b.clone())
 }

@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use nexus_config::ratelimit::Descriptor;
 use nexus_config::router::{self, HeaderMatch, PathMatch, RequestMatch, RetryPolicy};
 
-use crate::crd::{RestFallback, Rule};
+use crate::crd::{GrpcTranscoding, Protocol, RestFallback, Rule};
 
 use super::auth::RouteAuth;
 use super::categories::Category;
-use super::compiled::{CompiledRule, RouteLimits};
+use super::compiled::{CompiledRule, RouteLimits, Transcoding};
 use super::problem::Ctx;
 use super::syntax::is_dns_label;
-use super::upstream::{self, Tokens};
+use super::upstream::{self, ResolvedUpstream, Tokens};
 use super::{cache, guard, matching, ratelimit, resilience};
 
 /// What rules inherit from the route.
@@ -46,6 +46,13 @@ pub(super) fn compile(
         };
         for (c, path) in these.iter().zip(["upstream", "restFallback.upstream"]) {
             tokens.claim(cx, &c.upstream, format!("{at}.{path}"));
+        }
+        if let Some(u) = these[0]
+            .transcoding
+            .as_ref()
+            .and_then(|t| t.failover.as_ref())
+        {
+            tokens.claim(cx, u, format!("{at}.grpcTranscoding.restFailover"));
         }
         let requirement = auth.for_rule(cx, r.auth.as_ref(), &at);
         for c in &these {
@@ -126,6 +133,10 @@ fn compile_rule(
         .guard
         .as_ref()
         .and_then(|g| guard::compile(cx, g, &format!("{at}.guard")));
+    let transcoding = r
+        .grpc_transcoding
+        .as_ref()
+        .map(|t| transcoding(cx, t, &upstream, &format!("{at}.grpcTranscoding")));
     let rule = CompiledRule {
         name: name.clone(),
         router: router::RouteRule {
@@ -142,6 +153,7 @@ fn compile_rule(
         per_try_timeout_ms: per_try,
         cache,
         guard,
+        transcoding,
     };
     let fallback = r
         .rest_fallback
@@ -185,5 +197,42 @@ fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str)
         per_try_timeout_ms: grpc.per_try_timeout_ms,
         cache: grpc.cache.clone(),
         guard: grpc.guard.clone(),
+        transcoding: None,
+    }
+}
+
+/// The gRPC upstream must speak gRPC and the services must be in the descriptor set built
+/// from `proto/` (what the transcoder is given).
+fn transcoding(
+    cx: &mut Ctx,
+    t: &GrpcTranscoding,
+    grpc: &ResolvedUpstream,
+    at: &str,
+) -> Transcoding {
+    if grpc.protocol != Protocol::GRPC {
+        cx.bad(at, "grpcTranscoding needs an upstream with protocol GRPC");
+    }
+    if t.services.is_empty() {
+        cx.bad(format!("{at}.services"), "name at least one gRPC service");
+    }
+    let known = nexus_proto::transcodable_services();
+    for (i, s) in t.services.iter().enumerate() {
+        if !known.contains(s) {
+            cx.bad(
+                format!("{at}.services[{i}]"),
+                format!(
+                    "{s:?} is not in the descriptor set built from proto/ (known: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    let failover = t
+        .rest_failover
+        .as_ref()
+        .map(|u| upstream::resolve(cx, u, &format!("{at}.restFailover")));
+    Transcoding {
+        services: t.services.clone(),
+        failover,
     }
 }

@@ -1,6 +1,6 @@
 //! A group's routes merged into each filter's configuration.
 
-use nexus_config::audit::AuditSink;
+use nexus_config::audit::{AuditSink, OnUnavailable};
 use nexus_config::auth::AuthConfig;
 use nexus_config::cache::{CacheConfig, CacheRule, CacheService};
 use nexus_config::contract;
@@ -189,6 +189,24 @@ pub struct ServiceClusters {
     /// Cluster of the audit service auth, ratelimit and guard send their decisions to;
     /// `None`: they only count them (a cluster without `--audit-port`).
     pub audit: Option<String>,
+    /// What proxies do while the audit service does not take records. `refuse` applies to
+    /// nexus-guard; auth and ratelimit buffer instead (auth cannot refuse yet, and ratelimit
+    /// records only refusals).
+    pub audit_on_unavailable: OnUnavailable,
+}
+
+impl ServiceClusters {
+    /// The audit sink of a filter that can (`refuses`) or cannot fail closed.
+    fn audit_sink(&self, refuses: bool) -> Option<AuditSink> {
+        let on_unavailable = match self.audit_on_unavailable {
+            OnUnavailable::Refuse if !refuses => OnUnavailable::Buffer,
+            other => other,
+        };
+        self.audit.clone().map(|cluster| AuditSink {
+            on_unavailable,
+            ..AuditSink::new(cluster)
+        })
+    }
 }
 
 /// Each filter (in [`FILTERS`] order) with its plugin configuration (JSON text): what both
@@ -213,10 +231,10 @@ pub fn filter_configurations(
         // `ratelimit.reset`s ride the cache service's event stream, as session revocations
         // do; a filter without limits remembers nothing to clear.
         resets_cluster: (!cfg.ratelimit.descriptors.is_empty()).then(|| services.cache.clone()),
-        audit: services.audit.clone().map(AuditSink::new),
+        audit: services.audit_sink(false),
     };
     let mut auth = AuthConfig {
-        audit: services.audit.clone().map(AuditSink::new),
+        audit: services.audit_sink(false),
         ..cfg.auth.clone()
     };
     if let Some(s) = &mut auth.sessions {
@@ -233,7 +251,7 @@ pub fn filter_configurations(
     ];
     if !cfg.guard.rules.is_empty() {
         let guard = GuardConfig {
-            audit: services.audit.clone().map(AuditSink::new),
+            audit: services.audit_sink(true),
             ..cfg.guard.clone()
         };
         out.push(("guard", serde_json::to_string(&guard)?));

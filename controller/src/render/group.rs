@@ -71,6 +71,7 @@ pub fn render_group(
                 settings.controller_namespace
             )
         }),
+        audit_on_unavailable: settings.audit_on_unavailable,
     };
     let fail_open = routes.iter().any(|r| r.fail_open);
     let mut patches = Vec::new();
@@ -88,6 +89,10 @@ pub fn render_group(
             settings,
         )?);
     }
+    patches.extend(super::transcoding::mesh_patches(
+        patch_context(group.kind),
+        routes,
+    ));
     if let Some(bytes) = cfg.buffer_limit_bytes() {
         patches.push(buffer_limit_patch(group.kind, bytes));
     }

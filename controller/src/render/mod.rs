@@ -12,6 +12,7 @@
 mod configs;
 mod group;
 mod route;
+pub mod transcoding;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,18 @@ pub fn filters_disabled<'a>(names: impl Iterator<Item = &'a str>) -> Value {
         .map(|n| (n.to_string(), off.clone()))
         .collect();
     Value::Object(map)
+}
+
+/// A route's circuit breaker as Envoy's cluster `outlier_detection` (where Istio does not
+/// render it: `nexus up`'s clusters, the transcoding hops).
+pub fn envoy_outlier_detection(o: &crate::model::Outlier) -> Value {
+    let d = |ms: u64| format!("{}.{:03}s", ms / 1000, ms % 1000);
+    json!({
+        "consecutive_5xx": o.consecutive_errors,
+        "interval": d(o.interval_ms),
+        "base_ejection_time": d(o.base_ejection_ms),
+        "max_ejection_percent": o.max_ejection_percent,
+    })
 }
 
 pub const FIELD_MANAGER: &str = "nexus-controller";
@@ -90,6 +103,9 @@ pub struct Settings {
     /// The port of the controller's audit service on the `nexus-controller` Service: the
     /// filters send their audit records there ([`crate::audit`]); none: they only count them.
     pub audit_port: Option<u16>,
+    /// What proxies do while the audit service does not take records (see
+    /// [`configs::ServiceClusters::audit_on_unavailable`]).
+    pub audit_on_unavailable: nexus_config::audit::OnUnavailable,
 }
 
 impl Settings {

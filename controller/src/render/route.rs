@@ -151,6 +151,9 @@ fn traffic_policy(r: &CompiledRoute, u: &ResolvedUpstream) -> Value {
     if let Some(v) = p.max_requests_per_connection {
         h.insert("maxRequestsPerConnection".into(), json!(v));
     }
+    if let Some(v) = p.max_retries {
+        h.insert("maxRetries".into(), json!(v));
+    }
     if matches!(u.protocol, Protocol::GRPC | Protocol::HTTP2) {
         h.insert("h2UpgradePolicy".into(), json!("UPGRADE"));
     }
@@ -170,6 +173,13 @@ fn traffic_policy(r: &CompiledRoute, u: &ResolvedUpstream) -> Value {
     });
     if pool.as_object().is_some_and(|m| !m.is_empty()) {
         policy["connectionPool"] = pool;
+    }
+    if let Some(b) = &r.retry_budget {
+        let mut rb = json!({ "percent": b.percent });
+        if let Some(m) = b.min_retry_concurrency {
+            rb["minRetryConcurrency"] = json!(m);
+        }
+        policy["retryBudget"] = rb;
     }
     policy
 }

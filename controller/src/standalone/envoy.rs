@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::crd::Protocol;
 use crate::model::{CompiledRoute, GroupKey, Outlier};
-use crate::render::{self, GroupConfigs, ServiceClusters, FILTERS};
+use crate::render::{self, transcoding, GroupConfigs, ServiceClusters, FILTERS};
 use crate::standalone::gateway::GatewaySpec;
 use nexus_config::contract;
 
@@ -51,8 +51,8 @@ pub fn log_args() -> [&'static str; 4] {
 /// Where the things Envoy connects to are.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
-    /// Upstream token (Service name) → `host:port` it is reached at.
-    pub upstreams: BTreeMap<String, (String, u16)>,
+    /// Upstream token (Service name) → the `host:port`s it is reached at.
+    pub upstreams: BTreeMap<String, Vec<(String, u16)>>,
     pub ratelimit: SocketAddr,
     /// The cache-coherency service (nexus.cache.v1).
     pub cache: SocketAddr,
@@ -100,6 +100,11 @@ pub fn bootstrap(admin_port: u16, lds: &Path, cds: &Path) -> Value {
         "node": { "id": crate::enforcement::local::NODE, "cluster": "nexus" },
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
         "dynamic_resources": { "lds_config": watched(lds), "cds_config": watched(cds) },
+        // Internal listeners: the transcoding hops of `grpcTranscoding` rules.
+        "bootstrap_extensions": [{
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener" },
+        }],
         "stats_config": { "stats_tags": filter_stat_tags() },
     })
 }
@@ -155,6 +160,7 @@ pub fn render(
         cache_writer: Some("nexus-up".to_string()),
         sessions: SESSIONS_CLUSTER.to_string(),
         audit: Some(AUDIT_CLUSTER.to_string()),
+        audit_on_unavailable: gateway.audit.on_unavailable,
     };
     let mut http_filters = Vec::new();
     let mut filters = crate::enforcement::verdict::Expected::new();
@@ -202,11 +208,19 @@ pub fn render(
     }
 
     let clusters = clusters_of(routes, &configs, endpoints);
+    let mut listeners = vec![listener];
+    for r in routes {
+        listeners.extend(
+            r.rules
+                .iter()
+                .filter_map(|rule| transcoding::hop_listener(rule, &rule.upstream.token)),
+        );
+    }
     Ok(Resources {
         listeners: discovery_response(
             version,
             "type.googleapis.com/envoy.config.listener.v3.Listener",
-            vec![listener],
+            listeners,
         ),
         clusters: discovery_response(
             version,
@@ -232,20 +246,29 @@ fn clusters_of(
             if clusters.contains_key(&u.token) {
                 continue;
             }
-            let (host, port) = endpoints
+            let hosts = endpoints
                 .upstreams
                 .get(&u.token)
                 .cloned()
-                .unwrap_or_else(|| (u.token.clone(), u.port));
-            let mut c = cluster(&u.token, &host, port, r.pool.connect_timeout.as_deref());
+                .unwrap_or_else(|| vec![(u.token.clone(), u.port)]);
+            let mut c = cluster_of(&u.token, &hosts, r.pool.connect_timeout.as_deref());
             c["outlier_detection"] = outlier(&r.outlier);
-            if let Some(t) = circuit_breakers(&r.pool) {
+            if let Some(t) = circuit_breakers(&r.pool, r.retry_budget.as_ref()) {
                 c["circuit_breakers"] = t;
             }
             let http2 = matches!(u.protocol, Protocol::GRPC | Protocol::HTTP2);
             c["typed_extension_protocol_options"] =
                 protocol_options(http2, r.pool.max_requests_per_connection);
             clusters.insert(u.token.clone(), c);
+        }
+        for rule in &r.rules {
+            let Some(t) = &rule.transcoding else { continue };
+            let hop = transcoding::hop_cluster(&rule.name, outlier(&r.outlier));
+            clusters.insert(transcoding::hop_name(&rule.name), hop);
+            if let Some(rest) = &t.failover {
+                let agg = transcoding::aggregate_cluster(&rule.name, &rest.token);
+                clusters.insert(transcoding::failover_name(&rule.name), agg);
+            }
         }
     }
     for provider in configs.auth.providers.values() {
@@ -311,22 +334,32 @@ fn routes_of(routes: &[&CompiledRoute]) -> Vec<Value> {
                 // As in the VirtualService: what any method may be retried on.
                 "retry_on": rule.retry.any_method_retry_on(),
                 "num_retries": rule.retry.max_retries,
+                // A retry goes to another host when there is one, as Istio renders every
+                // VirtualService retry: the host that just failed is the likeliest to fail again.
+                "retry_host_predicate": [{
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" },
+                }],
+                "host_selection_retry_max_attempts": 5,
             });
             if let Some(t) = rule.per_try_timeout_ms {
                 retry["per_try_timeout"] = json!(duration(t));
             }
-            out.push(json!({
+            let mut route = json!({
                 "name": rule.name,
                 "match": { "prefix": "/", "headers": [
                     header_exact(contract::RULE, &rule.name),
                     header_exact(contract::UPSTREAM, &rule.upstream.token),
                 ]},
-                "route": {
-                    "cluster": rule.upstream.token,
-                    "timeout": duration(rule.timeout_ms),
-                    "retry_policy": retry,
-                },
-            }));
+            });
+            transcoding::failover_route(rule, &mut route, &mut retry);
+            let cluster = transcoding::route_cluster(rule).unwrap_or(rule.upstream.token.clone());
+            route["route"] = json!({
+                "cluster": cluster,
+                "timeout": duration(rule.timeout_ms),
+                "retry_policy": retry,
+            });
+            out.push(route);
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -407,17 +440,30 @@ fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
 
 /// A cluster of one endpoint: STATIC for an IP, STRICT_DNS for a name.
 fn cluster(name: &str, host: &str, port: u16, connect_timeout: Option<&str>) -> Value {
-    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    cluster_of(name, &[(host.to_string(), port)], connect_timeout)
+}
+
+/// A cluster of `hosts`: STATIC when they are all IPs, STRICT_DNS otherwise.
+fn cluster_of(name: &str, hosts: &[(String, u16)], connect_timeout: Option<&str>) -> Value {
+    let all_ips = hosts
+        .iter()
+        .all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
     let timeout = connect_timeout
         .and_then(crate::model::parse_duration_ms)
         .unwrap_or(1_000);
+    let lb_endpoints: Vec<Value> = hosts
+        .iter()
+        .map(|(host, port)| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": host, "port_value": port,
+            }}}})
+        })
+        .collect();
     json!({
         "name": name,
-        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": duration(timeout),
-        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
-            "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } }
-        }]}]},
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": lb_endpoints }]},
     })
 }
 
@@ -438,16 +484,24 @@ fn protocol_options(http2: bool, max_requests_per_connection: Option<u32>) -> Va
 
 /// The seed's circuit breaker (5 consecutive 5xx → 60 s ejection) as outlier detection.
 fn outlier(o: &Outlier) -> Value {
-    json!({
-        "consecutive_5xx": o.consecutive_errors,
-        "interval": duration(o.interval_ms),
-        "base_ejection_time": duration(o.base_ejection_ms),
-        "max_ejection_percent": o.max_ejection_percent,
-    })
+    render::envoy_outlier_detection(o)
 }
 
-fn circuit_breakers(p: &crate::crd::ConnectionPool) -> Option<Value> {
+fn circuit_breakers(
+    p: &crate::crd::ConnectionPool,
+    budget: Option<&crate::crd::RetryBudget>,
+) -> Option<Value> {
     let mut t = serde_json::Map::new();
+    if let Some(v) = p.max_retries {
+        t.insert("max_retries".into(), json!(v));
+    }
+    if let Some(b) = budget {
+        let mut rb = json!({ "budget_percent": { "value": b.percent } });
+        if let Some(m) = b.min_retry_concurrency {
+            rb["min_retry_concurrency"] = json!(m);
+        }
+        t.insert("retry_budget".into(), rb);
+    }
     if let Some(v) = p.max_connections {
         t.insert("max_connections".into(), json!(v));
     }
@@ -533,7 +587,7 @@ mod tests {
         let refs: Vec<&CompiledRoute> = routes.iter().collect();
         let endpoints = Endpoints {
             sessions: "127.0.0.1:8090".parse().unwrap(),
-            upstreams: [("lake".to_string(), ("127.0.0.1".to_string(), 9001))].into(),
+            upstreams: [("lake".to_string(), vec![("127.0.0.1".to_string(), 9001)])].into(),
             ratelimit: "127.0.0.1:9100".parse().unwrap(),
             cache: "127.0.0.1:9101".parse().unwrap(),
             audit: "127.0.0.1:9102".parse().unwrap(),
@@ -591,6 +645,83 @@ mod tests {
         assert!(rls["typed_extension_protocol_options"]
             .to_string()
             .contains("http2_protocol_options"));
+    }
+
+    #[test]
+    fn retry_budget_pool_limits_and_per_try_timeout_reach_envoy() {
+        let (mut routes, gateway) = example();
+        routes[0].retry_budget = Some(crate::crd::RetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: Some(2),
+        });
+        routes[0].pool.max_retries = Some(7);
+        routes[0].pool.http1_max_pending_requests = Some(1);
+        routes[0].rules[0].per_try_timeout_ms = Some(250);
+        let r = render_example(&routes, &gateway);
+        let lake = r.clusters["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "lake")
+            .unwrap();
+        let t = &lake["circuit_breakers"]["thresholds"][0];
+        assert_eq!(t["retry_budget"]["budget_percent"]["value"], 20.0);
+        assert_eq!(t["retry_budget"]["min_retry_concurrency"], 2);
+        assert_eq!(t["max_retries"], 7);
+        assert_eq!(t["max_pending_requests"], 1);
+        let vhost_routes = &r.listeners["resources"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        let rule = vhost_routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == routes[0].rules[0].name.as_str())
+            .unwrap();
+        assert_eq!(rule["route"]["retry_policy"]["per_try_timeout"], "0.250s");
+    }
+
+    #[test]
+    fn a_transcoding_rule_gets_a_hop_listener_and_an_aggregate_cluster() {
+        let (mut routes, gateway) = example();
+        let rule = &mut routes[0].rules[0];
+        rule.upstream.protocol = Protocol::GRPC;
+        let mut rest = rule.upstream.clone();
+        rest.token = "lake-rest".to_string();
+        rule.transcoding = Some(crate::model::Transcoding {
+            services: vec!["datapunk.lake.v1.Lake".to_string()],
+            failover: Some(rest),
+        });
+        let name = rule.name.clone();
+        let r = render_example(&routes, &gateway);
+        let listeners = r.listeners["resources"].as_array().unwrap();
+        let hop = listeners
+            .iter()
+            .find(|l| l["name"] == format!("transcode.{name}"))
+            .unwrap();
+        assert!(hop["internal_listener"].is_object());
+        let clusters = r.clusters["resources"].as_array().unwrap();
+        let agg = clusters
+            .iter()
+            .find(|c| c["name"] == format!("failover.{name}"))
+            .unwrap();
+        assert_eq!(
+            agg["cluster_type"]["typed_config"]["clusters"],
+            json!([format!("transcode.{name}"), "lake-rest"])
+        );
+        assert!(clusters.iter().any(|c| c["name"] == "lake-rest"));
+        let route = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(route["route"]["cluster"], format!("failover.{name}"));
+        let b = bootstrap(9901, Path::new("/s/lds.json"), Path::new("/s/cds.json"));
+        assert_eq!(
+            b["bootstrap_extensions"][0]["name"],
+            "envoy.bootstrap.internal_listener"
+        );
     }
 
     #[test]

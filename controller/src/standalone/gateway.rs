@@ -30,8 +30,10 @@ pub struct GatewaySpec {
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     /// Where each upstream Service (by name, as in a rule's `upstream.service` or a seed
-    /// category: `lake`, `stream`, `cortex`, `forge`) is reached: `host:port`. A Service not
-    /// listed is resolved as `<service>:<port>` by DNS, unless `demoUpstreams` is on.
+    /// category: `lake`, `stream`, `cortex`, `forge`) is reached: `host:port`, or several
+    /// comma-separated (`127.0.0.1:9001,127.0.0.1:9002`: endpoints of one cluster, balanced
+    /// round robin, each ejected on its own by the circuit breaker). A Service not listed is
+    /// resolved as `<service>:<port>` by DNS, unless `demoUpstreams` is on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, String>,
     /// Start a small echo server for every Service not listed in `services`: it answers with
@@ -46,6 +48,20 @@ pub struct GatewaySpec {
     /// version, optional client CA (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The audit log: what proxies do while its service does not take records.
+    #[serde(default)]
+    pub audit: AuditSpec,
+}
+
+/// The gateway's audit settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditSpec {
+    /// `buffer` (keep records, send them again; the default), `drop` (count them lost) or
+    /// `refuse` (nexus-guard answers 503 to the requests it guards until records are taken
+    /// again; auth and ratelimit buffer).
+    #[serde(default)]
+    pub on_unavailable: nexus_config::audit::OnUnavailable,
 }
 
 fn default_listen() -> SocketAddr {
@@ -72,6 +88,7 @@ impl Default for GatewaySpec {
             demo_upstreams: false,
             welcome: None,
             tls: None,
+            audit: AuditSpec::default(),
         }
     }
 }
@@ -156,9 +173,9 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
         tls.resolve(dir, &mut problems);
     }
     for (name, addr) in &gateway.services {
-        if split_host_port(addr).is_none() {
+        if split_hosts(addr).is_none() {
             problems.push(format!(
-                "NexusGateway: $.spec.services.{name}: {addr:?} is not host:port"
+                "NexusGateway: $.spec.services.{name}: {addr:?} is not host:port[,host:port...]"
             ));
         }
     }
@@ -167,6 +184,14 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Snapshot> {
         inputs,
         problems,
     })
+}
+
+/// `host:port[,host:port...]` split, or none if any of them is not `host:port`.
+pub fn split_hosts(addrs: &str) -> Option<Vec<(String, u16)>> {
+    addrs
+        .split(',')
+        .map(|a| split_host_port(a.trim()))
+        .collect()
 }
 
 /// `host:port` (IPv6 in brackets) split, or none.
@@ -246,8 +271,38 @@ spec:
         let s = read_dir(dir.path()).unwrap();
         assert_eq!(
             s.problems,
-            vec!["NexusGateway: $.spec.services.lake: \"lake.internal\" is not host:port"]
+            vec![
+                "NexusGateway: $.spec.services.lake: \"lake.internal\" is not host:port[,host:port...]"
+            ]
         );
+        assert_eq!(
+            split_hosts("127.0.0.1:1, 127.0.0.1:2"),
+            Some(vec![("127.0.0.1".into(), 1), ("127.0.0.1".into(), 2)])
+        );
+        assert_eq!(split_hosts("127.0.0.1:1,nope"), None);
         assert_eq!(split_host_port("[::1]:9000"), Some(("::1".into(), 9000)));
+    }
+
+    #[test]
+    fn the_audit_outage_mode_is_read_and_a_wrong_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "route.yaml", ROUTE);
+        let gateway = |mode: &str| {
+            let text = format!("kind: NexusGateway\nspec:\n  audit: {{onUnavailable: {mode}}}\n");
+            write(dir.path(), "gateway.yaml", &text);
+            read_dir(dir.path()).unwrap()
+        };
+        let s = gateway("refuse");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(
+            s.gateway.audit.on_unavailable,
+            nexus_config::audit::OnUnavailable::Refuse
+        );
+        let s = gateway("halt");
+        let all = s.problems.join("\n");
+        assert!(
+            all.contains("$.spec.audit.onUnavailable: unknown variant `halt`"),
+            "{all}"
+        );
     }
 }

@@ -167,7 +167,7 @@ pub async fn up(opts: Options) -> Result<ExitCode> {
     )
     .await?;
     nexus.serving(envoy.admin, &opts);
-    announce(&nexus.events, &[], &config, gateway.version);
+    announce(&nexus, &[], &config, gateway.version);
 
     // Each Envoy worker's cache filter uses its local cache only once its event stream is
     // live (and flushes it when the stream comes up); warming before that would fill nothing.
@@ -466,7 +466,7 @@ impl Gateway {
                     "applied version {version}: {} route(s), {rules} rule(s)",
                     next.routes.len()
                 );
-                announce(&nexus.events, &config.routes, next, version);
+                announce(nexus, &config.routes, next, version);
                 let categories = crate::request_metrics::categories(&next.routes);
                 self.requests.declare(categories.iter().map(String::as_str));
                 warm(next).await;
@@ -607,12 +607,15 @@ fn start_bus(
 }
 
 /// Events for version `version` now serving: each route programmed, each route gone since
-/// `before` deleted, then the configuration applied. Never waits (see `Events::publish`).
-fn announce(events: &Events, before: &[CompiledRoute], config: &Config, version: u64) {
+/// `before` deleted, then the configuration applied; on the bus and as audit records. Never
+/// waits (see `Events::publish`, `Audit::record`).
+fn announce(nexus: &Nexus, before: &[CompiledRoute], config: &Config, version: u64) {
+    let mut announced = Vec::new();
+    let mut publish = |e: Event| announced.push(e);
     let same =
         |a: &CompiledRoute, b: &CompiledRoute| a.namespace == b.namespace && a.name == b.name;
     for r in &config.routes {
-        events.publish(Event::route(
+        publish(Event::route(
             RouteStage::Programmed,
             &r.namespace,
             &r.name,
@@ -623,7 +626,7 @@ fn announce(events: &Events, before: &[CompiledRoute], config: &Config, version:
         .iter()
         .filter(|r| !config.routes.iter().any(|n| same(r, n)))
     {
-        events.publish(Event::route(
+        publish(Event::route(
             RouteStage::Deleted,
             &gone.namespace,
             &gone.name,
@@ -631,11 +634,20 @@ fn announce(events: &Events, before: &[CompiledRoute], config: &Config, version:
         ));
     }
     let rules = config.routes.iter().map(|r| r.rules.len()).sum::<usize>();
-    events.publish(Event::ConfigApplied(nexus_events::event::ConfigData {
+    publish(Event::ConfigApplied(nexus_events::event::ConfigData {
         version,
         routes: u32::try_from(config.routes.len()).unwrap_or(u32::MAX),
         rules: u32::try_from(rules).unwrap_or(u32::MAX),
     }));
+    if let Some(audit) = nexus.state.audit.get() {
+        let records = announced
+            .iter()
+            .map(|e| crate::audit::config_record(e, "nexus-up"));
+        audit.record(records.collect());
+    }
+    for e in announced {
+        nexus.events.publish(e);
+    }
 }
 
 /// Waits (up to 10 s) until `streams` cache event streams are open on the service.
@@ -809,15 +821,15 @@ impl Upstreams {
         Ok(())
     }
 
-    fn addresses(&self, gateway: &GatewaySpec) -> BTreeMap<String, (String, u16)> {
-        let mut out: BTreeMap<String, (String, u16)> = self
+    fn addresses(&self, gateway: &GatewaySpec) -> BTreeMap<String, Vec<(String, u16)>> {
+        let mut out: BTreeMap<String, Vec<(String, u16)>> = self
             .demo
             .iter()
-            .map(|(k, a)| (k.clone(), (a.ip().to_string(), a.port())))
+            .map(|(k, a)| (k.clone(), vec![(a.ip().to_string(), a.port())]))
             .collect();
         for (k, v) in &gateway.services {
-            if let Some(hp) = gateway::split_host_port(v) {
-                out.insert(k.clone(), hp);
+            if let Some(hosts) = gateway::split_hosts(v) {
+                out.insert(k.clone(), hosts);
             }
         }
         out

@@ -6,7 +6,6 @@
 //! its access log service when given, anything else to a closed port. No istiod runs here; this is the part of its job the test needs.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -20,6 +19,8 @@ pub struct ControllerPorts {
     pub modules: u16,
     /// `--access-log-port`, when the controller serves it.
     pub access_log: Option<u16>,
+    /// `--audit-port`, when the controller serves it (HTTP/1, like 8080).
+    pub audit: Option<u16>,
 }
 
 /// A running Envoy; killed on drop.
@@ -150,13 +151,14 @@ fn mesh_clusters(ef: &Value) -> BTreeSet<String> {
 }
 
 fn cluster(name: &str, source_ip: &str, ports: &ControllerPorts) -> Value {
-    let port = match name.split('|').nth(1) {
-        Some("8080") => ports.http,
-        Some("8082") => ports.modules,
-        Some(p) if ports.access_log.is_some_and(|a| a.to_string() == p) => {
-            ports.access_log.unwrap_or(1)
-        }
-        _ => 1,
+    let is = |port: Option<u16>, p: &str| port.is_some_and(|a| a.to_string() == p);
+    let service_port = name.split('|').nth(1).unwrap_or_default();
+    let (port, http1) = match service_port {
+        "8080" => (ports.http, true),
+        "8082" => (ports.modules, true),
+        p if is(ports.audit, p) => (ports.audit.unwrap_or(1), true),
+        p if is(ports.access_log, p) => (ports.access_log.unwrap_or(1), false),
+        _ => (1, false),
     };
     let mut c = json!({
         "name": name,
@@ -166,11 +168,7 @@ fn cluster(name: &str, source_ip: &str, ports: &ControllerPorts) -> Value {
         "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
             "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }] }] },
     });
-    if name
-        .split('|')
-        .nth(1)
-        .is_some_and(|p| p != "8080" && p != "8082")
-    {
+    if !http1 {
         // gRPC services (rate limit, cache): HTTP/2, unreachable here.
         c["typed_extension_protocol_options"] = json!({
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
