@@ -158,7 +158,8 @@ pub struct LeaderElection {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Redis {
-    /// Secret (release namespace) with the Redis URL; empty keeps counters in memory.
+    /// Secret (release namespace) with the Redis URL (`redis://host:6379`, or a Redis Cluster's
+    /// seeds as `redis+cluster://host1:6379,host2:6379`); empty keeps counters in memory.
     pub existing_secret: String,
     /// Key of the URL in that Secret.
     #[schemars(length(min = 1))]

@@ -167,7 +167,8 @@ struct UpArgs {
     /// Nexus's health/metrics/modules server.
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Rate-limit counters in this Redis (else 127.0.0.1:6379 if it answers, else memory).
+    /// Rate-limit counters in this Redis (else 127.0.0.1:6379 if it answers, else memory):
+    /// `redis://host:6379`, or a Redis Cluster as `redis+cluster://host1:port1,host2:port2`.
     #[arg(long, env = "REDIS_URL", conflicts_with = "memory")]
     redis_url: Option<String>,
     /// Keep counters in memory even if Redis is available.
@@ -225,7 +226,8 @@ struct ControllerArgs {
     #[arg(long)]
     cache_addr: Option<SocketAddr>,
     /// Rate-limit counters and cache entries in Redis (shared by replicas); in memory
-    /// without it.
+    /// without it. `redis://host:6379`, or a Redis Cluster as
+    /// `redis+cluster://host1:port1,host2:port2`.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
     /// With --audit-port: the Redis stream holding the audit chain.

@@ -35,6 +35,7 @@ pub mod progress;
 pub mod prometheus;
 pub mod rabbitmq;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

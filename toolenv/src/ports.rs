@@ -22,13 +22,22 @@ pub fn free_port() -> Result<u16> {
 
 /// A free port p with p+1 free too (etcd's client and peer ports).
 pub fn free_port_pair() -> Result<u16> {
+    free_port_with_offset(1)
+}
+
+/// A free port p with p+`offset` free too, both claimed (a Redis Cluster node's client port
+/// and its cluster bus, which Redis puts at p+10000).
+pub fn free_port_with_offset(offset: u16) -> Result<u16> {
     for _ in 0..200 {
         let p = free_port()?;
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() && claim(p + 1) {
+        let Some(q) = p.checked_add(offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", q)).is_ok() && claim(q) {
             return Ok(p);
         }
     }
-    bail!("no free pair of loopback ports")
+    bail!("no free pair of loopback ports {offset} apart")
 }
 
 /// Records `port` as handed out; false if it already was.
@@ -54,5 +63,7 @@ mod tests {
         }
         let pair = free_port_pair().unwrap();
         assert!(seen.insert(pair) && seen.insert(pair + 1));
+        let bus = free_port_with_offset(10_000).unwrap();
+        assert!(seen.insert(bus) && seen.insert(bus + 10_000));
     }
 }

@@ -12,6 +12,16 @@
 //! copy outlives a lost event. Streams stay open while Redis is down: the replica is still
 //! there, and will flush again when its feed is back. A stream opened while the feed is down
 //! gets its `Hello` only once the feed is live (until then the filter keeps off its L1).
+//!
+//! On a Redis Cluster (`redis+cluster://`) a `PUBLISH` to any node reaches the subscribers of
+//! every node (classic pub/sub travels the cluster bus), so the subscriber holds one
+//! connection to one node and publishes go through the cluster connection. When its node
+//! fails (a failover), the connection breaks: the streams are flushed, and it subscribes
+//! again on the next seed node that answers (and flushes again), so a failover costs the
+//! filters their L1 copies, never a stale one. What remains: a message a node accepted and
+//! then crashed before forwarding over the cluster bus is lost for subscribers on other
+//! nodes without a break of their own connection (the L2 itself is correct: the
+//! invalidation was stored first, and only its event is lost).
 
 use std::time::Duration;
 
@@ -22,6 +32,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::storage::{LazyConnection, RedisNamespace, StorageError};
+use nexus_ratelimit_service::storage::RedisTarget;
 
 /// Events a slow stream may fall behind before it is flushed instead (see [`Bus::subscribe`]).
 const LOCAL_BACKLOG: usize = 4096;
@@ -103,7 +114,6 @@ impl Bus for MemoryBus {
 
 /// Every replica sharing a Redis (and a [`RedisNamespace`]).
 pub struct RedisBus {
-    client: redis::Client,
     invalidate_channel: String,
     update_channel: String,
     timeout: Duration,
@@ -128,22 +138,21 @@ impl RedisBus {
         namespace: &RedisNamespace,
         timeout: Duration,
     ) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
+        let target = RedisTarget::open(url).map_err(StorageError)?;
+        let nodes = subscribable(&target)?;
         let local = broadcast::channel(LOCAL_BACKLOG).0;
         let (live_tx, live) = watch::channel(false);
         let channels = [namespace.invalidate_channel(), namespace.update_channel()];
         let subscriber = tokio::spawn(follow(
-            client.clone(),
+            nodes,
             channels.clone(),
             timeout,
             local.clone(),
             live_tx,
         ));
         let [invalidate_channel, update_channel] = channels;
-        let publisher = LazyConnection::new(client.clone(), timeout);
+        let publisher = LazyConnection::to(target, timeout);
         Ok(Self {
-            client,
             invalidate_channel,
             update_channel,
             timeout,
@@ -193,8 +202,8 @@ impl Bus for RedisBus {
 
     fn describe(&self) -> String {
         format!(
-            "redis pub/sub at {} ({}, {})",
-            self.client.get_connection_info().addr(),
+            "{} pub/sub ({}, {})",
+            self.publisher.target().describe(),
             self.invalidate_channel,
             self.update_channel
         )
@@ -204,10 +213,25 @@ impl Bus for RedisBus {
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Where the subscriber may connect: the one Redis, or any seed node of a cluster.
+fn subscribable(target: &RedisTarget) -> Result<Vec<redis::Client>, StorageError> {
+    match target {
+        RedisTarget::Single(client) => Ok(vec![client.clone()]),
+        RedisTarget::Cluster { seeds, .. } => seeds
+            .iter()
+            .map(|seed| {
+                redis::Client::open(seed.as_str())
+                    .map_err(|e| StorageError(format!("redis seed {seed:?}: {e}")))
+            })
+            .collect(),
+    }
+}
+
 /// The replica's one pub/sub subscriber: subscribe, rebroadcast, and flush every local stream
-/// whenever the feed may have had a gap. Runs until the bus is dropped.
+/// whenever the feed may have had a gap. After a failed attempt or a lost connection it tries
+/// the next of `nodes` (a cluster's seeds). Runs until the bus is dropped.
 async fn follow(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     channels: [String; 2],
     timeout: Duration,
     local: broadcast::Sender<Event>,
@@ -215,7 +239,10 @@ async fn follow(
 ) {
     let mut retry = RETRY_MIN;
     let mut logged_down = false;
+    let mut next = 0;
     loop {
+        let client = &nodes[next % nodes.len()];
+        next += 1;
         let subscribed = match tokio::time::timeout(timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channels).await?;
@@ -233,14 +260,20 @@ async fn follow(
                     tracing::warn!("redis pub/sub unavailable ({why}); retrying");
                     logged_down = true;
                 }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
+                // Every node tried once: back off before the next round.
+                if next % nodes.len() == 0 {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
                 continue;
             }
         };
         retry = RETRY_MIN;
         logged_down = false;
-        tracing::info!("subscribed to redis channels {channels:?}");
+        // Stay on this node until it fails.
+        next -= 1;
+        let node = client.get_connection_info().addr().to_string();
+        tracing::info!("subscribed to redis channels {channels:?} at {node}");
         // Anything published before this moment may have been missed.
         let _ = local.send(flush(
             "subscribed to redis pub/sub: events before now may be lost",
@@ -248,8 +281,10 @@ async fn follow(
         let _ = live.send(true);
         let why = rebroadcast(pubsub, &local).await;
         let _ = live.send(false);
+        // A lost node is tried last (a failover: it is gone).
+        next += 1;
         tracing::warn!(
-            "redis pub/sub connection lost ({why}); flushing local subscribers and reconnecting"
+            "redis pub/sub connection to {node} lost ({why}); flushing local subscribers and reconnecting"
         );
         let _ = local.send(flush(format!(
             "redis pub/sub connection lost ({why}): events may be lost"

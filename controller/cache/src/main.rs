@@ -1,6 +1,6 @@
 //! `nexus-cache`: the cache-coherency service on its own (the controller binary hosts it too).
 //!
-//!   nexus-cache [--listen 127.0.0.1:8083] [--http-listen ADDR] [--redis-url redis://...]
+//!   nexus-cache [--listen 127.0.0.1:8083] [--http-listen ADDR] [--redis-url redis://...|redis+cluster://h1:p1,h2:p2]
 //!               [--redis-timeout-ms 100] [--max-value-bytes N] [--replica NAME]
 //!               [--watermark-ttl-ms 3600000] [--clock-skew-ms 0]
 //!

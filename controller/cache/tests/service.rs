@@ -1,5 +1,6 @@
 //! The service through its real gRPC server (and HTTP endpoint), every scenario on every
-//! backend (memory, and real Redis for both storage and events) by one macro.
+//! backend (memory, and real Redis or a real three-primary Redis Cluster for both storage and
+//! events) by one macro.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -45,6 +46,9 @@ macro_rules! every_backend {
         }
         mod redis {
             $( #[tokio::test] async fn $scenario() { super::$scenario(super::support::redis_service().await).await; } )*
+        }
+        mod redis_cluster {
+            $( #[tokio::test] async fn $scenario() { super::$scenario(super::support::cluster_service().await).await; } )*
         }
     };
 }

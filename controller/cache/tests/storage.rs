@@ -1,4 +1,5 @@
-//! Every storage scenario, run against every backend (memory and real Redis) by one macro.
+//! Every storage scenario, run against every backend (memory, real Redis, a real three-primary
+//! Redis Cluster) by one macro.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -50,6 +51,9 @@ macro_rules! every_backend {
         }
         mod redis {
             $( #[tokio::test] async fn $scenario() { super::$scenario(super::support::shared_redis_storage()).await; } )*
+        }
+        mod redis_cluster {
+            $( #[tokio::test] async fn $scenario() { super::$scenario(super::support::cluster_storage()).await; } )*
         }
     };
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nexus_ratelimit_service::storage::LazyConnection;
-use redis::aio::ConnectionManager;
+use nexus_ratelimit_service::storage::{LuaScript, RedisConnection};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("outbox: {0}")]
@@ -109,30 +109,26 @@ return n";
 
 /// A Redis list, connected lazily (the publisher starts while Redis is down).
 pub struct RedisOutbox {
-    client: redis::Client,
     key: String,
     capacity: usize,
     conn: LazyConnection,
-    push: redis::Script,
-    remove: redis::Script,
+    push: LuaScript,
+    remove: LuaScript,
 }
 
 impl RedisOutbox {
     /// `key` like `nexus:events:outbox:<deployment>`.
     pub fn new(url: &str, key: &str, capacity: usize) -> Result<Self, OutboxError> {
-        let client =
-            redis::Client::open(url).map_err(|e| OutboxError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
-            conn: LazyConnection::new(client.clone(), Duration::from_secs(2)),
-            client,
+            conn: LazyConnection::open(url, Duration::from_secs(2)).map_err(OutboxError)?,
             key: key.to_string(),
             capacity,
-            push: redis::Script::new(PUSH),
-            remove: redis::Script::new(REMOVE_HEAD),
+            push: LuaScript::new(PUSH),
+            remove: LuaScript::new(REMOVE_HEAD),
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, OutboxError> {
+    async fn connection(&self) -> Result<RedisConnection, OutboxError> {
         self.conn.get().await.map_err(OutboxError)
     }
 }
@@ -145,8 +141,8 @@ fn redis_error(e: redis::RedisError) -> OutboxError {
 impl Outbox for RedisOutbox {
     async fn push(&self, lines: &[String]) -> Result<usize, OutboxError> {
         let mut conn = self.connection().await?;
-        let mut inv = self.push.key(&self.key);
-        inv.arg(self.capacity);
+        let mut inv = self.push.prepare_invoke();
+        inv.key(&self.key).arg(self.capacity);
         for l in lines {
             inv.arg(l);
         }
@@ -167,7 +163,8 @@ impl Outbox for RedisOutbox {
 
     async fn remove_head(&self, confirmed: &[String]) -> Result<usize, OutboxError> {
         let mut conn = self.connection().await?;
-        let mut inv = self.remove.key(&self.key);
+        let mut inv = self.remove.prepare_invoke();
+        inv.key(&self.key);
         for l in confirmed {
             inv.arg(l);
         }
@@ -185,9 +182,9 @@ impl Outbox for RedisOutbox {
 
     fn describe(&self) -> String {
         format!(
-            "redis list {} at {} (capacity {})",
+            "redis list {} in {} (capacity {})",
             self.key,
-            self.client.get_connection_info().addr(),
+            self.conn.target().describe(),
             self.capacity
         )
     }

@@ -1,6 +1,6 @@
 //! `nexus-ratelimit`: the rate-limit service on its own (the controller binary hosts it too).
 //!
-//!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...]
+//!   nexus-ratelimit --config-dir DIR [--listen 127.0.0.1:8081] [--redis-url redis://...|redis+cluster://h1:p1,h2:p2]
 //!                   [--algorithm fixed-window|gcra] [--unknown-domain allow|deny|error]
 //!                   [--merge-domain-config] [--response-dynamic-metadata]
 //!                   [--config-poll-ms 1000]

@@ -26,8 +26,8 @@ pub struct Mirror {
 impl Mirror {
     /// Starts the copying task (connecting on first use, so Redis may be down at start).
     pub fn start(redis_url: &str, stream: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let conn = LazyConnection::new(client, Duration::from_secs(1));
+        let conn =
+            LazyConnection::open(redis_url, Duration::from_secs(1)).map_err(anyhow::Error::msg)?;
         let (tx, mut rx) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let (counted, stream) = (failures.clone(), stream.to_string());

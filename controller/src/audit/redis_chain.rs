@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nexus_ratelimit_service::storage::LazyConnection;
+use nexus_ratelimit_service::storage::{LazyConnection, LuaScript};
 use serde_json::{json, Value};
 
 use super::chain::{self, Head, Verifier};
@@ -79,7 +79,7 @@ pub struct RedisChain {
     turn_key: String,
     /// Names this instance in the turn key.
     id: String,
-    script: redis::Script,
+    script: LuaScript,
     /// Held across an append, so this replica's batches are chained in the order they arrived.
     known: tokio::sync::Mutex<Known>,
     /// Appends that lost a race to another replica and were linked again.
@@ -92,14 +92,14 @@ impl RedisChain {
     /// A chain in `stream` (the head beside it, in the same Redis Cluster slot). Connects on
     /// first use, so Redis may be down at start.
     pub fn new(redis_url: &str, stream: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)?;
         Ok(Self {
-            conn: LazyConnection::new(client, Duration::from_secs(2)),
+            conn: LazyConnection::open(redis_url, Duration::from_secs(2))
+                .map_err(anyhow::Error::msg)?,
             stream: stream.to_string(),
             head_key: head_key(stream),
             turn_key: format!("{{{stream}}}:turn"),
             id: instance_id(),
-            script: redis::Script::new(APPEND),
+            script: LuaScript::new(APPEND),
             known: tokio::sync::Mutex::new(Known {
                 head: None,
                 seen: Head::genesis(),
@@ -171,8 +171,9 @@ impl RedisChain {
         lines: &[String],
     ) -> Result<Option<Head>, String> {
         let mut c = self.conn.get().await?;
-        let mut call = self.script.key(&self.stream);
-        call.key(&self.head_key)
+        let mut call = self.script.prepare_invoke();
+        call.key(&self.stream)
+            .key(&self.head_key)
             .key(&self.turn_key)
             .arg(encode(expected))
             .arg(encode(next))
@@ -240,7 +241,7 @@ impl RedisChain {
     /// once it holds at least [`MAX_LEN`] entries: a shorter one had its oldest records removed.
     async fn check_trimmed(
         &self,
-        c: &mut redis::aio::ConnectionManager,
+        c: &mut nexus_ratelimit_service::storage::RedisConnection,
         first_seq: u64,
     ) -> Result<(), String> {
         if first_seq <= 1 {

@@ -18,15 +18,25 @@
 //!
 //! Puts and removals run as Lua scripts, so last-write-wins, the watermark check and the tag
 //! index stay consistent under concurrent writers. An invalidation first records its
-//! watermarks (one script), then removes. The scripts touch keys they compute from their
-//! arguments (tag sets, watermarks), so they assume one Redis (or a primary), not Redis Cluster. Prefix invalidation `SCAN`s the
-//! entry namespace. Every operation has a deadline: while Redis is down the service answers
-//! UNAVAILABLE quickly; the connection manager reconnects by itself when Redis returns.
+//! watermarks (one script), then removes. Prefix invalidation `SCAN`s the entry namespace.
+//! Every operation has a deadline: while Redis is down the service answers UNAVAILABLE
+//! quickly; the connection manager reconnects by itself when Redis returns.
+//!
+//! **Redis Cluster** (`redis+cluster://`): the key prefix is written as a hash tag
+//! (`{nexus:cache:}e:<key>`), so every key of one namespace is in one slot. The scripts touch
+//! keys they compute from their arguments (a put checks the watermarks of every prefix of its
+//! key and of its tags, and updates tag sets holding keys of any name), so they need the whole
+//! namespace on one node: on a cluster the cache gets failover, not sharding (several
+//! namespaces spread over several slots). Each script names a key of the namespace as `KEYS[1]`
+//! so the cluster client sends it to that slot's primary, and a prefix `SCAN` goes there too.
+//! On a cluster an invalidation ends with `WAIT 1`: it is acknowledged once a replica has it
+//! (or after the wait, when the primary has no replica left), so a failover right after it
+//! does not bring the invalidated entries back.
 
 use std::time::Duration;
 
 use nexus_proto::cache::{Entry, Invalidation, PutRequest, PutResponse};
-use redis::aio::ConnectionManager;
+use nexus_ratelimit_service::storage::{LuaScript, RedisConnection, RedisTarget};
 
 use super::{LazyConnection, Storage, StorageError, Watermark};
 
@@ -179,16 +189,21 @@ impl RedisNamespace {
         }
     }
 
+    /// `{<key_prefix>}`: the Redis Cluster hash tag every key of the namespace starts with.
+    pub fn hash_tag(&self) -> String {
+        format!("{{{}}}", self.key_prefix)
+    }
+
     pub fn entry_prefix(&self) -> String {
-        format!("{}e:", self.key_prefix)
+        format!("{}e:", self.hash_tag())
     }
 
     pub fn tag_prefix(&self) -> String {
-        format!("{}t:", self.key_prefix)
+        format!("{}t:", self.hash_tag())
     }
 
     pub fn watermark_prefix(&self) -> String {
-        format!("{}w:", self.key_prefix)
+        format!("{}w:", self.hash_tag())
     }
 
     pub fn invalidate_channel(&self) -> String {
@@ -201,41 +216,45 @@ impl RedisNamespace {
 }
 
 pub struct RedisStorage {
-    client: redis::Client,
     entry_prefix: String,
     tag_prefix: String,
     watermark_prefix: String,
     timeout: Duration,
     conn: LazyConnection,
-    put: redis::Script,
-    mark: redis::Script,
-    invalidate: redis::Script,
+    put: LuaScript,
+    mark: LuaScript,
+    invalidate: LuaScript,
 }
 
 impl RedisStorage {
-    /// `url` like `redis://127.0.0.1:6379/0`; `timeout` bounds every operation.
+    /// `url` like `redis://127.0.0.1:6379/0`, or a cluster's `redis+cluster://h1:p1,h2:p2`;
+    /// `timeout` bounds every operation.
     pub fn new(
         url: &str,
         namespace: &RedisNamespace,
         timeout: Duration,
     ) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
-        let conn = LazyConnection::new(client.clone(), timeout);
+        let target = RedisTarget::open(url).map_err(StorageError)?;
+        let conn = LazyConnection::to(target, timeout);
         Ok(Self {
-            client,
             entry_prefix: namespace.entry_prefix(),
             tag_prefix: namespace.tag_prefix(),
             watermark_prefix: namespace.watermark_prefix(),
             timeout,
             conn,
-            put: redis::Script::new(&format!("{LWW_LUA}{PUT_LUA}")),
-            mark: redis::Script::new(&format!("{LWW_LUA}{MARK_LUA}")),
-            invalidate: redis::Script::new(INVALIDATE_LUA),
+            put: LuaScript::new(&format!("{LWW_LUA}{PUT_LUA}")),
+            mark: LuaScript::new(&format!("{LWW_LUA}{MARK_LUA}")),
+            invalidate: LuaScript::new(INVALIDATE_LUA),
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StorageError> {
+    /// A key of the namespace (its slot is every key's slot): the scripts that compute their
+    /// keys name it as `KEYS[1]`, so a cluster client sends them to that slot's primary.
+    fn anchor(&self) -> String {
+        format!("{}plen", self.watermark_prefix)
+    }
+
+    async fn connection(&self) -> Result<RedisConnection, StorageError> {
         self.conn.get().await.map_err(StorageError)
     }
 
@@ -251,7 +270,7 @@ impl RedisStorage {
 
     async fn drop_keys(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         mode: &str,
         names: &[String],
     ) -> Result<u64, StorageError> {
@@ -259,7 +278,10 @@ impl RedisStorage {
             return Ok(0);
         }
         let mut call = self.invalidate.prepare_invoke();
-        call.arg(&self.entry_prefix).arg(&self.tag_prefix).arg(mode);
+        call.key(self.anchor())
+            .arg(&self.entry_prefix)
+            .arg(&self.tag_prefix)
+            .arg(mode);
         for name in names {
             call.arg(name);
         }
@@ -268,12 +290,13 @@ impl RedisStorage {
 
     async fn mark(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         selection: &Invalidation,
         watermark: Watermark,
     ) -> Result<(), StorageError> {
         let mut call = self.mark.prepare_invoke();
-        call.arg(&self.watermark_prefix)
+        call.key(self.anchor())
+            .arg(&self.watermark_prefix)
             .arg(watermark.at_ms.to_string())
             .arg(watermark.ttl_ms.max(1));
         for (kind, names) in [
@@ -291,7 +314,7 @@ impl RedisStorage {
 
     async fn scan_prefix(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         prefix: &str,
     ) -> Result<u64, StorageError> {
         let pattern = format!(
@@ -309,8 +332,12 @@ impl RedisStorage {
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .to_owned();
+            let anchor = self.anchor();
             let (next, found): (u64, Vec<String>) = self
-                .bounded(async { scan.query_async(&mut *conn).await.map_err(redis_error) })
+                .bounded(async {
+                    let scanned = conn.query_at_key(&scan, &anchor).await;
+                    scanned.map_err(redis_error)
+                })
                 .await?;
             let keys: Vec<String> = found
                 .iter()
@@ -323,6 +350,25 @@ impl RedisStorage {
             }
             cursor = next;
         }
+    }
+}
+
+impl RedisStorage {
+    /// Waits (at most half the deadline) until a replica of the namespace's primary has
+    /// every write this connection made there: the watermarks and removals above. A primary
+    /// without a replica (its replica is being replaced) answers 0 after the wait; the
+    /// invalidation stands, as on a single Redis.
+    async fn replicated(&self, conn: &mut RedisConnection) -> Result<(), StorageError> {
+        let wait_ms = u64::try_from((self.timeout / 2).as_millis()).unwrap_or(u64::MAX);
+        let wait = redis::cmd("WAIT").arg(1).arg(wait_ms.max(1)).to_owned();
+        let acked: i64 = conn
+            .query_at_key(&wait, &self.anchor())
+            .await
+            .map_err(redis_error)?;
+        if acked < 1 {
+            tracing::warn!("invalidation not yet on a replica after {wait_ms} ms");
+        }
+        Ok(())
     }
 }
 
@@ -429,6 +475,9 @@ impl Storage for RedisStorage {
         for prefix in &selection.prefixes {
             removed += self.scan_prefix(&mut conn, prefix).await?;
         }
+        if conn.is_cluster() {
+            self.bounded(self.replicated(&mut conn)).await?;
+        }
         Ok(removed)
     }
 
@@ -447,6 +496,6 @@ impl Storage for RedisStorage {
     }
 
     fn describe(&self) -> String {
-        format!("redis at {}", self.client.get_connection_info().addr())
+        self.conn.target().describe()
     }
 }

@@ -1,13 +1,16 @@
 //! Shared test support: backends with per-test Redis namespaces, a service on a real gRPC port,
-//! and stream helpers. The private `redis-server` for tests that stop Redis is
+//! and stream helpers, on the machine's shared Redis and on one private Redis Cluster per test
+//! binary. The private `redis-server` for tests that stop Redis is
 //! `nexus_ratelimit_service::testkit::PrivateRedis`.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use nexus_toolenv::redis_cluster::RedisCluster;
 
 use nexus_cache_service::bus::{MemoryBus, RedisBus};
 use nexus_cache_service::storage::{MemoryStorage, RedisNamespace, RedisStorage};
@@ -47,6 +50,26 @@ pub fn assert_shared_redis() {
 pub fn shared_redis_storage() -> RedisStorage {
     assert_shared_redis();
     RedisStorage::new(SHARED_REDIS, &unique_namespace(), TIMEOUT).unwrap()
+}
+
+/// This test binary's Redis Cluster (three primaries, three replicas), started on first use;
+/// its nodes die with the process. Tests share it with a namespace each (each namespace is one
+/// hash slot, so they spread over the primaries); a test that kills a node starts its own.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("Redis Cluster: {e:#}"));
+        eprintln!("redis cluster ready in {:?}", cluster.started_in);
+        cluster
+    })
+}
+
+pub fn cluster_storage() -> RedisStorage {
+    RedisStorage::new(&shared_cluster().url(), &unique_namespace(), TIMEOUT).unwrap()
+}
+
+pub async fn cluster_service() -> Arc<CacheService> {
+    redis_replica(&shared_cluster().url(), &unique_namespace(), "replica-a").await
 }
 
 pub fn config(replica: &str) -> Config {

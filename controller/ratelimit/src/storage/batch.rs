@@ -6,14 +6,19 @@
 //! a round trip (and two system calls on each side) each. Alone, a call waits for nothing but
 //! its own round trip. Each operation stays atomic on its own (`INCRBY`, or the GCRA script),
 //! so coalescing changes no decision.
+//!
+//! On a Redis Cluster a pipeline may only touch one hash slot, so the queued operations are
+//! split into one pipeline per slot, sent concurrently (the cluster connection multiplexes
+//! those bound for one node onto its one connection). A slot whose primary is down (a
+//! failover) fails only the calls that touch it.
 
 use std::sync::{Arc, OnceLock};
 
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::Slot;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis::LazyConnection;
+use super::connection::{LazyConnection, RedisConnection};
 use super::StorageError;
 
 /// Calls (not counters) sent in one pipeline at most, so one round trip stays short.
@@ -25,6 +30,14 @@ pub(super) enum Op {
     Incr { key: String, hits: u32, ttl_ms: u64 },
     /// GCRA: the script over one key, with its arguments.
     Gcra { key: String, args: [u64; 4] },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Incr { key, .. } | Op::Gcra { key, .. } => key,
+        }
+    }
 }
 
 /// An operation's answer: the count after `Incr`; `(admitted, stored TAT)` after `Gcra`.
@@ -105,9 +118,10 @@ async fn pipelining(
         if calls.is_empty() {
             continue;
         }
+        let ops = calls_ops(&calls);
         let replies = match conn.get().await {
-            Ok(mut c) => send(&mut c, &gcra, &calls_ops(&calls)).await,
-            Err(e) => Err(StorageError(e)),
+            Ok(c) => send_by_slot(c, &gcra, &ops).await,
+            Err(e) => vec![Err(StorageError(e)); ops.len()],
         };
         answer(calls, replies);
     }
@@ -117,23 +131,64 @@ fn calls_ops(calls: &[Call]) -> Vec<&Op> {
     calls.iter().flat_map(|c| c.ops.iter()).collect()
 }
 
-/// One pipeline of every op; loads the GCRA script and tries once more when Redis does not
-/// know it (first use, or a restarted Redis).
+/// One reply (or error) per op: a single Redis gets one pipeline, a cluster one pipeline per
+/// hash slot, concurrently.
+async fn send_by_slot(
+    conn: RedisConnection,
+    gcra: &Gcra,
+    ops: &[&Op],
+) -> Vec<Result<Reply, StorageError>> {
+    let groups = slot_groups(conn.is_cluster(), ops);
+    let sent = futures::future::join_all(groups.iter().map(|group| {
+        let mut conn = conn.clone();
+        let mine: Vec<&Op> = group.iter().map(|&i| ops[i]).collect();
+        async move { send(&mut conn, gcra, &mine).await }
+    }))
+    .await;
+    let mut replies = vec![Err(StorageError("redis: no reply".into())); ops.len()];
+    for (group, result) in groups.iter().zip(sent) {
+        match result {
+            Ok(values) => {
+                for (&i, v) in group.iter().zip(values) {
+                    replies[i] = Ok(v);
+                }
+            }
+            Err(e) => group.iter().for_each(|&i| replies[i] = Err(e.clone())),
+        }
+    }
+    replies
+}
+
+/// The indices of `ops` per pipeline: all in one, or (on a cluster) one group per hash slot.
+fn slot_groups(cluster: bool, ops: &[&Op]) -> Vec<Vec<usize>> {
+    if !cluster {
+        return vec![(0..ops.len()).collect()];
+    }
+    let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let slot = Slot::for_key(op.key());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// One pipeline of `ops`; when Redis does not know the GCRA script (first use, a restarted
+/// Redis, a replica just promoted by a failover) it is sent once more with the script's code
+/// (`EVAL`, which also caches it on that node).
 async fn send(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     gcra: &Gcra,
     ops: &[&Op],
 ) -> Result<Vec<Reply>, StorageError> {
-    let pipe = pipeline(&gcra.script, ops);
-    let values: Vec<Value> = match pipe.query_async(conn).await {
+    let values: Vec<Value> = match pipeline(gcra, ops, false).query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(gcra.code)
-                .query_async::<String>(conn)
+            pipeline(gcra, ops, true)
+                .query_async(conn)
                 .await
-                .map_err(redis_error)?;
-            pipe.query_async(conn).await.map_err(redis_error)?
+                .map_err(redis_error)?
         }
         other => other.map_err(redis_error)?,
     };
@@ -148,8 +203,9 @@ async fn send(
 }
 
 /// `INCRBY` + `PEXPIRE` per fixed-window counter (as envoyproxy/ratelimit does: `INCRBY` alone
-/// is atomic, and every call in a window sets the same expiry), `EVALSHA` per GCRA counter.
-fn pipeline(gcra: &redis::Script, ops: &[&Op]) -> redis::Pipeline {
+/// is atomic, and every call in a window sets the same expiry), `EVALSHA` (or, with `code`,
+/// `EVAL`) per GCRA counter.
+fn pipeline(gcra: &Gcra, ops: &[&Op], code: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for op in ops {
         match op {
@@ -158,11 +214,12 @@ fn pipeline(gcra: &redis::Script, ops: &[&Op]) -> redis::Pipeline {
                 pipe.cmd("PEXPIRE").arg(key).arg(*ttl_ms).ignore();
             }
             Op::Gcra { key, args } => {
-                pipe.cmd("EVALSHA")
-                    .arg(gcra.get_hash())
-                    .arg(1)
-                    .arg(key)
-                    .arg(&args[..]);
+                let (command, script) = if code {
+                    ("EVAL", gcra.code)
+                } else {
+                    ("EVALSHA", gcra.script.get_hash())
+                };
+                pipe.cmd(command).arg(script).arg(1).arg(key).arg(&args[..]);
             }
         }
     }
@@ -179,21 +236,13 @@ fn reply(op: &Op, value: Value) -> Result<Reply, StorageError> {
     parsed.map_err(|e| StorageError(format!("redis: unexpected reply: {e}")))
 }
 
-/// Hands each call its share of the replies (or the error).
-fn answer(calls: Vec<Call>, replies: Result<Vec<Reply>, StorageError>) {
-    match replies {
-        Ok(replies) => {
-            let mut replies = replies.into_iter();
-            for call in calls {
-                let mine: Vec<Reply> = replies.by_ref().take(call.ops.len()).collect();
-                let _ = call.answer.send(Ok(mine));
-            }
-        }
-        Err(e) => {
-            for call in calls {
-                let _ = call.answer.send(Err(e.clone()));
-            }
-        }
+/// Hands each call its share of the replies: all of them, or the first error among them.
+fn answer(calls: Vec<Call>, replies: Vec<Result<Reply, StorageError>>) {
+    let mut replies = replies.into_iter();
+    for call in calls {
+        let mine: Result<Vec<Reply>, StorageError> =
+            replies.by_ref().take(call.ops.len()).collect();
+        let _ = call.answer.send(mine);
     }
 }
 

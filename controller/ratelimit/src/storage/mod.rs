@@ -1,11 +1,15 @@
 //! Counter storage behind one trait, one module per backend.
 
 mod batch;
+mod connection;
 mod memory;
 mod redis;
+mod script;
 
+pub use self::connection::{LazyConnection, RedisConnection, RedisTarget, CLUSTER_SCHEME};
 pub use self::memory::MemoryStorage;
-pub use self::redis::{LazyConnection, RedisStorage};
+pub use self::redis::{tagged_key, RedisStorage};
+pub use self::script::{LuaScript, ScriptCall};
 
 use std::future::Future;
 

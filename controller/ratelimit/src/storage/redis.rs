@@ -6,54 +6,36 @@
 //! a deadline: when Redis is down or slow the service answers UNAVAILABLE quickly and the
 //! proxy's failure mode decides; the connection manager reconnects by itself when Redis
 //! returns.
+//!
+//! On a Redis Cluster (`redis+cluster://`) each counter's keys carry a hash tag
+//! ([`tagged_key`]), so each `INCRBY` + `PEXPIRE` pair and each script touches one slot; a
+//! failover makes the slots of the failed primary answer errors until its replica takes over,
+//! and the decisions that needed them are UNAVAILABLE meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
-
 use super::batch::{Batcher, Op, Reply};
+use super::connection::{LazyConnection, Node, RedisConnection, RedisTarget};
 use super::{Storage, StorageError};
 use crate::algorithm::{self, Algorithm, Counter, Decision};
 
-/// A Redis connection made on first use (so a service starts while Redis is down) and then
-/// shared; the connection manager reconnects by itself. Every Nexus service that keeps state
-/// in Redis connects through this.
-pub struct LazyConnection {
-    client: redis::Client,
-    timeout: Duration,
-    slot: Mutex<Option<ConnectionManager>>,
+/// `<prefix>{<counter key>}`: the counter key (domain, descriptor entries, limit) is the
+/// Redis Cluster hash tag, so every key of one limit (each window's, GCRA's, and any other a
+/// script keeps for that limit) lands in one slot, and different limits and clients spread over
+/// the cluster. The prefix stays outside the tag: a shared prefix in the tag would put every
+/// counter in one slot. A `}` inside a descriptor value ends the tag early; every key of that
+/// limit still starts with the same text, so it still names one slot.
+pub fn tagged_key(prefix: &str, counter_key: &str) -> String {
+    format!("{prefix}{{{counter_key}}}")
 }
 
-impl LazyConnection {
-    pub fn new(client: redis::Client, timeout: Duration) -> Self {
-        LazyConnection {
-            client,
-            timeout,
-            slot: Mutex::new(None),
-        }
-    }
-
-    /// The shared connection, connecting within the timeout if there is none yet.
-    pub async fn get(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| "redis connect timed out".to_string())?
-        .map_err(|e| format!("redis connect: {e}"))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+/// A stored key (after the prefix) without its hash-tag braces: the counter key again, and
+/// the window start after it.
+fn untagged(key: &str) -> String {
+    match key.strip_prefix('{').and_then(|k| k.split_once('}')) {
+        Some((tag, rest)) => format!("{tag}{rest}"),
+        None => key.to_string(),
     }
 }
 
@@ -73,7 +55,6 @@ return {1, new_tat}
 ";
 
 pub struct RedisStorage {
-    client: redis::Client,
     prefix: String,
     timeout: Duration,
     /// Connected lazily, so the service starts (and answers UNAVAILABLE) while Redis is down.
@@ -82,13 +63,12 @@ pub struct RedisStorage {
 }
 
 impl RedisStorage {
-    /// `url` like `redis://127.0.0.1:6379/0`; `prefix` namespaces every key.
+    /// `url` like `redis://127.0.0.1:6379/0`, or a cluster's `redis+cluster://h1:p1,h2:p2`;
+    /// `prefix` namespaces every key.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
+        let target = RedisTarget::open(url).map_err(StorageError)?;
         Ok(Self {
-            conn: Arc::new(LazyConnection::new(client.clone(), timeout)),
-            client,
+            conn: Arc::new(LazyConnection::to(target, timeout)),
             prefix: prefix.to_string(),
             timeout,
             batch: Batcher::new(GCRA_SCRIPT),
@@ -110,7 +90,7 @@ impl RedisStorage {
             .map_err(|_| StorageError(format!("redis did not answer within {:?}", self.timeout)))?
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StorageError> {
+    async fn connection(&self) -> Result<RedisConnection, StorageError> {
         self.conn.get().await.map_err(StorageError)
     }
 
@@ -137,8 +117,9 @@ impl RedisStorage {
             .iter()
             .map(|counter| {
                 let (key, end) = algorithm::window_key(counter, now_us);
+                let window = key.strip_prefix(counter.key.as_str()).unwrap_or_default();
                 let op = Op::Incr {
-                    key: format!("{}{key}", self.prefix),
+                    key: format!("{}{window}", tagged_key(&self.prefix, &counter.key)),
                     hits,
                     ttl_ms: (end - now_us) / 1000 + 1000,
                 };
@@ -165,7 +146,7 @@ impl RedisStorage {
         let ops = counters
             .iter()
             .map(|counter| Op::Gcra {
-                key: format!("{}{}", self.prefix, counter.key),
+                key: tagged_key(&self.prefix, &counter.key),
                 args: [
                     now_us,
                     algorithm::gcra_interval(counter),
@@ -201,33 +182,51 @@ fn unexpected() -> StorageError {
 
 impl RedisStorage {
     /// SCANs (never KEYS: it would block Redis for every other replica) for the first entry's
-    /// keys, checks the rest here, and deletes in batches.
+    /// keys, on every primary of a cluster, checks the rest here, and deletes in batches.
     async fn reset_matching(&self, entries: &[(String, String)]) -> Result<u64, StorageError> {
         let mut conn = self.connection().await?;
         let pattern = match entries.first() {
             Some((k, v)) => format!("{}*|{}={}[|:]*", glob(&self.prefix), glob(k), glob(v)),
             None => format!("{}*", glob(&self.prefix)),
         };
+        let mut deleted = 0;
+        for node in conn.scan_nodes().await.map_err(redis_error)? {
+            deleted += self.reset_on(&mut conn, &node, &pattern, entries).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn reset_on(
+        &self,
+        conn: &mut RedisConnection,
+        node: &Option<Node>,
+        pattern: &str,
+        entries: &[(String, String)],
+    ) -> Result<u64, StorageError> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let scan = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) =
+                conn.query_on(&scan, node).await.map_err(redis_error)?;
             let doomed: Vec<&String> = keys
                 .iter()
-                .filter(|k| super::key_matches(&k[self.prefix.len().min(k.len())..], entries))
+                .filter(|k| {
+                    let rest = k.get(self.prefix.len()..).unwrap_or_default();
+                    super::key_matches(&untagged(rest), entries)
+                })
                 .collect();
             if !doomed.is_empty() {
+                // A cluster's client splits a DEL of many slots into one DEL per slot.
                 let n: u64 = redis::cmd("DEL")
                     .arg(&doomed)
-                    .query_async(&mut conn)
+                    .query_async(conn)
                     .await
                     .map_err(redis_error)?;
                 deleted += n;
@@ -277,6 +276,23 @@ impl Storage for RedisStorage {
     }
 
     fn describe(&self) -> String {
-        format!("redis at {}", self.client.get_connection_info().addr())
+        self.conn.target().describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_key_is_its_own_hash_tag() {
+        let key = tagged_key("nexus:rl:", "api|client_id=alice:5s");
+        assert_eq!(key, "nexus:rl:{api|client_id=alice:5s}");
+        assert_eq!(
+            untagged(&key["nexus:rl:".len()..]),
+            "api|client_id=alice:5s"
+        );
+        assert_eq!(untagged("{api|k=v:5s}:1800"), "api|k=v:5s:1800");
+        assert_eq!(untagged("api|k=v:5s"), "api|k=v:5s");
     }
 }

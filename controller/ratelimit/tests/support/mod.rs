@@ -1,5 +1,6 @@
-//! Shared test support: Redis connections with per-test key prefixes (the private
-//! `redis-server` for tests that stop Redis is `nexus_ratelimit_service::testkit`).
+//! Shared test support: Redis connections with per-test key prefixes, on the machine's shared
+//! Redis and on one private Redis Cluster per test binary (the private `redis-server` for
+//! tests that stop Redis is `nexus_ratelimit_service::testkit`).
 
 #![allow(
     dead_code,
@@ -11,7 +12,10 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use nexus_toolenv::redis_cluster::RedisCluster;
 
 use nexus_ratelimit_service::storage::RedisStorage;
 
@@ -94,9 +98,31 @@ pub fn shared_redis() -> RedisStorage {
     RedisStorage::new(SHARED_REDIS, &unique_prefix(), Duration::from_secs(2)).unwrap()
 }
 
+/// This test binary's Redis Cluster (three primaries, three replicas), started on first use;
+/// its nodes die with the process. Tests share it with a key prefix each; a test that kills a
+/// node starts its own.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("Redis Cluster: {e:#}"));
+        eprintln!("redis cluster ready in {:?}", cluster.started_in);
+        cluster
+    })
+}
+
+/// Storage on [`shared_cluster`], under a key prefix of its own.
+pub fn cluster_redis() -> RedisStorage {
+    RedisStorage::new(
+        &shared_cluster().url(),
+        &unique_prefix(),
+        Duration::from_secs(2),
+    )
+    .unwrap()
+}
+
 /// Runs each scenario (an `async fn(S)` generic over `Storage`, in the invoking module) once per
-/// backend: process memory and the machine's shared Redis (a key prefix per test). Test files
-/// take it with `#[macro_use] mod support;`.
+/// backend: process memory, the machine's shared Redis and a three-primary Redis Cluster (a
+/// key prefix per test). Test files take it with `#[macro_use] mod support;`.
 macro_rules! every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -107,6 +133,11 @@ macro_rules! every_backend {
         mod redis {
             $( #[tokio::test] async fn $scenario() {
                 super::$scenario(crate::support::shared_redis()).await;
+            } )*
+        }
+        mod redis_cluster {
+            $( #[tokio::test] async fn $scenario() {
+                super::$scenario(crate::support::cluster_redis()).await;
             } )*
         }
     };

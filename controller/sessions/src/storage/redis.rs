@@ -14,7 +14,6 @@ use super::{SessionStorage, StorageError};
 pub const DEFAULT_PREFIX: &str = "nexus:session:";
 
 pub struct RedisStorage {
-    client: redis::Client,
     prefix: String,
     timeout: Duration,
     conn: LazyConnection,
@@ -23,11 +22,8 @@ pub struct RedisStorage {
 impl RedisStorage {
     /// `url` like `redis://127.0.0.1:6379/0`; `timeout` bounds every operation.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError(format!("redis url {url:?}: {e}")))?;
         Ok(Self {
-            conn: LazyConnection::new(client.clone(), timeout),
-            client,
+            conn: LazyConnection::open(url, timeout).map_err(StorageError)?,
             prefix: prefix.to_string(),
             timeout,
         })
@@ -92,10 +88,6 @@ impl SessionStorage for RedisStorage {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "redis at {} ({}*)",
-            self.client.get_connection_info().addr(),
-            self.prefix
-        )
+        format!("{} ({}*)", self.conn.target().describe(), self.prefix)
     }
 }
