@@ -34,3 +34,12 @@ pub const CACHE_GET: &str = "Get";
 pub const CACHE_PUT: &str = "Put";
 pub const CACHE_INVALIDATE: &str = "Invalidate";
 pub const CACHE_SUBSCRIBE: &str = "Subscribe";
+
+/// `nexus.ratelimit.v1`: leased quota (a share of a limit's window budget per proxy).
+pub mod lease {
+    include!(concat!(env!("OUT_DIR"), "/nexus.ratelimit.v1.rs"));
+}
+
+/// gRPC service and method names of `nexus.ratelimit.v1.RateLimitLeases`, for proxy-wasm dispatch.
+pub const LEASE_SERVICE: &str = "nexus.ratelimit.v1.RateLimitLeases";
+pub const LEASE_METHOD: &str = "Lease";

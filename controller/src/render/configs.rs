@@ -209,6 +209,7 @@ pub fn filter_configurations(
         failure_mode: FailureMode::LocalFallback,
         failure_mode_by_route: Default::default(),
         failure_mode_by_limit: cfg.ratelimit_failure_modes.clone(),
+        leases_by_limit: cfg.ratelimit_leases.clone(),
         response_headers: true,
         over_limit_cache: true,
         // `ratelimit.reset`s ride the cache service's event stream, as session revocations

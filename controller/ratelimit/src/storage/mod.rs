@@ -1,6 +1,7 @@
 //! Counter storage behind one trait, one module per backend.
 
 mod batch;
+pub mod lease;
 mod memory;
 mod redis;
 
@@ -10,6 +11,7 @@ pub use self::redis::{LazyConnection, RedisStorage};
 use std::future::Future;
 
 use crate::algorithm::{Algorithm, Counter, Decision};
+use self::lease::{Grant, LeaseOp};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageError(pub String);
@@ -40,6 +42,15 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         entries: &[(String, String)],
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Leased quota on `counter`'s fixed-window counter (see [`lease`]): takes back what
+    /// `op` returns, then grants at most what the current window has left, atomically.
+    fn lease(
+        &self,
+        counter: &Counter,
+        op: LeaseOp,
+        now_us: u64,
+    ) -> impl Future<Output = Result<Grant, StorageError>> + Send;
 
     /// A short human description for logs (`memory`, `redis at 127.0.0.1:6379`).
     fn describe(&self) -> String;
