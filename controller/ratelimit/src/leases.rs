@@ -47,10 +47,14 @@ impl<S: Storage> RateLimiter<S> {
             returned: req.returned,
             returned_window_start_us: req.returned_window_start_us,
         };
-        let grant = self.storage().lease(&counter, op, now_us).await.map_err(|e| {
-            Metrics::inc(&self.metrics.storage_errors);
-            Status::unavailable(format!("rate limit storage unavailable: {e}"))
-        })?;
+        let grant = self
+            .storage()
+            .lease(&counter, op, now_us)
+            .await
+            .map_err(|e| {
+                Metrics::inc(&self.metrics.storage_errors);
+                Status::unavailable(format!("rate limit storage unavailable: {e}"))
+            })?;
         Metrics::add(&self.metrics.lease_granted, grant.granted);
         Metrics::add(&self.metrics.lease_returned, req.returned);
         Metrics::add(&self.metrics.lease_used, req.num_requests_allowed);

@@ -44,10 +44,17 @@ async fn grants_take_what_is_left_of_the_window<S: Storage>(s: S) {
     let c = counter("g", 25);
     let g = s.lease(&c, ask(10), T0).await.unwrap();
     assert_eq!((g.granted, g.remaining), (10, 15));
-    assert_eq!((g.window_start_us, g.window_end_us), (START, START + WINDOW));
+    assert_eq!(
+        (g.window_start_us, g.window_end_us),
+        (START, START + WINDOW)
+    );
     assert_eq!(s.lease(&c, ask(10), T0).await.unwrap().granted, 10);
     let g = s.lease(&c, ask(10), T0).await.unwrap();
-    assert_eq!((g.granted, g.remaining), (5, 0), "min(requested, remaining)");
+    assert_eq!(
+        (g.granted, g.remaining),
+        (5, 0),
+        "min(requested, remaining)"
+    );
     assert_eq!(s.lease(&c, ask(10), T0).await.unwrap().granted, 0);
     // The next window has its whole budget.
     let g = s.lease(&c, ask(10), START + WINDOW).await.unwrap();
@@ -73,7 +80,10 @@ async fn concurrent_grants_never_exceed_the_budget<S: Storage>(s: S) {
     for t in tasks {
         total += t.await.unwrap();
     }
-    assert_eq!(total, 1000, "64 × 10 asks of 7 = 4480 wanted; exactly the budget granted");
+    assert_eq!(
+        total, 1000,
+        "64 × 10 asks of 7 = 4480 wanted; exactly the budget granted"
+    );
 }
 
 async fn returns_give_quota_back_to_their_window_only<S: Storage>(s: S) {

@@ -35,6 +35,8 @@ pub struct CompiledRule {
 pub struct RouteLimits {
     pub descriptors: Vec<Descriptor>,
     pub failure_modes: FailureModesByLimit,
+    /// The limits in leased mode (by router rule, then descriptor key).
+    pub leases: nexus_config::ratelimit_filter::LeasesByLimit,
 }
 
 #[derive(Debug, Clone, PartialEq)]

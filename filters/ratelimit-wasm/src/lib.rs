@@ -109,10 +109,8 @@ impl RateLimitFilter {
                 Ok(token) => {
                     self.leases.borrow_mut().insert(token, call.key);
                 }
-                Err(status) => self.lease_answered(
-                    &call.key,
-                    Err(ServiceFailure::Dispatch(status.to_string())),
-                ),
+                Err(status) => self
+                    .lease_answered(&call.key, Err(ServiceFailure::Dispatch(status.to_string()))),
             }
         }
         if let Some(context) = context {

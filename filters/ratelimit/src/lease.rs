@@ -68,12 +68,7 @@ pub fn slot(key: &str) -> String {
 }
 
 /// Takes one request from `key`'s lease; the call to make, if this request claimed a renewal.
-pub fn take(
-    shared: &impl SharedData,
-    key: &str,
-    p: Params,
-    now_us: u64,
-) -> (Take, Option<Call>) {
+pub fn take(shared: &impl SharedData, key: &str, p: Params, now_us: u64) -> (Take, Option<Call>) {
     let slot = slot(key);
     for _ in 0..CAS_ATTEMPTS {
         let (mut s, cas) = read(shared, &slot);

@@ -32,10 +32,7 @@ pub(crate) struct Known {
 impl RateLimiter {
     /// How `l` is leased, if it is.
     pub(crate) fn lease_of(&self, route: &str, l: &Limited) -> Option<&LeaseConfig> {
-        self.config
-            .leases_by_limit
-            .get(route)?
-            .get(l.policy_name())
+        self.config.leases_by_limit.get(route)?.get(l.policy_name())
     }
 
     /// Every leased limit of a request takes one request from its lease. One that is exhausted
@@ -86,7 +83,8 @@ impl RateLimiter {
                 limited: empty,
             };
             let (modes, applied) = self.failure_modes(&pending);
-            let step = self.apply_failure_modes(&pending, &modes, &applied, shared, metrics, now_us);
+            let step =
+                self.apply_failure_modes(&pending, &modes, &applied, shared, metrics, now_us);
             if matches!(step, Step::Deny(_)) {
                 return step;
             }

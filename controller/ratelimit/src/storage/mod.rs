@@ -10,8 +10,8 @@ pub use self::redis::{LazyConnection, RedisStorage};
 
 use std::future::Future;
 
-use crate::algorithm::{Algorithm, Counter, Decision};
 use self::lease::{Grant, LeaseOp};
+use crate::algorithm::{Algorithm, Counter, Decision};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageError(pub String);

@@ -60,12 +60,19 @@ fn an_empty_lease_applies_the_failure_mode_and_claims_one_renewal() {
         assert!(matches!(ops(&rl, &e, T0), Step::Allow(_)));
     }
     let sent = calls(&rl);
-    assert_eq!(sent.len(), 1, "one renewal in flight, however many requests");
+    assert_eq!(
+        sent.len(),
+        1,
+        "one renewal in flight, however many requests"
+    );
     assert_eq!(sent[0].domain, "nexus");
     assert_eq!(sent[0].requested, 10);
     assert_eq!(sent[0].entries.len(), 1);
     assert_eq!(e.metrics.value("nexus_ratelimit.lease.empty"), 3);
-    assert_eq!(e.metrics.value("nexus_ratelimit.degraded.local_fallback"), 3);
+    assert_eq!(
+        e.metrics.value("nexus_ratelimit.degraded.local_fallback"),
+        3
+    );
     // Closed: the same wait refuses.
     let rl = leased("fail_closed");
     let e = env();
@@ -96,7 +103,10 @@ fn granted_quota_is_spent_without_calls_and_renewed_once_at_the_threshold() {
         renewals.extend(calls(&rl));
     }
     assert_eq!(renewals.len(), 1, "renewed once, at 5 left: {renewals:?}");
-    assert_eq!(renewals[0].num_requests_allowed, 5, "usage reported with it");
+    assert_eq!(
+        renewals[0].num_requests_allowed, 5,
+        "usage reported with it"
+    );
     assert_eq!(e.metrics.value("nexus_ratelimit.allowed.lease"), 10);
     // Spent, renewal unanswered: the failure mode (closed) decides.
     assert!(matches!(ops(&rl, &e, T0 + 3_000), Step::Deny(r) if r.status == 500));
@@ -124,7 +134,10 @@ fn an_exhausted_window_refuses_locally_until_it_ends_then_leases_anew() {
             .headers
             .contains(&("retry-after".to_string(), "30".to_string())));
     }
-    assert!(calls(&rl).is_empty(), "an exhausted window asks nothing more");
+    assert!(
+        calls(&rl).is_empty(),
+        "an exhausted window asks nothing more"
+    );
     assert_eq!(e.metrics.value("nexus_ratelimit.denied.lease"), 5);
     // The next window: the old lease is void, a renewal goes out.
     ops(&rl, &e, T0 + WINDOW);
@@ -211,7 +224,11 @@ fn workers_sharing_one_lease_never_admit_more_than_granted() {
     let e = env();
     ops(&a, &e, T0);
     ops(&b, &e, T0);
-    assert_eq!(calls(&a).len() + calls(&b).len(), 1, "one renewal per Envoy");
+    assert_eq!(
+        calls(&a).len() + calls(&b).len(),
+        1,
+        "one renewal per Envoy"
+    );
     grant(&a, &e, 10, 0, T0, T0 + 1_000);
     let admitted = (0..20)
         .map(|i| if i % 2 == 0 { &a } else { &b })
@@ -234,5 +251,9 @@ fn a_strict_limit_beside_a_leased_one_still_asks_the_service_for_itself_only() {
     let req = RateLimitRequest::decode(message.as_slice()).unwrap();
     assert_eq!(req.descriptors.len(), 1);
     assert_eq!(req.descriptors[0].entries[1].key, "client_id");
-    assert_eq!(lease::state(&e.shared, KEY).tokens, 9, "the route limit came from the lease");
+    assert_eq!(
+        lease::state(&e.shared, KEY).tokens,
+        9,
+        "the route limit came from the lease"
+    );
 }
