@@ -137,6 +137,19 @@ fn two_envoys_leasing_one_global_limit_admit_at_most_the_limit_per_window() {
         stat("lease.empty"),
         stat("lease.failed")
     );
+    for e in &envoys {
+        let cluster = |n: &str| e.stat(&format!("cluster.nexus-ratelimit.{n}")).unwrap();
+        println!(
+            "envoy {}: service cluster rq_total {:?}, rq_timeout {:?}, cx_total {:?}",
+            e.port,
+            cluster("upstream_rq_total"),
+            cluster("upstream_rq_timeout"),
+            cluster("upstream_cx_total")
+        );
+        for line in e.log().lines().filter(|l| l.contains("lease call failed")) {
+            println!("{line}");
+        }
+    }
     assert_eq!(stat("degraded.fail_closed"), other as i64);
     assert_eq!(stat("denied.lease"), limited as i64);
     assert_eq!(stat("allowed.lease"), ok as i64);

@@ -27,6 +27,7 @@ struct RateLimitFilter {
     root_id: u32,
     /// Lease calls in flight: token → counter key.
     leases: RefCell<HashMap<u32, String>>,
+    lease_failure_logged_ms: std::cell::Cell<u64>,
     metrics: HostMetrics,
     /// Requests paused on a rate-limit service call.
     calls: PausedCalls<Pending>,
@@ -119,8 +120,25 @@ impl RateLimitFilter {
     }
 
     fn lease_answered(&self, key: &str, answer: Result<&[u8], ServiceFailure>) {
+        if let Err(failure) = &answer {
+            self.log_lease_failure(failure);
+        }
         self.limiter
             .on_lease_answer(key, answer, &HostSharedData, &self.metrics, now_us());
+    }
+
+    /// Once a minute at most: a failed lease call leaves its counter's requests to the failure
+    /// mode until a renewal answers.
+    fn log_lease_failure(&self, failure: &ServiceFailure) {
+        let now = now_ms();
+        if self.lease_failure_logged_ms.get() + 60_000 > now {
+            return;
+        }
+        self.lease_failure_logged_ms.set(now);
+        HostLog.log(
+            Level::Warn,
+            &format!("nexus-ratelimit: lease call failed: {failure:?} (logged once per minute)"),
+        );
     }
 
     /// Opens the reset stream (the cache service's `Subscribe`) when it is due.
@@ -170,6 +188,7 @@ impl Filter for RateLimitFilter {
             limiter,
             root_id,
             leases: RefCell::new(HashMap::new()),
+            lease_failure_logged_ms: std::cell::Cell::new(0),
             metrics: HostMetrics::default(),
             calls: PausedCalls::default(),
             response_headers: RefCell::new(HashMap::new()),

@@ -174,8 +174,11 @@ pub fn idle_return(
             returned: std::mem::take(&mut s.tokens),
             returned_window_start_us: s.window_start_us,
         };
-        // Given back: the window's budget may have room again for this proxy too.
-        s.exhausted = false;
+        // Quota given back means the window has room again, for this proxy too; a report
+        // alone changes nothing.
+        if call.returned > 0 {
+            s.exhausted = false;
+        }
         match shared.set(&slot, &encode(&s), cas) {
             Ok(()) => return (Some(call), false),
             Err(SharedDataError::CasMismatch) => continue,

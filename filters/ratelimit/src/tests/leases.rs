@@ -257,3 +257,21 @@ fn a_strict_limit_beside_a_leased_one_still_asks_the_service_for_itself_only() {
         "the route limit came from the lease"
     );
 }
+
+#[test]
+fn an_exhausted_lease_reports_its_usage_when_idle_and_stays_exhausted() {
+    let rl = leased("fail_closed");
+    let e = env();
+    ops(&rl, &e, T0);
+    calls(&rl);
+    grant(&rl, &e, 2, 0, T0, T0 + 1_000);
+    ops(&rl, &e, T0 + 2_000);
+    ops(&rl, &e, T0 + 2_000);
+    rl.lease_tick(&e.shared, &e.metrics, T0 + 2_000 + SEC);
+    let sent = calls(&rl);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].returned, sent[0].num_requests_allowed), (0, 2));
+    // Nothing given back, so nothing to ask for: still 429 until the window ends.
+    assert!(matches!(ops(&rl, &e, T0 + 3 * SEC), Step::Deny(r) if r.status == 429));
+    assert!(calls(&rl).is_empty());
+}
