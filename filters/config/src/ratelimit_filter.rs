@@ -350,4 +350,30 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn leases_need_the_service_known_keys_and_sane_settings() {
+        let err = parse::<RateLimitFilterConfig>(
+            br#"{"limits": {"domain": "nexus", "descriptors": [{"key": "route", "value": "lake",
+                 "rate_limit": {"unit": "minute", "requests_per_unit": 100}}]},
+                 "leases_by_limit": {"lake": {"route": {"share_percent": 0, "renew_below_percent": 100,
+                   "idle_return_ms": 5}, "user_agent": {}}}}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$.leases_by_limit.lake.route",
+                "$.leases_by_limit.lake.route.share_percent",
+                "$.leases_by_limit.lake.route.renew_below_percent",
+                "$.leases_by_limit.lake.route.idle_return_ms",
+                "$.leases_by_limit.lake.user_agent",
+                "$.leases_by_limit.lake.user_agent",
+            ]
+        );
+        let lease = LeaseConfig::default();
+        assert_eq!((lease.lease_size(1000), lease.renew_at(1000)), (100, 50));
+        assert_eq!(lease.lease_size(3), 1, "at least one request per lease");
+    }
 }
