@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "envoy/service/ratelimit/v3/rls.proto",
         "envoy/service/accesslog/v3/als.proto",
         "nexus/cache/v1/cache.proto",
+        "nexus/ratelimit/v1/lease.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

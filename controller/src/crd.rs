@@ -658,6 +658,37 @@ pub struct RateLimitSpec {
     /// A request is refused when any of its limits fails closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_mode: Option<LimitFailureMode>,
+    /// `Strict` (the default: every request asks the rate-limit service) or `Leased`: each
+    /// proxy admits requests from quota it leased from the limit's window budget, renewed in
+    /// the background, so a request makes no network call. Across all proxies a window admits
+    /// at most `requests` from leases; while a proxy's lease is empty and its renewal has not
+    /// answered, `failureMode` decides (see the README's rate-limit section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LimitMode>,
+    /// Lease sizes and timings for `mode: Leased` (defaults otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LimitMode {
+    Strict,
+    Leased,
+}
+
+/// How a `Leased` limit takes quota.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseSpec {
+    /// One lease, in percent of `requests` (1–100, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_percent: Option<u32>,
+    /// Renew when a proxy's lease is down to this percent of a lease (0–99, default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_below_percent: Option<u32>,
+    /// Give unused quota back after this long without a request (`500ms`, `2s`; default 2 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_return: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

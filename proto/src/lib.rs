@@ -60,3 +60,12 @@ pub fn transcodable_services() -> Vec<String> {
         })
         .collect()
 }
+
+/// `nexus.ratelimit.v1`: leased quota (a share of a limit's window budget per proxy).
+pub mod lease {
+    include!(concat!(env!("OUT_DIR"), "/nexus.ratelimit.v1.rs"));
+}
+
+/// gRPC service and method names of `nexus.ratelimit.v1.RateLimitLeases`, for proxy-wasm dispatch.
+pub const LEASE_SERVICE: &str = "nexus.ratelimit.v1.RateLimitLeases";
+pub const LEASE_METHOD: &str = "Lease";

@@ -1,7 +1,8 @@
 //! `cargo xtask bench ratelimit`: the rate-limit service's decisions/s and p99 on Redis, against
 //! `redis-benchmark -t incr` on the same Redis in the same run (one round trip per decision is
 //! the physical limit), and nexus-ratelimit's added latency in Envoy against Envoy's native
-//! `local_ratelimit`, same run, same machine.
+//! `local_ratelimit`, same run, same machine; and the global limit leased (quota held in the
+//! proxy, renewed in the background) against local buckets and strict global calls.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,11 +63,15 @@ fn main() -> Result<()> {
         ),
         (
             "router + nexus-ratelimit (local)",
-            setup(&lake, Some(false), false, rls.port)?,
+            setup(&lake, Some(Mode::Local), false, rls.port)?,
         ),
         (
-            "router + nexus-ratelimit (global, Redis)",
-            setup(&lake, Some(true), false, rls.port)?,
+            "router + nexus-ratelimit (strict global)",
+            setup(&lake, Some(Mode::Strict), false, rls.port)?,
+        ),
+        (
+            "router + nexus-ratelimit (leased global)",
+            setup(&lake, Some(Mode::Leased), false, rls.port)?,
         ),
     ];
     let mut measured = Vec::new();
@@ -109,6 +114,13 @@ fn main() -> Result<()> {
         local.rps / native.rps,
         local.p50_ms - base.p50_ms,
         native.p50_ms - base.p50_ms
+    );
+    let (strict, leased) = (measured[3].1, measured[4].1);
+    println!(
+        "leased global / local: {:.2}x (target >= 0.9x); leased / strict global: {:.2}x; strict / local: {:.2}x",
+        leased.rps / local.rps,
+        leased.rps / strict.rps,
+        strict.rps / local.rps
     );
     over_limit_rows(&lake, local)
 }
@@ -181,17 +193,30 @@ fn over_limit_rows(lake: &Upstream, allowed_local: LoadStats) -> Result<()> {
     Ok(())
 }
 
-fn setup(lake: &Upstream, nexus: Option<bool>, native: bool, rls_port: u16) -> Result<Envoy> {
+/// Where nexus-ratelimit enforces the bench limit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Token buckets in the Envoy, no service.
+    Local,
+    /// A service call per request.
+    Strict,
+    /// Leases from the service (10% of the limit each), no call per request.
+    Leased,
+}
+
+fn setup(lake: &Upstream, nexus: Option<Mode>, native: bool, rls_port: u16) -> Result<Envoy> {
     let mut filters = vec![WasmFilter {
         name: "nexus-router".into(),
         module: nexus_tests::filter_module("nexus_router")?,
         config: r#"{"rules": [{"name": "lake", "category": "data_operations", "match": {"path": {"prefix": "/lake/"}}}]}"#.into(),
     }];
-    if let Some(global) = nexus {
-        let service = if global {
-            r#", "service": {"cluster": "rls", "timeout_ms": 200}"#
-        } else {
-            ""
+    if let Some(mode) = nexus {
+        let service = match mode {
+            Mode::Local => "",
+            Mode::Strict => r#", "service": {"cluster": "rls", "timeout_ms": 200}"#,
+            Mode::Leased => {
+                r#", "service": {"cluster": "rls", "timeout_ms": 200}, "leases_by_limit": {"lake": {"client_id": {}}}"#
+            }
         };
         filters.push(WasmFilter {
             name: "nexus-ratelimit".into(),

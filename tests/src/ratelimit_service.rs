@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use nexus_ratelimit_service::limits::parse;
-use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage};
+use nexus_ratelimit_service::storage::{MemoryStorage, RedisStorage, Storage};
 use nexus_ratelimit_service::{Algorithm, Limits, RateLimiter, UnknownDomain};
 use tokio::sync::oneshot;
 
@@ -20,8 +20,12 @@ pub enum Backend {
     Redis(String),
 }
 
+/// The service's metrics in Prometheus text.
+type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 pub struct RateLimitServer {
     pub port: u16,
+    metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -38,7 +42,7 @@ impl RateLimitServer {
         let port = listener.local_addr()?.port();
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        match backend {
+        let metrics: Metrics = match backend {
             Backend::Memory => {
                 let rl = Arc::new(RateLimiter::new(
                     limits,
@@ -46,7 +50,8 @@ impl RateLimitServer {
                     ALGORITHM,
                     UnknownDomain::Allow,
                 ));
-                runtime.spawn(serve(rl.into_service(), incoming, stopped));
+                runtime.spawn(serve(rl.clone(), incoming, stopped));
+                Arc::new(move || rl.metrics.render())
             }
             Backend::Redis(url) => {
                 let prefix = format!("nexus-e2e:{}:{port}:", std::process::id());
@@ -57,14 +62,25 @@ impl RateLimitServer {
                     ALGORITHM,
                     UnknownDomain::Allow,
                 ));
-                runtime.spawn(serve(rl.into_service(), incoming, stopped));
+                runtime.spawn(serve(rl.clone(), incoming, stopped));
+                Arc::new(move || rl.metrics.render())
             }
-        }
+        };
         Ok(Self {
             port,
+            metrics,
             stop: Some(stop),
             runtime: Some(runtime),
         })
+    }
+
+    /// A counter of the service's metrics (`nexus_ratelimit_lease_calls_total`, ...); 0 when
+    /// absent.
+    pub fn counter(&self, name: &str) -> u64 {
+        (self.metrics)()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Stops serving and closes the port: calls then fail as with a crashed service.
@@ -84,24 +100,15 @@ impl Drop for RateLimitServer {
     }
 }
 
-async fn serve<S>(
-    service: S,
+/// Both of the service's APIs: `ShouldRateLimit` and leases.
+async fn serve<S: Storage>(
+    limiter: Arc<RateLimiter<S>>,
     incoming: tokio_stream::wrappers::TcpListenerStream,
     stopped: oneshot::Receiver<()>,
-) where
-    S: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let _ = tonic::transport::Server::builder()
-        .add_service(service)
+        .add_service(limiter.clone().into_service())
+        .add_service(limiter.into_lease_service())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         })

@@ -22,7 +22,7 @@ commands:
                   example portal's client: sign in at http://127.0.0.1:8080/portal/ while
                   `run` serves (any login name, any password)
   bench auth      nexus-auth vs Envoy jwt_authn vs no filter in real Envoy, with wrk
-  bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit
+  bench ratelimit rate-limit service vs redis-benchmark INCR; nexus-ratelimit vs Envoy local_ratelimit; leased vs local vs strict global
   bench cache     invalidation lag across two Envoys and two cache-service replicas on Redis;
                   nexus-cache hit-local vs the upstream round trip, with wrk
   bench events    events/s published with confirms (Nexus's publisher vs a plain lapin loop);

@@ -7,10 +7,12 @@
 //! - [`storage`]: where counters live, behind one trait: [`storage::MemoryStorage`] and
 //!   [`storage::RedisStorage`].
 //! - [`service`]: decisions for whole requests, and the tonic service.
+//! - [`leases`]: leased quota (`nexus.ratelimit.v1.RateLimitLeases`) from the same counters.
 //! - [`config_dir`]: `--config-dir` followed while the service runs.
 
 pub mod algorithm;
 pub mod config_dir;
+pub mod leases;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -14,6 +14,11 @@ pub struct Metrics {
     pub unknown_domain: AtomicU64,
     pub storage_errors: AtomicU64,
     pub invalid_requests: AtomicU64,
+    /// Lease calls, and the quota they granted, took back, and reported used.
+    pub lease_calls: AtomicU64,
+    pub lease_granted: AtomicU64,
+    pub lease_returned: AtomicU64,
+    pub lease_used: AtomicU64,
     /// Hits per descriptor metric key (envoyproxy/ratelimit's stats: `detailed_metric` and
     /// `value_to_metric` shape the keys), at most [`MAX_METRIC_KEYS`] keys.
     pub per_descriptor: Mutex<BTreeMap<String, DescriptorCounts>>,
@@ -37,6 +42,10 @@ pub struct DescriptorCounts {
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `hits` on each `(metric key, over limit, shadowed)` of one call, under one lock.
@@ -103,6 +112,26 @@ impl Metrics {
                 "nexus_ratelimit_invalid_requests_total",
                 "calls answered INVALID_ARGUMENT",
                 &self.invalid_requests,
+            ),
+            (
+                "nexus_ratelimit_lease_calls_total",
+                "Lease calls (renewals, returns, usage reports)",
+                &self.lease_calls,
+            ),
+            (
+                "nexus_ratelimit_lease_granted_total",
+                "requests of quota leased to proxies",
+                &self.lease_granted,
+            ),
+            (
+                "nexus_ratelimit_lease_returned_total",
+                "requests of unused leased quota given back",
+                &self.lease_returned,
+            ),
+            (
+                "nexus_ratelimit_lease_used_total",
+                "requests proxies reported admitting from leases",
+                &self.lease_used,
             ),
         ];
         let mut out = String::new();

@@ -120,7 +120,8 @@ async fn serve_one<S: Storage>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     tonic::transport::Server::builder()
-        .add_service(limiter.into_service())
+        .add_service(limiter.clone().into_service())
+        .add_service(limiter.into_lease_service())
         .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())

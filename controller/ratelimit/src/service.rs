@@ -212,7 +212,7 @@ impl<S: Storage> RateLimiter<S> {
             .iter()
             .flatten()
             .map(|r| Counter {
-                key: format!("{}:{}{}", r.key, r.requests_per_unit, unit_suffix(r.unit)),
+                key: counter_key(r),
                 limit: r.requests_per_unit,
                 window_us: r.window_us(),
             })
@@ -498,6 +498,11 @@ fn json_to_proto(v: &serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// A limit's counter key: strict decisions and leases count on the same one.
+pub(crate) fn counter_key(r: &Resolved) -> String {
+    format!("{}:{}{}", r.key, r.requests_per_unit, unit_suffix(r.unit))
 }
 
 fn unit_suffix(unit: Unit) -> &'static str {

@@ -44,6 +44,8 @@ pub struct Transcoding {
 pub struct RouteLimits {
     pub descriptors: Vec<Descriptor>,
     pub failure_modes: FailureModesByLimit,
+    /// The limits in leased mode (by router rule, then descriptor key).
+    pub leases: nexus_config::ratelimit_filter::LeasesByLimit,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use nexus_config::ratelimit::{
     Descriptor, RateLimit, Unit, CLIENT_KEY, HEADER_KEY_PREFIX, ROUTE_KEY,
 };
-use nexus_config::ratelimit_filter::FailureMode;
+use nexus_config::ratelimit_filter::{FailureMode, LeaseConfig};
 
-use crate::crd::{LimitFailureMode, RateLimitBy, RateLimitSpec, RateUnit};
+use crate::crd::{LimitFailureMode, LimitMode, RateLimitBy, RateLimitSpec, RateUnit};
 
 use super::problem::Ctx;
 
@@ -19,6 +19,8 @@ pub(super) struct RuleLimits {
     /// Descriptor key (`route` for the rule's own limit) → the mode its limit set; limits
     /// without `failureMode` keep the filter's default (local fallback).
     pub failure_modes: BTreeMap<String, FailureMode>,
+    /// Descriptor key → how its limit is leased, for `mode: Leased` limits.
+    pub leases: BTreeMap<String, LeaseConfig>,
 }
 
 /// The limits of rule `rule` (its full name, the `x-nexus-rule` value), or none without
@@ -42,6 +44,7 @@ pub(super) fn descriptor(
     };
     let mut seen = BTreeSet::new();
     let mut failure_modes = BTreeMap::new();
+    let mut leases = BTreeMap::new();
     for (k, l) in limits.iter().enumerate() {
         let here = format!("{at}.rateLimits[{k}]");
         if l.requests == 0 {
@@ -61,6 +64,9 @@ pub(super) fn descriptor(
             let counted_by = key.clone().unwrap_or_else(|| ROUTE_KEY.to_string());
             failure_modes.insert(counted_by, mode);
         }
+        if let Some(lease) = lease(cx, l, &here) {
+            leases.insert(key.clone().unwrap_or_else(|| ROUTE_KEY.to_string()), lease);
+        }
         match key {
             None => {
                 top.rate_limit = Some(limit(l));
@@ -79,7 +85,43 @@ pub(super) fn descriptor(
     Some(RuleLimits {
         descriptor: top,
         failure_modes,
+        leases,
     })
+}
+
+/// The filter's lease settings for a `mode: Leased` limit; `lease` without it is refused (it
+/// would silently do nothing).
+fn lease(cx: &mut Ctx, l: &RateLimitSpec, here: &str) -> Option<LeaseConfig> {
+    if l.mode != Some(LimitMode::Leased) {
+        if l.lease.is_some() {
+            cx.bad(format!("{here}.lease"), "lease settings need mode: Leased");
+        }
+        return None;
+    }
+    let spec = l.lease.clone().unwrap_or_default();
+    let mut out = LeaseConfig::default();
+    if let Some(p) = spec.share_percent {
+        if !(1..=100).contains(&p) {
+            cx.bad(format!("{here}.lease.sharePercent"), "must be 1 to 100");
+        }
+        out.share_percent = p;
+    }
+    if let Some(p) = spec.renew_below_percent {
+        if p > 99 {
+            cx.bad(format!("{here}.lease.renewBelowPercent"), "must be 0 to 99");
+        }
+        out.renew_below_percent = p;
+    }
+    if let Some(d) = &spec.idle_return {
+        match super::parse_duration_ms(d) {
+            Some(ms) if (100..=3_600_000).contains(&ms) => out.idle_return_ms = ms,
+            _ => cx.bad(
+                format!("{here}.lease.idleReturn"),
+                format!("{d:?} is not a duration from 100ms to 1h"),
+            ),
+        }
+    }
+    Some(out)
 }
 
 /// The filter's mode for a limit's `failureMode`, if set (a shadow limit never refuses, so

@@ -74,6 +74,9 @@ pub(super) fn compile(
                         .failure_modes
                         .insert(c.name.clone(), l.failure_modes.clone());
                 }
+                if !l.leases.is_empty() {
+                    limits.leases.insert(c.name.clone(), l.leases.clone());
+                }
             }
         }
         compiled.extend(these);

@@ -20,6 +20,8 @@ pub struct GroupConfigs {
     pub ratelimit: RateLimitConfig,
     /// The failure modes rate limits set (`failureMode`), by router rule then descriptor key.
     pub ratelimit_failure_modes: FailureModesByLimit,
+    /// The limits in leased mode (`mode: Leased`), by router rule then descriptor key.
+    pub ratelimit_leases: nexus_config::ratelimit_filter::LeasesByLimit,
     /// Rules only for router rules that cache; the service is filled in per target.
     pub cache: CacheConfig,
     /// Rules only for router rules with a `guard` block.
@@ -98,6 +100,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         descriptors: Vec::new(),
     };
     let mut ratelimit_failure_modes = FailureModesByLimit::new();
+    let mut ratelimit_leases = nexus_config::ratelimit_filter::LeasesByLimit::new();
     let mut cache = CacheConfig::default();
     let mut guard = GuardConfig::default();
     for r in routes {
@@ -146,6 +149,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
             .descriptors
             .extend(r.rate_limits.descriptors.iter().cloned());
         ratelimit_failure_modes.extend(r.rate_limits.failure_modes.clone());
+        ratelimit_leases.extend(r.rate_limits.leases.clone());
         for rule in &r.rules {
             if let Some(c) = &rule.cache {
                 cache.rules.push(CacheRule {
@@ -171,6 +175,7 @@ pub fn group_configs(group: &GroupKey, routes: &[&CompiledRoute]) -> GroupConfig
         auth,
         ratelimit,
         ratelimit_failure_modes,
+        ratelimit_leases,
         cache,
         guard,
     }
@@ -226,6 +231,7 @@ pub fn filter_configurations(
         failure_mode: FailureMode::LocalFallback,
         failure_mode_by_route: Default::default(),
         failure_mode_by_limit: cfg.ratelimit_failure_modes.clone(),
+        leases_by_limit: cfg.ratelimit_leases.clone(),
         response_headers: true,
         over_limit_cache: true,
         // `ratelimit.reset`s ride the cache service's event stream, as session revocations

@@ -44,6 +44,12 @@ pub struct RateLimitFilterConfig {
     /// locally, the `fail_open` ones are skipped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_mode_by_limit: FailureModesByLimit,
+    /// Limits in leased mode, by router rule then descriptor key (as `failure_mode_by_limit`);
+    /// every other limit is strict (each request asks the service). A leased limit's requests
+    /// are admitted from quota this proxy leased from the service's window budget, with no
+    /// call per request; see [`LeaseConfig`]. Needs `service`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leases_by_limit: LeasesByLimit,
     /// Add `RateLimit-Policy` / `RateLimit` headers (IETF httpapi draft) to allowed responses.
     #[serde(default = "crate::yes")]
     pub response_headers: bool,
@@ -81,6 +87,87 @@ pub struct RateLimitService {
     pub cluster: String,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// Router rule → descriptor key of one of its limits → how that limit is leased.
+pub type LeasesByLimit = BTreeMap<String, BTreeMap<String, LeaseConfig>>;
+
+/// How a leased limit takes quota from the service. Every Envoy holds at most one lease per
+/// counter (its workers share it in shared data); grants come out of the same fixed-window
+/// counter strict requests count on, and are void when that window ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Size of one lease, in percent of the limit's `requests_per_unit` (at least one request):
+    /// larger leases mean fewer service calls, smaller ones share a tight budget more evenly
+    /// between proxies.
+    #[serde(default = "default_share_percent")]
+    pub share_percent: u32,
+    /// Renew (in the background, one call per counter at a time) once the lease is down to this
+    /// percent of a lease: the renewal must answer before the rest is spent, or the limit's
+    /// failure mode decides for the requests in between.
+    #[serde(default = "default_renew_below_percent")]
+    pub renew_below_percent: u32,
+    /// Quota unused for this long goes back to the service, for other proxies to lease.
+    #[serde(default = "default_idle_return_ms")]
+    pub idle_return_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            share_percent: default_share_percent(),
+            renew_below_percent: default_renew_below_percent(),
+            idle_return_ms: default_idle_return_ms(),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// Requests one lease asks for, for a limit of `requests_per_unit`.
+    pub fn lease_size(&self, requests_per_unit: u32) -> u64 {
+        (u64::from(requests_per_unit) * u64::from(self.share_percent))
+            .div_ceil(100)
+            .max(1)
+    }
+
+    /// Renew once a lease holds this many requests or fewer.
+    pub fn renew_at(&self, requests_per_unit: u32) -> u64 {
+        self.lease_size(requests_per_unit) * u64::from(self.renew_below_percent) / 100
+    }
+
+    fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if !(1..=100).contains(&self.share_percent) {
+            errors.push(ConfigError::new(
+                format!("{path}.share_percent"),
+                format!("{} is outside 1..=100", self.share_percent),
+            ));
+        }
+        if self.renew_below_percent > 99 {
+            errors.push(ConfigError::new(
+                format!("{path}.renew_below_percent"),
+                format!("{} is outside 0..=99", self.renew_below_percent),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.idle_return_ms) {
+            errors.push(ConfigError::new(
+                format!("{path}.idle_return_ms"),
+                format!("{} ms is outside 100..=3600000", self.idle_return_ms),
+            ));
+        }
+    }
+}
+
+fn default_share_percent() -> u32 {
+    10
+}
+
+fn default_renew_below_percent() -> u32 {
+    50
+}
+
+fn default_idle_return_ms() -> u64 {
+    2_000
 }
 
 /// Router rule → descriptor key of one of its limits → that limit's failure mode.
@@ -168,6 +255,27 @@ impl Validate for RateLimitFilterConfig {
                 ));
             }
         }
+        for (rule, leases) in &self.leases_by_limit {
+            for (key, lease) in leases {
+                let at = format!("{path}.leases_by_limit.{rule}.{key}");
+                if !fillable(key) {
+                    errors.push(ConfigError::new(
+                        at.clone(),
+                        format!(
+                            "no limit counts by {key:?} (known: {}, header.<name>)",
+                            VALUE_SOURCES.join(", ")
+                        ),
+                    ));
+                }
+                if self.service.is_none() {
+                    errors.push(ConfigError::new(
+                        at.clone(),
+                        "a leased limit leases from the service: configure service",
+                    ));
+                }
+                lease.validate(&at, errors);
+            }
+        }
         if self.resets_cluster.as_deref() == Some("") {
             errors.push(ConfigError::new(
                 format!("{path}.resets_cluster"),
@@ -241,5 +349,31 @@ mod tests {
                 "$.service.timeout_ms",
             ]
         );
+    }
+
+    #[test]
+    fn leases_need_the_service_known_keys_and_sane_settings() {
+        let err = parse::<RateLimitFilterConfig>(
+            br#"{"limits": {"domain": "nexus", "descriptors": [{"key": "route", "value": "lake",
+                 "rate_limit": {"unit": "minute", "requests_per_unit": 100}}]},
+                 "leases_by_limit": {"lake": {"route": {"share_percent": 0, "renew_below_percent": 100,
+                   "idle_return_ms": 5}, "user_agent": {}}}}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$.leases_by_limit.lake.route",
+                "$.leases_by_limit.lake.route.share_percent",
+                "$.leases_by_limit.lake.route.renew_below_percent",
+                "$.leases_by_limit.lake.route.idle_return_ms",
+                "$.leases_by_limit.lake.user_agent",
+                "$.leases_by_limit.lake.user_agent",
+            ]
+        );
+        let lease = LeaseConfig::default();
+        assert_eq!((lease.lease_size(1000), lease.renew_at(1000)), (100, 50));
+        assert_eq!(lease.lease_size(3), 1, "at least one request per lease");
     }
 }

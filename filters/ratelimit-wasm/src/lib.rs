@@ -22,6 +22,12 @@ nexus_proxy_wasm::export_filter!(
 
 struct RateLimitFilter {
     limiter: RateLimiter,
+    /// The root context: lease calls are made as its own, so they outlive the request that
+    /// decided them.
+    root_id: u32,
+    /// Lease calls in flight: token → counter key.
+    leases: RefCell<HashMap<u32, String>>,
+    lease_failure_logged_ms: std::cell::Cell<u64>,
     metrics: HostMetrics,
     /// Requests paused on a rate-limit service call.
     calls: PausedCalls<Pending>,
@@ -80,6 +86,61 @@ impl RateLimitFilter {
         }
     }
 
+    /// Sends the lease calls the core decided, as the root context's (`context`: the request
+    /// being served, whose context is restored after).
+    fn send_lease_calls(&self, context: Option<u32>) {
+        let calls = self.limiter.take_lease_calls();
+        let Some(service) = self.limiter.service() else {
+            return;
+        };
+        if calls.is_empty() {
+            return;
+        }
+        if context.is_some() {
+            let _ = hostcalls::set_effective_context(self.root_id);
+        }
+        for call in calls {
+            match hostcalls::grpc_call(
+                &service.cluster,
+                nexus_proto::LEASE_SERVICE,
+                nexus_proto::LEASE_METHOD,
+                &call.message,
+                service.timeout_ms,
+            ) {
+                Ok(token) => {
+                    self.leases.borrow_mut().insert(token, call.key);
+                }
+                Err(status) => self
+                    .lease_answered(&call.key, Err(ServiceFailure::Dispatch(status.to_string()))),
+            }
+        }
+        if let Some(context) = context {
+            let _ = hostcalls::set_effective_context(context);
+        }
+    }
+
+    fn lease_answered(&self, key: &str, answer: Result<&[u8], ServiceFailure>) {
+        if let Err(failure) = &answer {
+            self.log_lease_failure(failure);
+        }
+        self.limiter
+            .on_lease_answer(key, answer, &HostSharedData, &self.metrics, now_us());
+    }
+
+    /// Once a minute at most: a failed lease call leaves its counter's requests to the failure
+    /// mode until a renewal answers.
+    fn log_lease_failure(&self, failure: &ServiceFailure) {
+        let now = now_ms();
+        if self.lease_failure_logged_ms.get() + 60_000 > now {
+            return;
+        }
+        self.lease_failure_logged_ms.set(now);
+        HostLog.log(
+            Level::Warn,
+            &format!("nexus-ratelimit: lease call failed: {failure:?} (logged once per minute)"),
+        );
+    }
+
     /// Opens the reset stream (the cache service's `Subscribe`) when it is due.
     fn follow_resets(&self) {
         let FeedAction::Open { cluster, request } = self.limiter.reset_feed_tick(now_ms()) else {
@@ -114,7 +175,7 @@ impl RateLimitFilter {
 }
 
 impl Filter for RateLimitFilter {
-    fn configure(_root_id: u32, config: &[u8]) -> Option<Self> {
+    fn configure(root_id: u32, config: &[u8]) -> Option<Self> {
         let limiter = parse_config("nexus-ratelimit", config, RateLimiter::from_json)?;
         if limiter.needs_ticks() {
             if let Err(s) = hostcalls::set_tick_period_ms(TICK_MS) {
@@ -125,6 +186,9 @@ impl Filter for RateLimitFilter {
         let audit = limiter.audit_sink().cloned().map(AuditSender::start);
         Some(Self {
             limiter,
+            root_id,
+            leases: RefCell::new(HashMap::new()),
+            lease_failure_logged_ms: std::cell::Cell::new(0),
             metrics: HostMetrics::default(),
             calls: PausedCalls::default(),
             response_headers: RefCell::new(HashMap::new()),
@@ -137,6 +201,9 @@ impl Filter for RateLimitFilter {
             sender.flush(&self.metrics);
         }
         self.follow_resets();
+        self.limiter
+            .lease_tick(&HostSharedData, &self.metrics, now_us());
+        self.send_lease_calls(None);
     }
 
     fn on_http_call_response(&self, token: u32, status: Option<u32>, _body: &[u8]) {
@@ -146,6 +213,10 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_grpc_receive(&self, _context: u32, token: u32, message: &[u8]) {
+        let lease = self.leases.borrow_mut().remove(&token);
+        if let Some(key) = lease {
+            return self.lease_answered(&key, Ok(message));
+        }
         let feed = self.limiter.reset_feed_message(
             token,
             message,
@@ -165,6 +236,11 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_grpc_close(&self, _context: u32, token: u32, status: u32, message: &str) {
+        let lease = self.leases.borrow_mut().remove(&token);
+        if let Some(key) = lease {
+            let failure = ServiceFailure::Status(status, message.to_string());
+            return self.lease_answered(&key, Err(failure));
+        }
         if self.limiter.reset_feed_closed(token, now_ms()) {
             HostLog.log(
                 Level::Info,
@@ -185,6 +261,7 @@ impl Filter for RateLimitFilter {
             &self.metrics,
             now_us(),
         );
+        self.send_lease_calls(Some(context));
         let Step::CallService { message, pending } = step else {
             return self.finish(context, step, false);
         };

@@ -8,10 +8,13 @@
 pub mod audit;
 mod bucket;
 mod descriptors;
+pub mod lease;
+mod leases;
 mod overlimit;
 mod resets;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use nexus_config::ratelimit::Unit;
 use nexus_config::ratelimit_filter::{FailureMode, RateLimitFilterConfig};
@@ -25,6 +28,7 @@ use prost::Message;
 
 pub use bucket::BucketState;
 pub use descriptors::Limited;
+pub use leases::LeaseCall;
 pub use overlimit::SLOTS as OVER_LIMIT_CACHE_SLOTS;
 pub use resets::{FeedAction, FeedMessage};
 
@@ -36,6 +40,10 @@ pub struct RateLimiter {
     last_degraded_log_us: Cell<u64>,
     /// The reset stream (`resets_cluster`), if configured.
     feed: Option<Feed>,
+    /// Lease calls decided but not yet sent (the adapter drains them).
+    lease_calls: RefCell<Vec<LeaseCall>>,
+    /// Leased counters this VM has used, visited by the tick for idle returns.
+    leased: RefCell<HashMap<String, leases::Known>>,
 }
 
 /// What to do with a request.
@@ -78,6 +86,8 @@ impl RateLimiter {
             feed: config.resets_cluster.as_deref().map(Feed::new),
             config,
             last_degraded_log_us: Cell::new(0),
+            lease_calls: RefCell::new(Vec::new()),
+            leased: RefCell::new(HashMap::new()),
         }
     }
 
@@ -106,6 +116,19 @@ impl RateLimiter {
         if self.config.service.is_some() {
             if let Some(deny) = self.over_limit_locally(&route, &limited, shared, metrics, now_us) {
                 return deny;
+            }
+            let (leased, limited): (Vec<Limited>, Vec<Limited>) = limited
+                .into_iter()
+                .partition(|l| self.lease_of(&route, l).is_some());
+            let mut headers = Vec::new();
+            if !leased.is_empty() {
+                match self.take_leases(&route, &leased, shared, metrics, now_us) {
+                    Step::Allow(h) => headers = h,
+                    other => return other,
+                }
+            }
+            if limited.is_empty() {
+                return Step::Allow(headers);
             }
             let message = RateLimitRequest {
                 domain: self.config.limits.domain.clone(),
@@ -177,6 +200,47 @@ impl RateLimiter {
         log: &impl Log,
         now_us: u64,
     ) -> Step {
+        let (modes, applied) = self.failure_modes(pending);
+        self.log_degraded(failure, &applied, log, now_us);
+        self.apply_failure_modes(pending, &modes, &applied, shared, metrics, now_us)
+    }
+
+    /// Each limit of `pending` in its mode (`modes`, in order; `applied`: the modes that
+    /// decide, counted once each).
+    fn apply_failure_modes(
+        &self,
+        pending: &Pending,
+        modes: &[FailureMode],
+        applied: &[FailureMode],
+        shared: &impl SharedData,
+        metrics: &impl Metrics,
+        now_us: u64,
+    ) -> Step {
+        for mode in applied {
+            metrics.increment(&format!("nexus_ratelimit.degraded.{}", mode.name()), 1);
+        }
+        if applied.contains(&FailureMode::FailClosed) {
+            return Step::Deny(LocalResponse::json_error(
+                500,
+                "rate_limit_unavailable",
+                "the rate-limit service did not answer and a limit of this route fails closed",
+            ));
+        }
+        let fallback: Vec<Limited> = pending
+            .limited
+            .iter()
+            .zip(modes)
+            .filter(|(_, m)| **m == FailureMode::LocalFallback)
+            .map(|(l, _)| l.clone())
+            .collect();
+        if fallback.is_empty() {
+            return Step::Allow(Vec::new());
+        }
+        self.enforce_locally(&pending.route, &fallback, shared, metrics, now_us)
+    }
+
+    /// Each limit's mode, and the modes that decide the request (a `fail_closed` alone).
+    fn failure_modes(&self, pending: &Pending) -> (Vec<FailureMode>, Vec<FailureMode>) {
         let modes: Vec<FailureMode> = pending
             .limited
             .iter()
@@ -190,28 +254,7 @@ impl RateLimiter {
                 .filter(|m| modes.contains(m))
                 .collect()
         };
-        for mode in &applied {
-            metrics.increment(&format!("nexus_ratelimit.degraded.{}", mode.name()), 1);
-        }
-        self.log_degraded(failure, &applied, log, now_us);
-        if applied.contains(&FailureMode::FailClosed) {
-            return Step::Deny(LocalResponse::json_error(
-                500,
-                "rate_limit_unavailable",
-                "the rate-limit service did not answer and a limit of this route fails closed",
-            ));
-        }
-        let fallback: Vec<Limited> = pending
-            .limited
-            .iter()
-            .zip(&modes)
-            .filter(|(_, m)| **m == FailureMode::LocalFallback)
-            .map(|(l, _)| l.clone())
-            .collect();
-        if fallback.is_empty() {
-            return Step::Allow(Vec::new());
-        }
-        self.enforce_locally(&pending.route, &fallback, shared, metrics, now_us)
+        (modes, applied)
     }
 
     /// A limit's own failure mode, else its route's, else the filter's. A shadow-mode limit

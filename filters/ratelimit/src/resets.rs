@@ -36,7 +36,7 @@ impl RateLimiter {
 
     /// Whether the adapter must tick (to open and reopen the reset stream).
     pub fn needs_ticks(&self) -> bool {
-        self.feed.is_some()
+        self.feed.is_some() || !self.config.leases_by_limit.is_empty()
     }
 
     pub fn reset_feed_tick(&self, now_ms: u64) -> FeedAction {

@@ -386,5 +386,6 @@ fn quota_mode_denies_locally_only_when_every_quota_bucket_is_empty() {
 }
 
 mod failure_modes;
+mod leases;
 mod over_limit_cache;
 mod resets;

@@ -81,6 +81,15 @@ impl Storage for MemoryStorage {
         Ok((before - map.len()) as u64)
     }
 
+    async fn lease(
+        &self,
+        counter: &Counter,
+        op: super::lease::LeaseOp,
+        now_us: u64,
+    ) -> Result<super::lease::Grant, StorageError> {
+        super::lease::memory(&self.counters, counter, op, now_us)
+    }
+
     fn describe(&self) -> String {
         "memory (this replica only)".to_string()
     }

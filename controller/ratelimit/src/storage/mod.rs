@@ -2,6 +2,7 @@
 
 mod batch;
 mod connection;
+pub mod lease;
 mod memory;
 mod redis;
 mod script;
@@ -13,6 +14,7 @@ pub use self::script::{LuaScript, ScriptCall};
 
 use std::future::Future;
 
+use self::lease::{Grant, LeaseOp};
 use crate::algorithm::{Algorithm, Counter, Decision};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,15 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         entries: &[(String, String)],
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Leased quota on `counter`'s fixed-window counter (see [`lease`]): takes back what
+    /// `op` returns, then grants at most what the current window has left, atomically.
+    fn lease(
+        &self,
+        counter: &Counter,
+        op: LeaseOp,
+        now_us: u64,
+    ) -> impl Future<Output = Result<Grant, StorageError>> + Send;
 
     /// A short human description for logs (`memory`, `redis at 127.0.0.1:6379`).
     fn describe(&self) -> String;

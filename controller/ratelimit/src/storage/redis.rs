@@ -275,6 +275,16 @@ impl Storage for RedisStorage {
             .map_err(|_| StorageError("redis reset timed out".into()))?
     }
 
+    async fn lease(
+        &self,
+        counter: &Counter,
+        op: super::lease::LeaseOp,
+        now_us: u64,
+    ) -> Result<super::lease::Grant, StorageError> {
+        let conn = &self.conn;
+        super::lease::redis(conn, &self.prefix, self.timeout, counter, op, now_us).await
+    }
+
     fn describe(&self) -> String {
         self.conn.target().describe()
     }
