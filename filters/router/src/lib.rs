@@ -296,4 +296,6 @@ fn decide(
 }
 
 #[cfg(test)]
+mod graphql_step_tests;
+#[cfg(test)]
 mod tests;
