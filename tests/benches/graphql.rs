@@ -25,7 +25,8 @@ const CONFIG: &str = r#"{"rules": [
 fn graphql_body() -> String {
     let mut fields = String::new();
     let mut i = 0;
-    let wrap = |f: &str| format!(r#"{{"query": "query Big {{ datasets(first: 10) {{ id{f} }} }}"}}"#);
+    let wrap =
+        |f: &str| format!(r#"{{"query": "query Big {{ datasets(first: 10) {{ id{f} }} }}"}}"#);
     while wrap(&fields).len() + format!(" field{i}").len() <= BODY_BYTES {
         fields.push_str(&format!(" field{i}"));
         i += 1;
@@ -90,7 +91,9 @@ fn main() -> Result<()> {
     })?;
     let (gql, plain) = (graphql_body(), plain_body());
     assert_eq!((gql.len(), plain.len()), (BODY_BYTES, BODY_BYTES));
-    println!("== nexus-router, {BODY_BYTES}-byte POST bodies, wrk -c {connections} for {seconds} s ==");
+    println!(
+        "== nexus-router, {BODY_BYTES}-byte POST bodies, wrk -c {connections} for {seconds} s =="
+    );
     let load_cpu = cpus.map(|c| c.1);
     let base = measure(&envoy, "/plain", &plain, (seconds, connections), load_cpu)?;
     let g = measure(&envoy, "/graphql", &gql, (seconds, connections), load_cpu)?;

@@ -44,7 +44,8 @@ fn setup() -> Setup {
 
 fn post(s: &Setup, body: &str) -> client::Response {
     let headers = [("content-type", "application/json")];
-    client::request(s.envoy.port, "POST", "/graphql", &headers, body.as_bytes()).unwrap()
+    client::request(s.envoy.port, "POST", "/graphql", &headers, body.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.envoy.log()))
 }
 
 #[test]
@@ -62,7 +63,11 @@ fn each_query_reaches_the_upstream_owning_its_root_fields() {
     assert_eq!((lake.len(), stream.len()), (1, 1));
     assert_eq!(lake[0].header("x-nexus-graphql-operation"), Some("Tables"));
     assert_eq!(lake[0].header("x-nexus-upstream"), Some("lake"));
-    assert_eq!(lake[0].body, lake_query.as_bytes(), "the body goes on unchanged");
+    assert_eq!(
+        lake[0].body,
+        lake_query.as_bytes(),
+        "the body goes on unchanged"
+    );
     assert_eq!(stream[0].header("x-nexus-graphql-operation"), Some("Live"));
 }
 
@@ -90,7 +95,7 @@ fn a_malformed_body_and_an_over_deep_query_get_their_exact_responses() {
         (
             r#"{"query": "{ datasets { id "}"#,
             400,
-            r#"{"errors":[{"extensions":{"code":"GRAPHQL_PARSE_FAILED"},"locations":[{"line":1,"column":17}],"message":"Syntax Error: expected a name, found end of document"}]}"#,
+            r#"{"errors":[{"extensions":{"code":"GRAPHQL_PARSE_FAILED"},"locations":[{"column":17,"line":1}],"message":"Syntax Error: expected a name, found end of document"}]}"#,
         ),
         (
             r#"{"query": "{ datasets { owner { team { name } } } }"}"#,
@@ -109,7 +114,10 @@ fn a_malformed_body_and_an_over_deep_query_get_their_exact_responses() {
         assert_eq!(resp.header("content-type"), Some("application/json"));
         assert_eq!(resp.text(), expected, "{body}");
     }
-    let big = format!(r#"{{"query": "{{ datasets {{ id }} }}", "pad": "{}"}}"#, "x".repeat(5000));
+    let big = format!(
+        r#"{{"query": "{{ datasets {{ id }} }}", "pad": "{}"}}"#,
+        "x".repeat(5000)
+    );
     let resp = post(&s, &big);
     assert_eq!(resp.status, 413);
     assert_eq!(
@@ -123,7 +131,10 @@ fn a_malformed_body_and_an_over_deep_query_get_their_exact_responses() {
 fn a_persisted_query_is_refused_until_registered_then_served_by_hash() {
     let s = setup();
     let query = "{ streams { id } }";
-    let hash: String = Sha256::digest(query).iter().map(|b| format!("{b:02x}")).collect();
+    let hash: String = Sha256::digest(query)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let by_hash = format!(
         r#"{{"extensions": {{"persistedQuery": {{"version": 1, "sha256Hash": "{hash}"}}}}}}"#
     );
@@ -141,9 +152,16 @@ fn a_persisted_query_is_refused_until_registered_then_served_by_hash() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json().unwrap()["upstream"], "stream");
     let got = s.stream.requests();
-    assert_eq!(got.len(), 2, "the first hash-only request reached no upstream");
+    assert_eq!(
+        got.len(),
+        2,
+        "the first hash-only request reached no upstream"
+    );
     let forwarded: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
-    assert_eq!(forwarded["query"], query, "the upstream gets the query, not only its hash");
+    assert_eq!(
+        forwarded["query"], query,
+        "the upstream gets the query, not only its hash"
+    );
     assert_eq!(
         got[1].header("content-length"),
         Some(got[1].body.len().to_string().as_str())

@@ -27,6 +27,8 @@ pub struct CompiledRule {
     pub cache: Option<RuleCache>,
     /// The rule's guard policy, if any (also for its REST fallback).
     pub guard: Option<nexus_config::guard::GuardPolicy>,
+    /// Upstreams the rule's GraphQL block may route to besides its own.
+    pub graphql_upstreams: Vec<ResolvedUpstream>,
 }
 
 /// A route's rate limits: one descriptor per router rule that limits, and the failure modes
@@ -70,7 +72,7 @@ impl CompiledRoute {
     pub fn upstreams(&self) -> impl Iterator<Item = &ResolvedUpstream> {
         self.rules
             .iter()
-            .map(|rule| &rule.upstream)
+            .flat_map(|rule| std::iter::once(&rule.upstream).chain(&rule.graphql_upstreams))
             .chain(self.default_upstream.iter().map(|(_, u, _)| u))
     }
 }

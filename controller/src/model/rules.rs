@@ -15,7 +15,7 @@ use super::compiled::{CompiledRule, RouteLimits};
 use super::problem::Ctx;
 use super::syntax::is_dns_label;
 use super::upstream::{self, Tokens};
-use super::{cache, guard, matching, ratelimit, resilience};
+use super::{cache, graphql, guard, matching, ratelimit, resilience};
 
 /// What rules inherit from the route.
 pub(super) struct Inherited<'a> {
@@ -46,6 +46,9 @@ pub(super) fn compile(
         };
         for (c, path) in these.iter().zip(["upstream", "restFallback.upstream"]) {
             tokens.claim(cx, &c.upstream, format!("{at}.{path}"));
+            for u in &c.graphql_upstreams {
+                tokens.claim(cx, u, format!("{at}.graphql"));
+            }
         }
         let requirement = auth.for_rule(cx, r.auth.as_ref(), &at);
         for c in &these {
@@ -126,6 +129,11 @@ fn compile_rule(
         .guard
         .as_ref()
         .and_then(|g| guard::compile(cx, g, &format!("{at}.guard")));
+    let graphql = r
+        .graphql
+        .as_ref()
+        .map(|g| graphql::compile(cx, g, &format!("{at}.graphql")));
+    let (graphql, graphql_upstreams) = graphql.map_or((None, Vec::new()), |(g, u)| (Some(g), u));
     let rule = CompiledRule {
         name: name.clone(),
         router: router::RouteRule {
@@ -135,7 +143,7 @@ fn compile_rule(
             upstream: Some(upstream.token.clone()),
             timeout_ms: Some(timeout_ms),
             retry: Some(retry.clone()),
-            graphql: None,
+            graphql,
         },
         upstream,
         timeout_ms,
@@ -143,6 +151,7 @@ fn compile_rule(
         per_try_timeout_ms: per_try,
         cache,
         guard,
+        graphql_upstreams,
     };
     let fallback = r
         .rest_fallback
@@ -187,5 +196,6 @@ fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str)
         per_try_timeout_ms: grpc.per_try_timeout_ms,
         cache: grpc.cache.clone(),
         guard: grpc.guard.clone(),
+        graphql_upstreams: Vec::new(),
     }
 }
