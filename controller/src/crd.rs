@@ -147,6 +147,37 @@ pub struct Rule {
     /// `request: {action: block}`); see `filters/config/src/guard.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<nexus_config::guard::GuardPolicy>,
+    /// The rule serves GraphQL: nexus-router parses each operation, routes it by operation
+    /// name or root field, and refuses it over the depth or cost limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<GraphqlSpec>,
+}
+
+/// A GraphQL rule (see `filters/config/src/router_graphql.rs` for the cost count).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphqlSpec {
+    /// Root field → the upstream that owns it. An operation whose root fields span two
+    /// owners is refused (400) unless `defaultUpstream` is given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, Upstream>,
+    /// Operation name → upstream; checked before `fields`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub operations: std::collections::BTreeMap<String, Upstream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_upstream: Option<Upstream>,
+    /// Default 65536; larger bodies get a 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+    /// Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<u64>,
+    /// Persisted queries (APQ) each proxy worker remembers; default 1000, 0 turns APQ off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted_queries: Option<u32>,
 }
 
 /// A rule's response caching. Responses marked `private` or `no-store`, with `Set-Cookie`,

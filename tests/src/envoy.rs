@@ -128,7 +128,7 @@ fn static_cluster(name: &str, port: u16) -> Value {
 }
 
 fn wasm_filter(f: &WasmFilter) -> Value {
-    json!({
+    let mut filter = json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -147,7 +147,13 @@ fn wasm_filter(f: &WasmFilter) -> Value {
                 "failure_policy": "FAIL_CLOSED"
             }
         }
-    })
+    });
+    // nexus-router holds a GraphQL POST at its headers until the body is in: without this,
+    // Envoy turns the filter's StopIteration into StopAllIteration and never hands it the body.
+    if f.name == "nexus-router" {
+        filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+    }
+    filter
 }
 
 /// A running Envoy; killed when dropped.

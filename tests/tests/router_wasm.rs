@@ -278,3 +278,30 @@ fn with_reports_on_the_level_is_read_per_tick_not_per_request() {
         "debug from the next tick: the request's line"
     );
 }
+
+/// A GraphQL POST is held at its headers, then routed by its body under the strict host.
+#[test]
+fn a_graphql_post_is_held_then_routed_by_its_body() {
+    let config = r#"{"rules": [{"name": "gql", "category": "data_operations",
+      "match": {"path": {"exact": "/graphql"}},
+      "graphql": {"fields": {"streams": "stream"}}}]}"#;
+    let mut host = router(config);
+    assert!(host.start().unwrap());
+    let mut http = host.http_context().unwrap();
+    let headers = [(":method", "POST"), (":path", "/graphql")];
+    assert_eq!(
+        http.request_headers(&headers, false).unwrap(),
+        Action::Pause
+    );
+    let body = br#"{"query": "query Live { streams { id } }"}"#;
+    assert_eq!(http.request_body(body, true).unwrap(), Action::Continue);
+    assert_eq!(
+        http.request_header("x-nexus-upstream").as_deref(),
+        Some("stream")
+    );
+    assert_eq!(
+        http.request_header("x-nexus-graphql-operation").as_deref(),
+        Some("Live")
+    );
+    http.finish().unwrap();
+}

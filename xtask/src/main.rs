@@ -33,7 +33,9 @@ commands:
   bench session   nexus-auth with a session cookie vs the same filter with a reused JWT vs no
                   filter: Envoy CPU per request (issue #18's target: session <= 1.2x JWT)
   bench metrics   the Datapunk request metrics' cost: Envoy CPU per request with `nexus up`'s
-                  access log vs none, and Nexus's CPU per counted line";
+                  access log vs none, and Nexus's CPU per counted line
+  bench graphql   nexus-router's GraphQL parsing: Envoy CPU per request for a 2 KiB GraphQL
+                  POST vs a plain POST of the same size, same Envoy, same run";
 
 fn main() {
     if let Err(e) = run() {
@@ -127,7 +129,7 @@ fn run() -> Result<()> {
         Some("bench")
             if matches!(
                 args.get(1).map(String::as_str),
-                Some("auth" | "ratelimit" | "cache" | "guard" | "metrics" | "session")
+                Some("auth" | "ratelimit" | "cache" | "guard" | "metrics" | "session" | "graphql")
             ) =>
         {
             nexus_toolenv::setup(&[Tool::Envoy, Tool::Wrk, Tool::Valgrind])?;

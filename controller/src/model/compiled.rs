@@ -29,6 +29,8 @@ pub struct CompiledRule {
     pub guard: Option<nexus_config::guard::GuardPolicy>,
     /// REST to the gRPC `upstream` through the transcoder, and the REST twin to fail over to.
     pub transcoding: Option<Transcoding>,
+    /// Upstreams the rule's GraphQL block may route to besides its own.
+    pub graphql_upstreams: Vec<ResolvedUpstream>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +87,9 @@ impl CompiledRoute {
             .iter()
             .flat_map(|rule| {
                 let failover = rule.transcoding.as_ref().and_then(|t| t.failover.as_ref());
-                std::iter::once(&rule.upstream).chain(failover)
+                std::iter::once(&rule.upstream)
+                    .chain(failover)
+                    .chain(&rule.graphql_upstreams)
             })
             .chain(self.default_upstream.iter().map(|(_, u, _)| u))
     }

@@ -18,6 +18,7 @@ mod cache;
 mod categories;
 mod compiled;
 mod conflicts;
+mod graphql;
 mod guard;
 mod matching;
 mod problem;

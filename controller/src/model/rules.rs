@@ -15,7 +15,7 @@ use super::compiled::{CompiledRule, RouteLimits, Transcoding};
 use super::problem::Ctx;
 use super::syntax::is_dns_label;
 use super::upstream::{self, ResolvedUpstream, Tokens};
-use super::{cache, guard, matching, ratelimit, resilience};
+use super::{cache, graphql, guard, matching, ratelimit, resilience};
 
 /// What rules inherit from the route.
 pub(super) struct Inherited<'a> {
@@ -46,6 +46,9 @@ pub(super) fn compile(
         };
         for (c, path) in these.iter().zip(["upstream", "restFallback.upstream"]) {
             tokens.claim(cx, &c.upstream, format!("{at}.{path}"));
+            for u in &c.graphql_upstreams {
+                tokens.claim(cx, u, format!("{at}.graphql"));
+            }
         }
         if let Some(u) = these[0]
             .transcoding
@@ -140,6 +143,11 @@ fn compile_rule(
         .grpc_transcoding
         .as_ref()
         .map(|t| transcoding(cx, t, &upstream, &format!("{at}.grpcTranscoding")));
+    let graphql = r
+        .graphql
+        .as_ref()
+        .map(|g| graphql::compile(cx, g, &format!("{at}.graphql")));
+    let (graphql, graphql_upstreams) = graphql.map_or((None, Vec::new()), |(g, u)| (Some(g), u));
     let rule = CompiledRule {
         name: name.clone(),
         router: router::RouteRule {
@@ -149,6 +157,7 @@ fn compile_rule(
             upstream: Some(upstream.token.clone()),
             timeout_ms: Some(timeout_ms),
             retry: Some(retry.clone()),
+            graphql,
         },
         upstream,
         timeout_ms,
@@ -157,6 +166,7 @@ fn compile_rule(
         cache,
         guard,
         transcoding,
+        graphql_upstreams,
     };
     let fallback = r
         .rest_fallback
@@ -193,6 +203,7 @@ fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str)
             upstream: Some(upstream.token.clone()),
             timeout_ms: Some(grpc.timeout_ms),
             retry: Some(grpc.retry.clone()),
+            graphql: None,
         },
         upstream,
         timeout_ms: grpc.timeout_ms,
@@ -201,6 +212,7 @@ fn rest_fallback(cx: &mut Ctx, fb: &RestFallback, grpc: &CompiledRule, at: &str)
         cache: grpc.cache.clone(),
         guard: grpc.guard.clone(),
         transcoding: None,
+        graphql_upstreams: Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The EnvoyFilter (and rate-limit ConfigMap) of one group of routes.
 
+use nexus_config::contract;
 use nexus_config::report::{ReportSink, VmConfiguration};
 use serde_json::{json, Value};
 
@@ -231,7 +232,7 @@ fn wasm_patch(
         .get(filter)
         .ok_or_else(|| anyhow::anyhow!("no sha256 for the {filter} module"))?;
     let fname = format!("nexus.{filter}");
-    Ok(json!({
+    let mut patch = json!({
         "applyTo": "HTTP_FILTER",
         "match": {
             "context": context,
@@ -281,5 +282,10 @@ fn wasm_patch(
                 },
             },
         },
-    }))
+    });
+    if contract::STOPS_AT_HEADERS.contains(&filter) {
+        patch["patch"]["value"]["typed_config"]["config"]["allow_on_headers_stop_iteration"] =
+            json!(true);
+    }
+    Ok(patch)
 }

@@ -409,7 +409,7 @@ fn header_exact(name: &str, value: &str) -> Value {
 
 fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
     let name = format!("nexus.{filter}");
-    json!({
+    let mut value = json!({
         "name": name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -435,7 +435,11 @@ fn wasm_filter(filter: &str, module: &Path, configuration: &str) -> Value {
                 },
             },
         },
-    })
+    });
+    if contract::STOPS_AT_HEADERS.contains(&filter) {
+        value["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+    }
+    value
 }
 
 /// A cluster of one endpoint: STATIC for an IP, STRICT_DNS for a name.

@@ -18,6 +18,12 @@
 /// is still authenticated and rate limited, and can be keyed by the identity. The guard runs
 /// right after auth: an unauthenticated request is refused before its body is buffered or
 /// scanned, and what the guard counts or refuses carries the caller's identity.
+/// Filters that may stop a request at its headers and resume it from a body callback
+/// (nexus-router holds GraphQL POSTs until their body is in). Their Envoy plugin config sets
+/// `allow_on_headers_stop_iteration`, without which Envoy turns StopIteration into
+/// StopAllIteration and never hands the filter the body.
+pub const STOPS_AT_HEADERS: [&str; 1] = ["router"];
+
 pub const FILTER_ORDER: [&str; 5] = ["router", "auth", "guard", "ratelimit", "cache"];
 
 /// The log field naming a request in every Nexus log: the filters' lines, Envoy's log and

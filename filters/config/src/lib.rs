@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod ratelimit_filter;
 pub mod report;
 pub mod router;
+pub mod router_graphql;
 pub mod session;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -108,6 +108,9 @@ pub struct RouteRule {
     /// Overrides the category's and the global retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The rule serves GraphQL: route and limit by the operation in the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<crate::router_graphql::GraphqlRule>,
 }
 
 /// Every condition given must hold; an empty match matches every request.
@@ -332,6 +335,9 @@ impl Validate for RouterConfig {
                 retry.validate(&format!("{at}.retry"), errors);
             }
             rule.matcher.validate(&format!("{at}.match"), errors);
+            if let Some(graphql) = &rule.graphql {
+                graphql.validate(&format!("{at}.graphql"), errors);
+            }
         }
         if let NoMatch::Default { category } = &self.on_no_match {
             self.check_category(category, &format!("{path}.on_no_match.category"), errors);
@@ -481,7 +487,7 @@ fn check_timeout(timeout: Option<u64>, at: &str, errors: &mut Vec<ConfigError>) 
     }
 }
 
-fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')

@@ -6,6 +6,8 @@
 //! plus a correlation id and W3C trace context. No match: a default category or 404.
 
 mod correlation;
+pub mod graphql;
+mod graphql_step;
 
 use nexus_config::router::{NoMatch, RetryPolicy, RouterConfig};
 use nexus_config::ConfigErrors;
@@ -13,6 +15,7 @@ use nexus_filter_core::request_log::{self, RequestIds};
 use nexus_filter_core::{Action, HeaderMap, IdGenerator, LocalResponse, Log, Metrics};
 
 pub use correlation::{is_valid_request_id, is_valid_traceparent};
+use graphql::GraphqlPlan;
 use nexus_filter_core::matcher::{CompiledMatch, RequestView};
 
 pub use nexus_config::contract::{
@@ -51,6 +54,32 @@ struct Decision {
 struct CompiledRule {
     matcher: CompiledMatch,
     decision: Decision,
+    graphql: Option<GraphqlPlan>,
+}
+
+/// What the router wants once it has seen the request headers.
+#[derive(Debug)]
+pub enum Step {
+    Continue,
+    Respond(LocalResponse),
+    /// A GraphQL POST: the routing headers are set for the rule; the operation is decided once
+    /// the whole body is in ([`Router::on_graphql_body`]).
+    ReadBody(GraphqlWait),
+}
+
+/// A request waiting for its GraphQL body: the rule it matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphqlWait {
+    rule: usize,
+}
+
+/// What to do with a complete GraphQL body.
+#[derive(Debug)]
+pub enum BodyStep {
+    Continue,
+    /// Forward this body instead (a persisted query expanded); `content-length` is set.
+    Replace(Vec<u8>),
+    Respond(LocalResponse),
 }
 
 impl Router {
@@ -69,7 +98,11 @@ impl Router {
                 CompiledMatch::compile(&rule.matcher, &format!("$.rules[{i}].match")),
                 decision,
             ) {
-                (Ok(matcher), Some(decision)) => rules.push(CompiledRule { matcher, decision }),
+                (Ok(matcher), Some(decision)) => rules.push(CompiledRule {
+                    matcher,
+                    decision,
+                    graphql: rule.graphql.as_ref().map(GraphqlPlan::new),
+                }),
                 (Err(mut e), _) => errors.append(&mut e),
                 (_, None) => errors.push(nexus_config::ConfigError::new(
                     format!("$.rules[{i}].category"),
@@ -87,6 +120,7 @@ impl Router {
                     upstream: None,
                     timeout_ms: None,
                     retry: None,
+                    graphql: None,
                 };
                 match decide(config, "default", category, &none) {
                     Some(d) => Some(d),
@@ -111,8 +145,8 @@ impl Router {
         })
     }
 
-    /// Decides one request from its headers, rewriting them in place; logs one line about it
-    /// (at the request level, see [`request_log`]).
+    /// [`Router::on_request_headers_step`] for a host that never reads bodies: a GraphQL POST
+    /// goes on with its rule's routing headers, undecided.
     pub fn on_request_headers(
         &self,
         headers: &mut impl HeaderMap,
@@ -120,6 +154,22 @@ impl Router {
         metrics: &impl Metrics,
         log: &impl Log,
     ) -> Action {
+        match self.on_request_headers_step(headers, ids, metrics, log, false) {
+            Step::Respond(r) => Action::Respond(r),
+            Step::Continue | Step::ReadBody(_) => Action::Continue,
+        }
+    }
+
+    /// Decides one request from its headers, rewriting them in place; logs one line about it
+    /// (at the request level, see [`request_log`]).
+    pub fn on_request_headers_step(
+        &self,
+        headers: &mut impl HeaderMap,
+        ids: &mut IdGenerator,
+        metrics: &impl Metrics,
+        log: &impl Log,
+        end_of_stream: bool,
+    ) -> Step {
         let pairs = headers.pairs();
         // Strip first: nothing a client sends under our prefix is trusted or matched on.
         let mut stripped = 0;
@@ -143,10 +193,9 @@ impl Router {
             )
         };
 
-        let decision = self
-            .rules
-            .iter()
-            .find(|r| r.matcher.matches(&view))
+        let matched = self.rules.iter().position(|r| r.matcher.matches(&view));
+        let decision = matched
+            .and_then(|i| self.rules.get(i))
             .map(|r| &r.decision)
             .or(self.fallback.as_ref());
         let Some(d) = decision else {
@@ -154,7 +203,7 @@ impl Router {
             let path = view.path_only();
             request_log::log_request(log, request_ids, "no route", &[("path", path)]);
             let detail = format!("no route matches {} {}", view.method, view.path_only());
-            return Action::Respond(LocalResponse::json_error(404, "no_route", &detail));
+            return Step::Respond(LocalResponse::json_error(404, "no_route", &detail));
         };
         headers.set(HEADER_CATEGORY, &d.category);
         headers.set(HEADER_UPSTREAM, &d.upstream);
@@ -180,7 +229,10 @@ impl Router {
             ("rule", d.rule.as_str()),
         ];
         request_log::log_request(log, request_ids, "routed", &fields);
-        Action::Continue
+        match matched.filter(|i| self.rules.get(*i).is_some_and(|r| r.graphql.is_some())) {
+            Some(rule) => self.graphql_headers(GraphqlWait { rule }, headers, &view, end_of_stream),
+            None => Step::Continue,
+        }
     }
 
     /// Keeps valid ids, makes the others; returns the `x-request-id` and `traceparent` it made.
@@ -243,5 +295,7 @@ fn decide(
     })
 }
 
+#[cfg(test)]
+mod graphql_step_tests;
 #[cfg(test)]
 mod tests;
