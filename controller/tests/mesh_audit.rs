@@ -9,8 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, PostParams};
-use nexus_controller::controller::api_resource;
+use kube::api::{Api, PostParams};
 use nexus_controller::crd::NexusRoute;
 use nexus_tests::client;
 use serde_json::{json, Value};
@@ -44,8 +43,8 @@ async fn a_gateways_auth_decisions_are_chained_in_redis_and_verified() {
             &stream,
         ],
     );
-    create_route(&client).await;
-    let envoy_filter = envoy_filter_of(&client, &ctrl).await;
+    let route = create_route(&client).await;
+    let envoy_filter = envoy_filter_of(&client, &route, GATEWAY_NS, &ctrl).await;
     let sink = format!("outbound|{audit_port}||nexus-controller.nexus-system.svc.cluster.local");
     assert!(
         envoy_filter.to_string().contains(&sink),
@@ -141,7 +140,7 @@ fn an_audit_port_without_redis_is_refused_at_start() {
     );
 }
 
-async fn create_route(client: &kube::Client) {
+async fn create_route(client: &kube::Client) -> NexusRoute {
     // sha256("billing-key-1")
     let secret: Secret = serde_json::from_value(json!({
         "metadata": { "name": "api-keys", "namespace": NS },
@@ -171,27 +170,7 @@ async fn create_route(client: &kube::Client) {
     Api::<NexusRoute>::namespaced(client.clone(), NS)
         .create(&PostParams::default(), &route)
         .await
-        .unwrap();
-}
-
-async fn envoy_filter_of(client: &kube::Client, ctrl: &ControllerProcess) -> Value {
-    let routes: Api<NexusRoute> = Api::namespaced(client.clone(), NS);
-    let route = routes.get("lake").await.unwrap();
-    let group = nexus_controller::model::group_key(&route).name();
-    let filters: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), GATEWAY_NS, &api_resource("EnvoyFilter"));
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(ef)) = filters.get_opt(&group).await {
-            return serde_json::to_value(ef).unwrap();
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no EnvoyFilter {group}:\n{}",
-            ctrl.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .unwrap()
 }
 
 /// Whether a record of `event` with that `client` (none on a deny) is among `entries`.

@@ -8,8 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, PostParams};
-use nexus_controller::controller::api_resource;
+use kube::api::{Api, PostParams};
 use nexus_controller::crd::NexusRoute;
 use nexus_tests::client;
 use serde_json::json;
@@ -61,21 +60,7 @@ async fn a_gateways_requests_are_counted_on_the_controllers_metrics() {
     }))
     .unwrap();
     let lake = routes.create(&PostParams::default(), &lake).await.unwrap();
-    let group = nexus_controller::model::group_key(&lake).name();
-    let filters: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), GATEWAY_NS, &api_resource("EnvoyFilter"));
-    let start = Instant::now();
-    let envoy_filter = loop {
-        if let Ok(Some(ef)) = filters.get_opt(&group).await {
-            break serde_json::to_value(ef).unwrap();
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no EnvoyFilter {group}:\n{}",
-            ctrl.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let envoy_filter = envoy_filter_of(&client, &lake, GATEWAY_NS, &ctrl).await;
     let ports = ControllerPorts {
         http: ctrl.http_port,
         modules: ctrl.modules_port,

@@ -218,3 +218,30 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// The group EnvoyFilter `ctrl` writes for `route` into `gateway_ns`, once it exists (60 s).
+pub async fn envoy_filter_of(
+    client: &Client,
+    route: &nexus_controller::crd::NexusRoute,
+    gateway_ns: &str,
+    ctrl: &ControllerProcess,
+) -> serde_json::Value {
+    let group = nexus_controller::model::group_key(route).name();
+    let filters: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        gateway_ns,
+        &nexus_controller::controller::api_resource("EnvoyFilter"),
+    );
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(ef)) = filters.get_opt(&group).await {
+            return serde_json::to_value(ef).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no EnvoyFilter {group}:\n{}",
+            ctrl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
